@@ -1,0 +1,38 @@
+"""Message types and header flags of wire format v1."""
+
+from __future__ import annotations
+
+import enum
+
+
+class MessageType(enum.IntEnum):
+    """The one-byte message type in every header.
+
+    Ranges: 0x01-0x3F application messages, 0x40-0x7F security (handshake, rekey, close),
+    0x80-0xBF swarm patterns (gossip, consensus, discovery), 0xC0-0xFF reserved. Type 0 is
+    never valid. The wire layer carries any type in 1..255; the layer that owns a range rejects
+    types it does not know.
+    """
+
+    DATA = 0x01
+    REQUEST = 0x02
+    REPLY = 0x03
+    PUBLISH = 0x04
+    ERROR = 0x05
+
+
+class Flags(enum.IntFlag):
+    """Header flag bits. Bits not listed here must be zero in v1."""
+
+    NONE = 0
+    #: The body is one zstandard frame; decompress before msgpack.
+    COMPRESSED = 0x01
+    #: The body (after decompression) is a msgpack array of payloads.
+    BATCH = 0x02
+    #: The body is AEAD ciphertext produced by the security layer.
+    ENCRYPTED = 0x04
+    #: Out-of-band buffers (large tensors) follow as extra ZeroMQ frames.
+    OUT_OF_BAND = 0x08
+
+
+KNOWN_FLAGS = int(Flags.COMPRESSED | Flags.BATCH | Flags.ENCRYPTED | Flags.OUT_OF_BAND)
