@@ -116,7 +116,16 @@ class WireCodec:
             data = body
         if out_of_band:
             flags |= Flags.OUT_OF_BAND
-        head = self.header_bytes(msg_type, flags, topic, len(data), sender, session, epoch, counter)
+        head = self.header_bytes(
+            msg_type,
+            flags,
+            topic,
+            len(data),
+            sender=sender,
+            session=session,
+            epoch=epoch,
+            counter=counter,
+        )
         first = head + data
         if len(first) > self.limits.max_frame_size:
             raise LocalProtocolError(
@@ -132,6 +141,7 @@ class WireCodec:
         flags: int,
         topic: str,
         body_len: int,
+        *,
         sender: bytes = ANONYMOUS,
         session: int = 0,
         epoch: int = 0,
@@ -153,7 +163,9 @@ class WireCodec:
         """Encode one unencrypted message into frames."""
         return self.assemble(msg_type, self.build_body(payload), **fields)
 
-    def encode_batch(self, msg_type: int, payloads: Sequence[object], **fields: Any) -> list[Buffer]:
+    def encode_batch(
+        self, msg_type: int, payloads: Sequence[object], **fields: Any
+    ) -> list[Buffer]:
         """Encode several payloads as one batch frame (same type, topic and sender)."""
         packed = [self._packer.pack(payload) for payload in payloads]
         body = self.build_batch_body(packed, self._packer.take_out_of_band())
@@ -196,7 +208,9 @@ class WireCodec:
                 )
         return ParsedFrame(header, first[:body_start], first[body_start:], extras)
 
-    def open_body(self, header: Header, body: Buffer, extra_frames: Sequence[Buffer] = ()) -> list[Any]:
+    def open_body(
+        self, header: Header, body: Buffer, extra_frames: Sequence[Buffer] = ()
+    ) -> list[Any]:
         """Decompress and unpack a plaintext body into its payloads."""
         if header.is_compressed:
             body = self._compressor.decompress(body)
@@ -214,6 +228,9 @@ class WireCodec:
         parsed = self.parse(frames)
         if parsed.header.is_encrypted:
             raise RemoteProtocolError(
-                "message is encrypted; it must be opened by its session", reason="unexpected_encrypted"
+                "message is encrypted; it must be opened by its session",
+                reason="unexpected_encrypted",
             )
-        return Message(parsed.header, self.open_body(parsed.header, parsed.body, parsed.extra_frames))
+        return Message(
+            parsed.header, self.open_body(parsed.header, parsed.body, parsed.extra_frames)
+        )

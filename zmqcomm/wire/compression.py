@@ -48,9 +48,7 @@ class BodyCompressor:
     def __init__(self, config: CompressionConfig, *, max_body_size: int) -> None:
         self.config = config
         self.max_body_size = max_body_size
-        dict_data = (
-            zstandard.ZstdCompressionDict(config.dictionary) if config.dictionary else None
-        )
+        dict_data = zstandard.ZstdCompressionDict(config.dictionary) if config.dictionary else None
         self._compressor = zstandard.ZstdCompressor(level=config.level, dict_data=dict_data)
         self._decompressor = zstandard.ZstdDecompressor(dict_data=dict_data)
 
@@ -91,9 +89,7 @@ class BodyCompressor:
         if not stream.eof:
             raise RemoteProtocolError("compressed body is truncated", reason="bad_compression")
         if stream.unused_data:
-            raise RemoteProtocolError(
-                "data follows the compressed frame", reason="bad_compression"
-            )
+            raise RemoteProtocolError("data follows the compressed frame", reason="bad_compression")
         return out
 
     def _decompress_streamed(self, data: Buffer, limit: int) -> bytes:

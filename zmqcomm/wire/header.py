@@ -111,7 +111,8 @@ def pack_header(
         raise LocalProtocolError(f"unknown flag bits {flags & ~KNOWN_FLAGS:#04x}")
     if len(topic) > MAX_TOPIC_LEN:
         raise LocalProtocolError(
-            f"topic is {len(topic)} bytes encoded; the limit is {MAX_TOPIC_LEN}: use a shorter topic"
+            f"topic is {len(topic)} bytes encoded; the limit is {MAX_TOPIC_LEN}: "
+            "use a shorter topic"
         )
     if len(sender) != SENDER_LEN:
         raise LocalProtocolError(f"sender id must be {SENDER_LEN} bytes, got {len(sender)}")
@@ -153,8 +154,20 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
         )
     if size < HEADER_LEN:
         _explain_short_frame(frame)
-    (magic, major, minor, header_len, msg_type, flags, topic_len, session, epoch, counter, sender,
-     body_len) = _STRUCT.unpack_from(frame)
+    (
+        magic,
+        major,
+        minor,
+        header_len,
+        msg_type,
+        flags,
+        topic_len,
+        session,
+        epoch,
+        counter,
+        sender,
+        body_len,
+    ) = _STRUCT.unpack_from(frame)
     if magic != MAGIC:
         raise RemoteProtocolError("frame does not start with the zmqcomm magic", reason="bad_magic")
     if major != VERSION_MAJOR:

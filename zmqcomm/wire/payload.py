@@ -23,6 +23,7 @@ the nesting depth.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -32,10 +33,13 @@ import msgpack
 from zmqcomm.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from zmqcomm.wire.limits import DEFAULT_LIMITS, Limits
 
-try:  # numpy is optional: tensors are a feature, not a dependency
-    import numpy as _np
+# numpy is optional: tensors are a feature, not a dependency. Typed as Any so the module
+# type-checks the same with and without numpy installed.
+_np: Any
+try:
+    _np = importlib.import_module("numpy")
 except ImportError:  # pragma: no cover - exercised only where numpy is absent
-    _np = None  # type: ignore[assignment]
+    _np = None
 
 EXT_NDARRAY = 1
 EXT_NDARRAY_OOB = 2
@@ -92,7 +96,7 @@ class PayloadPacker:
         if _np is not None and isinstance(obj, _np.ndarray):
             return self._pack_array(obj)
         if isinstance(obj, _np.generic if _np is not None else ()):
-            return obj.item()  # type: ignore[union-attr]
+            return obj.item()
         raise TypeError(f"type {type(obj).__name__} is not serializable")
 
     def _pack_array(self, array: Any) -> msgpack.ExtType:
@@ -104,10 +108,10 @@ class PayloadPacker:
             )
         if array.ndim > _MAX_NDIM:
             raise LocalProtocolError(f"array has {array.ndim} dimensions; at most {_MAX_NDIM}")
-        contiguous = _np.ascontiguousarray(array)  # type: ignore[union-attr]
+        contiguous = _np.ascontiguousarray(array)
         shape = list(contiguous.shape)
         # A flat uint8 view exports a plain byte buffer for every dtype (complex included).
-        raw = memoryview(contiguous.reshape(-1).view(_np.uint8))  # type: ignore[union-attr]
+        raw = memoryview(contiguous.reshape(-1).view(_np.uint8))
         if contiguous.nbytes >= self.oob_threshold:
             self.out_of_band.append(raw)
             index = len(self.out_of_band) - 1
@@ -190,7 +194,8 @@ class PayloadUnpacker:
             raise RemoteProtocolError("batch body is not an array", reason="bad_batch")
         if len(items) > self.limits.max_batch_items:
             raise LimitExceededError(
-                f"batch of {len(items)} messages exceeds the limit of {self.limits.max_batch_items}",
+                f"batch of {len(items)} messages exceeds the limit of "
+                f"{self.limits.max_batch_items}",
                 reason="batch_too_large",
             )
         return items
@@ -248,10 +253,14 @@ class PayloadUnpacker:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise RemoteProtocolError("malformed array header", reason="bad_array") from exc
         if not (isinstance(fields, list) and len(fields) == 3):
-            raise RemoteProtocolError("array extension must hold [dtype, shape, data]", reason="bad_array")
+            raise RemoteProtocolError(
+                "array extension must hold [dtype, shape, data]", reason="bad_array"
+            )
         dtype_str, shape, source = fields
         if not (isinstance(dtype_str, str) and _DTYPE_RE.match(dtype_str)):
-            raise RemoteProtocolError("array dtype is not an allowed numeric type", reason="bad_array")
+            raise RemoteProtocolError(
+                "array dtype is not an allowed numeric type", reason="bad_array"
+            )
         if not (
             isinstance(shape, list)
             and len(shape) <= _MAX_NDIM
