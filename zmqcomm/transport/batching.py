@@ -1,0 +1,135 @@
+"""A sender that coalesces small messages into batch frames.
+
+Like Nagle's algorithm but bounded: queued messages leave as one batch frame when the batch
+reaches ``max_items`` or ``max_bytes``, when it has waited ``max_delay`` seconds, when the next
+message has another type or topic (so order is kept), on :meth:`BatchingSender.flush`, and on
+:meth:`BatchingSender.close`. Nothing accepted by :meth:`BatchingSender.send` is lost on a
+clean close.
+
+The sender does not own a socket or a timer: it is given a ``send_frames`` callable, and the
+loop that drives it calls :meth:`BatchingSender.on_timer` at :meth:`next_deadline`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from zmqcomm.errors import ClosedError, UsageError
+from zmqcomm.wire import ANONYMOUS, BatchBuilder, WireCodec
+from zmqcomm.wire.batch import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS
+from zmqcomm.wire.payload import Buffer
+
+SendFrames = Callable[[Sequence[Buffer]], object]
+
+#: Default wait before a partial batch leaves: long enough to gather a burst, far below a
+#: network round trip.
+DEFAULT_MAX_DELAY = 0.001
+
+
+class BatchingSender:
+    """Queues payloads and sends them as batch frames through ``send_frames``."""
+
+    def __init__(
+        self,
+        send_frames: SendFrames,
+        codec: WireCodec | None = None,
+        *,
+        sender: bytes = ANONYMOUS,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_delay < 0:
+            raise UsageError(f"max_delay must be >= 0 seconds, got {max_delay}")
+        self.codec = codec if codec is not None else WireCodec()
+        self._send_frames = send_frames
+        self._builder = BatchBuilder(self.codec, max_items=max_items, max_bytes=max_bytes)
+        self._sender = sender
+        self._max_delay = max_delay
+        self._clock = clock
+        self._key: tuple[int, str] | None = None
+        self._first_queued_at: float | None = None
+        self._counter = 0
+        self._pending: tuple[list[Buffer], int] | None = None
+        self._closed = False
+        #: Messages and frames handed to ``send_frames`` so far.
+        self.messages_sent = 0
+        self.frames_sent = 0
+
+    def __len__(self) -> int:
+        """Messages queued and not yet sent."""
+        return len(self._builder) + (self._pending[1] if self._pending else 0)
+
+    def send(self, msg_type: int, payload: object, *, topic: str = "") -> None:
+        """Queue one payload; may send a batch (the previous one, or this one when full)."""
+        if self._closed:
+            raise ClosedError("this sender is closed; create a new one to send again")
+        if self._pending is not None:
+            self._send_pending()
+        key = (msg_type, topic)
+        if key != self._key and len(self._builder):
+            self.flush()
+        self._key = key
+        if self._first_queued_at is None:
+            self._first_queued_at = self._clock()
+        if self._builder.add(payload):
+            self.flush()
+
+    def flush(self) -> int:
+        """Send whatever is queued now; returns the number of messages sent.
+
+        If ``send_frames`` raises (a full queue, a timeout), the batch is kept and the error
+        propagates; the next flush, send or close tries it again first, so nothing is lost
+        and order is kept.
+        """
+        sent = self._send_pending()
+        count = len(self._builder)
+        if not count:
+            return sent
+        assert self._key is not None  # set by send() whenever the builder is non-empty
+        msg_type, topic = self._key
+        body = self._builder.take()
+        self._first_queued_at = None
+        self._pending = (
+            self.codec.assemble(
+                msg_type, body, topic=topic, sender=self._sender, counter=self._counter
+            ),
+            count,
+        )
+        self._counter += 1
+        return sent + self._send_pending()
+
+    def _send_pending(self) -> int:
+        if self._pending is None:
+            return 0
+        frames, count = self._pending
+        self._send_frames(frames)
+        self._pending = None
+        self.messages_sent += count
+        self.frames_sent += 1
+        return count
+
+    def next_deadline(self) -> float | None:
+        """When the queued partial batch must leave, or None when nothing is queued."""
+        if self._pending is not None:
+            return self._clock()  # a batch the socket refused: retry at once
+        if self._first_queued_at is None:
+            return None
+        return self._first_queued_at + self._max_delay
+
+    def on_timer(self, now: float | None = None) -> int:
+        """Flush if the oldest queued message has waited ``max_delay``; returns messages sent."""
+        deadline = self.next_deadline()
+        if deadline is None:
+            return 0
+        if (self._clock() if now is None else now) >= deadline:
+            return self.flush()
+        return 0
+
+    def close(self) -> None:
+        """Flush what is queued, then refuse further sends. Idempotent."""
+        if not self._closed:
+            self.flush()
+            self._closed = True

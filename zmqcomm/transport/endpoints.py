@@ -1,0 +1,172 @@
+"""Endpoint strings: parse, check and prepare them before ZeroMQ sees them.
+
+ZeroMQ reports a bad endpoint as a bare ``EINVAL`` or ``EPROTONOSUPPORT``; parsing first lets
+zmqcomm say which part is wrong and how to fix it. Supported forms::
+
+    inproc://NAME
+    ipc:///absolute/or/relative/path.sock
+    tcp://HOST:PORT       HOST is an IPv4 address, [IPv6], a hostname or *; PORT 0-65535
+                          (0 or * picks a free port when binding)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from zmqcomm.errors import EndpointError
+
+Scheme = Literal["inproc", "ipc", "tcp"]
+SCHEMES: tuple[Scheme, ...] = ("inproc", "ipc", "tcp")
+
+#: ``sizeof(sockaddr_un.sun_path)`` minus the terminating NUL: 107 bytes on Linux, 103 on
+#: macOS and the BSDs. A longer path fails inside libzmq with a vague error.
+IPC_PATH_MAX = 103 if sys.platform == "darwin" or "bsd" in sys.platform else 107
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed endpoint. ``str(endpoint)`` gives the form ZeroMQ accepts."""
+
+    scheme: Scheme
+    #: inproc name, ipc path, or tcp host (without IPv6 brackets).
+    address: str
+    #: tcp port; ``None`` for inproc and ipc, ``0`` for "pick a free port".
+    port: int | None = None
+
+    @property
+    def is_ipv6(self) -> bool:
+        return self.scheme == "tcp" and ":" in self.address
+
+    @property
+    def wants_free_port(self) -> bool:
+        return self.scheme == "tcp" and self.port == 0
+
+    def __str__(self) -> str:
+        if self.scheme != "tcp":
+            return f"{self.scheme}://{self.address}"
+        host = f"[{self.address}]" if self.is_ipv6 else self.address
+        # libzmq spells "any free port" as "*" when binding.
+        port = "*" if self.port == 0 else str(self.port)
+        return f"tcp://{host}:{port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse and check ``text``; raise :class:`EndpointError` saying what to fix."""
+    if not isinstance(text, str):
+        raise EndpointError(f"an endpoint must be a string, got {type(text).__name__}")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise EndpointError(
+            f"endpoint {text!r} has no scheme; write it as inproc://NAME, ipc://PATH "
+            "or tcp://HOST:PORT"
+        )
+    if scheme not in SCHEMES:
+        raise EndpointError(
+            f"endpoint {text!r} uses unsupported scheme {scheme!r}; use one of "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    if scheme == "inproc":
+        return _parse_inproc(text, rest)
+    if scheme == "ipc":
+        return _parse_ipc(text, rest)
+    return _parse_tcp(text, rest)
+
+
+def _parse_inproc(text: str, name: str) -> Endpoint:
+    if not name:
+        raise EndpointError(f"endpoint {text!r} needs a name after inproc://")
+    if len(name) > 256:
+        # libzmq itself has no limit, but a name this long is a bug in the caller.
+        raise EndpointError(f"inproc name in {text!r} is {len(name)} characters; keep it under 256")
+    return Endpoint("inproc", name)
+
+
+def _parse_ipc(text: str, path: str) -> Endpoint:
+    if not path:
+        raise EndpointError(f"endpoint {text!r} needs a socket path after ipc://")
+    if "\0" in path:
+        raise EndpointError(f"ipc path in {text!r} contains a NUL character")
+    # "@name" is Linux's abstract namespace: no file, but the same length limit.
+    size = len(os.fsencode(path))
+    if size > IPC_PATH_MAX:
+        raise EndpointError(
+            f"ipc path {path!r} is {size} bytes, over this system's limit of {IPC_PATH_MAX}; "
+            "use a shorter directory (for example under /tmp)"
+        )
+    return Endpoint("ipc", path)
+
+
+def _parse_tcp(text: str, rest: str) -> Endpoint:
+    host, port_text = _split_host_port(text, rest)
+    port = _parse_port(text, port_text)
+    if host == "*":
+        return Endpoint("tcp", host, port)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        # A ";" introduces a source address in libzmq; we do not support that form.
+        if not _HOSTNAME.match(host):
+            raise EndpointError(
+                f"host {host!r} in {text!r} is not an IP address, a hostname or *"
+            ) from None
+        return Endpoint("tcp", host, port)
+    return Endpoint("tcp", str(address), port)
+
+
+def _split_host_port(text: str, rest: str) -> tuple[str, str]:
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or not tail.startswith(":"):
+            raise EndpointError(f"endpoint {text!r}: write IPv6 as tcp://[ADDRESS]:PORT")
+        if ":" not in host:
+            raise EndpointError(f"endpoint {text!r}: brackets are only for IPv6 addresses")
+        return host, tail[1:]
+    host, colon, port_text = rest.rpartition(":")
+    if not colon:
+        raise EndpointError(
+            f"endpoint {text!r} needs a port: tcp://HOST:PORT (0 for any free port)"
+        )
+    if ":" in host:
+        raise EndpointError(f"endpoint {text!r}: write IPv6 as tcp://[ADDRESS]:PORT")
+    if not host:
+        raise EndpointError(f"endpoint {text!r} needs a host: use 127.0.0.1 for loopback")
+    return host, port_text
+
+
+def _parse_port(text: str, port_text: str) -> int:
+    if port_text == "*":
+        return 0
+    if not port_text.isdigit():
+        raise EndpointError(f"port {port_text!r} in {text!r} is not a number from 0 to 65535")
+    port = int(port_text)
+    if port > 65535:
+        raise EndpointError(f"port {port} in {text!r} is over 65535")
+    return port
+
+
+def prepare_ipc_directory(endpoint: Endpoint) -> None:
+    """Create the directory of an ipc socket, readable only by us (mode 0700).
+
+    Existing directories are left as they are: they may be shared on purpose.
+    """
+    if endpoint.scheme != "ipc" or endpoint.address.startswith("@"):
+        return
+    directory = os.path.dirname(os.path.abspath(endpoint.address))
+    if os.path.isdir(directory):
+        return
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise EndpointError(
+            f"cannot create the directory {directory!r} for ipc socket: {exc.strerror}"
+        ) from exc

@@ -1,0 +1,187 @@
+"""The synchronous event loop: drain ready sockets, fire the one due timer, repeat.
+
+One ``poll`` wakes the loop; it then receives with ``NOBLOCK`` until each ready socket is empty
+(up to ``max_burst`` messages, so one busy peer cannot starve the others). Paying one poll per
+burst instead of one per message is what lets a Python loop keep up with libzmq.
+
+Timers are objects with ``next_deadline()`` and ``on_timer(now)`` (the pure protocol machines
+and :class:`~zmqcomm.transport.batching.BatchingSender` have that shape); the loop sleeps
+until the earliest deadline.
+
+A handler that raises :class:`~zmqcomm.errors.RemoteProtocolError` or
+:class:`~zmqcomm.errors.SecurityError` is reporting bad input from a peer: the loop counts the
+``reason`` in :attr:`Loop.rejected` and goes on. Any other exception is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+
+from zmqcomm.errors import ClosedError, RemoteProtocolError, SecurityError, UsageError
+from zmqcomm.transport.sockets import translate_zmq_error
+
+Frames = list[bytes]
+Handler = Callable[[Frames], None]
+Clock = Callable[[], float]
+
+
+class TimerSource(Protocol):
+    def next_deadline(self) -> float | None: ...
+
+    def on_timer(self, now: float | None = None) -> None: ...
+
+
+#: Peer input errors a handler may raise without stopping the loop.
+PEER_ERRORS = (RemoteProtocolError, SecurityError)
+
+
+class Dispatcher:
+    """What the sync and asyncio loops share: registrations, draining and timers."""
+
+    def __init__(self, *, max_burst: int = 1000, clock: Clock = time.monotonic) -> None:
+        if max_burst < 1:
+            raise UsageError(f"max_burst must be at least 1, got {max_burst}")
+        self.max_burst = max_burst
+        self._clock = clock
+        self._poller = self._make_poller()
+        self._handlers: dict[zmq.Socket[Any], Handler] = {}
+        self._timers: list[TimerSource] = []
+        self._stopping = False
+        self._closed = False
+        #: Messages a handler rejected as bad peer input, by reason.
+        self.rejected: Counter[str] = Counter()
+        self.received = 0
+
+    # -- registration ------------------------------------------------------------------------
+
+    def add_reader(self, sock: zmq.Socket[Any], handler: Handler) -> None:
+        """Call ``handler(frames)`` for every message that arrives on ``sock``."""
+        self._check_open()
+        if sock not in self._handlers:
+            self._poller.register(sock, zmq.POLLIN)
+        self._handlers[sock] = handler
+
+    def remove_reader(self, sock: zmq.Socket[Any]) -> None:
+        if self._handlers.pop(sock, None) is not None:
+            self._poller.unregister(sock)
+
+    def add_timer(self, source: TimerSource) -> None:
+        self._check_open()
+        self._timers.append(source)
+
+    def remove_timer(self, source: TimerSource) -> None:
+        self._timers.remove(source)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (t.next_deadline() for t in self._timers) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def stop(self) -> None:
+        """Make ``run`` return after the current iteration (callable from a handler)."""
+        self._stopping = True
+
+    def close(self, *, close_sockets: bool = True) -> None:
+        """Stop watching everything; close the registered sockets unless told not to."""
+        if self._closed:
+            return
+        for sock in list(self._handlers):
+            self.remove_reader(sock)
+            if close_sockets:
+                sock.close()
+        self._timers.clear()
+        self._closed = True
+
+    # -- shared internals --------------------------------------------------------------------
+
+    def _make_poller(self) -> Any:
+        return zmq.Poller()
+
+    def _wait_seconds(self, timeout: float | None) -> float | None:
+        deadline = self.next_deadline()
+        if deadline is not None:
+            until_timer = max(0.0, deadline - self._clock())
+            timeout = until_timer if timeout is None else min(timeout, until_timer)
+        return timeout
+
+    def _drain(self, sock: zmq.Socket[Any]) -> int:
+        handler = self._handlers.get(sock)
+        if handler is None:
+            return 0
+        handled = 0
+        while handled < self.max_burst:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                raise translate_zmq_error(exc, "receive") from exc
+            handled += 1
+            try:
+                handler(frames)
+            except PEER_ERRORS as exc:
+                self.rejected[exc.reason] += 1
+        self.received += handled
+        return handled
+
+    def _fire_timers(self) -> None:
+        if not self._timers:
+            return
+        now = self._clock()
+        for source in list(self._timers):
+            deadline = source.next_deadline()
+            if deadline is not None and deadline <= now:
+                source.on_timer(now)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the loop is closed")
+
+
+class Loop(Dispatcher):
+    """Drives sockets and timers in the calling thread."""
+
+    def run_once(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` seconds (None: until something happens), handle what is
+        ready, fire due timers. Returns the number of messages handled."""
+        self._check_open()
+        wait = self._wait_seconds(timeout)
+        try:
+            # Round up so a timer is never woken a hair early and then re-polled with 0.
+            ready = self._poller.poll(None if wait is None else int(wait * 1000 + 0.999))
+        except zmq.ZMQError as exc:
+            raise translate_zmq_error(exc, "poll") from exc
+        handled = 0
+        for sock, _ in ready:
+            handled += self._drain(sock)
+        self._fire_timers()
+        return handled
+
+    def run(self, until: Callable[[], bool] | None = None, *, timeout: float | None = None) -> bool:
+        """Run until ``until()`` is true, :meth:`stop` is called, or ``timeout`` passes.
+
+        Returns ``True`` if it stopped because the condition held or stop() was called, and
+        ``False`` on timeout.
+        """
+        self._stopping = False
+        give_up = None if timeout is None else self._clock() + timeout
+        while not self._stopping:
+            if until is not None and until():
+                return True
+            remaining = None if give_up is None else give_up - self._clock()
+            if remaining is not None and remaining <= 0:
+                return False
+            # Wake at least every 50 ms so until() is re-checked even when nothing arrives.
+            slice_ = 0.05 if remaining is None else min(0.05, remaining)
+            self.run_once(slice_)
+        return True
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
