@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zmqcomm.cli.main import main
+
+
+def test_doctor_reports_versions_and_every_transport(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--count", "20"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pyzmq", "libzmq", "pynacl", "msgpack", "zstandard", "python"):
+        assert name in out
+    for transport in ("inproc", "ipc", "tcp"):
+        assert f"  {transport:<7} ok" in out
+    assert "all transports ok" in out
+
+
+def test_doctor_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--count", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    assert [r["transport"] for r in report["round_trips"]] == ["inproc", "ipc", "tcp"]
+    assert all(r["round_trips"] == 5 and r["p50_us"] > 0 for r in report["round_trips"])
+    assert report["round_trips"][2]["endpoint"].startswith("tcp://127.0.0.1:")
+
+
+def test_bad_usage_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["doctor", "--count", "0"])
+    assert caught.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "doctor" in capsys.readouterr().out
+
+
+def test_the_installed_entry_point_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "zmqcomm", "doctor", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert "examples:" in result.stdout

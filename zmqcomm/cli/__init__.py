@@ -1,0 +1,1 @@
+"""The ``zmqcomm`` command: argument parsing and presentation."""

@@ -1,0 +1,59 @@
+"""Entry point of the ``zmqcomm`` command: sub-command dispatch and error presentation.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage (argparse's convention),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from zmqcomm import __version__
+from zmqcomm.cli import doctor
+from zmqcomm.errors import UsageError, ZmqCommError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_COMMANDS = (doctor,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zmqcomm",
+        description="Secure, fast messaging for agent swarms over ZeroMQ.",
+        epilog="Run 'zmqcomm COMMAND --help' for the options and examples of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"zmqcomm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        print("zmqcomm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        print(f"zmqcomm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ZmqCommError as exc:
+        print(f"zmqcomm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
