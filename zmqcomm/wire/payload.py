@@ -109,7 +109,8 @@ class PayloadPacker:
         if array.ndim > _MAX_NDIM:
             raise LocalProtocolError(f"array has {array.ndim} dimensions; at most {_MAX_NDIM}")
         contiguous = _np.ascontiguousarray(array)
-        shape = list(contiguous.shape)
+        # Take the shape from the original: ascontiguousarray turns a 0-d array into 1-d.
+        shape = list(array.shape)
         # A flat uint8 view exports a plain byte buffer for every dtype (complex included).
         raw = memoryview(contiguous.reshape(-1).view(_np.uint8))
         if contiguous.nbytes >= self.oob_threshold:
@@ -138,6 +139,7 @@ def _unpack_kwargs(limits: Limits) -> dict[str, Any]:
 #: Bodies up to this size are decoded by two long-lived Unpackers (constructing one costs more
 #: than decoding a small message); larger ones get fresh objects so no big buffer lingers.
 _REUSE_MAX = 1024 * 1024
+_INITIAL_BUFFER = 16 * 1024
 
 
 class PayloadUnpacker:
@@ -155,9 +157,16 @@ class PayloadUnpacker:
 
     def _reset(self) -> None:
         # After any error an Unpacker may hold half a value: start over with fresh ones.
-        self._scanner = msgpack.Unpacker(max_buffer_size=_REUSE_MAX, **self._kwargs)
+        # A small read_size keeps the initial buffer small (it defaults to the full
+        # max_buffer_size); the buffer grows on demand up to _REUSE_MAX.
+        self._scanner = msgpack.Unpacker(
+            max_buffer_size=_REUSE_MAX, read_size=_INITIAL_BUFFER, **self._kwargs
+        )
         self._reader = msgpack.Unpacker(
-            max_buffer_size=_REUSE_MAX, ext_hook=self._ext_hook, **self._kwargs
+            max_buffer_size=_REUSE_MAX,
+            read_size=_INITIAL_BUFFER,
+            ext_hook=self._ext_hook,
+            **self._kwargs,
         )
 
     def unpack(self, body: Buffer, extra_frames: Sequence[Buffer] = ()) -> Any:
