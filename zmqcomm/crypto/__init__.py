@@ -1,0 +1,1 @@
+"""Identities, key files, the Noise handshake, sessions and the audit trail."""
