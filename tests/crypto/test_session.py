@@ -1,0 +1,246 @@
+"""Sessions: per-direction keys, header as associated data, replay, rotation with a fake clock."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import numpy as np
+import pytest
+from nacl.public import Box, PrivateKey
+
+from zmqcomm.crypto import session as session_module
+from zmqcomm.crypto.envelope import SecureCodec
+from zmqcomm.crypto.noise import KeyPair, xx_handshake
+from zmqcomm.crypto.session import RekeyPolicy, Session, keeps_initiator_role
+from zmqcomm.errors import (
+    AuthenticationError,
+    RemoteProtocolError,
+    ReplayError,
+    SecurityError,
+    UsageError,
+)
+from zmqcomm.wire import BatchBuilder, MessageType, WireCodec
+
+
+def _handshake_keys() -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    def keypair() -> KeyPair:
+        return KeyPair.from_private(os.urandom(32))
+
+    init = xx_handshake(initiator=True, static=keypair(), generate_keypair=keypair)
+    resp = xx_handshake(initiator=False, static=keypair(), generate_keypair=keypair)
+    resp.read_message(init.write_message())
+    init.read_message(resp.write_message())
+    resp.read_message(init.write_message())
+    return init.split_keys(), resp.split_keys()
+
+
+def _pair(now: float = 0.0, policy: RekeyPolicy | None = None) -> tuple[SecureCodec, SecureCodec]:
+    (a_send, a_recv), (b_send, b_recv) = _handshake_keys()
+    a = Session(session_id=7, send_key=a_send, receive_key=a_recv, now=now, policy=policy)
+    b = Session(session_id=7, send_key=b_send, receive_key=b_recv, now=now, policy=policy)
+    return SecureCodec(a, sender=b"A" * 16), SecureCodec(b, sender=b"B" * 16)
+
+
+def test_round_trip_both_ways_and_the_body_is_not_in_the_clear() -> None:
+    a, b = _pair()
+    frames = a.encode(MessageType.DATA, {"secret": "attack at dawn"}, topic="t", now=1.0)
+    assert b"attack at dawn" not in frames[0]
+    message = b.decode(frames, now=1.0)
+    assert message.payload == {"secret": "attack at dawn"}
+    assert message.header.sender == b"A" * 16
+    assert message.header.is_encrypted
+    assert a.decode(b.encode(MessageType.REPLY, "ok", now=1.0), now=1.0).payload == "ok"
+
+
+def test_counters_strictly_increase() -> None:
+    a, _b = _pair()
+    counters = [
+        a.codec.parse(a.encode(MessageType.DATA, i, now=0)).header.counter for i in range(5)
+    ]
+    assert counters == [0, 1, 2, 3, 4]
+
+
+def test_header_is_authenticated() -> None:
+    a, b = _pair()
+    frame = bytes(a.encode(MessageType.DATA, "x", topic="orders", now=0)[0])
+    # Change the message type byte (offset 5): same body, different header.
+    forged = frame[:5] + bytes([MessageType.REQUEST]) + frame[6:]
+    with pytest.raises(AuthenticationError) as caught:
+        b.decode([forged], now=0)
+    assert caught.value.reason == "bad_tag"
+    assert b.decode([frame], now=0).payload == "x"  # the genuine frame still opens
+
+
+def test_bit_flip_does_not_consume_the_counter() -> None:
+    a, b = _pair()
+    frame = bytearray(a.encode(MessageType.DATA, "payload", now=0)[0])
+    frame[-1] ^= 1
+    with pytest.raises(AuthenticationError):
+        b.decode([bytes(frame)], now=0)
+    frame[-1] ^= 1
+    assert b.decode([bytes(frame)], now=0).payload == "payload"
+
+
+def test_replay_is_refused() -> None:
+    a, b = _pair()
+    frames = a.encode(MessageType.DATA, 1, now=0)
+    b.decode(frames, now=0)
+    with pytest.raises(ReplayError):
+        b.decode(frames, now=0)
+
+
+def test_reflection_fails_but_a_shared_key_box_would_open_it() -> None:
+    a, _ = _pair()
+    frames = a.encode(MessageType.DATA, "mine", now=0)
+    with pytest.raises(AuthenticationError):
+        a.decode(frames, now=0)
+    # Control: nacl Box derives one key for both directions, so a reflected box opens.
+    alice, bob = PrivateKey.generate(), PrivateKey.generate()
+    sealed = Box(alice, bob.public_key).encrypt(b"mine")
+    assert Box(alice, bob.public_key).decrypt(sealed) == b"mine"
+
+
+def test_plaintext_and_other_sessions_are_refused() -> None:
+    _a, b = _pair()
+    with pytest.raises(AuthenticationError) as caught:
+        b.decode(WireCodec().encode(MessageType.DATA, "plain"), now=0)
+    assert caught.value.reason == "plaintext_refused"
+    other = Session(session_id=8, send_key=bytes(32), receive_key=bytes(32), now=0)
+    with pytest.raises(AuthenticationError) as caught:
+        b.decode(SecureCodec(other).encode(MessageType.DATA, 1, now=0), now=0)
+    assert caught.value.reason == "wrong_session"
+
+
+def test_a_batch_is_one_aead_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = _pair()
+    calls = []
+    real = session_module.crypto_aead_chacha20poly1305_ietf_encrypt
+
+    def counting(*args: bytes) -> bytes:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(session_module, "crypto_aead_chacha20poly1305_ietf_encrypt", counting)
+    builder = BatchBuilder(a.codec)
+    for index in range(500):
+        builder.add({"n": index})
+    frames = a.seal(MessageType.DATA, builder.take(), now=0)
+    assert len(calls) == 1
+    assert b.decode(frames, now=0).payloads == [{"n": i} for i in range(500)]
+
+
+def test_out_of_band_tensors_are_encrypted_too() -> None:
+    a, b = _pair()
+    array = np.arange(40_000, dtype=np.float32)
+    frames = a.encode(MessageType.DATA, array, now=0)
+    assert len(frames) == 2
+    assert array.tobytes()[:64] not in frames[1]
+    assert np.array_equal(b.decode(frames, now=0).payload, array)
+    tampered = [frames[0], frames[1][:-1] + bytes([frames[1][-1] ^ 1])]
+    frames2 = a.encode(MessageType.DATA, array, now=0)
+    with pytest.raises(AuthenticationError):
+        b.decode([frames2[0], tampered[1]], now=0)  # frame from another message: refused
+    assert np.array_equal(b.decode(frames2, now=0).payload, array)
+
+
+def test_authenticated_garbage_is_still_a_protocol_error() -> None:
+    a, b = _pair()
+    head_only = a.seal(MessageType.DATA, a.codec.build_body(1)._replace(data=b"\xc1"), now=0)
+    with pytest.raises(RemoteProtocolError):
+        b.decode(head_only, now=0)
+
+
+def test_hard_limit_refuses_to_send() -> None:
+    policy = RekeyPolicy(max_messages=3, hard_max_messages=5, jitter=0.0)
+    a, _ = _pair(policy=policy)
+    for index in range(5):
+        a.encode(MessageType.DATA, index, now=0)
+        assert a.session.needs_rekey(now=0) is (index >= 2)
+    with pytest.raises(SecurityError) as caught:
+        a.encode(MessageType.DATA, 5, now=0)
+    assert caught.value.reason == "rekey_overdue"
+
+
+def test_age_limits_with_jitter() -> None:
+    policy = RekeyPolicy(max_age=100.0, hard_max_age=150.0, jitter=0.5)
+    (send, recv), _ = _handshake_keys()
+    session = Session(session_id=1, send_key=send, receive_key=recv, now=0.0, policy=policy,
+                      jitter=0.5)  # fmt: skip
+    assert session.rekey_deadline() == 75.0  # shortened by 0.5 * 0.5
+    assert not session.needs_rekey(now=74.0)
+    assert session.needs_rekey(now=75.0)
+    with pytest.raises(SecurityError):
+        session.allocate(now=150.0)
+
+
+def test_rotation_keeps_every_message_exactly_once_across_a_simultaneous_rekey() -> None:
+    policy = RekeyPolicy(max_messages=50, hard_max_messages=100, jitter=0.0, grace_period=5.0)
+    a, b = _pair(policy=policy)
+    rng = random.Random(3)
+    in_flight: list[tuple[str, list[bytes], int]] = []
+    delivered: dict[str, list[int]] = {"a": [], "b": []}
+    now = 0.0
+    for index in range(50):
+        in_flight.append(("b", a.encode(MessageType.DATA, index, now=now), index))
+        in_flight.append(("a", b.encode(MessageType.DATA, index, now=now), index))
+    # Both sides hit the limit in the same tick and both want to initiate.
+    assert a.session.needs_rekey(now=now) and b.session.needs_rekey(now=now)
+    a_id, b_id = a.sender, b.sender
+    assert keeps_initiator_role(a_id, b_id) != keeps_initiator_role(b_id, a_id)
+    (a_send, a_recv), (b_send, b_recv) = _handshake_keys()
+    now = 1.0
+    assert a.session.install(a_send, a_recv, now=now) == 1
+    assert b.session.install(b_send, b_recv, now=now) == 1
+    for index in range(50, 100):
+        in_flight.append(("b", a.encode(MessageType.DATA, index, now=now), index))
+        in_flight.append(("a", b.encode(MessageType.DATA, index, now=now), index))
+    rng.shuffle(in_flight)  # old- and new-epoch messages arrive interleaved
+    for target, frames, _ in in_flight:
+        receiver = a if target == "a" else b
+        delivered[target].append(receiver.decode(frames, now=now + 2.0).payload)
+    assert sorted(delivered["a"]) == list(range(100))
+    assert sorted(delivered["b"]) == list(range(100))
+    # After the grace period, the old epoch is gone.
+    late = next(f for t, f, i in in_flight if t == "b" and i < 50)
+    assert b.session.next_deadline() == 6.0
+    b.session.on_timer(now=6.0)
+    assert b.session.open_epochs == [1]
+    with pytest.raises(ReplayError) as caught:
+        b.decode(late, now=6.0)
+    assert caught.value.reason == "stale_epoch"
+
+
+def test_no_nonce_is_used_twice_across_threads() -> None:
+    a, _ = _pair()
+    seen: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine = [a.session.allocate(now=0) for _ in range(5000)]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == len(set(seen)) == 20_000
+
+
+def test_bad_settings_and_ids() -> None:
+    with pytest.raises(UsageError):
+        RekeyPolicy(jitter=1.0)
+    with pytest.raises(UsageError):
+        RekeyPolicy(max_messages=10, hard_max_messages=5)
+    with pytest.raises(UsageError):
+        Session(session_id=2**32, send_key=bytes(32), receive_key=bytes(32), now=0)
+    with pytest.raises(UsageError):
+        Session(session_id=1, send_key=b"short", receive_key=bytes(32), now=0)
+    with pytest.raises(SecurityError):
+        keeps_initiator_role(b"x" * 16, b"x" * 16)
+    assert "key" not in repr(
+        Session(session_id=1, send_key=bytes(32), receive_key=bytes(32), now=0)
+    )

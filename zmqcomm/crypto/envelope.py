@@ -1,0 +1,106 @@
+"""Encrypted frames: the wire codec plus a session (pure).
+
+Sending: build the body (msgpack, maybe zstd), allocate (epoch, counter), write the clear
+header with the ENCRYPTED flag, encrypt the body with the header as associated data. A batch
+body is one AEAD call. Out-of-band frames (large tensors) are encrypted too, each under its
+own frame index in the nonce.
+
+Receiving: parse the clear header under the limits, refuse a plaintext frame or another
+session's frame, check replay, decrypt, then decompress and unpack the plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from zmqcomm.crypto.session import TAG_SIZE, Session
+from zmqcomm.errors import AuthenticationError
+from zmqcomm.wire import ANONYMOUS, Body, Flags, Message, WireCodec
+from zmqcomm.wire.header import Header
+from zmqcomm.wire.payload import Buffer
+
+
+class SecureCodec:
+    """Encodes and decodes the frames of one session."""
+
+    def __init__(
+        self, session: Session, codec: WireCodec | None = None, *, sender: bytes = ANONYMOUS
+    ) -> None:
+        self.session = session
+        self.codec = codec if codec is not None else WireCodec()
+        self.sender = sender
+
+    def encode(self, msg_type: int, payload: object, *, topic: str = "", now: float) -> list[bytes]:
+        return self.seal(msg_type, self.codec.build_body(payload), topic=topic, now=now)
+
+    def encode_batch(
+        self,
+        msg_type: int,
+        packed: Sequence[bytes],
+        out_of_band: Sequence[memoryview] = (),
+        *,
+        topic: str = "",
+        now: float,
+    ) -> list[bytes]:
+        """Seal a batch from payloads packed with a PayloadPacker: one AEAD call for all."""
+        return self.seal(
+            msg_type, self.codec.build_batch_body(packed, out_of_band), topic=topic, now=now
+        )
+
+    def seal(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[bytes]:
+        epoch, counter = self.session.allocate(now=now)
+        flags = body.flags | Flags.ENCRYPTED
+        if body.out_of_band:
+            flags |= Flags.OUT_OF_BAND
+        head = self.codec.header_bytes(
+            msg_type,
+            flags,
+            topic,
+            len(body.data) + TAG_SIZE,
+            sender=self.sender,
+            session=self.session.session_id,
+            epoch=epoch,
+            counter=counter,
+        )
+        frames = [head + self.session.encrypt(epoch, counter, head, body.data)]
+        for index, extra in enumerate(body.out_of_band, start=1):
+            frames.append(self.session.encrypt(epoch, counter, head, bytes(extra), frame=index))
+        return frames
+
+    def open(self, frames: Sequence[Buffer], *, now: float) -> tuple[Header, bytes, list[bytes]]:
+        """Check and decrypt; returns the header, the plaintext body and the extra frames."""
+        parsed = self.codec.parse(frames)
+        header = parsed.header
+        if not header.is_encrypted:
+            raise AuthenticationError(
+                "plaintext frame on an encrypted session", reason="plaintext_refused"
+            )
+        if header.session != self.session.session_id:
+            raise AuthenticationError("frame belongs to another session", reason="wrong_session")
+        associated = bytes(parsed.associated_data)
+        last = len(parsed.extra_frames)
+        # Every frame must open before the counter is recorded (accept only on the last).
+        body = self.session.decrypt(
+            header.epoch, header.counter, associated, bytes(parsed.body), now=now, accept=last == 0
+        )
+        extras = [
+            self.session.decrypt(
+                header.epoch,
+                header.counter,
+                associated,
+                bytes(extra),
+                now=now,
+                frame=index,
+                accept=index == last,
+            )
+            for index, extra in enumerate(parsed.extra_frames, start=1)
+        ]
+        return header, body, extras
+
+    def decode(self, frames: Sequence[Buffer], *, now: float) -> Message:
+        header, body, extras = self.open(frames, now=now)
+        return Message(header, self.codec.open_body(header, body, extras))
+
+    def decode_payloads(self, frames: Sequence[Buffer], *, now: float) -> list[Any]:
+        return self.decode(frames, now=now).payloads
