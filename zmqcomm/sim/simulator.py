@@ -156,8 +156,13 @@ class Simulator:
             payload(self)
         return True
 
-    def run(self, *, until: float | None = None, max_events: int = 10_000_000,
-            stop: Callable[[], bool] | None = None) -> int:  # fmt: skip
+    def run(
+        self,
+        *,
+        until: float | None = None,
+        max_events: int = 10_000_000,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
         """Process events until the queue is empty, virtual time ``until``, or ``stop()``.
 
         Returns the number of events processed. ``max_events`` guards against a livelock
@@ -186,8 +191,9 @@ class Simulator:
         """A short fingerprint of the whole trace, to compare two runs of one seed."""
         digest = hashlib.blake2b(digest_size=16)
         for event in self.trace:
-            digest.update(repr((round(event.time, 12), event.kind, event.node, event.detail))
-                          .encode())  # fmt: skip
+            digest.update(
+                repr((round(event.time, 12), event.kind, event.node, event.detail)).encode()
+            )
         return digest.hexdigest()
 
     # -- internals ---------------------------------------------------------------------------
