@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from zmqcomm.transport.loop import Dispatcher
+from zmqcomm.transport.loop import Dispatcher, RunPlan
 from zmqcomm.transport.sockets import translate_zmq_error
 
 
@@ -40,10 +40,7 @@ class AsyncLoop(Dispatcher):
             ready = await self._poller.poll(None if wait is None else wait * 1000)
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, "poll") from exc
-        handled = 0
-        for sock, _ in ready:
-            handled += self._drain(sock)
-        self._fire_timers()
+        handled = self._handle(ready)
         if handled >= self.max_burst:
             # A busy socket must not starve the other tasks of this event loop.
             await asyncio.sleep(0)
@@ -57,17 +54,10 @@ class AsyncLoop(Dispatcher):
         Returns ``True`` if the condition held or stop() was called, ``False`` on timeout.
         Cancelling the task stops it too (the cancellation propagates).
         """
-        self._stopping = False
-        give_up = None if timeout is None else self._clock() + timeout
-        while not self._stopping:
-            if until is not None and until():
-                return True
-            remaining = None if give_up is None else give_up - self._clock()
-            if remaining is not None and remaining <= 0:
-                return False
-            slice_ = 0.05 if remaining is None else min(0.05, remaining)
+        plan = RunPlan(self, until, timeout)
+        for slice_ in plan:
             await self.run_once(slice_)
-        return True
+        return plan.completed
 
     async def __aenter__(self) -> AsyncLoop:
         return self

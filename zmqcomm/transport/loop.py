@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import zmq
@@ -108,6 +108,12 @@ class Dispatcher:
             timeout = until_timer if timeout is None else min(timeout, until_timer)
         return timeout
 
+    def _handle(self, ready: list[tuple[Any, int]]) -> int:
+        """Drain every ready socket, then fire due timers; returns messages handled."""
+        handled = sum(self._drain(sock) for sock, _ in ready)
+        self._fire_timers()
+        return handled
+
     def _drain(self, sock: zmq.Socket[Any]) -> int:
         handler = self._handlers.get(sock)
         if handler is None:
@@ -142,6 +148,38 @@ class Dispatcher:
             raise ClosedError("the loop is closed")
 
 
+class RunPlan:
+    """The time slices of one ``run`` call, shared by the sync and asyncio loops.
+
+    Iterating yields how long the next ``run_once`` may wait; afterwards :attr:`completed`
+    says whether the run ended because ``until()`` held or ``stop()`` was called (True) or
+    because ``timeout`` passed (False).
+    """
+
+    #: Wake at least this often so until() is re-checked even when nothing arrives.
+    SLICE = 0.05
+
+    def __init__(
+        self, loop: Dispatcher, until: Callable[[], bool] | None, timeout: float | None
+    ) -> None:
+        self._loop = loop
+        self._until = until
+        self._clock = loop._clock
+        self._give_up = None if timeout is None else self._clock() + timeout
+        self.completed = True
+        loop._stopping = False
+
+    def __iter__(self) -> Iterator[float]:
+        while not self._loop._stopping:
+            if self._until is not None and self._until():
+                return
+            remaining = None if self._give_up is None else self._give_up - self._clock()
+            if remaining is not None and remaining <= 0:
+                self.completed = False
+                return
+            yield self.SLICE if remaining is None else min(self.SLICE, remaining)
+
+
 class Loop(Dispatcher):
     """Drives sockets and timers in the calling thread."""
 
@@ -155,11 +193,7 @@ class Loop(Dispatcher):
             ready = self._poller.poll(None if wait is None else int(wait * 1000 + 0.999))
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, "poll") from exc
-        handled = 0
-        for sock, _ in ready:
-            handled += self._drain(sock)
-        self._fire_timers()
-        return handled
+        return self._handle(ready)
 
     def run(self, until: Callable[[], bool] | None = None, *, timeout: float | None = None) -> bool:
         """Run until ``until()`` is true, :meth:`stop` is called, or ``timeout`` passes.
@@ -167,18 +201,10 @@ class Loop(Dispatcher):
         Returns ``True`` if it stopped because the condition held or stop() was called, and
         ``False`` on timeout.
         """
-        self._stopping = False
-        give_up = None if timeout is None else self._clock() + timeout
-        while not self._stopping:
-            if until is not None and until():
-                return True
-            remaining = None if give_up is None else give_up - self._clock()
-            if remaining is not None and remaining <= 0:
-                return False
-            # Wake at least every 50 ms so until() is re-checked even when nothing arrives.
-            slice_ = 0.05 if remaining is None else min(0.05, remaining)
+        plan = RunPlan(self, until, timeout)
+        for slice_ in plan:
             self.run_once(slice_)
-        return True
+        return plan.completed
 
     def __enter__(self) -> Loop:
         return self
