@@ -1,0 +1,352 @@
+"""The trust store: add, lookup, roles, expiry, revocation (here and by others), TOFU pinning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.crypto.keys import Identity, PublicIdentity, save_identity
+from zmqcomm.crypto.trust import TrustStore, _stat_key, format_time, parse_time
+from zmqcomm.errors import AuthenticationError, KeyFileError, UnknownPeerError, UsageError
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def alice() -> Identity:
+    return Identity.generate("alice")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrustStore:
+    return TrustStore(tmp_path / "trust")
+
+
+def _reason(exc_info: pytest.ExceptionInfo[BaseException]) -> str:
+    return str(getattr(exc_info.value, "reason", ""))
+
+
+def test_add_and_lookup_with_roles(store: TrustStore, alice: Identity) -> None:
+    entry = store.add(alice.public, ["worker", "sensor"])
+    assert entry.roles == frozenset({"worker", "sensor"})
+    assert entry.path == store.directory / f"{alice.agent_id}.pub"
+    found = store.lookup(alice.agent_id, now=NOW)
+    assert found == entry and found.name == "alice" and not found.pinned
+    assert found.verify_key == alice.verify_key and found.sender_id == alice.sender_id
+    assert alice.agent_id in store and len(store) == 1
+    document = json.loads(entry.path.read_text())
+    assert document["roles"] == ["sensor", "worker"] and document["expires"] is None
+
+
+def test_entries_survive_a_restart(tmp_path: Path, alice: Identity) -> None:
+    TrustStore(tmp_path).add(alice.public, ["worker"])
+    again = TrustStore(tmp_path)
+    assert again.lookup(alice.agent_id, now=NOW).roles == {"worker"}
+
+
+def test_add_from_pub_file_and_from_certificate(store: TrustStore, tmp_path: Path) -> None:
+    bob, carol = Identity.generate("bob"), Identity.generate("carol")
+    (tmp_path / "keys").mkdir()
+    paths = save_identity(bob, tmp_path / "keys")
+    assert store.add(paths.public).name == "bob"
+    assert store.add(carol.certificate, ["x"]).name == carol.agent_id
+    assert {e.agent_id for e in store.entries()} == {bob.agent_id, carol.agent_id}
+
+
+def test_add_refuses_forged_certificates_and_bad_roles(store: TrustStore, alice: Identity) -> None:
+    forged = dataclasses.replace(alice.certificate, static_public=os.urandom(32))
+    with pytest.raises(AuthenticationError):
+        store.add(forged)
+    for roles in ("worker", ["has space"], [""], ["x" * 65]):
+        with pytest.raises(UsageError):
+            store.add(alice.public, roles)  # type: ignore[arg-type]
+    assert len(store) == 0
+
+
+def test_add_again_updates_roles_in_place(store: TrustStore, alice: Identity) -> None:
+    first = store.add(alice.public, ["a"])
+    second = store.add(alice.public, ["b"])
+    assert second.path == first.path and second.roles == {"b"}
+    assert sorted(os.listdir(store.directory)) == [first.path.name]
+
+
+def test_unknown_peer(store: TrustStore, alice: Identity) -> None:
+    with pytest.raises(UnknownPeerError) as info:
+        store.lookup(alice.agent_id, now=NOW)
+    assert _reason(info) == "unknown_peer"
+
+
+def test_trust_expiry(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.public, ["w"], expires="2027-01-15T00:00:00Z")
+    limit = datetime(2027, 1, 15, tzinfo=timezone.utc).timestamp()
+    assert store.lookup(alice.agent_id, now=limit - 1).expires == limit
+    with pytest.raises(UnknownPeerError) as info:
+        store.lookup(alice.agent_id, now=limit)
+    assert _reason(info) == "trust_expired"
+    assert "2027-01-15T00:00:00Z" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (12.5, 12.5),
+        ("1970-01-01T00:01:00Z", 60.0),
+        ("1970-01-01T00:01:00", 60.0),
+        ("1970-01-01T01:01:00+01:00", 60.0),
+        ("1970-01-02", 86400.0),
+        (datetime(1970, 1, 1, 0, 1, tzinfo=timezone(timedelta(hours=0))), 60.0),
+    ],
+)
+def test_parse_time(value: object, expected: float | None) -> None:
+    assert parse_time(value) == expected  # type: ignore[arg-type]
+
+
+def test_parse_time_refuses_nonsense() -> None:
+    with pytest.raises(UsageError):
+        parse_time("next tuesday")
+    assert format_time(60.0) == "1970-01-01T00:01:00Z"
+
+
+def test_revocation_takes_effect_at_once(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.public, ["w"])
+    store.lookup(alice.agent_id, now=NOW)
+    assert store.revoke(alice.agent_id) is True
+    with pytest.raises(UnknownPeerError) as info:
+        store.lookup(alice.agent_id, now=NOW)
+    assert _reason(info) == "revoked"
+    assert (store.revoked_directory / f"{alice.agent_id}.pub").exists()
+    assert alice.agent_id in store.revoked() and alice.agent_id not in store
+
+
+def test_revocation_beats_a_copied_back_file(store: TrustStore, alice: Identity) -> None:
+    entry = store.add(alice.public)
+    store.revoke(alice.agent_id)
+    shutil.copy(store.revoked_directory / entry.path.name, entry.path)
+    with pytest.raises(UnknownPeerError):
+        TrustStore(store.directory).lookup(alice.agent_id, now=NOW)
+    store.add(alice.public, ["back"])  # only an explicit add lifts a revocation
+    assert TrustStore(store.directory).lookup(alice.agent_id, now=NOW).roles == {"back"}
+
+
+def test_revoking_an_unknown_id_leaves_a_marker(store: TrustStore, alice: Identity) -> None:
+    assert store.revoke(alice.agent_id) is False
+    assert (store.revoked_directory / f"{alice.agent_id}.revoked").exists()
+    with pytest.raises(UsageError):
+        store.revoke("not-an-id")
+
+
+def test_revocation_by_another_process_counts_on_the_next_lookup(
+    store: TrustStore, alice: Identity
+) -> None:
+    store.add(alice.public, ["w"])
+    store.lookup(alice.agent_id, now=NOW)
+    TrustStore(store.directory).revoke(alice.agent_id)  # stands in for another process
+    with pytest.raises(UnknownPeerError) as info:
+        store.lookup(alice.agent_id, now=NOW)
+    assert _reason(info) == "revoked"
+
+
+def test_a_deleted_file_counts_on_the_next_lookup(store: TrustStore, alice: Identity) -> None:
+    entry = store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW)
+    entry.path.unlink()
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW)
+
+
+def test_a_deleted_file_is_noticed_even_if_the_directory_looks_unchanged(
+    store: TrustStore, alice: Identity
+) -> None:
+    entry = store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW)
+    entry.path.unlink()
+    # As if the directory's timestamp had not moved (coarse file system clocks).
+    store._snapshot = (_stat_key(store.directory), _stat_key(store.revoked_directory))
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW)
+
+
+def test_files_added_by_others_are_picked_up(store: TrustStore, tmp_path: Path) -> None:
+    bob = Identity.generate("bob")
+    other = tmp_path / "other"
+    other.mkdir()
+    paths = save_identity(bob, other)
+    shutil.copy(paths.public, store.directory / "bob.pub")
+    assert store.lookup(bob.agent_id, now=NOW).name == "bob"
+
+
+def test_without_watch_only_reload_sees_outside_changes(tmp_path: Path, alice: Identity) -> None:
+    quiet = TrustStore(tmp_path, watch=False)
+    quiet.add(alice.public)
+    TrustStore(tmp_path).revoke(alice.agent_id)
+    assert quiet.lookup(alice.agent_id, now=NOW)  # still cached
+    quiet.reload()
+    with pytest.raises(UnknownPeerError):
+        quiet.lookup(alice.agent_id, now=NOW)
+
+
+def test_lookup_checks_the_key_when_given(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW, verify_key=alice.verify_key)
+    with pytest.raises(AuthenticationError) as info:
+        store.lookup(alice.agent_id, now=NOW, verify_key=os.urandom(32))
+    assert _reason(info) == "key_changed"
+
+
+def test_lookup_by_sender_id(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.public, ["w"])
+    assert store.lookup_sender(alice.sender_id, now=NOW).agent_id == alice.agent_id
+    with pytest.raises(UnknownPeerError):
+        store.lookup_sender(b"short", now=NOW)
+
+
+def test_check_certificate(store: TrustStore) -> None:
+    seed = os.urandom(32)
+    alice = Identity("alice", seed, os.urandom(32))
+    store.add(alice.public, ["w"])
+    assert store.check_certificate(alice.certificate, now=NOW).roles == {"w"}
+    # A trusted (not pinned) Ed25519 key may vouch for a new static key: the signature decides.
+    rotated = Identity("alice", seed, os.urandom(32))
+    assert store.check_certificate(rotated.certificate, now=NOW).agent_id == alice.agent_id
+    forged = dataclasses.replace(alice.certificate, static_public=os.urandom(32))
+    with pytest.raises(AuthenticationError):
+        store.check_certificate(forged, now=NOW)
+    expiring = alice.issue_certificate(expires=int(NOW))
+    with pytest.raises(AuthenticationError) as info:
+        store.check_certificate(expiring, now=NOW)
+    assert _reason(info) == "certificate_expired"
+
+
+def test_unknown_certificate_without_tofu_is_refused_and_not_pinned(
+    store: TrustStore, alice: Identity
+) -> None:
+    with pytest.raises(UnknownPeerError):
+        store.check_certificate(alice.certificate, now=NOW)
+    assert list(store.directory.iterdir()) == []
+
+
+def test_tofu_pins_on_first_sight_and_then_refuses_a_changed_key(tmp_path: Path) -> None:
+    seed = os.urandom(32)
+    first = Identity("alice", seed, os.urandom(32))
+    store = TrustStore(tmp_path, tofu=True, tofu_roles=["guest"])
+    entry = store.check_certificate(first.certificate, now=NOW)
+    assert entry.pinned and entry.roles == {"guest"}
+    document = json.loads(entry.path.read_text())
+    assert document["pinned"] is True and document["pinned_at"] == format_time(NOW)
+    assert store.check_certificate(first.certificate, now=NOW + 1) == entry
+    # Same Ed25519 key, another X25519 key: the pin says no, here and after a restart.
+    changed = Identity("alice", seed, os.urandom(32))
+    for view in (store, TrustStore(tmp_path, tofu=True)):
+        with pytest.raises(AuthenticationError, match="key changed for pinned peer") as info:
+            view.check_certificate(changed.certificate, now=NOW + 2)
+        assert _reason(info) == "key_changed"
+
+
+def test_tofu_never_pins_a_revoked_id(tmp_path: Path, alice: Identity) -> None:
+    store = TrustStore(tmp_path, tofu=True)
+    store.check_certificate(alice.certificate, now=NOW)
+    store.revoke(alice.agent_id)
+    with pytest.raises(UnknownPeerError) as info:
+        store.check_certificate(alice.certificate, now=NOW)
+    assert _reason(info) == "revoked"
+
+
+def test_remove_forgets_without_revoking(tmp_path: Path, alice: Identity) -> None:
+    store = TrustStore(tmp_path, tofu=True)
+    store.check_certificate(alice.certificate, now=NOW)
+    assert store.remove(alice.agent_id) is True
+    assert alice.agent_id not in store
+    assert store.check_certificate(alice.certificate, now=NOW).pinned  # pinned afresh
+    assert store.remove("a" * 26) is False
+
+
+def test_explicit_entries_are_not_pinned(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.certificate)
+    store.tofu = True
+    assert not store.check_certificate(alice.certificate, now=NOW).pinned
+
+
+def test_a_corrupt_file_fails_loading_but_not_running(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.public)
+    (store.directory / "junk.pub").write_text("{not json")
+    with pytest.raises(KeyFileError, match=r"junk\.pub"):
+        TrustStore(store.directory)
+    # A running store skips the bad file, says so, and keeps serving the good ones.
+    assert store.lookup(alice.agent_id, now=NOW)
+    assert store.directory / "junk.pub" in store.problems
+
+
+def test_bad_extra_fields_are_refused(store: TrustStore, alice: Identity) -> None:
+    entry = store.add(alice.public)
+    for change in ({"roles": "worker"}, {"expires": 5}, {"pinned": "yes"}, {"expires": "soon"}):
+        document = json.loads(entry.path.read_text())
+        document.update(change)
+        entry.path.write_text(json.dumps(document))
+        with pytest.raises(KeyFileError):
+            store.reload()
+
+
+def test_the_same_key_twice_is_refused(store: TrustStore, alice: Identity) -> None:
+    entry = store.add(alice.public)
+    shutil.copy(entry.path, store.directory / "copy.pub")
+    with pytest.raises(KeyFileError, match="repeats agent id"):
+        store.reload()
+
+
+def test_temporary_and_other_files_are_ignored(store: TrustStore, alice: Identity) -> None:
+    store.add(alice.public)
+    (store.directory / ".x.pub.1234.tmp").write_text("partial")
+    (store.directory / ".hidden.pub").write_text("partial")
+    (store.directory / "README").write_text("notes")
+    store.reload()
+    assert len(store) == 1 and not store.problems
+
+
+def test_a_secret_file_is_not_a_trust_entry(store: TrustStore, tmp_path: Path) -> None:
+    other = tmp_path / "k"
+    other.mkdir()
+    paths = save_identity(Identity.generate("bob"), other)
+    shutil.copy(paths.secret, store.directory / "bob.pub")
+    with pytest.raises(KeyFileError):
+        store.reload()
+
+
+def test_concurrent_lookups_and_revocations(store: TrustStore) -> None:
+    peers = [Identity.generate(f"p{i}") for i in range(8)]
+    for peer in peers:
+        store.add(peer.public, ["w"])
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(200):
+                for peer in peers[:4]:
+                    store.lookup(peer.agent_id, now=NOW)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for peer in peers[4:]:
+        store.revoke(peer.agent_id)
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(store) == 4
+
+
+def test_repr_names_the_directory(store: TrustStore) -> None:
+    assert str(store.directory) in repr(store)
+
+
+def test_public_identity_equality_is_by_content(alice: Identity) -> None:
+    assert PublicIdentity("alice", alice.certificate) == alice.public
