@@ -1,0 +1,264 @@
+"""``zmqcomm keygen`` and ``zmqcomm keyinfo`` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nacl.pwhash import argon2id
+
+from zmqcomm.cli import keys as cli_keys
+from zmqcomm.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from zmqcomm.crypto import keys
+from zmqcomm.crypto.keys import Identity, load_identity, load_public, public_file_bytes
+from zmqcomm.crypto.trust import TrustStore
+
+
+@pytest.fixture(autouse=True)
+def _cheap_kdf_and_no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(keys, "DEFAULT_OPSLIMIT", argon2id.OPSLIMIT_MIN)
+    monkeypatch.setattr(keys, "DEFAULT_MEMLIMIT", argon2id.MEMLIMIT_MIN)
+    monkeypatch.delenv(cli_keys.PASSPHRASE_ENV, raising=False)
+    yield
+
+
+def _prompts(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
+    """Feed getpass; returns the prompts it was shown."""
+    shown: list[str] = []
+    queue = list(answers)
+
+    def fake(prompt: str = "") -> str:
+        shown.append(prompt)
+        return queue.pop(0)
+
+    monkeypatch.setattr(cli_keys.getpass, "getpass", fake)
+    return shown
+
+
+def test_keygen_writes_both_files_and_prints_the_agent_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen", "alice", "--dir", str(tmp_path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    public = load_public(tmp_path / "alice.pub")
+    assert f"agent id  {public.agent_id}" in out
+    assert str(tmp_path / "alice.key") in out and str(tmp_path / "alice.pub") in out
+    assert stat.S_IMODE((tmp_path / "alice.key").stat().st_mode) == 0o600
+    assert load_identity(tmp_path / "alice.key").agent_id == public.agent_id
+
+
+def test_keygen_defaults_to_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", "bob"]) == EXIT_OK
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bob.key", "bob.pub"]
+
+
+def test_keygen_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["keygen", "alice", "--dir", str(tmp_path)])
+    before = (tmp_path / "alice.key").read_bytes()
+    capsys.readouterr()
+    assert main(["keygen", "alice", "--dir", str(tmp_path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and "--force" in err
+    assert (tmp_path / "alice.key").read_bytes() == before
+
+
+def test_keygen_force_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["keygen", "alice", "--dir", str(tmp_path), "--json"])
+    first = json.loads(capsys.readouterr().out)
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--force", "--json"]) == EXIT_OK
+    second = json.loads(capsys.readouterr().out)
+    assert first["agent_id"] != second["agent_id"]
+    assert load_public(tmp_path / "alice.pub").agent_id == second["agent_id"]
+    assert second == {
+        "name": "alice",
+        "agent_id": second["agent_id"],
+        "secret": str(tmp_path / "alice.key"),
+        "public": str(tmp_path / "alice.pub"),
+        "passphrase": False,
+    }
+
+
+def test_keygen_passphrase_from_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown = _prompts(monkeypatch, "s3cret pass", "s3cret pass")
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_OK
+    assert len(shown) == 2
+    assert "passphrase-protected" in capsys.readouterr().out
+    assert load_identity(tmp_path / "alice.key", passphrase="s3cret pass")
+
+
+def test_keygen_passphrase_mismatch_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _prompts(monkeypatch, "one", "two")
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_USAGE
+    assert "differ" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_empty_passphrase_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _prompts(monkeypatch, "", "")
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_USAGE
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "")
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_USAGE
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_passphrase_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "from env")
+    shown = _prompts(monkeypatch)
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase", "--json"]) == 0
+    assert shown == []
+    assert json.loads(capsys.readouterr().out)["passphrase"] is True
+    assert load_identity(tmp_path / "alice.key", passphrase="from env")
+    assert "from env" not in (tmp_path / "alice.key").read_text()
+
+
+@pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", ""])
+def test_keygen_bad_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", name]) == EXIT_USAGE
+    assert "invalid key name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keygen", "alice", "--dir", str(tmp_path / "nope")]) == EXIT_USAGE
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_keyinfo_public_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["keygen", "alice", "--dir", str(tmp_path)])
+    capsys.readouterr()
+    public = load_public(tmp_path / "alice.pub")
+    assert main(["keyinfo", str(tmp_path / "alice.pub")]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert public.agent_id in out and public.verify_key.hex() in out
+    assert public.static_public.hex() in out and "valid" in out
+    assert main(["keyinfo", str(tmp_path / "alice.pub"), "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "public" and report["ok"] is True
+    assert report["sender_id"] == public.sender_id.hex()
+    assert report["certificate"] == {"valid": True, "expires": None, "error": None}
+
+
+def test_keyinfo_secret_file_checks_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "pw")
+    main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"])
+    capsys.readouterr()
+    assert main(["keyinfo", str(tmp_path / "alice.key"), "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "secret" and report["mode"] == "0600" and report["mode_ok"]
+    assert report["passphrase"] is True and report["secrets_checked"] is True
+    text = json.dumps(report)
+    secret_b64 = json.loads((tmp_path / "alice.key").read_text())["secret"]
+    assert secret_b64 not in text
+
+
+def test_keyinfo_asks_for_the_passphrase_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    shown = _prompts(monkeypatch, "pw")
+    assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_OK
+    assert len(shown) == 1
+    assert "match the public keys" in capsys.readouterr().out
+
+
+def test_keyinfo_wrong_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "nope")
+    assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_USAGE
+    assert "wrong passphrase" in capsys.readouterr().err
+
+
+def test_keyinfo_public_only_skips_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    shown = _prompts(monkeypatch)
+    assert main(["keyinfo", str(tmp_path / "alice.key"), "--public-only"]) == EXIT_OK
+    assert shown == [] and "not checked" in capsys.readouterr().out
+
+
+def test_keyinfo_flags_a_loose_mode_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["keygen", "alice", "--dir", str(tmp_path)])
+    secret = tmp_path / "alice.key"
+    secret.chmod(0o644)
+    capsys.readouterr()
+    assert main(["keyinfo", str(secret)]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert "0644 UNSAFE" in out and f"chmod 600 {secret}" in out
+
+
+def test_keyinfo_flags_an_expired_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    identity = Identity.generate("old", cert_expires=1_000_000_000)
+    path = tmp_path / "old.pub"
+    path.write_bytes(public_file_bytes(identity.public))
+    assert main(["keyinfo", str(path)]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert "INVALID" in out and "expired" in out and "2001-09-09T01:46:40Z" in out
+    assert main(["keyinfo", str(path), "--json"]) == EXIT_FAILED
+    report = json.loads(capsys.readouterr().out)
+    assert report["certificate"]["expires"] == "2001-09-09T01:46:40Z"
+    assert report["ok"] is False
+
+
+def test_keyinfo_shows_trust_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    entry = TrustStore(tmp_path).add(Identity.generate("w").public, ["worker"])
+    assert main(["keyinfo", str(entry.path)]) == EXIT_OK
+    assert 'trust roles    ["worker"]' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", ["", "{broken", '{"format": "something-else"}'])
+def test_keyinfo_on_garbage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    path = tmp_path / "x.pub"
+    path.write_text(content)
+    assert main(["keyinfo", str(path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("zmqcomm keyinfo: error:") and err.count("\n") == 1
+
+
+def test_keyinfo_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keyinfo", str(tmp_path / "none.key")]) == EXIT_USAGE
+    assert "no such key file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["keygen", "keyinfo"])
+def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"zmqcomm {command} " in out
+
+
+def test_missing_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["keygen"])
+    assert info.value.code == EXIT_USAGE

@@ -1,0 +1,241 @@
+"""``zmqcomm keygen`` and ``zmqcomm keyinfo``: make an identity, and look inside key files."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from zmqcomm.crypto.keys import (
+    Certificate,
+    Identity,
+    PublicIdentity,
+    inspect_secret_file,
+    key_file_kind,
+    load_identity,
+    load_public_document,
+    save_identity,
+)
+from zmqcomm.errors import AuthenticationError, UsageError
+
+#: Scripts set this instead of typing the passphrase (it is read only with --passphrase, or
+#: when a key file turns out to be protected).
+PASSPHRASE_ENV = "ZMQCOMM_PASSPHRASE"
+
+KEYGEN_EXAMPLES = f"""\
+examples:
+  zmqcomm keygen alice                    alice.key (mode 0600) and alice.pub here
+  zmqcomm keygen alice --dir ~/.zmqcomm   the same in another directory
+  zmqcomm keygen alice --passphrase       protect alice.key (the passphrase is asked twice)
+  {PASSPHRASE_ENV}=... zmqcomm keygen alice --passphrase
+                                          the same, for scripts
+  zmqcomm keygen alice --force            replace an existing alice.key and alice.pub
+
+Share NAME.pub with your peers; NAME.key never leaves this machine.
+"""
+
+KEYINFO_EXAMPLES = """\
+examples:
+  zmqcomm keyinfo alice.pub                name, agent id, public keys, certificate
+  zmqcomm keyinfo alice.key                also checks the file mode and that the secrets
+                                           match (asks the passphrase if there is one)
+  zmqcomm keyinfo alice.key --public-only  skip the passphrase and the secret check
+  zmqcomm keyinfo alice.key --json         one JSON object, for scripts
+
+Exits 1 when a check fails (unsafe mode, expired or invalid certificate).
+"""
+
+
+def register(commands: Any) -> None:
+    keygen = commands.add_parser(
+        "keygen",
+        help="create an identity: NAME.key (secret, 0600) and NAME.pub (public)",
+        description=(
+            "Generate an Ed25519 identity and the X25519 static key it vouches for, and write "
+            "them to NAME.key (created with mode 0600, never overwritten without --force) and "
+            "NAME.pub. Prints the agent id. File formats: docs/keys.md."
+        ),
+        epilog=KEYGEN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keygen.add_argument("name", metavar="NAME", help="key name, used for the file names")
+    keygen.add_argument(
+        "--dir", default=".", metavar="DIR", help="where to write the files (default .)"
+    )
+    keygen.add_argument(
+        "--passphrase",
+        action="store_true",
+        help=f"protect the secret file with a passphrase (asked twice, or ${PASSPHRASE_ENV})",
+    )
+    keygen.add_argument("--force", action="store_true", help="replace existing key files")
+    keygen.add_argument("--json", action="store_true", help="print one JSON object")
+    keygen.set_defaults(run=run_keygen)
+
+    keyinfo = commands.add_parser(
+        "keyinfo",
+        help="show and check a key file (.key or .pub)",
+        description=(
+            "Print the name, agent id, public keys and certificate of a key file. For a secret "
+            "file, also check its mode and that its secrets match its public keys."
+        ),
+        epilog=KEYINFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keyinfo.add_argument("file", metavar="FILE", help="a NAME.key or NAME.pub file")
+    keyinfo.add_argument(
+        "--public-only",
+        action="store_true",
+        help="for a secret file: do not decrypt or check the secrets",
+    )
+    keyinfo.add_argument("--json", action="store_true", help="print one JSON object")
+    keyinfo.set_defaults(run=run_keyinfo)
+
+
+def _new_passphrase() -> str:
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env is not None:
+        if not from_env:
+            raise UsageError(f"${PASSPHRASE_ENV} is set but empty")
+        return from_env
+    first = getpass.getpass("passphrase for the new key: ")
+    if not first:
+        raise UsageError("empty passphrase; leave out --passphrase for an unprotected key")
+    if getpass.getpass("same passphrase again: ") != first:
+        raise UsageError("the two passphrases differ; nothing was written")
+    return first
+
+
+def _existing_passphrase(path: Path) -> str:
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env
+    return getpass.getpass(f"passphrase for {path}: ")
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    identity = Identity.generate(args.name)  # checks the name before any prompt
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise UsageError(f"no such directory: {directory}")
+    passphrase = _new_passphrase() if args.passphrase else None
+    paths = save_identity(identity, directory, passphrase=passphrase, force=args.force)
+    if args.json:
+        report = {
+            "name": identity.name,
+            "agent_id": identity.agent_id,
+            "secret": str(paths.secret),
+            "public": str(paths.public),
+            "passphrase": passphrase is not None,
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        protection = "passphrase-protected" if passphrase else "not passphrase-protected"
+        print(f"agent id  {identity.agent_id}")
+        print(f"secret    {paths.secret}  (mode 0600, {protection}; keep it here)")
+        print(f"public    {paths.public}  (share it with peers)")
+    return 0
+
+
+def _certificate_report(certificate: Certificate, now: float) -> dict[str, Any]:
+    expires = certificate.expires
+    report: dict[str, Any] = {
+        "valid": True,
+        "expires": None if expires is None else _iso(expires),
+        "error": None,
+    }
+    try:
+        certificate.verify(now=now)
+    except AuthenticationError as exc:
+        report.update(valid=False, error=str(exc))
+    return report
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _public_report(public: PublicIdentity, now: float) -> dict[str, Any]:
+    return {
+        "name": public.name,
+        "agent_id": public.agent_id,
+        "sender_id": public.sender_id.hex(),
+        "ed25519_public": public.verify_key.hex(),
+        "x25519_public": public.static_public.hex(),
+        "certificate": _certificate_report(public.certificate, now),
+    }
+
+
+def run_keyinfo(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    now = time.time()
+    kind = key_file_kind(path)
+    report: dict[str, Any] = {"file": str(path), "kind": kind}
+    problems: list[str] = []
+    if kind == "public":
+        public, document = load_public_document(path)
+        report.update(_public_report(public, now))
+        for extra in ("roles", "expires", "pinned"):
+            if extra in document:
+                report[extra] = document[extra]
+    else:
+        info = inspect_secret_file(path)
+        report.update(_public_report(info.public, now))
+        report.update(
+            passphrase=info.encrypted,
+            mode=f"{info.mode:04o}",
+            mode_ok=info.mode_ok,
+            secrets_checked=False,
+        )
+        if not info.mode_ok:
+            problems.append(f"mode {info.mode:04o} lets group or others in; run: chmod 600 {path}")
+        elif not args.public_only:
+            # Decrypts and compares the secrets with the public keys; raises on any mismatch.
+            load_identity(path, passphrase=_existing_passphrase(path) if info.encrypted else None)
+            report["secrets_checked"] = True
+    if not report["certificate"]["valid"]:
+        problems.append(f"certificate: {report['certificate']['error']}")
+    report["ok"] = not problems
+    report["problems"] = problems
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_keyinfo(report)
+    return 0 if not problems else 1
+
+
+def _print_keyinfo(report: dict[str, Any]) -> None:
+    certificate = report["certificate"]
+    if certificate["valid"]:
+        until = certificate["expires"] or "no expiry"
+        cert_text = f"valid, vouches for the x25519 key ({until})"
+    else:
+        cert_text = f"INVALID: {certificate['error']}"
+        if certificate["expires"]:
+            cert_text += f" (expiry {certificate['expires']})"
+    rows = [
+        ("file", report["file"]),
+        ("kind", f"{report['kind']} key"),
+        ("name", report["name"]),
+        ("agent id", report["agent_id"]),
+        ("sender id", report["sender_id"]),
+        ("ed25519", report["ed25519_public"]),
+        ("x25519", report["x25519_public"]),
+        ("certificate", cert_text),
+    ]
+    if report["kind"] == "secret":
+        rows.append(("mode", report["mode"] + (" ok" if report["mode_ok"] else " UNSAFE")))
+        rows.append(("passphrase", "yes" if report["passphrase"] else "no"))
+        checked = "match the public keys" if report["secrets_checked"] else "not checked"
+        rows.append(("secrets", checked))
+    for extra in ("roles", "expires", "pinned"):
+        if extra in report:
+            rows.append((f"trust {extra}", json.dumps(report[extra])))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    for problem in report["problems"]:
+        print(f"problem: {problem}")
