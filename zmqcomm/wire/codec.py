@@ -84,6 +84,11 @@ class WireCodec:
         data = self._packer.pack(payload)
         return self._finish_body(data, Flags.NONE, self._packer.take_out_of_band())
 
+    def build_batch_of(self, payloads: Sequence[object]) -> Body:
+        """Encode several payloads into one batch body."""
+        packed = [self._packer.pack(payload) for payload in payloads]
+        return self.build_batch_body(packed, self._packer.take_out_of_band())
+
     def build_batch_body(
         self, packed_items: Sequence[bytes], out_of_band: Sequence[memoryview] = ()
     ) -> Body:
@@ -167,9 +172,7 @@ class WireCodec:
         self, msg_type: int, payloads: Sequence[object], **fields: Any
     ) -> list[Buffer]:
         """Encode several payloads as one batch frame (same type, topic and sender)."""
-        packed = [self._packer.pack(payload) for payload in payloads]
-        body = self.build_batch_body(packed, self._packer.take_out_of_band())
-        return self.assemble(msg_type, body, **fields)
+        return self.assemble(msg_type, self.build_batch_of(payloads), **fields)
 
     def _finish_body(self, data: bytes, flags: int, out_of_band: list[memoryview]) -> Body:
         if len(data) > self.limits.max_body_size:

@@ -19,6 +19,10 @@ class MessageType(enum.IntEnum):
     REPLY = 0x03
     PUBLISH = 0x04
     ERROR = 0x05
+    #: Security layer (docs/protocol.md section 10): the three Noise XX messages.
+    HANDSHAKE_INIT = 0x40
+    HANDSHAKE_REPLY = 0x41
+    HANDSHAKE_FINISH = 0x42
 
 
 class Flags(enum.IntFlag):

@@ -1,0 +1,342 @@
+"""One secure channel to one peer: handshake, session, rekey and retries (pure, sans-I/O).
+
+A driver feeds it the frames a socket received and the time; it returns events (frames to
+transmit, a session established, a message delivered) and raises a typed error for anything
+it refuses, having changed nothing. Either side may start a rekey: a fresh XX handshake under
+the same session id with the next epoch, while traffic keeps flowing under the current keys.
+If both sides start one at once, the side with the smaller sender id keeps its attempt
+(:func:`~zmqcomm.crypto.session.keeps_initiator_role`) and the other answers it.
+
+A new session on an existing channel (a client that reconnected) is accepted only from the
+same agent, and the current session stays in force until the new handshake completes: a
+replayed or forged handshake message can cost the responder one DH, never the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from zmqcomm.crypto.envelope import SecureCodec
+from zmqcomm.crypto.handshake import (
+    CertificateChecker,
+    Handshake,
+    HandshakeResult,
+    PeerInfo,
+    RandomBytes,
+    check_init,
+)
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.session import RekeyPolicy, Session, keeps_initiator_role
+from zmqcomm.errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SecurityError,
+)
+from zmqcomm.wire import ANONYMOUS, Message, MessageType, WireCodec
+from zmqcomm.wire.payload import Buffer
+
+_SECURITY_TYPES = range(0x40, 0x80)
+_MAX_RETRY_DELAY = 30.0
+
+
+class TrustChecker(CertificateChecker, Protocol):
+    """The trust store as the channel uses it: certificates at handshake, ids per message."""
+
+    def lookup(self, agent_id: str, *, now: float) -> PeerInfo: ...
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """Frames the driver must send to the peer now, before anything sent after this call."""
+
+    frames: list[Buffer]
+
+
+@dataclass(frozen=True)
+class Established:
+    """A handshake completed: a new session (``epoch == 0``) or a rekey."""
+
+    agent_id: str
+    roles: frozenset[str]
+    session_id: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An authenticated message; ``agent_id`` is the peer the session authenticated."""
+
+    agent_id: str
+    message: Message
+
+
+Event = Transmit | Established | Delivered
+
+
+@dataclass
+class _Pending:
+    handshake: Handshake
+    deadline: float
+    delay: float
+
+
+class SecureChannel:
+    """Both directions of the secure link to one peer over one connection."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        trust: TrustChecker,
+        random_bytes: RandomBytes,
+        codec: WireCodec | None = None,
+        policy: RekeyPolicy | None = None,
+        handshake_timeout: float = 2.0,
+        max_failures: int = 16,
+        expect_peer: str | None = None,
+    ) -> None:
+        if handshake_timeout <= 0 or max_failures < 1:
+            raise LocalProtocolError("handshake_timeout and max_failures must be positive")
+        self.identity = identity
+        self.trust = trust
+        self.codec = codec if codec is not None else WireCodec()
+        self.policy = policy if policy is not None else RekeyPolicy()
+        self.handshake_timeout = handshake_timeout
+        self.max_failures = max_failures
+        self.expect_peer = expect_peer
+        self._random = random_bytes
+        self.session: Session | None = None
+        self.secure: SecureCodec | None = None
+        self.peer: PeerInfo | None = None
+        self._peer_sender = ANONYMOUS
+        self._pending: _Pending | None = None
+        #: Consecutive refused frames; the channel closes itself at ``max_failures``.
+        self.failures = 0
+        self.closed = False
+        self.rekey_collisions = 0
+
+    def __repr__(self) -> str:
+        peer = self.peer.agent_id if self.peer else None
+        return f"SecureChannel(peer={peer!r}, session={self.session!r}, closed={self.closed})"
+
+    @property
+    def established(self) -> bool:
+        return self.secure is not None and not self.closed
+
+    @property
+    def handshaking(self) -> bool:
+        return self._pending is not None
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def connect(self, *, now: float) -> list[Buffer]:
+        """Start a new session as initiator; returns the INIT frames to send."""
+        session_id = 0
+        while session_id == 0:
+            session_id = int.from_bytes(self._random(4), "big")
+        return self._initiate(session_id, 0, now=now, delay=self.handshake_timeout)
+
+    def _initiate(self, session_id: int, epoch: int, *, now: float, delay: float) -> list[Buffer]:
+        expect = self.peer.agent_id if self.peer is not None and epoch else self.expect_peer
+        handshake = Handshake(
+            initiator=True,
+            identity=self.identity,
+            trust=self.trust,
+            session_id=session_id,
+            epoch=epoch,
+            random_bytes=self._random,
+            expect_peer=expect,
+        )
+        self._pending = _Pending(handshake, now + delay, delay)
+        return self._frame(MessageType.HANDSHAKE_INIT, handshake.start(), session_id, epoch)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive(self, frames: Sequence[Buffer], *, now: float) -> list[Event]:
+        """Handle frames from the peer. Refused input raises and changes nothing (but the
+        failure count, which closes the channel at ``max_failures``)."""
+        if self.closed:
+            raise SecurityError("the channel is closed", reason="channel_closed")
+        try:
+            events = self._receive(frames, now=now)
+        except (RemoteProtocolError, SecurityError):
+            if self.established:
+                self.failures += 1
+                if self.failures >= self.max_failures:
+                    self.closed = True
+            raise
+        self.failures = 0
+        return events
+
+    def _receive(self, frames: Sequence[Buffer], *, now: float) -> list[Event]:
+        parsed = self.codec.parse(frames)
+        header = parsed.header
+        if header.type == MessageType.HANDSHAKE_INIT:
+            return self._on_init(header.session, header.epoch, bytes(parsed.body), now=now)
+        if header.type == MessageType.HANDSHAKE_REPLY:
+            return self._on_reply(header.session, header.epoch, bytes(parsed.body), now=now)
+        if header.type == MessageType.HANDSHAKE_FINISH:
+            return self._on_finish(header.session, header.epoch, bytes(parsed.body), now=now)
+        if header.type in _SECURITY_TYPES:
+            raise RemoteProtocolError(
+                f"unknown security message type {header.type:#04x}", reason="unknown_type"
+            )
+        if self.secure is None or self.peer is None:
+            raise AuthenticationError("no session with this peer yet", reason="no_session")
+        if header.sender != self._peer_sender:
+            raise AuthenticationError("frame names another sender", reason="wrong_sender")
+        # Revocation and trust expiry bite on the next message, not the next handshake.
+        self.trust.lookup(self.peer.agent_id, now=now)
+        message = self.secure.decode(frames, now=now)
+        return [Delivered(self.peer.agent_id, message)]
+
+    def _on_init(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
+        check_init(body)
+        session = self.session
+        if session is not None and session_id == session.session_id:
+            if epoch <= session.epoch:
+                raise AuthenticationError(
+                    f"handshake for epoch {epoch}, already at {session.epoch}",
+                    reason="handshake_replay",
+                )
+            if epoch != session.epoch + 1:
+                raise RemoteProtocolError(f"rekey to epoch {epoch} skips ahead", reason="bad_epoch")
+            pending = self._pending
+            if (
+                pending is not None
+                and pending.handshake.initiator
+                and pending.handshake.session_id == session_id
+                and pending.handshake.epoch == epoch
+                and keeps_initiator_role(self.identity.sender_id, self._peer_sender)
+            ):
+                self.rekey_collisions += 1  # both rekeyed at once; ours wins, theirs is moot
+                return []
+        elif session_id == 0 or epoch != 0:
+            raise RemoteProtocolError("a new session must start at epoch 0", reason="bad_epoch")
+        handshake = Handshake(
+            initiator=False,
+            identity=self.identity,
+            trust=self.trust,
+            session_id=session_id,
+            epoch=epoch,
+            random_bytes=self._random,
+            expect_peer=self.peer.agent_id if self.peer is not None else self.expect_peer,
+        )
+        reply = handshake.respond(body, now=now)
+        self._pending = _Pending(handshake, now + self.handshake_timeout, self.handshake_timeout)
+        return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
+
+    def _on_reply(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
+        handshake = self._expect_pending(session_id, epoch, initiator=True)
+        finish = handshake.finish(body, now=now)
+        assert handshake.result is not None
+        frames = self._frame(MessageType.HANDSHAKE_FINISH, finish, session_id, epoch)
+        return [Transmit(frames), self._install(handshake.result, session_id, epoch, now=now)]
+
+    def _on_finish(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
+        handshake = self._expect_pending(session_id, epoch, initiator=False)
+        result = handshake.accept(body, now=now)
+        return [self._install(result, session_id, epoch, now=now)]
+
+    def _expect_pending(self, session_id: int, epoch: int, *, initiator: bool) -> Handshake:
+        pending = self._pending
+        if (
+            pending is None
+            or pending.handshake.initiator != initiator
+            or pending.handshake.session_id != session_id
+            or pending.handshake.epoch != epoch
+        ):
+            raise AuthenticationError(
+                "handshake message matches no handshake in progress", reason="unexpected_handshake"
+            )
+        return pending.handshake
+
+    def _install(
+        self, result: HandshakeResult, session_id: int, epoch: int, *, now: float
+    ) -> Established:
+        self._pending = None
+        jitter = int.from_bytes(self._random(2), "big") / 65536
+        if epoch and self.session is not None:
+            self.session.install(result.send_key, result.receive_key, now=now, jitter=jitter)
+        else:
+            self.session = Session(
+                session_id=session_id,
+                send_key=result.send_key,
+                receive_key=result.receive_key,
+                now=now,
+                policy=self.policy,
+                jitter=jitter,
+            )
+            self.secure = SecureCodec(self.session, self.codec, sender=self.identity.sender_id)
+        self.peer = result.peer
+        self._peer_sender = result.certificate.sender_id
+        return Established(result.agent_id, result.peer.roles, session_id, epoch)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def seal(self, msg_type: int, payload: object, *, topic: str = "", now: float) -> list[bytes]:
+        """Encrypt one message for the peer."""
+        return self._codec_for_send(now).encode(msg_type, payload, topic=topic, now=now)
+
+    def seal_many(
+        self, msg_type: int, payloads: Sequence[object], *, topic: str = "", now: float
+    ) -> list[bytes]:
+        """Encrypt several payloads as one batch frame (one AEAD call)."""
+        secure = self._codec_for_send(now)
+        return secure.seal(msg_type, self.codec.build_batch_of(payloads), topic=topic, now=now)
+
+    def _codec_for_send(self, now: float) -> SecureCodec:
+        if self.closed:
+            raise SecurityError("the channel is closed", reason="channel_closed")
+        if self.secure is None or self.peer is None:
+            raise SecurityError("no session with this peer yet", reason="no_session")
+        self.trust.lookup(self.peer.agent_id, now=now)
+        return self.secure
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = []
+        if self._pending is not None:
+            deadlines.append(self._pending.deadline)
+        if self.session is not None:
+            deadlines.append(self.session.rekey_deadline())
+            expiry = self.session.next_deadline()
+            if expiry is not None:
+                deadlines.append(expiry)
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, *, now: float) -> list[Event]:
+        """Retry a handshake that timed out, start a rekey that is due, erase old keys.
+
+        Cheap enough to call after every burst of sends (the message-count trigger)."""
+        if self.closed:
+            return []
+        pending = self._pending
+        if pending is not None:
+            if now < pending.deadline:
+                return []
+            handshake = pending.handshake
+            if not handshake.initiator:
+                self._pending = None  # the initiator retries; we just forget
+                return []
+            delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
+            frames = self._initiate(handshake.session_id, handshake.epoch, now=now, delay=delay)
+            return [Transmit(frames)]
+        session = self.session
+        if session is None:
+            return []
+        session.on_timer(now=now)
+        if session.needs_rekey(now=now):
+            epoch = session.epoch + 1
+            frames = self._initiate(
+                session.session_id, epoch, now=now, delay=self.handshake_timeout
+            )
+            return [Transmit(frames)]
+        return []
+
+    def _frame(self, msg_type: int, body: bytes, session_id: int, epoch: int) -> list[Buffer]:
+        return self.codec.assemble(msg_type, body, session=session_id, epoch=epoch)

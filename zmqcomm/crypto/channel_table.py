@@ -1,0 +1,228 @@
+"""The secure channels of one socket, keyed by ZeroMQ routing id (pure, sans-I/O).
+
+The table is where peer input first meets the security layer, so it carries the guards:
+
+- before any Diffie-Hellman, a handshake INIT must pass the cheap checks (exact size, known
+  suite) and two token buckets, one per routing id and one for the whole table, so a flood of
+  handshakes from unknown keys costs a few comparisons per message;
+- at most ``max_pending`` unfinished handshakes are held (the oldest is dropped), so memory
+  stays bounded however many connections a flood opens;
+- every refusal is counted by reason and written to the audit trail, and never raises to
+  the driver: a bad message is a drop, not a crash.
+
+A routing id is never an identity: the channel's authenticated agent id is. When an agent
+completes a handshake on a new connection, its previous channel is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zmqcomm.access import RateLimiter, TokenBucket
+from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
+from zmqcomm.crypto.channel import Established, Event, SecureChannel, TrustChecker
+from zmqcomm.crypto.handshake import RandomBytes
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.errors import RateLimitedError, RemoteProtocolError, SecurityError, UsageError
+from zmqcomm.wire import MessageType, WireCodec
+from zmqcomm.wire.header import parse_header
+from zmqcomm.wire.payload import Buffer
+
+
+@dataclass(frozen=True)
+class HandshakeLimits:
+    """How much handshake work unknown peers may cause."""
+
+    #: New handshakes per second for the whole table, and the burst allowed above it.
+    rate: float = 500.0
+    burst: float = 200.0
+    #: Per routing id: a client that reconnects now and then never notices these.
+    per_route_rate: float = 2.0
+    per_route_burst: float = 8.0
+    #: Unfinished handshakes held at once; the oldest is dropped past this.
+    max_pending: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_pending < 1:
+            raise UsageError(f"max_pending must be at least 1, got {self.max_pending}")
+
+
+class ChannelTable:
+    """Routes frames to per-peer channels and guards the way in."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        trust: TrustChecker,
+        random_bytes: RandomBytes,
+        now: float,
+        audit: BaseAuditLog | None = None,
+        codec: WireCodec | None = None,
+        policy: RekeyPolicy | None = None,
+        limits: HandshakeLimits | None = None,
+        handshake_timeout: float = 2.0,
+        max_failures: int = 16,
+    ) -> None:
+        self.identity = identity
+        self.trust = trust
+        self.audit = audit if audit is not None else NullAuditLog()
+        self.codec = codec if codec is not None else WireCodec()
+        self.policy = policy
+        self.limits = limits if limits is not None else HandshakeLimits()
+        self.handshake_timeout = handshake_timeout
+        self.max_failures = max_failures
+        self._random = random_bytes
+        self._global = TokenBucket(self.limits.rate, self.limits.burst, now=now)
+        self._per_route = RateLimiter(
+            self.limits.per_route_rate, self.limits.per_route_burst, max_keys=100_000
+        )
+        self.channels: dict[bytes, SecureChannel] = {}
+        self._pending: OrderedDict[bytes, None] = OrderedDict()
+        self._routes: dict[str, bytes] = {}
+        self.rejected: Counter[str] = Counter()
+        self.handshakes = 0
+        self.rekeys = 0
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+    def route_of(self, agent_id: str) -> bytes | None:
+        """The routing id of the established channel to ``agent_id``, if any."""
+        return self._routes.get(agent_id)
+
+    def channel_to(self, agent_id: str) -> SecureChannel | None:
+        route = self._routes.get(agent_id)
+        return self.channels.get(route) if route is not None else None
+
+    @property
+    def peers(self) -> list[str]:
+        return sorted(self._routes)
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def connect(self, route: bytes, *, now: float, expect_peer: str | None = None) -> list[Buffer]:
+        """Start a session as initiator on ``route``; returns the INIT frames."""
+        # A reconnect replaces the old channel: its session ended with the old connection.
+        self.drop(route)
+        channel = self._new_channel(expect_peer)
+        frames = channel.connect(now=now)
+        self.channels[route] = channel
+        return frames
+
+    def _new_channel(self, expect_peer: str | None) -> SecureChannel:
+        return SecureChannel(
+            identity=self.identity,
+            trust=self.trust,
+            random_bytes=self._random,
+            codec=self.codec,
+            policy=self.policy,
+            handshake_timeout=self.handshake_timeout,
+            max_failures=self.max_failures,
+            expect_peer=expect_peer,
+        )
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive(self, route: bytes, frames: Sequence[Buffer], *, now: float) -> list[Event]:
+        """Handle one message from ``route``. Refused input returns no events, is counted in
+        :attr:`rejected` and audited; it never raises."""
+        channel = self.channels.get(route)
+        try:
+            if channel is None or self._is_init(frames):
+                self._admit(route, frames, now=now)
+                if channel is None:
+                    channel = self._new_channel(None)
+            events = channel.receive(frames, now=now)
+        except (RemoteProtocolError, SecurityError) as exc:
+            self._reject(route, channel, exc, now=now)
+            return []
+        if route not in self.channels:
+            self.channels[route] = channel
+        if channel.handshaking and not channel.established:
+            self._track_pending(route, now=now)
+        for event in events:
+            if isinstance(event, Established):
+                self._on_established(route, event, now=now)
+        return events
+
+    def _is_init(self, frames: Sequence[Buffer]) -> bool:
+        # Byte 5 of the header is the type: peek without a full parse.
+        return bool(frames) and len(frames[0]) > 5 and frames[0][5] == MessageType.HANDSHAKE_INIT
+
+    def _admit(self, route: bytes, frames: Sequence[Buffer], *, now: float) -> None:
+        """The checks before a channel or a DH is spent on a message."""
+        if not frames:
+            raise RemoteProtocolError("empty message", reason="truncated")
+        header, _ = parse_header(memoryview(frames[0]), self.codec.limits)
+        if header.type != MessageType.HANDSHAKE_INIT:
+            raise SecurityError("no session on this connection", reason="no_session")
+        if not self._per_route.allow(route, now=now) or not self._global.take(now=now):
+            raise RateLimitedError("too many handshakes", reason="rate_limited")
+
+    def _track_pending(self, route: bytes, *, now: float) -> None:
+        self._pending[route] = None
+        self._pending.move_to_end(route)
+        while len(self._pending) > self.limits.max_pending:
+            oldest, _ = self._pending.popitem(last=False)
+            stale = self.channels.get(oldest)
+            if stale is not None and not stale.established:
+                del self.channels[oldest]
+            self.rejected["handshake_evicted"] += 1
+
+    def _on_established(self, route: bytes, event: Established, *, now: float) -> None:
+        self._pending.pop(route, None)
+        if event.epoch:
+            self.rekeys += 1
+            self.audit.record(
+                "rekey", now=now, peer=event.agent_id, session=event.session_id, epoch=event.epoch
+            )
+            return
+        self.handshakes += 1
+        previous = self._routes.get(event.agent_id)
+        if previous is not None and previous != route:
+            self.channels.pop(previous, None)
+        self._routes[event.agent_id] = route
+        self.audit.record(
+            "handshake", now=now, peer=event.agent_id, session=event.session_id, route=route.hex()
+        )
+
+    def _reject(
+        self, route: bytes, channel: SecureChannel | None, exc: Exception, *, now: float
+    ) -> None:
+        reason = getattr(exc, "reason", "error")
+        self.rejected[reason] += 1
+        peer = channel.peer.agent_id if channel is not None and channel.peer else None
+        self.audit.record("reject", now=now, peer=peer, reason=reason, route=route.hex())
+        if channel is not None and channel.closed:
+            self.drop(route)
+            self.audit.record("close", now=now, peer=peer, reason="too_many_failures")
+
+    def drop(self, route: bytes) -> None:
+        """Forget the channel on ``route`` (the connection went away)."""
+        channel = self.channels.pop(route, None)
+        self._pending.pop(route, None)
+        peer = channel.peer if channel is not None else None
+        if peer is not None and self._routes.get(peer.agent_id) == route:
+            del self._routes[peer.agent_id]
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for c in self.channels.values() if (d := c.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, *, now: float) -> list[tuple[bytes, Event]]:
+        """Retries, rekeys and expiries that are due; abandoned handshakes are forgotten."""
+        out: list[tuple[bytes, Event]] = []
+        for route, channel in list(self.channels.items()):
+            for event in channel.on_timer(now=now):
+                out.append((route, event))
+            if not channel.established and not channel.handshaking:
+                self.channels.pop(route, None)
+                self._pending.pop(route, None)
+                self.rejected["handshake_timeout"] += 1
+        return out
