@@ -319,6 +319,12 @@ class SecureDealer(_SecureSocket):
             self.close()
             raise
         self.endpoint = endpoint
+        # Sent now, it waits in the connection's pipe until the transport is up (inproc has
+        # no transport handshake to wait for, and no monitor events).
+        self._transmit(
+            _DEALER_ROUTE,
+            self.table.connect(_DEALER_ROUTE, now=self.clock(), expect_peer=expect_peer),
+        )
         if connect_timeout is not None:
             self.wait_established(connect_timeout)
 
@@ -338,10 +344,11 @@ class SecureDealer(_SecureSocket):
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                # A (re)connected transport: whatever session the router had is gone with
-                # the old connection, so start a fresh one.
                 self._connections += 1
                 self.reconnects = self._connections - 1
+                if self._connections == 1:
+                    continue  # the first connection carries the INIT sent at construction
+                # A reconnect: whatever session the router had went with the old connection.
                 frames = self.table.connect(
                     _DEALER_ROUTE, now=self.clock(), expect_peer=self.expect_peer
                 )
@@ -372,7 +379,7 @@ class SecureDealer(_SecureSocket):
                 rejected = dict(self.table.rejected)
                 raise ConnectError(
                     f"no authenticated session with {self.endpoint} within {timeout} s "
-                    f"(is the router running, and does it trust this identity? refused: "
+                    f"(is the router running, and does it trust this identity? refused here: "
                     f"{rejected or 'nothing'})"
                 )
             self.pump(min(left, 0.05))

@@ -7,6 +7,11 @@ the same session id with the next epoch, while traffic keeps flowing under the c
 If both sides start one at once, the side with the smaller sender id keeps its attempt
 (:func:`~zmqcomm.crypto.session.keeps_initiator_role`) and the other answers it.
 
+In XX the initiator learns nothing about the responder's verdict from the handshake itself
+(FINISH is the last message), so the responder's first message on a new session is an
+encrypted CONFIRM, and only that makes the initiator's session established: a client that is
+not trusted fails to connect instead of sending into the void.
+
 A new session on an existing channel (a client that reconnected) is accepted only from the
 same agent, and the current session stays in force until the new handshake completes: a
 replayed or forged handshake message can cost the responder one DH, never the session.
@@ -52,7 +57,7 @@ class TrustChecker(CertificateChecker, Protocol):
 class Transmit:
     """Frames the driver must send to the peer now, before anything sent after this call."""
 
-    frames: list[Buffer]
+    frames: Sequence[Buffer]
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ class SecureChannel:
         self.peer: PeerInfo | None = None
         self._peer_sender = ANONYMOUS
         self._pending: _Pending | None = None
+        #: The initiator's Established, held back until the responder's CONFIRM opens.
+        self._unconfirmed: Established | None = None
         #: Consecutive refused frames; the channel closes itself at ``max_failures``.
         self.failures = 0
         self.closed = False
@@ -124,7 +131,7 @@ class SecureChannel:
 
     @property
     def established(self) -> bool:
-        return self.secure is not None and not self.closed
+        return self.secure is not None and self._unconfirmed is None and not self.closed
 
     @property
     def handshaking(self) -> bool:
@@ -134,10 +141,13 @@ class SecureChannel:
 
     def connect(self, *, now: float) -> list[Buffer]:
         """Start a new session as initiator; returns the INIT frames to send."""
+        return self._initiate(self._new_session_id(), 0, now=now, delay=self.handshake_timeout)
+
+    def _new_session_id(self) -> int:
         session_id = 0
         while session_id == 0:
             session_id = int.from_bytes(self._random(4), "big")
-        return self._initiate(session_id, 0, now=now, delay=self.handshake_timeout)
+        return session_id
 
     def _initiate(self, session_id: int, epoch: int, *, now: float, delay: float) -> list[Buffer]:
         expect = self.peer.agent_id if self.peer is not None and epoch else self.expect_peer
@@ -180,17 +190,26 @@ class SecureChannel:
             return self._on_reply(header.session, header.epoch, bytes(parsed.body), now=now)
         if header.type == MessageType.HANDSHAKE_FINISH:
             return self._on_finish(header.session, header.epoch, bytes(parsed.body), now=now)
-        if header.type in _SECURITY_TYPES:
+        if header.type in _SECURITY_TYPES and header.type != MessageType.HANDSHAKE_CONFIRM:
             raise RemoteProtocolError(
                 f"unknown security message type {header.type:#04x}", reason="unknown_type"
             )
         if self.secure is None or self.peer is None:
             raise AuthenticationError("no session with this peer yet", reason="no_session")
+        if self._unconfirmed is not None and header.type != MessageType.HANDSHAKE_CONFIRM:
+            raise AuthenticationError("data before the session was confirmed", reason="no_session")
         if header.sender != self._peer_sender:
             raise AuthenticationError("frame names another sender", reason="wrong_sender")
         # Revocation and trust expiry bite on the next message, not the next handshake.
         self.trust.lookup(self.peer.agent_id, now=now)
         message = self.secure.decode(frames, now=now)
+        if header.type == MessageType.HANDSHAKE_CONFIRM:
+            confirmed = self._unconfirmed
+            if confirmed is None:
+                raise AuthenticationError("unexpected CONFIRM", reason="unexpected_handshake")
+            self._unconfirmed = None
+            self._pending = None
+            return [confirmed]
         return [Delivered(self.peer.agent_id, message)]
 
     def _on_init(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
@@ -234,12 +253,24 @@ class SecureChannel:
         finish = handshake.finish(body, now=now)
         assert handshake.result is not None
         frames = self._frame(MessageType.HANDSHAKE_FINISH, finish, session_id, epoch)
-        return [Transmit(frames), self._install(handshake.result, session_id, epoch, now=now)]
+        delay = self._pending.delay if self._pending is not None else self.handshake_timeout
+        established = self._install(handshake.result, session_id, epoch, now=now)
+        if epoch == 0:
+            # Keep the handshake pending (for its timer) until the responder confirms.
+            self._unconfirmed = established
+            self._pending = _Pending(handshake, now + delay, delay)
+            return [Transmit(frames)]
+        return [Transmit(frames), established]
 
     def _on_finish(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
         handshake = self._expect_pending(session_id, epoch, initiator=False)
         result = handshake.accept(body, now=now)
-        return [self._install(result, session_id, epoch, now=now)]
+        established = self._install(result, session_id, epoch, now=now)
+        if epoch:
+            return [established]
+        assert self.secure is not None
+        confirm = self.secure.encode(MessageType.HANDSHAKE_CONFIRM, None, now=now)
+        return [established, Transmit(confirm)]
 
     def _expect_pending(self, session_id: int, epoch: int, *, initiator: bool) -> Handshake:
         pending = self._pending
@@ -248,6 +279,7 @@ class SecureChannel:
             or pending.handshake.initiator != initiator
             or pending.handshake.session_id != session_id
             or pending.handshake.epoch != epoch
+            or pending.handshake.complete
         ):
             raise AuthenticationError(
                 "handshake message matches no handshake in progress", reason="unexpected_handshake"
@@ -258,6 +290,7 @@ class SecureChannel:
         self, result: HandshakeResult, session_id: int, epoch: int, *, now: float
     ) -> Established:
         self._pending = None
+        self._unconfirmed = None
         jitter = int.from_bytes(self._random(2), "big") / 65536
         if epoch and self.session is not None:
             self.session.install(result.send_key, result.receive_key, now=now, jitter=jitter)
@@ -291,7 +324,7 @@ class SecureChannel:
     def _codec_for_send(self, now: float) -> SecureCodec:
         if self.closed:
             raise SecurityError("the channel is closed", reason="channel_closed")
-        if self.secure is None or self.peer is None:
+        if self.secure is None or self.peer is None or self._unconfirmed is not None:
             raise SecurityError("no session with this peer yet", reason="no_session")
         self.trust.lookup(self.peer.agent_id, now=now)
         return self.secure
@@ -324,7 +357,10 @@ class SecureChannel:
                 self._pending = None  # the initiator retries; we just forget
                 return []
             delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
-            frames = self._initiate(handshake.session_id, handshake.epoch, now=now, delay=delay)
+            # A new session retries under a fresh id: the responder may already hold the old
+            # one (only our CONFIRM went missing), and would take a repeat for a replay.
+            session_id = handshake.session_id if handshake.epoch else self._new_session_id()
+            frames = self._initiate(session_id, handshake.epoch, now=now, delay=delay)
             return [Transmit(frames)]
         session = self.session
         if session is None:

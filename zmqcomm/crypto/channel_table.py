@@ -132,7 +132,8 @@ class ChannelTable:
         :attr:`rejected` and audited; it never raises."""
         channel = self.channels.get(route)
         try:
-            if channel is None or self._is_init(frames):
+            # Unauthenticated routes pass the guard; an established peer's rekeys do not.
+            if channel is None or (not channel.established and self._is_init(frames)):
                 self._admit(route, frames, now=now)
                 if channel is None:
                     channel = self._new_channel(None)

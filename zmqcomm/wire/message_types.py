@@ -19,10 +19,12 @@ class MessageType(enum.IntEnum):
     REPLY = 0x03
     PUBLISH = 0x04
     ERROR = 0x05
-    #: Security layer (docs/protocol.md section 10): the three Noise XX messages.
+    #: Security layer (docs/protocol.md section 10): the three Noise XX messages, then the
+    #: responder's first encrypted message, which tells the initiator it was accepted.
     HANDSHAKE_INIT = 0x40
     HANDSHAKE_REPLY = 0x41
     HANDSHAKE_FINISH = 0x42
+    HANDSHAKE_CONFIRM = 0x43
 
 
 class Flags(enum.IntFlag):

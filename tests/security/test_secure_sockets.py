@@ -1,0 +1,137 @@
+"""SecureRouter and SecureDealer over real sockets on inproc, ipc and tcp."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.errors import ConnectError, UnknownPeerError
+from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.transport import SocketOptions
+from zmqcomm.wire import MessageType
+
+from .conftest import Cast, establish
+
+
+def test_messages_flow_both_ways_on_every_transport(cast: Cast, endpoint: str) -> None:
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router,
+        SecureDealer(
+            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        assert dealer.peer == cast.bob.agent_id
+        dealer.send({"op": "ping"}, msg_type=MessageType.REQUEST)
+        request = router.receive(timeout=5)
+        assert request.agent_id == cast.alice.agent_id
+        assert request.message.payload == {"op": "ping"}
+        assert request.message.header.is_encrypted
+        router.send(request.agent_id, {"op": "pong"}, msg_type=MessageType.REPLY)
+        reply = dealer.receive(timeout=5)
+        assert reply.agent_id == cast.bob.agent_id
+        assert reply.message.payload == {"op": "pong"}
+        assert router.peers == [cast.alice.agent_id]
+
+
+def test_rekey_mid_stream_under_load_loses_and_duplicates_nothing(
+    cast: Cast, short_dir: str
+) -> None:
+    policy = RekeyPolicy(max_messages=200, hard_max_messages=100_000, window=4096)
+    total, batch = 30_000, 10
+    with (
+        SecureRouter(
+            f"ipc://{short_dir}/rekey.sock", identity=cast.bob, trust=cast.bob_trust, policy=policy
+        ) as router,
+        SecureDealer(
+            router.endpoint,
+            identity=cast.alice,
+            trust=cast.alice_trust,
+            policy=policy,
+            connect_timeout=None,
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        got: list[int] = []
+        echoed: list[int] = []
+
+        def serve() -> None:
+            while len(got) < total:
+                delivered = router.receive(timeout=10)
+                got.extend(delivered.message.payloads)
+                # Echo back as we go, so both directions rekey while loaded.
+                router.send_many(delivered.agent_id, delivered.message.payloads)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        for start in range(0, total, batch):
+            dealer.send_many(list(range(start, start + batch)))
+            dealer.pump()
+        while len(echoed) < total:
+            echoed.extend(dealer.receive(timeout=10).message.payloads)
+        server.join(timeout=10)
+        assert got == list(range(total))
+        assert echoed == list(range(total))
+        # 3000 frames each way at ~200 frames per epoch: many rekeys, some started at once
+        # by both sides (the tie-break leaves one).
+        assert router.table.rekeys >= 5 and dealer.table.rekeys >= 5
+        assert router.table.rejected == {} and dealer.table.rejected == {}
+
+
+def test_dealer_re_handshakes_after_the_router_restarts(cast: Cast, short_dir: str) -> None:
+    endpoint = f"ipc://{short_dir}/restart.sock"
+    options = SocketOptions(reconnect_interval=0.05, reconnect_interval_max=0.2)
+    router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+    dealer = SecureDealer(
+        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
+    )
+    try:
+        establish(router, dealer)
+        dealer.send("before")
+        assert router.receive(timeout=5).message.payload == "before"
+        first_session = dealer.table.channels[b""].session
+        router.close()
+        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+        deadline = dealer.clock() + 10
+        while dealer.reconnects < 1 or not dealer.established:
+            assert dealer.clock() < deadline, "the dealer never re-handshook"
+            dealer.pump(0.05)
+            router.pump(0.0)
+        assert dealer.table.channels[b""].session is not first_session
+        dealer.send("after")
+        assert router.receive(timeout=5).message.payload == "after"
+    finally:
+        dealer.close()
+        router.close()
+
+
+def test_untrusted_dealer_gets_no_session_and_is_audited(cast: Cast, short_dir: str) -> None:
+    with SecureRouter(
+        f"ipc://{short_dir}/untrusted.sock",
+        identity=cast.bob,
+        trust=cast.bob_trust,
+        audit=cast.audit,
+    ) as router:
+        stop = threading.Event()
+        pumping = threading.Thread(
+            target=lambda: [router.pump(0.02) for _ in iter(stop.is_set, True)]
+        )
+        pumping.start()
+        try:
+            with pytest.raises(ConnectError, match="does it trust this identity"):
+                SecureDealer(
+                    router.endpoint,
+                    identity=cast.mallory,
+                    trust=cast.alice_trust,
+                    connect_timeout=1.0,
+                )
+        finally:
+            stop.set()
+            pumping.join()
+        assert router.peers == []
+        assert router.table.rejected["unknown_peer"] >= 1
+        assert [e["reason"] for e in cast.audit.events("reject")][:1] == ["unknown_peer"]
+        with pytest.raises(UnknownPeerError):
+            router.send(cast.mallory.agent_id, "anything")
