@@ -198,6 +198,10 @@ class SecureChannel:
             raise AuthenticationError("no session with this peer yet", reason="no_session")
         if self._unconfirmed is not None and header.type != MessageType.HANDSHAKE_CONFIRM:
             raise AuthenticationError("data before the session was confirmed", reason="no_session")
+        if not header.is_encrypted:
+            raise AuthenticationError(
+                "plaintext frame on an encrypted session", reason="plaintext_refused"
+            )
         if header.sender != self._peer_sender:
             raise AuthenticationError("frame names another sender", reason="wrong_sender")
         # Revocation and trust expiry bite on the next message, not the next handshake.
