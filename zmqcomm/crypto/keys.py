@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -147,11 +148,12 @@ class Certificate:
         # Fixed layout, no encoder in the signed bytes: 0 stands for "no expiry".
         return CERT_TAG + verify_key + static_public + struct.pack(">Q", expires or 0)
 
-    @property
+    # Cached: every authenticated message looks its sender up by these.
+    @functools.cached_property
     def agent_id(self) -> str:
         return agent_id(self.verify_key)
 
-    @property
+    @functools.cached_property
     def sender_id(self) -> bytes:
         return sender_id(self.verify_key)
 
@@ -433,13 +435,15 @@ def save_identity(
     opslimit: int | None = None,
     memlimit: int | None = None,
 ) -> KeyPaths:
-    """Write ``NAME.key`` (0600) and ``NAME.pub`` into ``directory``.
+    """Write ``NAME.key`` (0600) and ``NAME.pub`` into ``directory`` (made 0700 if missing).
 
     Refuses to overwrite either file unless ``force``; with ``force`` each file is replaced
     atomically. ``opslimit``/``memlimit`` default to :data:`DEFAULT_OPSLIMIT` and
     :data:`DEFAULT_MEMLIMIT` and are recorded in the file.
     """
     paths = key_paths(directory, identity.name)
+    # A missing key directory is made private (0700): it will hold secrets.
+    paths.secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not force:
         for path in (paths.secret, paths.public):
             if os.path.lexists(path):

@@ -26,8 +26,10 @@ time.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
+import math
 import os
 import re
 import threading
@@ -120,8 +122,12 @@ class TrustEntry:
     def expired(self, *, now: float) -> bool:
         return self.expires is not None and now >= self.expires
 
+    @functools.cached_property
+    def path_text(self) -> str:
+        return str(self.path)
 
-def _stat_key(path: Path) -> _StatKey:
+
+def _stat_key(path: Path | str) -> _StatKey:
     try:
         info = os.stat(path)
     except OSError:
@@ -139,8 +145,19 @@ class TrustStore:
         tofu: bool = False,
         tofu_roles: Iterable[str] = (),
         watch: bool = True,
+        watch_interval: float = 0.0,
     ) -> None:
+        """``watch_interval``: how often, in seconds of the ``now`` given to lookups, the
+        directory is checked for changes made by other processes. 0 checks on every lookup
+        (about three ``stat`` calls); a positive value bounds that cost on busy links and
+        delays a revocation written by another process by at most that long. Changes made
+        through this object (add, revoke, remove, reload) count at once either way."""
+        if watch_interval < 0:
+            raise UsageError(f"watch_interval must be >= 0 seconds, got {watch_interval}")
+        self.watch_interval = watch_interval
+        self._checked_at = -math.inf
         self.directory = Path(directory)
+        self._watched = (str(self.directory), str(self.directory / REVOKED_DIR))
         self.tofu = tofu
         self.tofu_roles = check_roles(tofu_roles)
         self.watch = watch
@@ -226,9 +243,22 @@ class TrustStore:
             raise KeyFileError(f"{path}: 'pinned' must be true or false")
         return TrustEntry(public, roles, expires, pinned, path)
 
-    def _refresh(self) -> None:
-        if self.watch:
-            snapshot = (_stat_key(self.directory), _stat_key(self.revoked_directory))
+    def _due(self, now: float | None) -> bool:
+        """Whether outside changes should be looked for now (always, without an interval)."""
+        if not self.watch:
+            return False
+        if now is None or self.watch_interval == 0:
+            return True
+        if not 0 <= now - self._checked_at < self.watch_interval:
+            self._checked_at = now
+            return True
+        return False
+
+    def _refresh(self, now: float | None = None) -> None:
+        if self._due(now):
+            # Plain strings: this runs on every authenticated message.
+            directory, revoked = self._watched
+            snapshot = (_stat_key(directory), _stat_key(revoked))
             if snapshot != self._snapshot:
                 self._load(strict=False)
 
@@ -242,12 +272,14 @@ class TrustStore:
         ``verify_key`` is given and differs from the trusted one.
         """
         with self._lock:
-            self._refresh()
+            due = self._due(now)
+            if due:
+                self._refresh()
             entry = self._entries.get(agent_id)
             if (
                 entry is not None
-                and self.watch
-                and _stat_key(entry.path) != self._stamps.get(agent_id)
+                and due
+                and _stat_key(entry.path_text) != self._stamps.get(agent_id)
             ):
                 self._load(strict=False)  # its file was removed, moved or rewritten
                 entry = self._entries.get(agent_id)
