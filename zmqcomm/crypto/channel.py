@@ -40,7 +40,7 @@ from zmqcomm.errors import (
     RemoteProtocolError,
     SecurityError,
 )
-from zmqcomm.wire import ANONYMOUS, Message, MessageType, WireCodec
+from zmqcomm.wire import ANONYMOUS, Body, Message, MessageType, WireCodec
 from zmqcomm.wire.payload import Buffer
 
 _SECURITY_TYPES = range(0x40, 0x80)
@@ -317,6 +317,10 @@ class SecureChannel:
     def seal(self, msg_type: int, payload: object, *, topic: str = "", now: float) -> list[bytes]:
         """Encrypt one message for the peer."""
         return self._codec_for_send(now).encode(msg_type, payload, topic=topic, now=now)
+
+    def seal_body(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[bytes]:
+        """Encrypt a body built by the codec (a batch from a BatchingSender, say)."""
+        return self._codec_for_send(now).seal(msg_type, body, topic=topic, now=now)
 
     def seal_many(
         self, msg_type: int, payloads: Sequence[object], *, topic: str = "", now: float

@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from zmqcomm.errors import ClosedError, UsageError
-from zmqcomm.wire import ANONYMOUS, BatchBuilder, WireCodec
+from zmqcomm.wire import ANONYMOUS, BatchBuilder, Body, WireCodec
 from zmqcomm.wire.batch import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS
 from zmqcomm.wire.payload import Buffer
 
 SendFrames = Callable[[Sequence[Buffer]], object]
+#: Turns a finished batch body into frames: ``(msg_type, body, topic) -> frames``.
+FrameBatch = Callable[[int, Body, str], Sequence[Buffer]]
 
 #: Default wait before a partial batch leaves: long enough to gather a burst, far below a
 #: network round trip.
@@ -40,7 +42,10 @@ class BatchingSender:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_delay: float = DEFAULT_MAX_DELAY,
         clock: Callable[[], float] = time.monotonic,
+        frame_batch: FrameBatch | None = None,
     ) -> None:
+        """``frame_batch`` replaces the plain wire framing, e.g. to encrypt each batch with a
+        session (see :meth:`zmqcomm.secure.SecureDealer.batching_sender`)."""
         if max_delay < 0:
             raise UsageError(f"max_delay must be >= 0 seconds, got {max_delay}")
         self.codec = codec if codec is not None else WireCodec()
@@ -54,6 +59,7 @@ class BatchingSender:
         self._counter = 0
         self._pending: tuple[list[Buffer], int] | None = None
         self._closed = False
+        self._frame_batch = frame_batch
         #: Messages and frames handed to ``send_frames`` so far.
         self.messages_sent = 0
         self.frames_sent = 0
@@ -92,13 +98,14 @@ class BatchingSender:
         msg_type, topic = self._key
         body = self._builder.take()
         self._first_queued_at = None
-        self._pending = (
-            self.codec.assemble(
+        if self._frame_batch is not None:
+            frames = list(self._frame_batch(msg_type, body, topic))
+        else:
+            frames = self.codec.assemble(
                 msg_type, body, topic=topic, sender=self._sender, counter=self._counter
-            ),
-            count,
-        )
-        self._counter += 1
+            )
+            self._counter += 1
+        self._pending = (frames, count)
         return sent + self._send_pending()
 
     def _send_pending(self) -> int:

@@ -186,8 +186,9 @@ def send_frames(
         try:
             sock.send_multipart(frames, copy=_should_copy(frames))
         except zmq.Again as exc:
+            waited = f"{timeout} s" if timeout is not None else "the socket's SNDTIMEO"
             raise SendTimeout(
-                f"could not queue a message within {timeout} s: the peer is not reading "
+                f"could not queue a message within {waited}: the peer is not reading "
                 "or not connected; raise the timeout or the high-water mark"
             ) from exc
         except zmq.ZMQError as exc:
