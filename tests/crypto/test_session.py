@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from nacl.public import Box, PrivateKey
 
-from zmqcomm.crypto import session as session_module
+from zmqcomm.crypto import aead
 from zmqcomm.crypto.envelope import SecureCodec
 from zmqcomm.crypto.noise import KeyPair, xx_handshake
 from zmqcomm.crypto.session import RekeyPolicy, Session, keeps_initiator_role
@@ -116,13 +116,13 @@ def test_plaintext_and_other_sessions_are_refused() -> None:
 def test_a_batch_is_one_aead_call(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _pair()
     calls = []
-    real = session_module.crypto_aead_chacha20poly1305_ietf_encrypt
+    real = aead.encrypt
 
     def counting(*args: bytes) -> bytes:
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(session_module, "crypto_aead_chacha20poly1305_ietf_encrypt", counting)
+    monkeypatch.setattr(aead, "encrypt", counting)
     builder = BatchBuilder(a.codec)
     for index in range(500):
         builder.add({"n": index})

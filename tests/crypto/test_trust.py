@@ -154,7 +154,19 @@ def test_revocation_by_another_process_counts_on_the_next_lookup(
     assert _reason(info) == "revoked"
 
 
-def test_a_deleted_file_counts_on_the_next_lookup(store: TrustStore, alice: Identity) -> None:
+def test_a_deleted_file_counts_after_the_watch_interval(store: TrustStore, alice: Identity) -> None:
+    entry = store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW)
+    entry.path.unlink()
+    store.lookup(alice.agent_id, now=NOW + store.watch_interval / 2)  # not looked for yet
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW + store.watch_interval)
+
+
+def test_with_no_interval_a_deleted_file_counts_on_the_next_lookup(
+    tmp_path: Path, alice: Identity
+) -> None:
+    store = TrustStore(tmp_path, watch_interval=0)
     entry = store.add(alice.public)
     store.lookup(alice.agent_id, now=NOW)
     entry.path.unlink()
@@ -162,9 +174,21 @@ def test_a_deleted_file_counts_on_the_next_lookup(store: TrustStore, alice: Iden
         store.lookup(alice.agent_id, now=NOW)
 
 
-def test_a_deleted_file_is_noticed_even_if_the_directory_looks_unchanged(
+def test_an_outside_revocation_counts_on_the_next_lookup_within_the_interval(
     store: TrustStore, alice: Identity
 ) -> None:
+    store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW)
+    TrustStore(store.directory).revoke(alice.agent_id)  # another process, say the CLI
+    with pytest.raises(UnknownPeerError) as caught:
+        store.lookup(alice.agent_id, now=NOW)
+    assert caught.value.reason == "revoked"
+
+
+def test_a_deleted_file_is_noticed_even_if_the_directory_looks_unchanged(
+    tmp_path: Path, alice: Identity
+) -> None:
+    store = TrustStore(tmp_path, watch_interval=0)
     entry = store.add(alice.public)
     store.lookup(alice.agent_id, now=NOW)
     entry.path.unlink()

@@ -206,7 +206,7 @@ class SecureChannel:
             raise AuthenticationError("frame names another sender", reason="wrong_sender")
         # Revocation and trust expiry bite on the next message, not the next handshake.
         self.trust.lookup(self.peer.agent_id, now=now)
-        message = self.secure.decode(frames, now=now)
+        message = self.secure.decode_parsed(parsed, now=now)
         if header.type == MessageType.HANDSHAKE_CONFIRM:
             confirmed = self._unconfirmed
             if confirmed is None:
@@ -344,7 +344,8 @@ class SecureChannel:
         if self._pending is not None:
             deadlines.append(self._pending.deadline)
         if self.session is not None:
-            deadlines.append(self.session.rekey_deadline())
+            if self._pending is None:  # a rekey under way has its own (retry) deadline
+                deadlines.append(self.session.rekey_deadline())
             expiry = self.session.next_deadline()
             if expiry is not None:
                 deadlines.append(expiry)
@@ -356,6 +357,8 @@ class SecureChannel:
         Cheap enough to call after every burst of sends (the message-count trigger)."""
         if self.closed:
             return []
+        if self.session is not None:
+            self.session.on_timer(now=now)  # old keys go on time, handshake or not
         pending = self._pending
         if pending is not None:
             if now < pending.deadline:
@@ -373,7 +376,6 @@ class SecureChannel:
         session = self.session
         if session is None:
             return []
-        session.on_timer(now=now)
         if session.needs_rekey(now=now):
             epoch = session.epoch + 1
             frames = self._initiate(

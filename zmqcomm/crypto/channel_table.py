@@ -173,6 +173,7 @@ class ChannelTable:
             if stale is not None and not stale.established:
                 del self.channels[oldest]
             self.rejected["handshake_evicted"] += 1
+            self.audit.record("reject", now=now, reason="handshake_evicted", route=oldest.hex())
 
     def _on_established(self, route: bytes, event: Established, *, now: float) -> None:
         self._pending.pop(route, None)
@@ -226,4 +227,5 @@ class ChannelTable:
                 self.channels.pop(route, None)
                 self._pending.pop(route, None)
                 self.rejected["handshake_timeout"] += 1
+                self.audit.record("reject", now=now, reason="handshake_timeout", route=route.hex())
         return out

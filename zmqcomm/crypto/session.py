@@ -19,12 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from nacl.bindings import (
-    crypto_aead_chacha20poly1305_ietf_decrypt,
-    crypto_aead_chacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
-
+from zmqcomm.crypto import aead
 from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.errors import AuthenticationError, ReplayError, SecurityError, UsageError
 
@@ -141,10 +136,7 @@ class Session:
             raise SecurityError(
                 "the session rekeyed since this counter was allocated", reason="stale_epoch"
             )
-        sealed: bytes = crypto_aead_chacha20poly1305_ietf_encrypt(
-            plaintext, associated, nonce(counter, frame), state.key
-        )
-        return sealed
+        return aead.encrypt(state.key, nonce(counter, frame), associated, plaintext)
 
     def needs_rekey(self, *, now: float) -> bool:
         state = self._send
@@ -179,12 +171,9 @@ class Session:
             )
         if not state.window.check(counter):
             raise ReplayError(f"message {counter} of epoch {epoch} was replayed or is too old")
-        try:
-            plaintext: bytes = crypto_aead_chacha20poly1305_ietf_decrypt(
-                ciphertext, associated, nonce(counter, frame), state.key
-            )
-        except CryptoError as exc:
-            raise AuthenticationError("message failed authentication", reason="bad_tag") from exc
+        plaintext = aead.decrypt(state.key, nonce(counter, frame), associated, ciphertext)
+        if plaintext is None:
+            raise AuthenticationError("message failed authentication", reason="bad_tag")
         if accept:
             state.window.accept(counter)
         return plaintext

@@ -145,13 +145,13 @@ class TrustStore:
         tofu: bool = False,
         tofu_roles: Iterable[str] = (),
         watch: bool = True,
-        watch_interval: float = 0.0,
+        watch_interval: float = 1.0,
     ) -> None:
-        """``watch_interval``: how often, in seconds of the ``now`` given to lookups, the
-        directory is checked for changes made by other processes. 0 checks on every lookup
-        (about three ``stat`` calls); a positive value bounds that cost on busy links and
-        delays a revocation written by another process by at most that long. Changes made
-        through this object (add, revoke, remove, reload) count at once either way."""
+        """``watch_interval``: how often, in seconds of the ``now`` given to lookups, key
+        files added, removed or edited by other processes are looked for (0: on every
+        lookup, three ``stat`` calls). Revocations are looked for on every lookup whatever
+        the interval (one ``stat``), so revoking, not deleting a key file, is how to cut a
+        peer off at once. Changes made through this object count at once either way."""
         if watch_interval < 0:
             raise UsageError(f"watch_interval must be >= 0 seconds, got {watch_interval}")
         self.watch_interval = watch_interval
@@ -243,24 +243,31 @@ class TrustStore:
             raise KeyFileError(f"{path}: 'pinned' must be true or false")
         return TrustEntry(public, roles, expires, pinned, path)
 
-    def _due(self, now: float | None) -> bool:
-        """Whether outside changes should be looked for now (always, without an interval)."""
+    def _refresh(self, now: float | None = None) -> bool:
+        """Pick up changes made by other processes; returns whether the whole directory was
+        checked (else only the revocations were).
+
+        Revocations are checked on every call (one ``stat``), so a revoked peer is refused on
+        its next message. Added, removed or edited key files are checked every
+        ``watch_interval`` seconds of ``now`` (every call when it is 0 or ``now`` is None).
+        """
         if not self.watch:
             return False
-        if now is None or self.watch_interval == 0:
-            return True
-        if not 0 <= now - self._checked_at < self.watch_interval:
-            self._checked_at = now
-            return True
-        return False
-
-    def _refresh(self, now: float | None = None) -> None:
-        if self._due(now):
-            # Plain strings: this runs on every authenticated message.
-            directory, revoked = self._watched
+        directory, revoked = self._watched  # plain strings: this runs on every message
+        full = (
+            now is None
+            or self.watch_interval == 0
+            or not 0 <= now - self._checked_at < self.watch_interval
+        )
+        if full:
+            if now is not None:
+                self._checked_at = now
             snapshot = (_stat_key(directory), _stat_key(revoked))
-            if snapshot != self._snapshot:
-                self._load(strict=False)
+        else:
+            snapshot = (self._snapshot[0], _stat_key(revoked))
+        if snapshot != self._snapshot:
+            self._load(strict=False)
+        return full
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -272,13 +279,11 @@ class TrustStore:
         ``verify_key`` is given and differs from the trusted one.
         """
         with self._lock:
-            due = self._due(now)
-            if due:
-                self._refresh()
+            full = self._refresh(now)
             entry = self._entries.get(agent_id)
             if (
                 entry is not None
-                and due
+                and full
                 and _stat_key(entry.path_text) != self._stamps.get(agent_id)
             ):
                 self._load(strict=False)  # its file was removed, moved or rewritten
