@@ -94,10 +94,25 @@ class ReceiveTimeout(TransportTimeout):
     reason = "receive_timeout"
 
 
+class RequestTimeout(ReceiveTimeout):
+    """A request got no reply in time (the peer may be slow, gone, or not allowed to answer)."""
+
+    reason = "request_timeout"
+
+
 class QueueFullError(TransportError):
     """A bounded queue (ours or ZeroMQ's high-water mark) is full and the policy is to raise."""
 
     reason = "queue_full"
+
+
+class MailboxFullError(QueueFullError):
+    """A broker mailbox hit a bound: messages or bytes for one recipient, or bytes in total.
+
+    Nothing was stored. The sender may retry later, once the recipient has drained its mail.
+    """
+
+    reason = "mailbox_full"
 
 
 class ClosedError(TransportError):
@@ -205,6 +220,7 @@ __all__ = [
     "KeyFileError",
     "LimitExceededError",
     "LocalProtocolError",
+    "MailboxFullError",
     "NotPermittedError",
     "ProtocolError",
     "QueueFullError",

@@ -94,6 +94,8 @@ class _SecureSocket:
             limits=limits,
         )
         self.inbox: deque[Delivered] = deque()
+        #: New sessions (a peer connected or reconnected), for drivers that track peers.
+        self.joined: deque[Established] = deque(maxlen=100_000)
         self.sent = 0
         self.received = 0
         self._closed = False
@@ -120,6 +122,8 @@ class _SecureSocket:
             elif isinstance(event, Delivered):
                 self.received += 1
                 self.inbox.append(event)
+            elif isinstance(event, Established) and event.epoch == 0:
+                self.joined.append(event)
 
     def pump(self, timeout: float = 0.0) -> int:
         """Handle what has arrived (waiting up to ``timeout`` s for something); returns the

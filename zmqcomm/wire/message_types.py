@@ -19,6 +19,18 @@ class MessageType(enum.IntEnum):
     REPLY = 0x03
     PUBLISH = 0x04
     ERROR = 0x05
+    #: Broker protocol (docs/protocol.md section 11): the clear topic names the other agent
+    #: (or the topic); bodies are end-to-end ciphertext the broker cannot open.
+    FORWARD = 0x20
+    DELIVER = 0x21
+    UNREACHABLE = 0x22
+    MAIL = 0x23
+    MAIL_ACCEPTED = 0x24
+    MAIL_DELIVER = 0x25
+    MAIL_ACK = 0x26
+    SUBSCRIBE = 0x27
+    UNSUBSCRIBE = 0x28
+    BROKER_STATS = 0x29
     #: Security layer (docs/protocol.md section 10): the three Noise XX messages, then the
     #: responder's first encrypted message, which tells the initiator it was accepted.
     HANDSHAKE_INIT = 0x40

@@ -1,0 +1,218 @@
+"""The broker's decisions, sans-I/O: who may do what, where each message goes, what is stored.
+
+Input is what arrived on an agent's authenticated hop session (the agent id and roles come
+from that session, never from the message); output is a list of :class:`Send` for the driver.
+The broker reads clear headers only: FORWARD and DELIVER carry an agent-to-agent session's
+ciphertext, MAIL a sealed box; neither opens with any key the broker has.
+
+Checks run cheapest first: the per-agent token bucket, then the role policy, then the work.
+Every refusal is counted by reason and audited.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zmqcomm.access import Policy, RateLimiter, topic_matches
+from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
+from zmqcomm.crypto.keys import is_agent_id
+from zmqcomm.errors import MailboxFullError, NotPermittedError, RemoteProtocolError, UsageError
+from zmqcomm.wire import MessageType
+
+_MAIL_BATCH = 100
+
+
+class MailStore(Protocol):
+    """What the broker needs from a mailbox (see :class:`zmqcomm.broker.mailbox.Mailbox`)."""
+
+    def put(self, recipient: str, sender: str, blob: bytes, *, now: float) -> int: ...
+
+    def pending(self, recipient: str, *, limit: int = ..., after: int = ...) -> list[Any]: ...
+
+    def ack(self, recipient: str, message_id: int) -> bool: ...
+
+    def count(self, recipient: str | None = None) -> int: ...
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message for the driver to seal under ``to``'s hop session."""
+
+    to: str
+    msg_type: int
+    payload: object
+    topic: str = ""
+
+
+@dataclass
+class _Agent:
+    roles: frozenset[str]
+    subscriptions: set[str]
+    received: int = 0
+    #: Mail handed over and not yet acknowledged, and the highest stored id handed over.
+    mail_in_flight: int = 0
+    mail_cursor: int = 0
+
+
+class BrokerCore:
+    """Routing, fan-out, mailboxes and the checks in front of them."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy | None = None,
+        mailbox: MailStore | None = None,
+        audit: BaseAuditLog | None = None,
+        rate: float | None = None,
+        burst: float | None = None,
+    ) -> None:
+        self.policy = policy
+        self.mailbox = mailbox
+        self.audit = audit if audit is not None else NullAuditLog()
+        default_rate = policy.rate if policy is not None else 100_000.0
+        default_burst = policy.burst if policy is not None else 200_000.0
+        self.limiter = RateLimiter(rate or default_rate, burst or default_burst)
+        self.agents: dict[str, _Agent] = {}
+        self.rejected: Counter[str] = Counter()
+        self.routed = 0
+        self.stored = 0
+
+    # -- membership --------------------------------------------------------------------------
+
+    def connected(self, agent: str, roles: Iterable[str], *, now: float) -> list[Send]:
+        """An agent completed its hop handshake: remember it and hand over its mail."""
+        self.agents[agent] = _Agent(frozenset(roles), set())
+        return self._mail_for(agent, _MAIL_BATCH)
+
+    def disconnected(self, agent: str) -> None:
+        self.agents.pop(agent, None)
+
+    def _mail_for(self, agent: str, room: int) -> list[Send]:
+        """Hand over stored mail, keeping at most _MAIL_BATCH unacknowledged per agent."""
+        state = self.agents.get(agent)
+        if self.mailbox is None or state is None or room <= 0:
+            return []
+        out = []
+        for stored in self.mailbox.pending(agent, limit=room, after=state.mail_cursor):
+            out.append(
+                Send(agent, MessageType.MAIL_DELIVER, [stored.id, stored.blob], stored.sender)
+            )
+            state.mail_cursor = stored.id
+            state.mail_in_flight += 1
+        return out
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def handle(
+        self, agent: str, msg_type: int, topic: str, payload: object, *, now: float
+    ) -> list[Send]:
+        """One message from an authenticated agent. Refusals are counted, audited, and
+        answered where the sender can act on them; they never raise."""
+        state = self.agents.get(agent)
+        if state is None:
+            return self._refuse(agent, "not_connected", now=now)
+        roles = state.roles
+        rate = burst = None
+        if self.policy is not None:
+            decision = self.policy.decide(roles)
+            rate, burst = decision.rate, decision.burst
+        if not self.limiter.allow(agent, now=now, rate=rate, burst=burst):
+            return self._refuse(agent, "rate_limited", now=now)
+        try:
+            if self.policy is not None and msg_type not in _ALWAYS_ALLOWED:
+                self.policy.check_send(agent, roles, msg_type)
+            state.received += 1
+            return self._route(agent, state, msg_type, topic, payload, now=now)
+        except NotPermittedError:
+            return self._refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
+        except RemoteProtocolError as exc:
+            return self._refuse(agent, exc.reason, now=now, msg_type=msg_type)
+
+    def _route(
+        self, agent: str, state: _Agent, msg_type: int, topic: str, payload: object, *, now: float
+    ) -> list[Send]:
+        if msg_type == MessageType.FORWARD:
+            _check_agent_id(topic)
+            if topic not in self.agents:
+                return [Send(agent, MessageType.UNREACHABLE, None, topic)]
+            self.routed += 1
+            return [Send(topic, MessageType.DELIVER, payload, agent)]
+        if msg_type == MessageType.MAIL:
+            return self._store(agent, topic, payload, now=now)
+        if msg_type == MessageType.MAIL_ACK:
+            if type(payload) is not int or self.mailbox is None:
+                raise RemoteProtocolError("MAIL_ACK without a stored id", reason="bad_mail")
+            if self.mailbox.ack(agent, payload):
+                state.mail_in_flight = max(0, state.mail_in_flight - 1)
+                return self._mail_for(agent, _MAIL_BATCH - state.mail_in_flight)
+            return []
+        if msg_type == MessageType.SUBSCRIBE:
+            if self.policy is not None:
+                self.policy.check_subscribe(agent, state.roles, topic)
+            state.subscriptions.add(topic)
+            return []
+        if msg_type == MessageType.UNSUBSCRIBE:
+            state.subscriptions.discard(topic)
+            return []
+        if msg_type == MessageType.PUBLISH:
+            if self.policy is not None:
+                self.policy.check_publish(agent, state.roles, topic)
+            return self._fan_out(agent, topic, payload)
+        if msg_type == MessageType.BROKER_STATS:
+            return [Send(agent, MessageType.BROKER_STATS, self.statistics())]
+        raise RemoteProtocolError(f"message type {msg_type:#04x} to a broker", reason="bad_type")
+
+    def _store(self, agent: str, recipient: str, blob: object, *, now: float) -> list[Send]:
+        _check_agent_id(recipient)
+        if not isinstance(blob, bytes):
+            raise RemoteProtocolError("MAIL without a sealed blob", reason="bad_mail")
+        if self.mailbox is None:
+            return [Send(agent, MessageType.UNREACHABLE, "no mailbox", recipient)]
+        try:
+            stored = self.mailbox.put(recipient, agent, blob, now=now)
+        except MailboxFullError as exc:
+            self._refuse(agent, exc.reason, now=now)
+            return [Send(agent, MessageType.UNREACHABLE, str(exc), recipient)]
+        except UsageError as exc:  # larger than the mailbox takes
+            self._refuse(agent, "mail_too_large", now=now)
+            return [Send(agent, MessageType.UNREACHABLE, str(exc), recipient)]
+        self.stored += 1
+        out = [Send(agent, MessageType.MAIL_ACCEPTED, stored, recipient)]
+        online = self.agents.get(recipient)
+        if online is not None:  # it came back since the sender was told it was away
+            out += self._mail_for(recipient, _MAIL_BATCH - online.mail_in_flight)
+        return out
+
+    def _fan_out(self, agent: str, topic: str, payload: object) -> list[Send]:
+        out = []
+        for name, other in self.agents.items():
+            if name != agent and any(topic_matches(p, topic) for p in other.subscriptions):
+                out.append(Send(name, MessageType.PUBLISH, [agent, payload], topic))
+        self.routed += len(out)
+        return out
+
+    def _refuse(self, agent: str, reason: str, *, now: float, **fields: object) -> list[Send]:
+        self.rejected[reason] += 1
+        self.audit.record("reject", now=now, peer=agent, reason=reason, **fields)
+        return []
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "agents": len(self.agents),
+            "routed": self.routed,
+            "stored": self.stored,
+            "mail_waiting": self.mailbox.count() if self.mailbox is not None else 0,
+            "rejected": dict(self.rejected),
+        }
+
+
+#: Housekeeping every connected agent may send whatever its roles.
+_ALWAYS_ALLOWED = frozenset({MessageType.MAIL_ACK, MessageType.UNSUBSCRIBE})
+
+
+def _check_agent_id(text: str) -> None:
+    if not is_agent_id(text):
+        raise RemoteProtocolError("the topic is not an agent id", reason="bad_recipient")

@@ -1,0 +1,422 @@
+"""The Node: an agent's one object for talking to other agents.
+
+A node holds an identity, a trust store and (optionally) a policy, and reaches peers either
+through a broker (``Node(..., broker=endpoint)``: one connection, end-to-end sessions
+tunnelled through it, mail for offline peers) or directly (``bind=`` to accept, and
+:meth:`Node.connect` to dial). The API is the same both ways::
+
+    with Node(identity, trust, broker="ipc:///run/zmqcomm/broker.sock") as node:
+        node.send(peer_id, {"task": 7})
+        answer = node.request(peer_id, {"op": "status"}, timeout=5)
+        for message in node.messages(timeout=1.0):
+            if message.is_request:
+                node.reply(message, {"ok": True})
+
+A node does its work in the calling thread, whenever it is called (send, request, receive,
+messages, pump, run): there is no background thread to race with. Keep calling one of them
+(``run`` does it for you) so that handshakes, rekeys and mail progress.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
+
+from zmqcomm.access import Policy
+from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
+from zmqcomm.crypto.channel import Delivered
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import (
+    ClosedError,
+    ConnectError,
+    ReceiveTimeout,
+    RemoteProtocolError,
+    RequestTimeout,
+    SecurityError,
+    UnknownPeerError,
+    UsageError,
+)
+from zmqcomm.node.messages import Incoming, unwrap, wrap
+from zmqcomm.node.tunnel import HopMessage, Tunnels
+from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.transport import SocketOptions
+from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
+from zmqcomm.wire import MessageType
+
+Handler = Callable[[Incoming], object]
+
+
+class Node:
+    """An agent on the bus. See the module docstring for the two ways of reaching peers."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        trust: TrustStore,
+        *,
+        broker: str | None = None,
+        bind: str | None = None,
+        policy: Policy | None = None,
+        audit: BaseAuditLog | None = None,
+        rekey: RekeyPolicy | None = None,
+        options: SocketOptions = DEFAULT_SOCKET_OPTIONS,
+        context: zmq.Context[Any] | None = None,
+        connect_timeout: float = 10.0,
+        max_queue: int = 10_000,
+        mail: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if broker is None and bind is None:
+            raise UsageError("a node needs broker= (an endpoint) or bind= (to accept peers)")
+        self.identity = identity
+        self.trust = trust
+        self.policy = policy
+        self.audit = audit if audit is not None else NullAuditLog()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._options = options
+        self._context = context
+        self._rekey = rekey
+        self.inbox: deque[Incoming] = deque()
+        self._replies: dict[int, Incoming] = {}
+        self._waiting: set[int] = set()
+        self._request_ids = itertools.count(1)
+        self.counters: Counter[str] = Counter()
+        self._closed = False
+        self._dealers: dict[str, SecureDealer] = {}
+        self._router: SecureRouter | None = None
+        self._broker: SecureDealer | None = None
+        self._tunnels: Tunnels | None = None
+        try:
+            if bind is not None:
+                self._router = SecureRouter(
+                    bind,
+                    identity=identity,
+                    trust=trust,
+                    audit=self.audit,
+                    policy=rekey,
+                    options=options,
+                    context=context,
+                    clock=clock,
+                )
+            if broker is not None:
+                self._tunnels = Tunnels(
+                    identity=identity,
+                    trust=trust,
+                    random_bytes=os.urandom,
+                    now=wall_clock(),
+                    policy=policy,
+                    audit=self.audit,
+                    rekey=rekey,
+                    max_queue=max_queue,
+                    mail=mail,
+                )
+                self._broker = SecureDealer(
+                    broker,
+                    identity=identity,
+                    trust=trust,
+                    audit=self.audit,
+                    policy=rekey,
+                    options=options,
+                    context=context,
+                    clock=clock,
+                    connect_timeout=connect_timeout,
+                )
+        except BaseException:
+            self.close(timeout=0)
+            raise
+
+    def __repr__(self) -> str:
+        mode = "broker" if self._broker is not None else "direct"
+        return f"Node({self.identity.agent_id!r}, {mode})"
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    @property
+    def endpoint(self) -> str | None:
+        """Where this node accepts direct connections (with ``bind=``)."""
+        return self._router.endpoint if self._router is not None else None
+
+    # -- direct links ------------------------------------------------------------------------
+
+    def connect(
+        self, endpoint: str, *, expect_peer: str | None = None, timeout: float = 10.0
+    ) -> str:
+        """Open a direct, authenticated link to the node at ``endpoint``; returns its id."""
+        self._check_open()
+        dealer = SecureDealer(
+            endpoint,
+            identity=self.identity,
+            trust=self.trust,
+            expect_peer=expect_peer,
+            audit=self.audit,
+            policy=self._rekey,
+            options=self._options,
+            context=self._context,
+            clock=self.clock,
+            connect_timeout=None,
+        )
+        deadline = self.clock() + timeout
+        while not dealer.established:
+            if self.clock() >= deadline:
+                dealer.close()
+                raise ConnectError(
+                    f"no authenticated session with {endpoint} within {timeout} s (is a node "
+                    "listening there, and do both trust stores list each other?)"
+                )
+            self.pump(0.01)
+            dealer.pump(0.01)
+        assert dealer.peer is not None
+        self._dealers[dealer.peer] = dealer
+        return dealer.peer
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, peer: str, payload: object, *, topic: str = "") -> None:
+        """Send ``payload`` to ``peer`` (an agent id), encrypted end to end."""
+        self._send(peer, MessageType.DATA, payload, topic=topic)
+
+    def request(self, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
+        """Send a request and wait for the reply's payload (RequestTimeout after ``timeout``)."""
+        request_id = next(self._request_ids)
+        self._waiting.add(request_id)
+        try:
+            self._send(peer, MessageType.REQUEST, payload, request_id=request_id)
+            deadline = self.clock() + timeout
+            while request_id not in self._replies:
+                left = deadline - self.clock()
+                if left <= 0:
+                    raise RequestTimeout(f"no reply from {peer} within {timeout} s")
+                self.pump(min(left, 0.05))
+            return self._replies.pop(request_id).payload
+        finally:
+            self._waiting.discard(request_id)
+            self._replies.pop(request_id, None)
+
+    def reply(self, request: Incoming, payload: object) -> None:
+        """Answer a request received from a peer."""
+        if not request.is_request or request.request_id is None:
+            raise UsageError("reply() answers a REQUEST; this message is not one")
+        self._send(request.sender, MessageType.REPLY, payload, request_id=request.request_id)
+
+    def _send(
+        self,
+        peer: str,
+        kind: int,
+        payload: object,
+        *,
+        topic: str = "",
+        request_id: int | None = None,
+    ) -> None:
+        self._check_open()
+        inner = wrap(kind, payload, request_id)
+        direct = self._direct_link(peer)
+        if direct is not None:
+            link, agent = direct
+            if isinstance(link, SecureRouter):
+                link.send(agent, inner, msg_type=kind, topic=topic)
+            else:
+                link.send(inner, msg_type=kind, topic=topic)
+        elif self._tunnels is not None:
+            self._to_broker(
+                self._tunnels.send(peer, kind, inner, topic=topic, now=self.wall_clock())
+            )
+        else:
+            raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
+        self.counters["sent"] += 1
+
+    def _direct_link(self, peer: str) -> tuple[SecureRouter | SecureDealer, str] | None:
+        dealer = self._dealers.get(peer)
+        if dealer is not None and dealer.established:
+            return dealer, peer
+        if self._router is not None and self._router.table.route_of(peer) is not None:
+            return self._router, peer
+        return None
+
+    def _to_broker(self, messages: list[HopMessage]) -> None:
+        assert self._broker is not None
+        for message in messages:
+            self._broker.send(message.payload, msg_type=message.msg_type, topic=message.topic)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def pump(self, timeout: float = 0.0) -> int:
+        """Do pending work (handshakes, rekeys, mail, incoming messages), waiting up to
+        ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
+        self._check_open()
+        links: list[SecureRouter | SecureDealer] = list(self._dealers.values())
+        if self._router is not None:
+            links.append(self._router)
+        if self._broker is not None:
+            links.append(self._broker)
+        handled = 0
+        wait = timeout if len(links) == 1 else 0.0
+        for link in links:
+            handled += link.pump(wait)
+            self._take(link)
+        if not handled and len(links) > 1 and timeout > 0:
+            zmq.select([link.socket for link in links], [], [], timeout)
+            for link in links:
+                handled += link.pump(0.0)
+                self._take(link)
+        if self._tunnels is not None and self._broker is not None:
+            deadline = self._tunnels.next_deadline()
+            if deadline is not None and self.wall_clock() >= deadline:
+                self._to_broker(self._tunnels.on_timer(now=self.wall_clock()))
+        return handled
+
+    def _take(self, link: SecureRouter | SecureDealer) -> None:
+        while link.inbox:
+            delivered = link.inbox.popleft()
+            if link is self._broker:
+                self._from_broker(delivered)
+            else:
+                self._from_peer(link, delivered)
+
+    def _from_peer(self, link: SecureRouter | SecureDealer, delivered: Delivered) -> None:
+        roles = self._roles_of(link, delivered.agent_id)
+        header = delivered.message.header
+        for payload in delivered.message.payloads:
+            try:
+                incoming = unwrap(
+                    delivered.agent_id, header.type, payload, topic=header.topic, roles=roles
+                )
+                if self.policy is not None:
+                    self.policy.check_send(incoming.sender, roles, incoming.kind)
+            except (RemoteProtocolError, SecurityError) as exc:
+                self._reject(delivered.agent_id, exc)
+                continue
+            self._deliver(incoming)
+
+    def _roles_of(self, link: SecureRouter | SecureDealer, agent: str) -> frozenset[str]:
+        channel = link.table.channel_to(agent) if isinstance(link, SecureRouter) else None
+        if channel is None:
+            channel = link.table.channels.get(b"")
+        return channel.peer.roles if channel is not None and channel.peer else frozenset()
+
+    def _from_broker(self, delivered: Delivered) -> None:
+        assert self._tunnels is not None
+        for payload in delivered.message.payloads:
+            message = delivered.message._replace(payloads=[payload])
+            try:
+                out, incoming = self._tunnels.on_hop(message, now=self.wall_clock())
+            except (RemoteProtocolError, SecurityError) as exc:
+                self._reject(delivered.agent_id, exc)
+                continue
+            self._to_broker(out)
+            for item in incoming:
+                self._deliver(item)
+
+    def _deliver(self, incoming: Incoming) -> None:
+        self.counters["received"] += 1
+        if incoming.kind == MessageType.REPLY:
+            if incoming.request_id in self._waiting:
+                assert incoming.request_id is not None
+                self._replies[incoming.request_id] = incoming
+            else:
+                self.counters["late_replies"] += 1  # its request timed out; nobody waits
+            return
+        self.inbox.append(incoming)
+
+    def _reject(self, peer: str, exc: Exception) -> None:
+        reason = getattr(exc, "reason", "error")
+        self.counters[f"rejected:{reason}"] += 1
+        self.audit.record("reject", now=self.wall_clock(), peer=peer, reason=reason)
+
+    def receive(self, timeout: float | None = None) -> Incoming:
+        """The next message from a peer (ReceiveTimeout after ``timeout``; None waits)."""
+        deadline = None if timeout is None else self.clock() + timeout
+        while not self.inbox:
+            left = 0.1 if deadline is None else deadline - self.clock()
+            if left <= 0:
+                raise ReceiveTimeout(f"no message within {timeout} s")
+            self.pump(min(left, 0.1))
+        return self.inbox.popleft()
+
+    def messages(self, timeout: float | None = None) -> Iterator[Incoming]:
+        """Messages as they come; ends when none arrives within ``timeout`` (None: never)."""
+        while True:
+            try:
+                yield self.receive(timeout)
+            except ReceiveTimeout:
+                return
+
+    def run(self, handler: Handler, *, until: Callable[[], bool] | None = None) -> None:
+        """Call ``handler`` for each message until ``until()`` is true (or forever); a
+        request's handler result, if not None, is sent back as the reply."""
+        while not self._closed and not (until is not None and until()):
+            try:
+                message = self.receive(0.05)
+            except ReceiveTimeout:
+                continue
+            result = handler(message)
+            if message.is_request and result is not None:
+                self.reply(message, result)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[str]:
+        """Agents with a direct session to this node."""
+        found = set(self._dealers)
+        if self._router is not None:
+            found.update(self._router.peers)
+        return sorted(found)
+
+    def statistics(self) -> dict[str, Any]:
+        links = [*self._dealers.values(), self._router, self._broker]
+        tables = [link.table for link in links if link is not None]
+        if self._tunnels is not None:
+            tables.append(self._tunnels.table)
+        rejected: Counter[str] = Counter()
+        for table in tables:
+            rejected.update(table.rejected)
+        for key, value in self.counters.items():
+            if key.startswith("rejected:"):
+                rejected[key.split(":", 1)[1]] += value
+        return {
+            "agent_id": self.agent_id,
+            "sent": self.counters["sent"],
+            "received": self.counters["received"],
+            "queued": self._tunnels.queued() if self._tunnels is not None else 0,
+            "mailed": self._tunnels.mailed if self._tunnels is not None else 0,
+            "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},
+            "handshakes": sum(table.handshakes for table in tables),
+            "rekeys": sum(table.rekeys for table in tables),
+            "rejected": dict(rejected),
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this node is closed")
+
+    def close(self, *, timeout: float = 2.0) -> None:
+        """Flush what is queued (for at most ``timeout`` seconds), then close every socket."""
+        if self._closed:
+            return
+        deadline = self.clock() + timeout
+        try:
+            while self._tunnels is not None and self._tunnels.queued() and self.clock() < deadline:
+                self.pump(0.01)
+        finally:
+            self._closed = True
+            for link in (*self._dealers.values(), self._router, self._broker):
+                if link is not None:
+                    link.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,294 @@
+"""End-to-end sessions between agents, tunnelled through a broker (pure, sans-I/O).
+
+The node and the broker share a hop session; inside it, each pair of agents runs its own
+Noise session, whose frames travel as the payload of FORWARD (to the broker, topic = the
+recipient) and DELIVER (from the broker, topic = the sender) messages. The broker routes on
+that clear topic and never holds a key that opens the inner frames.
+
+Messages to a peer wait in a bounded queue while its session is set up. When the broker
+answers UNREACHABLE (the peer is offline), queued messages become sealed mail (SealedBox to
+the peer's key, signed by us), which the broker stores durably and delivers when the peer
+connects; the peer acknowledges each piece of mail and drops repeats by id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zmqcomm.access import Policy
+from zmqcomm.crypto.audit import BaseAuditLog
+from zmqcomm.crypto.channel import Delivered, Established, Event, Transmit
+from zmqcomm.crypto.channel_table import ChannelTable
+from zmqcomm.crypto.handshake import RandomBytes
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.sealed import open_sealed, seal
+from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import (
+    LocalProtocolError,
+    NotPermittedError,
+    QueueFullError,
+    RemoteProtocolError,
+    SecurityError,
+    UnknownPeerError,
+    UsageError,
+)
+from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
+from zmqcomm.wire import Message, MessageType, WireCodec
+
+#: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
+_SEEN_MAIL = 100_000
+
+
+@dataclass(frozen=True)
+class HopMessage:
+    """A message for the broker, to be sealed under the hop session."""
+
+    msg_type: int
+    payload: object
+    topic: str = ""
+
+
+class Tunnels:
+    """Our end-to-end sessions with every peer reached through one broker."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        trust: TrustStore,
+        random_bytes: RandomBytes,
+        now: float,
+        policy: Policy | None = None,
+        audit: BaseAuditLog | None = None,
+        codec: WireCodec | None = None,
+        rekey: RekeyPolicy | None = None,
+        max_queue: int = 10_000,
+        mail: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.trust = trust
+        self.policy = policy
+        self.codec = codec if codec is not None else WireCodec()
+        self.table = ChannelTable(
+            identity=identity,
+            trust=trust,
+            random_bytes=random_bytes,
+            now=now,
+            audit=audit,
+            codec=self.codec,
+            policy=rekey,
+        )
+        self.audit = self.table.audit
+        self.max_queue = max_queue
+        self.mail = mail
+        self._random = random_bytes
+        self._queues: dict[str, deque[tuple[int, object, str]]] = {}
+        self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
+        self.dropped: Counter[str] = Counter()
+        self.mailed = 0
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(
+        self, peer: str, kind: int, payload: object, *, topic: str, now: float
+    ) -> list[HopMessage]:
+        """Encrypt for ``peer`` now, or queue until its session is up (QueueFullError when the
+        queue is at ``max_queue``)."""
+        channel = self.table.channel_to(peer)
+        if channel is not None and channel.established:
+            frames = channel.seal(kind, payload, topic=topic, now=now)
+            return [self._forward(peer, frames), *self._after_send(peer, now)]
+        queue = self._queues.setdefault(peer, deque())
+        if len(queue) >= self.max_queue:
+            self.dropped["queue_full"] += 1
+            raise QueueFullError(
+                f"{len(queue)} messages already wait for a session with {peer}; "
+                "wait for it (receive/pump) or raise max_queue"
+            )
+        queue.append((kind, payload, topic))
+        route = peer.encode()
+        if route in self.table.channels:
+            return []  # a handshake is under way
+        return [self._forward(peer, self.table.connect(route, now=now, expect_peer=peer))]
+
+    def _after_send(self, peer: str, now: float) -> list[HopMessage]:
+        channel = self.table.channel_to(peer)
+        if channel is None:
+            return []
+        return self._transmit(peer, channel.on_timer(now=now))
+
+    def _forward(self, peer: str, frames: Sequence[Any]) -> HopMessage:
+        return HopMessage(MessageType.FORWARD, [bytes(frame) for frame in frames], peer)
+
+    def _transmit(self, peer: str, events: list[Event]) -> list[HopMessage]:
+        return [self._forward(peer, e.frames) for e in events if isinstance(e, Transmit)]
+
+    def _flush(self, peer: str, *, now: float) -> list[HopMessage]:
+        queue = self._queues.pop(peer, None)
+        channel = self.table.channel_to(peer)
+        if not queue or channel is None:
+            return []
+        return [
+            self._forward(peer, channel.seal(kind, payload, topic=topic, now=now))
+            for kind, payload, topic in queue
+        ]
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def on_hop(self, message: Message, *, now: float) -> tuple[list[HopMessage], list[Incoming]]:
+        """Handle a message from the broker. Peer garbage raises a typed error (counted and
+        audited by the caller); nothing is changed by it."""
+        kind, topic = message.header.type, message.header.topic
+        if kind == MessageType.DELIVER:
+            return self._on_deliver(topic, message.payload, now=now)
+        if kind == MessageType.UNREACHABLE:
+            return self._on_unreachable(topic, now=now), []
+        if kind == MessageType.MAIL_DELIVER:
+            return self._on_mail(topic, message.payload, now=now)
+        if kind == MessageType.MAIL_ACCEPTED:
+            return [], []
+        raise RemoteProtocolError(f"unexpected broker message {kind:#04x}", reason="bad_type")
+
+    def _on_deliver(
+        self, sender: str, frames: object, *, now: float
+    ) -> tuple[list[HopMessage], list[Incoming]]:
+        if (
+            not isinstance(frames, list)
+            or not frames
+            or not all(isinstance(f, bytes) for f in frames)
+        ):
+            raise RemoteProtocolError("DELIVER without frames", reason="bad_deliver")
+        events = self.table.receive(sender.encode(), frames, now=now)
+        out: list[HopMessage] = self._transmit(sender, events)
+        incoming: list[Incoming] = []
+        for event in events:
+            if isinstance(event, Established) and event.epoch == 0:
+                out += self._flush(sender, now=now)
+            elif isinstance(event, Delivered):
+                incoming += self._accept(event, now=now)
+        return out, incoming
+
+    def _accept(self, event: Delivered, *, now: float) -> list[Incoming]:
+        channel = self.table.channel_to(event.agent_id)
+        roles = channel.peer.roles if channel is not None and channel.peer else frozenset()
+        header = event.message.header
+        accepted = []
+        for payload in event.message.payloads:
+            try:
+                incoming = unwrap(
+                    event.agent_id, header.type, payload, topic=header.topic, roles=roles
+                )
+                self._check_policy(incoming)
+            except (RemoteProtocolError, SecurityError) as exc:
+                self._refuse(event.agent_id, exc, now=now)
+                continue
+            accepted.append(incoming)
+        return accepted
+
+    def _check_policy(self, incoming: Incoming) -> None:
+        if self.policy is not None:
+            self.policy.check_send(incoming.sender, incoming.roles, incoming.kind)
+
+    def _refuse(self, peer: str, exc: Exception, *, now: float) -> None:
+        reason = getattr(exc, "reason", "error")
+        self.table.rejected[reason] += 1
+        self.audit.record("reject", now=now, peer=peer, reason=reason)
+
+    def _on_unreachable(self, peer: str, *, now: float) -> list[HopMessage]:
+        self.table.drop(peer.encode())
+        queue = self._queues.pop(peer, None) or deque()
+        if not queue:
+            return []
+        if not self.mail:
+            self.dropped["unreachable"] += len(queue)
+            return []
+        try:
+            public = self.trust.lookup(peer, now=now).public
+        except UnknownPeerError:
+            self.dropped["unreachable"] += len(queue)
+            return []
+        out = []
+        for kind, payload, topic in queue:
+            out.append(self.mail_message(peer, public, kind, payload, topic=topic, now=now))
+        return out
+
+    def mail_message(
+        self, peer: str, public: Any, kind: int, payload: object, *, topic: str, now: float
+    ) -> HopMessage:
+        """Seal one message for an offline peer: the broker stores it until the peer acks."""
+        mail_id = self._random(8)
+        frames = self.codec.encode(kind, [mail_id, payload], topic=topic)
+        if len(frames) != 1:
+            raise UsageError("mail cannot carry out-of-band arrays; send them in a session")
+        blob = seal(bytes(frames[0]), sender=self.identity, recipient=public, now=now)
+        self.mailed += 1
+        return HopMessage(MessageType.MAIL, blob, peer)
+
+    def _on_mail(
+        self, sender: str, payload: object, *, now: float
+    ) -> tuple[list[HopMessage], list[Incoming]]:
+        if (
+            not isinstance(payload, list)
+            or len(payload) != 2
+            or type(payload[0]) is not int
+            or not isinstance(payload[1], bytes)
+        ):
+            raise RemoteProtocolError("MAIL_DELIVER without id and blob", reason="bad_mail")
+        stored_id, blob = payload
+        ack = HopMessage(MessageType.MAIL_ACK, stored_id)
+        try:
+            opened = open_sealed(blob, recipient=self.identity, now=now)
+            entry = self.trust.check_certificate(opened.sender_certificate, now=now)
+            inner = self.codec.decode([opened.message])
+            body = inner.payload
+            if not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], bytes):
+                raise RemoteProtocolError("mail without its id", reason="bad_mail")
+        except (RemoteProtocolError, SecurityError) as exc:
+            # Bad mail never gets better: acknowledge it so the broker deletes it.
+            self._refuse(sender, exc, now=now)
+            return [ack], []
+        mail_id, content = body
+        if mail_id in self._seen_mail:
+            return [ack], []  # delivered before; acknowledge again, deliver once
+        self._seen_mail[mail_id] = None
+        while len(self._seen_mail) > _SEEN_MAIL:
+            self._seen_mail.popitem(last=False)
+        incoming = unwrap(
+            opened.agent_id,
+            inner.header.type,
+            content,
+            topic=inner.header.topic,
+            via=VIA_MAIL,
+            roles=entry.roles,
+        )
+        try:
+            self._check_policy(incoming)
+        except NotPermittedError as exc:
+            self._refuse(opened.agent_id, exc, now=now)
+            return [ack], []
+        return [ack], [incoming]
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.table.next_deadline()
+
+    def on_timer(self, *, now: float) -> list[HopMessage]:
+        out = []
+        for route, event in self.table.on_timer(now=now):
+            if isinstance(event, Transmit):
+                out.append(self._forward(route.decode(), event.frames))
+        return out
+
+    def queued(self, peer: str | None = None) -> int:
+        if peer is not None:
+            return len(self._queues.get(peer, ()))
+        return sum(len(queue) for queue in self._queues.values())
+
+    def check_sendable(self, kind: int) -> None:
+        if kind not in (MessageType.DATA, MessageType.REQUEST, MessageType.REPLY):
+            raise LocalProtocolError(f"a node sends DATA, REQUEST or REPLY, not {kind:#04x}")
