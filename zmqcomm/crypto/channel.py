@@ -32,7 +32,7 @@ from zmqcomm.crypto.handshake import (
     RandomBytes,
     check_init,
 )
-from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.keys import Identity, sender_from_agent_id
 from zmqcomm.crypto.session import RekeyPolicy, Session, keeps_initiator_role
 from zmqcomm.errors import (
     AuthenticationError,
@@ -239,6 +239,15 @@ class SecureChannel:
                 return []
         elif session_id == 0 or epoch != 0:
             raise RemoteProtocolError("a new session must start at epoch 0", reason="bad_epoch")
+        elif self._opening_to_expected_peer():
+            # Both sides opened a session to each other at once (agents that message each
+            # other first through a broker): the same tie-break as for rekeys keeps one.
+            assert self.expect_peer is not None
+            if keeps_initiator_role(
+                self.identity.sender_id, sender_from_agent_id(self.expect_peer)
+            ):
+                self.rekey_collisions += 1
+                return []
         handshake = Handshake(
             initiator=False,
             identity=self.identity,
@@ -251,6 +260,16 @@ class SecureChannel:
         reply = handshake.respond(body, now=now)
         self._pending = _Pending(handshake, now + self.handshake_timeout, self.handshake_timeout)
         return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
+
+    def _opening_to_expected_peer(self) -> bool:
+        pending = self._pending
+        return (
+            pending is not None
+            and pending.handshake.initiator
+            and pending.handshake.epoch == 0
+            and self.session is None
+            and self.expect_peer is not None
+        )
 
     def _on_reply(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
         handshake = self._expect_pending(session_id, epoch, initiator=True)

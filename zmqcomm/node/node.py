@@ -91,6 +91,8 @@ class Node:
         self._waiting: set[int] = set()
         self._request_ids = itertools.count(1)
         self.counters: Counter[str] = Counter()
+        #: If set, called for each REQUEST as it arrives; its result is the reply.
+        self.request_handler: Handler | None = None
         self._closed = False
         self._dealers: dict[str, SecureDealer] = {}
         self._router: SecureRouter | None = None
@@ -320,6 +322,11 @@ class Node:
 
     def _deliver(self, incoming: Incoming) -> None:
         self.counters["received"] += 1
+        if incoming.kind == MessageType.REQUEST and self.request_handler is not None:
+            # Answered at once, even while this node waits in request(): two nodes that
+            # request from each other at the same moment do not deadlock.
+            self.reply(incoming, self.request_handler(incoming))
+            return
         if incoming.kind == MessageType.REPLY:
             if incoming.request_id in self._waiting:
                 assert incoming.request_id is not None

@@ -275,6 +275,8 @@ class Tunnels:
     # -- timers ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        if self._orphans():
+            return 0.0  # queued messages and no handshake under way: due at once
         return self.table.next_deadline()
 
     def on_timer(self, *, now: float) -> list[HopMessage]:
@@ -282,7 +284,18 @@ class Tunnels:
         for route, event in self.table.on_timer(now=now):
             if isinstance(event, Transmit):
                 out.append(self._forward(route.decode(), event.frames))
+        for peer in self._orphans():
+            # Its handshake was given up (timed out, or the channel closed): try again.
+            init = self.table.connect(peer.encode(), now=now, expect_peer=peer)
+            out.append(self._forward(peer, init))
         return out
+
+    def _orphans(self) -> list[str]:
+        return [
+            peer
+            for peer, queue in self._queues.items()
+            if queue and peer.encode() not in self.table.channels
+        ]
 
     def queued(self, peer: str | None = None) -> int:
         if peer is not None:

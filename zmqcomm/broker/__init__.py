@@ -1,0 +1,1 @@
+"""The command-line broker: routing, fan-out and store-and-forward mailboxes."""

@@ -1,0 +1,179 @@
+"""The broker process: a SecureRouter driving :class:`BrokerCore`, a mailbox, stats, signals.
+
+One thread: pump the router, feed new sessions and messages to the core, send what it
+decides. A message to an agent whose connection is gone (ZeroMQ refuses the routing id) turns
+into UNREACHABLE for its sender, who falls back to mail. Statistics go to ``stats.json`` in
+the data directory once a second, so ``zmqcomm broker stats`` can read them without keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from zmqcomm.access import Policy
+from zmqcomm.broker.core import BrokerCore, Send
+from zmqcomm.broker.mailbox import Mailbox
+from zmqcomm.crypto.audit import BaseAuditLog
+from zmqcomm.crypto.channel_table import HandshakeLimits
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import TransportError, UnknownPeerError
+from zmqcomm.secure import SecureRouter
+from zmqcomm.transport import SocketOptions
+from zmqcomm.transport.sockets import bind as bind_socket
+from zmqcomm.wire import MessageType
+
+STATS_FILE = "stats.json"
+MAILBOX_FILE = "mailbox.sqlite3"
+_STATS_INTERVAL = 1.0
+#: A broker holds many connections: deeper queues than an agent's defaults.
+BROKER_SOCKET_OPTIONS = SocketOptions(send_hwm=100_000, receive_hwm=100_000)
+
+
+class Broker:
+    """Routes direct messages by agent id, fans out topics, keeps mail for offline agents."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        identity: Identity,
+        trust: TrustStore,
+        policy: Policy | None = None,
+        data: str | os.PathLike[str] | None = None,
+        audit: BaseAuditLog | None = None,
+        limits: HandshakeLimits | None = None,
+        options: SocketOptions = BROKER_SOCKET_OPTIONS,
+        context: zmq.Context[Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not endpoints:
+            raise TransportError("a broker needs at least one endpoint to bind")
+        self.data = Path(data) if data is not None else None
+        self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
+        self.router = SecureRouter(
+            endpoints[0],
+            identity=identity,
+            trust=trust,
+            audit=audit,
+            limits=limits,
+            options=options,
+            context=context,
+            clock=clock,
+        )
+        self.endpoints = [self.router.endpoint]
+        try:
+            for endpoint in endpoints[1:]:
+                self.endpoints.append(bind_socket(self.router.socket, endpoint))
+        except BaseException:
+            self.close()
+            raise
+        self.core = BrokerCore(policy=policy, mailbox=self.mailbox, audit=audit)
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.started = wall_clock()
+        self._next_stats = 0.0
+        self._stopping = False
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def step(self, timeout: float = 0.05) -> int:
+        """Handle what arrived within ``timeout`` seconds; returns messages handled."""
+        handled = self.router.pump(timeout)
+        now = self.wall_clock()
+        while self.router.joined:
+            joined = self.router.joined.popleft()
+            self._send(self.core.connected(joined.agent_id, joined.roles, now=now))
+        inbox = self.router.inbox
+        while inbox:
+            delivered = inbox.popleft()
+            header = delivered.message.header
+            for payload in delivered.message.payloads:
+                self._send(
+                    self.core.handle(
+                        delivered.agent_id, header.type, header.topic, payload, now=now
+                    )
+                )
+        if self.data is not None and self.clock() >= self._next_stats:
+            self._next_stats = self.clock() + _STATS_INTERVAL
+            self.write_stats()
+        return handled
+
+    def _send(self, sends: list[Send]) -> None:
+        for send in sends:
+            try:
+                self.router.send(send.to, send.payload, msg_type=send.msg_type, topic=send.topic)
+            except (TransportError, UnknownPeerError):
+                # The agent's connection is gone: forget it, and tell a forwarder to use mail.
+                route = self.router.table.route_of(send.to)
+                if route is not None:
+                    self.router.table.drop(route)
+                self.core.disconnected(send.to)
+                if send.msg_type == MessageType.DELIVER:
+                    self._send([Send(send.topic, MessageType.UNREACHABLE, None, send.to)])
+
+    def serve(self, until: Callable[[], bool] | None = None) -> None:
+        """Run until :meth:`stop` is called (a signal handler may call it) or ``until()``."""
+        while not self._stopping and not (until is not None and until()):
+            self.step(0.05)
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to return after the current step (safe from a signal handler)."""
+        self._stopping = True
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        router = self.router.statistics()
+        return {
+            **self.core.statistics(),
+            "endpoints": self.endpoints,
+            "uptime": round(self.wall_clock() - self.started, 3),
+            "messages_in": router["received"],
+            "messages_out": router["sent"],
+            "handshakes": router["handshakes"],
+            "rekeys": router["rekeys"],
+            "rejected_sessions": router["rejected"],
+            "pid": os.getpid(),
+            "updated": self.wall_clock(),
+        }
+
+    def write_stats(self) -> None:
+        assert self.data is not None
+        path = self.data / STATS_FILE
+        temporary = path.with_name(f".{STATS_FILE}.{os.getpid()}")
+        temporary.write_text(json.dumps(self.statistics(), indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+    def close(self) -> None:
+        if self.data is not None and hasattr(self, "core"):
+            self.write_stats()
+        self.router.close()
+        if self.mailbox is not None:
+            self.mailbox.close()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_stats(data: str | os.PathLike[str]) -> dict[str, Any]:
+    """The statistics a running (or the last) broker wrote under ``data``."""
+    path = Path(data) / STATS_FILE
+    try:
+        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise TransportError(
+            f"no broker statistics in {path}: is a broker running with --data {data}?"
+        ) from exc
+    return loaded

@@ -1,0 +1,167 @@
+"""``zmqcomm broker``: run a broker; ``zmqcomm broker stats``: look at a running one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from zmqcomm.access import Policy
+from zmqcomm.broker.server import Broker, read_stats
+from zmqcomm.cli.common import load_node_identity, load_toml_config
+from zmqcomm.crypto.audit import AuditLog
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import UsageError
+
+EXAMPLES = """\
+examples:
+  zmqcomm broker --bind tcp://127.0.0.1:5555 --keys keys --trust trust --data data
+      run a broker: identity keys/broker.key, agents allowed by the .pub files in trust/,
+      mailboxes and statistics under data/
+  zmqcomm broker --bind ipc:///tmp/zc/broker.sock --keys keys --trust trust \\
+      --policy policy.toml --audit audit.jsonl
+      the same on ipc, with a role policy and an audit trail
+  zmqcomm broker --config broker.toml
+      settings from a TOML file (bind, keys, name, trust, policy, data, audit); options
+      given on the command line win
+  zmqcomm broker stats --data data
+      connected agents, messages routed, mail waiting, rejections (--json for scripts)
+
+Stops cleanly on SIGTERM or SIGINT (Ctrl-C). Logs are JSON lines on stderr.
+"""
+
+_SETTINGS = ("bind", "keys", "name", "trust", "policy", "data", "audit")
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "broker",
+        help="run a broker that routes, fans out and stores messages for agents",
+        description=(
+            "Run a broker: agents authenticate to it, it routes their end-to-end encrypted "
+            "messages by agent id, fans out topics, and keeps mail for offline agents in "
+            "SQLite under --data. It never holds a key that opens agent payloads."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "action", nargs="?", choices=("run", "stats"), default="run", help="default: run"
+    )
+    parser.add_argument("--bind", action="append", metavar="ENDPOINT", help="repeatable")
+    parser.add_argument("--keys", metavar="DIR", help="directory holding NAME.key")
+    parser.add_argument("--name", metavar="NAME", help="key name (default broker)")
+    parser.add_argument("--trust", metavar="DIR", help="trust store: the agents' .pub files")
+    parser.add_argument("--policy", metavar="FILE", help="role policy (TOML); default: allow")
+    parser.add_argument("--data", metavar="DIR", help="mailboxes and stats.json")
+    parser.add_argument("--audit", metavar="FILE", help="audit trail (JSON lines)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the settings above")
+    parser.add_argument("--json", action="store_true", help="stats: print one JSON object")
+    parser.set_defaults(run=run)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if args.config:
+        settings = load_toml_config(args.config, allowed=_SETTINGS)
+    for key in _SETTINGS:
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if isinstance(settings.get("bind"), str):
+        settings["bind"] = [settings["bind"]]
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.action == "stats":
+        return _stats(settings, as_json=args.json)
+    for required in ("bind", "keys", "trust"):
+        if not settings.get(required):
+            raise UsageError(f"--{required} is required (or set it in --config)")
+    log = _logger()
+    identity = load_node_identity(settings["keys"], settings.get("name", "broker"))
+    trust = TrustStore(settings["trust"])
+    policy = Policy.load(settings["policy"]) if settings.get("policy") else None
+    audit = AuditLog(settings["audit"]) if settings.get("audit") else None
+    broker = Broker(
+        settings["bind"],
+        identity=identity,
+        trust=trust,
+        policy=policy,
+        data=settings.get("data"),
+        audit=audit,
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: broker.stop())
+    log.info(
+        json.dumps(
+            {"event": "started", "agent_id": identity.agent_id, "endpoints": broker.endpoints}
+        )
+    )
+    try:
+        broker.serve(until=_PeriodicLog(broker, log, every=10.0))
+    finally:
+        stats = broker.statistics()
+        broker.close()
+        if audit is not None:
+            audit.close()
+        log.info(json.dumps({"event": "stopped", **_summary(stats)}))
+    return 0
+
+
+class _PeriodicLog:
+    """Called by the serve loop on every step: logs a summary every ``every`` seconds."""
+
+    def __init__(self, broker: Broker, log: logging.Logger, *, every: float) -> None:
+        self.broker, self.log, self.every = broker, log, every
+        self.due = time.monotonic() + every
+
+    def __call__(self) -> bool:
+        if time.monotonic() >= self.due:
+            self.due = time.monotonic() + self.every
+            self.log.info(json.dumps({"event": "stats", **_summary(self.broker.statistics())}))
+        return False  # never stops the loop; signals do
+
+
+def _summary(stats: dict[str, Any]) -> dict[str, Any]:
+    keys = ("agents", "routed", "stored", "mail_waiting", "handshakes", "rejected")
+    return {key: stats.get(key) for key in keys}
+
+
+def _logger() -> logging.Logger:
+    log = logging.getLogger("zmqcomm.broker")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    return log
+
+
+def _stats(settings: dict[str, Any], *, as_json: bool) -> int:
+    if not settings.get("data"):
+        raise UsageError("broker stats needs --data DIR (the running broker's --data)")
+    stats = read_stats(settings["data"])
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    age = time.time() - float(stats.get("updated", 0))
+    print(
+        f"broker pid {stats.get('pid')}, up {stats.get('uptime', 0):.0f} s, "
+        f"stats {age:.1f} s old{' (is it still running?)' if age > 5 else ''}"
+    )
+    print(f"  endpoints        {', '.join(stats.get('endpoints', []))}")
+    print(f"  agents connected {stats.get('agents')}")
+    print(f"  messages in/out  {stats.get('messages_in')} / {stats.get('messages_out')}")
+    print(f"  routed           {stats.get('routed')}")
+    print(f"  mail stored      {stats.get('stored')} (waiting {stats.get('mail_waiting')})")
+    print(f"  handshakes       {stats.get('handshakes')}, rekeys {stats.get('rekeys')}")
+    rejected = {**stats.get("rejected", {}), **stats.get("rejected_sessions", {})}
+    print(f"  rejected         {json.dumps(rejected) if rejected else 'none'}")
+    return 0

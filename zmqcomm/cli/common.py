@@ -1,0 +1,48 @@
+"""What several commands share: loading an identity and a TOML settings file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from zmqcomm.cli.keys import PASSPHRASE_ENV
+from zmqcomm.crypto.keys import Identity, inspect_secret_file, load_identity
+from zmqcomm.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
+    """``keys/NAME.key``, with the passphrase from the environment when it is protected."""
+    path = Path(keys) / f"{name}.key"
+    if not path.exists():
+        raise UsageError(
+            f"no identity at {path}: create one with 'zmqcomm keygen {name} --dir {keys}'"
+        )
+    passphrase = None
+    if inspect_secret_file(path).encrypted:
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        if passphrase is None:
+            raise UsageError(f"{path} is passphrase-protected: set {PASSPHRASE_ENV}")
+    return load_identity(path, passphrase=passphrase)
+
+
+def load_toml_config(path: str | os.PathLike[str], *, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A flat TOML settings file; unknown keys are refused by name."""
+    try:
+        data: dict[str, Any] = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(allowed)}"
+        )
+    return data
