@@ -8,9 +8,16 @@ from typing import Any
 from zmqcomm.errors import RemoteProtocolError
 from zmqcomm.wire import MessageType
 
-#: Inner message types an application exchanges with its peers.
+#: Inner message types agents exchange (the topic-key pair is handled by the node itself).
 APPLICATION_TYPES = frozenset(
-    {MessageType.DATA, MessageType.REQUEST, MessageType.REPLY, MessageType.PUBLISH}
+    {
+        MessageType.DATA,
+        MessageType.REQUEST,
+        MessageType.REPLY,
+        MessageType.PUBLISH,
+        MessageType.TOPIC_KEY_REQUEST,
+        MessageType.TOPIC_KEY,
+    }
 )
 #: How an incoming message reached us.
 VIA_SESSION = "session"

@@ -45,6 +45,7 @@ from zmqcomm.errors import (
     UsageError,
 )
 from zmqcomm.node.messages import Incoming, unwrap, wrap
+from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
@@ -98,6 +99,7 @@ class Node:
         self._router: SecureRouter | None = None
         self._broker: SecureDealer | None = None
         self._tunnels: Tunnels | None = None
+        self._topics: Topics | None = None
         try:
             if bind is not None:
                 self._router = SecureRouter(
@@ -121,6 +123,9 @@ class Node:
                     rekey=rekey,
                     max_queue=max_queue,
                     mail=mail,
+                )
+                self._topics = Topics(
+                    identity=identity, trust=trust, random_bytes=os.urandom, policy=policy
                 )
                 self._broker = SecureDealer(
                     broker,
@@ -211,6 +216,30 @@ class Node:
         if not request.is_request or request.request_id is None:
             raise UsageError("reply() answers a REQUEST; this message is not one")
         self._send(request.sender, MessageType.REPLY, payload, request_id=request.request_id)
+
+    # -- topics ------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: object) -> None:
+        """Publish to ``topic`` through the broker: encrypted under our topic key, signed."""
+        self._check_open()
+        if self._topics is None or self._broker is None:
+            raise UsageError("publish() needs a broker: create the node with broker=")
+        body = self._topics.publish(topic, payload)
+        self._broker.send(body, msg_type=MessageType.PUBLISH, topic=topic)
+        self.counters["published"] += 1
+
+    def subscribe(self, topic: str) -> None:
+        """Receive publications on ``topic`` (exact, or a prefix ending in ``*``)."""
+        self._check_open()
+        if self._broker is None:
+            raise UsageError("subscribe() needs a broker: create the node with broker=")
+        self._broker.send(None, msg_type=MessageType.SUBSCRIBE, topic=topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        self._check_open()
+        if self._broker is None:
+            raise UsageError("unsubscribe() needs a broker: create the node with broker=")
+        self._broker.send(None, msg_type=MessageType.UNSUBSCRIBE, topic=topic)
 
     def _send(
         self,
@@ -312,6 +341,9 @@ class Node:
         for payload in delivered.message.payloads:
             message = delivered.message._replace(payloads=[payload])
             try:
+                if message.header.type == MessageType.PUBLISH:
+                    self._on_publication(message.header.topic, payload)
+                    continue
                 out, incoming = self._tunnels.on_hop(message, now=self.wall_clock())
             except (RemoteProtocolError, SecurityError) as exc:
                 self._reject(delivered.agent_id, exc)
@@ -320,7 +352,51 @@ class Node:
             for item in incoming:
                 self._deliver(item)
 
+    def _on_publication(self, topic: str, payload: object) -> None:
+        assert self._topics is not None and self._tunnels is not None
+        asks, opened = self._topics.on_publication(topic, payload, now=self.wall_clock())
+        for publisher, request in asks:
+            self._to_broker(
+                self._tunnels.send(
+                    publisher,
+                    MessageType.TOPIC_KEY_REQUEST,
+                    request,
+                    topic="",
+                    now=self.wall_clock(),
+                )
+            )
+        for incoming in opened:
+            self._deliver(incoming)
+
+    def _on_topic_key(self, incoming: Incoming) -> None:
+        assert self._topics is not None and self._tunnels is not None
+        try:
+            if incoming.kind == MessageType.TOPIC_KEY_REQUEST:
+                answer = self._topics.grant(incoming.sender, incoming.roles, incoming.payload)
+                self._to_broker(
+                    self._tunnels.send(
+                        incoming.sender,
+                        MessageType.TOPIC_KEY,
+                        answer,
+                        topic="",
+                        now=self.wall_clock(),
+                    )
+                )
+                return
+            for opened in self._topics.on_key(
+                incoming.sender, incoming.payload, now=self.wall_clock()
+            ):
+                self._deliver(opened)
+        except (RemoteProtocolError, SecurityError) as exc:
+            self._reject(incoming.sender, exc)
+
     def _deliver(self, incoming: Incoming) -> None:
+        if incoming.kind in (MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY):
+            if self._topics is None:
+                self._reject(incoming.sender, RemoteProtocolError("no topics", reason="bad_type"))
+            else:
+                self._on_topic_key(incoming)
+            return
         self.counters["received"] += 1
         if incoming.kind == MessageType.REQUEST and self.request_handler is not None:
             # Answered at once, even while this node waits in request(): two nodes that

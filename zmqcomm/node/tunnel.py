@@ -39,6 +39,7 @@ from zmqcomm.errors import (
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
 
+_INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
 _SEEN_MAIL = 100_000
 
@@ -190,7 +191,8 @@ class Tunnels:
         return accepted
 
     def _check_policy(self, incoming: Incoming) -> None:
-        if self.policy is not None:
+        # Topic-key requests are the node's own; the publisher checks the topic itself.
+        if self.policy is not None and incoming.kind not in _INTERNAL:
             self.policy.check_send(incoming.sender, incoming.roles, incoming.kind)
 
     def _refuse(self, peer: str, exc: Exception, *, now: float) -> None:

@@ -48,6 +48,10 @@ class SwarmAgent:
             connect_timeout=30.0,
         )
         self.node.request_handler = lambda request: {"pong": request.payload}
+        self.node.subscribe(settings.topic.rsplit("/", 1)[0] + "/*")
+        self.published = 0
+        self.publications: dict[str, set[int]] = defaultdict(set)
+        self.expected_publications: dict[str, int] = {}
         self.sent: dict[str, int] = defaultdict(int)
         self.seen: dict[str, set[int]] = defaultdict(set)
         self.duplicates = 0
@@ -60,6 +64,12 @@ class SwarmAgent:
 
     def handle(self, message: Incoming) -> None:
         payload = message.payload
+        if message.kind == MessageType.PUBLISH and isinstance(payload, dict):
+            seen = self.publications[message.sender]
+            if payload.get("n") in seen:
+                self.duplicates += 1
+            seen.add(int(payload.get("n", -1)))
+            return
         if message.kind != MessageType.DATA or not isinstance(payload, dict):
             return
         if "seq" in payload:
@@ -69,6 +79,7 @@ class SwarmAgent:
             seen.add(payload["seq"])
         elif "done" in payload:
             self.expected[message.sender] = int(payload["done"])
+            self.expected_publications[message.sender] = int(payload.get("published", 0))
 
     def drain(self) -> None:
         self.node.pump(0.0)
@@ -88,6 +99,7 @@ class SwarmAgent:
                 "sent": sum(self.sent.values()),
                 "received": sum(len(s) for s in self.seen.values()),
                 "requests": len(self.latencies),
+                "published": self.published,
                 "rekeys": stats["rekeys"],
                 "rejected": sum(stats["rejected"].values()),
             },
@@ -118,12 +130,15 @@ class SwarmAgent:
             count += 1
             if count % settings.request_every == 0:
                 self._request(self.rng.choice(settings.peers))
+            if count % settings.publish_every == 0:
+                self.node.publish(settings.topic, {"n": self.published})
+                self.published += 1
             self.drain()
             self.status()
         sending_time = time.monotonic() - started
         self.phase = "draining"
         for peer in settings.peers:
-            self.node.send(peer, {"done": self.sent[peer]})
+            self.node.send(peer, {"done": self.sent[peer], "published": self.published})
         deadline = time.monotonic() + _DRAIN_TIMEOUT
         while time.monotonic() < deadline and not self._complete():
             self.node.pump(0.01)
@@ -144,6 +159,8 @@ class SwarmAgent:
             "received": {peer: len(seen) for peer, seen in self.seen.items()},
             "expected": self.expected,
             "duplicates": self.duplicates,
+            "published": self.published,
+            "publications": {peer: len(seen) for peer, seen in self.publications.items()},
             "latencies": self.latencies,
             "request_failures": self.request_failures,
             "sending_time": sending_time,
@@ -164,10 +181,11 @@ class SwarmAgent:
         self.latencies.append(time.perf_counter() - started)
 
     def _complete(self) -> bool:
-        peers = self.settings.peers
         return all(
-            peer in self.expected and len(self.seen.get(peer, ())) >= self.expected[peer]
-            for peer in peers
+            peer in self.expected
+            and len(self.seen.get(peer, ())) >= self.expected[peer]
+            and len(self.publications.get(peer, ())) >= self.expected_publications[peer]
+            for peer in self.settings.peers
         )
 
 

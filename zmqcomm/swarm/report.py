@@ -22,7 +22,8 @@ def _percentile(samples: list[float], fraction: float) -> float | None:
 def summarize(
     results: list[dict[str, Any]], broker: dict[str, Any], options: _Options
 ) -> dict[str, Any]:
-    """Totals per agent and for the swarm; ``lost`` counts messages a peer never received."""
+    """Totals per agent and for the swarm. ``lost`` counts direct messages a peer never
+    received and publications a subscriber (every other agent) never received."""
     by_id = {result["agent_id"]: result for result in results}
     rows = []
     lost_total = 0
@@ -31,6 +32,11 @@ def summarize(
         for peer, count in result["sent"].items():
             received = by_id.get(peer, {}).get("received", {}).get(result["agent_id"], 0)
             lost += max(0, count - received)
+        for peer, count in by_id.items():
+            if peer != result["agent_id"]:
+                lost += max(
+                    0, result["published"] - count["publications"].get(result["agent_id"], 0)
+                )
         lost_total += lost
         rejected = sum(result["rejected"].values())
         rows.append(
@@ -39,6 +45,8 @@ def summarize(
                 "sent": sum(result["sent"].values()),
                 "received": sum(result["received"].values()),
                 "requests": len(result["latencies"]),
+                "published": result["published"],
+                "topic_received": sum(result["publications"].values()),
                 "request_failures": result["request_failures"],
                 "p50_ms": _ms(_percentile(result["latencies"], 0.50)),
                 "p99_ms": _ms(_percentile(result["latencies"], 0.99)),
@@ -61,6 +69,8 @@ def summarize(
         "received": sum(row["received"] for row in rows),
         "msg_per_s": sent / sending_time if sending_time else 0.0,
         "requests": len(latencies),
+        "published": sum(row["published"] for row in rows),
+        "topic_received": sum(row["topic_received"] for row in rows),
         "request_failures": sum(row["request_failures"] for row in rows),
         "p50_ms": _ms(_percentile(latencies, 0.50)),
         "p99_ms": _ms(_percentile(latencies, 0.99)),
@@ -94,6 +104,8 @@ def format_table(summary: dict[str, Any]) -> str:
         ("sent", "sent"),
         ("received", "received"),
         ("requests", "requests"),
+        ("published", "published"),
+        ("topic recv", "topic_received"),
         ("p50 ms", "p50_ms"),
         ("p99 ms", "p99_ms"),
         ("rekeys", "rekeys"),
@@ -102,7 +114,18 @@ def format_table(summary: dict[str, Any]) -> str:
     ]
     total = {
         "agent": "total",
-        **{key: summary[key] for key in ("requests", "p50_ms", "p99_ms", "rekeys", "lost")},
+        **{
+            key: summary[key]
+            for key in (
+                "requests",
+                "published",
+                "topic_received",
+                "p50_ms",
+                "p99_ms",
+                "rekeys",
+                "lost",
+            )
+        },
         "sent": summary["messages"],
         "received": summary["received"],
         "rejected": summary["rejected"],
@@ -126,6 +149,8 @@ def format_table(summary: dict[str, Any]) -> str:
     )
     footer = (
         f"{summary['messages']:,} direct messages at {summary['msg_per_s']:,.0f} msg/s, "
+        f"{summary['published']:,} publications ({summary['topic_received']:,} deliveries to "
+        "subscribers), "
         f"{summary['requests']:,} requests (p50 {_cell(summary['p50_ms'])} ms, "
         f"p99 {_cell(summary['p99_ms'])} ms), {summary['rekeys']} rekeys, "
         f"{summary['rejected']} rejects, {summary['duplicates']} duplicates, "

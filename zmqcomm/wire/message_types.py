@@ -31,6 +31,9 @@ class MessageType(enum.IntEnum):
     SUBSCRIBE = 0x27
     UNSUBSCRIBE = 0x28
     BROKER_STATS = 0x29
+    #: Between agents, inside their session: a subscriber asks a publisher for its topic key.
+    TOPIC_KEY_REQUEST = 0x2A
+    TOPIC_KEY = 0x2B
     #: Security layer (docs/protocol.md section 10): the three Noise XX messages, then the
     #: responder's first encrypted message, which tells the initiator it was accepted.
     HANDSHAKE_INIT = 0x40

@@ -1,0 +1,215 @@
+"""Secure publish/subscribe through a broker (pure, sans-I/O).
+
+A publisher encrypts each publication under its own key for the topic and signs it with its
+Ed25519 identity; the broker fans the ciphertext out by the clear topic and cannot read it.
+A subscriber accepts a publication only if:
+
+1. the publisher is in its trust store and the signature (over the topic, key id, sequence
+   number and ciphertext) verifies: origin authenticity, so neither the broker nor another
+   agent can forge or alter a publication;
+2. the sequence number is new in that publisher's replay window for the topic; and
+3. it holds the publisher's topic key, which it asks the publisher for over their end-to-end
+   session (the publisher checks the policy lets the asker subscribe to the topic).
+
+Publications that arrive before the key are held (bounded) and opened when it comes. Gaps in
+sequence numbers are fine: a broker or PUB socket may drop publications for a slow
+subscriber, and the window only refuses repeats and the very old.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from zmqcomm.access import Policy
+from zmqcomm.crypto import aead
+from zmqcomm.crypto.handshake import RandomBytes
+from zmqcomm.crypto.keys import Identity, sender_from_agent_id, verify_signature
+from zmqcomm.crypto.replay import ReplayWindow
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import AuthenticationError, RemoteProtocolError, ReplayError
+from zmqcomm.node.messages import Incoming, unwrap
+from zmqcomm.wire import MessageType, WireCodec
+
+_TAG = b"zmqcomm/1 publish"
+#: Publications held per publisher while its key is on the way.
+MAX_HELD = 1000
+KEY_SIZE = 32
+
+
+@dataclass
+class _Published:
+    key_id: int
+    key: bytes
+    sequence: int = 0
+
+
+def _signed(publisher: bytes, topic: str, key_id: int, sequence: int, sealed: bytes) -> bytes:
+    topic_bytes = topic.encode()
+    return b"".join(
+        (
+            _TAG,
+            publisher,
+            len(topic_bytes).to_bytes(1, "big"),
+            topic_bytes,
+            key_id.to_bytes(4, "big"),
+            sequence.to_bytes(8, "big"),
+            sealed,
+        )
+    )
+
+
+def _nonce(sequence: int) -> bytes:
+    return bytes(4) + sequence.to_bytes(8, "little")
+
+
+class Topics:
+    """Our publications and our subscriptions."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        trust: TrustStore,
+        random_bytes: RandomBytes,
+        policy: Policy | None = None,
+        codec: WireCodec | None = None,
+    ) -> None:
+        self.identity = identity
+        self.trust = trust
+        self.policy = policy
+        self.codec = codec if codec is not None else WireCodec()
+        self._random = random_bytes
+        self._mine: dict[str, _Published] = {}
+        #: (publisher, topic, key id) -> key, learnt from publishers.
+        self._keys: dict[tuple[str, str, int], bytes] = {}
+        self._windows: dict[tuple[str, str, int], ReplayWindow] = {}
+        self._held: dict[str, deque[tuple[str, list[Any]]]] = defaultdict(deque)
+        self._asked: set[tuple[str, str, int]] = set()
+        self.dropped: Counter[str] = Counter()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: object) -> list[object]:
+        """The PUBLISH payload for the broker: ``[key_id, sequence, ciphertext, signature]``."""
+        mine = self._mine.get(topic)
+        if mine is None:
+            key_id = int.from_bytes(self._random(4), "big")
+            mine = self._mine[topic] = _Published(key_id, self._random(KEY_SIZE))
+        sequence = mine.sequence
+        mine.sequence += 1
+        frames = self.codec.encode(MessageType.PUBLISH, payload, topic=topic)
+        if len(frames) != 1:
+            raise RemoteProtocolError("publications cannot carry out-of-band arrays")
+        associated = _signed(self.identity.sender_id, topic, mine.key_id, sequence, b"")
+        sealed = aead.encrypt(mine.key, _nonce(sequence), associated, bytes(frames[0]))
+        signature = self.identity.sign(
+            _signed(self.identity.sender_id, topic, mine.key_id, sequence, sealed)
+        )
+        return [mine.key_id, sequence, sealed, signature]
+
+    def grant(self, asker: str, roles: frozenset[str], request: object) -> object:
+        """Answer a subscriber's key request (sent to us over our end-to-end session)."""
+        if not isinstance(request, list) or len(request) != 2 or not isinstance(request[0], str):
+            raise RemoteProtocolError("bad topic key request", reason="bad_key_request")
+        topic, key_id = request
+        if self.policy is not None:
+            self.policy.check_subscribe(asker, roles, topic)
+        mine = self._mine.get(topic)
+        if mine is None or mine.key_id != key_id:
+            return [topic, key_id, None]
+        return [topic, key_id, mine.key]
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    def on_publication(
+        self, topic: str, payload: object, *, now: float
+    ) -> tuple[list[tuple[str, object]], list[Incoming]]:
+        """A publication fanned out by the broker: ``[publisher, [key_id, seq, ct, sig]]``.
+
+        Returns key requests to send (publisher, request) and the publications it opened."""
+        publisher, body = _parse(payload)
+        key_id, sequence, sealed, signature = body
+        entry = self.trust.lookup(publisher, now=now)
+        verify_signature(
+            entry.verify_key, _signed(entry.sender_id, topic, key_id, sequence, sealed), signature
+        )
+        slot = (publisher, topic, key_id)
+        window = self._windows.setdefault(slot, ReplayWindow(4096))
+        if not window.check(sequence):
+            raise ReplayError(f"publication {sequence} from {publisher} seen before")
+        key = self._keys.get(slot)
+        if key is None:
+            held = self._held[publisher]
+            if len(held) >= MAX_HELD:
+                self.dropped["key_pending"] += 1
+                return [], []
+            held.append((topic, body))
+            if slot in self._asked:
+                return [], []
+            self._asked.add(slot)
+            return [(publisher, [topic, key_id])], []
+        window.accept(sequence)
+        return [], [self._open(publisher, topic, key, body, entry.roles)]
+
+    def _open(
+        self, publisher: str, topic: str, key: bytes, body: list[Any], roles: frozenset[str]
+    ) -> Incoming:
+        key_id, sequence, sealed, _ = body
+        associated = _signed(sender_from_agent_id(publisher), topic, key_id, sequence, b"")
+        plaintext = aead.decrypt(key, _nonce(sequence), associated, sealed)
+        if plaintext is None:
+            raise AuthenticationError("publication failed authentication", reason="bad_tag")
+        inner = self.codec.decode([plaintext])
+        if inner.header.type != MessageType.PUBLISH or inner.header.topic != topic:
+            raise AuthenticationError("publication moved to another topic", reason="bad_topic")
+        return unwrap(publisher, MessageType.PUBLISH, inner.payload, topic=topic, roles=roles)
+
+    def on_key(self, publisher: str, answer: object, *, now: float) -> list[Incoming]:
+        """A publisher's answer to our key request: open what was held for it."""
+        if (
+            not isinstance(answer, list)
+            or len(answer) != 3
+            or not isinstance(answer[0], str)
+            or type(answer[1]) is not int
+        ):
+            raise RemoteProtocolError("bad topic key answer", reason="bad_key_answer")
+        topic, key_id, key = answer
+        slot = (publisher, topic, key_id)
+        self._asked.discard(slot)
+        if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+            self.dropped["key_refused"] += 1
+            return []
+        self._keys[slot] = key
+        opened = []
+        held = self._held.pop(publisher, deque())
+        roles = self.trust.lookup(publisher, now=now).roles
+        for held_topic, body in held:
+            if (held_topic, body[0]) != (topic, key_id):
+                self._held[publisher].append((held_topic, body))
+                continue
+            window = self._windows[slot]
+            if window.check(body[1]):
+                window.accept(body[1])
+                opened.append(self._open(publisher, topic, key, body, roles))
+        return opened
+
+
+def _parse(payload: object) -> tuple[str, list[Any]]:
+    bad = RemoteProtocolError("malformed publication", reason="bad_publication")
+    if not isinstance(payload, list) or len(payload) != 2 or not isinstance(payload[0], str):
+        raise bad
+    publisher, body = payload
+    if (
+        not isinstance(body, list)
+        or len(body) != 4
+        or type(body[0]) is not int
+        or not 0 <= body[0] < 2**32
+        or type(body[1]) is not int
+        or not 0 <= body[1] < 2**63
+        or not isinstance(body[2], bytes)
+        or not isinstance(body[3], bytes)
+    ):
+        raise bad
+    return publisher, body
