@@ -75,11 +75,16 @@ class _SecureSocket:
         policy: RekeyPolicy | None,
         limits: HandshakeLimits | None,
         clock: Clock,
+        wall_clock: Clock,
         random_bytes: Callable[[int], bytes],
         send_timeout: float | None,
     ) -> None:
         self.socket = sock
+        #: Monotonic, for waits and timeouts; ``wall_clock`` (epoch seconds) is what the
+        #: security core gets as ``now``: certificates, trust entries and audit lines are
+        #: dated in epoch time.
         self.clock = clock
+        self.wall_clock = wall_clock
         self.send_timeout = send_timeout
         # Set once: changing SNDTIMEO around every send costs more than the send itself.
         sock.setsockopt(zmq.SNDTIMEO, -1 if send_timeout is None else int(send_timeout * 1000))
@@ -87,7 +92,7 @@ class _SecureSocket:
             identity=identity,
             trust=trust,
             random_bytes=random_bytes,
-            now=clock(),
+            now=wall_clock(),
             audit=audit,
             codec=codec,
             policy=policy,
@@ -144,16 +149,17 @@ class _SecureSocket:
             raw = sock.recv_multipart(zmq.NOBLOCK)
             handled += 1
             route, frames = self._route_and_frames(raw)
-            self._handle(route, self.table.receive(route, frames, now=self.clock()))
+            self._handle(route, self.table.receive(route, frames, now=self.wall_clock()))
         self._timers()
         return handled
 
     def _timers(self) -> None:
-        now = self.clock()
+        tick = self.clock()
         # The table's deadline scan is O(peers): look again only every _TIMER_TICK.
-        if now < self._next_timer_check:
+        if tick < self._next_timer_check:
             return
-        self._next_timer_check = now + _TIMER_TICK
+        self._next_timer_check = tick + _TIMER_TICK
+        now = self.wall_clock()
         deadline = self.table.next_deadline()
         if deadline is not None and now >= deadline:
             for route, event in self.table.on_timer(now=now):
@@ -179,7 +185,7 @@ class _SecureSocket:
         msg_type: int,
         topic: str,
     ) -> None:
-        now = self.clock()
+        now = self.wall_clock()
         if len(payloads) == 1:
             frames = channel.seal(msg_type, payloads[0], topic=topic, now=now)
         else:
@@ -194,7 +200,7 @@ class _SecureSocket:
         self, route: bytes, channel: SecureChannel, **options: Any
     ) -> BatchingSender:
         def frame_batch(msg_type: int, body: Body, topic: str) -> list[bytes]:
-            now = self.clock()
+            now = self.wall_clock()
             frames = channel.seal_body(msg_type, body, topic=topic, now=now)
             # Handshake frames a due rekey produces go out before this batch; the batch is
             # sealed under the keys current now, which the peer still holds.
@@ -253,6 +259,7 @@ class SecureRouter(_SecureSocket):
         options: SocketOptions = DEFAULT_SOCKET_OPTIONS,
         context: zmq.Context[Any] | None = None,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
         send_timeout: float | None = 1.0,
     ) -> None:
@@ -271,6 +278,7 @@ class SecureRouter(_SecureSocket):
             policy=policy,
             limits=limits,
             clock=clock,
+            wall_clock=wall_clock,
             random_bytes=random_bytes,
             send_timeout=send_timeout,
         )
@@ -334,6 +342,7 @@ class SecureDealer(_SecureSocket):
         options: SocketOptions = DEFAULT_SOCKET_OPTIONS,
         context: zmq.Context[Any] | None = None,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
         send_timeout: float | None = 1.0,
         connect_timeout: float | None = 5.0,
@@ -350,6 +359,7 @@ class SecureDealer(_SecureSocket):
             policy=policy,
             limits=None,
             clock=clock,
+            wall_clock=wall_clock,
             random_bytes=random_bytes,
             send_timeout=send_timeout,
         )
@@ -367,7 +377,7 @@ class SecureDealer(_SecureSocket):
         # no transport handshake to wait for, and no monitor events).
         self._transmit(
             _DEALER_ROUTE,
-            self.table.connect(_DEALER_ROUTE, now=self.clock(), expect_peer=expect_peer),
+            self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
         )
         if connect_timeout is not None:
             self.wait_established(connect_timeout)
@@ -394,7 +404,7 @@ class SecureDealer(_SecureSocket):
                     continue  # the first connection carries the INIT sent at construction
                 # A reconnect: whatever session the router had went with the old connection.
                 frames = self.table.connect(
-                    _DEALER_ROUTE, now=self.clock(), expect_peer=self.expect_peer
+                    _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
                 )
                 self._transmit(_DEALER_ROUTE, frames)
 
@@ -416,7 +426,9 @@ class SecureDealer(_SecureSocket):
             # abandoned: start a new session rather than stay silent.
             self._transmit(
                 _DEALER_ROUTE,
-                self.table.connect(_DEALER_ROUTE, now=self.clock(), expect_peer=self.expect_peer),
+                self.table.connect(
+                    _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
+                ),
             )
 
     @property

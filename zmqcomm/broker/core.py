@@ -55,6 +55,7 @@ class _Agent:
     #: Mail handed over and not yet acknowledged, and the highest stored id handed over.
     mail_in_flight: int = 0
     mail_cursor: int = 0
+    last_seen: float = 0.0
 
 
 class BrokerCore:
@@ -84,11 +85,19 @@ class BrokerCore:
 
     def connected(self, agent: str, roles: Iterable[str], *, now: float) -> list[Send]:
         """An agent completed its hop handshake: remember it and hand over its mail."""
-        self.agents[agent] = _Agent(frozenset(roles), set())
+        self.agents[agent] = _Agent(frozenset(roles), set(), last_seen=now)
         return self._mail_for(agent, _MAIL_BATCH)
 
     def disconnected(self, agent: str) -> None:
         self.agents.pop(agent, None)
+
+    def expire_idle(self, *, now: float, max_idle: float) -> list[str]:
+        """Forget agents silent for ``max_idle`` seconds (nodes PING when idle, so these
+        crashed or lost their connection without a BYE)."""
+        gone = [name for name, state in self.agents.items() if now - state.last_seen > max_idle]
+        for name in gone:
+            self.disconnected(name)
+        return gone
 
     def _mail_for(self, agent: str, room: int) -> list[Send]:
         """Hand over stored mail, keeping at most _MAIL_BATCH unacknowledged per agent."""
@@ -114,6 +123,7 @@ class BrokerCore:
         state = self.agents.get(agent)
         if state is None:
             return self._refuse(agent, "not_connected", now=now)
+        state.last_seen = now
         roles = state.roles
         rate = burst = None
         if self.policy is not None:
@@ -134,6 +144,11 @@ class BrokerCore:
     def _route(
         self, agent: str, state: _Agent, msg_type: int, topic: str, payload: object, *, now: float
     ) -> list[Send]:
+        if msg_type == MessageType.PING:
+            return []
+        if msg_type == MessageType.BYE:
+            self.disconnected(agent)  # the driver sees it gone and drops its connection
+            return []
         if msg_type == MessageType.FORWARD:
             _check_agent_id(topic)
             if topic not in self.agents:
@@ -210,7 +225,9 @@ class BrokerCore:
 
 
 #: Housekeeping every connected agent may send whatever its roles.
-_ALWAYS_ALLOWED = frozenset({MessageType.MAIL_ACK, MessageType.UNSUBSCRIBE})
+_ALWAYS_ALLOWED = frozenset(
+    {MessageType.MAIL_ACK, MessageType.UNSUBSCRIBE, MessageType.PING, MessageType.BYE}
+)
 
 
 def _check_agent_id(text: str) -> None:

@@ -33,6 +33,8 @@ from zmqcomm.wire import MessageType
 STATS_FILE = "stats.json"
 MAILBOX_FILE = "mailbox.sqlite3"
 _STATS_INTERVAL = 1.0
+#: Nodes PING every 10 s when idle: three missed pings and an agent counts as gone.
+IDLE_TIMEOUT = 30.0
 #: A broker holds many connections: deeper queues than an agent's defaults.
 BROKER_SOCKET_OPTIONS = SocketOptions(send_hwm=100_000, receive_hwm=100_000)
 
@@ -54,6 +56,7 @@ class Broker:
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
@@ -68,6 +71,7 @@ class Broker:
             options=options,
             context=context,
             clock=clock,
+            wall_clock=wall_clock,
         )
         self.endpoints = [self.router.endpoint]
         try:
@@ -79,6 +83,7 @@ class Broker:
         self.core = BrokerCore(policy=policy, mailbox=self.mailbox, audit=audit)
         self.clock = clock
         self.wall_clock = wall_clock
+        self.idle_timeout = idle_timeout
         self.started = wall_clock()
         self._next_stats = 0.0
         self._stopping = False
@@ -102,9 +107,14 @@ class Broker:
                         delivered.agent_id, header.type, header.topic, payload, now=now
                     )
                 )
-        if self.data is not None and self.clock() >= self._next_stats:
+            if delivered.agent_id not in self.core.agents:
+                self._forget(delivered.agent_id)  # it said BYE
+        if self.clock() >= self._next_stats:
             self._next_stats = self.clock() + _STATS_INTERVAL
-            self.write_stats()
+            for agent in self.core.expire_idle(now=now, max_idle=self.idle_timeout):
+                self._forget(agent)
+            if self.data is not None:
+                self.write_stats()
         return handled
 
     def _send(self, sends: list[Send]) -> None:
@@ -113,12 +123,15 @@ class Broker:
                 self.router.send(send.to, send.payload, msg_type=send.msg_type, topic=send.topic)
             except (TransportError, UnknownPeerError):
                 # The agent's connection is gone: forget it, and tell a forwarder to use mail.
-                route = self.router.table.route_of(send.to)
-                if route is not None:
-                    self.router.table.drop(route)
+                self._forget(send.to)
                 self.core.disconnected(send.to)
                 if send.msg_type == MessageType.DELIVER:
                     self._send([Send(send.topic, MessageType.UNREACHABLE, None, send.to)])
+
+    def _forget(self, agent: str) -> None:
+        route = self.router.table.route_of(agent)
+        if route is not None:
+            self.router.table.drop(route)
 
     def serve(self, until: Callable[[], bool] | None = None) -> None:
         """Run until :meth:`stop` is called (a signal handler may call it) or ``until()``."""

@@ -116,6 +116,19 @@ class Tunnels:
             return []  # a handshake is under way
         return [self._forward(peer, self.table.connect(route, now=now, expect_peer=peer))]
 
+    def send_many(
+        self, peer: str, kind: int, payloads: Sequence[object], *, topic: str, now: float
+    ) -> list[HopMessage]:
+        """Several messages in one encrypted batch frame (one AEAD call, one FORWARD)."""
+        channel = self.table.channel_to(peer)
+        if channel is not None and channel.established and payloads:
+            frames = channel.seal_many(kind, payloads, topic=topic, now=now)
+            return [self._forward(peer, frames), *self._after_send(peer, now)]
+        out: list[HopMessage] = []
+        for payload in payloads:
+            out += self.send(peer, kind, payload, topic=topic, now=now)
+        return out
+
     def _after_send(self, peer: str, now: float) -> list[HopMessage]:
         channel = self.table.channel_to(peer)
         if channel is None:

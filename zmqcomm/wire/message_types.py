@@ -34,6 +34,9 @@ class MessageType(enum.IntEnum):
     #: Between agents, inside their session: a subscriber asks a publisher for its topic key.
     TOPIC_KEY_REQUEST = 0x2A
     TOPIC_KEY = 0x2B
+    #: Agent to broker: "still here" when idle, and "leaving now" on a clean close.
+    PING = 0x2C
+    BYE = 0x2D
     #: Security layer (docs/protocol.md section 10): the three Noise XX messages, then the
     #: responder's first encrypted message, which tells the initiator it was accepted.
     HANDSHAKE_INIT = 0x40
