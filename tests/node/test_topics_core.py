@@ -1,0 +1,143 @@
+"""The pure pub/sub core: origin signatures, replay windows, topic keys and their policy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.access import Policy
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import (
+    AuthenticationError,
+    NotPermittedError,
+    RemoteProtocolError,
+    ReplayError,
+    UnknownPeerError,
+)
+from zmqcomm.node.topics import MAX_HELD, Topics
+from zmqcomm.wire import MessageType
+
+NOW = 1_800_000_000.0
+POLICY = Policy.from_toml(
+    """
+[roles.reader]
+subscribe = ["news/*"]
+"""
+)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Topics, Topics, Identity, Identity]:
+    publisher, subscriber = Identity.generate("pub"), Identity.generate("sub")
+    publisher_trust = TrustStore(tmp_path / "p")
+    publisher_trust.add(subscriber.public, roles=["reader"])
+    subscriber_trust = TrustStore(tmp_path / "s")
+    subscriber_trust.add(publisher.public, roles=["writer"])
+    mine = Topics(identity=publisher, trust=publisher_trust, random_bytes=os.urandom, policy=POLICY)
+    theirs = Topics(identity=subscriber, trust=subscriber_trust, random_bytes=os.urandom)
+    return mine, theirs, publisher, subscriber
+
+
+def _key_exchange(mine: Topics, theirs: Topics, publisher: Identity, subscriber: Identity,
+                  topic: str, body: list[object]) -> list[object]:  # fmt: skip
+    asks, opened = theirs.on_publication(topic, [publisher.agent_id, body], now=NOW)
+    assert opened == [] and len(asks) == 1 and asks[0][0] == publisher.agent_id
+    answer = mine.grant(subscriber.agent_id, frozenset({"reader"}), asks[0][1])
+    return [m.payload for m in theirs.on_key(publisher.agent_id, answer, now=NOW)]
+
+
+def test_publications_open_after_the_key_arrives_and_then_directly(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    first = mine.publish("news/today", {"n": 0})
+    assert _key_exchange(mine, theirs, publisher, subscriber, "news/today", first) == [{"n": 0}]
+    second = mine.publish("news/today", {"n": 1})
+    asks, opened = theirs.on_publication("news/today", [publisher.agent_id, second], now=NOW)
+    assert asks == [] and [(m.payload, m.kind, m.sender) for m in opened] == [
+        ({"n": 1}, MessageType.PUBLISH, publisher.agent_id)
+    ]
+
+
+def test_the_ciphertext_does_not_contain_the_payload(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, *_ = pair
+    body = mine.publish("news/today", "the secret plan")
+    assert b"the secret plan" not in b"".join(x for x in body if isinstance(x, bytes))
+
+
+def test_forged_altered_moved_and_replayed_publications_are_refused(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    _key_exchange(mine, theirs, publisher, subscriber, "news/a", mine.publish("news/a", 0))
+    good = mine.publish("news/a", 1)
+    altered = list(good)
+    altered[2] = bytes([good[2][0] ^ 1]) + good[2][1:]  # type: ignore[index]
+    with pytest.raises(AuthenticationError):
+        theirs.on_publication("news/a", [publisher.agent_id, altered], now=NOW)
+    forged = list(good)
+    forged[3] = subscriber.sign(b"not the publisher")
+    with pytest.raises(AuthenticationError):
+        theirs.on_publication("news/a", [publisher.agent_id, forged], now=NOW)
+    with pytest.raises(AuthenticationError):  # relabelled to another topic by a broker
+        theirs.on_publication("news/b", [publisher.agent_id, good], now=NOW)
+    _, opened = theirs.on_publication("news/a", [publisher.agent_id, good], now=NOW)
+    assert [m.payload for m in opened] == [1]
+    with pytest.raises(ReplayError):
+        theirs.on_publication("news/a", [publisher.agent_id, good], now=NOW)
+
+
+def test_a_publication_claimed_by_another_agent_is_refused(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, _, _ = pair
+    stranger = Identity.generate("stranger")
+    with pytest.raises(UnknownPeerError):
+        theirs.on_publication("news/a", [stranger.agent_id, mine.publish("news/a", 0)], now=NOW)
+    theirs.trust.add(stranger.public, roles=["writer"])
+    with pytest.raises(AuthenticationError):  # signed by the publisher, claimed by stranger
+        theirs.on_publication("news/a", [stranger.agent_id, mine.publish("news/a", 1)], now=NOW)
+
+
+def test_the_key_goes_only_to_whom_the_policy_lets_subscribe(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, _, _, subscriber = pair
+    mine.publish("secret/x", 0)
+    with pytest.raises(NotPermittedError):
+        mine.grant(subscriber.agent_id, frozenset({"reader"}), ["secret/x", 1])
+    with pytest.raises(NotPermittedError):
+        mine.grant(subscriber.agent_id, frozenset(), ["news/today", 1])
+    assert mine.grant(subscriber.agent_id, frozenset({"reader"}), ["news/none", 1])[2] is None
+
+
+def test_held_publications_are_bounded_and_asked_for_once(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, _ = pair
+    asks_total = 0
+    for index in range(MAX_HELD + 10):
+        asks, opened = theirs.on_publication(
+            "news/a", [publisher.agent_id, mine.publish("news/a", index)], now=NOW
+        )
+        asks_total += len(asks)
+        assert opened == []
+    assert asks_total == 1
+    assert theirs.dropped["key_pending"] == 10
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, [], ["x"], ["x", [1, 2, 3]], [7, [1, 2, b"", b""]], ["x", [2**40, 0, b"", b""]]],
+)
+def test_malformed_publications_raise_a_typed_error(
+    pair: tuple[Topics, Topics, Identity, Identity], payload: object
+) -> None:
+    _, theirs, _, _ = pair
+    with pytest.raises(RemoteProtocolError):
+        theirs.on_publication("news/a", payload, now=NOW)
