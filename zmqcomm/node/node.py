@@ -24,7 +24,7 @@ import itertools
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -46,6 +46,7 @@ from zmqcomm.errors import (
     UnknownPeerError,
     UsageError,
 )
+from zmqcomm.node import aio
 from zmqcomm.node.messages import Incoming, unwrap, wrap
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
@@ -225,20 +226,37 @@ class Node:
 
     def request(self, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
         """Send a request and wait for the reply's payload (RequestTimeout after ``timeout``)."""
-        request_id = next(self._request_ids)
-        self._waiting.add(request_id)
+        request_id = self.start_request(peer, payload)
         try:
-            self._send(peer, MessageType.REQUEST, payload, request_id=request_id)
             deadline = self.clock() + timeout
-            while request_id not in self._replies:
+            while (reply := self.take_reply(request_id)) is None:
                 left = deadline - self.clock()
                 if left <= 0:
                     raise RequestTimeout(f"no reply from {peer} within {timeout} s")
                 self.pump(min(left, 0.05))
-            return self._replies.pop(request_id).payload
+            return reply.payload
         finally:
+            self.abandon_request(request_id)
+
+    def start_request(self, peer: str, payload: object) -> int:
+        """Send a request without waiting; collect the reply with :meth:`take_reply`."""
+        request_id = next(self._request_ids)
+        self._waiting.add(request_id)
+        try:
+            self._send(peer, MessageType.REQUEST, payload, request_id=request_id)
+        except BaseException:
             self._waiting.discard(request_id)
-            self._replies.pop(request_id, None)
+            raise
+        return request_id
+
+    def take_reply(self, request_id: int) -> Incoming | None:
+        """The reply to a started request, if it has arrived (pump to let it in)."""
+        return self._replies.pop(request_id, None)
+
+    def abandon_request(self, request_id: int) -> None:
+        """Stop waiting: a reply arriving later is counted as late and dropped."""
+        self._waiting.discard(request_id)
+        self._replies.pop(request_id, None)
 
     def reply(self, request: Incoming, payload: object) -> None:
         """Answer a request received from a peer."""
@@ -314,15 +332,23 @@ class Node:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def pump(self, timeout: float = 0.0) -> int:
-        """Do pending work (handshakes, rekeys, mail, incoming messages), waiting up to
-        ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
-        self._check_open()
+    def sockets(self) -> list[zmq.Socket[Any]]:
+        """The node's ZeroMQ sockets (for an event loop to watch)."""
+        return [link.socket for link in self._links()]
+
+    def _links(self) -> list[SecureRouter | SecureDealer]:
         links: list[SecureRouter | SecureDealer] = list(self._dealers.values())
         if self._router is not None:
             links.append(self._router)
         if self._broker is not None:
             links.append(self._broker)
+        return links
+
+    def pump(self, timeout: float = 0.0) -> int:
+        """Do pending work (handshakes, rekeys, mail, incoming messages), waiting up to
+        ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
+        self._check_open()
+        links = self._links()
         handled = 0
         wait = timeout if len(links) == 1 else 0.0
         for link in links:
@@ -537,6 +563,26 @@ class Node:
             for link in (*self._dealers.values(), self._router, self._broker):
                 if link is not None:
                     link.close()
+
+    # -- asyncio -----------------------------------------------------------------------------
+
+    async def areceive(self, timeout: float | None = None) -> Incoming:
+        """Like :meth:`receive`, letting other tasks run while it waits."""
+        return await aio.areceive(self, timeout)
+
+    def amessages(self, timeout: float | None = None) -> AsyncIterator[Incoming]:
+        """``async for message in node.amessages(timeout)``: ends after ``timeout`` of quiet."""
+        return aio.amessages(self, timeout)
+
+    async def arequest(self, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
+        """Like :meth:`request`, letting other tasks run while it waits."""
+        return await aio.arequest(self, peer, payload, timeout=timeout)
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __enter__(self) -> Node:
         return self

@@ -1,0 +1,80 @@
+"""asyncio for the Node: ``await node.areceive()``, ``async for``, ``await node.arequest()``.
+
+The node's work still happens in :meth:`Node.pump`; these methods pump without blocking and,
+when nothing is ready, await the readiness of the node's ZeroMQ sockets (their ``zmq.FD``
+through the event loop), so other tasks run meanwhile. ZeroMQ's FD is edge-triggered, so
+every wait is preceded by a full drain and bounded by a short tick (timers, rekeys and mail
+need a turn even when no socket wakes us).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from zmqcomm.errors import ReceiveTimeout, RequestTimeout
+
+if TYPE_CHECKING:
+    from zmqcomm.node.messages import Incoming
+    from zmqcomm.node.node import Node
+
+_TICK = 0.05
+
+
+async def wait_for_input(node: Node, timeout: float) -> None:
+    """Return when one of the node's sockets may have input, or after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    descriptors = [int(sock.getsockopt(zmq.FD)) for sock in node.sockets()]
+    for descriptor in descriptors:
+        loop.add_reader(descriptor, ready.set)
+    try:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ready.wait(), max(0.0, min(timeout, _TICK)))
+    finally:
+        for descriptor in descriptors:
+            loop.remove_reader(descriptor)
+
+
+async def areceive(node: Node, timeout: float | None = None) -> Incoming:
+    """Like :meth:`Node.receive`, letting other tasks run while it waits."""
+    deadline = None if timeout is None else node.clock() + timeout
+    while True:
+        node.pump(0.0)
+        if node.inbox:
+            return node.inbox.popleft()
+        left = _TICK if deadline is None else deadline - node.clock()
+        if left <= 0:
+            raise ReceiveTimeout(f"no message within {timeout} s")
+        await wait_for_input(node, left)
+
+
+async def amessages(node: Node, timeout: float | None = None) -> AsyncIterator[Incoming]:
+    """``async for message in node.amessages(timeout)``: ends after ``timeout`` of quiet."""
+    while True:
+        try:
+            yield await node.areceive(timeout)
+        except ReceiveTimeout:
+            return
+
+
+async def arequest(node: Node, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
+    """Like :meth:`Node.request`, letting other tasks run while it waits."""
+    request_id = node.start_request(peer, payload)
+    try:
+        deadline = node.clock() + timeout
+        while True:
+            node.pump(0.0)
+            reply = node.take_reply(request_id)
+            if reply is not None:
+                return reply.payload
+            left = deadline - node.clock()
+            if left <= 0:
+                raise RequestTimeout(f"no reply from {peer} within {timeout} s")
+            await wait_for_input(node, left)
+    finally:
+        node.abandon_request(request_id)
