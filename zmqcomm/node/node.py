@@ -61,7 +61,18 @@ KEEPALIVE = 10.0
 
 
 class Node:
-    """An agent on the bus. See the module docstring for the two ways of reaching peers."""
+    """An agent on the bus. See the module docstring for the two ways of reaching peers.
+
+    - ``identity``, ``trust``: who we are, and whom we accept (with their roles).
+    - ``broker``: the broker's endpoint; or ``bind``: an endpoint to accept direct peers on.
+    - ``policy``: what each role may send us (default: every trusted peer may do anything).
+    - ``audit``: where rejections, handshakes and rekeys are written (default: nowhere).
+    - ``rekey``: the session rekey policy (default: 1,000,000 messages or 24 hours).
+    - ``max_queue``, ``on_full``: messages held per peer while its session is set up; when
+      full, ``"raise"`` (QueueFullError) or ``"drop"`` (counted in ``statistics()``).
+    - ``mail``: turn messages for offline peers into sealed mail the broker stores.
+    - ``connect_timeout``: how long the constructor waits for the broker session.
+    """
 
     def __init__(
         self,
@@ -77,6 +88,7 @@ class Node:
         context: zmq.Context[Any] | None = None,
         connect_timeout: float = 10.0,
         max_queue: int = 10_000,
+        on_full: str = "raise",
         mail: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -129,6 +141,7 @@ class Node:
                     audit=self.audit,
                     rekey=rekey,
                     max_queue=max_queue,
+                    on_full=on_full,
                     mail=mail,
                 )
                 self._topics = Topics(
@@ -529,8 +542,11 @@ class Node:
         for key, value in self.counters.items():
             if key.startswith("rejected:"):
                 rejected[key.split(":", 1)[1]] += value
+        codecs = {id(table.codec): table.codec for table in tables}.values()
         return {
             "agent_id": self.agent_id,
+            "bytes_before_compression": sum(codec.bytes_plain for codec in codecs),
+            "bytes_after_compression": sum(codec.bytes_encoded for codec in codecs),
             "sent": self.counters["sent"],
             "received": self.counters["received"],
             "queued": self._tunnels.queued() if self._tunnels is not None else 0,

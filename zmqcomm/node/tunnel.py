@@ -68,8 +68,12 @@ class Tunnels:
         codec: WireCodec | None = None,
         rekey: RekeyPolicy | None = None,
         max_queue: int = 10_000,
+        on_full: str = "raise",
         mail: bool = True,
     ) -> None:
+        if on_full not in ("raise", "drop"):
+            raise UsageError(f"on_full is 'raise' or 'drop', got {on_full!r}")
+        self.on_full = on_full
         self.identity = identity
         self.trust = trust
         self.policy = policy
@@ -97,8 +101,9 @@ class Tunnels:
     def send(
         self, peer: str, kind: int, payload: object, *, topic: str, now: float
     ) -> list[HopMessage]:
-        """Encrypt for ``peer`` now, or queue until its session is up (QueueFullError when the
-        queue is at ``max_queue``)."""
+        """Encrypt for ``peer`` now, or queue until its session is up. A full queue
+        (``max_queue``) raises QueueFullError, or with ``on_full="drop"`` drops the message
+        and counts it in :attr:`dropped`."""
         channel = self.table.channel_to(peer)
         if channel is not None and channel.established:
             frames = channel.seal(kind, payload, topic=topic, now=now)
@@ -106,6 +111,8 @@ class Tunnels:
         queue = self._queues.setdefault(peer, deque())
         if len(queue) >= self.max_queue:
             self.dropped["queue_full"] += 1
+            if self.on_full == "drop":
+                return []  # counted; the caller chose drops over errors
             raise QueueFullError(
                 f"{len(queue)} messages already wait for a session with {peer}; "
                 "wait for it (receive/pump) or raise max_queue"

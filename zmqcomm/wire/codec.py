@@ -76,6 +76,9 @@ class WireCodec:
         self._packer = PayloadPacker(oob_threshold=oob_threshold)
         self._unpacker = PayloadUnpacker(limits)
         self._compressor = BodyCompressor(self.compression, max_body_size=limits.max_body_size)
+        #: Bodies encoded so far, in bytes before and after compression (for statistics).
+        self.bytes_plain = 0
+        self.bytes_encoded = 0
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -180,8 +183,11 @@ class WireCodec:
                 f"body of {len(data)} bytes exceeds max_body_size ({self.limits.max_body_size})"
             )
         compressed = self._compressor.maybe_compress(data)
+        self.bytes_plain += len(data)
         if compressed is not None:
+            self.bytes_encoded += len(compressed)
             return Body(compressed, flags | Flags.COMPRESSED, out_of_band)
+        self.bytes_encoded += len(data)
         return Body(data, flags, out_of_band)
 
     # -- decoding ---------------------------------------------------------------------------
