@@ -1,0 +1,118 @@
+"""BrokerCore, sans I/O: routing, mail hand-over, fan-out, policy, rate limits, idle agents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.access import Policy
+from zmqcomm.broker.core import BrokerCore, Send
+from zmqcomm.broker.mailbox import Mailbox
+from zmqcomm.crypto.audit import MemoryAuditLog
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.wire import MessageType
+
+NOW = 1_800_000_000.0
+ALICE, BOB, CAROL = (Identity.generate(name).agent_id for name in ("alice", "bob", "carol"))
+POLICY = Policy.from_toml(
+    """
+[roles.agent]
+send = ["FORWARD", "MAIL", "SUBSCRIBE", "PUBLISH"]
+publish = ["news/*"]
+subscribe = ["news/*"]
+rate = 5.0
+burst = 5
+
+[roles.listener]
+send = ["SUBSCRIBE"]
+subscribe = ["news/*"]
+"""
+)
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> BrokerCore:
+    mailbox = Mailbox(tmp_path / "mail.sqlite3")
+    broker = BrokerCore(policy=POLICY, mailbox=mailbox, audit=MemoryAuditLog())
+    broker.connected(ALICE, ["agent"], now=NOW)
+    broker.connected(BOB, ["agent"], now=NOW)
+    return broker
+
+
+def test_forward_goes_to_the_recipient_named_by_the_topic(core: BrokerCore) -> None:
+    sends = core.handle(ALICE, MessageType.FORWARD, BOB, [b"frame"], now=NOW)
+    assert sends == [Send(BOB, MessageType.DELIVER, [b"frame"], ALICE)]
+
+
+def test_forward_to_an_absent_agent_answers_unreachable(core: BrokerCore) -> None:
+    sends = core.handle(ALICE, MessageType.FORWARD, CAROL, [b"frame"], now=NOW)
+    assert sends == [Send(ALICE, MessageType.UNREACHABLE, None, CAROL)]
+
+
+def test_mail_is_stored_acknowledged_and_handed_over_on_connect(core: BrokerCore) -> None:
+    accepted = core.handle(ALICE, MessageType.MAIL, CAROL, b"sealed", now=NOW)
+    assert len(accepted) == 1 and accepted[0].msg_type == MessageType.MAIL_ACCEPTED
+    stored = accepted[0].payload
+    handed = core.connected(CAROL, ["agent"], now=NOW)
+    assert handed == [Send(CAROL, MessageType.MAIL_DELIVER, [stored, b"sealed"], ALICE)]
+    assert core.handle(CAROL, MessageType.MAIL_ACK, "", stored, now=NOW) == []
+    assert core.mailbox is not None and core.mailbox.count(CAROL) == 0
+
+
+def test_mail_for_an_agent_already_online_is_handed_over_at_once(core: BrokerCore) -> None:
+    sends = core.handle(ALICE, MessageType.MAIL, BOB, b"sealed", now=NOW)
+    assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED, MessageType.MAIL_DELIVER]
+
+
+def test_publications_fan_out_to_matching_subscribers_only(core: BrokerCore) -> None:
+    core.connected(CAROL, ["listener"], now=NOW)
+    assert core.handle(BOB, MessageType.SUBSCRIBE, "news/*", None, now=NOW) == []
+    assert core.handle(CAROL, MessageType.SUBSCRIBE, "news/sport", None, now=NOW) == []
+    sends = core.handle(ALICE, MessageType.PUBLISH, "news/today", ["ct"], now=NOW)
+    assert sends == [Send(BOB, MessageType.PUBLISH, [ALICE, ["ct"]], "news/today")]
+
+
+def test_policy_denials_are_refused_counted_and_audited(core: BrokerCore) -> None:
+    core.connected(CAROL, ["listener"], now=NOW)
+    assert core.handle(CAROL, MessageType.FORWARD, BOB, [b"x"], now=NOW) == []
+    assert core.handle(ALICE, MessageType.PUBLISH, "secret/x", ["ct"], now=NOW) == []
+    assert core.rejected["denied"] == 2
+    audit = core.audit
+    assert isinstance(audit, MemoryAuditLog)
+    assert [r["peer"] for r in audit.events("reject", reason="denied")] == [CAROL, ALICE]
+
+
+def test_rate_limit_per_identity(core: BrokerCore) -> None:
+    results = [core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) for _ in range(8)]
+    assert sum(1 for r in results if r) == 5  # burst 5, then refused
+    assert core.rejected["rate_limited"] == 3
+    # Another identity has its own bucket; time refills Alice's.
+    assert core.handle(BOB, MessageType.FORWARD, ALICE, [b"x"], now=NOW)
+    assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW + 1.0)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "topic", "payload", "reason"),
+    [
+        (MessageType.FORWARD, "not-an-agent", [b"x"], "bad_recipient"),
+        (MessageType.MAIL, BOB, "not bytes", "bad_mail"),
+        (MessageType.MAIL_ACK, "", "nope", "bad_mail"),
+        (MessageType.DATA, "", None, "denied"),
+    ],
+)
+def test_malformed_requests_are_refused_without_raising(
+    core: BrokerCore, msg_type: int, topic: str, payload: object, reason: str
+) -> None:
+    assert core.handle(ALICE, msg_type, topic, payload, now=NOW) == []
+    assert core.rejected[reason] == 1
+
+
+def test_bye_and_idle_agents_are_forgotten(core: BrokerCore) -> None:
+    core.handle(ALICE, MessageType.BYE, "", None, now=NOW)
+    assert ALICE not in core.agents
+    core.handle(BOB, MessageType.PING, "", None, now=NOW + 10)
+    assert core.expire_idle(now=NOW + 35, max_idle=30) == []
+    assert core.expire_idle(now=NOW + 41, max_idle=30) == [BOB]
+    assert core.handle(BOB, MessageType.FORWARD, ALICE, [b"x"], now=NOW + 42) == []
+    assert core.rejected["not_connected"] == 1
