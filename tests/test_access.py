@@ -70,7 +70,7 @@ def test_several_roles_merge(policy: Policy) -> None:
 def test_denials_raise_not_permitted_with_the_peer_and_action(policy: Policy) -> None:
     with pytest.raises(NotPermittedError, match="agent-x may not send PUBLISH") as caught:
         policy.check_send("agent-x", ["worker"], MessageType.PUBLISH)
-    assert caught.value.reason == "not_permitted"
+    assert caught.value.reason == "denied"
     with pytest.raises(NotPermittedError, match="'secret'"):
         policy.check_publish("agent-x", ["worker"], "secret")
     with pytest.raises(NotPermittedError):

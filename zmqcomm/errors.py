@@ -195,7 +195,7 @@ class UnknownPeerError(SecurityError):
 class NotPermittedError(SecurityError):
     """The access policy denies this action to this identity."""
 
-    reason = "not_permitted"
+    reason = "denied"
 
 
 class RateLimitedError(SecurityError):

@@ -47,7 +47,7 @@ def test_forward_goes_to_the_recipient_named_by_the_topic(core: BrokerCore) -> N
 
 def test_forward_to_an_absent_agent_answers_unreachable(core: BrokerCore) -> None:
     sends = core.handle(ALICE, MessageType.FORWARD, CAROL, [b"frame"], now=NOW)
-    assert sends == [Send(ALICE, MessageType.UNREACHABLE, None, CAROL)]
+    assert sends == [Send(ALICE, MessageType.UNREACHABLE, [b"frame"], CAROL)]  # bounced back
 
 
 def test_mail_is_stored_acknowledged_and_handed_over_on_connect(core: BrokerCore) -> None:

@@ -152,9 +152,15 @@ class BrokerCore:
         if msg_type == MessageType.FORWARD:
             _check_agent_id(topic)
             if topic not in self.agents:
-                return [Send(agent, MessageType.UNREACHABLE, None, topic)]
+                # The frames go back, so the sender knows exactly what to send again as mail.
+                return [Send(agent, MessageType.UNREACHABLE, payload, topic)]
             self.routed += 1
             return [Send(topic, MessageType.DELIVER, payload, agent)]
+        if msg_type == MessageType.SESSION_RESET:
+            _check_agent_id(topic)
+            if topic in self.agents:
+                return [Send(topic, MessageType.SESSION_RESET, payload, agent)]
+            return []
         if msg_type == MessageType.MAIL:
             return self._store(agent, topic, payload, now=now)
         if msg_type == MessageType.MAIL_ACK:
@@ -226,7 +232,13 @@ class BrokerCore:
 
 #: Housekeeping every connected agent may send whatever its roles.
 _ALWAYS_ALLOWED = frozenset(
-    {MessageType.MAIL_ACK, MessageType.UNSUBSCRIBE, MessageType.PING, MessageType.BYE}
+    {
+        MessageType.MAIL_ACK,
+        MessageType.UNSUBSCRIBE,
+        MessageType.PING,
+        MessageType.BYE,
+        MessageType.SESSION_RESET,
+    }
 )
 
 

@@ -126,7 +126,8 @@ class Broker:
                 self._forget(send.to)
                 self.core.disconnected(send.to)
                 if send.msg_type == MessageType.DELIVER:
-                    self._send([Send(send.topic, MessageType.UNREACHABLE, None, send.to)])
+                    bounce = Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)
+                    self._send([bounce])
 
     def _forget(self, agent: str) -> None:
         route = self.router.table.route_of(agent)

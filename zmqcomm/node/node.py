@@ -228,11 +228,14 @@ class Node:
             else:
                 link.send_many(list(payloads), msg_type=MessageType.DATA, topic=topic)
         elif self._tunnels is not None:
+            dropped = self._tunnels.dropped["queue_full"]
             self._to_broker(
                 self._tunnels.send_many(
                     peer, MessageType.DATA, payloads, topic=topic, now=self.wall_clock()
                 )
             )
+            self.counters["sent"] += len(payloads) - (self._tunnels.dropped["queue_full"] - dropped)
+            return
         else:
             raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
         self.counters["sent"] += len(payloads)
@@ -319,9 +322,12 @@ class Node:
             else:
                 link.send(inner, msg_type=kind, topic=topic)
         elif self._tunnels is not None:
+            dropped = self._tunnels.dropped["queue_full"]
             self._to_broker(
                 self._tunnels.send(peer, kind, inner, topic=topic, now=self.wall_clock())
             )
+            if self._tunnels.dropped["queue_full"] > dropped:
+                return  # on_full="drop": counted as dropped, not as sent
         else:
             raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
         self.counters["sent"] += 1
@@ -551,6 +557,7 @@ class Node:
             "received": self.counters["received"],
             "queued": self._tunnels.queued() if self._tunnels is not None else 0,
             "mailed": self._tunnels.mailed if self._tunnels is not None else 0,
+            "resent": self._tunnels.resent if self._tunnels is not None else 0,
             "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},
             "handshakes": sum(table.handshakes for table in tables),
             "rekeys": sum(table.rekeys for table in tables),

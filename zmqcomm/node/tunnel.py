@@ -13,6 +13,7 @@ connects; the peer acknowledges each piece of mail and drops repeats by id.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,8 +39,25 @@ from zmqcomm.errors import (
 )
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
+from zmqcomm.wire.header import parse_header
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
+_INIT = int(MessageType.HANDSHAKE_INIT)
+#: Session frames remembered per peer, to send again if they bounce.
+_RECENT = 4096
+#: A message as the application gave it: (kind, payload, topic).
+_Item = tuple[int, object, str]
+
+
+def _frame_key(frame: bytes) -> tuple[int, int, int]:
+    header, _ = parse_header(memoryview(frame))
+    return header.session, header.epoch, header.counter
+
+
+def _frame_type(frame: bytes) -> int:
+    return frame[5] if len(frame) > 5 else 0
+
+
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
 _SEEN_MAIL = 100_000
 
@@ -91,10 +109,14 @@ class Tunnels:
         self.max_queue = max_queue
         self.mail = mail
         self._random = random_bytes
-        self._queues: dict[str, deque[tuple[int, object, str]]] = {}
+        self._queues: dict[str, deque[_Item]] = {}
         self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
         self.dropped: Counter[str] = Counter()
         self.mailed = 0
+        #: Messages sent again after the broker bounced them or the peer reset the session.
+        self.resent = 0
+        self._recent: dict[str, OrderedDict[tuple[int, int, int], list[_Item]]] = {}
+        self._reset_sent: dict[str, float] = {}
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -107,6 +129,7 @@ class Tunnels:
         channel = self.table.channel_to(peer)
         if channel is not None and channel.established:
             frames = channel.seal(kind, payload, topic=topic, now=now)
+            self._remember(peer, frames, [(kind, payload, topic)])
             return [self._forward(peer, frames), *self._after_send(peer, now)]
         queue = self._queues.setdefault(peer, deque())
         if len(queue) >= self.max_queue:
@@ -130,11 +153,46 @@ class Tunnels:
         channel = self.table.channel_to(peer)
         if channel is not None and channel.established and payloads:
             frames = channel.seal_many(kind, payloads, topic=topic, now=now)
+            self._remember(peer, frames, [(kind, payload, topic) for payload in payloads])
             return [self._forward(peer, frames), *self._after_send(peer, now)]
+        room = self.max_queue - len(self._queues.get(peer, ()))
+        if len(payloads) > room and self.on_full == "raise":
+            # All or nothing, so the caller knows exactly what was sent.
+            self.dropped["queue_full"] += len(payloads)
+            raise QueueFullError(
+                f"{len(payloads)} messages do not fit the {room} places left in the queue "
+                f"for {peer}; wait for its session (receive/pump) or raise max_queue"
+            )
         out: list[HopMessage] = []
         for payload in payloads:
             out += self.send(peer, kind, payload, topic=topic, now=now)
         return out
+
+    def _remember(self, peer: str, frames: Sequence[Any], items: list[_Item]) -> None:
+        """Keep what went out on a session for a while: if the broker bounces it (the peer
+        left) or the peer no longer knows the session (it restarted), it is sent again."""
+        recent = self._recent.setdefault(peer, OrderedDict())
+        recent[_frame_key(bytes(frames[0]))] = items
+        while len(recent) > _RECENT:
+            recent.popitem(last=False)
+
+    def _recover(self, peer: str, frames: object) -> list[_Item] | None:
+        """The messages of frames we sent to ``peer`` and got back; None if not ours."""
+        if not isinstance(frames, list) or not frames or not isinstance(frames[0], bytes):
+            return None
+        try:
+            key = _frame_key(frames[0])
+        except RemoteProtocolError:
+            return None
+        recent = self._recent.get(peer)
+        if recent is None or key not in recent:
+            return None
+        # That frame and everything sent after it on the session went the same way.
+        keys = list(recent)
+        lost: list[_Item] = []
+        for lost_key in keys[keys.index(key) :]:
+            lost += recent.pop(lost_key)
+        return lost
 
     def _after_send(self, peer: str, now: float) -> list[HopMessage]:
         channel = self.table.channel_to(peer)
@@ -153,10 +211,12 @@ class Tunnels:
         channel = self.table.channel_to(peer)
         if not queue or channel is None:
             return []
-        return [
-            self._forward(peer, channel.seal(kind, payload, topic=topic, now=now))
-            for kind, payload, topic in queue
-        ]
+        out = []
+        for kind, payload, topic in queue:
+            frames = channel.seal(kind, payload, topic=topic, now=now)
+            self._remember(peer, frames, [(kind, payload, topic)])
+            out.append(self._forward(peer, frames))
+        return out
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -167,7 +227,9 @@ class Tunnels:
         if kind == MessageType.DELIVER:
             return self._on_deliver(topic, message.payload, now=now)
         if kind == MessageType.UNREACHABLE:
-            return self._on_unreachable(topic, now=now), []
+            return self._on_unreachable(topic, message.payload, now=now), []
+        if kind == MessageType.SESSION_RESET:
+            return self._on_reset(topic, message.payload, now=now), []
         if kind == MessageType.MAIL_DELIVER:
             return self._on_mail(topic, message.payload, now=now)
         if kind == MessageType.MAIL_ACCEPTED:
@@ -183,7 +245,16 @@ class Tunnels:
             or not all(isinstance(f, bytes) for f in frames)
         ):
             raise RemoteProtocolError("DELIVER without frames", reason="bad_deliver")
-        events = self.table.receive(sender.encode(), frames, now=now)
+        route = sender.encode()
+        if route not in self.table.channels and _frame_type(frames[0]) != _INIT:
+            # A session we do not have (we restarted): tell the sender, at most once a
+            # second, so it sends again over a new session instead of into the void.
+            self.table.receive(route, frames, now=now)  # refused, counted and audited
+            if now - self._reset_sent.get(sender, -math.inf) < 1.0:
+                return [], []
+            self._reset_sent[sender] = now
+            return [HopMessage(MessageType.SESSION_RESET, frames[:1], sender)], []
+        events = self.table.receive(route, frames, now=now)
         out: list[HopMessage] = self._transmit(sender, events)
         incoming: list[Incoming] = []
         for event in events:
@@ -220,9 +291,26 @@ class Tunnels:
         self.table.rejected[reason] += 1
         self.audit.record("reject", now=now, peer=peer, reason=reason)
 
-    def _on_unreachable(self, peer: str, *, now: float) -> list[HopMessage]:
+    def _on_reset(self, peer: str, frames: object, *, now: float) -> list[HopMessage]:
+        """The peer does not know the session these frames came from: start a new one and
+        send again what went out since."""
+        lost = self._recover(peer, frames)
+        if lost is None:
+            return []  # not frames we sent lately: nothing to redo
         self.table.drop(peer.encode())
-        queue = self._queues.pop(peer, None) or deque()
+        self._recent.pop(peer, None)
+        queue = self._queues.setdefault(peer, deque())
+        queue.extendleft(reversed(lost))
+        self.resent += len(lost)
+        init = self.table.connect(peer.encode(), now=now, expect_peer=peer)
+        return [self._forward(peer, init)]
+
+    def _on_unreachable(self, peer: str, frames: object, *, now: float) -> list[HopMessage]:
+        lost = self._recover(peer, frames) or []
+        self.table.drop(peer.encode())
+        self._recent.pop(peer, None)
+        queue = deque(lost)
+        queue.extend(self._queues.pop(peer, deque()))
         if not queue:
             return []
         if not self.mail:

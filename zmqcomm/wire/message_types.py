@@ -37,6 +37,8 @@ class MessageType(enum.IntEnum):
     #: Agent to broker: "still here" when idle, and "leaving now" on a clean close.
     PING = 0x2C
     BYE = 0x2D
+    #: Between agents through the broker: "I hold no session for this frame" (I restarted).
+    SESSION_RESET = 0x2E
     #: Security layer (docs/protocol.md section 10): the three Noise XX messages, then the
     #: responder's first encrypted message, which tells the initiator it was accepted.
     HANDSHAKE_INIT = 0x40

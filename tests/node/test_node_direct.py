@@ -1,0 +1,309 @@
+"""Nodes linked directly (``bind=`` and ``connect()``), without a broker.
+
+Bob lives in a thread of its own (``NodeThread``) so that he answers while Alice, driven by the
+test thread, blocks in ``connect()`` or ``request()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from zmqcomm.access import Policy
+from zmqcomm.crypto.audit import MemoryAuditLog
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import (
+    ClosedError,
+    ConnectError,
+    RequestTimeout,
+    UnknownPeerError,
+    UsageError,
+)
+from zmqcomm.node import Incoming, Node
+from zmqcomm.wire import MessageType
+
+from .conftest import Bus
+from .support import NodeThread, pump_until, settle, wait_for
+
+MakeNode = Callable[..., Node]
+SpawnNode = Callable[..., NodeThread]
+Endpoints = Callable[[str], str]
+
+
+@pytest.fixture(params=["inproc", "ipc", "tcp"])
+def endpoints(
+    request: pytest.FixtureRequest, unique: Endpoints, ipc_endpoint: Endpoints
+) -> Endpoints:
+    """Bindable endpoints on one transport (tcp on loopback, port 0)."""
+    if request.param == "inproc":
+        return unique
+    if request.param == "ipc":
+        return ipc_endpoint
+    return lambda label: "tcp://127.0.0.1:0"
+
+
+def echo(message: Incoming) -> object:
+    return {"echo": message.payload, "from": message.sender}
+
+
+def linked(
+    bus: Bus,
+    make_node: MakeNode,
+    spawn_node: SpawnNode,
+    endpoints: Endpoints,
+    **bob_options: object,
+) -> tuple[Node, NodeThread, str]:
+    """Bob listening in his thread, Alice (this thread) connected to him; and his endpoint."""
+    bob_options.setdefault("request_handler", echo)
+    bob_trust = bob_options.pop("trust", None) or bus.trust("bob")
+    bob = spawn_node(bus.agents["bob"], bob_trust, bind=endpoints("bob"), **bob_options)
+    bob_endpoint = bob.call(lambda node: node.endpoint)
+    assert bob_endpoint is not None
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=endpoints("alice"))
+    assert alice.connect(bob_endpoint, expect_peer=bob.agent_id, timeout=5) == bob.agent_id
+    return alice, bob, bob_endpoint
+
+
+def test_messages_and_requests_both_ways(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, endpoints: Endpoints
+) -> None:
+    alice, bob, _ = linked(bus, make_node, spawn_node, endpoints)
+    alice.request_handler = lambda message: {"alice got": message.payload}
+    assert alice.peers == [bob.agent_id]
+    assert bob.call(lambda node: node.peers) == [alice.agent_id]
+
+    # Alice -> Bob (Alice dialled him).
+    alice.send(bob.agent_id, {"task": 1}, topic="jobs")
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert (message.sender, message.payload, message.topic) == (alice.agent_id, {"task": 1}, "jobs")
+    assert message.kind == MessageType.DATA and message.via == "session"
+    assert message.roles == frozenset({"agent"})
+
+    # Bob -> Alice (over the connection she opened).
+    bob.call(lambda node: node.send(alice.agent_id, "hello alice"))
+    message = alice.receive(timeout=5)
+    assert (message.sender, message.payload) == (bob.agent_id, "hello alice")
+
+    # Requests, both ways.
+    assert alice.request(bob.agent_id, 5, timeout=5) == {"echo": 5, "from": alice.agent_id}
+    asked = bob.submit(lambda node: node.request(alice.agent_id, 6, timeout=5))
+    assert wait_for(asked, [alice]) == {"alice got": 6}
+
+    settle([alice], 0.05)
+    assert not alice.inbox
+    stats = alice.statistics()
+    assert (stats["sent"], stats["received"]) == (3, 3)  # data, request, reply each way
+    assert stats["handshakes"] == 1 and stats["rejected"] == {}
+    bob_stats = bob.call(lambda node: node.statistics())
+    assert (bob_stats["sent"], bob_stats["received"]) == (3, 3)
+    assert bob_stats["handshakes"] == 1 and bob_stats["rejected"] == {}
+
+
+def test_messages_iterator_ends_after_its_timeout(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice, bob, _ = linked(bus, make_node, spawn_node, ipc_endpoint)
+
+    def send_three(node: Node) -> None:
+        for index in range(3):
+            node.send(alice.agent_id, index)
+
+    bob.call(send_three)
+    started = time.monotonic()
+    got = [message.payload for message in alice.messages(timeout=0.3)]
+    elapsed = time.monotonic() - started
+    assert got == [0, 1, 2]
+    assert 0.3 <= elapsed < 2.0, elapsed
+
+    started = time.monotonic()
+    assert list(alice.messages(timeout=0.1)) == []
+    assert 0.1 <= time.monotonic() - started < 1.0
+
+
+def test_close_is_idempotent_and_later_calls_raise(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
+    alice.close()
+    alice.close()  # again: nothing happens
+    alice.close(timeout=0)
+    request = Incoming(bob.agent_id, MessageType.REQUEST, "x", request_id=1)
+    calls: list[Callable[[], object]] = [
+        lambda: alice.send(bob.agent_id, "late"),
+        lambda: alice.request(bob.agent_id, "late", timeout=0.1),
+        lambda: alice.reply(request, "late"),
+        lambda: alice.pump(0.0),
+        lambda: alice.receive(timeout=0.1),
+        lambda: next(alice.messages(timeout=0.1)),
+        lambda: alice.connect(bob_endpoint, timeout=0.1),
+    ]
+    for call in calls:
+        with pytest.raises(ClosedError):
+            call()
+    # Bob is unaffected.
+    assert bob.call(lambda node: node.statistics()["rejected"]) == {}
+
+    # The context manager closes too, and closing again after it is fine.
+    with Node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol")) as carol:
+        pass
+    carol.close()
+    with pytest.raises(ClosedError):
+        carol.pump()
+
+
+def test_connect_fails_cleanly(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    nowhere = ipc_endpoint("nobody")
+    with pytest.raises(ConnectError, match="no authenticated session"):
+        alice.connect(nowhere, timeout=0.3)
+
+    # Bob does not trust Alice: no session, and Bob says why in his audit trail.
+    audit = MemoryAuditLog()
+    lonely = TrustStore(bus.root / "trust" / "bob-alone")
+    lonely.add(bus.agents["carol"].public)
+    bob = spawn_node(bus.agents["bob"], lonely, bind=ipc_endpoint("bob"), audit=audit)
+    bob_endpoint = bob.call(lambda node: node.endpoint)
+    assert bob_endpoint is not None
+    with pytest.raises(ConnectError):
+        alice.connect(bob_endpoint, timeout=0.5)
+    assert audit.events("reject", reason="unknown_peer")
+
+    # Carol trusts Bob but expects somebody else at his address.
+    carol = make_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
+    with pytest.raises(ConnectError):
+        carol.connect(bob_endpoint, expect_peer=bus.id("dave"), timeout=0.5)
+    assert alice.peers == [] and carol.peers == []
+    assert carol.connect(bob_endpoint, expect_peer=bob.agent_id, timeout=5) == bob.agent_id
+
+
+def test_usage_errors(bus: Bus, make_node: MakeNode, ipc_endpoint: Endpoints) -> None:
+    with pytest.raises(UsageError, match="broker="):
+        Node(bus.agents["alice"], bus.trust("alice"))
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    with pytest.raises(UnknownPeerError, match="connect"):
+        alice.send(bus.id("bob"), "no link to bob")  # direct only, never connected
+    with pytest.raises(UsageError):
+        alice.reply(Incoming(bus.id("bob"), MessageType.DATA, "not a request"), "answer")
+
+
+POLICY = """
+[roles.observer]
+send = ["DATA"]
+"""
+
+
+def test_policy_refuses_a_request_from_an_observer(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    audit = MemoryAuditLog()
+    alice, bob, _ = linked(
+        bus,
+        make_node,
+        spawn_node,
+        ipc_endpoint,
+        trust=bus.trust("bob", roles={"alice": ["observer"]}),
+        policy=Policy.from_toml(POLICY),
+        audit=audit,
+    )
+    alice.send(bob.agent_id, "data is fine")
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert message.roles == frozenset({"observer"})
+    with pytest.raises(RequestTimeout):
+        alice.request(bob.agent_id, "a request is not", timeout=0.5)
+    assert [line["peer"] for line in audit.events("reject", reason="denied")] == [
+        alice.agent_id
+    ]
+    assert bob.call(lambda node: node.statistics()["rejected"]) == {"denied": 1}
+
+
+def test_revocation_cuts_a_direct_peer_off(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    audit = MemoryAuditLog()
+    alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint, audit=audit)
+    carol = make_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
+    carol.connect(bob_endpoint, timeout=5)
+    assert bob.call(lambda node: node.trust.revoke(alice.agent_id))
+    alice.send(bob.agent_id, "alice after")
+    carol.send(bob.agent_id, "carol after")
+    pump_until(
+        [alice, carol],
+        lambda: bob.call(lambda node: node.statistics()["rejected"]).get("revoked", 0) >= 1,
+        what="alice refused",
+    )
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice, carol])
+    assert (message.sender, message.payload) == (carol.agent_id, "carol after")
+    assert bob.call(lambda node: len(node.inbox)) == 0
+    assert [line["peer"] for line in audit.events("reject", reason="revoked")] == [alice.agent_id]
+
+
+def test_dialer_handshakes_again_when_the_listener_restarts(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    bob_endpoint = ipc_endpoint("bob")
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=bob_endpoint)
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    alice.connect(bob_endpoint, timeout=5)
+    alice.send(bob.agent_id, "before")
+    assert wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice]).payload == "before"
+    bob.stop()
+
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=bob_endpoint)
+    pump_until(
+        [alice], lambda: alice.statistics()["handshakes"] == 2, what="a new session with bob"
+    )
+    alice.send(bob.agent_id, "after")
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert (message.sender, message.payload) == (alice.agent_id, "after")
+
+
+# -- time: trust and certificate expiry are wall-clock (epoch) times -----------------------
+
+
+def test_expired_trust_refuses_a_direct_peer(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    lapsed = TrustStore(bus.root / "trust" / "bob-lapsed")
+    lapsed.add(bus.agents["alice"].public, expires="2020-01-01T00:00:00Z")
+    with pytest.raises(UnknownPeerError, match="expired"):  # the store's own verdict
+        lapsed.lookup(bus.id("alice"), now=time.time())
+    audit = MemoryAuditLog()
+    bob = spawn_node(bus.agents["bob"], lapsed, bind=ipc_endpoint("bob"), audit=audit)
+    bob_endpoint = bob.call(lambda node: node.endpoint)
+    assert bob_endpoint is not None
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    with pytest.raises(ConnectError):
+        alice.connect(bob_endpoint, timeout=1.0)
+    assert audit.events("reject", reason="trust_expired")
+
+
+def test_expired_certificate_refuses_a_direct_peer(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    stale = Identity.generate("stale", cert_expires=int(time.time()) - 60)
+    bob_trust = bus.trust("bob")
+    bob_trust.add(stale.public)
+    audit = MemoryAuditLog()
+    bob = spawn_node(bus.agents["bob"], bob_trust, bind=ipc_endpoint("bob"), audit=audit)
+    bob_endpoint = bob.call(lambda node: node.endpoint)
+    assert bob_endpoint is not None
+    stale_trust = TrustStore(bus.root / "trust" / "stale")
+    stale_trust.add(bus.agents["bob"].public)
+    node = make_node(stale, stale_trust, bind=ipc_endpoint("stale"))
+    with pytest.raises(ConnectError):
+        node.connect(bob_endpoint, timeout=1.0)
+    assert audit.events("reject", reason="certificate_expired")
+
+
+def test_audit_lines_of_a_direct_session_carry_the_wall_clock_time(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    audit = MemoryAuditLog()
+    linked(bus, make_node, spawn_node, ipc_endpoint, audit=audit)
+    [line] = audit.events("handshake")
+    assert abs(line["ts"] - time.time()) < 600, line
