@@ -143,6 +143,19 @@ class SecureChannel:
         """Start a new session as initiator; returns the INIT frames to send."""
         return self._initiate(self._new_session_id(), 0, now=now, delay=self.handshake_timeout)
 
+    def _handshake(
+        self, initiator: bool, session_id: int, epoch: int, expect: str | None
+    ) -> Handshake:
+        return Handshake(
+            initiator=initiator,
+            identity=self.identity,
+            trust=self.trust,
+            session_id=session_id,
+            epoch=epoch,
+            random_bytes=self._random,
+            expect_peer=expect,
+        )
+
     def _new_session_id(self) -> int:
         session_id = 0
         while session_id == 0:
@@ -151,15 +164,7 @@ class SecureChannel:
 
     def _initiate(self, session_id: int, epoch: int, *, now: float, delay: float) -> list[Buffer]:
         expect = self.peer.agent_id if self.peer is not None and epoch else self.expect_peer
-        handshake = Handshake(
-            initiator=True,
-            identity=self.identity,
-            trust=self.trust,
-            session_id=session_id,
-            epoch=epoch,
-            random_bytes=self._random,
-            expect_peer=expect,
-        )
+        handshake = self._handshake(True, session_id, epoch, expect)
         self._pending = _Pending(handshake, now + delay, delay)
         return self._frame(MessageType.HANDSHAKE_INIT, handshake.start(), session_id, epoch)
 
@@ -248,15 +253,8 @@ class SecureChannel:
             ):
                 self.rekey_collisions += 1
                 return []
-        handshake = Handshake(
-            initiator=False,
-            identity=self.identity,
-            trust=self.trust,
-            session_id=session_id,
-            epoch=epoch,
-            random_bytes=self._random,
-            expect_peer=self.peer.agent_id if self.peer is not None else self.expect_peer,
-        )
+        expect = self.peer.agent_id if self.peer is not None else self.expect_peer
+        handshake = self._handshake(False, session_id, epoch, expect)
         reply = handshake.respond(body, now=now)
         self._pending = _Pending(handshake, now + self.handshake_timeout, self.handshake_timeout)
         return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
