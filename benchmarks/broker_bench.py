@@ -56,6 +56,8 @@ def _raw_relay(endpoint: str, count: int) -> None:
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, 200_000)
     sock.setsockopt(zmq.SNDHWM, 200_000)
+    # Without it a ROUTER drops silently at the high-water mark; with it, it waits.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.bind(endpoint)
     recv, send = sock.recv_multipart, sock.send_multipart
     for _ in range(count + 1):  # + the receiver's hello
@@ -124,6 +126,7 @@ def measure_relay(mode: str, count: int, size: int, directory: str) -> float:
         context = zmq.Context()
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.RCVHWM, 200_000)
+        sock.setsockopt(zmq.RCVTIMEO, 60_000)
         sock.setsockopt(zmq.ROUTING_ID, b"receiver")
         sock.connect(endpoint)
         sock.send_multipart([b"hello", b""])

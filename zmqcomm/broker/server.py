@@ -24,7 +24,7 @@ from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import TransportError, UnknownPeerError
+from zmqcomm.errors import QueueFullError, SendTimeout, TransportError, UnknownPeerError
 from zmqcomm.secure import SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.sockets import bind as bind_socket
@@ -72,6 +72,7 @@ class Broker:
             context=context,
             clock=clock,
             wall_clock=wall_clock,
+            send_timeout=0.0,  # never block the whole broker on one slow agent
         )
         self.endpoints = [self.router.endpoint]
         try:
@@ -121,13 +122,20 @@ class Broker:
         for send in sends:
             try:
                 self.router.send(send.to, send.payload, msg_type=send.msg_type, topic=send.topic)
+            except (SendTimeout, QueueFullError):
+                # A slow consumer: its queue is at the high-water mark. Never wait on one
+                # agent (every other would wait too): bounce, and the sender mails it.
+                self.core.rejected["slow_consumer"] += 1
+                self._bounce(send)
             except (TransportError, UnknownPeerError):
                 # The agent's connection is gone: forget it, and tell a forwarder to use mail.
                 self._forget(send.to)
                 self.core.disconnected(send.to)
-                if send.msg_type == MessageType.DELIVER:
-                    bounce = Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)
-                    self._send([bounce])
+                self._bounce(send)
+
+    def _bounce(self, send: Send) -> None:
+        if send.msg_type == MessageType.DELIVER:
+            self._send([Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)])
 
     def _forget(self, agent: str) -> None:
         route = self.router.table.route_of(agent)
