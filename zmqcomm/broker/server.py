@@ -87,6 +87,7 @@ class Broker:
         self.idle_timeout = idle_timeout
         self.started = wall_clock()
         self._next_stats = 0.0
+        self._previous: tuple[float, tuple[int, int, int]] | None = None
         self._stopping = False
 
     # -- the loop ----------------------------------------------------------------------------
@@ -168,11 +169,28 @@ class Broker:
             "updated": self.wall_clock(),
         }
 
+    def _rates(self, stats: dict[str, Any]) -> dict[str, float]:
+        """Messages per second since the previous snapshot (for ``broker stats``)."""
+        now = self.clock()
+        counts = (stats["messages_in"], stats["messages_out"], stats["routed"])
+        previous = self._previous
+        self._previous = (now, counts)
+        if previous is None or now <= previous[0]:
+            return {"in": 0.0, "out": 0.0, "routed": 0.0}
+        elapsed = now - previous[0]
+        names = ("in", "out", "routed")
+        return {
+            name: round((new - old) / elapsed, 1)
+            for name, new, old in zip(names, counts, previous[1], strict=True)
+        }
+
     def write_stats(self) -> None:
         assert self.data is not None
         path = self.data / STATS_FILE
         temporary = path.with_name(f".{STATS_FILE}.{os.getpid()}")
-        temporary.write_text(json.dumps(self.statistics(), indent=2) + "\n", encoding="utf-8")
+        stats = self.statistics()
+        stats["rates_per_s"] = self._rates(stats)
+        temporary.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
         os.replace(temporary, path)
 
     def close(self) -> None:

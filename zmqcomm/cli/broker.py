@@ -160,6 +160,11 @@ def _stats(settings: dict[str, Any], *, as_json: bool) -> int:
     print(f"  agents connected {stats.get('agents')}")
     print(f"  messages in/out  {stats.get('messages_in')} / {stats.get('messages_out')}")
     print(f"  routed           {stats.get('routed')}")
+    rates = stats.get("rates_per_s") or {}
+    print(
+        f"  rates            in {rates.get('in', 0):,.1f}/s, out {rates.get('out', 0):,.1f}/s, "
+        f"routed {rates.get('routed', 0):,.1f}/s"
+    )
     print(f"  mail stored      {stats.get('stored')} (waiting {stats.get('mail_waiting')})")
     print(f"  handshakes       {stats.get('handshakes')}, rekeys {stats.get('rekeys')}")
     rejected = {**stats.get("rejected", {}), **stats.get("rejected_sessions", {})}

@@ -15,6 +15,7 @@ examples:
   zmqcomm swarm                       8 agents and a broker on ipc for 5 seconds
   zmqcomm swarm --agents 20 --duration 10 --rate 100
   zmqcomm swarm --transport tcp --size 1024
+  zmqcomm swarm --mode p2p            agents connect to each other, no broker
   zmqcomm swarm --json                the summary as one JSON object (progress on stderr)
   zmqcomm swarm --keep /tmp/myswarm   keep keys, logs, audit trail and results
 
@@ -42,6 +43,13 @@ def register(commands: Any) -> None:
         "--duration", type=float, default=defaults.duration, help="seconds of traffic (5)"
     )
     parser.add_argument("--transport", choices=("ipc", "tcp"), default=defaults.transport)
+    parser.add_argument(
+        "--mode",
+        choices=("broker", "p2p"),
+        default=defaults.mode,
+        help="through a broker (default), or agents connected to each other directly "
+        "(no topics then: they need a broker)",
+    )
     parser.add_argument("--size", type=int, default=defaults.size, help="message bytes (64)")
     parser.add_argument(
         "--rate", type=float, default=defaults.rate, help="messages/s per agent (200)"
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         rate=args.rate,
         request_every=args.request_every,
         rekey_every=args.rekey_every,
+        mode=args.mode,
         keep=args.keep,
     )
     summary = run_swarm(options, out=sys.stderr if args.json else sys.stdout)

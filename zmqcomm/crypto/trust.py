@@ -407,7 +407,9 @@ class TrustStore:
         expiry = parse_time(expires)
         agent_id = public.agent_id
         with self._lock:
-            self._load(strict=False)
+            directory = self._watched[0]
+            if (_stat_key(directory), _stat_key(self._watched[1])) != self._snapshot:
+                self._load(strict=False)  # someone else changed the store: start from it
             current = self._entries.get(agent_id)
             path = current.path if current else self.directory / f"{agent_id}{PUBLIC_SUFFIX}"
             data = public_file_bytes(
@@ -416,10 +418,19 @@ class TrustStore:
                 expires=None if expiry is None else format_time(expiry),
             )
             atomic_write(path, data, mode=0o644, replace=True)
+            lifted = False
             for marker in self._list(self.revoked_directory):
                 if marker.name.split(".", 1)[0] == agent_id:
                     marker.unlink(missing_ok=True)
-            self._load(strict=False)
+                    lifted = True
+            if lifted or agent_id in self._revoked:
+                self._load(strict=False)
+            else:
+                # Only our own write changed the directory: take the one new entry instead
+                # of re-reading every file (adding n peers would cost n^2 reads).
+                self._entries[agent_id] = self._read_entry(path)
+                self._stamps[agent_id] = _stat_key(path)
+                self._snapshot = (_stat_key(directory), self._snapshot[1])
             return self._entries[agent_id]
 
     def revoke(self, agent_id: str) -> bool:

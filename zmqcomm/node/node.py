@@ -558,6 +558,7 @@ class Node:
             "queued": self._tunnels.queued() if self._tunnels is not None else 0,
             "mailed": self._tunnels.mailed if self._tunnels is not None else 0,
             "resent": self._tunnels.resent if self._tunnels is not None else 0,
+            "last_error": self._tunnels.last_error if self._tunnels is not None else None,
             "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},
             "handshakes": sum(table.handshakes for table in tables),
             "rekeys": sum(table.rekeys for table in tables),

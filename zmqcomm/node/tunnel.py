@@ -115,6 +115,8 @@ class Tunnels:
         self.mailed = 0
         #: Messages sent again after the broker bounced them or the peer reset the session.
         self.resent = 0
+        #: The broker's last word on something it would not take (a full mailbox, say).
+        self.last_error: str | None = None
         self._recent: dict[str, OrderedDict[tuple[int, int, int], list[_Item]]] = {}
         self._reset_sent: dict[str, float] = {}
 
@@ -306,6 +308,13 @@ class Tunnels:
         return [self._forward(peer, init)]
 
     def _on_unreachable(self, peer: str, frames: object, *, now: float) -> list[HopMessage]:
+        if isinstance(frames, str):
+            # The broker refused our mail (the peer's mailbox is full, say): the message is
+            # lost unless we try later, so it is counted, kept as the last error and audited.
+            self.dropped["mail_refused"] += 1
+            self.last_error = f"mail to {peer} refused by the broker: {frames}"
+            self.audit.record("reject", now=now, peer=peer, reason="mail_refused")
+            return []
         lost = self._recover(peer, frames) or []
         self.table.drop(peer.encode())
         self._recent.pop(peer, None)

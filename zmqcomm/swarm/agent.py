@@ -10,6 +10,7 @@ its result: what it sent and received, duplicates, latencies, rekeys and rejecti
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -26,6 +27,7 @@ from zmqcomm.swarm.layout import AgentSettings, write_json
 from zmqcomm.wire import MessageType
 
 GO_FILE = "go"
+ENDPOINTS_FILE = "endpoints.json"
 _DRAIN_TIMEOUT = 30.0
 _STATUS_EVERY = 0.25
 
@@ -42,13 +44,15 @@ class SwarmAgent:
         self.node = Node(
             load_node_identity(directory / "keys", settings.name),
             TrustStore(directory / "trust" / "agents"),
-            broker=settings.endpoint,
+            broker=None if settings.peer_to_peer else settings.endpoint,
+            bind=settings.listen,
             policy=Policy.load(directory / "policy.toml"),
             rekey=rekey,
             connect_timeout=30.0,
         )
         self.node.request_handler = lambda request: {"pong": request.payload}
-        self.node.subscribe(settings.topic.rsplit("/", 1)[0] + "/*")
+        if not settings.peer_to_peer:  # topics go through a broker
+            self.node.subscribe(settings.topic.rsplit("/", 1)[0] + "/*")
         self.published = 0
         self.publications: dict[str, set[int]] = defaultdict(set)
         self.expected_publications: dict[str, int] = {}
@@ -102,6 +106,7 @@ class SwarmAgent:
                 "published": self.published,
                 "rekeys": stats["rekeys"],
                 "rejected": sum(stats["rejected"].values()),
+                "endpoint": self.node.endpoint,
             },
         )
 
@@ -112,6 +117,8 @@ class SwarmAgent:
         while not go.exists():
             self.node.pump(0.02)
             self.status()
+        if settings.peer_to_peer:
+            self._connect_to_peers()
         self.phase = "running"
         started = time.monotonic()
         end = started + settings.duration
@@ -130,7 +137,7 @@ class SwarmAgent:
             count += 1
             if count % settings.request_every == 0:
                 self._request(self.rng.choice(settings.peers))
-            if count % settings.publish_every == 0:
+            if count % settings.publish_every == 0 and not settings.peer_to_peer:
                 self.node.publish(settings.topic, {"n": self.published})
                 self.published += 1
             self.drain()
@@ -170,6 +177,18 @@ class SwarmAgent:
         }
         self.node.close()
         return result
+
+    def _connect_to_peers(self) -> None:
+        """Dial every peer listed after us (they dial those after them): one link a pair."""
+        listed = json.loads((Path(self.settings.directory) / ENDPOINTS_FILE).read_text())
+        mine = listed.index([self.node.agent_id, self.node.endpoint])
+        for agent_id, endpoint in listed[mine + 1 :]:
+            self.node.connect(endpoint, expect_peer=agent_id, timeout=30.0)
+        deadline = time.monotonic() + 30.0
+        while set(self.node.peers) < set(self.settings.peers):
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every peer connected within 30 s")
+            self.node.pump(0.01)
 
     def _request(self, peer: str) -> None:
         started = time.perf_counter()

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zmqcomm.errors import TransportError, UsageError
-from zmqcomm.swarm.agent import GO_FILE
-from zmqcomm.swarm.layout import AgentSettings, create, read_json
+from zmqcomm.swarm.agent import ENDPOINTS_FILE, GO_FILE
+from zmqcomm.swarm.layout import AgentSettings, create, read_json, write_json
 from zmqcomm.swarm.report import summarize
 
 _START_TIMEOUT = 60.0
@@ -36,6 +36,7 @@ class SwarmOptions:
     rate: float = 200.0
     request_every: int = 20
     rekey_every: int = 500
+    mode: str = "broker"
     keep: str | None = None
     seed: int = 1
 
@@ -44,6 +45,8 @@ class SwarmOptions:
             raise UsageError(f"--agents must be between 2 and 200, got {self.agents}")
         if not 0 < self.duration <= 3600:
             raise UsageError(f"--duration must be in (0, 3600] seconds, got {self.duration}")
+        if self.mode not in ("broker", "p2p"):
+            raise UsageError(f"--mode is broker or p2p, got {self.mode!r}")
         if self.transport not in ("ipc", "tcp"):
             raise UsageError(f"--transport is ipc or tcp, got {self.transport!r}")
         if not 16 <= self.size <= 1024 * 1024:
@@ -59,12 +62,12 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
     processes: list[subprocess.Popen[bytes]] = []
     try:
         _, members = create(directory, options.agents)
-        endpoint = (
-            f"ipc://{directory}/broker.sock" if options.transport == "ipc" else "tcp://127.0.0.1:0"
-        )
-        broker = _start_broker(directory, endpoint)
-        processes.append(broker)
-        endpoint = _wait_for_endpoint(directory, broker)
+        peer_to_peer = options.mode == "p2p"
+        endpoint = _endpoint(directory, "broker", options.transport)
+        if not peer_to_peer:
+            broker = _start_broker(directory, endpoint)
+            processes.append(broker)
+            endpoint = _wait_for_endpoint(directory, broker)
         ids = [member.agent_id for member in members]
         settings = []
         for index, member in enumerate(members):
@@ -80,11 +83,20 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
                 request_every=options.request_every,
                 rekey_every=options.rekey_every,
                 seed=options.seed * 1000 + index,
+                listen=_endpoint(directory, member.name, options.transport)
+                if peer_to_peer
+                else None,
             )
             agent.save()
             settings.append(agent)
             processes.append(_start(["-m", "zmqcomm.swarm.agent", str(agent.path)], directory))
         _wait_ready(settings, processes, out)
+        if peer_to_peer:
+            listed = [
+                [member.agent_id, (read_json(agent.status_path) or {}).get("endpoint")]
+                for member, agent in zip(members, settings, strict=True)
+            ]
+            write_json(directory / ENDPOINTS_FILE, listed)
         (directory / GO_FILE).touch()
         started = time.monotonic()
         _progress(settings, processes, options, started, out)
@@ -94,7 +106,7 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
         ]
         if missing:
             raise TransportError(f"agents {', '.join(missing)} wrote no result; see {directory}")
-        broker_stats = read_json(directory / "data" / "stats.json") or {}
+        broker_stats = {} if peer_to_peer else read_json(directory / "data" / "stats.json") or {}
         return summarize([r for r in results if r is not None], broker_stats, options)
     finally:
         for process in reversed(processes):
@@ -107,6 +119,10 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
                 process.kill()
         if options.keep is None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _endpoint(directory: Path, name: str, transport: str) -> str:
+    return f"ipc://{directory}/{name}.sock" if transport == "ipc" else "tcp://127.0.0.1:0"
 
 
 def _start(arguments: list[str], directory: Path) -> subprocess.Popen[bytes]:
@@ -150,9 +166,9 @@ def _wait_ready(
     while True:
         ready = sum(read_json(agent.status_path) is not None for agent in settings)
         if ready == len(settings):
-            _line(out, f"started: {ready} agents connected to the broker", final=True)
+            _line(out, f"started: {ready} agents ready", final=True)
             return
-        _line(out, f"starting: {ready}/{len(settings)} agents connected to the broker")
+        _line(out, f"starting: {ready}/{len(settings)} agents ready")
         _check_alive(processes)
         if time.monotonic() > deadline:
             raise TransportError(f"only {ready} of {len(settings)} agents started")

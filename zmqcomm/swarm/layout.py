@@ -7,13 +7,14 @@ Everything lives under one directory (removed after the run unless kept)::
     trust/agents/  the broker's and every agent's .pub files
     policy.toml    what agents may ask of the broker, and of each other
     agent-N.json   the settings of agent N; agent-N.status.json / .result.json it writes
+    endpoints.json peer-to-peer mode: every agent's id and where it listens
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zmqcomm.crypto.keys import Identity, save_identity
@@ -46,8 +47,8 @@ class AgentSettings:
     seed: int
     topic: str = "swarm/news"
     publish_every: int = 50
+    #: Peer-to-peer mode: where this agent accepts peers (instead of using a broker).
     listen: str | None = None
-    peer_endpoints: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -56,6 +57,10 @@ class AgentSettings:
     @property
     def status_path(self) -> Path:
         return Path(self.directory) / f"{self.name}.status.json"
+
+    @property
+    def peer_to_peer(self) -> bool:
+        return self.listen is not None
 
     @property
     def result_path(self) -> Path:

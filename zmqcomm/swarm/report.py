@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 
 class _Options(Protocol):
+    mode: str
     agents: int
     duration: float
     transport: str
@@ -61,6 +62,7 @@ def summarize(
     sent = sum(row["sent"] for row in rows)
     return {
         "agents": options.agents,
+        "mode": options.mode,
         "duration": options.duration,
         "transport": options.transport,
         "size": options.size,
@@ -143,8 +145,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append("  ".join(cells))
         if number == 0 or number == len(table) - 2:
             lines.append("  ".join("-" * width for width in widths))
+    how = "through a broker" if summary["mode"] == "broker" else "peer to peer"
     header = (
-        f"{summary['agents']} agents through a broker on {summary['transport']}, "
+        f"{summary['agents']} agents {how} on {summary['transport']}, "
         f"{summary['size']}-byte messages, {summary['duration']:g} s of traffic"
     )
     footer = (
