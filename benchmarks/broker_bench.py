@@ -51,7 +51,7 @@ def _rss_kib(pid: int) -> int:
 # -- relay -------------------------------------------------------------------------------------
 
 
-def _raw_relay(endpoint: str, count: int) -> None:
+def _raw_relay(endpoint: str, count: int, ready: Any) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, 200_000)
@@ -60,10 +60,10 @@ def _raw_relay(endpoint: str, count: int) -> None:
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.bind(endpoint)
     recv, send = sock.recv_multipart, sock.send_multipart
-    for _ in range(count + 1):  # + the receiver's hello
+    recv()  # the receiver's hello: from now on it can be routed to
+    ready.set()
+    for _ in range(count):
         source, *rest = recv()
-        if rest[0] == b"hello":
-            continue
         send([rest[0], source, rest[1]])
     time.sleep(0.5)
     sock.close(linger=1000)
@@ -121,7 +121,8 @@ def measure_relay(mode: str, count: int, size: int, directory: str) -> float:
     endpoint = f"ipc://{directory}/relay-{mode}-{time.monotonic_ns()}.sock"
     processes = []
     if mode == "raw":
-        processes.append(spawn.Process(target=_raw_relay, args=(endpoint, count)))
+        relay_ready = spawn.Event()
+        processes.append(spawn.Process(target=_raw_relay, args=(endpoint, count, relay_ready)))
         processes[0].start()
         context = zmq.Context()
         sock = context.socket(zmq.DEALER)
@@ -130,9 +131,9 @@ def measure_relay(mode: str, count: int, size: int, directory: str) -> float:
         sock.setsockopt(zmq.ROUTING_ID, b"receiver")
         sock.connect(endpoint)
         sock.send_multipart([b"hello", b""])
+        relay_ready.wait(60)
         sender = spawn.Process(target=_raw_sender, args=(endpoint, count, size, go))
         sender.start()
-        time.sleep(0.3)
         go.set()
         sock.recv_multipart()
         started = time.perf_counter()
