@@ -96,7 +96,7 @@ def _zmqcomm_relay(endpoint: str, directory: str, ready: Any, stop: Any) -> None
 
 
 def _zmqcomm_sender(
-    endpoint: str, directory: str, receiver: str, count: int, size: int, go: Any
+    endpoint: str, directory: str, receiver: str, count: int, size: int, go: Any, batch: int
 ) -> None:
     node = Node(
         load_node_identity(Path(directory) / "keys", "agent-0"),
@@ -108,14 +108,17 @@ def _zmqcomm_sender(
     payload = os.urandom(size)
     sent = 0
     while sent < count:
-        batch = min(BATCH, count - sent)
-        node.send_many(receiver, [payload] * batch)
-        sent += batch
+        size_now = min(batch, count - sent)
+        if size_now == 1:
+            node.send(receiver, payload)
+        else:
+            node.send_many(receiver, [payload] * size_now)
+        sent += size_now
         node.pump(0.0)
     node.close(timeout=30)
 
 
-def measure_relay(mode: str, count: int, size: int, directory: str) -> float:
+def measure_relay(mode: str, count: int, size: int, directory: str, batch: int = BATCH) -> float:
     spawn = multiprocessing.get_context("spawn")
     go = spawn.Event()
     endpoint = f"ipc://{directory}/relay-{mode}-{time.monotonic_ns()}.sock"
@@ -156,7 +159,8 @@ def measure_relay(mode: str, count: int, size: int, directory: str) -> float:
         options=_DEEP,
     )
     sender = spawn.Process(
-        target=_zmqcomm_sender, args=(endpoint, directory, node.agent_id, count, size, go)
+        target=_zmqcomm_sender,
+        args=(endpoint, directory, node.agent_id, count, size, go, batch),
     )
     sender.start()
     go.set()
@@ -271,13 +275,13 @@ def measure_memory(mode: str, agents: int, directory: str) -> int:
     return rss
 
 
-def run(count: int, size: int, rounds: int, agents: int) -> dict[str, Any]:
+def run(count: int, size: int, rounds: int, agents: int, batch: int = BATCH) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"raw": [], "zmqcomm": []}
     with tempfile.TemporaryDirectory(prefix="zc-bb-", dir="/tmp") as directory:
         create(Path(directory), max(agents, 2))
         for index in range(rounds):
             for mode in ("raw", "zmqcomm") if index % 2 == 0 else ("zmqcomm", "raw"):
-                rate = measure_relay(mode, count, size, directory)
+                rate = measure_relay(mode, count, size, directory, batch)
                 rates[mode].append(rate)
                 print(f"  relay round {index + 1}/{rounds} {mode:<8} {rate:>12,.0f} msg/s",
                       file=sys.stderr)  # fmt: skip
@@ -288,7 +292,7 @@ def run(count: int, size: int, rounds: int, agents: int) -> dict[str, Any]:
         "size": size,
         "count": count,
         "rounds": rounds,
-        "batch": BATCH,
+        "batch": batch,
         "relay_msg_per_s": medians,
         "relay_runs": rates,
         "relay_ratio": medians["zmqcomm"] / medians["raw"],
@@ -306,19 +310,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=BATCH, help="messages per send_many")
     parser.add_argument("--quick", action="store_true", help="100,000 messages, 100 agents")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.count, args.rounds, args.agents = 100_000, 1, 100
-    result = run(args.count, args.size, args.rounds, args.agents)
+    result = run(args.count, args.size, args.rounds, args.agents, args.batch)
     if args.json:
         print(json.dumps(result, indent=2))
         return
     rates = result["relay_msg_per_s"]
     print(f"relay, ipc, {args.size} B, median of {args.rounds}")
     print(f"  raw pyzmq ROUTER relay             {rates['raw']:>12,.0f} msg/s")
-    print(f"  zmqcomm broker, encrypted, batched {rates['zmqcomm']:>12,.0f} msg/s")
+    print(f"  zmqcomm broker, batches of {args.batch:<6} {rates['zmqcomm']:>10,.0f} msg/s")
     print(f"  ratio                              {result['relay_ratio']:>12.2f}x")
     memory = result["rss_kib"]
     print(f"memory with {args.agents} connected agents (relay process RSS)")
