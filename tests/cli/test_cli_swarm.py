@@ -88,7 +88,21 @@ def test_swarm_json_reports_no_loss() -> None:
     assert summary["transport"] == "ipc"
     _check_summary(summary, 3)
     assert summary["broker"]["routed"] > 0
-    assert "started: 3 agents connected" in result.stderr  # progress goes to stderr
+    assert "started: 3 agents ready" in result.stderr  # progress goes to stderr
+
+
+@pytest.mark.slow
+def test_swarm_peer_to_peer_reports_no_loss() -> None:
+    result = zmqcomm(
+        "swarm", "--mode", "p2p", "--agents", "3", "--duration", "1", "--rate", "50", "--json",
+        timeout=SWARM_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "p2p"
+    _check_summary(summary, 3)
+    assert summary["published"] == 0  # topics need a broker
+    assert summary["broker"]["routed"] is None  # and there was none
 
 
 @pytest.mark.slow
