@@ -101,8 +101,8 @@ def test_swarm_peer_to_peer_reports_no_loss() -> None:
     summary = json.loads(result.stdout)
     assert summary["mode"] == "p2p"
     _check_summary(summary, 3)
-    assert summary["published"] == 0  # topics need a broker
-    assert summary["broker"]["routed"] is None  # and there was none
+    assert summary["published"] > 0 and summary["topic_received"] == 2 * summary["published"]
+    assert summary["broker"]["routed"] is None  # there was no broker
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     ConnectError,
+    ReceiveTimeout,
     RequestTimeout,
     UnknownPeerError,
     UsageError,
@@ -215,9 +216,7 @@ def test_policy_refuses_a_request_from_an_observer(
     assert message.roles == frozenset({"observer"})
     with pytest.raises(RequestTimeout):
         alice.request(bob.agent_id, "a request is not", timeout=0.5)
-    assert [line["peer"] for line in audit.events("reject", reason="denied")] == [
-        alice.agent_id
-    ]
+    assert [line["peer"] for line in audit.events("reject", reason="denied")] == [alice.agent_id]
     assert bob.call(lambda node: node.statistics()["rejected"]) == {"denied": 1}
 
 
@@ -307,3 +306,44 @@ def test_audit_lines_of_a_direct_session_carry_the_wall_clock_time(
     linked(bus, make_node, spawn_node, ipc_endpoint, audit=audit)
     [line] = audit.events("handshake")
     assert abs(line["ts"] - time.time()) < 600, line
+
+
+def test_publish_and_subscribe_between_direct_peers(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, endpoints: Endpoints
+) -> None:
+    alice, bob, _ = linked(bus, make_node, spawn_node, endpoints)
+    bob.call(lambda node: node.subscribe("news/*"))
+    pump_until([alice], lambda: bool(alice._direct_topics.subscribers("news/x")), what="sub")
+    alice.publish("news/today", {"n": 1})
+    alice.publish("sport/today", {"n": 2})  # nobody subscribed: not sent at all
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert (message.kind, message.topic, message.payload) == (
+        MessageType.PUBLISH,
+        "news/today",
+        {"n": 1},
+    )
+    assert message.sender == alice.agent_id
+    bob.call(lambda node: node.unsubscribe("news/*"))
+    pump_until([alice], lambda: not alice._direct_topics.subscribers("news/x"), what="unsub")
+    alice.publish("news/later", {"n": 3})
+    settle([alice], 0.1)
+    with pytest.raises(ReceiveTimeout):
+        bob.call(lambda node: node.receive(timeout=0.2))
+
+
+def test_a_direct_subscription_the_policy_forbids_is_refused(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, endpoints: Endpoints
+) -> None:
+    audit = MemoryAuditLog()
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=endpoints("bob"))
+    alice = make_node(
+        bus.agents["alice"],
+        bus.trust("alice"),
+        bind=endpoints("alice"),
+        policy=Policy.from_toml('[roles.agent]\nsubscribe = ["public/*"]\n'),
+        audit=audit,
+    )
+    alice.connect(bob.call(lambda node: node.endpoint), expect_peer=bob.agent_id, timeout=5)
+    bob.call(lambda node: node.subscribe("secret/*"))
+    pump_until([alice], lambda: bool(audit.events("reject", reason="denied")), what="denial")
+    assert alice._direct_topics.subscribers("secret/x") == []

@@ -47,8 +47,7 @@ def register(commands: Any) -> None:
         "--mode",
         choices=("broker", "p2p"),
         default=defaults.mode,
-        help="through a broker (default), or agents connected to each other directly "
-        "(no topics then: they need a broker)",
+        help="through a broker (default), or agents connected to each other directly",
     )
     parser.add_argument("--size", type=int, default=defaults.size, help="message bytes (64)")
     parser.add_argument(

@@ -8,7 +8,7 @@ from typing import Any
 from zmqcomm.errors import RemoteProtocolError
 from zmqcomm.wire import MessageType
 
-#: Inner message types agents exchange (the topic-key pair is handled by the node itself).
+#: Inner message types agents exchange (the node handles topic keys and subscriptions).
 APPLICATION_TYPES = frozenset(
     {
         MessageType.DATA,
@@ -17,6 +17,8 @@ APPLICATION_TYPES = frozenset(
         MessageType.PUBLISH,
         MessageType.TOPIC_KEY_REQUEST,
         MessageType.TOPIC_KEY,
+        MessageType.SUBSCRIBE,
+        MessageType.UNSUBSCRIBE,
     }
 )
 #: How an incoming message reached us.

@@ -47,6 +47,7 @@ from zmqcomm.errors import (
     UsageError,
 )
 from zmqcomm.node import aio
+from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.messages import Incoming, unwrap, wrap
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
@@ -118,6 +119,7 @@ class Node:
         self._tunnels: Tunnels | None = None
         self._last_hop = clock()
         self._topics: Topics | None = None
+        self._direct_topics = DirectTopics(policy)
         try:
             if bind is not None:
                 self._router = SecureRouter(
@@ -208,6 +210,7 @@ class Node:
             dealer.pump(0.01)
         assert dealer.peer is not None
         self._dealers[dealer.peer] = dealer
+        self._greet(dealer.peer)
         return dealer.peer
 
     # -- sending -----------------------------------------------------------------------------
@@ -283,25 +286,43 @@ class Node:
     # -- topics ------------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: object) -> None:
-        """Publish to ``topic`` through the broker: encrypted under our topic key, signed."""
+        """Publish on ``topic``: through the broker (encrypted under our topic key and
+        signed), or directly to the connected peers that subscribed to it."""
         self._check_open()
-        if self._topics is None or self._broker is None:
-            raise UsageError("publish() needs a broker: create the node with broker=")
-        self._hop(self._topics.publish(topic, payload), MessageType.PUBLISH, topic)
+        if self._topics is not None and self._broker is not None:
+            self._hop(self._topics.publish(topic, payload), MessageType.PUBLISH, topic)
+        else:
+            for peer in self._direct_topics.subscribers(topic):
+                self._send(peer, MessageType.PUBLISH, payload, topic=topic)
         self.counters["published"] += 1
 
     def subscribe(self, topic: str) -> None:
         """Receive publications on ``topic`` (exact, or a prefix ending in ``*``)."""
-        self._check_open()
-        if self._broker is None:
-            raise UsageError("subscribe() needs a broker: create the node with broker=")
-        self._hop(None, MessageType.SUBSCRIBE, topic)
+        self._subscription(MessageType.SUBSCRIBE, topic)
 
     def unsubscribe(self, topic: str) -> None:
+        self._subscription(MessageType.UNSUBSCRIBE, topic)
+
+    def _subscription(self, kind: int, topic: str) -> None:
         self._check_open()
-        if self._broker is None:
-            raise UsageError("unsubscribe() needs a broker: create the node with broker=")
-        self._hop(None, MessageType.UNSUBSCRIBE, topic)
+        if self._broker is not None:
+            self._hop(None, kind, topic)
+            return
+        if kind == MessageType.SUBSCRIBE:
+            self._direct_topics.mine.add(topic)
+        else:
+            self._direct_topics.mine.discard(topic)
+        for peer in self.peers:
+            self._send(peer, kind, None, topic=topic)
+
+    def subscribers(self, topic: str) -> list[str]:
+        """Direct peers that subscribed to ``topic`` (through a broker, only it knows)."""
+        return self._direct_topics.subscribers(topic)
+
+    def _greet(self, peer: str) -> None:
+        """Tell a newly connected direct peer what we subscribe to."""
+        for topic in sorted(self._direct_topics.mine):
+            self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
 
     def _send(
         self,
@@ -373,6 +394,9 @@ class Node:
         for link in links:
             handled += link.pump(wait)
             self._take(link)
+        if self._router is not None:
+            while self._router.joined:
+                self._greet(self._router.joined.popleft().agent_id)
         if not handled and len(links) > 1 and timeout > 0:
             zmq.select([link.socket for link in links], [], [], timeout)
             for link in links:
@@ -403,7 +427,15 @@ class Node:
                 incoming = unwrap(
                     delivered.agent_id, header.type, payload, topic=header.topic, roles=roles
                 )
-                if self.policy is not None:
+                if incoming.kind in CONTROL:
+                    self._direct_topics.on_control(
+                        incoming.sender, roles, incoming.kind, incoming.topic
+                    )
+                    continue
+                if incoming.kind == MessageType.PUBLISH:
+                    if not self._direct_topics.accept(incoming.sender, roles, incoming.topic):
+                        continue  # sent before our unsubscribe arrived: not for us now
+                elif self.policy is not None:
                     self.policy.check_send(incoming.sender, roles, incoming.kind)
             except (RemoteProtocolError, SecurityError) as exc:
                 self._reject(delivered.agent_id, exc)
@@ -471,6 +503,9 @@ class Node:
             self._reject(incoming.sender, exc)
 
     def _deliver(self, incoming: Incoming) -> None:
+        if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
+            self._reject(incoming.sender, RemoteProtocolError("stray", reason="bad_type"))
+            return
         if incoming.kind in (MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY):
             if self._topics is None:
                 self._reject(incoming.sender, RemoteProtocolError("no topics", reason="bad_type"))

@@ -51,8 +51,7 @@ class SwarmAgent:
             connect_timeout=30.0,
         )
         self.node.request_handler = lambda request: {"pong": request.payload}
-        if not settings.peer_to_peer:  # topics go through a broker
-            self.node.subscribe(settings.topic.rsplit("/", 1)[0] + "/*")
+        self.node.subscribe(settings.topic.rsplit("/", 1)[0] + "/*")
         self.published = 0
         self.publications: dict[str, set[int]] = defaultdict(set)
         self.expected_publications: dict[str, int] = {}
@@ -137,7 +136,7 @@ class SwarmAgent:
             count += 1
             if count % settings.request_every == 0:
                 self._request(self.rng.choice(settings.peers))
-            if count % settings.publish_every == 0 and not settings.peer_to_peer:
+            if count % settings.publish_every == 0:
                 self.node.publish(settings.topic, {"n": self.published})
                 self.published += 1
             self.drain()
@@ -185,9 +184,14 @@ class SwarmAgent:
         for agent_id, endpoint in listed[mine + 1 :]:
             self.node.connect(endpoint, expect_peer=agent_id, timeout=30.0)
         deadline = time.monotonic() + 30.0
-        while set(self.node.peers) < set(self.settings.peers):
+        wanted = set(self.settings.peers)
+        # Every peer linked, and every peer's subscription in: no publication goes missing.
+        while (
+            set(self.node.peers) < wanted
+            or set(self.node.subscribers(self.settings.topic)) < wanted
+        ):
             if time.monotonic() > deadline:
-                raise TimeoutError("not every peer connected within 30 s")
+                raise TimeoutError("not every peer connected and subscribed within 30 s")
             self.node.pump(0.01)
 
     def _request(self, peer: str) -> None:

@@ -1,0 +1,52 @@
+"""Publish/subscribe between directly connected nodes, without a broker (pure).
+
+Each node tells its direct peers which topics it subscribes to (SUBSCRIBE and UNSUBSCRIBE
+inside their sessions); a publication goes, over each session, to the peers whose
+subscriptions match. The sessions already prove who published, so no signature is added;
+the policy is checked on both sides: a subscriber must be allowed to subscribe to the topic
+(checked by the publisher) and a publisher to publish on it (checked by the subscriber).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from zmqcomm.access import Policy, topic_matches
+from zmqcomm.wire import MessageType
+
+CONTROL = frozenset({MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE})
+
+
+class DirectTopics:
+    """Our subscriptions, and those our direct peers told us about."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy
+        self.mine: set[str] = set()
+        self._theirs: dict[str, set[str]] = defaultdict(set)
+
+    def on_control(self, peer: str, roles: frozenset[str], kind: int, topic: str) -> None:
+        """A peer's SUBSCRIBE or UNSUBSCRIBE (NotPermittedError if the policy says no)."""
+        if kind == MessageType.SUBSCRIBE:
+            if self.policy is not None:
+                self.policy.check_subscribe(peer, roles, topic)
+            self._theirs[peer].add(topic)
+        else:
+            self._theirs[peer].discard(topic)
+
+    def forget(self, peer: str) -> None:
+        self._theirs.pop(peer, None)
+
+    def subscribers(self, topic: str) -> list[str]:
+        return sorted(
+            peer
+            for peer, patterns in self._theirs.items()
+            if any(topic_matches(pattern, topic) for pattern in patterns)
+        )
+
+    def accept(self, peer: str, roles: frozenset[str], topic: str) -> bool:
+        """Whether a peer's publication on ``topic`` is for us (NotPermittedError if the
+        policy does not let that peer publish there)."""
+        if self.policy is not None:
+            self.policy.check_publish(peer, roles, topic)
+        return any(topic_matches(pattern, topic) for pattern in self.mine)
