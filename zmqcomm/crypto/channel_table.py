@@ -28,7 +28,7 @@ from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.errors import RateLimitedError, RemoteProtocolError, SecurityError, UsageError
 from zmqcomm.wire import MessageType, WireCodec
-from zmqcomm.wire.header import parse_header
+from zmqcomm.wire.header import parse_header, peek_type
 from zmqcomm.wire.payload import Buffer
 
 
@@ -151,8 +151,7 @@ class ChannelTable:
         return events
 
     def _is_init(self, frames: Sequence[Buffer]) -> bool:
-        # Byte 5 of the header is the type: peek without a full parse.
-        return bool(frames) and len(frames[0]) > 5 and frames[0][5] == MessageType.HANDSHAKE_INIT
+        return bool(frames) and peek_type(frames[0]) == MessageType.HANDSHAKE_INIT
 
     def _admit(self, route: bytes, frames: Sequence[Buffer], *, now: float) -> None:
         """The checks before a channel or a DH is spent on a message."""

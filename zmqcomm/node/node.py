@@ -122,17 +122,7 @@ class Node:
         self._direct_topics = DirectTopics(policy)
         try:
             if bind is not None:
-                self._router = SecureRouter(
-                    bind,
-                    identity=identity,
-                    trust=trust,
-                    audit=self.audit,
-                    policy=rekey,
-                    options=options,
-                    context=context,
-                    clock=clock,
-                    wall_clock=wall_clock,
-                )
+                self._router = SecureRouter(bind, **self._link_options())
             if broker is not None:
                 self._tunnels = Tunnels(
                     identity=identity,
@@ -150,16 +140,7 @@ class Node:
                     identity=identity, trust=trust, random_bytes=os.urandom, policy=policy
                 )
                 self._broker = SecureDealer(
-                    broker,
-                    identity=identity,
-                    trust=trust,
-                    audit=self.audit,
-                    policy=rekey,
-                    options=options,
-                    context=context,
-                    clock=clock,
-                    wall_clock=wall_clock,
-                    connect_timeout=connect_timeout,
+                    broker, connect_timeout=connect_timeout, **self._link_options()
                 )
         except BaseException:
             self.close(timeout=0)
@@ -178,6 +159,19 @@ class Node:
         """Where this node accepts direct connections (with ``bind=``)."""
         return self._router.endpoint if self._router is not None else None
 
+    def _link_options(self) -> dict[str, Any]:
+        """What every secure socket of this node is made with."""
+        return {
+            "identity": self.identity,
+            "trust": self.trust,
+            "audit": self.audit,
+            "policy": self._rekey,
+            "options": self._options,
+            "context": self._context,
+            "clock": self.clock,
+            "wall_clock": self.wall_clock,
+        }
+
     # -- direct links ------------------------------------------------------------------------
 
     def connect(
@@ -186,17 +180,7 @@ class Node:
         """Open a direct, authenticated link to the node at ``endpoint``; returns its id."""
         self._check_open()
         dealer = SecureDealer(
-            endpoint,
-            identity=self.identity,
-            trust=self.trust,
-            expect_peer=expect_peer,
-            audit=self.audit,
-            policy=self._rekey,
-            options=self._options,
-            context=self._context,
-            clock=self.clock,
-            wall_clock=self.wall_clock,
-            connect_timeout=None,
+            endpoint, expect_peer=expect_peer, connect_timeout=None, **self._link_options()
         )
         deadline = self.clock() + timeout
         while not dealer.established:

@@ -39,7 +39,7 @@ from zmqcomm.errors import (
 )
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
-from zmqcomm.wire.header import parse_header
+from zmqcomm.wire.header import parse_header, peek_type
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 _INIT = int(MessageType.HANDSHAKE_INIT)
@@ -52,10 +52,6 @@ _Item = tuple[int, object, str]
 def _frame_key(frame: bytes) -> tuple[int, int, int]:
     header, _ = parse_header(memoryview(frame))
     return header.session, header.epoch, header.counter
-
-
-def _frame_type(frame: bytes) -> int:
-    return frame[5] if len(frame) > 5 else 0
 
 
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
@@ -248,7 +244,7 @@ class Tunnels:
         ):
             raise RemoteProtocolError("DELIVER without frames", reason="bad_deliver")
         route = sender.encode()
-        if route not in self.table.channels and _frame_type(frames[0]) != _INIT:
+        if route not in self.table.channels and peek_type(frames[0]) != _INIT:
             # A session we do not have (we restarted): tell the sender, at most once a
             # second, so it sends again over a new session instead of into the void.
             self.table.receive(route, frames, now=now)  # refused, counted and audited

@@ -89,6 +89,10 @@ class Header(NamedTuple):
         return bool(self.flags & _OUT_OF_BAND)
 
 
+#: Offset of the ``type`` byte in the fixed header (docs/protocol.md section 2).
+_TYPE_OFFSET = 5
+
+
 def pack_header(
     msg_type: int,
     flags: int,
@@ -137,6 +141,12 @@ def pack_header(
         )
         + topic
     )
+
+
+def peek_type(frame: bytes | bytearray | memoryview) -> int:
+    """The message type of a frame without parsing it (0 when it is too short to have one):
+    routing decisions that must stay cheap for hostile input start here."""
+    return frame[_TYPE_OFFSET] if len(frame) > _TYPE_OFFSET else 0
 
 
 def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, int]:
