@@ -137,9 +137,19 @@ def test_keygen_bad_names(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_keygen_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["keygen", "alice", "--dir", str(tmp_path / "nope")]) == EXIT_USAGE
-    assert "no such directory" in capsys.readouterr().err
+def test_keygen_makes_a_missing_directory_private(tmp_path: Path) -> None:
+    directory = tmp_path / "new" / "keys"
+    assert main(["keygen", "alice", "--dir", str(directory)]) == EXIT_OK
+    assert (directory / "alice.key").exists()
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+
+def test_keygen_into_a_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert main(["keygen", "alice", "--dir", str(tmp_path / "afile")]) == EXIT_USAGE
+    assert "not a directory" in capsys.readouterr().err
 
 
 def test_keyinfo_public_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

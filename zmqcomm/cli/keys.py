@@ -29,7 +29,7 @@ PASSPHRASE_ENV = "ZMQCOMM_PASSPHRASE"
 KEYGEN_EXAMPLES = f"""\
 examples:
   zmqcomm keygen alice                    alice.key (mode 0600) and alice.pub here
-  zmqcomm keygen alice --dir ~/.zmqcomm   the same in another directory
+  zmqcomm keygen alice --dir ~/.zmqcomm   the same in another directory (made 0700 if new)
   zmqcomm keygen alice --passphrase       protect alice.key (the passphrase is asked twice)
   {PASSPHRASE_ENV}=... zmqcomm keygen alice --passphrase
                                           the same, for scripts
@@ -119,8 +119,9 @@ def _existing_passphrase(path: Path) -> str:
 def run_keygen(args: argparse.Namespace) -> int:
     identity = Identity.generate(args.name)  # checks the name before any prompt
     directory = Path(args.dir)
-    if not directory.is_dir():
-        raise UsageError(f"no such directory: {directory}")
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory} exists and is not a directory")
+    # A missing directory is made, private (0700): it is about to hold a secret key.
     passphrase = _new_passphrase() if args.passphrase else None
     paths = save_identity(identity, directory, passphrase=passphrase, force=args.force)
     if args.json:
