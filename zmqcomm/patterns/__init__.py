@@ -1,0 +1,1 @@
+"""Messaging patterns built on the secure transport."""
