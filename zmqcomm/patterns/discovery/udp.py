@@ -1,0 +1,170 @@
+"""The UDP driver of beacon discovery: send our beacon, read others', feed the peer table.
+
+Loopback only by default: the beacon goes to 127.255.255.255, and every process on the host
+that listens on the same port (SO_REUSEADDR/SO_REUSEPORT, bound to that broadcast address)
+hears it; nothing leaves the machine. Other interfaces are used only when named, with their
+broadcast address from netifaces. One socket per interface, bound to that interface's
+broadcast address, so a node never hears beacons from interfaces it was not asked to use.
+
+Bad datagrams are dropped and counted by reason. Sending or receiving errors (an interface
+that went down, a buffer full) are counted and retried on the next interval: the service
+keeps beaconing and never hard-codes an errno.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import netifaces
+
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import UsageError, ZmqCommError
+from zmqcomm.patterns.discovery.beacon import (
+    MAX_BEACON_LEN,
+    MAX_SEQUENCE,
+    TrustLookup,
+    decode_beacon,
+    encode_beacon,
+)
+from zmqcomm.patterns.discovery.peers import PeerEvent, PeerTable
+
+DEFAULT_PORT = 5670  # Zyre's default beacon port; our magic differs, so the two never mix
+DEFAULT_INTERVAL = 1.0
+LOOPBACK = "lo"
+
+
+def broadcast_address(interface: str) -> str:
+    """The IPv4 broadcast address of ``interface`` (UsageError naming the known ones)."""
+    try:
+        addresses = netifaces.ifaddresses(interface).get(netifaces.AF_INET, [])
+    except ValueError as exc:
+        known = ", ".join(netifaces.interfaces())
+        raise UsageError(f"no network interface {interface!r}; known: {known}") from exc
+    for entry in addresses:
+        if entry.get("broadcast"):
+            return str(entry["broadcast"])
+        if entry.get("addr") and entry.get("netmask"):
+            network = ipaddress.IPv4Network(f"{entry['addr']}/{entry['netmask']}", strict=False)
+            return str(network.broadcast_address)
+    raise UsageError(f"interface {interface!r} has no IPv4 address to broadcast on")
+
+
+class BeaconService:
+    """Beacons ``identity`` with ``ports`` every ``interval`` s and tracks who else does."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        ports: Sequence[int] = (),
+        port: int = DEFAULT_PORT,
+        interfaces: Sequence[str] = (LOOPBACK,),
+        interval: float = DEFAULT_INTERVAL,
+        trust: TrustLookup | None = None,
+        table: PeerTable | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < interval <= 60:
+            raise UsageError(f"the beacon interval must be in (0, 60] seconds, got {interval}")
+        if not interfaces:
+            raise UsageError("name at least one interface (the default is loopback)")
+        self.identity = identity
+        self.ports = tuple(ports)
+        encode_beacon(identity, sequence=0, ports=self.ports)  # checks the ports now
+        self.port = port
+        self.interval = interval
+        self.trust = trust
+        self.table = table if table is not None else PeerTable()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.dropped: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.sent = 0
+        self._sequence = 0
+        self._next_beacon = 0.0
+        self._sockets: list[tuple[socket.socket, str]] = []
+        try:
+            for interface in dict.fromkeys(interfaces):
+                target = broadcast_address(interface)
+                self._sockets.append((self._open(target), target))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, address: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind((address, self.port))
+        except OSError as exc:
+            sock.close()
+            raise UsageError(f"cannot listen for beacons on {address}:{self.port}: {exc}") from exc
+        sock.setblocking(False)
+        return sock
+
+    def step(self, timeout: float = 0.0) -> list[PeerEvent]:
+        """Beacon if due, read what arrived (waiting up to ``timeout`` s), run the timers."""
+        if self.clock() >= self._next_beacon:
+            self._beacon()
+        readable = [sock for sock, _ in self._sockets]
+        wait = max(0.0, min(timeout, self._next_beacon - self.clock()))
+        try:
+            ready, _, _ = select.select(readable, [], [], wait)
+        except OSError:
+            self.errors["select"] += 1
+            ready = []
+        events: list[PeerEvent] = []
+        for sock in ready:
+            events += self._read(sock)
+        events += self.table.on_timer(now=self.wall_clock())
+        return events
+
+    def _beacon(self) -> None:
+        self._next_beacon = self.clock() + self.interval
+        self._sequence = self._sequence + 1 if self._sequence < MAX_SEQUENCE else 1
+        datagram = encode_beacon(self.identity, sequence=self._sequence, ports=self.ports)
+        for sock, target in self._sockets:
+            try:
+                sock.sendto(datagram, (target, self.port))
+                self.sent += 1
+            except OSError as exc:  # interface down, buffer full...: try again next time
+                self.errors[type(exc).__name__] += 1
+
+    def _read(self, sock: socket.socket) -> list[PeerEvent]:
+        events: list[PeerEvent] = []
+        for _ in range(1000):  # bounded: a flood cannot keep us here
+            try:
+                datagram, (host, _port) = sock.recvfrom(MAX_BEACON_LEN + 1)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.errors[type(exc).__name__] += 1
+                break
+            try:
+                beacon = decode_beacon(datagram, trust=self.trust, now=self.wall_clock())
+            except ZmqCommError as exc:
+                self.dropped[getattr(exc, "reason", "error")] += 1
+                continue
+            if beacon.sender_id == self.identity.sender_id:
+                continue  # our own, looped back
+            events += self.table.observe(beacon, host, now=self.wall_clock())
+        return events
+
+    def close(self) -> None:
+        for sock, _ in self._sockets:
+            sock.close()
+        self._sockets = []
+
+    def __enter__(self) -> BeaconService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
