@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
         trust=trust,
     ) as service:
         if args.json:
-            print(json.dumps({"event": "UP", "agent_id": identity.agent_id, "at": 0.0}))
+            print(json.dumps({"event": "UP", "agent_id": identity.agent_id, "at": 0.0}), flush=True)
         else:
-            print(f"beaconing as {identity.agent_id} on port {args.port}; Ctrl-C stops")
+            print(f"beaconing as {identity.agent_id} on port {args.port}; Ctrl-C stops", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:
             for event in service.step(0.1):

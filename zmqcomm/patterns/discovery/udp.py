@@ -33,6 +33,8 @@ from zmqcomm.patterns.discovery.beacon import (
 )
 from zmqcomm.patterns.discovery.peers import PeerEvent, PeerTable
 
+#: Where the sender id sits in a beacon (docs/protocol.md section 12).
+_SENDER = slice(5, 21)
 DEFAULT_PORT = 5670  # Zyre's default beacon port; our magic differs, so the two never mix
 DEFAULT_INTERVAL = 1.0
 LOOPBACK = "lo"
@@ -148,13 +150,13 @@ class BeaconService:
             except OSError as exc:
                 self.errors[type(exc).__name__] += 1
                 break
+            if datagram[_SENDER] == self.identity.sender_id:
+                continue  # our own, looped back: not a peer, and not worth a signature check
             try:
                 beacon = decode_beacon(datagram, trust=self.trust, now=self.wall_clock())
             except ZmqCommError as exc:
                 self.dropped[getattr(exc, "reason", "error")] += 1
                 continue
-            if beacon.sender_id == self.identity.sender_id:
-                continue  # our own, looped back
             events += self.table.observe(beacon, host, now=self.wall_clock())
         return events
 

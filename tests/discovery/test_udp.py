@@ -1,0 +1,243 @@
+"""BeaconService over real UDP on loopback: discovery, trust, garbage, usage errors, timers.
+
+Loopback only: every datagram goes to 127.255.255.255 on a random high port.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import UsageError, ZmqCommError
+from zmqcomm.patterns.discovery.beacon import MAX_BEACON_LEN, decode_beacon, encode_beacon
+from zmqcomm.patterns.discovery.peers import PeerEvent, PeerTable
+from zmqcomm.patterns.discovery.udp import BeaconService, broadcast_address
+
+INTERVAL = 0.1
+BROADCAST = "127.255.255.255"
+_counter = itertools.count()
+
+
+def _port() -> int:
+    rng = random.Random(os.getpid() * 1000 + next(_counter) + int(time.time() * 1000))
+    return rng.randint(40000, 60000)
+
+
+@pytest.fixture
+def port() -> int:
+    return _port()
+
+
+@pytest.fixture
+def identities() -> list[Identity]:
+    return [Identity.generate(f"node{i}") for i in range(3)]
+
+
+@pytest.fixture
+def services(identities: list[Identity], port: int) -> Iterator[list[BeaconService]]:
+    made = [BeaconService(i, port=port, interval=INTERVAL, ports=(7000 + n,)) for n, i in
+            enumerate(identities)]  # fmt: skip
+    try:
+        yield made
+    finally:
+        for service in made:
+            service.close()
+
+
+def _run(
+    services: list[BeaconService], seconds: float, seen: list[list[PeerEvent]] | None = None
+) -> list[list[PeerEvent]]:
+    """Step all services for ``seconds``; append each one's events to ``seen``."""
+    events = seen if seen is not None else [[] for _ in services]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for n, service in enumerate(services):
+            events[n] += service.step(0.005)
+    return events
+
+
+def _entered(events: list[PeerEvent]) -> set[str]:
+    return {e.agent_id for e in events if e.kind == "ENTER"}
+
+
+def _run_until_all_entered(
+    services: list[BeaconService], expected: list[set[str]], seconds: float
+) -> tuple[list[list[PeerEvent]], float]:
+    events: list[list[PeerEvent]] = [[] for _ in services]
+    start = time.monotonic()
+    deadline = start + seconds
+    while time.monotonic() < deadline:
+        _run(services, 0.01, events)
+        if all(_entered(e) >= want for e, want in zip(events, expected, strict=True)):
+            break
+    return events, time.monotonic() - start
+
+
+def test_broadcast_address_of_loopback() -> None:
+    assert broadcast_address("lo") == BROADCAST
+
+
+def test_three_services_find_each_other_within_two_intervals(
+    services: list[BeaconService], identities: list[Identity]
+) -> None:
+    ids = [i.agent_id for i in identities]
+    expected = [set(ids) - {me} for me in ids]
+    events, took = _run_until_all_entered(services, expected, 2 * INTERVAL + 0.3)
+    for n, service_events in enumerate(events):
+        enters = [e for e in service_events if e.kind == "ENTER"]
+        assert {e.agent_id for e in enters} == expected[n]
+        assert len(enters) == 2  # exactly once each, never for itself
+        for e in enters:
+            assert e.address == "127.0.0.1"
+            assert e.ports == (7000 + ids.index(e.agent_id),)
+    assert took <= 2 * INTERVAL + 0.3
+    # Keep going a little: no duplicate ENTER, nothing dropped, no errors.
+    more = _run(services, 3 * INTERVAL)
+    assert all(e == [] for e in more)
+    for service in services:
+        assert service.dropped == Counter()
+        assert service.errors == Counter()
+        assert service.sent >= 3
+        assert {p.agent_id for p in service.table.peers} == set(ids) - {service.identity.agent_id}
+
+
+def test_trust_store_admits_only_trusted_peer(
+    tmp_path: Path, identities: list[Identity], port: int
+) -> None:
+    a, b, c = identities
+    store = TrustStore(tmp_path / "trust")
+    store.add(b.public, roles=["peer"])
+    store.add(a.public)  # itself: its own looped-back beacons are then not counted as unknown
+    with (
+        BeaconService(a, port=port, interval=INTERVAL, trust=store) as sa,
+        BeaconService(b, port=port, interval=INTERVAL) as sb,
+        BeaconService(c, port=port, interval=INTERVAL) as sc,
+    ):
+        events = _run([sa, sb, sc], 5 * INTERVAL)
+        assert _entered(events[0]) == {b.agent_id}
+        assert len(sa.table) == 1
+        assert set(sa.dropped) == {"unknown_peer"}
+        assert sa.dropped["unknown_peer"] >= 3  # c's beacons
+        assert sc.sent >= sa.dropped["unknown_peer"] - 1
+        # The untrusting ones still see everyone.
+        assert _entered(events[1]) == {a.agent_id, c.agent_id}
+        assert _entered(events[2]) == {a.agent_id, b.agent_id}
+
+
+def test_own_beacons_are_not_counted_as_unknown_peers(
+    tmp_path: Path, identities: list[Identity], port: int
+) -> None:
+    a, b, _ = identities
+    store = TrustStore(tmp_path / "trust")
+    store.add(b.public)
+    with (
+        BeaconService(a, port=port, interval=INTERVAL, trust=store) as sa,
+        BeaconService(b, port=port, interval=INTERVAL) as sb,
+    ):
+        events = _run([sa, sb], 4 * INTERVAL)
+        assert _entered(events[0]) == {b.agent_id}
+        assert sa.dropped == Counter()
+
+
+def _garbage(identity: Identity, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    valid = encode_beacon(identity, sequence=7, ports=(1, 2, 3))
+    datagrams = [rng.randbytes(rng.randint(0, 400)) for _ in range(440)]
+    datagrams += [valid[: rng.randint(0, len(valid) - 1)] for _ in range(40)]
+    datagrams += [valid + rng.randbytes(rng.randint(1, 60)) for _ in range(10)]
+    datagrams += [b"ZRE\x01" + rng.randbytes(18) for _ in range(10)]
+    rng.shuffle(datagrams)
+    assert len(datagrams) == 500
+    return datagrams
+
+
+def _expected_reasons(datagrams: list[bytes]) -> Counter[str]:
+    reasons: Counter[str] = Counter()
+    for datagram in datagrams:
+        # The service reads at most MAX_BEACON_LEN + 1 bytes: longer datagrams are truncated.
+        with pytest.raises(ZmqCommError) as info:
+            decode_beacon(datagram[: MAX_BEACON_LEN + 1])
+        reasons[info.value.reason] += 1
+    return reasons
+
+
+def test_garbage_is_dropped_by_reason_and_discovery_goes_on(
+    services: list[BeaconService], identities: list[Identity], port: int
+) -> None:
+    ids = [i.agent_id for i in identities]
+    expected_peers = [set(ids) - {me} for me in ids]
+    events = _run(services, 2 * INTERVAL + 0.1)
+    assert [_entered(e) for e in events] == expected_peers
+    stranger = Identity.generate("stranger")
+    datagrams = _garbage(stranger, seed=os.getpid())
+    expected = _expected_reasons(datagrams)
+    assert {"beacon_size", "bad_magic", "bad_length"} <= set(expected)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        for start in range(0, len(datagrams), 20):
+            for datagram in datagrams[start : start + 20]:
+                sender.sendto(datagram, (BROADCAST, port))
+            _run(services, 0.01, events)  # read as we go: no kernel buffer overflow
+    finally:
+        sender.close()
+    _run(services, 3 * INTERVAL, events)
+    for n, service in enumerate(services):
+        assert service.dropped == expected
+        assert service.errors == Counter()
+        assert [e.kind for e in events[n]] == ["ENTER", "ENTER"]  # nobody left, no stranger
+        assert {p.agent_id for p in service.table.peers} == expected_peers[n]
+        assert all(p.state == "ALIVE" for p in service.table.peers)
+
+
+def test_unknown_interface_is_a_usage_error_listing_known_ones(port: int) -> None:
+    with pytest.raises(UsageError) as info:
+        BeaconService(Identity.generate("x"), port=port, interfaces=["no-such-if0"])
+    message = str(info.value)
+    assert "no-such-if0" in message
+    assert "lo" in message.split("known:")[1]
+
+
+@pytest.mark.parametrize("interval", [0, 0.0, -1, 61])
+def test_bad_interval_is_a_usage_error(port: int, interval: float) -> None:
+    with pytest.raises(UsageError):
+        BeaconService(Identity.generate("x"), port=port, interval=interval)
+
+
+def test_no_interfaces_is_a_usage_error(port: int) -> None:
+    with pytest.raises(UsageError):
+        BeaconService(Identity.generate("x"), port=port, interfaces=[])
+
+
+def test_evasive_then_expired_when_a_peer_stops(identities: list[Identity], port: int) -> None:
+    a, b, _ = identities
+    table = PeerTable(evasive_after=0.3, expired_after=0.6)
+    with BeaconService(a, port=port, interval=INTERVAL, table=table) as sa:
+        sb = BeaconService(b, port=port, interval=INTERVAL)
+        try:
+            events = _run([sa, sb], 3 * INTERVAL)
+        finally:
+            sb.close()
+        assert [(e.kind, e.agent_id) for e in events[0]] == [("ENTER", b.agent_id)]
+        stopped = time.monotonic()
+        timeline: list[tuple[float, PeerEvent]] = []
+        while time.monotonic() < stopped + 1.2:
+            timeline += [(time.monotonic() - stopped, e) for e in sa.step(0.01)]
+        assert [(e.kind, e.agent_id) for _, e in timeline] == [
+            ("EVASIVE", b.agent_id),
+            ("EXPIRED", b.agent_id),
+        ]
+        (evasive_at, _), (expired_at, _) = timeline
+        assert 0.3 - INTERVAL - 0.05 <= evasive_at <= 0.3 + 0.2
+        assert 0.6 - INTERVAL - 0.05 <= expired_at <= 0.6 + 0.2
+        assert len(table) == 0
