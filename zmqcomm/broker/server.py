@@ -102,19 +102,20 @@ class Broker:
         inbox = self.router.inbox
         while inbox:
             delivered = inbox.popleft()
-            header = delivered.message.header
+            agent, header = delivered.agent_id, delivered.message.header
+            if agent not in self.core.agents and header.type != MessageType.BYE:
+                # Counted as gone after a long silence, but its session is intact: it is
+                # back (a node busy for a while), so take it in again and hand it its mail.
+                self._send(self.core.connected(agent, self._roles(agent), now=now))
             for payload in delivered.message.payloads:
-                self._send(
-                    self.core.handle(
-                        delivered.agent_id, header.type, header.topic, payload, now=now
-                    )
-                )
-            if delivered.agent_id not in self.core.agents:
-                self._forget(delivered.agent_id)  # it said BYE
+                self._send(self.core.handle(agent, header.type, header.topic, payload, now=now))
+            if header.type == MessageType.BYE:
+                self._forget(agent)
         if self.clock() >= self._next_stats:
             self._next_stats = self.clock() + _STATS_INTERVAL
-            for agent in self.core.expire_idle(now=now, max_idle=self.idle_timeout):
-                self._forget(agent)
+            # Silent agents stop counting as online (their mail waits), but their sessions
+            # stay: a connection that is really gone shows when a send to it fails.
+            self.core.expire_idle(now=now, max_idle=self.idle_timeout)
             if self.data is not None:
                 self.write_stats()
         return handled
@@ -137,6 +138,10 @@ class Broker:
     def _bounce(self, send: Send) -> None:
         if send.msg_type == MessageType.DELIVER:
             self._send([Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)])
+
+    def _roles(self, agent: str) -> frozenset[str]:
+        channel = self.router.table.channel_to(agent)
+        return channel.peer.roles if channel is not None and channel.peer else frozenset()
 
     def _forget(self, agent: str) -> None:
         route = self.router.table.route_of(agent)
