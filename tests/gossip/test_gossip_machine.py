@@ -1,0 +1,189 @@
+"""The pure gossip machine, one node at a time: delivery, dedup, signatures, hops, repair."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from zmqcomm.actions import Send
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import UsageError
+from zmqcomm.patterns.gossip import (
+    Deliver,
+    GossipNode,
+    Graft,
+    IHave,
+    IWant,
+    Message,
+    Publish,
+    ed25519_verifier,
+    id_material,
+    message_id,
+)
+
+NAMES = [f"n{i}" for i in range(20)]
+IDENTITIES = {name: Identity.generate(name) for name in NAMES[:4]}
+VERIFY = ed25519_verifier({name: ident.verify_key for name, ident in IDENTITIES.items()})
+
+
+def first(population: Sequence[Hashable], k: int) -> list[Hashable]:
+    return list(population)[:k]
+
+
+def node(name: str = "n0", peers: Sequence[str] = tuple(NAMES), **kwargs: Any) -> GossipNode:
+    options: dict[str, Any] = {
+        "sign": IDENTITIES[name].sign,
+        "verify": VERIFY,
+        "choose": first,
+        "now": 0.0,
+    }
+    options.update(kwargs)
+    return GossipNode(name, peers, **options)
+
+
+def sends(actions: list[Any]) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send)]
+
+
+def delivered(actions: list[Any]) -> list[Message]:
+    return [a.message for a in actions if isinstance(a, Deliver)]
+
+
+def signed(origin: str, sequence: int, payload: bytes, hops: int = 0) -> Message:
+    signature = IDENTITIES[origin].sign(id_material(origin, sequence, payload))
+    return Message(origin, sequence, payload, hops, signature)
+
+
+def test_publish_delivers_locally_and_pushes_to_the_mesh() -> None:
+    a = node()
+    mid, actions = a.publish(b"hello", now=0.1)
+    assert mid == message_id("n0", 0, b"hello") and len(mid) == 16
+    [message] = delivered(actions)
+    assert message.payload == b"hello" and message.id == mid and message.hops == 0
+    out = sends(actions)
+    assert 0 < len(out) <= a.degree
+    assert {s.to for s in out} == set(a.mesh) and "n0" not in a.mesh
+    assert all(isinstance(s.message, Publish) and s.message.message == message for s in out)
+    assert a.counters["sent_publish"] == len(out)
+    mid2, _ = a.publish(b"hello", now=0.2)
+    assert mid2 != mid  # the sequence makes equal payloads distinct
+
+
+def test_receiver_delivers_once_and_forwards_except_to_sender_and_origin() -> None:
+    b = node("n1", peers=["n0", "n2", "n3", "n4"], degree=4, degree_low=2)
+    message = signed("n0", 7, b"x")
+    actions = b.on_message("n2", Publish(message), now=1.0)
+    assert delivered(actions) == [message]
+    targets = sorted(s.to for s in sends(actions))  # type: ignore[type-var]
+    assert targets == ["n3", "n4"]
+    assert all(s.message.message.hops == 1 for s in sends(actions))
+    again = b.on_message("n3", Publish(replace(message, hops=5)), now=1.1)
+    assert again == [] and b.counters["duplicates"] == 1
+
+
+def test_altered_payload_or_forged_signature_is_never_delivered_nor_forwarded() -> None:
+    b = node("n1")
+    genuine = signed("n0", 1, b"pay 1")
+    altered = replace(genuine, payload=b"pay 9")
+    forged = Message("n0", 1, b"pay 1", 0, IDENTITIES["n2"].sign(genuine.material))
+    unsigned = replace(genuine, signature=None)
+    unknown_origin = Message("n9", 1, b"x", 0, b"\0" * 64)
+    for bad in (altered, forged, unsigned, unknown_origin):
+        assert b.on_message("n3", Publish(bad), now=1.0) == []
+    assert b.counters["bad_signature"] == 4
+    # A forged copy arriving first did not mark the id as seen: the genuine one still gets in.
+    assert delivered(b.on_message("n3", Publish(genuine), now=1.0)) == [genuine]
+    assert b.counters["duplicates"] == 0
+
+
+def test_hop_limit() -> None:
+    b = node("n1", max_hops=3)
+    assert b.on_message("n2", Publish(signed("n0", 1, b"far", hops=4)), now=1.0) == []
+    assert b.counters["too_many_hops"] == 1
+    at_limit = b.on_message("n2", Publish(signed("n0", 2, b"edge", hops=3)), now=1.0)
+    assert len(delivered(at_limit)) == 1 and sends(at_limit) == []  # delivered, not relayed
+
+
+def test_ihave_iwant_repair() -> None:
+    a = node("n0", peers=["n1", "n2"], degree=1, degree_low=1)
+    b = node("n1", peers=["n0"], degree=1, degree_low=1)
+    mid, _ = a.publish(b"late", now=0.5)  # pretend the eager push to n1 was lost
+    heartbeat = a.on_timer(now=1.0)
+    ihaves = [s for s in sends(heartbeat) if isinstance(s.message, IHave)]
+    assert ihaves and all(s.message.ids == (mid,) for s in ihaves)
+    assert {s.to for s in sends(heartbeat) if isinstance(s.message, Graft)} == set(a.mesh)
+    [want] = sends(b.on_message("n0", IHave((mid,)), now=1.0))
+    assert want.to == "n0" and want.message == IWant((mid,))
+    # Asked already: a second IHave within a heartbeat does not ask again.
+    assert b.on_message("n2", IHave((mid,)), now=1.1) == []
+    [reply] = sends(a.on_message("n1", want.message, now=1.0))
+    assert isinstance(reply.message, Publish) and reply.to == "n1"
+    assert [m.id for m in delivered(b.on_message("n0", reply.message, now=1.0))] == [mid]
+    assert b.on_message("n0", IHave((mid,)), now=3.0) == []  # known now: nothing wanted
+
+
+def test_caches_are_bounded_in_time() -> None:
+    a = node("n0", peers=["n1"], degree=1, degree_low=1, history=2, gossip_windows=1, seen_ttl=2.5)
+    mid, _ = a.publish(b"old", now=0.0)
+    assert any(isinstance(s.message, IHave) for s in sends(a.on_timer(now=1.0)))
+    assert not any(isinstance(s.message, IHave) for s in sends(a.on_timer(now=2.0)))
+    assert a.on_message("n1", IWant((mid,)), now=2.1) == []  # fell out of the cache
+    assert a.has_seen(mid)
+    a.on_timer(now=3.0)
+    assert not a.has_seen(mid)
+    assert a.next_deadline() == 4.0
+
+
+def test_graft_teaches_a_peer_and_mesh_is_kept_in_bounds() -> None:
+    a = node("n0", peers=[], degree=2, degree_low=1, degree_high=3)
+    assert a.mesh == [] and a.on_timer(now=1.0) == []
+    a.on_message("n5", Graft(), now=1.5)
+    assert a.peers == ["n5"]
+    graft = a.on_timer(now=2.0)
+    assert a.mesh == ["n5"] and [s.to for s in sends(graft)] == ["n5"]
+    a.remove_peer("n5")
+    assert a.mesh == []
+
+
+def test_malformed_input_is_counted_and_ignored() -> None:
+    a = node()
+    for junk in (
+        "x",
+        IHave(("short",)),  # type: ignore[arg-type]
+        IWant([b"0" * 16]),  # type: ignore[arg-type]
+        Publish(Message("n1", -1, b"", 0, None)),
+    ):
+        assert a.on_message("n1", junk, now=0.0) == []
+    assert a.counters["malformed"] == 4
+    with pytest.raises(UsageError):
+        node(degree=3, degree_low=4)
+    with pytest.raises(UsageError):
+        a.publish("text", now=0.0)  # type: ignore[arg-type]
+
+
+def test_unsigned_mode_without_verify() -> None:
+    a = node(sign=None, verify=None)
+    _, actions = a.publish(b"plain", now=0.0)
+    assert delivered(actions)[0].signature is None
+    b = node("n1", sign=None, verify=None)
+    assert len(delivered(b.on_message("n0", Publish(delivered(actions)[0]), now=0.0))) == 1
+
+
+def test_a_withheld_or_forged_reply_makes_the_node_ask_the_next_source() -> None:
+    b = node("n1", peers=["n0", "n2", "n3"], degree=1, degree_low=1)
+    mid = signed("n0", 3, b"wanted").id
+    b.on_timer(now=1.0)
+    [first_ask] = sends(b.on_message("n0", IHave((mid,)), now=1.1))
+    assert first_ask.to == "n0"
+    assert b.on_message("n2", IHave((mid,)), now=1.12) == []  # remembered as a source
+    assert b.next_deadline() == pytest.approx(1.1 + b.iwant_timeout)
+    forged = replace(signed("n0", 3, b"wanted"), payload=b"tampered")
+    assert b.on_message("n0", Publish(forged), now=1.15) == []
+    [retry] = sends(b.on_timer(now=1.1 + b.iwant_timeout))
+    assert retry.to == "n2" and retry.message == IWant((mid,))
+    assert b.on_timer(now=1.9) == []  # no source left: the id is forgotten ...
+    assert b.next_deadline() == 2.0
+    assert sends(b.on_message("n3", IHave((mid,)), now=1.95))[0].to == "n3"  # ... asked anew

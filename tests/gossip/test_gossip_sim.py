@@ -1,0 +1,271 @@
+"""Gossip in the simulator: coverage, rounds and duplicates at scale, loss, late joiners and
+Byzantine nodes (all seeded, so any failure replays from its seed)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+import pytest
+
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.patterns.gossip import (
+    Deliver,
+    GossipNode,
+    Message,
+    Publish,
+    ed25519_verifier,
+    id_material,
+)
+from zmqcomm.sim import LinkModel, Network, Simulator, uniform
+
+HEARTBEAT = 1.0
+DEGREE = 6
+PEERS_PER_NODE = 20
+PUBLISH_AT = 0.5
+
+
+@dataclass
+class Swarm:
+    sim: Simulator
+    identities: list[Identity]
+    choose_rng: random.Random
+    published: dict[bytes, tuple[Hashable, int, bytes]] = field(default_factory=dict)
+
+    def node(self, index: int) -> GossipNode:
+        return cast(GossipNode, self.sim.machine(index))
+
+    def publish(self, index: int, payload: bytes) -> None:
+        def call(machine: Any) -> list[Any]:
+            mid, actions = cast(GossipNode, machine).publish(payload, now=self.sim.now)
+            self.published[mid] = (index, cast(Deliver, actions[0]).message.sequence, payload)
+            return actions
+
+        self.sim.call_node(index, call)
+
+
+def build(n: int, seed: int, *, loss: float = 0.1, degree: int = DEGREE) -> Swarm:
+    rng = random.Random(seed)
+    network = Network(LinkModel(latency=uniform(0.001, 0.02), loss=loss))
+    sim = Simulator(seed=seed, network=network, trace=False)
+    identities = [Identity.generate(f"n{i}") for i in range(n)]
+    verify = ed25519_verifier({i: ident.verify_key for i, ident in enumerate(identities)})
+    swarm = Swarm(sim, identities, random.Random(rng.getrandbits(64)))
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        peers = rng.sample(others, min(PEERS_PER_NODE, len(others)))
+
+        def factory(i: int = i, peers: list[int] = peers) -> GossipNode:
+            return GossipNode(
+                i,
+                peers,
+                sign=swarm.identities[i].sign,
+                verify=verify,
+                choose=swarm.choose_rng.sample,
+                now=sim.now,
+                degree=degree,
+                degree_low=min(4, degree),
+                gossip_fanout=DEGREE,
+                heartbeat=HEARTBEAT,
+            )
+
+        sim.add_node(i, factory)
+    return swarm
+
+
+@dataclass
+class Result:
+    rounds: list[int]
+    duplicates_per_node_message: float
+    seconds: float
+
+
+def spread(swarm: Swarm, origins: list[int], *, correct: list[int], max_rounds: int) -> Result:
+    """Publish one message from each origin at PUBLISH_AT, then run heartbeat by heartbeat
+    until every correct, live node has every message; return the round each got full."""
+    started = time.perf_counter()
+    sim = swarm.sim
+
+    def publisher(origin: int, payload: bytes) -> Callable[[Simulator], None]:
+        return lambda _: swarm.publish(origin, payload)
+
+    for k, origin in enumerate(origins):
+        sim.call_at(PUBLISH_AT, publisher(origin, b"msg %d" % k))
+    sim.run(until=PUBLISH_AT)
+    live = [i for i in correct if sim.is_up(i)]
+    rounds: dict[bytes, int] = {}
+    for r in range(1, max_rounds + 1):
+        sim.run(until=PUBLISH_AT + r * HEARTBEAT)
+        for mid in swarm.published:
+            if mid not in rounds and all(swarm.node(i).has_seen(mid) for i in live):
+                rounds[mid] = r
+        if len(rounds) == len(swarm.published):
+            break
+    missing = {
+        mid: sum(not swarm.node(i).has_seen(mid) for i in live)
+        for mid in swarm.published
+        if mid not in rounds
+    }
+    assert not missing, f"nodes still missing after {max_rounds} rounds: {missing}"
+    duplicates = sum(swarm.node(i).counters["duplicates"] for i in live)
+    return Result(
+        [rounds[mid] for mid in swarm.published],
+        duplicates / (len(live) * len(swarm.published)),
+        time.perf_counter() - started,
+    )
+
+
+def check_coverage(n: int, seed: int) -> Result:
+    swarm = build(n, seed)
+    origins = random.Random(seed ^ 0x5EED).sample(range(n), 5)
+    bound = math.ceil(math.log2(n)) + 4
+    result = spread(swarm, origins, correct=list(range(n)), max_rounds=bound)
+    assert len(result.rounds) == 5 and max(result.rounds) <= bound
+    assert result.duplicates_per_node_message <= DEGREE
+    # Exactly once: every node delivered each message once.
+    hops = 0
+    for i in range(n):
+        delivered = [a.message for a in swarm.sim.outputs[i] if isinstance(a, Deliver)]
+        assert sorted(m.id for m in delivered) == sorted(swarm.published)
+        hops = max(hops, *(m.hops for m in delivered))
+    # The relay depth (an eager-push "round" in the epidemic sense) is logarithmic too.
+    assert hops <= bound
+    print(
+        f"\nN={n} seed={seed}: rounds to full coverage {result.rounds} (bound {bound}), "
+        f"max relay hops {hops}, duplicates/node/message {result.duplicates_per_node_message:.2f}, "
+        f"{result.seconds:.2f}s"
+    )
+    return result
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_200_nodes_with_loss_reach_everyone(seed: int) -> None:
+    check_coverage(200, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5, 30))
+def test_200_nodes_with_loss_reach_everyone_more_seeds(seed: int) -> None:
+    check_coverage(200, seed)
+
+
+@pytest.mark.slow
+def test_1000_nodes_with_loss_reach_everyone() -> None:
+    started = time.perf_counter()
+    check_coverage(1000, 1000)
+    elapsed = time.perf_counter() - started
+    print(f"1000 nodes took {elapsed:.1f}s")
+    assert elapsed < 60
+
+
+def test_lazy_repair_alone_covers_in_logarithmic_rounds() -> None:
+    # No mesh at all: only IHave/IWant spreads, so heartbeats really are the rounds.
+    n = 200
+    swarm = build(n, 5, degree=0)
+    result = spread(swarm, [0, 1, 2], correct=list(range(n)), max_rounds=20)
+    bound = math.ceil(math.log2(n)) + 4
+    print(f"\nlazy only, N={n}: rounds {result.rounds} (bound {bound})")
+    assert 2 <= max(result.rounds) <= bound
+
+
+def test_the_same_seed_replays_the_same_run() -> None:
+    def run(seed: int) -> tuple[list[int], float, int]:
+        swarm = build(60, seed)
+        result = spread(swarm, [1, 2, 3], correct=list(range(60)), max_rounds=20)
+        return result.rounds, result.duplicates_per_node_message, swarm.sim.delivered
+
+    assert run(7) == run(7)
+
+
+def test_crashed_node_recovers_missed_messages_by_lazy_repair() -> None:
+    swarm = build(100, 11)
+    sim = swarm.sim
+    sim.crash(5)
+    sim.call_at(PUBLISH_AT + 0.2, lambda s: s.restart(5))  # back after the eager push
+    result = spread(swarm, [1, 2], correct=list(range(100)), max_rounds=5)
+    assert all(swarm.node(5).has_seen(mid) for mid in swarm.published)
+    assert swarm.node(5).counters["sent_iwant"] > 0
+    assert result.rounds
+
+
+def test_late_joiner_learns_through_graft_and_pulls_recent_messages() -> None:
+    swarm = build(50, 3, loss=0.0)
+    sim = swarm.sim
+    swarm.publish(0, b"before")  # published at t=0, before the joiner exists
+    sim.run(until=0.6)
+    swarm.identities.append(Identity.generate("late"))
+    sim.add_node(
+        50,
+        lambda: GossipNode(
+            50,
+            [1, 2, 3, 4, 5, 6],
+            sign=None,
+            verify=None,
+            choose=swarm.choose_rng.sample,
+            now=sim.now,
+        ),
+    )
+    sim.run(until=3.0)
+    [mid] = list(swarm.published)
+    assert swarm.node(50).has_seen(mid)  # nobody knew node 50: Graft taught them
+
+
+# -- Byzantine ----------------------------------------------------------------------------
+
+
+def corrupt(sender: Hashable, to: Hashable, message: Any, rng: random.Random) -> list[Any]:
+    """Alters every message it forwards: payloads, signatures, origins or hops."""
+    if not isinstance(message, Publish):
+        return [(to, message)]
+    m = message.message
+    choice = rng.randrange(4)
+    if choice == 0:
+        bad = replace(m, payload=m.payload + b" (altered)")
+    elif choice == 1:
+        bad = replace(m, signature=bytes(64))
+    elif choice == 2:
+        bad = replace(m, origin=(cast(int, m.origin) + 1) % 10_000)
+    else:
+        bad = replace(m, hops=10_000)
+    return [(to, Publish(bad))]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_third_byzantine_cannot_forge_and_cannot_stop_honest_messages(seed: int) -> None:
+    n = 210
+    swarm = build(n, seed)
+    sim = swarm.sim
+    rng = random.Random(seed)
+    byzantine = sorted(rng.sample(range(n), n // 3))
+    correct = [i for i in range(n) if i not in byzantine]
+    for b in byzantine:
+        sim.set_byzantine(b, corrupt)
+    # Forgeries in honest origins' names, signed with the wrong key or not at all, some with
+    # sequences the honest origins will really use, injected before and during publication.
+    for k, b in enumerate(byzantine):
+        victim = correct[k % len(correct)]
+        for sequence, payload in ((0, b"forged"), (0, b"msg 0"), (99, b"forged 99")):
+            signature = swarm.identities[b].sign(id_material(victim, sequence, payload))
+            forged = Message(victim, sequence, payload, 0, signature)
+            for target in rng.sample(correct, 5):
+                sim.inject(b, target, Publish(forged), delay=rng.uniform(0.0, 2.0))
+    origins = rng.sample(correct, 5)
+    result = spread(swarm, origins, correct=correct, max_rounds=20)
+    genuine = {(o, s, p) for o, s, p in swarm.published.values()}
+    assert len(genuine) == 5
+    for i in correct:
+        for action in sim.outputs[i]:
+            if isinstance(action, Deliver):
+                m = action.message
+                assert (m.origin, m.sequence, m.payload) in genuine
+    bad = sum(swarm.node(i).counters["bad_signature"] for i in correct)
+    assert bad > 0
+    print(
+        f"\nByzantine {len(byzantine)}/{n} seed={seed}: honest coverage rounds {result.rounds}, "
+        f"rejected {bad} bad signatures, duplicates/node/message "
+        f"{result.duplicates_per_node_message:.2f}"
+    )

@@ -1,0 +1,429 @@
+"""A pure gossip machine: gossipsub-like eager push over a mesh plus lazy IHave/IWant repair.
+
+Sans-I/O: no sockets, clocks or randomness. Time comes in as ``now``; peer sampling is an
+injected ``choose(population, k) -> list`` (``random.Random(seed).sample`` in tests).
+
+Message kinds: :class:`Publish` (a full :class:`Message`), :class:`IHave` (ids this node has
+cached), :class:`IWant` (ids it asks for) and :class:`Graft` ("you are in my mesh": the
+receiver learns the sender as a peer, so a late joiner gets lazy repair).
+
+A message id is BLAKE2b-128 of the id material (a domain tag, the origin, the sequence and
+the payload), always recomputed by the receiver. With ``sign``/``verify`` the origin signs
+the id material; a copy that does not verify is counted in ``bad_signature`` and never
+delivered nor forwarded, and it does not mark the id as seen (so a forged copy that arrives
+first cannot suppress the genuine one). ``hops`` is not signed: it only bounds eager push.
+
+Memory is bounded: the seen-cache forgets ids after ``seen_ttl`` seconds (and keeps at most
+``max_seen``), the message cache keeps ``history`` heartbeat windows, IHave/IWant lists are
+capped and peers learned from Graft are capped at ``max_peers``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from zmqcomm.actions import Send
+from zmqcomm.crypto.keys import verify_signature
+from zmqcomm.errors import AuthenticationError, UsageError
+
+NodeId = Hashable
+MessageId = bytes
+Chooser = Callable[[Sequence[NodeId], int], list[NodeId]]
+Signer = Callable[[bytes], bytes]
+Verifier = Callable[[NodeId, bytes, bytes], bool]
+
+DOMAIN = b"zmqcomm/1 gossip"
+ID_LEN = 16
+MAX_SEQUENCE = 2**64 - 1
+
+
+def _origin_bytes(origin: NodeId) -> bytes:
+    if isinstance(origin, bytes):
+        return b"b" + origin
+    if isinstance(origin, str):
+        return b"s" + origin.encode()
+    if isinstance(origin, int) and not isinstance(origin, bool):
+        return b"i" + str(origin).encode()
+    return b"r" + repr(origin).encode()
+
+
+def id_material(origin: NodeId, sequence: int, payload: bytes) -> bytes:
+    """The bytes a message id hashes and an origin signs."""
+    encoded = _origin_bytes(origin)
+    return (
+        DOMAIN + len(encoded).to_bytes(4, "big") + encoded + sequence.to_bytes(8, "big") + payload
+    )
+
+
+def message_id(origin: NodeId, sequence: int, payload: bytes) -> MessageId:
+    """BLAKE2b-128 of :func:`id_material`."""
+    return hashlib.blake2b(id_material(origin, sequence, payload), digest_size=ID_LEN).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message; ``hops`` counts eager-push relays and is not signed."""
+
+    origin: NodeId
+    sequence: int
+    payload: bytes
+    hops: int = 0
+    signature: bytes | None = None
+
+    @property
+    def id(self) -> MessageId:
+        return message_id(self.origin, self.sequence, self.payload)
+
+    @property
+    def material(self) -> bytes:
+        return id_material(self.origin, self.sequence, self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class IHave:
+    ids: tuple[MessageId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IWant:
+    ids: tuple[MessageId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Graft:
+    """The sender added the receiver to its mesh."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Output record: hand ``message`` to the application (exactly once per id per TTL)."""
+
+    message: Message
+
+    @property
+    def message_id(self) -> MessageId:
+        return self.message.id
+
+
+def ed25519_verifier(keys: Mapping[NodeId, bytes]) -> Verifier:
+    """A ``verify`` callback checking Ed25519 signatures against each origin's verify key."""
+
+    def verify(origin: NodeId, material: bytes, signature: bytes) -> bool:
+        key = keys.get(origin)
+        if key is None:
+            return False
+        try:
+            verify_signature(key, material, signature)
+        except AuthenticationError:
+            return False
+        return True
+
+    return verify
+
+
+@dataclass(slots=True)
+class _Want:
+    """An id asked for by IWant: when to give up on that request, and who else has it."""
+
+    deadline: float
+    sources: list[NodeId]
+
+
+def _well_formed(message: Any) -> bool:
+    return (
+        isinstance(message, Message)
+        and isinstance(message.origin, Hashable)
+        and isinstance(message.sequence, int)
+        and not isinstance(message.sequence, bool)
+        and 0 <= message.sequence <= MAX_SEQUENCE
+        and isinstance(message.payload, bytes)
+        and isinstance(message.hops, int)
+        and message.hops >= 0
+        and (message.signature is None or isinstance(message.signature, bytes))
+    )
+
+
+def _ids_ok(ids: Any) -> bool:
+    return isinstance(ids, tuple) and all(
+        isinstance(item, bytes) and len(item) == ID_LEN for item in ids
+    )
+
+
+class GossipNode:
+    """One gossip participant; see the module docstring."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        peers: Sequence[NodeId],
+        *,
+        sign: Signer | None,
+        verify: Verifier | None,
+        choose: Chooser,
+        now: float,
+        degree: int = 6,
+        degree_low: int = 4,
+        degree_high: int = 12,
+        heartbeat: float = 1.0,
+        history: int = 5,
+        gossip_windows: int = 3,
+        gossip_fanout: int | None = None,
+        seen_ttl: float = 120.0,
+        max_hops: int = 32,
+        max_ihave_ids: int = 512,
+        max_iwant_ids: int = 64,
+        max_seen: int = 100_000,
+        max_peers: int = 256,
+        iwant_timeout: float | None = None,
+        max_sources: int = 8,
+        first_sequence: int = 0,
+    ) -> None:
+        if not 0 <= degree_low <= degree <= degree_high:
+            raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
+        if heartbeat <= 0 or seen_ttl <= 0:
+            raise UsageError("heartbeat and seen_ttl must be positive")
+        if not 1 <= gossip_windows <= history:
+            raise UsageError("gossip needs 1 <= gossip_windows <= history")
+        if min(max_hops, max_ihave_ids, max_iwant_ids, max_seen) < 1 or max_peers < 0:
+            raise UsageError("gossip limits must be positive")
+        self.node_id = node_id
+        self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
+        self.heartbeat = heartbeat
+        self.history, self.gossip_windows = history, gossip_windows
+        self.gossip_fanout = degree if gossip_fanout is None else gossip_fanout
+        self.seen_ttl, self.max_hops, self.max_seen = seen_ttl, max_hops, max_seen
+        self.max_ihave_ids, self.max_iwant_ids, self.max_peers = (
+            max_ihave_ids,
+            max_iwant_ids,
+            max_peers,
+        )
+        self.iwant_timeout = heartbeat / 4 if iwant_timeout is None else iwant_timeout
+        self.max_sources = max_sources
+        if self.iwant_timeout <= 0:
+            raise UsageError("iwant_timeout must be positive")
+        self._sign, self._verify, self._choose = sign, verify, choose
+        self._sequence = first_sequence
+        # Ordered sets (dicts), so that iteration never depends on hash randomisation.
+        self._peers: dict[NodeId, None] = dict.fromkeys(p for p in peers if p != node_id)
+        self._learned = 0
+        self._mesh: dict[NodeId, None] = {}
+        self._new_grafts: list[NodeId] = []
+        self._graft()
+        self._seen: dict[MessageId, float] = {}  # id -> expiry, in expiry order
+        self._wanted: dict[MessageId, _Want] = {}
+        self._retry_at: float | None = None
+        self._cache: dict[MessageId, Message] = {}
+        self._windows: deque[list[MessageId]] = deque([[]])
+        self._next_heartbeat = now + heartbeat
+        self.counters: Counter[str] = Counter()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[NodeId]:
+        return list(self._peers)
+
+    @property
+    def mesh(self) -> list[NodeId]:
+        return list(self._mesh)
+
+    def has_seen(self, mid: MessageId) -> bool:
+        return mid in self._seen
+
+    def add_peer(self, peer: NodeId) -> None:
+        if peer != self.node_id:
+            self._peers.setdefault(peer, None)
+
+    def remove_peer(self, peer: NodeId) -> None:
+        self._peers.pop(peer, None)
+        self._mesh.pop(peer, None)
+
+    # -- the application side ----------------------------------------------------------------
+
+    def publish(self, payload: bytes, *, now: float) -> tuple[MessageId, list[Any]]:
+        """Originate ``payload``: deliver it here and push it to the mesh."""
+        if not isinstance(payload, bytes):
+            raise UsageError("a gossip payload must be bytes")
+        if self._sequence > MAX_SEQUENCE:
+            raise UsageError("gossip sequence numbers exhausted")
+        sequence = self._sequence
+        self._sequence += 1
+        material = id_material(self.node_id, sequence, payload)
+        signature = None if self._sign is None else self._sign(material)
+        message = Message(self.node_id, sequence, payload, 0, signature)
+        mid = message.id
+        actions: list[Any] = [self._accept(mid, message, now)]
+        actions += self._push(message, exclude=())
+        return mid, actions
+
+    # -- Machine protocol --------------------------------------------------------------------
+
+    def on_message(self, sender: NodeId, message: Any, *, now: float) -> list[Any]:
+        if isinstance(message, Publish) and _well_formed(message.message):
+            return self._on_publish(sender, message.message, now)
+        if isinstance(message, IHave) and _ids_ok(message.ids):
+            return self._on_ihave(sender, message.ids, now)
+        if isinstance(message, IWant) and _ids_ok(message.ids):
+            return self._on_iwant(sender, message.ids)
+        if isinstance(message, Graft):
+            if sender not in self._peers and sender != self.node_id:
+                if self._learned < self.max_peers:
+                    self._learned += 1
+                    self._peers[sender] = None
+                else:
+                    self.counters["peers_ignored"] += 1
+            return []
+        self.counters["malformed"] += 1
+        return []
+
+    def on_timer(self, *, now: float) -> list[Any]:
+        actions = self._retry(now)
+        if now < self._next_heartbeat:
+            return actions
+        self._next_heartbeat = now + self.heartbeat
+        self._expire(now)
+        self._maintain_mesh()
+        actions += [self._send(peer, Graft()) for peer in self._new_grafts]
+        self._new_grafts = []
+        actions += self._gossip()
+        self._windows.append([])
+        while len(self._windows) > self.history:
+            for mid in self._windows.popleft():
+                self._cache.pop(mid, None)
+        return actions
+
+    def next_deadline(self) -> float | None:
+        if self._retry_at is not None and self._retry_at < self._next_heartbeat:
+            return self._retry_at
+        return self._next_heartbeat
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _send(self, to: NodeId, message: Any) -> Send:
+        self.counters["sent_" + type(message).__name__.lower()] += 1
+        return Send(to, message)
+
+    def _accept(self, mid: MessageId, message: Message, now: float) -> Deliver:
+        self._seen[mid] = now + self.seen_ttl
+        while len(self._seen) > self.max_seen:
+            del self._seen[next(iter(self._seen))]
+        self._wanted.pop(mid, None)
+        self._cache[mid] = message
+        self._windows[-1].append(mid)
+        self.counters["delivered"] += 1
+        return Deliver(message)
+
+    def _push(self, message: Message, *, exclude: tuple[NodeId, ...]) -> list[Any]:
+        return [self._send(peer, Publish(message)) for peer in self._mesh if peer not in exclude]
+
+    def _on_publish(self, sender: NodeId, message: Message, now: float) -> list[Any]:
+        if message.hops > self.max_hops:
+            self.counters["too_many_hops"] += 1
+            return []
+        mid = message.id
+        if mid in self._seen:
+            self.counters["duplicates"] += 1
+            return []
+        if self._verify is not None and (
+            message.signature is None
+            or not self._verify(message.origin, message.material, message.signature)
+        ):
+            self.counters["bad_signature"] += 1
+            return []
+        actions: list[Any] = [self._accept(mid, message, now)]
+        if message.hops < self.max_hops:
+            relayed = replace(message, hops=message.hops + 1)
+            actions += self._push(relayed, exclude=(sender, message.origin))
+        return actions
+
+    def _on_ihave(self, sender: NodeId, ids: tuple[MessageId, ...], now: float) -> list[Any]:
+        want: list[MessageId] = []
+        for mid in ids[: self.max_ihave_ids]:
+            if mid in self._seen:
+                continue
+            pending = self._wanted.get(mid)
+            if pending is not None:  # asked someone already: remember this source for later
+                if sender not in pending.sources and len(pending.sources) < self.max_sources:
+                    pending.sources.append(sender)
+                continue
+            if len(self._wanted) >= self.max_seen or len(want) >= self.max_iwant_ids:
+                continue
+            deadline = now + self.iwant_timeout
+            self._wanted[mid] = _Want(deadline, [])
+            if self._retry_at is None or deadline < self._retry_at:
+                self._retry_at = deadline
+            want.append(mid)
+        return [self._send(sender, IWant(tuple(want)))] if want else []
+
+    def _on_iwant(self, sender: NodeId, ids: tuple[MessageId, ...]) -> list[Any]:
+        actions: list[Any] = []
+        for mid in ids[: self.max_iwant_ids]:
+            cached = self._cache.get(mid)
+            if cached is not None:
+                hops = min(cached.hops + 1, self.max_hops)
+                actions.append(self._send(sender, Publish(replace(cached, hops=hops))))
+        return actions
+
+    def _expire(self, now: float) -> None:
+        stale = [mid for mid, expiry in self._seen.items() if expiry <= now]
+        for mid in stale:
+            del self._seen[mid]
+
+    def _retry(self, now: float) -> list[Any]:
+        """Ask the next source for each wanted id whose request timed out (a lost, withheld
+        or forged reply); forget ids that nobody else offered."""
+        if self._retry_at is None or now < self._retry_at:
+            return []
+        asks: dict[NodeId, list[MessageId]] = {}
+        for mid, pending in list(self._wanted.items()):
+            if pending.deadline > now:
+                continue
+            if not pending.sources:
+                del self._wanted[mid]
+                continue
+            peer = pending.sources.pop(0)
+            ask = asks.setdefault(peer, [])
+            if len(ask) < self.max_iwant_ids:
+                ask.append(mid)
+                pending.deadline = now + self.iwant_timeout
+        self._retry_at = min((p.deadline for p in self._wanted.values()), default=None)
+        return [self._send(peer, IWant(tuple(ids))) for peer, ids in asks.items()]
+
+    def _graft(self) -> None:
+        candidates = [peer for peer in self._peers if peer not in self._mesh]
+        count = min(self.degree - len(self._mesh), len(candidates))
+        if count > 0:
+            for peer in self._choose(candidates, count):
+                self._mesh[peer] = None
+                self._new_grafts.append(peer)
+
+    def _maintain_mesh(self) -> None:
+        for peer in [peer for peer in self._mesh if peer not in self._peers]:
+            del self._mesh[peer]
+        if len(self._mesh) < self.degree_low:
+            self._graft()
+        elif len(self._mesh) > self.degree_high:
+            for peer in self._choose(list(self._mesh), len(self._mesh) - self.degree):
+                del self._mesh[peer]
+
+    def _gossip(self) -> list[Any]:
+        recent = list(self._windows)[-self.gossip_windows :]
+        ids = tuple(mid for window in recent for mid in window)[-self.max_ihave_ids :]
+        if not ids or self.gossip_fanout <= 0:
+            return []
+        outside = [peer for peer in self._peers if peer not in self._mesh]
+        targets = self._choose(outside, min(self.gossip_fanout, len(outside)))
+        missing = self.gossip_fanout - len(targets)
+        if missing > 0:
+            inside = list(self._mesh)
+            targets += self._choose(inside, min(missing, len(inside)))
+        return [self._send(peer, IHave(ids)) for peer in targets]
