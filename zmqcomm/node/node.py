@@ -20,6 +20,7 @@ messages, pump, run): there is no background thread to race with. Keep calling o
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import time
@@ -306,7 +307,18 @@ class Node:
     def _greet(self, peer: str) -> None:
         """Tell a newly connected direct peer what we subscribe to."""
         for topic in sorted(self._direct_topics.mine):
-            self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
+            self._send_quietly(peer, functools.partial(self._subscribe_peer, peer, topic))
+
+    def _subscribe_peer(self, peer: str, topic: str) -> None:
+        self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
+
+    def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
+        """A send the node makes on its own (an automatic reply, a subscription) inside
+        pump(): a peer that left meanwhile must not turn into an exception for the caller."""
+        try:
+            send()
+        except TransportError as exc:
+            self._reject(peer, exc)
 
     def _send(
         self,
@@ -500,7 +512,8 @@ class Node:
         if incoming.kind == MessageType.REQUEST and self.request_handler is not None:
             # Answered at once, even while this node waits in request(): two nodes that
             # request from each other at the same moment do not deadlock.
-            self.reply(incoming, self.request_handler(incoming))
+            answer = self.request_handler(incoming)
+            self._send_quietly(incoming.sender, lambda: self.reply(incoming, answer))
             return
         if incoming.kind == MessageType.REPLY:
             if incoming.request_id in self._waiting:
