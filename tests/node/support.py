@@ -8,15 +8,19 @@ a thread of its own and talk to it only through :meth:`NodeThread.submit` (or
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.audit import MemoryAuditLog
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.node import Node
 
 T = TypeVar("T")
@@ -200,3 +204,28 @@ class NodeThread(_Owner[Node]):
         """Close the node (in its thread) and stop pumping it; calls still run."""
         self._closed_on_purpose.set()
         self.call(lambda node: node.close())
+
+
+@contextlib.contextmanager
+def serving(broker: Broker) -> Iterator[Broker]:
+    """Run ``broker`` in a thread of its own for the ``with`` block, then close it. Between
+    the two, the test thread may only read what the broker has settled (counters, tables)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=broker.serve, kwargs={"until": stop.is_set})
+    thread.start()
+    try:
+        yield broker
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        broker.close()
+
+
+def trusting_node(
+    me: Identity, others: Iterable[Identity], directory: Path, endpoint: str, **options: Any
+) -> Node:
+    """A node for ``me`` through the broker at ``endpoint``, trusting ``others`` (role agent)."""
+    trust = TrustStore(directory / f"trust-{me.name}")
+    for other in others:
+        trust.add(other.public, roles=["agent"])
+    return Node(me, trust, broker=endpoint, **options)

@@ -9,8 +9,6 @@ inner frames opens with any key the broker holds: its hop session keys with eith
 from __future__ import annotations
 
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,9 @@ from zmqcomm.crypto import aead
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import nonce
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.node import Node
 from zmqcomm.wire import MessageType, WireCodec
+
+from .support import pump_until, serving, trusting_node
 
 SECRET = "the-launch-code-is-0000"
 
@@ -63,30 +62,8 @@ def recorded() -> Iterator[tuple[list[tuple[int, str, Any]], Broker, list[Identi
         return handle(agent, msg_type, topic, payload, now=now)
 
     broker.core.handle = spy  # type: ignore[method-assign]
-    stop = threading.Event()
-    thread = threading.Thread(target=broker.serve, kwargs={"until": stop.is_set})
-    thread.start()
-    try:
+    with serving(broker):
         yield seen, broker, [broker_id, alice, bob], directory
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        broker.close()
-
-
-def _node(me: Identity, others: list[Identity], directory: Path, endpoint: str) -> Node:
-    trust = TrustStore(directory / me.name)
-    for other in others:
-        trust.add(other.public, roles=["agent"])
-    return Node(me, trust, broker=endpoint)
-
-
-def _pump(nodes: list[Node], until: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, [node.statistics() for node in nodes]
-        for node in nodes:
-            node.pump(0.005)
 
 
 def test_the_broker_never_sees_or_can_open_agent_payloads(
@@ -94,22 +71,22 @@ def test_the_broker_never_sees_or_can_open_agent_payloads(
 ) -> None:
     seen, broker, (broker_id, alice, bob), directory = recorded
     endpoint = broker.endpoints[0]
-    a = _node(alice, [broker_id, bob], directory, endpoint)
+    a = trusting_node(alice, [broker_id, bob], directory, endpoint)
     # Mail first, while bob is offline.
     a.send(bob.agent_id, {"mail": SECRET})
-    _pump([a], lambda: a.statistics()["mailed"] == 1)
-    b = _node(bob, [broker_id, alice], directory, endpoint)
+    pump_until([a], lambda: a.statistics()["mailed"] == 1)
+    b = trusting_node(bob, [broker_id, alice], directory, endpoint)
     b.request_handler = lambda message: {"reply": SECRET}
     b.subscribe("news/*")
-    _pump([a, b], lambda: len(b.inbox) == 1)
+    pump_until([a, b], lambda: len(b.inbox) == 1)
     a.send(bob.agent_id, {"direct": SECRET})
     asked = a.start_request(bob.agent_id, {"request": SECRET})
     replies: list[Any] = []
-    _pump([a, b], lambda: bool(replies.append(a.take_reply(asked)) or replies[-1]))
+    pump_until([a, b], lambda: bool(replies.append(a.take_reply(asked)) or replies[-1]))
     assert replies[-1].payload == {"reply": SECRET}
-    _pump([a, b], lambda: len(b.inbox) == 2)
+    pump_until([a, b], lambda: len(b.inbox) == 2)
     a.publish("news/today", {"news": SECRET})
-    _pump([a, b], lambda: len(b.inbox) == 3)
+    pump_until([a, b], lambda: len(b.inbox) == 3)
     assert [m.payload for m in b.inbox] == [
         {"mail": SECRET},
         {"direct": SECRET},

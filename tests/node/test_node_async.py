@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ReceiveTimeout
-from zmqcomm.node import Node
+
+from .support import serving, trusting_node
 
 
 @pytest.fixture
@@ -25,22 +25,8 @@ def broker_endpoint() -> Iterator[tuple[str, list[Identity], Path]]:
     for agent in (alice, bob):
         broker_trust.add(agent.public, roles=["agent"])
     broker = Broker([f"ipc://{directory}/b.sock"], identity=broker_id, trust=broker_trust)
-    stop = threading.Event()
-    thread = threading.Thread(target=broker.serve, kwargs={"until": stop.is_set})
-    thread.start()
-    try:
+    with serving(broker):
         yield broker.endpoints[0], [broker_id, alice, bob], directory
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        broker.close()
-
-
-def _node(identity: Identity, others: list[Identity], directory: Path, endpoint: str) -> Node:
-    trust = TrustStore(directory / identity.name)
-    for other in others:
-        trust.add(other.public, roles=["agent"])
-    return Node(identity, trust, broker=endpoint, connect_timeout=10.0)
 
 
 def test_async_request_reply_and_iteration(
@@ -50,8 +36,8 @@ def test_async_request_reply_and_iteration(
 
     async def scenario() -> tuple[list[object], list[object]]:
         async with (
-            _node(alice, [broker_id, bob], directory, endpoint) as a,
-            _node(bob, [broker_id, alice], directory, endpoint) as b,
+            trusting_node(alice, [broker_id, bob], directory, endpoint) as a,
+            trusting_node(bob, [broker_id, alice], directory, endpoint) as b,
         ):
             seen: list[object] = []
 
