@@ -205,15 +205,11 @@ class Tunnels:
         return [self._forward(peer, e.frames) for e in events if isinstance(e, Transmit)]
 
     def _flush(self, peer: str, *, now: float) -> list[HopMessage]:
-        queue = self._queues.pop(peer, None)
-        channel = self.table.channel_to(peer)
-        if not queue or channel is None:
-            return []
-        out = []
-        for kind, payload, topic in queue:
-            frames = channel.seal(kind, payload, topic=topic, now=now)
-            self._remember(peer, frames, [(kind, payload, topic)])
-            out.append(self._forward(peer, frames))
+        """Send what waited for the session, through :meth:`send` (which re-queues it, not
+        drops it, should the session be gone again)."""
+        out: list[HopMessage] = []
+        for kind, payload, topic in self._queues.pop(peer, None) or ():
+            out += self.send(peer, kind, payload, topic=topic, now=now)
         return out
 
     # -- receiving ---------------------------------------------------------------------------
