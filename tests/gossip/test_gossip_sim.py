@@ -7,7 +7,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import pytest
@@ -18,63 +18,18 @@ from zmqcomm.patterns.gossip import (
     GossipNode,
     Message,
     Publish,
-    ed25519_verifier,
     id_material,
 )
-from zmqcomm.sim import LinkModel, Network, Simulator, uniform
-
-HEARTBEAT = 1.0
-DEGREE = 6
-PEERS_PER_NODE = 20
-PUBLISH_AT = 0.5
-
-
-@dataclass
-class Swarm:
-    sim: Simulator
-    identities: list[Identity]
-    choose_rng: random.Random
-    published: dict[bytes, tuple[Hashable, int, bytes]] = field(default_factory=dict)
-
-    def node(self, index: int) -> GossipNode:
-        return cast(GossipNode, self.sim.machine(index))
-
-    def publish(self, index: int, payload: bytes) -> None:
-        def call(machine: Any) -> list[Any]:
-            mid, actions = cast(GossipNode, machine).publish(payload, now=self.sim.now)
-            self.published[mid] = (index, cast(Deliver, actions[0]).message.sequence, payload)
-            return actions
-
-        self.sim.call_node(index, call)
-
-
-def build(n: int, seed: int, *, loss: float = 0.1, degree: int = DEGREE) -> Swarm:
-    rng = random.Random(seed)
-    network = Network(LinkModel(latency=uniform(0.001, 0.02), loss=loss))
-    sim = Simulator(seed=seed, network=network, trace=False)
-    identities = [Identity.generate(f"n{i}") for i in range(n)]
-    verify = ed25519_verifier({i: ident.verify_key for i, ident in enumerate(identities)})
-    swarm = Swarm(sim, identities, random.Random(rng.getrandbits(64)))
-    for i in range(n):
-        others = [j for j in range(n) if j != i]
-        peers = rng.sample(others, min(PEERS_PER_NODE, len(others)))
-
-        def factory(i: int = i, peers: list[int] = peers) -> GossipNode:
-            return GossipNode(
-                i,
-                peers,
-                sign=swarm.identities[i].sign,
-                verify=verify,
-                choose=swarm.choose_rng.sample,
-                now=sim.now,
-                degree=degree,
-                degree_low=min(4, degree),
-                gossip_fanout=DEGREE,
-                heartbeat=HEARTBEAT,
-            )
-
-        sim.add_node(i, factory)
-    return swarm
+from zmqcomm.sim import Simulator
+from zmqcomm.sim.gossip_metrics import (
+    DEGREE,
+    HEARTBEAT,
+    PUBLISH_AT,
+    Swarm,
+    build,
+    measure_gossip,
+    summarize,
+)
 
 
 @dataclass
@@ -269,3 +224,36 @@ def test_a_third_byzantine_cannot_forge_and_cannot_stop_honest_messages(seed: in
         f"rejected {bad} bad signatures, duplicates/node/message "
         f"{result.duplicates_per_node_message:.2f}"
     )
+
+
+# -- the metrics harness --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_measured_run_reports_full_coverage_within_the_bounds(seed: int) -> None:
+    n = 120
+    metrics = measure_gossip(n, seed, loss=0.1, messages=3)
+    bound = math.ceil(math.log2(n)) + 4
+    assert metrics.coverage == 1.0
+    assert 1 <= metrics.rounds_to_full <= bound
+    levels = [metrics.seconds_to[level] for level in (50, 90, 99, 100)]
+    assert levels == sorted(levels) and levels[-1] <= bound * HEARTBEAT
+    assert 0 < metrics.duplicates_per_node_message <= DEGREE
+    assert 1 <= metrics.max_hops <= bound and metrics.mean_hops <= metrics.max_hops
+    assert metrics.control_per_node_message > 0 and metrics.bytes_per_node_second > 0
+
+
+def test_a_run_cut_short_reports_partial_coverage_and_infinite_full_time() -> None:
+    metrics = measure_gossip(300, 4, loss=0.5, messages=1, max_rounds=1)
+    assert metrics.coverage < 1.0
+    assert metrics.rounds_to_full == 2  # one past the limit: not finished
+    assert metrics.seconds_to[100] == math.inf
+
+
+def test_summary_over_seeds_orders_its_statistics() -> None:
+    runs = [measure_gossip(60, seed, messages=2, signed=False) for seed in range(5)]
+    summary = summarize(runs)
+    for figures in summary.values():
+        assert figures["p50"] <= figures["p99"] <= figures["max"]
+    assert summary["coverage"]["mean"] == 1.0
+    assert summary["rounds_to_full"]["max"] == max(r.rounds_to_full for r in runs)
