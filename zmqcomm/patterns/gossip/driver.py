@@ -1,0 +1,570 @@
+"""Gossip over real ZeroMQ sockets: :class:`GossipAgent`, a thin loop around :class:`GossipNode`.
+
+Why ROUTER and not PUB/SUB: gossip sends each message to a *chosen* mesh peer, IWant replies
+to one asker and Graft to one new mesh member. PUB cannot address one subscriber, misses what
+was sent before a SUB connected, and drops silently at the high-water mark. A ROUTER with
+``ROUTER_MANDATORY`` addresses a peer by routing id and *tells* us when it cannot deliver:
+``EHOSTUNREACH`` (not connected yet, or gone: the frame stays queued for ``unreachable_grace``
+seconds, then is dropped and counted ``unreachable``) or ``EAGAIN`` (the peer's high-water
+mark: the frame stays in our byte-bounded priority queue, which is the backpressure, and
+lower-priority items are evicted first when that fills up, see :mod:`.queues`).
+
+Why two ROUTER sockets per agent (``inbox`` bound, ``outbox`` dialing), both with
+``ROUTING_ID`` = the agent id: on a single ROUTER that both binds and dials, two peers that
+dial each other create two connections with the same routing id on each side; libzmq keeps
+the first one attached on each side and silently ignores frames arriving on the other, so
+when the two sides pick different connections every message is lost (measured: 18 of 20
+trials). With an inbox and an outbox no socket ever holds two connections to one peer. We
+send through the outbox to peers we dialed and through the inbox to peers that dialed us
+(a late joiner learned from its Graft), and read from both.
+
+Routing ids are *not* identities: every Publish is signed by its origin and verified (via the
+machine's ``verify`` callback, over a key mapping or a :class:`TrustStore`) before it is
+delivered or relayed. The routing id only names who to blame: peer input that is garbage,
+forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
+below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
+while. Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
+reason in :meth:`GossipAgent.statistics` and, with an audit log, written as a ``reject`` line.
+
+:meth:`GossipAgent.publish` queues; :meth:`GossipAgent.step` (or :class:`GossipGroup.step`
+for many agents in one thread with one poller) receives, feeds the machine, fires its timer
+and flushes the queues, coalescing each peer's items into frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from zmqcomm.crypto.audit import REJECT, BaseAuditLog
+from zmqcomm.crypto.keys import Identity, is_agent_id, verify_signature
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import (
+    AuthenticationError,
+    ClosedError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SecurityError,
+    UsageError,
+)
+from zmqcomm.patterns.discovery.peers import ENTER, EXPIRED, LEAVE, PeerEvent
+from zmqcomm.patterns.gossip.codec import (
+    DEFAULT_CODEC_LIMITS,
+    CodecLimits,
+    build_frame,
+    decode_frame,
+    encode_item,
+)
+from zmqcomm.patterns.gossip.machine import Deliver, GossipNode, IWant, Publish, Verifier
+from zmqcomm.patterns.gossip.queues import Priority, QueueSet
+from zmqcomm.patterns.gossip.scoring import PeerScores, Prune, Restore, ScoreParams
+from zmqcomm.transport.sockets import (
+    DEFAULT_SOCKET_OPTIONS,
+    SocketOptions,
+    bind,
+    connect,
+    open_socket,
+)
+
+Clock = Callable[[], float]
+#: Machine counters that mean "this sender misbehaved" (diffed around each on_message).
+_INVALID = ("bad_signature", "malformed", "too_many_hops")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A message handed to the application, once per id. ``sender`` is None for our own."""
+
+    message_id: bytes
+    origin: str
+    sequence: int
+    payload: bytes
+    hops: int
+    sender: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """Knobs of a :class:`GossipAgent` (the machine's own are passed through)."""
+
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat: float = 0.5
+    history: int = 5
+    gossip_windows: int = 3
+    #: Any other :class:`GossipNode` keyword (seen_ttl, max_hops, iwant_timeout, ...).
+    machine_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Each peer's outgoing queue, in bytes of encoded items.
+    queue_bytes: int = 4 * 1024 * 1024
+    #: Largest frame we build (several items each); must fit the codec's max_frame_bytes.
+    frame_bytes: int = 256 * 1024
+    frame_items: int = 1024
+    #: How long frames for an unreachable peer (EHOSTUNREACH) are kept before being dropped.
+    unreachable_grace: float = 2.0
+    #: How soon to retry a peer that refused a frame (EAGAIN or EHOSTUNREACH).
+    retry_interval: float = 0.005
+    #: Most frames read from one socket per step, so one busy peer cannot starve the timer.
+    max_burst: int = 2000
+    #: How many recent deliveries :attr:`GossipAgent.deliveries` keeps.
+    keep_deliveries: int = 10_000
+    scores: ScoreParams = field(default_factory=ScoreParams)
+    limits: CodecLimits = DEFAULT_CODEC_LIMITS
+    sockets: SocketOptions = DEFAULT_SOCKET_OPTIONS
+
+    def __post_init__(self) -> None:
+        if self.frame_bytes + 16 > self.limits.max_frame_bytes:
+            raise UsageError("frame_bytes must leave room below limits.max_frame_bytes")
+        if self.limits.max_payload_bytes + 256 > self.limits.max_frame_bytes:
+            raise UsageError("limits.max_frame_bytes must hold one maximal payload")
+        if min(self.queue_bytes, self.frame_bytes, self.frame_items, self.max_burst) < 1:
+            raise UsageError("queue_bytes, frame_bytes, frame_items and max_burst must be >= 1")
+        if self.unreachable_grace < 0 or self.retry_interval <= 0:
+            raise UsageError("unreachable_grace must be >= 0 and retry_interval > 0")
+
+
+def trust_verifier(trust: TrustStore, *, cache_seconds: float = 10.0) -> Verifier:
+    """A ``verify`` callback over a trust store (keys cached briefly: no stat per message)."""
+    cache: dict[Any, tuple[bytes | None, float]] = {}
+
+    def verify(origin: Any, material: bytes, signature: bytes) -> bool:
+        if not isinstance(origin, str):
+            return False
+        now = time.time()
+        key, until = cache.get(origin, (None, 0.0))
+        if until <= now:
+            try:
+                key = trust.lookup(origin, now=now).verify_key
+            except SecurityError:
+                key = None
+            if len(cache) > 100_000:
+                cache.clear()
+            cache[origin] = (key, now + cache_seconds)
+        if key is None:
+            return False
+        try:
+            verify_signature(key, material, signature)
+        except AuthenticationError:
+            return False
+        return True
+
+    return verify
+
+
+def mapping_verifier(keys: Mapping[str, bytes]) -> Verifier:
+    def verify(origin: Any, material: bytes, signature: bytes) -> bool:
+        key = keys.get(origin) if isinstance(origin, str) else None
+        if key is None:
+            return False
+        try:
+            verify_signature(key, material, signature)
+        except AuthenticationError:
+            return False
+        return True
+
+    return verify
+
+
+def tcp_endpoint(event: PeerEvent) -> str | None:
+    """Default endpoint of a discovered peer: its first advertised port over tcp."""
+    return f"tcp://{event.address}:{event.ports[0]}" if event.ports else None
+
+
+class GossipAgent:
+    """One gossip participant on real sockets; see the module docstring."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        endpoint: str,
+        *,
+        peers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        verify_keys: Mapping[str, bytes] | None = None,
+        trust: TrustStore | None = None,
+        config: GossipConfig | None = None,
+        audit: BaseAuditLog | None = None,
+        rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        if (verify_keys is None) == (trust is None):
+            raise UsageError(
+                "give exactly one of verify_keys (agent id -> Ed25519 verify key) or trust "
+                "(a TrustStore): origin signatures are always checked"
+            )
+        self.config = config or GossipConfig()
+        self.identity = identity
+        self.agent_id = identity.agent_id
+        self.audit = audit
+        self._clock = clock
+        verify = mapping_verifier(verify_keys) if verify_keys is not None else None
+        if trust is not None:
+            verify = trust_verifier(trust)
+        rid = self.agent_id.encode()
+        self.inbox = self._router(rid, context)
+        self.outbox = self._router(rid, context)
+        try:
+            self.endpoint = bind(self.inbox, endpoint)
+        except Exception:
+            self.inbox.close(0)
+            self.outbox.close(0)
+            raise
+        self._dialed: dict[str, str] = {}
+        self._known: dict[str, str] = {}
+        peer_items = peers.items() if isinstance(peers, Mapping) else peers
+        c = self.config
+        rng = rng or random.Random()
+        self.node = GossipNode(
+            self.agent_id,
+            [],
+            sign=identity.sign,
+            verify=verify,
+            choose=rng.sample,
+            now=clock(),
+            degree=c.degree,
+            degree_low=c.degree_low,
+            degree_high=c.degree_high,
+            heartbeat=c.heartbeat,
+            history=c.history,
+            gossip_windows=c.gossip_windows,
+            **dict(c.machine_options),
+        )
+        self.queues = QueueSet(c.queue_bytes)
+        self.scores = PeerScores(c.scores)
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.deliveries: deque[Delivered] = deque(maxlen=c.keep_deliveries)
+        self._unreachable_since: dict[str, float] = {}
+        self._retry_at: float | None = None
+        self._poller = zmq.Poller()
+        for sock in self.sockets:
+            self._poller.register(sock, zmq.POLLIN)
+        self._closed = False
+        for agent_id, peer_endpoint in peer_items:
+            self.add_peer(agent_id, peer_endpoint)
+
+    def _router(self, rid: bytes, context: zmq.Context[Any] | None) -> zmq.Socket[Any]:
+        sock = open_socket(zmq.ROUTER, self.config.sockets, context=context)
+        sock.setsockopt(zmq.ROUTING_ID, rid)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        return sock
+
+    @property
+    def sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        return (self.inbox, self.outbox)
+
+    # -- membership --------------------------------------------------------------------------
+
+    def add_peer(self, agent_id: str, endpoint: str) -> None:
+        """Dial ``agent_id`` at ``endpoint`` and make it a gossip peer."""
+        self._check_open()
+        if not isinstance(agent_id, str) or not is_agent_id(agent_id):
+            raise UsageError(f"not an agent id: {agent_id!r}; use Identity.agent_id")
+        if agent_id == self.agent_id:
+            return
+        self._known[agent_id] = endpoint
+        old = self._dialed.get(agent_id)
+        if old != endpoint:
+            if old is not None:
+                self._disconnect(old)
+            self._dialed[agent_id] = connect(self.outbox, endpoint)
+        if not self.scores.is_graylisted(agent_id):
+            self.node.add_peer(agent_id)
+
+    def remove_peer(self, agent_id: str, *, reason: str = "peer_removed") -> None:
+        """Stop gossiping with ``agent_id``; what was queued for it is dropped (counted)."""
+        self._known.pop(agent_id, None)
+        endpoint = self._dialed.pop(agent_id, None)
+        if endpoint is not None:
+            self._disconnect(endpoint)
+        self.node.remove_peer(agent_id)
+        self.queues.remove(agent_id, reason)
+        self._unreachable_since.pop(agent_id, None)
+
+    def _disconnect(self, endpoint: str) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # never fully connected: nothing to undo
+            self.outbox.disconnect(endpoint)
+
+    def on_peer_event(
+        self, event: PeerEvent, *, endpoint_for: Callable[[PeerEvent], str | None] = tcp_endpoint
+    ) -> None:
+        """Feed discovery: ENTER adds the peer (at ``endpoint_for(event)``), EXPIRED and LEAVE
+        remove it, anything else is ignored."""
+        if event.kind == ENTER:
+            endpoint = endpoint_for(event)
+            if endpoint is not None and is_agent_id(event.agent_id):
+                self.add_peer(event.agent_id, endpoint)
+        elif event.kind in (EXPIRED, LEAVE):
+            self.remove_peer(event.agent_id, reason="peer_gone")
+
+    # -- application side --------------------------------------------------------------------
+
+    def publish(self, payload: bytes) -> bytes:
+        """Sign and queue ``payload`` for the mesh; returns its message id. Sent on the next
+        :meth:`step` or :meth:`flush`. Delivered locally too (``sender`` None)."""
+        self._check_open()
+        if not isinstance(payload, bytes):
+            raise UsageError("a gossip payload must be bytes")
+        if len(payload) > self.config.limits.max_payload_bytes:
+            raise UsageError(
+                f"payload of {len(payload)} bytes exceeds max_payload_bytes "
+                f"{self.config.limits.max_payload_bytes}; split it or raise the limit"
+            )
+        now = self._clock()
+        mid, actions = self.node.publish(payload, now=now)
+        self._perform(actions, None, Priority.OWN, now, [])
+        self._retry_at = now  # wake the loop to flush
+        return mid
+
+    def step(self, timeout: float | None = 0.0) -> list[Delivered]:
+        """Wait up to ``timeout`` seconds (None: until something happens) for input, drain it,
+        fire timers and flush; returns what was delivered during this step."""
+        self._check_open()
+        wait = self.wake_at()
+        now = self._clock()
+        if wait is not None:
+            left = max(0.0, wait - now)
+            timeout = left if timeout is None else min(timeout, left)
+        ready = dict(self._poller.poll(None if timeout is None else round(timeout * 1000)))
+        out: list[Delivered] = []
+        now = self._clock()
+        for sock in self.sockets:
+            if sock in ready:
+                out += self.drain(sock, now)
+        out += self.service(self._clock())
+        return out
+
+    def __iter__(self) -> Iterator[Delivered]:
+        """Deliveries as they come (steps forever; stop by breaking out of the loop)."""
+        while not self._closed:
+            yield from self.step(None)
+
+    def flush(self) -> None:
+        self._flush(self._clock())
+
+    # -- the loop's parts (GossipGroup drives them directly) ---------------------------------
+
+    def wake_at(self) -> float | None:
+        deadlines = [self.node.next_deadline(), self.scores.next_deadline(), self._retry_at]
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def drain(self, sock: zmq.Socket[Any], now: float) -> list[Delivered]:
+        """Read up to ``max_burst`` frames from ``sock`` without blocking and handle them."""
+        out: list[Delivered] = []
+        for _ in range(self.config.max_burst):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self._on_frames(frames, now, out)
+        return out
+
+    def service(self, now: float) -> list[Delivered]:
+        """Fire due timers and flush the queues."""
+        out: list[Delivered] = []
+        deadline = self.node.next_deadline()
+        if deadline is not None and deadline <= now:
+            self._perform(self.node.on_timer(now=now), None, Priority.CONTROL, now, out)
+        deadline = self.scores.next_deadline()
+        if deadline is not None and deadline <= now:
+            for restore in self.scores.on_timer(now=now):
+                self._restore(restore)
+        self._flush(now)
+        return out
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _reject(self, peer: str | None, reason: str, count: int = 1) -> None:
+        self.drops[reason] += count
+        if self.audit is not None:
+            self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
+
+    def _on_frames(self, frames: list[bytes], now: float, out: list[Delivered]) -> None:
+        self.counters["received_frames"] += 1
+        try:
+            sender = frames[0].decode("ascii")
+        except UnicodeDecodeError:
+            sender = ""
+        if not is_agent_id(sender) or sender == self.agent_id:
+            self._reject(None, "bad_routing_id")
+            return
+        if len(frames) != 2:
+            self._penalise(sender, "bad_frames", now)
+            return
+        if self.scores.is_graylisted(sender):
+            self.drops["graylisted"] += 1  # no audit line: a flood must stay cheap to drop
+            return
+        try:
+            messages = decode_frame(frames[1], self.config.limits)
+        except RemoteProtocolError as exc:
+            self._penalise(sender, "malformed_" + exc.reason, now)
+            return
+        admitted, prunes = self.scores.admit(sender, now=now, cost=len(messages))
+        self._prune(prunes)
+        if not admitted:
+            self.drops["rate_limited"] += len(messages)
+            return
+        self.counters["received_items"] += len(messages)
+        counters = self.node.counters
+        for message in messages:
+            dupes, bad = counters["duplicates"], [counters[k] for k in _INVALID]
+            actions = self.node.on_message(sender, message, now=now)
+            priority = Priority.REPAIR if isinstance(message, IWant) else Priority.FORWARD
+            self._perform(actions, sender, priority, now, out)
+            if counters["duplicates"] > dupes:
+                self._prune(self.scores.duplicate(sender, now=now))
+            for name, before in zip(_INVALID, bad, strict=True):
+                if counters[name] > before:
+                    self._penalise(sender, name, now)
+            if self.scores.is_graylisted(sender):
+                break
+
+    def _penalise(self, sender: str, reason: str, now: float) -> None:
+        self._reject(sender, reason)
+        self._prune(self.scores.invalid(sender, reason, now=now))
+
+    def _prune(self, prunes: list[Prune]) -> None:
+        for prune in prunes:
+            peer = str(prune.peer)
+            self.node.remove_peer(peer)
+            self.queues.remove(peer, "graylisted")
+            self._reject(peer, "graylisted_peer")
+
+    def _restore(self, restore: Restore) -> None:
+        peer = str(restore.peer)
+        if peer in self._known:
+            self.node.add_peer(peer)
+
+    # -- performing the machine's actions ----------------------------------------------------
+
+    def _perform(
+        self,
+        actions: list[Any],
+        sender: str | None,
+        priority: Priority,
+        now: float,
+        out: list[Delivered],
+    ) -> None:
+        encoded: dict[int, bytes] = {}  # one relayed message goes to many peers: pack it once
+        for action in actions:
+            if isinstance(action, Deliver):
+                m = action.message
+                delivered = Delivered(
+                    action.message_id, str(m.origin), m.sequence, m.payload, m.hops, sender, now
+                )
+                self.deliveries.append(delivered)
+                out.append(delivered)
+                self.counters["delivered"] += 1
+                if sender is not None:
+                    self.scores.useful(sender, now=now)
+                continue
+            message = action.message
+            key = id(message.message) if isinstance(message, Publish) else id(message)
+            item = encoded.get(key)
+            if item is None:
+                try:
+                    item = encoded[key] = encode_item(message, self.config.limits)
+                except LocalProtocolError:
+                    self.drops["unencodable"] += 1
+                    continue
+            cls = priority if isinstance(message, Publish) else Priority.CONTROL
+            if not self.queues.push(str(action.to), item, cls):
+                self.counters["queue_refused"] += 1
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _flush(self, now: float) -> None:
+        self._retry_at = None
+        c = self.config
+        for peer in self.queues.pending():
+            queue = self.queues.get(peer)
+            while queue:
+                items = queue.peek(max_bytes=c.frame_bytes, max_items=c.frame_items)
+                frame = build_frame(items)
+                result = self._send(str(peer), frame)
+                if result == "sent":
+                    queue.commit(len(items))
+                    self._unreachable_since.pop(str(peer), None)
+                    self.counters["sent_frames"] += 1
+                    self.counters["sent_items"] += len(items)
+                    continue
+                if result == "blocked":
+                    self.counters["hwm_blocked"] += 1
+                else:
+                    since = self._unreachable_since.setdefault(str(peer), now)
+                    if now - since >= c.unreachable_grace:
+                        self.queues.remove(peer, "unreachable")
+                        del self._unreachable_since[str(peer)]
+                        break
+                self._retry_at = now + c.retry_interval
+                break
+
+    def _send(self, peer: str, frame: bytes) -> str:
+        rid = peer.encode()
+        socks = (self.outbox, self.inbox) if peer in self._dialed else (self.inbox,)
+        for sock in socks:
+            try:
+                sock.send_multipart((rid, frame), zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return "blocked"
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                continue
+            return "sent"
+        return "unreachable"
+
+    # -- introspection and lifetime ----------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        now = self._clock()
+        drops = Counter(self.drops)
+        queue_stats = self.queues.statistics()
+        drops.update(queue_stats["drops"])
+        return {
+            "agent_id": self.agent_id,
+            "endpoint": self.endpoint,
+            "peers": len(self.node.peers),
+            "mesh": len(self.node.mesh),
+            "sent_frames": self.counters["sent_frames"],
+            "sent_items": self.counters["sent_items"],
+            "received_frames": self.counters["received_frames"],
+            "received_items": self.counters["received_items"],
+            "delivered": self.counters["delivered"],
+            "hwm_blocked": self.counters["hwm_blocked"],
+            "drops": dict(drops),
+            "queues": queue_stats,
+            "machine": dict(self.node.counters),
+            "scoring": dict(self.scores.counters),
+            "scores": self.scores.snapshot(now=now),
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this gossip agent is closed")
+
+    def close(self, linger: float | None = 0.0) -> None:
+        """Close both sockets; ``linger`` seconds to push out what libzmq still holds."""
+        if self._closed:
+            return
+        self._closed = True
+        ms = None if linger is None else round(linger * 1000)
+        for sock in self.sockets:
+            sock.close(ms)
+
+    def __enter__(self) -> GossipAgent:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"GossipAgent({self.agent_id}, {self.endpoint})"
