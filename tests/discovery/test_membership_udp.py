@@ -1,0 +1,188 @@
+"""SWIM membership on real UDP sockets (127.0.0.1 only): ten threads, garbage, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from zmqcomm.cli.main import main
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import UsageError
+from zmqcomm.patterns.discovery.membership_config import MembershipConfig
+from zmqcomm.patterns.discovery.membership_udp import MembershipService, parse_address
+from zmqcomm.patterns.discovery.membership_wire import MAX_DATAGRAM, PING, encode_packet
+
+FAST = MembershipConfig(period=0.2, ping_timeout=0.1, join_backoff_max=1.0, sync_every=3)
+
+
+class Runner:
+    """Steps services in their own threads until stopped."""
+
+    def __init__(self, services: list[MembershipService]) -> None:
+        self.services = services
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._loop, args=(s,)) for s in services]
+
+    def _loop(self, service: MembershipService) -> None:
+        try:
+            while not self.stop.is_set():
+                service.step(0.02)
+        except BaseException as exc:  # reported by the test, never swallowed
+            self.failures.append(exc)
+
+    def __enter__(self) -> Runner:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        for service in self.services:
+            service.close()
+
+
+def _wait(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def swarm() -> Iterator[list[MembershipService]]:
+    seed = MembershipService(Identity.generate("seed"), config=FAST, rng=random.Random(0))
+    services = [seed] + [
+        MembershipService(
+            Identity.generate(f"n{i}"),
+            seeds=[seed.address],
+            ports=(5000 + i,),
+            config=FAST,
+            rng=random.Random(i + 1),
+        )
+        for i in range(9)
+    ]
+    yield services
+    for service in services:
+        service.close()
+
+
+def test_ten_threads_and_one_seed_find_each_other_without_broadcast(
+    swarm: list[MembershipService],
+) -> None:
+    ports = {s.port for s in swarm}
+    assert len(ports) == 10
+    for service in swarm:
+        assert service.address[0] == "127.0.0.1"
+        assert service._sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 0
+    with Runner(swarm) as runner:
+        assert _wait(lambda: all(len(s.machine) == 9 for s in swarm), 15)
+        assert not runner.failures
+    by_id = {s.machine.agent_id: s for s in swarm}
+    for service in swarm:
+        for member in service.machine.members:
+            other = by_id[member.agent_id]
+            assert (member.host, member.port) == other.address
+            assert member.ports == other.machine.record.ports
+        assert service.dropped == {} and service.sent > 0
+
+
+def test_garbage_datagrams_leave_the_node_running(swarm: list[MembershipService]) -> None:
+    pair = swarm[:2]
+    rng = random.Random(5)
+    with Runner(pair) as runner:
+        assert _wait(lambda: all(len(s.machine) == 1 for s in pair), 10)
+        target = pair[0]
+        real = b""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            attacker.settimeout(1.0)
+            for i in range(300):
+                kind = i % 4
+                if kind == 0:
+                    data = os.urandom(rng.randrange(0, 1500))
+                elif kind == 1:
+                    data = b"ZCM\x01" + os.urandom(rng.randrange(0, 1200))
+                else:
+                    # A real packet, captured by asking the machine for one, then damaged.
+                    if not real:
+                        send = pair[1].machine._packet(
+                            PING, 1, target.machine.record.sender_id, target.address
+                        )
+                        real = encode_packet(send.message)
+                    damaged = bytearray(real)
+                    damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+                    data = bytes(damaged[: rng.randrange(len(damaged))] if kind == 3 else damaged)
+                attacker.sendto(bytes(data), target.address)
+                time.sleep(0.001)  # paced: a full socket buffer would drop them uncounted
+        assert _wait(lambda: sum(target.dropped.values()) >= 290, 10), target.dropped
+        count = len(target.machine)
+        probes = target.machine.stats["acks"]
+        assert _wait(lambda: target.machine.stats["acks"] > probes + 5, 10)  # still probing
+        assert not runner.failures
+    assert count == 1
+    assert all(m.state == "ALIVE" for m in target.machine.members)
+    assert target.machine.incarnation == 0
+    assert set(target.dropped) <= {
+        "datagram_size", "bad_magic", "unsupported_version", "bad_msgpack", "malformed",
+        "non_canonical", "bad_signature",
+    }  # fmt: skip
+
+
+def test_leave_is_seen_over_udp(swarm: list[MembershipService]) -> None:
+    pair = swarm[:2]
+    with Runner(pair[:1]) as runner:
+        # The leaver is stepped here, so its thread does not race the leave() call.
+        deadline = time.monotonic() + 10
+        while len(pair[0].machine) != 1 or len(pair[1].machine) != 1:
+            assert time.monotonic() < deadline
+            pair[1].step(0.02)
+        pair[1].leave()
+        assert _wait(lambda: len(pair[0].machine) == 0, 5)
+        assert not runner.failures
+    assert pair[0].machine.is_dead(pair[1].machine.agent_id)
+    assert pair[1].machine.next_deadline() is None  # stopped for good
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:7946") == ("127.0.0.1", 7946)
+    assert parse_address("[::1]:80") == ("::1", 80)
+    for bad in ("localhost:7946", "127.0.0.1", "127.0.0.1:http", "1.2.3.4:70000"):
+        with pytest.raises(UsageError):
+            parse_address(bad)
+    assert len(b"x" * MAX_DATAGRAM) == 1200
+
+
+def test_cli_peers_with_a_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    seed = MembershipService(Identity.generate("seed"), config=FAST)
+    with Runner([seed]):
+        code = main(
+            [
+                "peers", "--seed", f"127.0.0.1:{seed.port}", "--listen", "127.0.0.1:0",
+                "--interval", "0.2", "--duration", "1.5", "--json",
+            ]
+        )  # fmt: skip
+        assert _wait(lambda: len(seed.machine) == 0, 5)  # the CLI said LEAVE on its way out
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["event"] == "UP" and lines[0]["address"].startswith("127.0.0.1:")
+    assert {"event": "ENTER", "agent_id": seed.machine.agent_id}.items() <= lines[1].items()
+    assert lines[-1]["event"] == "SUMMARY"
+    assert [p["agent_id"] for p in lines[-1]["peers"]] == [seed.machine.agent_id]
+
+
+def test_cli_refuses_interface_with_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["peers", "--seed", "127.0.0.1:9", "--interface", "lo"]) == 2
+    assert "--interface is for beacons" in capsys.readouterr().err
+    assert main(["peers", "--seed", "localhost:9"]) == 2
+    assert "IP literal" in capsys.readouterr().err

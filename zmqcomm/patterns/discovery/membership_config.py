@@ -1,0 +1,89 @@
+"""The knobs and public records of SWIM membership (:mod:`.membership`), and its verifier."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, MutableSequence, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from zmqcomm.crypto.keys import verify_signature
+from zmqcomm.errors import AuthenticationError, UsageError
+from zmqcomm.patterns.discovery import membership_wire as wire
+
+Signer = Callable[[bytes], bytes]
+#: ``verify(verify_key, material, signature) -> bool``.
+Verifier = Callable[[bytes, bytes, bytes], bool]
+T = TypeVar("T")
+#: Independent suspicions that bring the suspicion timeout down to its minimum.
+CONFIRMATIONS = 3
+
+
+class RandomLike(Protocol):
+    """What the machine needs of a random source (``random.Random`` fits)."""
+
+    def random(self) -> float: ...
+
+    def randrange(self, start: int, stop: int) -> int: ...
+
+    def shuffle(self, x: MutableSequence[Any]) -> None: ...
+
+    def sample(self, population: Sequence[T], k: int) -> list[T]: ...
+
+
+def ed25519_verify(verify_key: bytes, material: bytes, signature: bytes) -> bool:
+    try:
+        verify_signature(verify_key, material, signature)
+    except AuthenticationError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Timing and bounds; the defaults are close to memberlist's LAN profile."""
+
+    period: float = 1.0
+    ping_timeout: float = 0.5
+    indirect_probes: int = 3
+    suspicion_mult: float = 4.0
+    suspicion_max_mult: float = 3.0
+    retransmit_mult: int = 4
+    sync_every: int = 10
+    join_backoff_max: float = 30.0
+    max_members: int = 1024
+    max_dead: int = 1024
+    max_relays: int = 256
+    max_datagram: int = wire.MAX_DATAGRAM
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.period) and self.period > 0):
+            raise UsageError(f"period must be a positive number of seconds, got {self.period}")
+        if not 0 < self.ping_timeout < self.period:
+            raise UsageError(
+                f"ping_timeout ({self.ping_timeout}) must be in (0, period={self.period})"
+            )
+        if self.join_backoff_max < self.period:
+            raise UsageError("join_backoff_max must be at least one period")
+        if self.suspicion_mult <= 0 or self.suspicion_max_mult < 1:
+            raise UsageError("suspicion_mult must be positive and suspicion_max_mult >= 1")
+        for name in ("indirect_probes", "sync_every"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} cannot be negative")
+        for name in ("retransmit_mult", "max_members", "max_dead", "max_relays"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1")
+        if not 400 <= self.max_datagram <= wire.MAX_DATAGRAM:
+            raise UsageError(f"max_datagram must be in 400..{wire.MAX_DATAGRAM}")
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """A snapshot of one member."""
+
+    agent_id: str
+    host: str
+    port: int
+    ports: tuple[int, ...]
+    incarnation: int
+    state: str  # "ALIVE" or "SUSPECT"
