@@ -96,6 +96,22 @@ class Simulator:
     def is_up(self, node: NodeId) -> bool:
         return self._nodes[node].up
 
+    def incarnation(self, node: NodeId) -> int:
+        """How many times ``node`` was restarted."""
+        return self._check_node(node).incarnation
+
+    def replace_machine(
+        self, node: NodeId, machine: Machine | None = None, *, factory: Factory | None = None
+    ) -> None:
+        """Swap the running machine of ``node`` (a wrapper, a twin) and/or the factory its
+        next restart uses; messages in flight to it still arrive."""
+        state = self._check_node(node)
+        if machine is not None:
+            state.machine = machine
+            self._arm_timer(node)
+        if factory is not None:
+            state.factory = factory
+
     def set_byzantine(self, node: NodeId, interceptor: Interceptor | None) -> None:
         """Rewrite everything ``node`` sends through ``interceptor`` (None: honest again)."""
         self._check_node(node)
@@ -220,7 +236,8 @@ class Simulator:
             self._record("lost", to, f"from {sender!r}")
             return
         self.delivered += 1
-        self._record("deliver", to, f"from {sender!r}: {message!r}")
+        if self._tracing:  # repr of big messages is costly: only when someone reads it
+            self._record("deliver", to, f"from {sender!r}: {message!r}")
         self._perform(to, state.machine.on_message(sender, message, now=self.now))
 
     def _fire_timer(self, node: NodeId, generation: int) -> None:
@@ -241,7 +258,8 @@ class Simulator:
                         self._send(node, other, action.message)
             else:
                 self.outputs[node].append(action)
-                self._record("output", node, repr(action))
+                if self._tracing:
+                    self._record("output", node, repr(action))
         self._arm_timer(node)
 
     def _send(self, sender: NodeId, to: NodeId, message: Any) -> None:

@@ -1,0 +1,284 @@
+"""Named regression scenarios (catch-up, restarts, crash points, adversarial scheduling,
+Twins). The NEW-VIEW-from-any-quorum scenario is in test_units.py and the message
+mutations one in test_byzantine.py."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from zmqcomm.patterns.pbft import (
+    Commit,
+    Executed,
+    KeyValueStore,
+    MemoryStore,
+    Prepare,
+    PrePrepare,
+    Replica,
+    Request,
+    SimulatedCrash,
+    StateTransferred,
+    batch_digest,
+    material,
+)
+from zmqcomm.sim import LinkModel, Network, uniform
+
+from .harness import CrashSafe, FakeKeys, Twins, build, recorder
+
+
+def test_replica_lagging_beyond_high_watermark_during_view_change() -> None:
+    cluster = build(4, seed=80, checkpoint_interval=4, watermark_window=8, batch_delay=0.0)
+    sim = cluster.sim
+    sim.network.partition([[0, 1, 2, "c0"], [3]])
+    for k in range(30):  # far beyond replica 3's high watermark of 8
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(30, until=10.0)
+    assert cluster.replica(3).last_executed == 0
+    # Heal and lose the primary at once: the view change needs replica 3's VIEW-CHANGE.
+    sim.network.heal()
+    sim.crash(0)
+    cluster.byzantine.add(0)
+    for k in range(5):
+        cluster.put("c0", f"after{k}", "v")
+    cluster.run_until_results(35, until=30.0)
+    sim.run(until=sim.now + 2.0)
+    assert len(cluster.results("c0")) == 35
+    views = {cluster.replica(i).view for i in (1, 2, 3)}
+    assert len(views) == 1 and views.pop() >= 1
+    assert cluster.transferred(3)
+    assert cluster.replica(3).last_executed == cluster.replica(1).last_executed == 35
+    cluster.check_safety()
+
+
+def test_node_that_keeps_committing_through_catch_up_returns_to_normal_mode() -> None:
+    cluster = build(4, seed=81, clients=2, checkpoint_interval=4, watermark_window=8)
+    sim = cluster.sim
+    sim.network.partition([[0, 1, 2, "c0", "c1"], [3]])
+    sim.call_at(1.0, lambda s: s.network.heal())
+    for c in cluster.clients:
+        for k in range(40):  # a steady stream before, during and after the catch-up
+            cluster.put(c, f"{c}{k}", "v", at=0.05 * k)
+    cluster.run_until_results(40, until=30.0)
+    sim.run(until=sim.now + 2.0)
+    lagging = cluster.replica(3)
+    (transfer, *_) = cluster.transferred(3)
+    after = [
+        o.sequence
+        for o in sim.outputs[3][sim.outputs[3].index(transfer) :]
+        if isinstance(o, Executed)
+    ]
+    assert after and min(after) > transfer.sequence  # it executes normally again
+    assert not lagging.changing and lagging.fetch_target is None
+    assert lagging.last_executed == cluster.replica(0).last_executed
+    assert lagging.view == cluster.replica(0).view
+    cluster.check_safety()
+
+
+def test_node_restarted_far_behind_converges_to_current_view() -> None:
+    cluster = build(7, seed=82, checkpoint_interval=4, watermark_window=8, batch_delay=0.0)
+    sim = cluster.sim
+    sim.crash(6)
+    # Three view changes while replica 6 is down (at most f = 2 replicas down at once).
+    for step, primary in enumerate((0, 1, 2)):
+        sim.crash(primary)
+        for k in range(6):
+            cluster.put("c0", f"s{step}k{k}", "v")
+        cluster.run_until_results(6 * (step + 1), until=sim.now + 30.0)
+        sim.restart(primary)
+    current = cluster.replica(3).view
+    assert current == 3
+    sim.restart(6)
+    for k in range(10):
+        cluster.put("c0", f"late{k}", "v")
+    cluster.run_until_results(28, until=sim.now + 30.0)
+    sim.run(until=sim.now + 3.0)
+    restarted = cluster.replica(6)
+    assert restarted.view == cluster.replica(3).view and not restarted.changing
+    assert restarted.last_executed == cluster.replica(3).last_executed
+    cluster.check_safety()
+
+
+def _equivocations(sent: list[tuple[Any, Any]]) -> list[Any]:
+    votes: dict[tuple[str, int, int], set[bytes]] = {}
+    for _, message in sent:
+        if isinstance(message, (PrePrepare, Prepare, Commit)):
+            key = (type(message).__name__, message.view, message.sequence)
+            votes.setdefault(key, set()).add(message.digest)
+    return [k for k, digests in votes.items() if len(digests) > 1]
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+@pytest.mark.parametrize("after_write", [False, True])
+def test_crash_at_every_persistence_point_never_leads_to_equivocation(
+    victim: int, after_write: bool
+) -> None:
+    """Replica ``victim`` crashes at its k-th store write (before or after the write lands),
+    for every k a short run makes, and restarts from its store 50 ms later. What it sends
+    across incarnations never contains two votes for one (view, sequence)."""
+
+    def run(k: int | None) -> int:
+        cluster = build(
+            4,
+            seed=83 + (k or 0),
+            clients=2,
+            crash_safe=True,
+            restart_delay=0.05,
+            checkpoint_interval=2,
+            watermark_window=4,
+            batch_delay=0.0,
+            view_change_timeout=0.3,
+        )
+        sent: list[tuple[Any, Any]] = []
+        cluster.sim.set_byzantine(victim, recorder(sent))
+        if k is not None:
+            cluster.stores[victim].fail_after(k, after_write=after_write)
+        for c in cluster.clients:
+            for j in range(3):
+                cluster.put(c, f"{c}{j}", "v")
+        cluster.run_until_results(3, until=30.0)
+        assert all(len(cluster.results(c)) == 3 for c in cluster.clients), f"k={k}"
+        assert _equivocations(sent) == [], f"k={k}"
+        try:
+            cluster.check_safety()
+        except AssertionError as exc:
+            raise AssertionError(f"crash at write {k}: {exc}") from exc
+        return cluster.stores[victim].writes
+
+    writes = run(None)
+    assert writes >= 20  # votes, certificates, commits, checkpoints, view
+    for k in range(1, writes + 1):
+        run(k)
+    assert writes >= 8  # the run really passed through many persistence points
+
+
+def test_single_partitioned_replica_under_adversarial_scheduler_does_not_livelock() -> None:
+    """Replica 3 flaps in and out of a partition, sees messages late and out of order, and
+    keeps starting view changes of its own; the other three keep committing in view 0."""
+    network = Network(LinkModel(latency=uniform(0.001, 0.01)))
+    cluster = build(4, seed=84, clients=2, network=network)
+    sim = cluster.sim
+    sim.network.set_link(3, 0, LinkModel(latency=uniform(0.001, 0.3)))
+    for c in (0, 1, 2):
+        sim.network.set_link(3, c, LinkModel(latency=uniform(0.001, 0.3)), both=True)
+    everyone = [0, 1, 2, 3, "c0", "c1"]
+    for step in range(40):
+        at = 0.1 * step
+        if step % 2:
+            sim.call_at(at, lambda s: s.network.heal())
+        else:
+            sim.call_at(at, lambda s: s.network.partition([[x for x in everyone if x != 3], [3]]))
+        if step % 5 == 0:
+
+            def mutiny(s: Any) -> None:
+                s.call_node(
+                    3,
+                    lambda r: (
+                        r.inner._start_view_change(r.inner.view + 1, s.now)
+                        if isinstance(r, CrashSafe)
+                        else r._start_view_change(r.view + 1, s.now)
+                    ),
+                )
+
+            sim.call_at(at, mutiny)
+    for c in cluster.clients:
+        for k in range(10):
+            cluster.put(c, f"{c}{k}", "v", at=0.3 * k)
+    cluster.run_until_results(10, until=20.0)
+    assert all(len(cluster.results(c)) == 10 for c in cluster.clients)
+    assert [cluster.replica(i).view for i in (0, 1, 2)] == [0, 0, 0]
+    cluster.byzantine.add(3)
+    cluster.check_safety()
+
+
+@pytest.mark.parametrize("twin", [0, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_twins_two_instances_sharing_one_replica_identity(twin: int, seed: int) -> None:
+    """Twins: replica ``twin`` runs twice with the same keys, each half of the committee
+    talking to a different instance (a primary twin equivocates by construction)."""
+    cluster = build(4, seed=90 + seed, clients=2)
+    others = [r for r in range(4) if r != twin]
+    group = set(others[: 1 + seed % 2])
+    twins = Twins(cluster.make_replica(twin), cluster.make_replica(twin, MemoryStore()), group, 4)
+    cluster.sim.replace_machine(twin, twins)
+    cluster.byzantine.add(twin)
+    for c in cluster.clients:
+        for k in range(4):
+            cluster.put(c, f"{c}{k}", "v")
+    cluster.run_until_results(4, until=30.0)
+    assert all(len(cluster.results(c)) == 4 for c in cluster.clients)
+    cluster.check_safety()
+
+
+def test_state_transferred_output_reports_the_certified_checkpoint() -> None:
+    cluster = build(4, seed=95, checkpoint_interval=4, watermark_window=8, batch_delay=0.0)
+    sim = cluster.sim
+    sim.network.partition([[0, 1, 2, "c0"], [3]])
+    for k in range(12):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(12, until=10.0)
+    sim.network.heal()
+    for k in range(4):
+        cluster.put("c0", f"m{k}", "v")
+    cluster.run_until_results(16, until=20.0)
+    sim.run(until=sim.now + 2.0)
+    transfers = [o for o in sim.outputs[3] if isinstance(o, StateTransferred)]
+    assert transfers
+    stable = {
+        cluster.replica(i).stable.sequence: cluster.replica(i).stable.digest for i in range(3)
+    }
+    assert all(t.sequence % 4 == 0 for t in transfers)
+    assert transfers[-1].digest == stable.get(transfers[-1].sequence, transfers[-1].digest)
+    cluster.check_safety()
+
+
+def _replica(i: int, store: MemoryStore, keys: FakeKeys) -> Replica:
+    return Replica(
+        i,
+        4,
+        state_machine=KeyValueStore(),
+        store=store,
+        sign=keys.signer(i),
+        verify=keys.verifier(),
+        now=0.0,
+        batch_delay=0.0,
+    )
+
+
+@pytest.mark.parametrize("crash_point", ["after_send", "after_write_before_send"])
+def test_restarted_backup_refuses_a_conflicting_pre_prepare(crash_point: str) -> None:
+    """A faulty primary re-sends sequence 1 with another batch to a backup that restarted:
+    the backup's stored vote stops it from preparing both."""
+    keys, store = FakeKeys(4), MemoryStore()
+    first = (Request("c0", 1, b"a"),)
+    second = (Request("c0", 2, b"b"),)
+
+    def pre_prepare(batch: tuple[Request, ...]) -> PrePrepare:
+        pp = PrePrepare(0, 1, batch_digest(batch), batch, 0)
+        return replace(pp, signature=keys.signer(0)(material(pp)))
+
+    backup = _replica(1, store, keys)
+    if crash_point == "after_write_before_send":
+        store.fail_after(1, after_write=True)
+        with pytest.raises(SimulatedCrash):
+            backup.on_message(0, pre_prepare(first), now=0.1)
+    else:
+        sent = backup.on_message(0, pre_prepare(first), now=0.1)
+        assert {type(a.message) for a in sent} == {Prepare}
+    restarted = _replica(1, store, keys)
+    assert restarted.on_message(0, pre_prepare(second), now=0.2) == []
+    assert restarted.rejected == {"conflicting_vote": 1}
+    # The batch it did vote for is still acceptable (a retransmission after the crash).
+    again = restarted.on_message(0, pre_prepare(first), now=0.3)
+    assert {type(a.message) for a in again} == {Prepare}
+
+
+def test_restarted_primary_never_reuses_a_sequence_number() -> None:
+    keys, store = FakeKeys(4), MemoryStore()
+    primary = _replica(0, store, keys)
+    out = primary.on_message("c0", Request("c0", 1, b"a"), now=0.1)
+    assert [a.message.sequence for a in out] == [1, 1, 1]
+    restarted = _replica(0, store, keys)
+    out = restarted.on_message("c1", Request("c1", 1, b"b"), now=0.2)
+    assert [a.message.sequence for a in out] == [2, 2, 2]

@@ -1,0 +1,308 @@
+"""PBFT messages: frozen dataclasses, digests and the canonical bytes that replicas sign.
+
+Every message is a plain frozen dataclass whose fields are ints, bytes, str, tuples of those,
+or nested messages. :func:`encode`/:func:`decode` map them to msgpack (one extension type per
+class, fields in declaration order), which is canonical for these types, so the same encoding
+is the signing material: :func:`material` is a domain tag plus the encoding of the message
+with its ``signature`` field emptied. A store or a wire codec can reuse :func:`encode`.
+
+Which messages are signed (``signature`` non-empty) and why:
+
+- PRE-PREPARE and PREPARE: they end up inside prepared certificates that a VIEW-CHANGE shows
+  to third parties, so a replica must be able to prove what another replica said.
+- CHECKPOINT: 2f+1 of them form the stable-checkpoint proof in VIEW-CHANGE and state transfer.
+- VIEW-CHANGE and NEW-VIEW: relayed and checked by everyone.
+- COMMIT, REPLY and the state-transfer messages are point-to-point and authenticated by the
+  driver's session (the ``sender`` argument), so they carry no signature.
+- REQUEST is signed by the client only when the replicas are given ``verify_client``
+  (otherwise a faulty primary could slip in requests no client made).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable
+from dataclasses import dataclass, fields
+from typing import Any, TypeGuard
+
+import msgpack
+
+from zmqcomm.errors import RemoteProtocolError
+
+ClientId = Hashable
+DOMAIN = b"zmqcomm/1 pbft "
+DIGEST_SIZE = 32
+#: Caps applied when decoding bytes from a peer or a store.
+MAX_DECODE_BYTES = 64 * 1024 * 1024
+
+
+def hash_bytes(data: bytes) -> bytes:
+    """BLAKE2b-256 of ``data``: the one digest used for requests, batches and states."""
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """<REQUEST, o, t, c>: operation ``op`` from ``client`` with its increasing ``timestamp``."""
+
+    client: str | int
+    timestamp: int
+    op: bytes
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare:
+    """The primary assigns ``sequence`` to the batch ``requests`` (empty: a null request)."""
+
+    view: int
+    sequence: int
+    digest: bytes
+    requests: tuple[Request, ...]
+    replica: int
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    view: int
+    sequence: int
+    digest: bytes
+    replica: int
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    view: int
+    sequence: int
+    digest: bytes
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    view: int
+    timestamp: int
+    client: str | int
+    replica: int
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """``replica`` executed up to ``sequence`` and its state then hashes to ``digest``."""
+
+    sequence: int
+    digest: bytes
+    replica: int
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedProof:
+    """A prepared certificate: the pre-prepare and 2f matching prepares from backups."""
+
+    pre_prepare: PrePrepare
+    prepares: tuple[Prepare, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """<VIEW-CHANGE, v+1, n, C, P, i>: stable checkpoint ``stable`` proven by ``proof``."""
+
+    new_view: int
+    stable: int
+    proof: tuple[Checkpoint, ...]
+    prepared: tuple[PreparedProof, ...]
+    replica: int
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class NewView:
+    """<NEW-VIEW, v+1, V, O>: 2f+1 view changes and the pre-prepares recomputed from them."""
+
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    pre_prepares: tuple[PrePrepare, ...]
+    replica: int
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ViewQuery:
+    """Asks a replica seen in a later view for the NEW-VIEW that installed it."""
+
+    view: int
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class ViewState:
+    """Answer to :class:`ViewQuery`: the NEW-VIEW that installed the sender's view."""
+
+    new_view: NewView
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchState:
+    """Ask for a stable checkpoint at ``sequence`` or later, with its state."""
+
+    sequence: int
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """A stable checkpoint: its proof and the state whose hash is ``digest``."""
+
+    sequence: int
+    digest: bytes
+    proof: tuple[Checkpoint, ...]
+    snapshot: bytes
+    replica: int
+
+
+_TYPES: tuple[type, ...] = (
+    Request,
+    PrePrepare,
+    Prepare,
+    Commit,
+    Reply,
+    Checkpoint,
+    PreparedProof,
+    ViewChange,
+    NewView,
+    ViewQuery,
+    ViewState,
+    FetchState,
+    StateSnapshot,
+)
+_CODE = {cls: index + 1 for index, cls in enumerate(_TYPES)}
+_CLASS = {code: cls for cls, code in _CODE.items()}
+#: The kind tag inside signing material, so two message types never sign the same bytes.
+_KINDS = {cls: cls.__name__.encode() for cls in _TYPES}
+
+
+def _default(obj: Any) -> Any:
+    code = _CODE.get(type(obj))
+    if code is None:
+        raise TypeError(f"cannot encode {type(obj).__name__}")
+    values = [getattr(obj, f.name) for f in fields(obj)]
+    return msgpack.ExtType(code, msgpack.packb(values, default=_default, use_bin_type=True))
+
+
+def encode(message: Any) -> bytes:
+    """Canonical msgpack bytes of a message (or a tuple of them)."""
+    return bytes(msgpack.packb(message, default=_default, use_bin_type=True))
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    cls = _CLASS.get(code)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown pbft message code {code}", reason="unknown_type")
+    values = msgpack.unpackb(data, ext_hook=_ext_hook, use_list=False, raw=False)
+    try:
+        return cls(*values)
+    except TypeError as exc:
+        raise RemoteProtocolError(f"bad {cls.__name__} fields", reason="malformed") from exc
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of :func:`encode`; :class:`RemoteProtocolError` on bytes it cannot read.
+
+    Field types are not checked here: the replica validates every message it receives.
+    """
+    if not isinstance(data, bytes) or len(data) > MAX_DECODE_BYTES:
+        raise RemoteProtocolError("pbft message too large or not bytes", reason="limit_exceeded")
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, use_list=False, raw=False)
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise RemoteProtocolError("undecodable pbft message", reason="malformed") from exc
+
+
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
+#: Marks "a message of this type starts here" inside signing material; a tuple of plain
+#: values can never contain one, so material is unambiguous.
+_MARKERS = {cls: msgpack.ExtType(code, b"") for cls, code in _CODE.items()}
+
+
+def _plain(value: Any) -> Any:
+    names = _FIELDS.get(type(value))
+    if names is not None:
+        return [_MARKERS[type(value)], *(_plain(getattr(value, n)) for n in names)]
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def material(message: Any) -> bytes:
+    """The bytes signed for ``message``: domain, kind, and its fields without the signature.
+
+    Canonical (msgpack of ints, bytes, str and arrays in field order, nested messages
+    marked by type) and cheap: one ``packb`` call, since replicas compute it per message.
+    """
+    cls = type(message)
+    names = _FIELDS[cls]
+    values = [_plain(getattr(message, n)) for n in names if n != "signature"]
+    return DOMAIN + _KINDS[cls] + b"\x00" + bytes(msgpack.packb(values, use_bin_type=True))
+
+
+def request_digest(request: Request) -> bytes:
+    return hash_bytes(material(request))
+
+
+def batch_digest(requests: tuple[Request, ...]) -> bytes:
+    """The digest a pre-prepare assigns; the empty batch is the null request."""
+    return hash_bytes(DOMAIN + b"batch" + b"".join(request_digest(r) for r in requests))
+
+
+NULL_DIGEST = batch_digest(())
+
+
+def is_int(value: Any, minimum: int = 0) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_digest(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == DIGEST_SIZE
+
+
+def well_formed_request(request: Any) -> bool:
+    return (
+        isinstance(request, Request)
+        and isinstance(request.client, (str, int))
+        and not isinstance(request.client, bool)
+        and is_int(request.timestamp, 1)
+        and isinstance(request.op, bytes)
+        and isinstance(request.signature, bytes)
+    )
+
+
+__all__ = [
+    "DIGEST_SIZE",
+    "NULL_DIGEST",
+    "Checkpoint",
+    "Commit",
+    "FetchState",
+    "NewView",
+    "PrePrepare",
+    "Prepare",
+    "PreparedProof",
+    "Reply",
+    "Request",
+    "StateSnapshot",
+    "ViewChange",
+    "ViewQuery",
+    "ViewState",
+    "batch_digest",
+    "decode",
+    "encode",
+    "hash_bytes",
+    "material",
+    "request_digest",
+]

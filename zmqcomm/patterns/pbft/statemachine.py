@@ -1,0 +1,85 @@
+"""The deterministic state machine that PBFT replicates, and a key-value store as the example.
+
+A state machine must be deterministic: the same operations in the same order give the same
+results and the same :meth:`StateMachine.snapshot` bytes on every replica (the snapshot is
+hashed into checkpoint digests, so it must be canonical). ``apply`` should turn a bad
+operation into an error result; the replica also catches anything it raises and replies
+``b"error: exception"``, so a faulty operation can never stop a replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+import msgpack
+
+#: Bounds for operations and snapshots decoded by the key-value store.
+MAX_OP_BYTES = 1024 * 1024
+
+
+class StateMachine(Protocol):
+    def apply(self, op: bytes) -> bytes: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, snapshot: bytes) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+def encode_op(*op: Any) -> bytes:
+    """Encode a key-value operation, e.g. ``encode_op("put", b"k", b"v")``."""
+    return bytes(msgpack.packb(list(op), use_bin_type=True))
+
+
+def decode_result(result: bytes) -> Any:
+    """Decode a key-value result: ``["ok", value-or-None]`` or ``["error", reason]``."""
+    return msgpack.unpackb(result, raw=False)
+
+
+def _result(status: str, value: Any) -> bytes:
+    return bytes(msgpack.packb([status, value], use_bin_type=True))
+
+
+class KeyValueStore:
+    """A dict of bytes to bytes. Ops: ``("put", k, v)``, ``("get", k)``, ``("delete", k)``.
+
+    Results: ``["ok", value]`` (value None when absent; put and delete return the old value)
+    or ``["error", reason]`` for anything malformed.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def apply(self, op: bytes) -> bytes:
+        if len(op) > MAX_OP_BYTES:
+            return _result("error", "op too large")
+        try:
+            decoded = msgpack.unpackb(op, raw=False, max_array_len=3, max_map_len=0)
+        except Exception:  # any malformed msgpack
+            return _result("error", "undecodable op")
+        if not isinstance(decoded, list) or not decoded or not isinstance(decoded[0], str):
+            return _result("error", "op must be [name, key, ...]")
+        name, args = decoded[0], decoded[1:]
+        if not all(isinstance(arg, bytes) for arg in args):
+            return _result("error", "keys and values must be bytes")
+        if name == "put" and len(args) == 2:
+            old = self.data.get(args[0])
+            self.data[args[0]] = args[1]
+            return _result("ok", old)
+        if name == "get" and len(args) == 1:
+            return _result("ok", self.data.get(args[0]))
+        if name == "delete" and len(args) == 1:
+            return _result("ok", self.data.pop(args[0], None))
+        return _result("error", f"unknown op {name[:32]!r}/{len(args)}")
+
+    def snapshot(self) -> bytes:
+        return bytes(msgpack.packb(sorted(self.data.items()), use_bin_type=True))
+
+    def restore(self, snapshot: bytes) -> None:
+        items = msgpack.unpackb(snapshot, raw=False)
+        self.data = {bytes(k): bytes(v) for k, v in items}
+
+    def digest(self) -> bytes:
+        return hashlib.blake2b(self.snapshot(), digest_size=32).digest()
