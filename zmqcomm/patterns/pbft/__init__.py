@@ -51,20 +51,27 @@ stable and everything at or below it is garbage-collected. A replica that sees a
 checkpoint it has not reached fetches the state (:class:`FetchState`/:class:`StateSnapshot`)
 from a replica, checks it hashes to the certified digest, installs it and continues.
 
-View change: each replica holding a request it has not executed runs a timer (T, doubled
-after each view change that did not produce a working view); on expiry it moves to v+1 and
-sends a signed VIEW-CHANGE with its stable-checkpoint proof and its prepared certificates.
+View change: a replica holding requests it has not executed runs a timer (T, doubled after
+each view change that did not produce a working view) that times one of them, as in the
+paper: it starts when a request arrives and none is timed, and stops only when the timed
+request is executed (restarting for the oldest other waiting request, if any); executing
+other requests or null requests does not reset it, so a primary cannot censor one client
+while it orders others. On expiry the replica moves to v+1 and sends a signed VIEW-CHANGE
+with its stable-checkpoint proof and its prepared certificates.
 The new primary, given 2f+1 of them, sends NEW-VIEW with the O set (min-s, max-s, one
 pre-prepare per sequence number, null requests for gaps), which every backup recomputes
 before accepting (:mod:`.viewchange`). A replica joins a view change early on f+1
 VIEW-CHANGEs for higher views, and ignores any for views more than ``max_view_jump`` ahead.
 
 Authentication: the ``sender`` a driver passes must be authenticated (per-pair sessions);
-each message's ``replica`` field must equal it. Signed (Ed25519, ~17 us to sign): PRE-PREPARE
-and PREPARE (they become parts of prepared certificates shown in VIEW-CHANGEs), CHECKPOINT,
-VIEW-CHANGE and NEW-VIEW. COMMIT and REPLY are not signed. Client requests are signed only
-if the replicas get ``verify_client`` (recommended: otherwise a faulty primary could propose
-requests no client sent).
+each message's ``replica`` field must be that same replica id, an exact int (``False``,
+``True`` or ``1.0`` compare equal to 0 or 1 but are refused as ``sender_mismatch``: they
+would poison the proofs built from the message); the client applies the same rule to
+replies. Signed (Ed25519, ~17 us to sign): PRE-PREPARE and PREPARE (they become parts of
+prepared certificates shown in VIEW-CHANGEs), CHECKPOINT, VIEW-CHANGE and NEW-VIEW. COMMIT
+and REPLY are not signed. Client requests are signed only if the replicas get
+``verify_client`` (recommended: otherwise a faulty primary could propose requests no client
+sent, and backups cannot relay requests, see below).
 
 Durability: the replica writes its view, its votes (pre-prepare/prepare/commit digest per
 view and sequence), prepared certificates, committed batches and stable checkpoints to the
@@ -82,10 +89,15 @@ changes, dispatch), :mod:`.viewchange` (VIEW-CHANGE/NEW-VIEW and the O set),
 
 Where this deviates from the paper, on purpose:
 
-- Backups do not forward client requests to the primary: clients retransmit to every
-  replica, which also reaches the primary. The idle-primary detector is the request timer
-  (a backup holding a request that is not executed within T starts a view change); there is
-  no heartbeat, since a primary with nothing to order harms nobody.
+- Request relay needs client signatures. With ``verify_client``, as in the paper, a backup
+  that first receives a request from its client (not in a view change) forwards it to the
+  primary, and the primary accepts a request relayed by a replica if the client's signature
+  verifies (a cached reply still goes to the client). Without ``verify_client`` a request is
+  accepted only from its client and nobody relays: a faulty replica could otherwise invent
+  requests. The risk then: a faulty client that sends each request only to the backups makes
+  them start a view change per request; give the replicas ``verify_client`` whenever clients
+  are not trusted. The idle-primary detector is the request timer (above); there is no
+  heartbeat, since a primary with nothing to order harms nobody.
 - NEW-VIEW carries the batches of its pre-prepares, so no replica has to fetch requests.
 - A replica that learns of a later view (normal-case messages from a replica in view w > v,
   or a VIEW-CHANGE from a replica that is behind us) asks for / is shown the NEW-VIEW that

@@ -63,6 +63,8 @@ class CheckpointVotes:
 
     def add(self, checkpoint: Checkpoint) -> tuple[Checkpoint, ...] | None:
         """Record one (validated) vote; the proof if its (sequence, digest) now has a quorum."""
+        if not self.quorum.is_replica(checkpoint.replica):
+            return None  # the caller checked it; an int-like non-int would poison proofs
         at = self.votes.setdefault(checkpoint.sequence, {})
         if checkpoint.replica in at:
             return None

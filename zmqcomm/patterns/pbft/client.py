@@ -105,7 +105,10 @@ class Client:
     def on_message(self, sender: Any, message: Any, *, now: float) -> list[Any]:
         if not isinstance(message, Reply):
             return self._reject("unknown_type")
-        if not self.config.is_replica(sender) or message.replica != sender:
+        claimed = message.replica  # exact int: 1.0 == 1 must not pass as replica 1
+        if not (self.config.is_replica(sender) and self.config.is_replica(claimed)):
+            return self._reject("sender_mismatch")
+        if claimed != sender:
             return self._reject("sender_mismatch")
         if not (
             is_int(message.view)

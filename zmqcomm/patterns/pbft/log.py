@@ -62,7 +62,11 @@ class MessageLog:
         return [
             p
             for r, p in sorted(entry.prepares.items())
-            if r != primary and p.digest == pre_prepare.digest
+            # p.replica must be exactly r (an int): it goes into certificates shown to others.
+            if r != primary
+            and p.digest == pre_prepare.digest
+            and p.replica == r
+            and self.quorum.is_replica(p.replica)
         ]
 
     def prepared(self, entry: Entry, view: int) -> bool:

@@ -153,9 +153,14 @@ class ReplicaCore:
         self.new_view_msg: NewView | None = None
         self.waiting: dict[Hashable, Request] = {}
         self.pending: dict[Hashable, Request] = {}
-        self.proposed: set[tuple[Hashable, int]] = set()
+        #: Primary: the highest timestamp proposed per client in this view, so a request
+        #: is not proposed twice; dropped once executed (one entry per in-flight client).
+        self.proposed: dict[Hashable, int] = {}
         self.next_sequence = 1
+        #: The request timer times one waiting request, ``timed_client``'s (see
+        #: :meth:`_retime_request`); it expires at ``request_deadline``.
         self.request_deadline: float | None = None
+        self.timed_client: Hashable | None = None
         self.vc_deadline: float | None = None
         self.vc_resend: float | None = None
         self.resend_at: float | None = None
@@ -229,10 +234,35 @@ class ReplicaCore:
 
     # -- requests and the normal case -----------------------------------------------------------
 
+    def _retime_request(self, now: float) -> None:
+        """The paper's request timer, after requests left ``waiting`` (executed or pruned).
+
+        It times one request: with nothing waiting it stops; if the request it timed is no
+        longer waiting it restarts for the oldest waiting one; otherwise it keeps running,
+        so a primary that orders other requests cannot hold back the timed one forever.
+        """
+        if self.changing:
+            return  # entering the next view restarts it
+        if not self.waiting:
+            self.timed_client = self.request_deadline = None
+        elif self.request_deadline is None or self.timed_client not in self.waiting:
+            self.timed_client = next(iter(self.waiting))
+            self.request_deadline = now + self.timeout
+
     def _on_request(self, sender: Hashable, request: Request, now: float) -> list[Any]:
         if not well_formed_request(request) or self.config.is_replica(request.client):
             return self._reject("malformed_request")
-        if request.client != sender:
+        # With client signatures a backup may relay a request to the primary (see below):
+        # the signature, not the sender, shows the client sent it. Only the primary takes
+        # relays: a faulty replica must not start the backups' timers for requests the
+        # primary never saw.
+        relayed = (
+            self.verify_client is not None
+            and self.is_primary
+            and self.config.is_replica(sender)
+            and sender != self.id
+        )
+        if request.client != sender and not relayed:
             return self._reject("sender_mismatch")
         if self.verify_client is not None and not self.verify_client(
             request.client, material(request), request.signature
@@ -254,14 +284,20 @@ class ReplicaCore:
             return []
         if self.request_deadline is None:
             self.request_deadline = now + self.timeout
+            self.timed_client = request.client
         if self.is_primary:
             self._queue(request, now)
             return self._propose(now)
+        if self.verify_client is not None and sender == request.client:
+            # As in the paper: a client that reaches only the backups cannot force a view
+            # change by leaving the primary out. Only signed requests: the primary checks
+            # the client's signature, so a faulty backup cannot invent requests this way.
+            return [Send(self.primary, request)]
         return []
 
     def _queue(self, request: Request, now: float) -> None:
-        if (request.client, request.timestamp) in self.proposed:
-            return
+        if self.proposed.get(request.client, 0) >= request.timestamp:
+            return  # proposed already in this view (or a newer one from the same client)
         self.pending[request.client] = request
         if self.batch_deadline is None:
             self.batch_deadline = now + self.batch_delay
@@ -284,7 +320,7 @@ class ReplicaCore:
                 self.pending.update({r.client: r for r in batch})
                 continue
             self.next_sequence += 1
-            self.proposed.update((r.client, r.timestamp) for r in batch)
+            self._mark_proposed(batch)
             self.log.entry(sequence).pre_prepare = pp
             out += self._to_others(pp)
             out += self._advance(sequence, now)
@@ -293,6 +329,10 @@ class ReplicaCore:
         elif self.batch_deadline is None or self.batch_deadline <= now:
             self.batch_deadline = now + self.batch_delay
         return out
+
+    def _mark_proposed(self, batch: tuple[Request, ...]) -> None:
+        for r in batch:
+            self.proposed[r.client] = max(self.proposed.get(r.client, 0), r.timestamp)
 
     def _on_pre_prepare(self, sender: int, pp: PrePrepare, now: float) -> list[Any]:
         if not is_int(getattr(pp, "view", None)) or not is_int(getattr(pp, "sequence", None), 1):
@@ -426,7 +466,7 @@ class ReplicaCore:
                 out += self._take_checkpoint(pp.sequence, now)
         if executed:
             self.timeout = self.base_timeout  # the view works: forget earlier doubling
-            self.request_deadline = now + self.timeout if self.waiting else None
+            self._retime_request(now)
             if self.is_primary:
                 out += self._propose(now)
         return out
@@ -440,6 +480,8 @@ class ReplicaCore:
         except Exception:  # a faulty operation must never stop the replica
             result = ERROR_RESULT
         self.replies[request.client] = (request.timestamp, result)
+        if self.proposed.get(request.client, 0) <= request.timestamp:
+            self.proposed.pop(request.client, None)  # the reply cache now stops repeats
         held = self.waiting.get(request.client)
         if held is not None and held.timestamp <= request.timestamp:
             del self.waiting[request.client]

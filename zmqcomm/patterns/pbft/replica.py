@@ -103,7 +103,10 @@ class Replica(ReplicaCore):
         if type(message) is not Request:
             if not self.config.is_replica(sender) or sender == self.id:
                 return self._reject("not_a_replica")
-            if getattr(message, "replica", None) != sender:
+            # Exact ints only: False == 0 and 1.0 == 1, and such a value would pass "==" here
+            # but poison the proofs built from this message (third parties reject them).
+            claimed = getattr(message, "replica", None)
+            if not self.config.is_replica(claimed) or claimed != sender:
                 return self._reject("sender_mismatch")
         out = handler(self, sender, message, now)
         if self._outbox:
@@ -196,6 +199,7 @@ class Replica(ReplicaCore):
         for client, request in list(self.waiting.items()):
             if request.timestamp <= self.replies.get(client, (0,))[0]:
                 del self.waiting[client]
+        self._retime_request(now)
         out: list[Any] = [StateTransferred(state.sequence, state.digest)]
         out += self._make_stable(checkpoint, now)
         return out + self._execute(now)
@@ -219,6 +223,7 @@ class Replica(ReplicaCore):
         self.pending.clear()
         self.proposed.clear()
         self.request_deadline = self.batch_deadline = self.resend_at = None
+        self.timed_client = None
         self.vc_sent = self._make_view_change(target)
         self.view_changes.setdefault(target, {})[self.id] = self.vc_sent
         for view in [v for v in self.view_changes if v < target]:
@@ -323,12 +328,14 @@ class Replica(ReplicaCore):
                 out += self._send_fetch(now)
         for pp in nv.pre_prepares:
             if self.log.in_window(pp.sequence):
+                self._mark_proposed(pp.requests)  # before: executing it drops the mark
                 out += self._accept_pre_prepare(pp, now)
-                self.proposed.update((r.client, r.timestamp) for r in pp.requests)
         top = max((pp.sequence for pp in nv.pre_prepares), default=0)
         # A fresh numbering per view: gaps left by an older view of ours would stall.
         self.next_sequence = max(top + 1, self.log.low + 1, self.last_executed + 1)
-        self.request_deadline = now + self.timeout if self.waiting else None
+        # A new view: the timer restarts for the oldest waiting request, if any.
+        self.request_deadline = self.timed_client = None
+        self._retime_request(now)
         if self.is_primary:
             for request in self.waiting.values():
                 self._queue(request, now)
