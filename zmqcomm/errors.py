@@ -165,6 +165,16 @@ class LimitExceededError(RemoteProtocolError):
     reason = "limit_exceeded"
 
 
+# -- local storage ----------------------------------------------------------------------------
+
+
+class CorruptStoreError(ZmqCommError):
+    """A stored record cannot be read back (a PBFT replica's log, say): the process must not
+    trust that store. Restore it from a backup or let the replica catch up from an empty one."""
+
+    reason = "corrupt_store"
+
+
 # -- security ---------------------------------------------------------------------------------
 
 
@@ -216,6 +226,7 @@ __all__ = [
     "BrokenError",
     "ClosedError",
     "ConnectError",
+    "CorruptStoreError",
     "EndpointError",
     "KeyFileError",
     "LimitExceededError",

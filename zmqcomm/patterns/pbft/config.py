@@ -1,0 +1,211 @@
+"""The configuration of one PBFT replica process, read from a TOML file.
+
+::
+
+    # replica-0.toml: relative paths are relative to this file
+    replica = 0                      # this process's index in [[replicas]]
+    name = "replica-0"               # keys/replica-0.key is its identity (default replica-N)
+    keys = "keys"
+    trust = "trust"                  # who may connect: the other replicas and the clients
+    data = "data/replica-0"          # the SQLite store and status.json live here
+    audit = "audit-0.jsonl"          # optional: rejections as JSON lines
+    batch_size = 256                 # requests per PRE-PREPARE
+    batch_delay = 0.002              # seconds the primary waits to fill a batch
+    checkpoint_interval = 16
+    view_change_timeout = 1.0        # seconds; doubled after each failed view change
+    fsync = true                     # false: survive SIGKILL but not a power cut (faster)
+
+    [[replicas]]                     # one table per replica, in index order (n = 4..31)
+    endpoint = "tcp://10.0.0.1:7000"
+    public = "keys/replica-0.pub"    # its public key file: agent id and signing key
+    [[replicas]]
+    ...
+
+Every replica of a cluster has the same ``[[replicas]]`` list; only ``replica``, ``name``,
+``data`` and ``audit`` differ.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zmqcomm.crypto.keys import PublicIdentity, load_public
+from zmqcomm.errors import UsageError, ZmqCommError
+from zmqcomm.patterns.pbft.quorum import Quorum
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ReplicaConfig", "ReplicaEntry", "load_config"]
+
+_ALLOWED = (
+    "replica",
+    "name",
+    "keys",
+    "trust",
+    "data",
+    "audit",
+    "batch_size",
+    "batch_delay",
+    "checkpoint_interval",
+    "view_change_timeout",
+    "fsync",
+    "replicas",
+)
+
+
+@dataclass(frozen=True)
+class ReplicaEntry:
+    endpoint: str
+    public: PublicIdentity
+
+    @property
+    def agent_id(self) -> str:
+        return self.public.agent_id
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    replica: int
+    replicas: tuple[ReplicaEntry, ...]
+    keys: Path
+    trust: Path
+    data: Path
+    name: str = ""
+    audit: Path | None = None
+    batch_size: int = 256
+    batch_delay: float = 0.002
+    checkpoint_interval: int = 16
+    view_change_timeout: float = 1.0
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        n = len(self.replicas)
+        try:
+            Quorum(n)
+        except ZmqCommError as exc:
+            raise UsageError(f"[[replicas]] lists {n} replicas: {exc}") from exc
+        if not (isinstance(self.replica, int) and 0 <= self.replica < n):
+            raise UsageError(f"replica must be an index 0..{n - 1}, got {self.replica!r}")
+        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 10_000):
+            raise UsageError(f"batch_size must be 1..10000, got {self.batch_size!r}")
+        if not (isinstance(self.checkpoint_interval, int) and self.checkpoint_interval >= 1):
+            raise UsageError("checkpoint_interval must be a positive integer")
+        if not 0 <= self.batch_delay <= 1 or not 0 < self.view_change_timeout <= 600:
+            raise UsageError("batch_delay must be 0..1 s and view_change_timeout 0..600 s")
+        agents = [r.agent_id for r in self.replicas]
+        if len(set(agents)) != n:
+            raise UsageError("two [[replicas]] entries have the same public key")
+        if not isinstance(self.fsync, bool):
+            raise UsageError(f"fsync must be true or false, got {self.fsync!r}")
+        if not self.name:
+            object.__setattr__(self, "name", f"replica-{self.replica}")
+
+    @property
+    def n(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [r.endpoint for r in self.replicas]
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return [r.agent_id for r in self.replicas]
+
+    @property
+    def verify_keys(self) -> dict[Hashable, bytes]:
+        return {i: r.public.verify_key for i, r in enumerate(self.replicas)}
+
+    def to_toml(self, directory: Path | None = None) -> str:
+        """The TOML text for this configuration (paths relative to ``directory`` if given)."""
+
+        def show(path: Path) -> str:
+            if directory is not None:
+                try:
+                    return str(path.relative_to(directory))
+                except ValueError:
+                    pass
+            return str(path)
+
+        lines = [
+            f"replica = {self.replica}",
+            f'name = "{self.name}"',
+            f'keys = "{show(self.keys)}"',
+            f'trust = "{show(self.trust)}"',
+            f'data = "{show(self.data)}"',
+        ]
+        if self.audit is not None:
+            lines.append(f'audit = "{show(self.audit)}"')
+        lines += [
+            f"batch_size = {self.batch_size}",
+            f"batch_delay = {self.batch_delay}",
+            f"checkpoint_interval = {self.checkpoint_interval}",
+            f"view_change_timeout = {self.view_change_timeout}",
+            f"fsync = {'true' if self.fsync else 'false'}",
+        ]
+        for entry in self.replicas:
+            public = self.keys / f"{entry.public.name}.pub"
+            lines += [
+                "",
+                "[[replicas]]",
+                f'endpoint = "{entry.endpoint}"',
+                f'public = "{show(public)}"',
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _path(base: Path, value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{key} must be a path (a non-empty string)")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def load_config(path: str | os.PathLike[str]) -> ReplicaConfig:
+    """Read and check a replica configuration file; :class:`UsageError` says what is wrong."""
+    path = Path(path)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(_ALLOWED))
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_ALLOWED)}"
+        )
+    base = path.parent
+    for required in ("replica", "keys", "trust", "data", "replicas"):
+        if required not in data:
+            raise UsageError(f"{path}: missing setting {required!r} (see docs/patterns.md)")
+    rows = data["replicas"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UsageError(f"{path}: replicas must be [[replicas]] tables with endpoint and public")
+    entries = []
+    for i, row in enumerate(rows):
+        if set(row) != {"endpoint", "public"} or not isinstance(row["endpoint"], str):
+            raise UsageError(f"{path}: [[replicas]] #{i} needs exactly endpoint and public")
+        entries.append(
+            ReplicaEntry(row["endpoint"], load_public(_path(base, row["public"], "public")))
+        )
+    audit = data.get("audit")
+    names = ("batch_size", "batch_delay", "checkpoint_interval", "view_change_timeout", "name")
+    settings = {k: data[k] for k in (*names, "fsync") if k in data}
+    return ReplicaConfig(
+        replica=data["replica"],
+        replicas=tuple(entries),
+        keys=_path(base, data["keys"], "keys"),
+        trust=_path(base, data["trust"], "trust"),
+        data=_path(base, data["data"], "data"),
+        audit=None if audit is None else _path(base, audit, "audit"),
+        **settings,
+    )

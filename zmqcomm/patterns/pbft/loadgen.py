@@ -1,0 +1,245 @@
+"""A PBFT load generator: many logical clients multiplexed over one connection per replica.
+
+One process holds one identity and one :class:`~zmqcomm.secure.SecureDealer` to every
+replica. Logical client k is the pure :class:`~zmqcomm.patterns.pbft.Client` with id
+``"<agent id>/k"`` (the replicas accept that id from this agent only), each with one
+request outstanding, so ``clients`` requests are in flight and the primary can fill
+batches. Requests to one replica in one loop iteration go out as one batch, and the
+replicas' replies to the many clients come back batched too.
+
+Each operation is ``put(b"<client>/<i>", value)``; every acknowledged key is recorded, so a
+test can check that no acknowledged operation is missing from any replica's state.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from zmqcomm.crypto.channel import TrustChecker
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import RemoteProtocolError, UsageError, ZmqCommError
+from zmqcomm.patterns.pbft.client import Client, Result
+from zmqcomm.patterns.pbft.driver import group_sends
+from zmqcomm.patterns.pbft.messages import Reply, decode
+from zmqcomm.patterns.pbft.statemachine import encode_op
+from zmqcomm.secure import SecureDealer
+from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
+
+__all__ = ["LoadGenerator", "LoadReport", "percentile"]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@dataclass
+class LoadReport:
+    ops: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list, repr=False)
+    max_view: int = 0
+    retransmissions: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    acknowledged: list[bytes] = field(default_factory=list, repr=False)
+
+    @property
+    def throughput(self) -> float:
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies
+        return {
+            "ops": self.ops,
+            "seconds": round(self.seconds, 3),
+            "throughput": round(self.throughput, 1),
+            "p50_ms": round(percentile(lat, 0.50) * 1000, 3) if lat else None,
+            "p99_ms": round(percentile(lat, 0.99) * 1000, 3) if lat else None,
+            "mean_ms": round(statistics.fmean(lat) * 1000, 3) if lat else None,
+            "view_changes": self.max_view,
+            "retransmissions": self.retransmissions,
+            "rejected": dict(self.rejected),
+        }
+
+
+class LoadGenerator:
+    """``clients`` logical clients of a PBFT cluster, driven from one loop."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        trust: TrustChecker,
+        *,
+        endpoints: Sequence[str],
+        replica_agents: Sequence[str],
+        clients: int = 64,
+        timeout: float = 0.5,
+        value_size: int = 16,
+        context: zmq.Context[Any] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if clients < 1 or len(endpoints) != len(replica_agents):
+            raise UsageError("need at least one client and one agent id per endpoint")
+        self.n = len(endpoints)
+        self.agent = identity.agent_id
+        self.index = {agent: i for i, agent in enumerate(replica_agents)}
+        self.value = b"v" * value_size
+        now = time.time()
+        self.clients: dict[Hashable, Client] = {
+            f"{self.agent}/{k}": Client(f"{self.agent}/{k}", self.n, now=now, timeout=timeout)
+            for k in range(clients)
+        }
+        options = DEFAULT_SOCKET_OPTIONS.with_changes(linger=0.0)
+        self.dealers: list[SecureDealer] = []
+        try:
+            for endpoint, agent in zip(endpoints, replica_agents, strict=True):
+                self.dealers.append(
+                    SecureDealer(
+                        endpoint,
+                        identity=identity,
+                        trust=trust,
+                        expect_peer=agent,
+                        options=options,
+                        context=context,
+                        send_timeout=0.0,
+                        connect_timeout=None,
+                    )
+                )
+            deadline = time.monotonic() + connect_timeout
+            for dealer in self.dealers:
+                dealer.wait_established(max(0.01, deadline - time.monotonic()))
+        except BaseException:
+            self.close()
+            raise
+        self._poller = zmq.Poller()
+        for dealer in self.dealers:
+            self._poller.register(dealer.socket, zmq.POLLIN)
+        self.dropped: Counter[str] = Counter()
+
+    def run(
+        self,
+        ops: int,
+        *,
+        stop: Callable[[], bool] | None = None,
+        max_seconds: float = 600.0,
+        on_result: Callable[[int], None] | None = None,
+    ) -> LoadReport:
+        """Issue ``ops`` operations (each client one at a time) and wait for their results."""
+        self._report = report = LoadReport()
+        self._started: dict[Hashable, float] = {}
+        self._counters: Counter[Hashable] = Counter()
+        self._ops, self._issued, self._on_result = ops, 0, on_result
+        begin = time.monotonic()
+        actions: list[Any] = []
+        for client_id in list(self.clients)[:ops]:
+            actions += self._issue(client_id)
+        self._send(actions)
+        next_timer = 0.0
+        while report.ops < ops and time.monotonic() - begin < max_seconds:
+            if stop is not None and stop():
+                break
+            self._poller.poll(10)
+            actions = []
+            for dealer in self.dealers:
+                try:
+                    dealer.pump(0.0)
+                except ZmqCommError as exc:
+                    self.dropped[f"pump_{exc.reason}"] += 1
+                while dealer.inbox:
+                    delivered = dealer.inbox.popleft()
+                    sender = self.index.get(delivered.agent_id)
+                    for payload in delivered.message.payloads:
+                        reply = self._decode(payload)
+                        if sender is not None and reply is not None:
+                            actions += self._on_reply(sender, reply)
+            mono = time.monotonic()
+            if mono >= next_timer:
+                next_timer = mono + 0.01
+                now = time.time()
+                for client in self.clients.values():
+                    deadline = client.next_deadline()
+                    if deadline is not None and now >= deadline:
+                        actions += client.on_timer(now=now)
+            self._send(actions)
+        report.seconds = time.monotonic() - begin
+        for client in self.clients.values():
+            report.retransmissions += client.retransmissions
+            report.rejected.update(client.rejected)
+        return report
+
+    def _on_reply(self, sender: int, reply: Reply) -> list[Any]:
+        client = self.clients.get(reply.client)
+        if client is None:
+            self.dropped["unknown_client"] += 1
+            return []
+        actions: list[Any] = []
+        report = self._report
+        for out in client.on_message(sender, reply, now=time.time()):
+            if not isinstance(out, Result):
+                actions.append(out)
+                continue
+            report.latencies.append(time.monotonic() - self._started.pop(reply.client))
+            report.ops += 1
+            report.max_view = max(report.max_view, client.view)
+            report.acknowledged.append(self._key(reply.client))
+            if self._on_result is not None:
+                self._on_result(report.ops)
+            if self._issued < self._ops:
+                actions += self._issue(reply.client)
+        return actions
+
+    def _key(self, client_id: Hashable) -> bytes:
+        return f"{client_id}/{self._counters[client_id]}".encode()
+
+    def _issue(self, client_id: Hashable) -> list[Any]:
+        self._issued += 1
+        self._counters[client_id] += 1
+        self._started[client_id] = time.monotonic()
+        op = encode_op("put", self._key(client_id), self.value)
+        return self.clients[client_id].request(op, now=time.time())
+
+    def _decode(self, payload: Any) -> Reply | None:
+        if not isinstance(payload, bytes):
+            self.dropped["not_bytes"] += 1
+            return None
+        try:
+            message = decode(payload)
+        except RemoteProtocolError as exc:
+            self.dropped[exc.reason] += 1
+            return None
+        if not isinstance(message, Reply):
+            self.dropped["not_a_reply"] += 1
+            return None
+        return message
+
+    def _send(self, actions: list[Any]) -> None:
+        if not actions:
+            return
+        sends, _ = group_sends(actions)
+        for to, payloads in sends.items():
+            if not isinstance(to, int) or not 0 <= to < self.n:
+                continue
+            try:
+                self.dealers[to].send_many(payloads)
+            except ZmqCommError as exc:
+                # A dead replica: the client's retransmission to all replicas covers it.
+                self.dropped[f"send_{exc.reason}"] += len(payloads)
+
+    def close(self) -> None:
+        for dealer in self.dealers:
+            dealer.close()
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
