@@ -104,3 +104,27 @@ def test_seal_batch_of_1024(benchmark: Any, parties: tuple[Any, ...]) -> None:
     frames = benchmark(a.seal_many, MessageType.DATA, payloads, now=1.0)
     event = b.receive(frames, now=1.0)[0]
     assert isinstance(event, Delivered) and len(event.message.payloads) == 1024
+
+
+def test_open_batch_of_1024(benchmark: Any, parties: tuple[Any, ...]) -> None:
+    a, b = _pair(parties)
+    payloads = [PAYLOAD] * 1024
+    batches = iter([a.seal_many(MessageType.DATA, payloads, now=1.0) for _ in range(3_000)])
+    events = benchmark.pedantic(lambda: b.receive(next(batches), now=1.0), rounds=2_500)
+    assert isinstance(events[0], Delivered) and len(events[0].message.payloads) == 1024
+
+
+def test_seal_64_kib(benchmark: Any, parties: tuple[Any, ...]) -> None:
+    a, b = _pair(parties)
+    blob = os.urandom(64 * 1024)
+    frames = benchmark(a.seal, MessageType.DATA, blob, now=1.0)
+    event = b.receive(frames, now=1.0)[0]
+    assert isinstance(event, Delivered) and event.message.payload == blob
+
+
+def test_open_64_kib(benchmark: Any, parties: tuple[Any, ...]) -> None:
+    a, b = _pair(parties)
+    blob = os.urandom(64 * 1024)
+    sealed = iter([a.seal(MessageType.DATA, blob, now=1.0) for _ in range(1_200)])
+    events = benchmark.pedantic(lambda: b.receive(next(sealed), now=1.0), rounds=1_000)
+    assert isinstance(events[0], Delivered) and events[0].message.payload == blob

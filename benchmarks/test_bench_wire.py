@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from zmqcomm.transport.batching import BatchingSender
 from zmqcomm.wire import BatchBuilder, CompressionConfig, MessageType, WireCodec
 
 SMALL = {"op": "move", "agent": 17, "x": 0.25, "y": -1.5, "tags": ["scout", "north"]}
@@ -82,3 +83,20 @@ def test_decode_batch_of_1024_64_byte_messages(benchmark: Any, codec: WireCodec)
     blob = os.urandom(64)
     frames = codec.encode_batch(MessageType.DATA, [blob] * 1024)
     assert len(benchmark(codec.decode, frames).payloads) == 1024
+
+
+def test_batching_sender_1024_messages_of_64_bytes(benchmark: Any, codec: WireCodec) -> None:
+    blob = os.urandom(64)
+    sent: list[Any] = []
+
+    def send_1024() -> int:
+        sent.clear()
+        sender = BatchingSender(sent.append, codec, max_delay=1.0)
+        enqueue, data = sender.send, MessageType.DATA
+        for _ in range(1024):
+            enqueue(data, blob)
+        sender.close()
+        return sender.messages_sent
+
+    assert benchmark(send_1024) == 1024
+    assert sum(len(codec.decode(frames).payloads) for frames in sent) == 1024

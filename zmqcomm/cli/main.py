@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from zmqcomm import __version__
-from zmqcomm.cli import broker, discovery, doctor, keys, messaging, swarm
+from zmqcomm.cli import bench, broker, discovery, doctor, keys, messaging, pbft, swarm
 from zmqcomm.errors import UsageError, ZmqCommError
 
 EXIT_OK = 0
@@ -19,7 +19,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_COMMANDS = (swarm, broker, messaging, discovery, keys, doctor)
+_COMMANDS = (swarm, broker, messaging, discovery, pbft, bench, keys, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,28 @@
+"""A broker and many agents on disk (keys, trust stores), shared by the broker sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zmqcomm.crypto.keys import Identity, load_identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.swarm.layout import create
+
+
+def fleet(workdir: Path, agents: int) -> Path:
+    """A directory with identities for a broker and ``agents`` agents, made once per run."""
+    directory = workdir / f"fleet-{agents}"
+    if not (directory / "keys").exists():
+        create(directory, agents)
+    return directory
+
+
+def broker_identity(directory: str) -> tuple[Identity, TrustStore]:
+    base = Path(directory)
+    return load_identity(base / "keys" / "broker.key"), TrustStore(base / "trust" / "broker")
+
+
+def agent_identity(directory: str, index: int) -> tuple[Identity, TrustStore]:
+    base = Path(directory)
+    identity = load_identity(base / "keys" / f"agent-{index}.key")
+    return identity, TrustStore(base / "trust" / "agents")

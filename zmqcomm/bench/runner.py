@@ -1,0 +1,109 @@
+"""Runs the sections in order and writes results.json, results.md and the plots.
+
+Adding a section (PBFT, for one) means writing a module with ``NAME``, ``TITLE`` and
+``run(context) -> dict`` and listing it in :data:`SECTIONS`; a renderer in
+:mod:`zmqcomm.bench.report` gives it a Markdown table (otherwise its JSON is shown).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from zmqcomm.bench.harness import BenchContext, Progress
+from zmqcomm.bench.plots import plot_latency, plot_throughput
+from zmqcomm.bench.report import build_results, to_markdown, write_json
+from zmqcomm.bench.settings import BenchSettings
+from zmqcomm.errors import UsageError, ZmqCommError
+
+#: Section name -> module, in the order they run.
+SECTIONS: dict[str, str] = {
+    "throughput": "zmqcomm.bench.throughput",
+    "latency": "zmqcomm.bench.latency",
+    "memory": "zmqcomm.bench.memory",
+    "handshakes": "zmqcomm.bench.handshakes",
+    "relay": "zmqcomm.bench.relay",
+    "gossip": "zmqcomm.bench.gossip",
+    "pbft": "zmqcomm.bench.pbft",
+}
+OUTPUTS = ("results.json", "results.md", "throughput.png", "latency.png")
+
+
+@dataclass(frozen=True)
+class BenchOutcome:
+    results: dict[str, Any]
+    out: Path
+    files: dict[str, Path]
+
+    @property
+    def failed(self) -> list[str]:
+        """Sections that could not be measured (their error is in the results)."""
+        sections = self.results["sections"]
+        return [name for name, data in sections.items() if data.get("status") == "failed"]
+
+
+def section_modules(names: tuple[str, ...]) -> list[ModuleType]:
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        raise UsageError(
+            f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}"
+        )
+    chosen = [name for name in SECTIONS if not names or name in names]
+    return [importlib.import_module(SECTIONS[name]) for name in chosen]
+
+
+def default_out_dir(base: Path | None = None) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (base or Path("bench-results")) / stamp
+
+
+def run_benchmarks(
+    settings: BenchSettings,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    command: str = "zmqcomm bench",
+    plots: bool = True,
+) -> BenchOutcome:
+    """Measure every chosen section and write the outputs into ``out`` (created)."""
+    modules = section_modules(settings.sections)
+    progress = progress if progress is not None else Progress()
+    out.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
+    sections: dict[str, Any] = {}
+    # Sockets and keys live in a short path: ipc socket paths are limited to ~100 bytes.
+    with tempfile.TemporaryDirectory(prefix="zcb-", dir="/tmp") as workdir:
+        context = BenchContext(settings, progress, Path(workdir))
+        for module in modules:
+            try:
+                sections[module.NAME] = module.run(context)
+            except ZmqCommError as exc:
+                # One broken section must not cost the figures of the others.
+                progress.note(f"{module.NAME}: FAILED: {exc}")
+                sections[module.NAME] = {
+                    "title": module.TITLE,
+                    "status": "failed",
+                    "error": str(exc),
+                }
+    results = build_results(
+        settings,
+        sections,
+        started=started_at,
+        seconds=time.monotonic() - started,
+        command=command,
+    )
+    files = {"results.json": out / "results.json", "results.md": out / "results.md"}
+    write_json(results, files["results.json"])
+    files["results.md"].write_text(to_markdown(results), encoding="utf-8")
+    if plots:
+        files["throughput.png"] = plot_throughput(results, out / "throughput.png")
+        files["latency.png"] = plot_latency(results, out / "latency.png")
+    progress.note(f"wrote {', '.join(sorted(files))} to {out}")
+    return BenchOutcome(results, out, files)
