@@ -131,6 +131,15 @@ def verify_signature(verify_key: bytes, message: bytes, signature: bytes) -> Non
         raise AuthenticationError("bad Ed25519 signature", reason="bad_signature") from exc
 
 
+def signature_valid(verify_key: bytes, message: bytes, signature: bytes) -> bool:
+    """:func:`verify_signature` as a yes or no, for callers that count bad signatures."""
+    try:
+        verify_signature(verify_key, message, signature)
+    except AuthenticationError:
+        return False
+    return True
+
+
 # -- certificates -----------------------------------------------------------------------------
 
 

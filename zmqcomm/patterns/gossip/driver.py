@@ -44,10 +44,9 @@ from typing import Any
 import zmq
 
 from zmqcomm.crypto.audit import REJECT, BaseAuditLog
-from zmqcomm.crypto.keys import Identity, is_agent_id, verify_signature
+from zmqcomm.crypto.keys import Identity, is_agent_id, signature_valid
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
-    AuthenticationError,
     ClosedError,
     LocalProtocolError,
     RemoteProtocolError,
@@ -148,13 +147,7 @@ def trust_verifier(trust: TrustStore, *, cache_seconds: float = 10.0) -> Verifie
             if len(cache) > 100_000:
                 cache.clear()
             cache[origin] = (key, now + cache_seconds)
-        if key is None:
-            return False
-        try:
-            verify_signature(key, material, signature)
-        except AuthenticationError:
-            return False
-        return True
+        return key is not None and signature_valid(key, material, signature)
 
     return verify
 
@@ -162,13 +155,7 @@ def trust_verifier(trust: TrustStore, *, cache_seconds: float = 10.0) -> Verifie
 def mapping_verifier(keys: Mapping[str, bytes]) -> Verifier:
     def verify(origin: Any, material: bytes, signature: bytes) -> bool:
         key = keys.get(origin) if isinstance(origin, str) else None
-        if key is None:
-            return False
-        try:
-            verify_signature(key, material, signature)
-        except AuthenticationError:
-            return False
-        return True
+        return key is not None and signature_valid(key, material, signature)
 
     return verify
 
