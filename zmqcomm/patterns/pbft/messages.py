@@ -202,7 +202,10 @@ def _default(obj: Any) -> Any:
 
 def encode(message: Any) -> bytes:
     """Canonical msgpack bytes of a message (or a tuple of them)."""
-    return bytes(msgpack.packb(message, default=_default, use_bin_type=True))
+    # Wrapping a message ourselves gives the same bytes as msgpack's ``default`` hook, but
+    # msgpack 1.x takes ~20 us to reach that hook for a top-level object (measured here).
+    top = _default(message) if type(message) in _CODE else message
+    return bytes(msgpack.packb(top, default=_default, use_bin_type=True))
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
