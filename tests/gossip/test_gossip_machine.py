@@ -187,3 +187,35 @@ def test_a_withheld_or_forged_reply_makes_the_node_ask_the_next_source() -> None
     assert b.on_timer(now=1.9) == []  # no source left: the id is forgotten ...
     assert b.next_deadline() == 2.0
     assert sends(b.on_message("n3", IHave((mid,)), now=1.95))[0].to == "n3"  # ... asked anew
+
+
+def test_iwant_answers_each_id_once_and_replies_are_capped_per_heartbeat() -> None:
+    a = node("n0", peers=["n1"], degree=1, degree_low=1, max_iwant_replies=2)
+    m1, _ = a.publish(b"one", now=0.1)
+    m2, _ = a.publish(b"two", now=0.1)
+    m3, _ = a.publish(b"three", now=0.1)
+    replies = sends(a.on_message("n1", IWant((m1, m1, m2, m1, m3)), now=0.2))
+    assert [r.message.message.id for r in replies] == [m1, m2]  # once each, then capped
+    assert a.counters["iwant_replies_capped"] == 1
+    assert a.on_message("n1", IWant((m3,)), now=0.3) == []
+    assert a.counters["iwant_replies_capped"] == 2
+    # Another asker has its own allowance, and a heartbeat renews everyone's.
+    assert len(sends(a.on_message("n2", IWant((m3,)), now=0.4))) == 1
+    a.on_timer(now=1.0)
+    [again] = sends(a.on_message("n1", IWant((m3, m3)), now=1.1))
+    assert again.to == "n1" and again.message.message.id == m3
+    with pytest.raises(UsageError):
+        node("n0", max_iwant_replies=-1)
+
+
+def test_learned_peer_slots_are_freed_by_removal_and_configuration() -> None:
+    a = node("n0", peers=[], max_peers=1)
+    a.on_message("n5", Graft(), now=0.1)
+    a.on_message("n6", Graft(), now=0.1)
+    assert a.peers == ["n5"] and a.counters["peers_ignored"] == 1
+    a.add_peer("n5")  # configured now: it no longer takes the one learned slot
+    a.on_message("n6", Graft(), now=0.2)
+    assert a.peers == ["n5", "n6"]
+    a.remove_peer("n6")
+    a.on_message("n7", Graft(), now=0.3)
+    assert a.peers == ["n5", "n7"] and a.counters["peers_ignored"] == 1

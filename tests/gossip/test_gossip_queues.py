@@ -100,3 +100,29 @@ def test_bounds_are_checked() -> None:
         PeerQueue(0)
     with pytest.raises(UsageError):
         QueueSet(0)
+
+
+def test_drained_queue_is_discarded_with_its_totals_kept() -> None:
+    qs = QueueSet(100)
+    assert qs.push("a", item("c1"), Priority.CONTROL)
+    assert not qs.discard_empty("a")  # still holds an item
+    assert not qs.discard_empty("nobody")
+    qs.get("a").commit(1)
+    assert qs.discard_empty("a")
+    assert "a" not in qs
+    stats = qs.statistics()
+    assert stats["sent"] == {"control": 1} and stats["drops"] == {} and stats["items"] == 0
+
+
+def test_refused_pushes_leave_no_empty_queue_but_are_counted() -> None:
+    qs = QueueSet(30)
+    assert not qs.push("a", item("big", 31), Priority.OWN)
+    assert "a" not in qs
+    assert qs.free_bytes("a") == 30
+    assert qs.push("b", item("f1", 25), Priority.FORWARD)
+    assert qs.free_bytes("b") == 5
+    assert not qs.push("b", item("r1"), Priority.REPAIR)
+    assert "b" in qs  # not empty: kept
+    qs.refuse("c", Priority.REPAIR)  # the driver skipped a reply that could not fit
+    assert "c" not in qs
+    assert qs.statistics()["drops"] == {"too_big_own": 1, "full_repair": 2}

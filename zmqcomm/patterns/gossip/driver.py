@@ -75,6 +75,12 @@ from zmqcomm.transport.sockets import (
 Clock = Callable[[], float]
 #: Machine counters that mean "this sender misbehaved" (diffed around each on_message).
 _INVALID = ("bad_signature", "malformed", "too_many_hops")
+#: Encoded size of a Publish item beyond its payload and origin (msgpack headers, sequence,
+#: hops, a 64-byte signature), rounded up: enough to judge whether a reply fits a queue.
+_PUBLISH_OVERHEAD = 96
+#: Seconds between two audit lines for the same anonymous reject reason (a flood of bad
+#: routing ids is counted in full but must not fill the audit log).
+_AUDIT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +236,7 @@ class GossipAgent:
         self.drops: Counter[str] = Counter()
         self.deliveries: deque[Delivered] = deque(maxlen=c.keep_deliveries)
         self._unreachable_since: dict[str, float] = {}
+        self._audited_at: dict[str, float] = {}  # anonymous reject reason -> last audit line
         self._retry_at: float | None = None
         self._poller = zmq.Poller()
         for sock in self.sockets:
@@ -371,8 +378,15 @@ class GossipAgent:
 
     def _reject(self, peer: str | None, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
-        if self.audit is not None:
-            self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
+        if self.audit is None:
+            return
+        if peer is None:  # nobody to blame or graylist: rate-limit the lines instead
+            now = self._clock()
+            last = self._audited_at.get(reason)
+            if last is not None and now - last < _AUDIT_INTERVAL:
+                return
+            self._audited_at[reason] = now
+        self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
 
     def _on_frames(self, frames: list[bytes], now: float, out: list[Delivered]) -> None:
         self.counters["received_frames"] += 1
@@ -383,11 +397,11 @@ class GossipAgent:
         if not is_agent_id(sender) or sender == self.agent_id:
             self._reject(None, "bad_routing_id")
             return
-        if len(frames) != 2:
-            self._penalise(sender, "bad_frames", now)
-            return
         if self.scores.is_graylisted(sender):
             self.drops["graylisted"] += 1  # no audit line: a flood must stay cheap to drop
+            return
+        if len(frames) != 2:
+            self._penalise(sender, "bad_frames", now)
             return
         try:
             messages = decode_frame(frames[1], self.config.limits)
@@ -423,6 +437,7 @@ class GossipAgent:
             peer = str(prune.peer)
             self.node.remove_peer(peer)
             self.queues.remove(peer, "graylisted")
+            self._unreachable_since.pop(peer, None)
             self._reject(peer, "graylisted_peer")
 
     def _restore(self, restore: Restore) -> None:
@@ -440,7 +455,11 @@ class GossipAgent:
         now: float,
         out: list[Delivered],
     ) -> None:
-        encoded: dict[int, bytes] = {}  # one relayed message goes to many peers: pack it once
+        # One relayed message goes to many peers, and IWant replies are fresh copies of one
+        # cached message: pack each (id, hops, signature) once. ``keys`` saves rehashing the
+        # payload for the same object (alive in ``actions`` meanwhile, so id() is stable).
+        encoded: dict[Any, bytes] = {}
+        keys: dict[int, tuple[bytes, int, bytes | None]] = {}
         for action in actions:
             if isinstance(action, Deliver):
                 m = action.message
@@ -454,8 +473,24 @@ class GossipAgent:
                     self.scores.useful(sender, now=now)
                 continue
             message = action.message
-            key = id(message.message) if isinstance(message, Publish) else id(message)
+            to = str(action.to)
+            key: Any
+            if isinstance(message, Publish):
+                m = message.message
+                key = keys.get(id(m))
+                if key is None:
+                    key = keys[id(m)] = (m.id, m.hops, m.signature)
+            else:
+                key = id(message)
             item = encoded.get(key)
+            if item is None and priority is Priority.REPAIR and isinstance(message, Publish):
+                # A repair evicts nothing: when it cannot fit, do not pack it at all.
+                m = message.message
+                size = len(m.payload) + len(str(m.origin)) + _PUBLISH_OVERHEAD
+                if size > self.queues.free_bytes(to):
+                    self.queues.refuse(to, Priority.REPAIR)
+                    self.counters["queue_refused"] += 1
+                    continue
             if item is None:
                 try:
                     item = encoded[key] = encode_item(message, self.config.limits)
@@ -463,7 +498,7 @@ class GossipAgent:
                     self.drops["unencodable"] += 1
                     continue
             cls = priority if isinstance(message, Publish) else Priority.CONTROL
-            if not self.queues.push(str(action.to), item, cls):
+            if not self.queues.push(to, item, cls):
                 self.counters["queue_refused"] += 1
 
     # -- sending -----------------------------------------------------------------------------
@@ -479,6 +514,8 @@ class GossipAgent:
                 result = self._send(str(peer), frame)
                 if result == "sent":
                     queue.commit(len(items))
+                    if not queue:  # drained: keep no queue for peers (or strangers) at rest
+                        self.queues.discard_empty(peer)
                     self._unreachable_since.pop(str(peer), None)
                     self.counters["sent_frames"] += 1
                     self.counters["sent_items"] += len(items)
@@ -490,6 +527,8 @@ class GossipAgent:
                     if now - since >= c.unreachable_grace:
                         self.queues.remove(peer, "unreachable")
                         del self._unreachable_since[str(peer)]
+                        if str(peer) not in self._known:  # learned from a Graft, now gone
+                            self.node.remove_peer(str(peer))
                         break
                 self._retry_at = now + c.retry_interval
                 break

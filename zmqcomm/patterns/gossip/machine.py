@@ -15,7 +15,8 @@ first cannot suppress the genuine one). ``hops`` is not signed: it only bounds e
 
 Memory is bounded: the seen-cache forgets ids after ``seen_ttl`` seconds (and keeps at most
 ``max_seen``), the message cache keeps ``history`` heartbeat windows, IHave/IWant lists are
-capped and peers learned from Graft are capped at ``max_peers``.
+capped, peers learned from Graft are capped at ``max_peers`` (a removed one frees its slot)
+and IWant replies to one peer are capped at ``max_iwant_replies`` per heartbeat.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class GossipNode:
         max_hops: int = 32,
         max_ihave_ids: int = 512,
         max_iwant_ids: int = 64,
+        max_iwant_replies: int | None = None,
         max_seen: int = 100_000,
         max_peers: int = 256,
         iwant_timeout: float | None = None,
@@ -201,6 +203,12 @@ class GossipNode:
             max_peers,
         )
         self.iwant_timeout = heartbeat / 4 if iwant_timeout is None else iwant_timeout
+        # Generous: a peer asks once per IHave plus a few retries per heartbeat.
+        self.max_iwant_replies = (
+            8 * max_iwant_ids if max_iwant_replies is None else max_iwant_replies
+        )
+        if self.max_iwant_replies < 0:
+            raise UsageError("max_iwant_replies must be >= 0")
         self.max_sources = max_sources
         if self.iwant_timeout <= 0:
             raise UsageError("iwant_timeout must be positive")
@@ -208,7 +216,8 @@ class GossipNode:
         self._sequence = first_sequence
         # Ordered sets (dicts), so that iteration never depends on hash randomisation.
         self._peers: dict[NodeId, None] = dict.fromkeys(p for p in peers if p != node_id)
-        self._learned = 0
+        self._learned: dict[NodeId, None] = {}  # peers learned from Graft, capped
+        self._replies: Counter[NodeId] = Counter()  # IWant replies per peer this heartbeat
         self._mesh: dict[NodeId, None] = {}
         self._new_grafts: list[NodeId] = []
         self._graft()
@@ -236,10 +245,12 @@ class GossipNode:
     def add_peer(self, peer: NodeId) -> None:
         if peer != self.node_id:
             self._peers.setdefault(peer, None)
+            self._learned.pop(peer, None)  # configured now: no longer counts as learned
 
     def remove_peer(self, peer: NodeId) -> None:
         self._peers.pop(peer, None)
         self._mesh.pop(peer, None)
+        self._learned.pop(peer, None)
 
     # -- the application side ----------------------------------------------------------------
 
@@ -270,8 +281,8 @@ class GossipNode:
             return self._on_iwant(sender, message.ids)
         if isinstance(message, Graft):
             if sender not in self._peers and sender != self.node_id:
-                if self._learned < self.max_peers:
-                    self._learned += 1
+                if len(self._learned) < self.max_peers:
+                    self._learned[sender] = None
                     self._peers[sender] = None
                 else:
                     self.counters["peers_ignored"] += 1
@@ -284,6 +295,7 @@ class GossipNode:
         if now < self._next_heartbeat:
             return actions
         self._next_heartbeat = now + self.heartbeat
+        self._replies.clear()
         self._expire(now)
         self._maintain_mesh()
         actions += [self._send(peer, Graft()) for peer in self._new_grafts]
@@ -360,11 +372,17 @@ class GossipNode:
 
     def _on_iwant(self, sender: NodeId, ids: tuple[MessageId, ...]) -> list[Any]:
         actions: list[Any] = []
-        for mid in ids[: self.max_iwant_ids]:
+        # Answer each id once: an asker repeating an id only repeats work for us.
+        for mid in dict.fromkeys(ids[: self.max_iwant_ids]):
             cached = self._cache.get(mid)
-            if cached is not None:
-                hops = min(cached.hops + 1, self.max_hops)
-                actions.append(self._send(sender, Publish(replace(cached, hops=hops))))
+            if cached is None:
+                continue
+            if self._replies[sender] >= self.max_iwant_replies:
+                self.counters["iwant_replies_capped"] += 1
+                continue
+            self._replies[sender] += 1
+            hops = min(cached.hops + 1, self.max_hops)
+            actions.append(self._send(sender, Publish(replace(cached, hops=hops))))
         return actions
 
     def _expire(self, now: float) -> None:

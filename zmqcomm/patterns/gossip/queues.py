@@ -154,7 +154,20 @@ class QueueSet:
         return queue
 
     def push(self, peer: Hashable, item: bytes, priority: Priority) -> bool:
-        return self.get(peer).push(item, priority)
+        queue = self.get(peer)
+        if queue.push(item, priority):
+            return True
+        self.discard_empty(peer)  # a refused first item must not leave an empty queue behind
+        return False
+
+    def free_bytes(self, peer: Hashable) -> int:
+        """Room left in ``peer``'s queue without evicting anything (no queue is created)."""
+        queue = self._queues.get(peer)
+        return self.max_bytes_per_peer if queue is None else queue.max_bytes - queue.bytes
+
+    def refuse(self, peer: Hashable, priority: Priority, reason: str = FULL) -> None:
+        """Count an item for ``peer`` that the caller did not even try to push."""
+        self._retired_drops[drop_key(reason, priority)] += 1
 
     def pending(self) -> list[Hashable]:
         """Peers with something queued."""
@@ -169,6 +182,18 @@ class QueueSet:
         self._retired_drops.update(queue.drops)
         self._retired_sent.update(queue.sent)
         return dropped
+
+    def discard_empty(self, peer: Hashable) -> bool:
+        """Forget ``peer``'s queue if it holds nothing (keeping its totals); True if it did.
+
+        Queues are created for anyone we answer, strangers included: drained ones must go."""
+        queue = self._queues.get(peer)
+        if queue is None or queue:
+            return False
+        del self._queues[peer]
+        self._retired_drops.update(queue.drops)
+        self._retired_sent.update(queue.sent)
+        return True
 
     def __contains__(self, peer: object) -> bool:
         return peer in self._queues
