@@ -24,13 +24,18 @@ from zmqcomm.patterns.discovery.membership_wire import (
     ACK,
     ALIVE,
     DEAD,
+    JOIN,
+    LEAVE,
     MAX_DATAGRAM,
+    MIN_MAX_DATAGRAM,
     PING,
     PING_REQ,
     SUSPECT,
+    SYNC,
     MembershipWireError,
     Packet,
     Update,
+    UpdateQueue,
     decode_packet,
     encode_packet,
     packet_material,
@@ -179,6 +184,134 @@ def test_config_is_checked() -> None:
         MembershipConfig(period=1.0, ping_timeout=1.0)
     with pytest.raises(UsageError):
         MembershipConfig(max_members=0)
+
+
+def test_max_datagram_below_the_largest_bare_packet_is_refused() -> None:
+    with pytest.raises(UsageError, match=f"max_datagram must be in {MIN_MAX_DATAGRAM}"):
+        MembershipConfig(max_datagram=MIN_MAX_DATAGRAM - 1)
+    with pytest.raises(UsageError, match="max_datagram"):
+        MembershipConfig(max_datagram=400)
+    # At the minimum, the worst packet (a PING_REQ of two longest records) still fits,
+    # and queued news does not push it over.
+    config = MembershipConfig(period=1.0, ping_timeout=0.4, max_datagram=MIN_MAX_DATAGRAM)
+    ports = [65535] * 8
+    nodes = [
+        Membership.from_identity(
+            IDS[i], address=("f" * 64, 65000 + i), rng=random.Random(i), ports=ports, config=config
+        )
+        for i in range(3)
+    ]
+    for node in nodes[1:]:
+        nodes[0].on_message(
+            node.address, node._packet(SYNC, 1, None, nodes[0].address).message, now=0.0
+        )
+    assert len(nodes[0]) == 2 and len(nodes[0]._queue) == 2
+    for kind, target in ((PING_REQ, nodes[1].record), (PING, IDS[1].sender_id), (JOIN, None)):
+        send = nodes[0]._packet(kind, 1, target, nodes[2].record)
+        assert len(encode_packet(send.message)) <= MIN_MAX_DATAGRAM
+    assert MIN_MAX_DATAGRAM == 478  # 4 + body (two 201-byte records) + 64: see the wire doc
+
+
+def test_hosts_are_limited_in_bytes_not_characters() -> None:
+    good = _node(0).record
+    with pytest.raises(UsageError, match="bytes"):
+        replace(good, host="\u00e9" * 40)  # 40 characters, 80 bytes
+    assert replace(good, host="\u00e9" * 32).host  # 64 bytes: allowed
+
+
+def _leave_record(i: int) -> Update:
+    leaver = _node(i)
+    leaver.leave(now=0.0)
+    return Update(LEAVE, leaver.record)
+
+
+def test_update_queue_is_bounded_and_evicts_the_most_sent_non_urgent() -> None:
+    updates = [Update(ALIVE, _node(i).record) for i in range(4)]
+    queue = UpdateQueue(capacity=3)
+    queue.put(updates[0], urgent=True)
+    queue.put(updates[1], urgent=False)
+    queue.put(updates[2], urgent=False)
+    head = b"\x00" * 200
+    # One fill sends all three once; a second update about member 2 restarts its count.
+    assert len(queue.fill(head, (), (), limit=10)) == 3
+    queue.put(updates[2], urgent=False)
+    queue.put(updates[3], urgent=False)  # full: member 1 (non-urgent, sent most) goes
+    assert len(queue) == 3 and queue.evicted == 1
+    assert IDS[1].agent_id not in queue and IDS[0].agent_id in queue
+    queue.discard(IDS[2].agent_id)
+    queue.discard(IDS[2].agent_id)  # twice: harmless
+    assert IDS[2].agent_id not in queue and len(queue) == 2
+    urgent = UpdateQueue(capacity=2)
+    urgent.put(updates[0], urgent=True)
+    urgent.put(updates[1], urgent=True)
+    urgent.put(updates[2], urgent=False)  # non-urgent news never displaces urgent news
+    assert IDS[2].agent_id not in urgent and len(urgent) == 2
+    urgent.put(updates[3], urgent=True)  # urgent news does, when nothing else can go
+    assert IDS[3].agent_id in urgent and len(urgent) == 2
+    with pytest.raises(UsageError):
+        UpdateQueue(capacity=0)
+
+
+def test_forgotten_dead_members_leave_the_update_queue() -> None:
+    config = MembershipConfig(period=1.0, ping_timeout=0.4, sync_every=0, max_dead=2)
+    node = _node(0, config=config)
+    for i in (1, 2, 3, 4):
+        friend = _node(i)
+        node.on_message(_addr(i), friend._packet(SYNC, 1, None, _addr(0)).message, now=0.0)
+    assert len(node) == 4
+    news = _node(5)  # a member who passes the LEAVEs of members 1, 2 and 3 on
+    packet = news._packet(SYNC, 1, None, _addr(0), [_leave_record(i) for i in (1, 2, 3)])
+    events = node.on_message(_addr(5), packet.message, now=1.0)
+    assert [e.kind for e in events if isinstance(e, PeerEvent)] == ["ENTER"] + ["LEAVE"] * 3
+    assert not node.is_dead(IDS[1].agent_id)  # the oldest remembered went first
+    assert IDS[1].agent_id not in node._queue  # ... and its queued LEAVE with it
+    assert all(node.is_dead(IDS[i].agent_id) and IDS[i].agent_id in node._queue for i in (2, 3))
+
+
+def test_a_strangers_leave_is_remembered_but_not_gossiped() -> None:
+    node = _node(0)
+    friend = _node(1)
+    stranger = _node(2)
+    alive = Update(ALIVE, stranger.record)
+    leave = _leave_record(2)
+    node.on_message(_addr(1), friend._packet(SYNC, 1, None, _addr(0), [leave]).message, now=0.0)
+    assert node.is_dead(IDS[2].agent_id) and IDS[2].agent_id not in node._queue
+    # Older news of it (gossip racing its goodbye) does not bring it in.
+    node.on_message(_addr(1), friend._packet(SYNC, 2, None, _addr(0), [alive]).message, now=0.1)
+    assert IDS[2].agent_id not in node and node.dropped["stale"] == 1
+
+
+def test_non_members_are_answered_only_at_the_address_they_sent_from() -> None:
+    node = _node(0)
+    joiner = _node(1)
+    join = joiner._packet(JOIN, 7, None, _addr(0)).message
+    ping = joiner._packet(PING, 8, IDS[0].sender_id, _addr(0)).message
+    elsewhere = ("10.0.0.99", 40000)
+    for packet in (join, ping):
+        assert node.on_message(elsewhere, packet, now=0.0) == []
+        assert node.on_message(_addr(1)[0], packet, now=0.0) == []  # not even an address
+    assert node.dropped == {"address_mismatch": 4}
+    assert len(node) == 0 and not node._queue  # dropped: nothing learnt
+    # From its own address the JOIN is answered (and a PING would be, too).
+    actions = node.on_message(_addr(1), join, now=0.0)
+    assert [(a.to, a.message.kind) for a in actions if isinstance(a, Send)] == [(_addr(1), SYNC)]
+    assert IDS[1].agent_id in node
+    # A member keeps being answered wherever its datagram comes from (its record is known).
+    actions = node.on_message(elsewhere, ping, now=0.1)
+    assert [(a.to, a.message.kind) for a in actions if isinstance(a, Send)] == [(_addr(1), ACK)]
+    assert node.dropped == {"address_mismatch": 4}
+
+
+def test_address_check_compares_ip_literals_by_value() -> None:
+    node = Membership.from_identity(IDS[0], address=("::1", 7000), rng=random.Random(0))
+    joiner = Membership.from_identity(
+        IDS[1], address=("0:0:0:0:0:0:0:1", 7001), rng=random.Random(1)
+    )
+    join = joiner._packet(JOIN, 1, None, node.address).message
+    assert node.on_message(("::1", 7002), join, now=0.0) == []  # another port
+    actions = node.on_message(("::1", 7001), join, now=0.0)
+    assert [a.message.kind for a in actions if isinstance(a, Send)] == [SYNC]
+    assert node.dropped == {"address_mismatch": 1}
 
 
 # -- the machine ------------------------------------------------------------------------------

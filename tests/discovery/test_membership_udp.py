@@ -9,15 +9,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from zmqcomm.cli.main import main
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
+from zmqcomm.patterns.discovery.membership import Membership
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_udp import MembershipService, parse_address
-from zmqcomm.patterns.discovery.membership_wire import MAX_DATAGRAM, PING, encode_packet
+from zmqcomm.patterns.discovery.membership_wire import (
+    ACK,
+    MAX_DATAGRAM,
+    PING,
+    decode_packet,
+    encode_packet,
+)
 
 FAST = MembershipConfig(period=0.2, ping_timeout=0.1, join_backoff_max=1.0, sync_every=3)
 
@@ -186,3 +195,32 @@ def test_cli_refuses_interface_with_seed(capsys: pytest.CaptureFixture[str]) -> 
     assert "--interface is for beacons" in capsys.readouterr().err
     assert main(["peers", "--seed", "localhost:9"]) == 2
     assert "IP literal" in capsys.readouterr().err
+
+
+def test_trust_is_checked_at_wall_clock_time_whatever_the_service_clock(tmp_path: Path) -> None:
+    me, peer, stale = Identity.generate("me"), Identity.generate("peer"), Identity.generate("old")
+    trust = TrustStore(tmp_path / "trust")
+    trust.add(peer.public, expires=time.time() + 3600)
+    trust.add(stale.public, expires=time.time() - 3600)
+    # A monotonic clock far past every expiry: only the wall clock may decide.
+    far = time.monotonic() + 1e10
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(2.0)
+        with MembershipService(
+            me, trust=trust, config=FAST, rng=random.Random(1), clock=lambda: far
+        ) as service:
+            for n, identity in enumerate((peer, stale), start=1):
+                sender = Membership.from_identity(
+                    identity, address=listener.getsockname(), rng=random.Random(n)
+                )
+                ping = sender._packet(PING, n, me.sender_id, service.address).message
+                listener.sendto(encode_packet(ping), service.address)
+                deadline = time.monotonic() + 3.0
+                while service.received < n and time.monotonic() < deadline:
+                    service.step(0.05)
+            assert service.received == 2
+            assert peer.agent_id in service.machine
+            assert stale.agent_id not in service.machine
+            assert service.dropped["unknown_sender"] == 1
+            assert decode_packet(listener.recvfrom(MAX_DATAGRAM)[0]).kind == ACK

@@ -25,12 +25,20 @@ at a new incarnation or LEAVE. SUSPECT and DEAD are claims of whoever signed the
 member hearing one about itself refutes with a higher incarnation. A DEAD claim from another
 node only starts the local suspicion timer (Lifeguard-like), so a forged DEAD cannot remove a
 live member anywhere: removal always follows a local suspicion that went unrefuted. With a
-trust store, records and packets of agents it does not know are dropped. Every dropped input
-is counted in :attr:`Membership.dropped` by reason and never changes state.
+trust store, records and packets of agents it does not know are dropped; the store is asked
+with the machine's own ``now``, so a driver whose clock is not wall-clock time (trust entries
+expire at epoch times) passes a lookup that reads the wall clock instead.
+
+Reflection: a JOIN or PING gets a reply at the address in its sender's record. From a node
+that is not a member, it is answered only if it came from that very address (the transport
+``sender``); otherwise it is dropped (``address_mismatch``), so nobody can aim replies
+(a SYNC is several times larger than a JOIN) at an address that never spoke. Every dropped
+input is counted in :attr:`Membership.dropped` by reason and never changes state.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -137,7 +145,8 @@ class Membership:
         self._members: dict[str, _Member] = {}
         self._suspects: dict[str, _Suspicion] = {}
         self._dead: OrderedDict[str, Update] = OrderedDict()  # DEAD or LEAVE, bounded
-        self._queue = wire.UpdateQueue()
+        # One update per member, dead member and self: the bound holds against floods.
+        self._queue = wire.UpdateQueue(self.config.max_members + self.config.max_dead + 1)
         self._order: list[str] = []
         self._order_index = 0
         self._probe: _Probe | None = None
@@ -190,8 +199,9 @@ class Membership:
     # -- inputs -------------------------------------------------------------------------------
 
     def on_message(self, sender: object, message: Any, *, now: float) -> list[Output]:
-        """Handle one decoded packet. ``sender`` (the transport address) is not trusted:
-        replies go to the address in the packet's signed sender record."""
+        """Handle one decoded packet. Replies go to the address in the packet's signed sender
+        record; ``sender`` (the transport address) must equal it for a JOIN or PING from a
+        node that is not a member (see the module docstring)."""
         if self._left:
             return []
         if not isinstance(message, Packet):
@@ -208,6 +218,14 @@ class Membership:
         )
         if not self._verify(origin.verify_key, material, message.signature):
             self.dropped["bad_signature"] += 1
+            return []
+        # After the signatures, so that a forgery counts as one and this reason is exact.
+        if (
+            message.kind in (wire.JOIN, wire.PING)
+            and origin.agent_id not in self._members
+            and not _same_address(sender, origin.address)
+        ):
+            self.dropped["address_mismatch"] += 1
             return []
         out: list[Output] = []
         out += self._apply(
@@ -497,21 +515,23 @@ class Membership:
             self._remember(update)
             return [PeerEvent(LEAVE_EVENT, record.agent_id, record.host, record.ports)]
         dead = self._dead.get(record.agent_id)
-        if (
-            dead is None
-            or record.incarnation > dead.record.incarnation
-            or dead.status != wire.LEAVE
-        ):
+        if dead is None:
+            # A stranger: remember it (stale news must not bring it in) but do not gossip
+            # it, or anyone could fill every queue with the goodbyes of fresh keys.
+            self._remember(update, gossip=False)
+        elif record.incarnation > dead.record.incarnation or dead.status != wire.LEAVE:
             self._remember(update)
         return []
 
-    def _remember(self, update: Update) -> None:
+    def _remember(self, update: Update, *, gossip: bool = True) -> None:
         agent_id = update.record.agent_id
         self._dead[agent_id] = update
         self._dead.move_to_end(agent_id)
         while len(self._dead) > self.config.max_dead:
-            self._dead.popitem(last=False)
-        self._enqueue(update)
+            forgotten, _ = self._dead.popitem(last=False)
+            self._queue.discard(forgotten)
+        if gossip:
+            self._enqueue(update)
 
     def _about_self(self, update: Update) -> list[Output]:
         incarnation = update.record.incarnation
@@ -600,3 +620,18 @@ class Membership:
             self.dropped["bad_signature"] += 1
             return False
         return True
+
+
+def _same_address(sender: object, address: Address) -> bool:
+    """Whether the transport address ``sender`` is ``address`` (IP literals compared by
+    value, so ``::1`` matches ``0:0:0:0:0:0:0:1``)."""
+    if not isinstance(sender, tuple) or len(sender) != 2:
+        return False
+    return sender[1] == address[1] and _host_key(sender[0]) == _host_key(address[0])
+
+
+def _host_key(host: object) -> object:
+    try:
+        return ipaddress.ip_address(str(host))
+    except ValueError:  # not an IP literal (simulated nodes may use names): compare as is
+        return host

@@ -69,8 +69,13 @@ class MembershipConfig:
         for name in ("retransmit_mult", "max_members", "max_dead", "max_relays"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
-        if not 400 <= self.max_datagram <= wire.MAX_DATAGRAM:
-            raise UsageError(f"max_datagram must be in 400..{wire.MAX_DATAGRAM}")
+        if not wire.MIN_MAX_DATAGRAM <= self.max_datagram <= wire.MAX_DATAGRAM:
+            # Below the minimum, a PING_REQ of two long records would not fit even bare.
+            raise UsageError(
+                f"max_datagram must be in {wire.MIN_MAX_DATAGRAM}..{wire.MAX_DATAGRAM} bytes "
+                f"(a packet without updates can take {wire.MIN_MAX_DATAGRAM}), "
+                f"got {self.max_datagram}"
+            )
 
 
 @dataclass(frozen=True)

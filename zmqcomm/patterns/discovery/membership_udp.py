@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from zmqcomm.actions import Send
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
-from zmqcomm.patterns.discovery.beacon import TrustLookup
+from zmqcomm.patterns.discovery.beacon import TrustLookup, _TrustEntry
 from zmqcomm.patterns.discovery.membership import Membership, Output
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_wire import (
@@ -62,6 +62,22 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+class WallClockTrust:
+    """A trust lookup that ignores the caller's ``now`` and asks ``trust`` at wall-clock time.
+
+    Trust entries expire at epoch times, while the machine runs on the service's monotonic
+    clock: handing that clock to the store would keep an expired peer trusted (or refuse a
+    valid one).
+    """
+
+    def __init__(self, trust: TrustLookup, wall_clock: Callable[[], float]) -> None:
+        self.trust = trust
+        self.wall_clock = wall_clock
+
+    def lookup(self, agent_id: str, *, now: float) -> _TrustEntry:
+        return self.trust.lookup(agent_id, now=self.wall_clock())
 
 
 class MembershipService:
@@ -108,7 +124,7 @@ class MembershipService:
                 rng=rng if rng is not None else random.Random(),
                 ports=ports,
                 seeds=seeds,
-                trust=trust,
+                trust=None if trust is None else WallClockTrust(trust, wall_clock),
                 config=config,
             )
         except BaseException:

@@ -27,8 +27,8 @@ function of the decoded values and a machine can check signatures on decoded pac
 ``bad_magic``, ``unsupported_version``, ``bad_msgpack``, ``malformed``, ``non_canonical``.
 Signatures are checked by the machine (:mod:`.membership`), which owns the trust decisions.
 
-:class:`UpdateQueue` holds the updates waiting to be piggybacked and fills each packet up to
-the datagram bound (like memberlist's transmit-limited queue).
+:class:`UpdateQueue` holds the updates waiting to be piggybacked (a bounded number) and fills
+each packet up to the datagram bound (like memberlist's transmit-limited queue).
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def _check_record_fields(
         raise error(f"a record key is {KEY_LEN} bytes", reason="malformed")
     if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
         raise error(f"an incarnation is a u32, got {incarnation!r}", reason="malformed")
-    if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_LEN:
-        raise error(f"a record host is 1..{MAX_HOST_LEN} characters", reason="malformed")
+    if not isinstance(host, str) or not 0 < _utf8_len(host) <= MAX_HOST_LEN:
+        raise error(f"a record host is 1..{MAX_HOST_LEN} bytes of UTF-8", reason="malformed")
     if type(port) is not int or not 0 < port <= 0xFFFF:
         raise error(f"a record port is 1..65535, got {port!r}", reason="malformed")
     if not isinstance(ports, tuple) or len(ports) > MAX_PORTS:
@@ -155,6 +155,14 @@ def _check_record_fields(
     for item in ports:
         if type(item) is not int or not 0 < item <= 0xFFFF:
             raise error(f"an announced port is 1..65535, got {item!r}", reason="malformed")
+
+
+def _utf8_len(text: str) -> int:
+    # The wire limit is in bytes (what the decoder caps), not characters.
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:  # lone surrogates: not encodable at all
+        return -1
 
 
 def _pack(value: Any) -> bytes:
@@ -222,6 +230,25 @@ def encode_packet(packet: Packet) -> bytes:
     return datagram
 
 
+def _largest_bare_datagram() -> int:
+    """A PING_REQ without updates whose two records have every field at its longest: no
+    packet without updates is larger, so a smaller ``max_datagram`` could not be kept."""
+    longest = Record(
+        bytes(KEY_LEN),
+        MAX_INCARNATION,
+        False,
+        "x" * MAX_HOST_LEN,
+        0xFFFF,
+        (0xFFFF,) * MAX_PORTS,
+        bytes(SIGNATURE_LEN),
+    )
+    return len(HEADER) + len(encode_body(PING_REQ, MAX_SEQ, longest, longest, ())) + SIGNATURE_LEN
+
+
+#: The smallest ``max_datagram`` a node can keep whatever it sends (478 bytes).
+MIN_MAX_DATAGRAM = _largest_bare_datagram()
+
+
 # -- filling packets ------------------------------------------------------------------------
 
 #: Bytes of a packet besides its updates' own: header, signature, and the updates array
@@ -239,13 +266,48 @@ class _Queued:
 
 class UpdateQueue:
     """Updates to piggyback: one per member (newer news replaces older and starts its count
-    again), urgent ones first, then fewest-sent first, each sent up to ``limit`` times."""
+    again), urgent ones first, then fewest-sent first, each sent up to ``limit`` times.
 
-    def __init__(self) -> None:
+    At most ``capacity`` members' updates are held: past it, a new one evicts the most-sent
+    non-urgent entry (an urgent one only for urgent news), so neither memory nor the sort
+    in :meth:`fill` grows with a flood of fresh keys. ``evicted`` counts what was given up.
+    """
+
+    def __init__(self, capacity: int | None = None) -> None:
+        if capacity is not None and capacity < 1:
+            raise UsageError(f"an update queue holds at least 1 update, got {capacity}")
+        self.capacity = capacity
+        self.evicted = 0
         self._items: dict[str, _Queued] = {}
 
     def put(self, update: Update, *, urgent: bool) -> None:
-        self._items[update.record.agent_id] = _Queued(update, update_size(update), urgent)
+        agent = update.record.agent_id
+        if (
+            agent not in self._items
+            and self.capacity is not None
+            and len(self._items) >= self.capacity
+        ):
+            self.evicted += 1
+            victim = self._victim(urgent)
+            if victim is None:
+                return  # only urgent news is queued: this non-urgent one gives way
+            del self._items[victim]
+        self._items[agent] = _Queued(update, update_size(update), urgent)
+
+    def _victim(self, urgent: bool) -> str | None:
+        """The most-sent entry that ``urgent`` news may replace (the oldest among equals)."""
+        best: tuple[str, _Queued] | None = None
+        for agent, entry in self._items.items():
+            if entry.urgent and not urgent:
+                continue
+            # Non-urgent entries go first, then the one already sent most often.
+            if best is None or (not entry.urgent, entry.sent) > (not best[1].urgent, best[1].sent):
+                best = (agent, entry)
+        return None if best is None else best[0]
+
+    def discard(self, agent_id: str) -> None:
+        """Forget the update about ``agent_id``, if any (its member is no longer tracked)."""
+        self._items.pop(agent_id, None)
 
     def __contains__(self, agent_id: object) -> bool:
         return agent_id in self._items
