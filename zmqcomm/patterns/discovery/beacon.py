@@ -81,7 +81,9 @@ class BeaconAuthenticationError(BeaconError, AuthenticationError):
     reason = "authentication_failed"
 
 
-class _TrustEntry(Protocol):
+class TrustedKey(Protocol):
+    """A trust entry, as far as discovery cares: the peer's Ed25519 verify key."""
+
     @property
     def verify_key(self) -> bytes: ...
 
@@ -89,7 +91,7 @@ class _TrustEntry(Protocol):
 class TrustLookup(Protocol):
     """What :func:`decode_beacon` needs of a trust store (:class:`TrustStore` fits)."""
 
-    def lookup(self, agent_id: str, *, now: float) -> _TrustEntry: ...
+    def lookup(self, agent_id: str, *, now: float) -> TrustedKey: ...
 
 
 def _check_ports(ports: Sequence[int]) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from zmqcomm.actions import Send
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
-from zmqcomm.patterns.discovery.beacon import TrustLookup, _TrustEntry
+from zmqcomm.patterns.discovery.beacon import TrustedKey, TrustLookup
 from zmqcomm.patterns.discovery.membership import Membership, Output
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_wire import (
@@ -76,7 +76,7 @@ class WallClockTrust:
         self.trust = trust
         self.wall_clock = wall_clock
 
-    def lookup(self, agent_id: str, *, now: float) -> _TrustEntry:
+    def lookup(self, agent_id: str, *, now: float) -> TrustedKey:
         return self.trust.lookup(agent_id, now=self.wall_clock())
 
 
