@@ -313,6 +313,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         if section.get("status") == "failed":
             lines.append(f"**Failed**: {section['error']}")
             continue
+        if section.get("status") == "interrupted":
+            lines.append("**Interrupted** before this section finished.")
+            continue
         if renderer is None:
             lines.append("```json\n" + json.dumps(section, indent=2) + "\n```")
             continue

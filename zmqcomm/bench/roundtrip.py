@@ -127,6 +127,9 @@ def _zmq_trips(job: Job, message: bytes, context: zmq.Context[Any]) -> list[floa
         except zmq.Again as exc:
             peer.kill()
             raise BenchError(f"{mode} round trip: no answer within {RECEIVE_TIMEOUT} s") from exc
+        except BaseException:
+            peer.kill()  # an interrupt or any other error must not leave the worker behind
+            raise
         peer.join(RECEIVE_TIMEOUT)
     finally:
         sock.close(linger=0)

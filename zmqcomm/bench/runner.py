@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -63,6 +64,14 @@ def default_out_dir(base: Path | None = None) -> Path:
     return (base or Path("bench-results")) / stamp
 
 
+def _failure(exc: Exception) -> str:
+    """A failed section's error line: our own errors say what went wrong; anything else
+    (OSError, queue.Empty, KeyError) needs its type to be understood."""
+    if isinstance(exc, ZmqCommError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run_benchmarks(
     settings: BenchSettings,
     out: Path,
@@ -71,27 +80,66 @@ def run_benchmarks(
     command: str = "zmqcomm bench",
     plots: bool = True,
 ) -> BenchOutcome:
-    """Measure every chosen section and write the outputs into ``out`` (created)."""
+    """Measure every chosen section and write the outputs into ``out`` (created).
+
+    A section that raises is recorded as failed and the others still run. On
+    KeyboardInterrupt (Ctrl-C, or SIGTERM through ``zmqcomm bench``) the sections finished so
+    far are written (no plots) before the interrupt goes on up.
+    """
     modules = section_modules(settings.sections)
     progress = progress if progress is not None else Progress()
     out.mkdir(parents=True, exist_ok=True)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
+    meta: dict[str, Any] = {
+        "progress": progress,
+        "started_at": started_at,
+        "started": started,
+        "command": command,
+    }
     sections: dict[str, Any] = {}
+    interrupted = False
     # Sockets and keys live in a short path: ipc socket paths are limited to ~100 bytes.
-    with tempfile.TemporaryDirectory(prefix="zcb-", dir="/tmp") as workdir:
+    workdir = tempfile.mkdtemp(prefix="zcb-", dir="/tmp")
+    try:
         context = BenchContext(settings, progress, Path(workdir))
         for module in modules:
             try:
                 sections[module.NAME] = module.run(context)
-            except ZmqCommError as exc:
+            except KeyboardInterrupt:
+                sections[module.NAME] = {"title": module.TITLE, "status": "interrupted"}
+                raise
+            except Exception as exc:
                 # One broken section must not cost the figures of the others.
-                progress.note(f"{module.NAME}: FAILED: {exc}")
-                sections[module.NAME] = {
-                    "title": module.TITLE,
-                    "status": "failed",
-                    "error": str(exc),
-                }
+                error = _failure(exc)
+                progress.note(f"{module.NAME}: FAILED: {error}")
+                sections[module.NAME] = {"title": module.TITLE, "status": "failed", "error": error}
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        # Removed however the run ends: it holds ipc sockets and the throw-away keys.
+        shutil.rmtree(workdir, ignore_errors=True)
+        if interrupted:
+            progress.note("interrupted: writing the sections finished so far")
+            try:
+                _write(settings, sections, out, plots=False, **meta)
+            except Exception as exc:  # the interrupt, not this, is what goes on up
+                progress.note(f"could not write the partial results: {_failure(exc)}")
+    return _write(settings, sections, out, plots=plots, **meta)
+
+
+def _write(
+    settings: BenchSettings,
+    sections: dict[str, Any],
+    out: Path,
+    *,
+    progress: Progress,
+    started_at: str,
+    started: float,
+    command: str,
+    plots: bool,
+) -> BenchOutcome:
     results = build_results(
         settings,
         sections,

@@ -56,6 +56,12 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def median_known(values: Sequence[float | None]) -> float | None:
+    """The median of the values that are known (not None); None when none is."""
+    known = [value for value in values if value is not None]
+    return median(known) if known else None
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     """``value / reference``, or None when either is missing or the reference is zero."""
     if value is None or reference is None or reference == 0:

@@ -145,6 +145,9 @@ def _receive_plain(job: Job, context: zmq.Context[Any]) -> StreamRun:
         except zmq.Again as exc:
             peer.kill()
             raise BenchError(f"{mode} stream: no message within {RECEIVE_TIMEOUT} s") from exc
+        except BaseException:
+            peer.kill()  # an interrupt or any other error must not leave the worker behind
+            raise
         peer.join(RECEIVE_TIMEOUT)
         return run
     finally:

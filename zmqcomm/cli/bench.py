@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from zmqcomm.bench.harness import Progress
@@ -91,6 +95,25 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     return settings.with_changes(**changes)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C while inside: the default action would end the process at once,
+    leaving the worker processes and the /tmp/zcb-* directory (ipc sockets, keys) behind;
+    a KeyboardInterrupt runs the cleanup (exit status 130). Only the main thread may set it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     out = Path(args.out) if args.out else default_out_dir()
@@ -99,13 +122,14 @@ def run(args: argparse.Namespace) -> int:
     # ``zmqcomm bench ARGS`` or ``python -m zmqcomm.cli.bench ARGS``: record ARGS.
     given = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
     command = "zmqcomm bench " + shlex.join(given)
-    outcome = run_benchmarks(
-        settings,
-        out,
-        progress=Progress(quiet=args.quiet),
-        command=command.strip(),
-        plots=not args.no_plots,
-    )
+    with sigterm_interrupts():
+        outcome = run_benchmarks(
+            settings,
+            out,
+            progress=Progress(quiet=args.quiet),
+            command=command.strip(),
+            plots=not args.no_plots,
+        )
     if args.json:
         print(json.dumps(outcome.results, indent=2))
     else:
