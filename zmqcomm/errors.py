@@ -175,6 +175,14 @@ class CorruptStoreError(ZmqCommError):
     reason = "corrupt_store"
 
 
+class StoreError(ZmqCommError):
+    """Writing to or reading from a local store failed (disk full, I/O error, locked): what
+    was saved since the last durable commit may be lost, so the process must stop before it
+    acts on it. Restarting recovers from what is on disk."""
+
+    reason = "store_failed"
+
+
 # -- security ---------------------------------------------------------------------------------
 
 
@@ -241,6 +249,7 @@ __all__ = [
     "ReplayError",
     "SecurityError",
     "SendTimeout",
+    "StoreError",
     "TransportError",
     "TransportTimeout",
     "UnknownPeerError",

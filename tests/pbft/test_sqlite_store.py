@@ -7,11 +7,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from zmqcomm.errors import CorruptStoreError, UsageError
+from zmqcomm.errors import CorruptStoreError, StoreError, UsageError
 from zmqcomm.patterns.pbft import (
     Checkpoint,
     KeyValueStore,
@@ -24,6 +25,7 @@ from zmqcomm.patterns.pbft import (
     StableCheckpoint,
     batch_digest,
 )
+from zmqcomm.patterns.pbft.checkpoint import state_bytes, state_digest
 from zmqcomm.patterns.pbft.sqlite_store import SQLiteStore
 
 DIGEST = bytes(range(32))
@@ -44,7 +46,10 @@ def _fill(store: SQLiteStore | MemoryStore) -> None:
         pp, (Prepare(0, 5, pp.digest, 1, b"s1"), Prepare(0, 5, pp.digest, 2, b"s2"))
     )
     store.save_entry(5, "prepared", proof)
-    checkpoint = StableCheckpoint(4, DIGEST, (Checkpoint(4, DIGEST, 1, b"c"),), b"state")
+    # The store checks that a snapshot hashes to its digest, as a real checkpoint does.
+    state = state_bytes(b"state", {})
+    digest = state_digest(state)
+    checkpoint = StableCheckpoint(4, digest, (Checkpoint(4, digest, 1, b"c"),), state)
     store.save_checkpoint(checkpoint)
 
 
@@ -127,6 +132,77 @@ def test_corrupt_row_is_a_typed_error(tmp_path: Path) -> None:
         with pytest.raises(CorruptStoreError, match=r"entry \(7, 'committed'\)"):
             store.load_entries()
         assert store.load_view() == (0, False)  # the rest is still readable
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("digest", b"short"), ("sequence", "seven"), ("sequence", -1), ("view", 1.5)],
+)
+def test_malformed_vote_row_is_a_typed_error(tmp_path: Path, column: str, value: object) -> None:
+    path = tmp_path / "v.db"
+    with SQLiteStore(path) as store:
+        store.save_vote(0, 7, "prepare", DIGEST)
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE votes SET {column} = ?", (value,))
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as store, pytest.raises(CorruptStoreError, match="move the data"):
+        store.load_votes()
+
+
+def test_checkpoint_with_negative_sequence_is_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "n.db"
+    with SQLiteStore(path) as store:
+        _fill(store)
+        assert store.load_checkpoint() is not None
+    db = sqlite3.connect(path)
+    db.execute("UPDATE checkpoint SET sequence = -4")
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as store, pytest.raises(CorruptStoreError):
+        store.load_checkpoint()
+
+
+def _fill_disk(store: SQLiteStore) -> None:
+    """From now on, a save that needs a new page fails as on a full disk (SQLITE_FULL)."""
+    assert store._db is not None
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_lost_group_commit_store_refuses_every_later_write(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db", group_commit=True)
+    store.save_vote(0, 1, "prepare", DIGEST)
+    _fill_disk(store)
+    with pytest.raises(StoreError):
+        store.save_checkpoint(StableCheckpoint(2, DIGEST, (), b"x" * 200_000))
+    assert store.lost
+    writes: list[Callable[[], None]] = [
+        lambda: store.save_vote(0, 3, "commit", DIGEST),
+        lambda: store.discard_through(1),
+        store.commit,
+    ]
+    for write in writes:
+        with pytest.raises(StoreError, match="restart the replica"):
+            write()
+    store.close()
+    with SQLiteStore(tmp_path / "g.db") as again:
+        assert again.load_votes() == {}  # nothing of the failed burst reached the disk
+
+
+def test_failed_save_without_group_commit_keeps_earlier_saves(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    store.save_vote(0, 1, "prepare", DIGEST)
+    _fill_disk(store)
+    with pytest.raises(StoreError, match="full"):
+        store.save_checkpoint(StableCheckpoint(2, DIGEST, (), b"x" * 200_000))
+    assert not store.lost  # each save is its own transaction: only the failed one is gone
+    store.commit()
+    store.close()
+    with SQLiteStore(path) as again:
+        assert again.load_votes() == {(0, 1, "prepare"): DIGEST}
+        assert again.load_checkpoint() is None
 
 
 _WRITER = textwrap.dedent(

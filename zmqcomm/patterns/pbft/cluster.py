@@ -74,6 +74,35 @@ class LocalCluster:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="zc-pbft-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log = log
+        try:
+            self._populate(
+                transport,
+                endpoints,
+                client_names,
+                batch_size=batch_size,
+                batch_delay=batch_delay,
+                checkpoint_interval=checkpoint_interval,
+                view_change_timeout=view_change_timeout,
+                fsync=fsync,
+            )
+        except BaseException:
+            # A refused setting (or Ctrl-C) must not leave private keys behind in /tmp.
+            if not self.keep:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        #: Prefix for each replica's command line, e.g. ``["ip", "netns", "exec", "ns0"]``.
+        self.wrappers: dict[int, list[str]] = {}
+
+    def _populate(
+        self,
+        transport: str,
+        endpoints: list[str] | None,
+        client_names: tuple[str, ...],
+        **settings: Any,
+    ) -> None:
+        """Identities, the trust store and one configuration file per replica."""
+        n = self.n
         keys, trust_dir = self.directory / "keys", self.directory / "trust"
         trust = TrustStore(trust_dir, watch=False)
         identities = [Identity.generate(f"replica-{i}") for i in range(n)]
@@ -99,19 +128,14 @@ class LocalCluster:
                 trust=trust_dir,
                 data=self.directory / "data" / f"replica-{i}",
                 audit=self.directory / f"audit-{i}.jsonl",
-                batch_size=batch_size,
-                batch_delay=batch_delay,
-                checkpoint_interval=checkpoint_interval,
-                view_change_timeout=view_change_timeout,
-                fsync=fsync,
+                **settings,
             )
             for i in range(n)
         ]
         for config in self.configs:
-            self.config_path(config.replica).write_text(config.to_toml(self.directory))
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        #: Prefix for each replica's command line, e.g. ``["ip", "netns", "exec", "ns0"]``.
-        self.wrappers: dict[int, list[str]] = {}
+            self.config_path(config.replica).write_text(
+                config.to_toml(self.directory), encoding="utf-8"
+            )
 
     def config_path(self, replica: int) -> Path:
         return self.directory / f"replica-{replica}.toml"
@@ -214,10 +238,16 @@ class LocalCluster:
         )
 
     def close(self) -> None:
-        for replica in list(self.processes):
-            self.stop(replica, timeout=5.0)
-        if not self.keep:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            for replica in list(self.processes):
+                self.stop(replica, timeout=5.0)
+        finally:
+            # Interrupted (a second Ctrl-C): the replicas not yet stopped must not outlive us.
+            for process in self.processes.values():
+                process.kill()
+            self.processes.clear()
+            if not self.keep:
+                shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self

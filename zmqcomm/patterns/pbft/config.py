@@ -27,6 +27,7 @@ Every replica of a cluster has the same ``[[replicas]]`` list; only ``replica``,
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Hashable
@@ -92,14 +93,20 @@ class ReplicaConfig:
             Quorum(n)
         except ZmqCommError as exc:
             raise UsageError(f"[[replicas]] lists {n} replicas: {exc}") from exc
-        if not (isinstance(self.replica, int) and 0 <= self.replica < n):
+        if not (_is_int(self.replica) and 0 <= self.replica < n):
             raise UsageError(f"replica must be an index 0..{n - 1}, got {self.replica!r}")
-        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 10_000):
+        if not (_is_int(self.batch_size) and 1 <= self.batch_size <= 10_000):
             raise UsageError(f"batch_size must be 1..10000, got {self.batch_size!r}")
-        if not (isinstance(self.checkpoint_interval, int) and self.checkpoint_interval >= 1):
+        if not (_is_int(self.checkpoint_interval) and self.checkpoint_interval >= 1):
             raise UsageError("checkpoint_interval must be a positive integer")
-        if not 0 <= self.batch_delay <= 1 or not 0 < self.view_change_timeout <= 600:
-            raise UsageError("batch_delay must be 0..1 s and view_change_timeout 0..600 s")
+        # Type first: a string from the TOML file must not reach the comparisons.
+        if not (_is_number(self.batch_delay) and 0 <= self.batch_delay <= 1):
+            raise UsageError(f"batch_delay must be 0..1 seconds, got {self.batch_delay!r}")
+        timeout = self.view_change_timeout
+        if not (_is_number(timeout) and 0 < timeout <= 600):
+            raise UsageError(f"view_change_timeout must be 0..600 seconds, got {timeout!r}")
+        if not isinstance(self.name, str):
+            raise UsageError(f"name must be a string, got {self.name!r}")
         agents = [r.agent_id for r in self.replicas]
         if len(set(agents)) != n:
             raise UsageError("two [[replicas]] entries have the same public key")
@@ -130,20 +137,20 @@ class ReplicaConfig:
         def show(path: Path) -> str:
             if directory is not None:
                 try:
-                    return str(path.relative_to(directory))
+                    return _string(str(path.relative_to(directory)))
                 except ValueError:
                     pass
-            return str(path)
+            return _string(str(path))
 
         lines = [
             f"replica = {self.replica}",
-            f'name = "{self.name}"',
-            f'keys = "{show(self.keys)}"',
-            f'trust = "{show(self.trust)}"',
-            f'data = "{show(self.data)}"',
+            f"name = {_string(self.name)}",
+            f"keys = {show(self.keys)}",
+            f"trust = {show(self.trust)}",
+            f"data = {show(self.data)}",
         ]
         if self.audit is not None:
-            lines.append(f'audit = "{show(self.audit)}"')
+            lines.append(f"audit = {show(self.audit)}")
         lines += [
             f"batch_size = {self.batch_size}",
             f"batch_delay = {self.batch_delay}",
@@ -156,10 +163,26 @@ class ReplicaConfig:
             lines += [
                 "",
                 "[[replicas]]",
-                f'endpoint = "{entry.endpoint}"',
-                f'public = "{show(public)}"',
+                f"endpoint = {_string(entry.endpoint)}",
+                f"public = {show(public)}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _string(value: str) -> str:
+    """A TOML basic string. JSON's escapes (quote, backslash, control characters) are valid
+    TOML; DEL is the one character TOML refuses raw that JSON leaves alone. Not ASCII-only:
+    JSON's surrogate-pair escapes are not valid TOML."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but "batch_size = true" is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _path(base: Path, value: Any, key: str) -> Path:
@@ -176,6 +199,8 @@ def load_config(path: str | os.PathLike[str]) -> ReplicaConfig:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - set(_ALLOWED))

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -44,7 +45,14 @@ from zmqcomm.crypto.audit import REJECT, AuditLog, BaseAuditLog
 from zmqcomm.crypto.channel import TrustChecker
 from zmqcomm.crypto.keys import Identity, load_identity
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import RemoteProtocolError, UsageError, ZmqCommError
+from zmqcomm.errors import (
+    ClosedError,
+    CorruptStoreError,
+    RemoteProtocolError,
+    StoreError,
+    UsageError,
+    ZmqCommError,
+)
 from zmqcomm.patterns.gossip.machine import ed25519_verifier
 from zmqcomm.patterns.pbft.config import ReplicaConfig
 from zmqcomm.patterns.pbft.messages import Request, decode, encode
@@ -61,6 +69,8 @@ MAX_HELD = 10_000
 #: Longest wait in one poll, so statistics and stop flags are looked at regularly.
 MAX_WAIT = 0.05
 _AUDIT_EVERY = 1.0
+#: Errors from the store that must stop the replica rather than be dropped as one bad message.
+_STORE_FAILURES = (sqlite3.Error, OSError, StoreError, CorruptStoreError, ClosedError)
 
 
 def client_agent(client: Hashable) -> str | None:
@@ -226,6 +236,10 @@ class ReplicaDriver:
         before = sum(self.replica.rejected.values()) if from_client else 0
         try:
             out = self.replica.on_message(sender, message, now=now)
+        except _STORE_FAILURES:
+            # Not a bug in the core: the disk failed. Saves of this burst may be gone, so
+            # nothing it produced may be sent; stop (a restart recovers from what is on disk).
+            raise
         except Exception:  # a bug the core missed must not stop the replica
             self._drop(agent, "replica_exception")
             return []

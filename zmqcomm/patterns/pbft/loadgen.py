@@ -13,6 +13,7 @@ test can check that no acknowledged operation is missing from any replica's stat
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter
@@ -36,10 +37,13 @@ __all__ = ["LoadGenerator", "LoadReport", "percentile"]
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest rank: the smallest value with at least ``fraction`` of the values at or below
+    it (p99 of 100 samples is the 99th smallest, the median of two is the first)."""
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    rank = math.ceil(fraction * len(ordered) - 1e-9)  # 0.07 * 100 is 7.000000000000001
+    return ordered[min(len(ordered) - 1, max(0, rank - 1))]
 
 
 @dataclass
@@ -177,6 +181,10 @@ class LoadGenerator:
         return report
 
     def _on_reply(self, sender: int, reply: Reply) -> list[Any]:
+        if not isinstance(reply.client, str):
+            # A faulty replica may put anything here; a map would crash the lookup below.
+            self.dropped["bad_client_id"] += 1
+            return []
         client = self.clients.get(reply.client)
         if client is None:
             self.dropped["unknown_client"] += 1

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from zmqcomm.actions import Send
+from zmqcomm.errors import CorruptStoreError
 from zmqcomm.patterns.pbft.checkpoint import parse_state, state_bytes, state_digest
 from zmqcomm.patterns.pbft.messages import (
     Checkpoint,
@@ -58,7 +59,14 @@ class Replica(ReplicaCore):
         self.view, self.changing = self.store.load_view()
         self.votes = self.store.load_votes()
         saved = self.store.load_checkpoint()
-        if saved is not None and (parsed := parse_state(saved.snapshot)) is not None:
+        if saved is not None:
+            parsed = parse_state(saved.snapshot)
+            # Falling back to the initial state would silently undo what a quorum certified.
+            if parsed is None or state_digest(saved.snapshot) != saved.digest:
+                raise CorruptStoreError(
+                    f"the stored stable checkpoint {saved.sequence} does not match its "
+                    "certified digest; move the data directory aside and restart the replica"
+                )
             self.sm.restore(parsed[0])
             self.replies = parsed[1]
             self.stable = saved

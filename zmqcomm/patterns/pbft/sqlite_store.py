@@ -21,21 +21,33 @@ Two commit modes:
 A row that does not decode is a :class:`CorruptStoreError` naming the table and key: the
 replica refuses to start on a store it cannot trust (forgetting a vote could make it vote
 twice), and the operator moves the data directory aside so the replica rejoins by state
-transfer.
+transfer. So is a damaged database page, or a stable checkpoint whose snapshot does not hash
+to its stored digest.
+
+A failed write (disk full, I/O error) is a :class:`StoreError`. In group-commit mode SQLite
+may then have rolled back the whole open transaction, saves the replica already acted on
+included: the store is then *lost* and every later :meth:`SQLiteStore.commit` raises, so
+the driver stops instead of sending messages whose votes are not on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from zmqcomm.errors import ClosedError, CorruptStoreError, UsageError, ZmqCommError
+from zmqcomm.errors import ClosedError, CorruptStoreError, StoreError, UsageError, ZmqCommError
+from zmqcomm.patterns.pbft.checkpoint import parse_state, state_digest
 from zmqcomm.patterns.pbft.messages import Checkpoint, PreparedProof, PrePrepare, decode, encode
 from zmqcomm.patterns.pbft.store import EntryRecord, StableCheckpoint, VoteKey
 
-__all__ = ["SCHEMA_VERSION", "CorruptStoreError", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "CorruptStoreError", "SQLiteStore", "StoreError"]
+
+_T = TypeVar("_T")
+_MOVE_ASIDE = "move the data directory aside and restart the replica: it rejoins by state transfer"
 
 SCHEMA_VERSION = 1
 _PHASES = ("pre-prepare", "prepare", "commit")
@@ -68,6 +80,8 @@ class SQLiteStore:
         #: Transactions made durable (fsyncs paid), for benchmarks.
         self.commits = 0
         self._dirty = False
+        #: Why saves that returned were rolled back (None while the store is sound).
+        self._lost: str | None = None
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a directory: give the path of a database file")
         try:
@@ -110,23 +124,62 @@ class SQLiteStore:
             raise ClosedError("the pbft store is closed")
         return self._db
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+    def _sound(self) -> sqlite3.Connection:
         db = self._conn()
-        if not db.in_transaction:
-            db.execute("BEGIN IMMEDIATE")
-        db.execute(sql, args)
+        if self._lost is not None:
+            raise StoreError(f"{self.path}: {self._lost}; restart the replica")
+        return db
+
+    def _failed(self, db: sqlite3.Connection, exc: sqlite3.Error, what: str) -> StoreError:
+        """The typed error for a failed statement; marks the store lost when SQLite rolled
+        back a transaction that held saves (SQLITE_FULL and IOERR may do that)."""
+        if self._dirty and not db.in_transaction:
+            self._lost = f"a failed {what} ({exc}) rolled back saves that were not committed"
+        elif not self.group_commit and db.in_transaction:
+            # One save per transaction, and it raised: drop it whole (a half discard, say).
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._dirty = False
+        return StoreError(f"{self.path}: {what} failed: {exc}")
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        self._statements([(sql, args)], "save")
+
+    def _statements(self, statements: list[tuple[str, tuple[Any, ...]]], what: str) -> None:
+        db = self._sound()
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+            for sql, args in statements:
+                db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise self._failed(db, exc, what) from exc
         self._dirty = True
         if not self.group_commit:
             self.commit()
 
     def commit(self) -> None:
-        """Make every save so far durable (a no-op when nothing is pending)."""
-        db = self._conn()
+        """Make every save so far durable (a no-op when nothing is pending).
+
+        Raises :class:`StoreError` when that cannot be promised: the commit failed, the
+        store was lost earlier, or saves are pending but their transaction is gone."""
+        db = self._sound()
+        if self._dirty and not db.in_transaction:
+            self._lost = "pending saves lost their transaction"
+            raise StoreError(f"{self.path}: {self._lost}; restart the replica")
         if db.in_transaction:
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._failed(db, exc, "commit") from exc
             if self._dirty:
                 self.commits += 1
         self._dirty = False
+
+    @property
+    def lost(self) -> bool:
+        """True once saves that returned were rolled back: the store refuses all writes."""
+        return self._lost is not None
 
     @property
     def pending(self) -> bool:
@@ -135,12 +188,31 @@ class SQLiteStore:
 
     # -- the Store protocol -----------------------------------------------------------------------
 
+    def _read(self, what: str, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run a read; a damaged database is a CorruptStoreError, any other SQLite failure
+        (locked, I/O error) a StoreError."""
+        db = self._conn()
+        try:
+            return query(db)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot read {what}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStoreError(
+                f"{self.path}: {what} is damaged ({exc}); {_MOVE_ASIDE}"
+            ) from exc
+
     def load_view(self) -> tuple[int, bool]:
-        row = self._conn().execute("SELECT view, changing FROM view WHERE id = 0").fetchone()
+        row = self._read(
+            "the view",
+            lambda db: db.execute("SELECT view, changing FROM view WHERE id = 0").fetchone(),
+        )
         if row is None:
             return 0, False
-        if not isinstance(row[0], int) or row[0] < 0:
-            raise CorruptStoreError(f"{self.path}: the stored view {row[0]!r} is not a view")
+        if not isinstance(row[0], int) or row[0] < 0 or row[1] not in (0, 1):
+            raise CorruptStoreError(
+                f"{self.path}: the stored view ({row[0]!r}, {row[1]!r}) is not a view; "
+                f"{_MOVE_ASIDE}"
+            )
         return row[0], bool(row[1])
 
     def save_view(self, view: int, changing: bool) -> None:
@@ -148,10 +220,18 @@ class SQLiteStore:
 
     def load_votes(self) -> dict[VoteKey, bytes]:
         votes: dict[VoteKey, bytes] = {}
-        for view, sequence, phase, digest in self._conn().execute("SELECT * FROM votes"):
-            if phase not in _PHASES or not isinstance(digest, bytes):
+        rows = self._read("the votes", lambda db: db.execute("SELECT * FROM votes").fetchall())
+        for view, sequence, phase, digest in rows:
+            if not (
+                _is_index(view)
+                and _is_index(sequence)
+                and phase in _PHASES
+                and isinstance(digest, bytes)
+                and len(digest) == 32
+            ):
                 raise CorruptStoreError(
-                    f"{self.path}: bad vote row (view {view}, sequence {sequence}, {phase!r})"
+                    f"{self.path}: bad vote row (view {view!r}, sequence {sequence!r}, "
+                    f"{phase!r}); {_MOVE_ASIDE}"
                 )
             votes[(view, sequence, phase)] = digest
         return votes
@@ -163,12 +243,15 @@ class SQLiteStore:
 
     def load_entries(self) -> dict[tuple[int, str], EntryRecord]:
         entries: dict[tuple[int, str], EntryRecord] = {}
-        for sequence, kind, blob in self._conn().execute("SELECT * FROM entries"):
-            record = self._decode(blob, f"entry ({sequence}, {kind!r})")
+        rows = self._read(
+            "the log entries", lambda db: db.execute("SELECT * FROM entries").fetchall()
+        )
+        for sequence, kind, blob in rows:
+            record = self._decode(blob, f"entry ({sequence!r}, {kind!r})")
             expected = PreparedProof if kind == "prepared" else PrePrepare
-            if kind not in _KINDS or not isinstance(record, expected):
+            if not _is_index(sequence) or kind not in _KINDS or not isinstance(record, expected):
                 raise CorruptStoreError(
-                    f"{self.path}: entry ({sequence}, {kind!r}) is not a record"
+                    f"{self.path}: entry ({sequence!r}, {kind!r}) is not a record; {_MOVE_ASIDE}"
                 )
             entries[(sequence, kind)] = record
         return entries
@@ -179,22 +262,33 @@ class SQLiteStore:
         )
 
     def load_checkpoint(self) -> StableCheckpoint | None:
-        row = (
-            self._conn()
-            .execute("SELECT sequence, digest, proof, snapshot FROM checkpoint WHERE id = 0")
-            .fetchone()
+        row = self._read(
+            "the stable checkpoint",
+            lambda db: db.execute(
+                "SELECT sequence, digest, proof, snapshot FROM checkpoint WHERE id = 0"
+            ).fetchone(),
         )
         if row is None:
             return None
         sequence, digest, blob, snapshot = row
         proof = self._decode(blob, "checkpoint proof")
         if not (
-            isinstance(proof, tuple)
+            _is_index(sequence)
+            and isinstance(proof, tuple)
             and all(isinstance(c, Checkpoint) for c in proof)
             and isinstance(digest, bytes)
             and isinstance(snapshot, bytes)
         ):
-            raise CorruptStoreError(f"{self.path}: the stable checkpoint row is not readable")
+            raise CorruptStoreError(
+                f"{self.path}: the stable checkpoint row is not readable; {_MOVE_ASIDE}"
+            )
+        # The digest is what a quorum certified; a snapshot that does not hash to it (a flipped
+        # bit, a bad sector) would make this replica serve and build on a wrong state.
+        if state_digest(snapshot) != digest or parse_state(snapshot) is None:
+            raise CorruptStoreError(
+                f"{self.path}: the stable checkpoint {sequence}'s snapshot does not match its "
+                f"certified digest; {_MOVE_ASIDE}"
+            )
         return StableCheckpoint(sequence, digest, proof, snapshot)
 
     def save_checkpoint(self, checkpoint: StableCheckpoint) -> None:
@@ -204,14 +298,13 @@ class SQLiteStore:
         )
 
     def discard_through(self, sequence: int) -> None:
-        db = self._conn()
-        if not db.in_transaction:
-            db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM votes WHERE sequence <= ?", (sequence,))
-        db.execute("DELETE FROM entries WHERE sequence <= ?", (sequence,))
-        self._dirty = True
-        if not self.group_commit:
-            self.commit()
+        self._statements(
+            [
+                ("DELETE FROM votes WHERE sequence <= ?", (sequence,)),
+                ("DELETE FROM entries WHERE sequence <= ?", (sequence,)),
+            ],
+            "discard",
+        )
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -222,17 +315,21 @@ class SQLiteStore:
             return decode(blob)
         except ZmqCommError as exc:
             raise CorruptStoreError(
-                f"{self.path}: {what} does not decode ({exc.reason}); move the data directory "
-                "aside and restart the replica: it rejoins by state transfer"
+                f"{self.path}: {what} does not decode ({exc.reason}); {_MOVE_ASIDE}"
             ) from exc
 
     def close(self) -> None:
-        """Commit what is pending and close (safe to call twice)."""
+        """Commit what is pending and close (safe to call twice).
+
+        A lost store is closed without committing: what is left of its transaction is a
+        fragment of a burst, not a state the replica was ever in."""
         db, self._db = self._db, None
         if db is not None:
             try:
-                if db.in_transaction:
+                if db.in_transaction and self._lost is None:
                     db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: the final commit failed: {exc}") from exc
             finally:
                 db.close()
 
@@ -244,3 +341,7 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, group_commit={self.group_commit})"
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -1,0 +1,306 @@
+"""Review of the PBFT driver side (SQLite store, config, local cluster, load generator).
+
+Each test in the first part shows one bug found in review (now fixed); all but the SIGTERM
+one are in-process and fast (that one starts ``pbft local``, ~5 s). The last part checks
+details of the fixes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import CorruptStoreError, StoreError, UsageError, ZmqCommError
+from zmqcomm.patterns.pbft import KeyValueStore, Prepare, Replica, Reply, StableCheckpoint
+from zmqcomm.patterns.pbft.checkpoint import state_bytes, state_digest
+from zmqcomm.patterns.pbft.cluster import LocalCluster
+from zmqcomm.patterns.pbft.config import ReplicaConfig, ReplicaEntry, load_config
+from zmqcomm.patterns.pbft.driver import STORE_FILE, ReplicaDriver
+from zmqcomm.patterns.pbft.loadgen import LoadGenerator, LoadReport, percentile
+from zmqcomm.patterns.pbft.messages import encode
+from zmqcomm.patterns.pbft.sqlite_store import SQLiteStore
+
+DIGEST_A = bytes(range(32))
+DIGEST_B = bytes(range(32, 64))
+
+
+def _replica_on(store: SQLiteStore) -> Replica:
+    return Replica(
+        1,
+        4,
+        state_machine=KeyValueStore(),
+        store=store,
+        sign=lambda m: b"",
+        verify=lambda r, m, s: True,
+        now=0.0,
+    )
+
+
+# -- durability ---------------------------------------------------------------------------------
+
+
+def test_group_commit_never_reports_success_for_rolled_back_saves(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    store = SQLiteStore(path, group_commit=True)
+    store.save_vote(0, 1, "prepare", DIGEST_A)
+    store.commit()
+    # The replica saves its PREPARE vote for sequence 2 and returns the PREPARE ...
+    store.save_vote(0, 2, "prepare", DIGEST_B)
+    # ... then, in the same burst, a later save hits a full disk (here: a page limit).
+    assert store._db is not None
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    big = StableCheckpoint(2, DIGEST_A, (), b"x" * 200_000)
+    with pytest.raises((sqlite3.Error, ZmqCommError)):
+        store.save_checkpoint(big)
+    # The driver commits before sending: that commit must either fail (nothing is sent) or
+    # have made the vote for sequence 2 durable.
+    try:
+        store.commit()
+        committed = True
+    except (sqlite3.Error, ZmqCommError):
+        committed = False
+    store.close()
+    if committed:
+        with SQLiteStore(path) as again:
+            assert again.load_votes().get((0, 2, "prepare")) == DIGEST_B
+
+
+def _checkpointed_store(path: Path) -> bytes:
+    """A store whose stable checkpoint (sequence 16) holds one key; returns its digest."""
+    machine = KeyValueStore()
+    machine.data = {b"key": b"good"}
+    blob = state_bytes(machine.snapshot(), {})
+    digest = state_digest(blob)
+    with SQLiteStore(path) as store:
+        store.save_checkpoint(StableCheckpoint(16, digest, (), blob))
+    return digest
+
+
+def _tampered(kind: str) -> bytes:
+    if kind == "garbage":
+        return b"\xc1 not a checkpoint state"
+    machine = KeyValueStore()
+    machine.data = {b"key": b"evil"}  # a flipped value: still parses, wrong digest
+    return state_bytes(machine.snapshot(), {})
+
+
+@pytest.mark.parametrize("kind", ["garbage", "wrong_state"])
+def test_corrupt_checkpoint_snapshot_is_a_typed_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "c.db"
+    _checkpointed_store(path)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE checkpoint SET snapshot = ? WHERE id = 0", (_tampered(kind),))
+    db.commit()
+    db.close()
+    with SQLiteStore(path) as store, pytest.raises(CorruptStoreError):
+        _replica_on(store)
+
+
+def test_damaged_database_page_is_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with SQLiteStore(path) as store:
+        for sequence in range(200):
+            store.save_vote(0, sequence, "prepare", DIGEST_A)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 3 * page_size
+    data[2 * page_size : 2 * page_size + 200] = b"\xab" * 200  # page 3: the votes table
+    path.write_bytes(bytes(data))
+    with SQLiteStore(path) as store, pytest.raises(CorruptStoreError):
+        store.load_votes()
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def _entries() -> tuple[ReplicaEntry, ...]:
+    return tuple(
+        ReplicaEntry(f"ipc:///tmp/never-bound-{i}", Identity.generate(f"r{i}").public)
+        for i in range(4)
+    )
+
+
+@pytest.mark.parametrize("setting", ["batch_delay", "view_change_timeout"])
+def test_non_numeric_timing_setting_is_a_usage_error(tmp_path: Path, setting: str) -> None:
+    with pytest.raises(UsageError):
+        ReplicaConfig(
+            replica=0,
+            replicas=_entries(),
+            keys=tmp_path,
+            trust=tmp_path,
+            data=tmp_path,
+            **{setting: "0.5"},  # type: ignore[arg-type]
+        )
+
+
+def test_config_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "replica-0.toml"
+    path.write_bytes(b"replica = 0\n\xff\xfe\n")
+    with pytest.raises(UsageError):
+        load_config(path)
+
+
+# -- local cluster ------------------------------------------------------------------------------
+
+
+def test_refused_local_cluster_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(UsageError):
+        LocalCluster(4, batch_size=100_000, client_names=())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- load generator -----------------------------------------------------------------------------
+
+
+def test_loadgen_percentile_is_not_one_rank_high() -> None:
+    assert percentile([float(v) for v in range(1, 101)], 0.99) < 100.0
+    assert percentile([1.0, 2.0], 0.50) < 2.0
+
+
+def test_reply_with_unhashable_client_from_a_faulty_replica_is_dropped() -> None:
+    load = object.__new__(LoadGenerator)
+    load.clients = {}
+    load.dropped = Counter()
+    load._report = LoadReport()
+    hostile = Reply(0, 1, {"not": "hashable"}, 2, b"")  # type: ignore[arg-type]
+    assert load._on_reply(2, hostile) == []
+    assert sum(load.dropped.values()) == 1
+
+
+def test_written_config_with_a_quote_in_its_path_loads_back(tmp_path: Path) -> None:
+    cluster = LocalCluster(4, directory=tmp_path / 'we"ird', client_names=())
+    assert load_config(cluster.config_path(0)) == cluster.configs[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_pbft_local_stops_its_replicas(tmp_path: Path) -> None:
+    keep = tmp_path / "c"
+    command = [sys.executable, "-m", "zmqcomm.cli.pbft", "local", "--ops", "1000000"]
+    command += ["--clients", "4", "--keep", str(keep)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids) < 4:
+            assert time.monotonic() < deadline, "the replicas did not start"
+            assert process.poll() is None, "pbft local exited early"
+            pids = []
+            for i in range(4):
+                try:
+                    status = json.loads((keep / f"data/replica-{i}/status.json").read_text())
+                except (OSError, ValueError):
+                    break
+                pids.append(status["pid"])
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 8
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in pids if _alive(pid)] == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in pids:  # the leaked replicas of this test, by pid
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+# -- follow-ups to the fixes above --------------------------------------------------------------
+
+
+class _FailingReplica:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.rejected: Counter[str] = Counter()
+
+    def on_message(self, sender: object, message: object, *, now: float) -> list[object]:
+        raise self.error
+
+
+def _driver_feeding(error: Exception) -> ReplicaDriver:
+    driver = object.__new__(ReplicaDriver)
+    driver.replica = _FailingReplica(error)  # type: ignore[assignment]
+    driver.index = {"replica-agent": 1}
+    driver.drops = Counter()
+    driver.audit = None
+    return driver
+
+
+@pytest.mark.parametrize(
+    "error",
+    [StoreError("disk full"), sqlite3.OperationalError("disk I/O error"), OSError(28, "full")],
+)
+def test_store_failure_while_feeding_stops_the_driver(error: Exception) -> None:
+    driver = _driver_feeding(error)
+    payload = encode(Prepare(0, 5, DIGEST_A, 1, b"s"))
+    with pytest.raises(type(error)):
+        driver._feed("replica-agent", payload, 0.0)
+    assert driver.drops == Counter()
+
+
+def test_bug_in_the_core_is_still_dropped_not_raised() -> None:
+    driver = _driver_feeding(KeyError("a bug"))
+    payload = encode(Prepare(0, 5, DIGEST_A, 1, b"s"))
+    assert driver._feed("replica-agent", payload, 0.0) == []
+    assert driver.drops == Counter({"replica_exception": 1})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("batch_delay", True), ("view_change_timeout", False), ("batch_size", True), ("name", 7)],
+)
+def test_bool_or_wrong_type_setting_is_a_usage_error(
+    tmp_path: Path, setting: str, value: object
+) -> None:
+    with pytest.raises(UsageError, match=setting):
+        ReplicaConfig(
+            replica=0,
+            replicas=_entries(),
+            keys=tmp_path,
+            trust=tmp_path,
+            data=tmp_path,
+            **{setting: value},  # type: ignore[arg-type]
+        )
+
+
+def test_replica_on_a_corrupt_store_exits_1_with_one_line(tmp_path: Path) -> None:
+    cluster = LocalCluster(4, directory=tmp_path / "c", client_names=())
+    _checkpointed_store(cluster.configs[0].data / STORE_FILE)
+    db = sqlite3.connect(cluster.configs[0].data / STORE_FILE)
+    db.execute("UPDATE checkpoint SET snapshot = ? WHERE id = 0", (_tampered("wrong_state"),))
+    db.commit()
+    db.close()
+    command = [sys.executable, "-m", "zmqcomm.cli.pbft", "replica"]
+    command += ["--config", str(cluster.config_path(0))]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "move the data directory aside" in lines[0]
