@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zmqcomm.errors import ClosedError, MailboxFullError, UsageError
+from zmqcomm.private_db import open_private_database
 
 #: Bump when the schema changes; a database with a higher version is refused, not guessed at.
 SCHEMA_VERSION = 1
@@ -117,17 +118,7 @@ class Mailbox:
         self.max_blob_size = _check_count("max_blob_size", max_blob_size, 1)
         self.max_total_bytes = _check_count("max_total_bytes", max_total_bytes, 1)
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Create the file ourselves so it (and the -wal/-shm files SQLite derives from it)
-            # is private: who mails whom is metadata worth hiding even when blobs are sealed.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, never implicitly.
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise UsageError(f"cannot open mailbox database {self.path}: {exc}") from exc
+        self._db: sqlite3.Connection | None = open_private_database(self.path, "mailbox database")
         try:
             self._setup(self._db)
         except BaseException:

@@ -43,6 +43,7 @@ from zmqcomm.errors import ClosedError, CorruptStoreError, StoreError, UsageErro
 from zmqcomm.patterns.pbft.checkpoint import parse_state, state_digest
 from zmqcomm.patterns.pbft.messages import Checkpoint, PreparedProof, PrePrepare, decode, encode
 from zmqcomm.patterns.pbft.store import EntryRecord, StableCheckpoint, VoteKey
+from zmqcomm.private_db import open_private_database
 
 __all__ = ["SCHEMA_VERSION", "CorruptStoreError", "SQLiteStore", "StoreError"]
 
@@ -84,14 +85,7 @@ class SQLiteStore:
         self._lost: str | None = None
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a directory: give the path of a database file")
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise UsageError(f"cannot open the pbft store {self.path}: {exc}") from exc
+        self._db: sqlite3.Connection | None = open_private_database(self.path, "the pbft store")
         try:
             self._setup(self._db)
         except BaseException:
