@@ -32,6 +32,7 @@ from zmqcomm.patterns.gossip import (
     Publish,
     ed25519_verifier,
 )
+from zmqcomm.quantiles import nearest_rank
 from zmqcomm.sim.network import LinkModel, Network, uniform
 from zmqcomm.sim.simulator import Simulator
 
@@ -303,8 +304,8 @@ def summarize(runs: Sequence[GossipMetrics]) -> dict[str, dict[str, float]]:
         ordered = sorted(values)
         summary[name] = {
             "mean": statistics.fmean(ordered),
-            "p50": ordered[(len(ordered) - 1) // 2],
-            "p99": ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)],
+            "p50": nearest_rank(ordered, 0.50),
+            "p99": nearest_rank(ordered, 0.99),
             "max": ordered[-1],
         }
     return summary

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from zmqcomm.quantiles import nearest_rank
+
 
 class _Options(Protocol):
     mode: str
@@ -14,10 +16,7 @@ class _Options(Protocol):
 
 
 def _percentile(samples: list[float], fraction: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    return nearest_rank(samples, fraction) if samples else None
 
 
 def summarize(

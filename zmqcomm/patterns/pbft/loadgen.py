@@ -13,7 +13,6 @@ test can check that no acknowledged operation is missing from any replica's stat
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from zmqcomm.patterns.pbft.client import Client, Result
 from zmqcomm.patterns.pbft.driver import group_sends
 from zmqcomm.patterns.pbft.messages import Reply, decode
 from zmqcomm.patterns.pbft.statemachine import encode_op
+from zmqcomm.quantiles import nearest_rank
 from zmqcomm.secure import SecureDealer
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 
@@ -37,13 +37,8 @@ __all__ = ["LoadGenerator", "LoadReport", "percentile"]
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest rank: the smallest value with at least ``fraction`` of the values at or below
-    it (p99 of 100 samples is the 99th smallest, the median of two is the first)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = math.ceil(fraction * len(ordered) - 1e-9)  # 0.07 * 100 is 7.000000000000001
-    return ordered[min(len(ordered) - 1, max(0, rank - 1))]
+    """Nearest rank (:func:`zmqcomm.quantiles.nearest_rank`); NaN when there are no values."""
+    return nearest_rank(values, fraction) if values else float("nan")
 
 
 @dataclass
