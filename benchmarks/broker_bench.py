@@ -10,11 +10,8 @@ A thin front end to the harness (``zmqcomm bench --only relay memory``;
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from zmqcomm.bench.harness import Progress
-from zmqcomm.bench.runner import run_benchmarks
+from zmqcomm.bench.runner import print_table
 from zmqcomm.bench.settings import BenchSettings
 
 
@@ -33,9 +30,7 @@ def main() -> None:
         relay_count=args.count,
         connections=args.agents,
     )
-    with tempfile.TemporaryDirectory() as out:
-        run_benchmarks(settings, Path(out), progress=Progress(), plots=False)
-        print((Path(out) / "results.md").read_text())
+    print_table(settings)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,8 @@ between two processes, runs alternating raw and zmqcomm plain; prints the Markdo
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from zmqcomm.bench.harness import Progress
-from zmqcomm.bench.runner import run_benchmarks
+from zmqcomm.bench.runner import print_table
 from zmqcomm.bench.settings import BenchSettings
 
 
@@ -39,9 +36,7 @@ def main() -> None:
         stream_max_count=args.count,
         stream_min_count=args.count,
     )
-    with tempfile.TemporaryDirectory() as out:
-        run_benchmarks(settings, Path(out), progress=Progress(), plots=False)
-        print((Path(out) / "results.md").read_text())
+    print_table(settings)
 
 
 if __name__ == "__main__":

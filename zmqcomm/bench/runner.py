@@ -155,3 +155,11 @@ def _write(
         files["latency.png"] = plot_latency(results, out / "latency.png")
     progress.note(f"wrote {', '.join(sorted(files))} to {out}")
     return BenchOutcome(results, out, files)
+
+
+def print_table(settings: BenchSettings) -> None:
+    """Run ``settings`` with a progress line and print the Markdown tables (no files kept):
+    what the single-purpose scripts in benchmarks/ do."""
+    with tempfile.TemporaryDirectory(prefix="zcb-out-") as out:
+        run_benchmarks(settings, Path(out), progress=Progress(), plots=False)
+        print((Path(out) / "results.md").read_text())
