@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import zmq
+from zmq.backend import zmq_poll
 from zmq.utils.monitor import parse_monitor_message
 
 from zmqcomm.crypto.audit import BaseAuditLog
@@ -57,8 +58,21 @@ _MAX_BURST = 10_000
 _TIMER_TICK = 0.005
 
 
+# Plain ints: pyzmq turns enum arguments and results into enum members, which costs
+# microseconds on a path that runs for every message.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
 def _readable(sock: zmq.Socket[Any]) -> bool:
-    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+    return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
+
+
+def _wait_readable(sock: zmq.Socket[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` s for a message (``Socket.poll`` builds a Poller every call)."""
+    if timeout > 0 and not _readable(sock):
+        zmq_poll([(sock, _POLLIN)], max(0, int(timeout * 1000)))
 
 
 class _SecureSocket:
@@ -137,7 +151,7 @@ class _SecureSocket:
         self._check_open()
         handled = 0
         sock = self.socket
-        sock.poll(max(0, int(timeout * 1000)), zmq.POLLIN)
+        _wait_readable(sock, timeout)
         for extra in self._extra_sockets():
             # Side sockets (connection events) are looked at on every pump, never waited
             # on: waits are short (receive() pumps at least every 0.1 s).
@@ -146,7 +160,7 @@ class _SecureSocket:
         # Drain while libzmq says a message is waiting: cheaper than a NOBLOCK recv raising
         # zmq.Again at the end of every burst.
         while handled < _MAX_BURST and _readable(sock):
-            raw = sock.recv_multipart(zmq.NOBLOCK)
+            raw = sock.recv_multipart(_NOBLOCK)
             handled += 1
             route, frames = self._route_and_frames(raw)
             self._handle(route, self.table.receive(route, frames, now=self.wall_clock()))

@@ -184,7 +184,7 @@ def send_frames(
         if timeout is not None:
             sock.setsockopt(zmq.SNDTIMEO, _ms(timeout))
         try:
-            sock.send_multipart(frames, copy=_should_copy(frames))
+            _send_parts(sock, frames, 0)
         except zmq.Again as exc:
             waited = f"{timeout} s" if timeout is not None else "the socket's SNDTIMEO"
             raise SendTimeout(
@@ -198,7 +198,7 @@ def send_frames(
                 sock.setsockopt(zmq.SNDTIMEO, -1)
         return
     try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=_should_copy(frames))
+        _send_parts(sock, frames, _NOBLOCK)
     except zmq.Again as exc:
         raise QueueFullError(
             "the send queue is full (high-water mark reached): the peer is slow or gone; "
@@ -229,8 +229,22 @@ def receive_frames(sock: zmq.Socket[Any], *, timeout: float | None = None) -> li
 ZERO_COPY_THRESHOLD = 65536
 
 
-def _should_copy(frames: Sequence[Buffer]) -> bool:
-    return all(len(memoryview(frame)) < ZERO_COPY_THRESHOLD for frame in frames)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def _send_parts(sock: zmq.Socket[Any], frames: Sequence[Buffer], flags: int) -> None:
+    # pyzmq's send_multipart checks and converts every part in Python, which costs more than
+    # the send itself for small messages; a multipart message is atomic in libzmq once its
+    # first part is queued, so a plain loop keeps the same guarantees.
+    last = len(frames) - 1
+    if last < 0:
+        raise UsageError("a message needs at least one frame")
+    send = sock.send
+    for index, frame in enumerate(frames):
+        size = len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+        copy = size < ZERO_COPY_THRESHOLD
+        send(frame, flags if index == last else flags | _SNDMORE, copy=copy)
 
 
 def translate_zmq_error(exc: zmq.ZMQError, action: str) -> TransportError:
