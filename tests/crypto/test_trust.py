@@ -143,15 +143,46 @@ def test_revoking_an_unknown_id_leaves_a_marker(store: TrustStore, alice: Identi
         store.revoke("not-an-id")
 
 
-def test_revocation_by_another_process_counts_on_the_next_lookup(
+def test_revocation_by_another_process_counts_after_the_revocation_interval(
     store: TrustStore, alice: Identity
 ) -> None:
     store.add(alice.public, ["w"])
     store.lookup(alice.agent_id, now=NOW)
     TrustStore(store.directory).revoke(alice.agent_id)  # stands in for another process
+    store.lookup(alice.agent_id, now=NOW + store.revocation_interval / 2)  # not looked yet
     with pytest.raises(UnknownPeerError) as info:
-        store.lookup(alice.agent_id, now=NOW)
+        store.lookup(alice.agent_id, now=NOW + 2 * store.revocation_interval)
     assert _reason(info) == "revoked"
+
+
+def test_with_no_revocation_interval_an_outside_revocation_counts_on_the_next_lookup(
+    tmp_path: Path, alice: Identity
+) -> None:
+    store = TrustStore(tmp_path, revocation_interval=0)
+    store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW)
+    TrustStore(store.directory).revoke(alice.agent_id)  # another process, say the CLI
+    with pytest.raises(UnknownPeerError) as caught:
+        store.lookup(alice.agent_id, now=NOW)
+    assert caught.value.reason == "revoked"
+
+
+def test_a_revocation_through_the_same_store_counts_at_once(
+    store: TrustStore, alice: Identity
+) -> None:
+    store.add(alice.public)
+    store.lookup(alice.agent_id, now=NOW)
+    store.revoke(alice.agent_id)
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW)
+
+
+@pytest.mark.parametrize("interval", [-1.0, float("nan")])
+def test_a_negative_or_missing_revocation_interval_is_refused(
+    tmp_path: Path, interval: float
+) -> None:
+    with pytest.raises(UsageError, match="revocation_interval"):
+        TrustStore(tmp_path, revocation_interval=interval)
 
 
 def test_a_deleted_file_counts_after_the_watch_interval(store: TrustStore, alice: Identity) -> None:
@@ -172,17 +203,6 @@ def test_with_no_interval_a_deleted_file_counts_on_the_next_lookup(
     entry.path.unlink()
     with pytest.raises(UnknownPeerError):
         store.lookup(alice.agent_id, now=NOW)
-
-
-def test_an_outside_revocation_counts_on_the_next_lookup_within_the_interval(
-    store: TrustStore, alice: Identity
-) -> None:
-    store.add(alice.public)
-    store.lookup(alice.agent_id, now=NOW)
-    TrustStore(store.directory).revoke(alice.agent_id)  # another process, say the CLI
-    with pytest.raises(UnknownPeerError) as caught:
-        store.lookup(alice.agent_id, now=NOW)
-    assert caught.value.reason == "revoked"
 
 
 def test_a_deleted_file_is_noticed_even_if_the_directory_looks_unchanged(
