@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from zmqcomm.errors import LocalProtocolError, RemoteProtocolError
 from zmqcomm.wire import Limits, MessageType, WireCodec
-from zmqcomm.wire.payload import OOB_THRESHOLD
+from zmqcomm.wire.payload import OOB_THRESHOLD, PayloadUnpacker
 
 scalars = (
     st.none()
@@ -140,3 +140,29 @@ def test_limits_apply_to_peer_payloads() -> None:
         with pytest.raises(RemoteProtocolError):
             strict.decode(sender.encode(MessageType.DATA, payload))
     assert strict.decode(sender.encode(MessageType.DATA, [[["ok"]]])).payload == [[["ok"]]]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xc4\x05abc", "bad_msgpack"),  # bin8 announcing more bytes than it has
+        (b"\xc6\xff\xff\xff\xffab", "bad_msgpack"),  # bin32 announcing 4 GiB
+        (b"\xa3abcXYZ", "bad_msgpack"),  # a str followed by bytes that are not part of it
+        (b"\x2a\x2a", "bad_msgpack"),  # two values where one is expected
+        (b"\xc1", "bad_msgpack"),  # the one byte msgpack never uses
+        (b"\xa2\xff\xfe", "bad_msgpack"),  # a str that is not UTF-8
+    ],
+)
+def test_malformed_scalar_bodies_are_refused(body: bytes, reason: str) -> None:
+    # Scalars take a shorter decoding path than containers; it must refuse the same input.
+    with pytest.raises(RemoteProtocolError) as caught:
+        PayloadUnpacker().unpack(body)
+    assert caught.value.reason == reason
+
+
+def test_scalar_bodies_obey_the_length_limits() -> None:
+    strict = PayloadUnpacker(Limits(max_str_len=10, max_bin_len=10))
+    for too_long in ("x" * 11, b"x" * 11):
+        with pytest.raises(RemoteProtocolError):
+            strict.unpack(WireCodec().build_body(too_long).data)
+    assert strict.unpack(WireCodec().build_body(b"x" * 10).data) == b"x" * 10

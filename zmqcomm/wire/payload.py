@@ -140,6 +140,13 @@ def _unpack_kwargs(limits: Limits) -> dict[str, Any]:
 #: than decoding a small message); larger ones get fresh objects so no big buffer lingers.
 _REUSE_MAX = 1024 * 1024
 _INITIAL_BUFFER = 16 * 1024
+#: First bytes of msgpack values that hold no other value and no extension: nil, bool, the
+#: ints, floats, str and bin (containers 0x80-0x9f, 0xdc-0xdf and ext 0xc7-0xc9, 0xd4-0xd8
+#: are not in it).
+_FLAT_LEADS = frozenset(
+    [*range(0x00, 0x80), *range(0xA0, 0xC0), 0xC0, 0xC2, 0xC3, 0xC4, 0xC5, 0xC6]
+    + [*range(0xCA, 0xD4), 0xD9, 0xDA, 0xDB, *range(0xE0, 0x100)]
+)
 
 
 class PayloadUnpacker:
@@ -171,6 +178,15 @@ class PayloadUnpacker:
 
     def unpack(self, body: Buffer, extra_frames: Sequence[Buffer] = ()) -> Any:
         """Decode one msgpack value that must fill ``body`` exactly."""
+        if body and body[0] in _FLAT_LEADS:
+            # A lone scalar, str or bin preallocates nothing it does not read and cannot
+            # nest: the structure walk and the depth check have nothing to catch.
+            try:
+                return msgpack.unpackb(body, **self._kwargs)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise RemoteProtocolError(
+                    f"body is not valid msgpack: {exc}", reason="bad_msgpack"
+                ) from exc
         self._extra_frames = extra_frames
         try:
             if len(body) <= _REUSE_MAX:
