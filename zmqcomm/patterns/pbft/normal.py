@@ -300,7 +300,11 @@ class ReplicaCore:
             return  # proposed already in this view (or a newer one from the same client)
         self.pending[request.client] = request
         if self.batch_deadline is None:
-            self.batch_deadline = now + self.batch_delay
+            # With every proposed batch executed there is nothing to wait behind: the batch
+            # is due at once, so the driver proposes it after the burst this request came in
+            # (it fires due timers once per burst); waiting batch_delay would only add latency.
+            idle = self.next_sequence - 1 <= self.last_executed
+            self.batch_deadline = now if idle else now + self.batch_delay
 
     def _propose(self, now: float, *, flush: bool = False) -> list[Any]:
         """The primary assigns sequence numbers to full batches (or any batch when flushing)."""
@@ -326,8 +330,9 @@ class ReplicaCore:
             out += self._advance(sequence, now)
         if not self.pending or self.next_sequence > self.log.high:
             self.batch_deadline = None  # empty, or blocked until a checkpoint moves the window
-        elif self.batch_deadline is None or self.batch_deadline <= now:
+        elif self.batch_deadline is None:
             self.batch_deadline = now + self.batch_delay
+        # A deadline already due stays due: the next timer call proposes the batch.
         return out
 
     def _mark_proposed(self, batch: tuple[Request, ...]) -> None:
