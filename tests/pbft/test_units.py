@@ -7,6 +7,7 @@ import itertools
 import math
 from dataclasses import replace
 
+import msgpack
 import pytest
 
 from zmqcomm.errors import RemoteProtocolError, UsageError
@@ -33,6 +34,7 @@ from zmqcomm.patterns.pbft import (
     encode,
     encode_op,
     material,
+    messages,
 )
 from zmqcomm.patterns.pbft.log import MessageLog
 from zmqcomm.patterns.pbft.viewchange import (
@@ -102,6 +104,25 @@ def test_every_message_round_trips_through_the_codec() -> None:
     ]  # type: ignore[arg-type]
     for message in messages:
         assert decode(encode(message)) == message
+
+
+def test_a_big_message_is_packed_once_and_a_decoded_one_keeps_its_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch = tuple(Request(f"c{i}", 1, b"op") for i in range(50))
+    pp = PrePrepare(0, 1, batch_digest(batch), batch, 0)
+    first = encode(pp)
+    calls = []
+    monkeypatch.setattr(msgpack, "packb", lambda *a, **k: calls.append(1))
+    assert encode(pp) is first and not calls  # the wire and the store share one packing
+    monkeypatch.undo()
+    wire = first[:1] + first[1:]  # equal bytes in another object, as off the socket
+    received = decode(wire)
+    assert encode(received) is wire  # a backup stores what it received, without repacking
+    # Equal but separate objects, and entries pushed out of the memo, are packed afresh.
+    for i in range(messages._RECENT_MAX + 1):
+        encode(replace(pp, sequence=i + 2))
+    assert encode(pp) == first and encode(replace(pp)) == first
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,8 @@ _TYPES: tuple[type, ...] = (
 )
 _CODE = {cls: index + 1 for index, cls in enumerate(_TYPES)}
 _CLASS = {code: cls for cls, code in _CODE.items()}
+#: Messages big enough that packing them twice shows: see :func:`encode`.
+_REMEMBERED = frozenset({PrePrepare, PreparedProof, ViewChange, NewView, StateSnapshot})
 #: The kind tag inside signing material, so two message types never sign the same bytes.
 _KINDS = {cls: cls.__name__.encode() for cls in _TYPES}
 
@@ -200,12 +202,33 @@ def _default(obj: Any) -> Any:
     return msgpack.ExtType(code, msgpack.packb(values, default=_default, use_bin_type=True))
 
 
+#: Bytes of recent big messages (batches, certificates), so one is packed once however often
+#: it is sent and stored: a pre-prepare of 256 requests was packed for the wire, again for the
+#: store, and a backup re-packed the one it had just decoded. Keyed by id and holding the
+#: object, so an id cannot be reused while its entry lives; cleared when full.
+_RECENT: dict[int, tuple[Any, bytes]] = {}
+_RECENT_MAX = 64
+
+
+def _remember(message: Any, data: bytes) -> None:
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.clear()
+    _RECENT[id(message)] = (message, data)
+
+
 def encode(message: Any) -> bytes:
-    """Canonical msgpack bytes of a message (or a tuple of them)."""
+    """Canonical msgpack bytes of a message (or a tuple of them); for a message decoded by
+    :func:`decode`, the bytes it came from (which decode to the same message)."""
+    known = _RECENT.get(id(message))
+    if known is not None and known[0] is message:
+        return known[1]
     # Wrapping a message ourselves gives the same bytes as msgpack's ``default`` hook, but
     # msgpack 1.x takes ~20 us to reach that hook for a top-level object (measured here).
     top = _default(message) if type(message) in _CODE else message
-    return bytes(msgpack.packb(top, default=_default, use_bin_type=True))
+    data = bytes(msgpack.packb(top, default=_default, use_bin_type=True))
+    if type(message) in _REMEMBERED:
+        _remember(message, data)
+    return data
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -227,11 +250,14 @@ def decode(data: bytes) -> Any:
     if not isinstance(data, bytes) or len(data) > MAX_DECODE_BYTES:
         raise RemoteProtocolError("pbft message too large or not bytes", reason="limit_exceeded")
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, use_list=False, raw=False)
+        message = msgpack.unpackb(data, ext_hook=_ext_hook, use_list=False, raw=False)
     except RemoteProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for garbage
         raise RemoteProtocolError("undecodable pbft message", reason="malformed") from exc
+    if type(message) in _REMEMBERED:
+        _remember(message, data)
+    return message
 
 
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
