@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 
 import msgpack
@@ -104,6 +105,34 @@ def test_every_message_round_trips_through_the_codec() -> None:
     ]  # type: ignore[arg-type]
     for message in messages:
         assert decode(encode(message)) == message
+        assert encode(message) == _reference_encode(message)
+        assert material(message) == _reference_material(message)
+
+
+def _reference_encode(value: object) -> bytes:
+    """The codec written the obvious way: every message an ExtType of its fields."""
+
+    def default(obj: object) -> object:
+        code = messages._CODE[type(obj)]
+        fields = [getattr(obj, f.name) for f in dataclass_fields(obj)]  # type: ignore[arg-type]
+        return msgpack.ExtType(code, msgpack.packb(fields, default=default, use_bin_type=True))
+
+    return bytes(msgpack.packb(value, default=default, use_bin_type=True))
+
+
+def _reference_material(message: object) -> bytes:
+    def plain(value: object) -> object:
+        if type(value) in messages._CODE:
+            marker = msgpack.ExtType(messages._CODE[type(value)], b"")
+            return [marker, *(plain(getattr(value, f.name)) for f in dataclass_fields(value))]  # type: ignore[arg-type]
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    names = [f.name for f in dataclass_fields(message) if f.name != "signature"]  # type: ignore[arg-type]
+    kind = type(message).__name__.encode()
+    packed = msgpack.packb([plain(getattr(message, n)) for n in names], use_bin_type=True)
+    return messages.DOMAIN + kind + b"\x00" + packed
 
 
 def test_a_big_message_is_packed_once_and_a_decoded_one_keeps_its_bytes(
