@@ -10,7 +10,7 @@
     data = "data/replica-0"          # the SQLite store and status.json live here
     audit = "audit-0.jsonl"          # optional: rejections as JSON lines
     batch_size = 256                 # requests per PRE-PREPARE
-    batch_delay = 0.002              # seconds the primary waits to fill a batch
+    batch_delay = 0.002              # seconds to fill a batch behind a running one
     checkpoint_interval = 16
     view_change_timeout = 1.0        # seconds; doubled after each failed view change
     fsync = true                     # false: survive SIGKILL but not a power cut (faster)
