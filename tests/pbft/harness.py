@@ -170,6 +170,16 @@ class Cluster:
     def put(self, client: str, key: str, value: str, *, at: float | None = None) -> None:
         self.request(client, encode_op("put", key.encode(), value.encode()), at=at)
 
+    def load_and_check(self, count: int, *, until: float) -> None:
+        """Every client puts ``count`` keys; all must get their results by ``until`` and the
+        run must be safe."""
+        for c in self.clients:
+            for k in range(count):
+                self.put(c, f"{c}{k}", "v")
+        self.run_until_results(count, until=until)
+        assert all(len(self.results(c)) == count for c in self.clients)
+        self.check_safety()
+
     def count_messages(self) -> None:
         """Count every message each node sends, by type (honest pass-through)."""
         for node in self.sim.nodes:

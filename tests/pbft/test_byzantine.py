@@ -182,12 +182,7 @@ def test_backup_sending_conflicting_prepares_and_commits(seed: int) -> None:
     for bad in (3, 5):  # f = 2
         cluster.sim.set_byzantine(bad, mutating(cluster.keys.signer(bad), 1.0))
         cluster.byzantine.add(bad)
-    for c in cluster.clients:
-        for k in range(3):
-            cluster.put(c, f"{c}{k}", "v")
-    cluster.run_until_results(3, until=30.0)
-    assert all(len(cluster.results(c)) == 3 for c in cluster.clients)
-    cluster.check_safety()
+    cluster.load_and_check(3, until=30.0)
 
 
 def test_primary_that_skips_sequence_numbers_is_replaced() -> None:
@@ -242,12 +237,7 @@ def test_small_mutations_of_honest_messages_never_break_agreement(seed: int) -> 
     for bad in rng.sample(range(n), (n - 1) // 3):
         cluster.sim.set_byzantine(bad, mutating(cluster.keys.signer(bad), 0.5))
         cluster.byzantine.add(bad)
-    for c in cluster.clients:
-        for k in range(4):
-            cluster.put(c, f"{c}{k}", "v")
-    cluster.run_until_results(4, until=30.0)
-    assert all(len(cluster.results(c)) == 4 for c in cluster.clients)
-    cluster.check_safety()
+    cluster.load_and_check(4, until=30.0)
 
 
 def test_client_signatures_stop_a_primary_from_inventing_requests() -> None:

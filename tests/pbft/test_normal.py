@@ -227,12 +227,7 @@ def test_a_faulty_operation_gives_an_error_result_not_a_crash() -> None:
 def test_lossy_reordering_network_still_commits_everything() -> None:
     network = Network(LinkModel(latency=uniform(0.001, 0.05), loss=0.05, duplicate=0.05))
     cluster = build(7, seed=9, clients=3, network=network)
-    for c in cluster.clients:
-        for k in range(5):
-            cluster.put(c, f"{c}{k}", "v")
-    cluster.run_until_results(5, until=30.0)
-    assert all(len(cluster.results(c)) == 5 for c in cluster.clients)
-    cluster.check_safety()
+    cluster.load_and_check(5, until=30.0)
 
 
 def test_same_seed_same_run() -> None:

@@ -203,12 +203,7 @@ def test_twins_two_instances_sharing_one_replica_identity(twin: int, seed: int) 
     twins = Twins(cluster.make_replica(twin), cluster.make_replica(twin, MemoryStore()), group, 4)
     cluster.sim.replace_machine(twin, twins)
     cluster.byzantine.add(twin)
-    for c in cluster.clients:
-        for k in range(4):
-            cluster.put(c, f"{c}{k}", "v")
-    cluster.run_until_results(4, until=30.0)
-    assert all(len(cluster.results(c)) == 4 for c in cluster.clients)
-    cluster.check_safety()
+    cluster.load_and_check(4, until=30.0)
 
 
 def test_state_transferred_output_reports_the_certified_checkpoint() -> None:
