@@ -247,7 +247,7 @@ def encode(message: Any) -> bytes:
         # top-level object, measured here).
         body = msgpack.packb(_GETTERS[cls](message), default=_default, use_bin_type=True)
         data = _ext_head(code, len(body)) + body
-    if type(message) in _REMEMBERED:
+    if cls in _REMEMBERED:
         _remember(message, data)
     return data
 
