@@ -23,13 +23,16 @@ from zmqcomm.sim import LinkModel, Network, fixed, uniform
 from .harness import build
 
 
+@pytest.mark.parametrize("reply_all", [False, True])
 @pytest.mark.parametrize("n", [4, 7, 10])
-def test_normal_case_message_counts_follow_the_three_phases(n: int) -> None:
+def test_normal_case_message_counts_follow_the_three_phases(n: int, reply_all: bool) -> None:
     """One request, one batch. The paper's pattern, counted per message type:
     1 REQUEST (client to primary), n-1 PRE-PREPAREs (primary to backups),
     (n-1)*(n-1) PREPAREs (each backup to every other replica), n*(n-1) COMMITs (every
-    replica to every other), n REPLYs; no view change, no retransmission."""
-    cluster = build(n, seed=n, checkpoint_interval=64)
+    replica to every other), f+1 REPLYs from the designated repliers (n, as in the paper,
+    with ``reply_all``); no view change, no retransmission."""
+    f = (n - 1) // 3
+    cluster = build(n, seed=n, checkpoint_interval=64, reply_all=reply_all)
     cluster.count_messages()
     cluster.put("c0", "k", "v")
     cluster.run_until_results(1, until=5.0)
@@ -39,7 +42,7 @@ def test_normal_case_message_counts_follow_the_three_phases(n: int) -> None:
         "PrePrepare": n - 1,
         "Prepare": (n - 1) * (n - 1),
         "Commit": n * (n - 1),
-        "Reply": n,
+        "Reply": n if reply_all else f + 1,
     }
     (result,) = cluster.results("c0")
     assert decode_result(result.result) == ["ok", None]

@@ -4,6 +4,10 @@ once f + 1 replicas (so at least one correct one) sent matching replies.
 The first transmission goes to the replica the client believes is the primary; on each
 timeout it retransmits to every replica (backups then start their view-change timers, which
 is how a silent primary is found out) and doubles its timeout up to ``max_timeout``.
+Normally only f + 1 designated replicas reply; a replica the request reached directly
+replies too, so after a timeout the client sends its next requests to every replica for
+as long as its view guess stays the same (a silent designated replier then costs it one
+timeout per view, not one per request).
 Timestamps increase strictly, and also across a restart of the client: each one is at least
 ``now`` in microseconds. Requests made while one is outstanding wait in a queue.
 """
@@ -63,6 +67,9 @@ class Client:
         self.deadline: float | None = None
         self.timeout = timeout
         self.retransmissions = 0
+        #: The view in which a request timed out: requests go to every replica while the
+        #: client's view guess is still this one.
+        self.broadcast_view: int | None = None
         self.rejected: Counter[str] = Counter()
 
     @property
@@ -89,6 +96,8 @@ class Client:
         self.replies = {}
         self.timeout = self.base_timeout
         self.deadline = now + self.timeout
+        if self.broadcast_view == self.view:
+            return [Send(r, request) for r in range(self.n)]
         return [Send(self.config.primary(self.view), request)]
 
     def next_deadline(self) -> float | None:
@@ -98,6 +107,7 @@ class Client:
         if self.current is None or self.deadline is None or now < self.deadline:
             return []
         self.retransmissions += 1
+        self.broadcast_view = self.view
         self.timeout = min(self.timeout * 2, self.max_timeout)
         self.deadline = now + self.timeout
         return [Send(r, self.current) for r in range(self.n)]

@@ -112,6 +112,7 @@ class ReplicaCore:
         fetch_timeout: float | None = None,
         max_waiting: int = 10_000,
         verify_client: ClientVerifier | None = None,
+        reply_all: bool = False,
     ) -> None:
         self.config = Quorum(n)
         if not self.config.is_replica(replica_id):
@@ -139,6 +140,7 @@ class ReplicaCore:
         self.max_view_jump = max_view_jump
         self.fetch_timeout = view_change_timeout / 2 if fetch_timeout is None else fetch_timeout
         self.max_waiting = max_waiting
+        self.reply_all = reply_all
         self.rejected: Counter[str] = Counter()
         self.log = MessageLog(self.config, window)
         self.checkpoints = CheckpointVotes(self.config, window // checkpoint_interval + 2)
@@ -490,8 +492,23 @@ class ReplicaCore:
         held = self.waiting.get(request.client)
         if held is not None and held.timestamp <= request.timestamp:
             del self.waiting[request.client]
+        executed = Executed(sequence, request, result)
+        if not (self.reply_all or self._designated_replier() or held == request):
+            return [executed]
         reply = Reply(self.view, request.timestamp, request.client, self.id, result)
-        return [Executed(sequence, request, result), Send(request.client, reply)]
+        return [executed, Send(request.client, reply)]
+
+    def _designated_replier(self) -> bool:
+        """One of the f + 1 replicas (the primary and the f after it) that answer clients.
+
+        f + 1 matching replies are all a client needs, so the other replies were only ever
+        discarded: they cost every replica and every client work per request. A replica
+        still answers a request the client sent to it directly (a client that timed out
+        sends to every replica, see :class:`~zmqcomm.patterns.pbft.client.Client`), and
+        answers retransmissions from its reply cache, so a silent or lying designated
+        replier costs a client one timeout, never a result.
+        """
+        return (self.id - self.view) % self.n <= self.config.f
 
     # -- checkpoints and state transfer ---------------------------------------------------------
 
