@@ -20,9 +20,11 @@ from zmqcomm.patterns.pbft import (
     Prepare,
     PrePrepare,
     Replica,
+    Reply,
     Request,
     ViewChange,
     batch_digest,
+    decode_result,
     material,
 )
 
@@ -74,6 +76,13 @@ CASES: dict[str, tuple[Any, Any, str]] = {
     "pp_from_wrong_sender": (2, good_pp(), "sender_mismatch"),
     "pp_bad_signature": (0, replace(good_pp(), signature=b"x" * 32), "bad_pre_prepare"),
     "pp_wrong_digest": (0, sign(replace(good_pp(), digest=NULL_DIGEST), 0), "bad_pre_prepare"),
+    # The signature covers the digest only, so it still verifies here: the digest check
+    # is what refuses a batch swapped under a signed pre-prepare.
+    "pp_requests_swapped": (
+        0,
+        replace(good_pp(), requests=(Request("c0", 6, b"other"),)),
+        "bad_pre_prepare",
+    ),
     "pp_beyond_high_watermark": (0, good_pp(seq=9), "outside_window"),
     "vc_for_view_zero": (2, sign(ViewChange(0, 0, (), (), 2), 2), "malformed"),
     "vc_view_jump": (2, sign(ViewChange(10**6, 0, (), (), 2), 2), "view_jump"),
@@ -276,4 +285,31 @@ def test_client_signatures_stop_a_primary_from_inventing_requests() -> None:
     sim.inject("c0", 1, Request("c0", 10**13, b"unsigned"))
     sim.run(until=sim.now + 0.5)
     assert cluster.replica(1).rejected["bad_client_signature"] >= 2
+    cluster.check_safety()
+
+
+@pytest.mark.parametrize("fault", ["silent", "lying"])
+def test_a_faulty_designated_replier_costs_a_client_one_timeout_per_view(fault: str) -> None:
+    """In view 0 of n = 4, replicas 0 and 1 are the f + 1 designated repliers. Replica 1
+    drops (or falsifies) its replies: the client's first request times out and goes to all
+    four, the two others then answer it, and the following requests go to all four at once,
+    so they complete without another timeout."""
+    cluster = build(4, seed=70)
+
+    def spoil(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        if isinstance(message, Reply):
+            if fault == "silent":
+                return []
+            message = replace(message, result=b"forged")
+        return [(to, message)]
+
+    cluster.sim.set_byzantine(1, spoil)
+    cluster.byzantine.add(1)
+    for k in range(3):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(3, until=10.0)
+    results = cluster.results("c0")
+    assert [decode_result(r.result) for r in results] == [["ok", None]] * 3
+    assert cluster.client("c0").retransmissions == 1
+    assert cluster.client("c0").broadcast_view == 0
     cluster.check_safety()

@@ -129,7 +129,8 @@ def _reference_material(message: object) -> bytes:
             return [plain(v) for v in value]
         return value
 
-    names = [f.name for f in dataclass_fields(message) if f.name != "signature"]  # type: ignore[arg-type]
+    unsigned = {"signature", "requests"} if isinstance(message, PrePrepare) else {"signature"}
+    names = [f.name for f in dataclass_fields(message) if f.name not in unsigned]  # type: ignore[arg-type]
     kind = type(message).__name__.encode()
     packed = msgpack.packb([plain(getattr(message, n)) for n in names], use_bin_type=True)
     return messages.DOMAIN + kind + b"\x00" + packed

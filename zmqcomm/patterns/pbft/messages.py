@@ -9,7 +9,12 @@ with its ``signature`` field emptied. A store or a wire codec can reuse :func:`e
 Which messages are signed (``signature`` non-empty) and why:
 
 - PRE-PREPARE and PREPARE: they end up inside prepared certificates that a VIEW-CHANGE shows
-  to third parties, so a replica must be able to prove what another replica said.
+  to third parties, so a replica must be able to prove what another replica said. As in the
+  paper, a PRE-PREPARE's signature covers the batch digest, not the requests it carries:
+  every check of that signature also checks that the requests hash to the digest
+  (:func:`~zmqcomm.patterns.pbft.viewchange.check_pre_prepare_form`, and NEW-VIEW's
+  re-proposals equal batches from checked certificates), so a large batch is hashed once
+  and never packed again just to be signed.
 - CHECKPOINT: 2f+1 of them form the stable-checkpoint proof in VIEW-CHANGE and state transfer.
 - VIEW-CHANGE and NEW-VIEW: relayed and checked by everyone.
 - COMMIT, REPLY and the state-transfer messages are point-to-point and authenticated by the
@@ -287,8 +292,12 @@ _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _TYPES}
 _MARKERS = {cls: msgpack.ExtType(code, b"") for cls, code in _CODE.items()}
 
 
+#: Fields left out of the signing material besides ``signature`` (see the module docstring).
+_UNSIGNED_EXTRA: dict[type, str] = {PrePrepare: "requests"}
+
+
 def _unsigned_getter(cls: type) -> Any:
-    names = [n for n in _FIELDS[cls] if n != "signature"]
+    names = [n for n in _FIELDS[cls] if n not in ("signature", _UNSIGNED_EXTRA.get(cls))]
     getter = operator.attrgetter(*names)
     if len(names) == 1:
         return lambda message: (getter(message),)
@@ -310,7 +319,8 @@ def _plain(value: Any) -> Any:
 
 
 def material(message: Any) -> bytes:
-    """The bytes signed for ``message``: domain, kind, and its fields without the signature.
+    """The bytes signed for ``message``: domain, kind, and its fields without the signature
+    (nor a PRE-PREPARE's requests, which its digest stands for).
 
     Canonical (msgpack of ints, bytes, str and arrays in field order, nested messages
     marked by type) and cheap: one ``packb`` call, since replicas compute it per message.
