@@ -7,6 +7,7 @@ import random
 from dataclasses import replace
 from typing import Any
 
+import msgpack
 import pytest
 
 from zmqcomm.patterns.pbft import (
@@ -22,11 +23,13 @@ from zmqcomm.patterns.pbft import (
     Replica,
     Reply,
     Request,
+    StateSnapshot,
     ViewChange,
     batch_digest,
     decode_result,
     material,
 )
+from zmqcomm.patterns.pbft.checkpoint import state_bytes, state_digest
 
 from .adversary import equivocating, mutating
 from .harness import FakeKeys, build
@@ -72,6 +75,14 @@ def good_pp(view: int = 0, seq: int = 1) -> PrePrepare:
     return sign(PrePrepare(view, seq, batch_digest((REQ,)), (REQ,), view % 4), view % 4)
 
 
+def certified_state(machine_snapshot: bytes, sequence: int = 4) -> StateSnapshot:
+    """A state snapshot with a valid quorum proof, whatever the machine's bytes are."""
+    blob = state_bytes(machine_snapshot, {})
+    digest = state_digest(blob)
+    proof = tuple(sign(Checkpoint(sequence, digest, r), r) for r in range(3))
+    return StateSnapshot(sequence, digest, proof, blob, 2)
+
+
 CASES: dict[str, tuple[Any, Any, str]] = {
     "pp_from_wrong_sender": (2, good_pp(), "sender_mismatch"),
     "pp_bad_signature": (0, replace(good_pp(), signature=b"x" * 32), "bad_pre_prepare"),
@@ -104,6 +115,12 @@ CASES: dict[str, tuple[Any, Any, str]] = {
     "unknown_type": (2, "hello", "unknown_type"),
     "request_timestamp_zero": ("c0", Request("c0", 0, b"op"), "malformed_request"),
     "request_for_another_client": ("c1", REQ, "sender_mismatch"),
+    # Certified, but not in this key-value store's format (another version's sorted pairs).
+    "state_in_another_format": (
+        2,
+        certified_state(msgpack.packb([[b"k", b"v"]])),
+        "unrestorable_state",
+    ),
     "new_view_without_view_changes": (3, sign(NewView(3, (), (), 3), 3), "new_view_small_set"),
     "new_view_not_from_primary": (2, sign(NewView(3, (), (), 2), 2), "malformed"),
 }

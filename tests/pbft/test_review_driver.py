@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from zmqcomm.crypto.keys import Identity
@@ -106,6 +107,16 @@ def test_corrupt_checkpoint_snapshot_is_a_typed_error(tmp_path: Path, kind: str)
     db.close()
     with SQLiteStore(path) as store, pytest.raises(CorruptStoreError):
         _replica_on(store)
+
+
+def test_a_checkpoint_the_state_machine_cannot_restore_is_a_typed_error(tmp_path: Path) -> None:
+    """Digest and shape are right, but the snapshot is in a format this key-value store does
+    not read (the sorted pairs an earlier version wrote)."""
+    blob = state_bytes(msgpack.packb([[b"key", b"good"]]), {})
+    with SQLiteStore(tmp_path / "v.db") as store:
+        store.save_checkpoint(StableCheckpoint(16, state_digest(blob), (), blob))
+        with pytest.raises(CorruptStoreError, match="another version"):
+            _replica_on(store)
 
 
 def test_damaged_database_page_is_a_typed_error(tmp_path: Path) -> None:

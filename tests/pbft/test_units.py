@@ -375,17 +375,41 @@ def test_key_value_store_ops_and_errors() -> None:
 
 
 def test_key_value_snapshot_round_trip_and_digest() -> None:
+    ops = [encode_op("put", k, k * 2) for k in (b"z", b"x", b"y")]
+    ops += [
+        encode_op("delete", b"x"),
+        encode_op("put", b"x", b"again"),
+        encode_op("put", b"z", b""),
+    ]
     a, b = KeyValueStore(), KeyValueStore()
-    for k in (b"x", b"y", b"z"):
-        a.apply(encode_op("put", k, k * 2))
-    for k in (b"z", b"x", b"y"):
-        b.apply(encode_op("put", k, k * 2))
+    for op in ops:
+        a.apply(op)
+        b.apply(op)
     assert a.snapshot() == b.snapshot() and a.digest() == b.digest()
+    # A restored machine goes on exactly as the one it came from, so replicas that fetched
+    # the state agree with those that executed it at every later checkpoint.
     c = KeyValueStore()
     c.restore(a.snapshot())
-    assert c.data == a.data
+    assert c.data == a.data and c.snapshot() == a.snapshot()
+    later = [encode_op("put", b"w", b"1"), encode_op("delete", b"y"), encode_op("put", b"y", b"2")]
+    for op in later:
+        a.apply(op)
+        c.apply(op)
+    assert c.snapshot() == a.snapshot()
     c.apply(encode_op("delete", b"x"))
     assert c.digest() != a.digest()
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [b"\xc1", msgpack.packb([[b"k", b"v"]]), msgpack.packb({b"k": 1}), msgpack.packb({1: b"v"})],
+)
+def test_key_value_restore_refuses_what_is_not_its_snapshot(snapshot: bytes) -> None:
+    kv = KeyValueStore()
+    kv.apply(encode_op("put", b"k", b"v"))
+    with pytest.raises(ValueError, match="not a key-value snapshot"):
+        kv.restore(snapshot)
+    assert kv.data == {b"k": b"v"}  # unchanged
 
 
 def test_memory_store_fail_after_crashes_at_the_kth_write() -> None:

@@ -67,7 +67,14 @@ class Replica(ReplicaCore):
                     f"the stored stable checkpoint {saved.sequence} does not match its "
                     "certified digest; move the data directory aside and restart the replica"
                 )
-            self.sm.restore(parsed[0])
+            try:
+                self.sm.restore(parsed[0])
+            except Exception as exc:  # the state machine's own check of its format
+                raise CorruptStoreError(
+                    f"the state machine cannot restore the stored stable checkpoint "
+                    f"{saved.sequence} ({exc}); was it written by another version? Move the "
+                    "data directory aside and restart the replica to fetch the state anew"
+                ) from None
             self.replies = parsed[1]
             self.stable = saved
             self.last_executed = saved.sequence
@@ -200,7 +207,10 @@ class Replica(ReplicaCore):
         if state_digest(state.snapshot) != state.digest or parsed is None:
             return self._reject("wrong_state_digest")
         checkpoint = StableCheckpoint(state.sequence, state.digest, state.proof, state.snapshot)
-        self.sm.restore(parsed[0])
+        try:
+            self.sm.restore(parsed[0])
+        except Exception:  # certified, yet not this machine's format: another version's
+            return self._reject("unrestorable_state")
         self.replies = dict(parsed[1])
         self.last_executed = state.sequence
         self.own_checkpoints[state.sequence] = (state.digest, state.snapshot)
