@@ -177,6 +177,19 @@ def test_batch_digest_depends_on_content_and_order() -> None:
     assert batch_digest((REQ, other)) != batch_digest((other, REQ))
     assert batch_digest(()) == NULL_DIGEST
     assert batch_digest((REQ,)) != NULL_DIGEST
+    # Every signed field counts, typed (client "1" is not client 1); the signature does not.
+    variants = [
+        Request("c1", 1, b"op"),
+        Request("1", 1, b"op"),
+        Request(1, 1, b"op"),
+        Request("1", 2, b"op"),
+        Request("1", 1, b"op2"),
+    ]
+    assert len({batch_digest((r,)) for r in variants}) == len(variants)
+    assert batch_digest((replace(REQ, signature=b"s"),)) == batch_digest((REQ,))
+    # Two requests are not one request with their fields run together.
+    pair = (Request("c", 1, b"a"), Request("c", 2, b"b"))
+    assert batch_digest(pair) != batch_digest((Request("c", 1, b"a"),))
 
 
 # -- log predicates -----------------------------------------------------------------------------
