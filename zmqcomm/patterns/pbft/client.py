@@ -133,9 +133,9 @@ class Client:
         if sender in self.replies:
             return []  # the first reply of each replica counts; later ones cannot change it
         self.replies[sender] = message
-        votes = Counter(r.result for r in self.replies.values())
-        result, count = votes.most_common(1)[0]
-        if count < self.config.weak:
+        # Only this reply's result can have just reached f + 1 matching replies.
+        result = message.result
+        if sum(r.result == result for r in self.replies.values()) < self.config.weak:
             return []
         # The (f+1)-th highest view reported is one a correct replica has reached.
         views = sorted((r.view for r in self.replies.values()), reverse=True)
