@@ -21,7 +21,8 @@ Replica::
             max_view_jump=16,            # VIEW-CHANGEs for views > v + this are dropped
             fetch_timeout=None,          # state-transfer retry (default T/2)
             max_waiting=10_000,          # requests held per replica, one per client
-            verify_client=None)          # verify(client, material, signature) for requests
+            verify_client=None,          # verify(client, material, signature) for requests
+            reply_all=False)             # True: every replica replies, not f+1 designated
 
     replica.on_message(sender, message, *, now) -> list[action]
     replica.on_timer(*, now) -> list[action]
@@ -44,10 +45,13 @@ Client::
 
 Protocol, as in the paper: REQUEST -> PRE-PREPARE (primary, batched) -> PREPARE (backups) ->
 COMMIT; a replica executes a batch once committed-local (pre-prepare, 2f matching prepares
-from backups, 2f+1 matching commits) and all lower sequence numbers are executed, and replies
-to the client. Messages are accepted only for the current view and h < n <= H. Every K
-sequence numbers replicas exchange signed CHECKPOINTs; 2f+1 matching ones make a checkpoint
-stable and everything at or below it is garbage-collected. A replica that sees a certified
+from backups, 2f+1 matching commits) and all lower sequence numbers are executed. Only f+1
+designated replicas (the primary and the f after it) reply, plus any replica the client sent
+the request to; a client that timed out sends to all of them for the rest of that view
+(``reply_all=True`` makes every replica reply, as in the paper). Messages are accepted only
+for the current view and h < n <= H. Every K sequence numbers replicas exchange signed
+CHECKPOINTs; 2f+1 matching ones make a checkpoint stable and everything at or below it is
+garbage-collected. A replica that sees a certified
 checkpoint it has not reached fetches the state (:class:`FetchState`/:class:`StateSnapshot`)
 from a replica, checks it hashes to the certified digest, installs it and continues.
 
@@ -67,8 +71,9 @@ Authentication: the ``sender`` a driver passes must be authenticated (per-pair s
 each message's ``replica`` field must be that same replica id, an exact int (``False``,
 ``True`` or ``1.0`` compare equal to 0 or 1 but are refused as ``sender_mismatch``: they
 would poison the proofs built from the message); the client applies the same rule to
-replies. Signed (Ed25519, ~17 us to sign): PRE-PREPARE and PREPARE (they become parts of
-prepared certificates shown in VIEW-CHANGEs), CHECKPOINT, VIEW-CHANGE and NEW-VIEW. COMMIT
+replies. Signed (Ed25519, ~17 us to sign): PRE-PREPARE (its batch digest, which every
+check ties to its requests) and PREPARE (they become parts of prepared certificates shown in
+VIEW-CHANGEs), CHECKPOINT, VIEW-CHANGE and NEW-VIEW. COMMIT
 and REPLY are not signed. Client requests are signed only if the replicas get
 ``verify_client`` (recommended: otherwise a faulty primary could propose requests no client
 sent, and backups cannot relay requests, see below).
