@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,17 @@ def test_plots_are_drawn_from_results(tmp_path: Path) -> None:
     for draw, name in ((plot_throughput, "t.png"), (plot_latency, "l.png")):
         path = draw(results, tmp_path / name)
         assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plots_of_a_run_without_those_sections_are_drawn_without_warnings(
+    tmp_path: Path,
+) -> None:
+    results = {"sections": {"pbft": {"rows": []}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for draw, name in ((plot_throughput, "t.png"), (plot_latency, "l.png")):
+            path = draw(results, tmp_path / name)
+            assert path.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_progress_prints_one_line_per_step() -> None:

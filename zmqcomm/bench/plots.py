@@ -40,6 +40,22 @@ def _transports(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(row["transport"] for row in rows))
 
 
+def _legend_or_note(axes: Any, rows: list[dict[str, Any]]) -> None:
+    # A run of other sections (--only pbft) still writes both files: say why they are empty
+    # instead of drawing an empty legend (which matplotlib warns about).
+    if rows:
+        axes[0][-1].legend(fontsize=7)
+    else:
+        axes[0][0].text(
+            0.5,
+            0.5,
+            "not measured in this run",
+            ha="center",
+            va="center",
+            transform=axes[0][0].transAxes,
+        )
+
+
 def plot_throughput(results: dict[str, Any], path: Path) -> Path:
     """msg/s against message size, one panel per transport, one line per mode."""
     plt = _pyplot()
@@ -66,7 +82,7 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path:
         axis.set_xticks(sizes_seen, [format_size(size) for size in sizes_seen], fontsize=7)
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("messages per second")
-    axes[0][-1].legend(fontsize=7)
+    _legend_or_note(axes, rows)
     figure.suptitle("Throughput (higher is better)")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
@@ -102,7 +118,7 @@ def plot_latency(results: dict[str, Any], path: Path) -> Path:
         axis.set_xlabel("round trip (µs)")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("fraction of trips at most this long")
-    axes[0][-1].legend(fontsize=7)
+    _legend_or_note(axes, rows)
     figure.suptitle("Round-trip latency distribution (further left is better)")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
