@@ -223,6 +223,23 @@ def test_written_configs_load_back_and_bad_ones_are_usage_errors(
     assert "4 to 31 replicas" in capsys.readouterr().err
 
 
+def test_local_run_sends_f_plus_one_replies_or_all_with_reply_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """64 requests in one or two batches: each sequence number costs 2n(n-1) = 24 messages
+    between replicas; what is left are the replies, f + 1 = 2 per request by default and
+    n = 4 with --reply-all."""
+    for flag, per_request in (([], 2), (["--reply-all"], 4)):
+        args = ["local", "--ops", "64", "--clients", "64", "--batch", "64", "--json", *flag]
+        assert pbft_main(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["complete"] and summary["retransmissions"] == 0
+        assert summary["reply_all"] == bool(flag)
+        sequences = summary["sequences"]
+        total = round(summary["messages_per_sequence"] * sequences)
+        assert total - 24 * sequences == 64 * per_request
+
+
 # -- the same across four network namespaces ---------------------------------------------------
 
 _LOADGEN = textwrap.dedent(

@@ -7,6 +7,7 @@ details of the fixes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -157,6 +158,29 @@ def test_non_numeric_timing_setting_is_a_usage_error(tmp_path: Path, setting: st
             data=tmp_path,
             **{setting: "0.5"},  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize("setting", ["fsync", "reply_all"])
+def test_non_boolean_switch_is_a_usage_error(tmp_path: Path, setting: str) -> None:
+    with pytest.raises(UsageError, match=f"{setting} must be true or false"):
+        ReplicaConfig(
+            replica=0,
+            replicas=_entries(),
+            keys=tmp_path,
+            trust=tmp_path,
+            data=tmp_path,
+            **{setting: "yes"},  # type: ignore[arg-type]
+        )
+
+
+def test_reply_all_is_written_and_read_back(tmp_path: Path) -> None:
+    cluster = LocalCluster(4, directory=tmp_path / "c", client_names=())
+    config = dataclasses.replace(cluster.configs[0], reply_all=True)
+    path = tmp_path / "c" / "reply-all.toml"
+    path.write_text(config.to_toml(path.parent))
+    assert "reply_all = true" in path.read_text()
+    assert load_config(path) == config
+    assert load_config(cluster.config_path(0)).reply_all is False
 
 
 def test_config_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:

@@ -91,6 +91,11 @@ def register(commands: Any) -> None:
         "--no-fsync", action="store_true",
         help="stores survive SIGKILL but not a power cut (no fsync per commit): faster",
     )  # fmt: skip
+    local.add_argument(
+        "--reply-all", action="store_true",
+        help="every replica replies to every request, as in the paper "
+             "(default: f+1 designated replicas)",
+    )  # fmt: skip
     local.add_argument("--keep", metavar="DIR", help="keep keys, configs, stores and logs in DIR")
     local.add_argument("--json", action="store_true", help="print the summary as JSON")
     local.set_defaults(run=run)
@@ -124,6 +129,7 @@ def _run_local(args: argparse.Namespace) -> int:
         kill_primary_at=args.kill_primary_at,
         view_change_timeout=args.view_change_timeout,
         fsync=not args.no_fsync,
+        reply_all=args.reply_all,
         keep=args.keep,
     )
     with _sigterm_interrupts():

@@ -61,6 +61,7 @@ class LocalCluster:
         checkpoint_interval: int = 16,
         view_change_timeout: float = 1.0,
         fsync: bool = True,
+        reply_all: bool = False,
         client_names: tuple[str, ...] = ("loadgen",),
         directory: str | os.PathLike[str] | None = None,
         endpoints: list[str] | None = None,
@@ -84,6 +85,7 @@ class LocalCluster:
                 checkpoint_interval=checkpoint_interval,
                 view_change_timeout=view_change_timeout,
                 fsync=fsync,
+                reply_all=reply_all,
             )
         except BaseException:
             # A refused setting (or Ctrl-C) must not leave private keys behind in /tmp.
@@ -287,6 +289,7 @@ class LocalOptions:
     view_change_timeout: float = 1.0
     checkpoint_interval: int = 16
     fsync: bool = True
+    reply_all: bool = False
     keep: str | None = None
 
     def with_changes(self, **changes: Any) -> LocalOptions:
@@ -309,6 +312,7 @@ def run_local(options: LocalOptions, *, progress: IO[str] | None = None) -> dict
         checkpoint_interval=options.checkpoint_interval,
         view_change_timeout=options.view_change_timeout,
         fsync=options.fsync,
+        reply_all=options.reply_all,
         directory=options.keep,
     )
     with cluster:
@@ -359,6 +363,7 @@ def _summary(
         "transport": options.transport,
         "batch": options.batch,
         "fsync": options.fsync,
+        "reply_all": options.reply_all,
         "clients": len(load.clients),
         **report.summary(),
         "replica_view": max((s["view"] for s in statuses if s), default=0),

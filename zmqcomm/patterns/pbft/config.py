@@ -14,6 +14,7 @@
     checkpoint_interval = 16
     view_change_timeout = 1.0        # seconds; doubled after each failed view change
     fsync = true                     # false: survive SIGKILL but not a power cut (faster)
+    reply_all = false                # true: every replica replies, not f + 1 designated
 
     [[replicas]]                     # one table per replica, in index order (n = 4..31)
     endpoint = "tcp://10.0.0.1:7000"
@@ -58,6 +59,7 @@ _ALLOWED = (
     "checkpoint_interval",
     "view_change_timeout",
     "fsync",
+    "reply_all",
     "replicas",
 )
 
@@ -86,6 +88,7 @@ class ReplicaConfig:
     checkpoint_interval: int = 16
     view_change_timeout: float = 1.0
     fsync: bool = True
+    reply_all: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.replicas)
@@ -112,6 +115,8 @@ class ReplicaConfig:
             raise UsageError("two [[replicas]] entries have the same public key")
         if not isinstance(self.fsync, bool):
             raise UsageError(f"fsync must be true or false, got {self.fsync!r}")
+        if not isinstance(self.reply_all, bool):
+            raise UsageError(f"reply_all must be true or false, got {self.reply_all!r}")
         if not self.name:
             object.__setattr__(self, "name", f"replica-{self.replica}")
 
@@ -157,6 +162,7 @@ class ReplicaConfig:
             f"checkpoint_interval = {self.checkpoint_interval}",
             f"view_change_timeout = {self.view_change_timeout}",
             f"fsync = {'true' if self.fsync else 'false'}",
+            f"reply_all = {'true' if self.reply_all else 'false'}",
         ]
         for entry in self.replicas:
             public = self.keys / f"{entry.public.name}.pub"
@@ -224,7 +230,7 @@ def load_config(path: str | os.PathLike[str]) -> ReplicaConfig:
         )
     audit = data.get("audit")
     names = ("batch_size", "batch_delay", "checkpoint_interval", "view_change_timeout", "name")
-    settings = {k: data[k] for k in (*names, "fsync") if k in data}
+    settings = {k: data[k] for k in (*names, "fsync", "reply_all") if k in data}
     return ReplicaConfig(
         replica=data["replica"],
         replicas=tuple(entries),

@@ -445,6 +445,7 @@ def run_replica(
             max_batch=config.batch_size,
             batch_delay=config.batch_delay,
             view_change_timeout=config.view_change_timeout,
+            reply_all=config.reply_all,
         )
         store.commit()  # a restart that resumes a view change persisted nothing new, but be sure
         driver = ReplicaDriver(
