@@ -120,6 +120,24 @@ def test_bad_paths_are_usage_errors(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "other.db")
 
 
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [(1, "written by an earlier zmqcomm.*move the data directory aside"), (99, "newer than")],
+)
+def test_a_store_of_another_version_is_refused_with_what_to_do(
+    tmp_path: Path, version: int, message: str
+) -> None:
+    path = tmp_path / "v.db"
+    with SQLiteStore(path) as store:
+        store.save_view(3, False)
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    with pytest.raises(UsageError, match=message):
+        SQLiteStore(path)
+
+
 def test_corrupt_row_is_a_typed_error(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     with SQLiteStore(path) as store:

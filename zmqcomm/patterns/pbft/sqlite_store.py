@@ -50,7 +50,9 @@ __all__ = ["SCHEMA_VERSION", "CorruptStoreError", "SQLiteStore", "StoreError"]
 _T = TypeVar("_T")
 _MOVE_ASIDE = "move the data directory aside and restart the replica: it rejoins by state transfer"
 
-SCHEMA_VERSION = 1
+#: 2: batch digests, PRE-PREPARE signing bytes and key-value snapshots changed (2026-11-26);
+#: the digests and votes a version-1 store holds mean nothing to this code.
+SCHEMA_VERSION = 2
 _PHASES = ("pre-prepare", "prepare", "commit")
 _KINDS = ("prepared", "committed")
 
@@ -99,6 +101,12 @@ class SQLiteStore:
                 raise UsageError(
                     f"{self.path} has pbft store version {version}, newer than this zmqcomm "
                     f"reads ({SCHEMA_VERSION})"
+                )
+            if 0 < version < SCHEMA_VERSION:
+                raise UsageError(
+                    f"{self.path} has pbft store version {version}, written by an earlier "
+                    f"zmqcomm whose digests and signatures this one does not share; "
+                    f"{_MOVE_ASIDE}"
                 )
             if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise UsageError(f"{self.path} is an SQLite database but not a pbft store")
