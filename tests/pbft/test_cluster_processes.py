@@ -227,17 +227,22 @@ def test_local_run_sends_f_plus_one_replies_or_all_with_reply_all(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """64 requests in one or two batches: each sequence number costs 2n(n-1) = 24 messages
-    between replicas; what is left are the replies, f + 1 = 2 per request by default and
-    n = 4 with --reply-all."""
-    for flag, per_request in (([], 2), (["--reply-all"], 4)):
+    between replicas; the rest are replies, one per request executed by a designated
+    replier (replicas 0 and 1 in view 0) by default, by every replica with --reply-all. The
+    run stops once the client has its results, maybe before the slowest replica executed
+    everything, so the expectation counts what each replica executed; a stalled machine
+    may add a few resent COMMITs."""
+    for flag in ([], ["--reply-all"]):
         args = ["local", "--ops", "64", "--clients", "64", "--batch", "64", "--json", *flag]
         assert pbft_main(args) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["complete"] and summary["retransmissions"] == 0
-        assert summary["reply_all"] == bool(flag)
+        assert summary["reply_all"] == bool(flag) and summary["replica_view"] == 0
+        executed = summary["executed_per_replica"]
+        expected = sum(executed) if flag else executed[0] + executed[1]
         sequences = summary["sequences"]
-        total = round(summary["messages_per_sequence"] * sequences)
-        assert total - 24 * sequences == 64 * per_request
+        replies = round(summary["messages_per_sequence"] * sequences) - 24 * sequences
+        assert expected <= replies <= expected + 24
 
 
 # -- the same across four network namespaces ---------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 
+from zmqcomm.actions import Send
 from zmqcomm.errors import RemoteProtocolError, UsageError
 from zmqcomm.patterns.pbft import (
     NULL_DIGEST,
@@ -24,6 +25,7 @@ from zmqcomm.patterns.pbft import (
     PreparedProof,
     PrePrepare,
     Quorum,
+    Replica,
     Reply,
     Request,
     Result,
@@ -187,9 +189,8 @@ def test_batch_digest_depends_on_content_and_order() -> None:
     ]
     assert len({batch_digest((r,)) for r in variants}) == len(variants)
     assert batch_digest((replace(REQ, signature=b"s"),)) == batch_digest((REQ,))
-    # Two requests are not one request with their fields run together.
-    pair = (Request("c", 1, b"a"), Request("c", 2, b"b"))
-    assert batch_digest(pair) != batch_digest((Request("c", 1, b"a"),))
+    # Fields are framed: moving bytes from one field to the next changes the digest.
+    assert batch_digest((Request("ab", 1, b"c"),)) != batch_digest((Request("a", 1, b"bc"),))
 
 
 # -- log predicates -----------------------------------------------------------------------------
@@ -394,11 +395,9 @@ def test_key_value_snapshot_round_trip_and_digest() -> None:
         encode_op("put", b"x", b"again"),
         encode_op("put", b"z", b""),
     ]
-    a, b = KeyValueStore(), KeyValueStore()
+    a = KeyValueStore()
     for op in ops:
         a.apply(op)
-        b.apply(op)
-    assert a.snapshot() == b.snapshot() and a.digest() == b.digest()
     # A restored machine goes on exactly as the one it came from, so replicas that fetched
     # the state agree with those that executed it at every later checkpoint.
     c = KeyValueStore()
@@ -462,6 +461,48 @@ def test_client_accepts_only_f_plus_one_matching_replies() -> None:
     assert out == [Result(ts, b"b")]
     assert client.view == 9  # f+1 = 3 replies say 9, so a correct replica is there
     assert client.on_message(5, reply(5, ts, b"b"), now=0.2) == []
+
+
+def test_after_a_timeout_the_client_sends_a_few_requests_to_every_replica() -> None:
+    client = Client("c0", 4, now=0.0, timeout=0.5, broadcast_after_timeout=2)
+
+    def targets(actions: list[object]) -> list[int]:
+        return sorted(a.to for a in actions if isinstance(a, Send))  # type: ignore[misc]
+
+    def answer(now: float) -> list[object]:
+        ts = client.current.timestamp  # type: ignore[union-attr]
+        client.on_message(0, reply(0, ts, b"ok"), now=now)
+        return client.on_message(1, reply(1, ts, b"ok"), now=now)
+
+    assert targets(client.request(b"a", now=0.0)) == [0]  # the primary only
+    for op in (b"b", b"c", b"d"):
+        assert client.request(op, now=0.0) == []  # queued behind "a"
+    assert targets(client.on_timer(now=1.0)) == [0, 1, 2, 3]  # "a" timed out
+    assert targets(answer(1.1)) == [0, 1, 2, 3]  # "b" goes to all
+    assert targets(answer(1.2)) == [0, 1, 2, 3]  # "c" too
+    assert targets(answer(1.3)) == [0]  # "d": back to the primary
+    assert client.retransmissions == 1 and client.broadcast_left == 0
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_designated_repliers_are_the_primary_and_the_f_after_it(n: int) -> None:
+    f = (n - 1) // 3
+    keys = FakeKeys(n)
+    replicas = [
+        Replica(
+            i,
+            n,
+            state_machine=KeyValueStore(),
+            store=MemoryStore(),
+            sign=keys.signer(i),
+            verify=keys.verifier(),
+            now=0.0,
+        )
+        for i in range(n)
+    ]
+    for view in range(2 * n + 1):
+        chosen = {r.id for r in replicas if r.designated_replier(view)}
+        assert chosen == {(view + k) % n for k in range(f + 1)}  # wraps past replica n-1
 
 
 def test_client_rejects_forged_and_stale_replies() -> None:

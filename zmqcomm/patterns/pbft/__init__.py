@@ -39,20 +39,21 @@ once per executed sequence number (null requests too), :class:`StateTransferred`
 
 Client::
 
-    Client(client_id, n, *, now, timeout=0.5, max_timeout=8.0, sign=None)
+    Client(client_id, n, *, now, timeout=0.5, max_timeout=8.0, sign=None,
+           broadcast_after_timeout=32)
     client.request(op: bytes, *, now) -> list[action]   # queued; one outstanding at a time
     outputs Result(timestamp, result) after f+1 matching replies
 
 Protocol, as in the paper: REQUEST -> PRE-PREPARE (primary, batched) -> PREPARE (backups) ->
 COMMIT; a replica executes a batch once committed-local (pre-prepare, 2f matching prepares
 from backups, 2f+1 matching commits) and all lower sequence numbers are executed. Only f+1
-designated replicas (the primary and the f after it) reply, plus any replica the client sent
-the request to; a client that timed out sends to all of them for the rest of that view
-(``reply_all=True`` makes every replica reply, as in the paper). Messages are accepted only
-for the current view and h < n <= H. Every K sequence numbers replicas exchange signed
-CHECKPOINTs; 2f+1 matching ones make a checkpoint stable and everything at or below it is
-garbage-collected. A replica that sees a certified
-checkpoint it has not reached fetches the state (:class:`FetchState`/:class:`StateSnapshot`)
+designated replicas (the primary of the batch's view and the f after it) reply, plus any
+replica the client sent the request to; a client that timed out sends its next 32 requests
+to all of them (``reply_all=True`` makes every replica reply, as in the paper). Messages are
+accepted only for the current view and h < n <= H. Every K sequence numbers replicas
+exchange signed CHECKPOINTs; 2f+1 matching ones make a checkpoint stable and everything at
+or below it is garbage-collected. A replica that sees a certified checkpoint it has not
+reached fetches the state (:class:`FetchState`/:class:`StateSnapshot`)
 from a replica, checks it hashes to the certified digest, installs it and continues.
 
 View change: a replica holding requests it has not executed runs a timer (T, doubled after

@@ -5,9 +5,10 @@ The first transmission goes to the replica the client believes is the primary; o
 timeout it retransmits to every replica (backups then start their view-change timers, which
 is how a silent primary is found out) and doubles its timeout up to ``max_timeout``.
 Normally only f + 1 designated replicas reply; a replica the request reached directly
-replies too, so after a timeout the client sends its next requests to every replica for
-as long as its view guess stays the same (a silent designated replier then costs it one
-timeout per view, not one per request).
+replies too, so after a timeout the client sends its next ``broadcast_after_timeout``
+requests (32) to every replica: a silent designated replier then costs it one timeout per
+33 requests, not one per request, and a timeout from a passing stall does not turn the
+client into one that sends everything n times for good.
 Timestamps increase strictly, and also across a restart of the client: each one is at least
 ``now`` in microseconds. Requests made while one is outstanding wait in a queue.
 """
@@ -44,6 +45,7 @@ class Client:
         max_timeout: float = 8.0,
         sign: Callable[[bytes], bytes] | None = None,
         max_queue: int = 10_000,
+        broadcast_after_timeout: int = 32,
     ) -> None:
         self.config = Quorum(n)
         if not isinstance(client_id, (str, int)) or isinstance(client_id, bool):
@@ -52,6 +54,10 @@ class Client:
             raise UsageError(f"client id {client_id!r} collides with a replica id (0..{n - 1})")
         if timeout <= 0 or max_timeout < timeout:
             raise UsageError("timeout must be positive and max_timeout at least timeout")
+        if not is_int(broadcast_after_timeout):
+            raise UsageError(
+                f"broadcast_after_timeout is a count >= 0, got {broadcast_after_timeout!r}"
+            )
         self.id = client_id
         self.n = n
         self.base_timeout = timeout
@@ -67,9 +73,9 @@ class Client:
         self.deadline: float | None = None
         self.timeout = timeout
         self.retransmissions = 0
-        #: The view in which a request timed out: requests go to every replica while the
-        #: client's view guess is still this one.
-        self.broadcast_view: int | None = None
+        self.broadcast_after_timeout = broadcast_after_timeout
+        #: How many of the next requests go to every replica (set after a timeout).
+        self.broadcast_left = 0
         self.rejected: Counter[str] = Counter()
 
     @property
@@ -96,7 +102,8 @@ class Client:
         self.replies = {}
         self.timeout = self.base_timeout
         self.deadline = now + self.timeout
-        if self.broadcast_view == self.view:
+        if self.broadcast_left > 0:
+            self.broadcast_left -= 1
             return [Send(r, request) for r in range(self.n)]
         return [Send(self.config.primary(self.view), request)]
 
@@ -107,7 +114,7 @@ class Client:
         if self.current is None or self.deadline is None or now < self.deadline:
             return []
         self.retransmissions += 1
-        self.broadcast_view = self.view
+        self.broadcast_left = self.broadcast_after_timeout
         self.timeout = min(self.timeout * 2, self.max_timeout)
         self.deadline = now + self.timeout
         return [Send(r, self.current) for r in range(self.n)]

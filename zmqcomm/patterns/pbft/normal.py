@@ -53,6 +53,10 @@ ERROR_RESULT = b"error: exception"
 _BUFFERED_KINDS = (PrePrepare, Prepare, Commit)
 
 
+def _content(request: Request) -> tuple[Any, int, bytes]:
+    return (request.client, request.timestamp, request.op)
+
+
 @dataclass(frozen=True, slots=True)
 class Executed:
     """Output: ``request`` ran at ``sequence`` and gave ``result`` (exactly once per request)."""
@@ -465,7 +469,7 @@ class ReplicaCore:
         executed = False
         while (pp := self.log.committed.get(self.last_executed + 1)) is not None:
             for request in pp.requests:
-                out += self._run(pp.sequence, request)
+                out += self._run(pp, request)
             self.last_executed = pp.sequence
             out.append(Committed(pp.view, pp.sequence, pp.digest))
             executed = True
@@ -478,7 +482,7 @@ class ReplicaCore:
                 out += self._propose(now)
         return out
 
-    def _run(self, sequence: int, request: Request) -> list[Any]:
+    def _run(self, pp: PrePrepare, request: Request) -> list[Any]:
         last = self.replies.get(request.client)
         if last is not None and request.timestamp <= last[0]:
             return []  # exactly once: already executed (the client has the cached reply)
@@ -492,14 +496,20 @@ class ReplicaCore:
         held = self.waiting.get(request.client)
         if held is not None and held.timestamp <= request.timestamp:
             del self.waiting[request.client]
-        executed = Executed(sequence, request, result)
-        if not (self.reply_all or self._designated_replier() or held == request):
+        executed = Executed(pp.sequence, request, result)
+        # The client sent it here itself: the same request, whatever signature bytes a
+        # faulty replica's certificate may have carried into a new view.
+        asked = held is not None and _content(held) == _content(request)
+        if not (self.reply_all or asked or self.designated_replier(pp.view)):
             return [executed]
         reply = Reply(self.view, request.timestamp, request.client, self.id, result)
         return [executed, Send(request.client, reply)]
 
-    def _designated_replier(self) -> bool:
-        """One of the f + 1 replicas (the primary and the f after it) that answer clients.
+    def designated_replier(self, view: int) -> bool:
+        """Whether this replica is one of the f + 1 that answer the requests of a batch
+        pre-prepared in ``view``: its primary and the f replicas after it (the batch's view,
+        not the current one, so every replica picks the same set even when some execute
+        the batch after a view change).
 
         f + 1 matching replies are all a client needs, so the other replies were only ever
         discarded: they cost every replica and every client work per request. A replica
@@ -508,7 +518,7 @@ class ReplicaCore:
         answers retransmissions from its reply cache, so a silent or lying designated
         replier costs a client one timeout, never a result.
         """
-        return (self.id - self.view) % self.n <= self.config.f
+        return (self.id - view) % self.n <= self.config.f
 
     # -- checkpoints and state transfer ---------------------------------------------------------
 
