@@ -122,7 +122,10 @@ def test_bad_paths_are_usage_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("version", "message"),
-    [(1, "written by an earlier zmqcomm.*move the data directory aside"), (99, "newer than")],
+    [
+        (1, "schema version 1, written by an earlier zmqcomm.*move the data directory aside"),
+        (99, "schema version 99, written by a newer zmqcomm"),
+    ],
 )
 def test_a_store_of_another_version_is_refused_with_what_to_do(
     tmp_path: Path, version: int, message: str

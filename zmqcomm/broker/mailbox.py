@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zmqcomm.errors import ClosedError, MailboxFullError, UsageError
-from zmqcomm.private_db import open_private_database
+from zmqcomm.private_db import check_schema_version, open_private_database
 
 #: Bump when the schema changes; a database with a higher version is refused, not guessed at.
 SCHEMA_VERSION = 1
@@ -128,23 +128,13 @@ class Mailbox:
     def _setup(self, db: sqlite3.Connection) -> None:
         try:
             # The first read of the file: a non-SQLite file fails here, before anything is written.
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            self._check_version(db, version)
+            version = check_schema_version(db, self.path, "zmqcomm mailbox", SCHEMA_VERSION)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")  # fsync the WAL on every commit
             if version == 0:
                 db.executescript(_SCHEMA)  # one transaction; __init__'s close() undoes a failure
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.path} is not a usable mailbox database: {exc}") from exc
-
-    def _check_version(self, db: sqlite3.Connection, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise UsageError(
-                f"{self.path} has mailbox schema version {version}, written by a newer zmqcomm; "
-                f"this version reads up to {SCHEMA_VERSION}"
-            )
-        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise UsageError(f"{self.path} is an SQLite database but not a zmqcomm mailbox")
 
     @contextmanager
     def _connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:

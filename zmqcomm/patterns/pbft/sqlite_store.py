@@ -43,7 +43,7 @@ from zmqcomm.errors import ClosedError, CorruptStoreError, StoreError, UsageErro
 from zmqcomm.patterns.pbft.checkpoint import parse_state, state_digest
 from zmqcomm.patterns.pbft.messages import Checkpoint, PreparedProof, PrePrepare, decode, encode
 from zmqcomm.patterns.pbft.store import EntryRecord, StableCheckpoint, VoteKey
-from zmqcomm.private_db import open_private_database
+from zmqcomm.private_db import check_schema_version, open_private_database
 
 __all__ = ["SCHEMA_VERSION", "CorruptStoreError", "SQLiteStore", "StoreError"]
 
@@ -96,20 +96,13 @@ class SQLiteStore:
 
     def _setup(self, db: sqlite3.Connection) -> None:
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise UsageError(
-                    f"{self.path} has pbft store version {version}, newer than this zmqcomm "
-                    f"reads ({SCHEMA_VERSION})"
-                )
-            if 0 < version < SCHEMA_VERSION:
-                raise UsageError(
-                    f"{self.path} has pbft store version {version}, written by an earlier "
-                    f"zmqcomm whose digests and signatures this one does not share; "
-                    f"{_MOVE_ASIDE}"
-                )
-            if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise UsageError(f"{self.path} is an SQLite database but not a pbft store")
+            version = check_schema_version(
+                db,
+                self.path,
+                "pbft store",
+                SCHEMA_VERSION,
+                older=f"its digests and signatures mean nothing to this one: {_MOVE_ASIDE}",
+            )
             db.execute("PRAGMA journal_mode = WAL")
             # FULL: fsync on every commit (survives power loss). NORMAL in WAL mode: the
             # commit is in the OS before it returns (survives SIGKILL, not a power cut).
