@@ -223,26 +223,33 @@ def test_written_configs_load_back_and_bad_ones_are_usage_errors(
     assert "4 to 31 replicas" in capsys.readouterr().err
 
 
-def test_local_run_sends_f_plus_one_replies_or_all_with_reply_all(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize("reply_all", [False, True])
+def test_designated_repliers_or_all_of_them_over_real_sockets(
+    tmp_path: Path, reply_all: bool
 ) -> None:
-    """64 requests in one or two batches: each sequence number costs 2n(n-1) = 24 messages
-    between replicas; the rest are replies, one per request executed by a designated
-    replier (replicas 0 and 1 in view 0) by default, by every replica with --reply-all. The
-    run stops once the client has its results, maybe before the slowest replica executed
-    everything, so the expectation counts what each replica executed; a stalled machine
-    may add a few resent COMMITs."""
-    for flag in ([], ["--reply-all"]):
-        args = ["local", "--ops", "64", "--clients", "64", "--batch", "64", "--json", *flag]
-        assert pbft_main(args) == 0
-        summary = json.loads(capsys.readouterr().out)
-        assert summary["complete"] and summary["retransmissions"] == 0
-        assert summary["reply_all"] == bool(flag) and summary["replica_view"] == 0
-        executed = summary["executed_per_replica"]
-        expected = sum(executed) if flag else executed[0] + executed[1]
-        sequences = summary["sequences"]
-        replies = round(summary["messages_per_sequence"] * sequences) - 24 * sequences
-        assert expected <= replies <= expected + 24
+    """64 requests in one or two batches. Counted once every replica has executed them all,
+    with the load generator still connected (a reply to a client that already left is
+    dropped, not sent): each sequence number costs 2n(n-1) = 24 messages between replicas,
+    and the rest are replies, f + 1 = 2 per request by default and n = 4 with reply_all (a
+    stalled machine may add a few resent COMMITs)."""
+    directory = tmp_path / "c"
+    with LocalCluster(N, directory=directory, batch_size=64, reply_all=reply_all) as cluster:
+        cluster.start_all()
+        cluster.wait_ready()
+        with cluster.load_generator(clients=64) as load:
+            report = load.run(64, max_seconds=30)
+            assert report.ops == 64 and report.retransmissions == 0
+
+            def executed_everything() -> bool:
+                statuses = [cluster.status(r) for r in range(N)]
+                return all(s is not None and s["executed"] == 64 for s in statuses)
+
+            wait_for(executed_everything, 10, "every replica to execute 64 requests", cluster)
+            statuses = [cluster.status(r) or {} for r in range(N)]
+    sequences = max(s["last_executed"] for s in statuses)
+    replies = sum(s["messages_sent"] for s in statuses) - 24 * sequences
+    per_request = N if reply_all else 2
+    assert 64 * per_request <= replies <= 64 * per_request + 24
 
 
 # -- the same across four network namespaces ---------------------------------------------------
