@@ -333,7 +333,8 @@ def material(message: Any) -> bytes:
     return DOMAIN + _KINDS[cls] + b"\x00" + bytes(msgpack.packb(values, use_bin_type=True))
 
 
-_REQUEST_CONTENT = operator.attrgetter("client", "timestamp", "op")
+#: What identifies a request, signature aside: (client, timestamp, op).
+request_content = operator.attrgetter("client", "timestamp", "op")
 
 
 def batch_digest(requests: tuple[Request, ...]) -> bytes:
@@ -344,7 +345,7 @@ def batch_digest(requests: tuple[Request, ...]) -> bytes:
     batches give the same bytes. One ``packb`` for the batch, not one per request, since
     the primary and every backup hash every batch.
     """
-    rows = [_REQUEST_CONTENT(r) for r in requests]
+    rows = [request_content(r) for r in requests]
     return hash_bytes(DOMAIN + b"batch\x00" + bytes(msgpack.packb(rows, use_bin_type=True)))
 
 
@@ -391,4 +392,5 @@ __all__ = [
     "encode",
     "hash_bytes",
     "material",
+    "request_content",
 ]

@@ -37,6 +37,7 @@ from zmqcomm.patterns.pbft.messages import (
     is_digest,
     is_int,
     material,
+    request_content,
     well_formed_request,
 )
 from zmqcomm.patterns.pbft.quorum import Quorum
@@ -51,10 +52,6 @@ from zmqcomm.patterns.pbft.viewchange import (
 ClientVerifier = Callable[[Hashable, bytes, bytes], bool]
 ERROR_RESULT = b"error: exception"
 _BUFFERED_KINDS = (PrePrepare, Prepare, Commit)
-
-
-def _content(request: Request) -> tuple[Any, int, bytes]:
-    return (request.client, request.timestamp, request.op)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,7 +496,7 @@ class ReplicaCore:
         executed = Executed(pp.sequence, request, result)
         # The client sent it here itself: the same request, whatever signature bytes a
         # faulty replica's certificate may have carried into a new view.
-        asked = held is not None and _content(held) == _content(request)
+        asked = held is not None and request_content(held) == request_content(request)
         if not (self.reply_all or asked or self.designated_replier(pp.view)):
             return [executed]
         reply = Reply(self.view, request.timestamp, request.client, self.id, result)
