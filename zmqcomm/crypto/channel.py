@@ -40,10 +40,15 @@ from zmqcomm.errors import (
     RemoteProtocolError,
     SecurityError,
 )
-from zmqcomm.wire import ANONYMOUS, Body, Message, MessageType, WireCodec
+from zmqcomm.wire import ANONYMOUS, Body, Flags, Message, MessageType, WireCodec
+from zmqcomm.wire.codec import ParsedFrame
+from zmqcomm.wire.header import Header
 from zmqcomm.wire.payload import Buffer
 
-_SECURITY_TYPES = range(0x40, 0x80)
+#: The message types this layer owns (docs/protocol.md section 10); any other type is data.
+_FIRST_SECURITY_TYPE = 0x40
+_LAST_SECURITY_TYPE = 0x7F
+_ENCRYPTED = int(Flags.ENCRYPTED)
 _MAX_RETRY_DELAY = 30.0
 
 
@@ -189,37 +194,53 @@ class SecureChannel:
     def _receive(self, frames: Sequence[Buffer], *, now: float) -> list[Event]:
         parsed = self.codec.parse(frames)
         header = parsed.header
-        if header.type == MessageType.HANDSHAKE_INIT:
-            return self._on_init(header.session, header.epoch, bytes(parsed.body), now=now)
-        if header.type == MessageType.HANDSHAKE_REPLY:
-            return self._on_reply(header.session, header.epoch, bytes(parsed.body), now=now)
-        if header.type == MessageType.HANDSHAKE_FINISH:
-            return self._on_finish(header.session, header.epoch, bytes(parsed.body), now=now)
-        if header.type in _SECURITY_TYPES and header.type != MessageType.HANDSHAKE_CONFIRM:
-            raise RemoteProtocolError(
-                f"unknown security message type {header.type:#04x}", reason="unknown_type"
-            )
-        if self.secure is None or self.peer is None:
+        msg_type = header.type
+        if _FIRST_SECURITY_TYPE <= msg_type <= _LAST_SECURITY_TYPE:
+            return self._receive_security(parsed, now=now)
+        # Everything else is data under the session: the common case, checked with plain
+        # ints (an IntEnum comparison costs several times more, on every message).
+        secure, peer = self.secure, self.peer
+        if secure is None or peer is None:
             raise AuthenticationError("no session with this peer yet", reason="no_session")
-        if self._unconfirmed is not None and header.type != MessageType.HANDSHAKE_CONFIRM:
+        if self._unconfirmed is not None:
             raise AuthenticationError("data before the session was confirmed", reason="no_session")
-        if not header.is_encrypted:
+        self._check_sealed_header(header, peer, now=now)
+        return [Delivered(peer.agent_id, secure.decode_parsed(parsed, now=now))]
+
+    def _check_sealed_header(self, header: Header, peer: PeerInfo, *, now: float) -> None:
+        """A frame under the session (data or CONFIRM): encrypted, from the peer this session
+        authenticated, and that peer still trusted."""
+        if not header.flags & _ENCRYPTED:
             raise AuthenticationError(
                 "plaintext frame on an encrypted session", reason="plaintext_refused"
             )
         if header.sender != self._peer_sender:
             raise AuthenticationError("frame names another sender", reason="wrong_sender")
         # Revocation and trust expiry bite on the next message, not the next handshake.
-        self.trust.lookup(self.peer.agent_id, now=now)
-        message = self.secure.decode_parsed(parsed, now=now)
-        if header.type == MessageType.HANDSHAKE_CONFIRM:
-            confirmed = self._unconfirmed
-            if confirmed is None:
-                raise AuthenticationError("unexpected CONFIRM", reason="unexpected_handshake")
-            self._unconfirmed = None
-            self._pending = None
-            return [confirmed]
-        return [Delivered(self.peer.agent_id, message)]
+        self.trust.lookup(peer.agent_id, now=now)
+
+    def _receive_security(self, parsed: ParsedFrame, *, now: float) -> list[Event]:
+        header = parsed.header
+        if header.type == MessageType.HANDSHAKE_INIT:
+            return self._on_init(header.session, header.epoch, bytes(parsed.body), now=now)
+        if header.type == MessageType.HANDSHAKE_REPLY:
+            return self._on_reply(header.session, header.epoch, bytes(parsed.body), now=now)
+        if header.type == MessageType.HANDSHAKE_FINISH:
+            return self._on_finish(header.session, header.epoch, bytes(parsed.body), now=now)
+        if header.type != MessageType.HANDSHAKE_CONFIRM:
+            raise RemoteProtocolError(
+                f"unknown security message type {header.type:#04x}", reason="unknown_type"
+            )
+        if self.secure is None or self.peer is None:
+            raise AuthenticationError("no session with this peer yet", reason="no_session")
+        self._check_sealed_header(header, self.peer, now=now)
+        self.secure.decode_parsed(parsed, now=now)
+        confirmed = self._unconfirmed
+        if confirmed is None:
+            raise AuthenticationError("unexpected CONFIRM", reason="unexpected_handshake")
+        self._unconfirmed = None
+        self._pending = None
+        return [confirmed]
 
     def _on_init(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
         check_init(body)

@@ -17,6 +17,7 @@ Pure: time comes in as ``now``, keys and jitter from the caller.
 from __future__ import annotations
 
 import itertools
+import struct
 from dataclasses import dataclass, field
 
 from zmqcomm.crypto import aead
@@ -55,8 +56,13 @@ class RekeyPolicy:
             raise UsageError("the rekey grace period cannot be negative")
 
 
+_NONCE = struct.Struct("<IQ")
+
+
 def nonce(counter: int, frame: int = 0) -> bytes:
-    return frame.to_bytes(4, "little") + counter.to_bytes(8, "little")
+    """The 96-bit AEAD nonce: the frame index (32 bits), then the message counter (64 bits),
+    both little-endian."""
+    return _NONCE.pack(frame, counter)
 
 
 @dataclass
