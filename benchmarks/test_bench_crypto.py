@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from zmqcomm.crypto import aead
 from zmqcomm.crypto.channel import Delivered, SecureChannel, Transmit
 from zmqcomm.crypto.handshake import Handshake
 from zmqcomm.crypto.keys import Identity
@@ -83,6 +84,18 @@ def test_handshake_full_both_sides(benchmark: Any, parties: tuple[Any, ...]) -> 
 
     # A full handshake, both sides on one core: halve it for one side's CPU.
     benchmark.pedantic(one_side, rounds=200)
+
+
+def test_aead_encrypt_64_bytes(benchmark: Any) -> None:
+    key, nonce = os.urandom(32), os.urandom(12)
+    sealed = benchmark(aead.encrypt, key, nonce, b"header", PAYLOAD)
+    assert aead.decrypt(key, nonce, b"header", sealed) == PAYLOAD
+
+
+def test_aead_decrypt_64_bytes(benchmark: Any) -> None:
+    key, nonce = os.urandom(32), os.urandom(12)
+    sealed = aead.encrypt(key, nonce, b"header", PAYLOAD)
+    assert benchmark(aead.decrypt, key, nonce, b"header", sealed) == PAYLOAD
 
 
 def test_seal_64_bytes(benchmark: Any, parties: tuple[Any, ...]) -> None:
