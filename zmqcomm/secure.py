@@ -149,13 +149,9 @@ class _SecureSocket:
         """Handle what has arrived (waiting up to ``timeout`` s for something); returns the
         number of ZeroMQ messages handled. Handshakes and rekeys progress only while some
         call pumps."""
-        return self._pump(timeout, until_delivered=False)
-
-    def _pump(self, timeout: float, *, until_delivered: bool) -> int:
         self._check_open()
         handled = 0
         sock = self.socket
-        inbox = self.inbox
         # Drain while libzmq says a message is waiting: cheaper than a NOBLOCK recv raising
         # zmq.Again at the end of every burst.
         ready = _wait_readable(sock, timeout)
@@ -164,10 +160,6 @@ class _SecureSocket:
             handled += 1
             route, frames = self._route_and_frames(raw)
             self._handle(route, self.table.receive(route, frames, now=self.wall_clock()))
-            if until_delivered and inbox:
-                # receive() has its message: asking libzmq for more costs a poll syscall
-                # (an empty socket is the slow answer), and the next call picks them up.
-                break
             ready = _wait_readable(sock, 0)
         self._timers()
         return handled
@@ -196,7 +188,10 @@ class _SecureSocket:
             left = 0.1 if deadline is None else deadline - self.clock()
             if left <= 0:
                 raise ReceiveTimeout(f"no authenticated message within {timeout} s")
-            self._pump(min(left, 0.1), until_delivered=True)
+            # pump() drains the whole burst even once a message is in: frames behind it
+            # (rekey handshakes, data under a key in its grace period) must not wait for
+            # the caller's next receive(), which may come after that key expired.
+            self.pump(min(left, 0.1))
         return self.inbox.popleft()
 
     # -- sending -----------------------------------------------------------------------------

@@ -84,6 +84,65 @@ def test_rekey_mid_stream_under_load_loses_and_duplicates_nothing(
         assert router.table.rejected == {} and dealer.table.rejected == {}
 
 
+def test_receive_answers_handshake_frames_queued_behind_its_message(cast: Cast) -> None:
+    """A peer that only calls receive() still keeps rekeys moving: the INIT that arrived
+    behind the message it returns is answered in the same call."""
+    policy = RekeyPolicy(max_messages=1, hard_max_messages=1_000, jitter=0.0)
+    with (
+        SecureRouter(
+            f"inproc://queued-init-{id(policy)}",
+            identity=cast.bob,
+            trust=cast.bob_trust,
+            policy=policy,
+        ) as router,
+        SecureDealer(
+            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        router.send(cast.alice.agent_id, "hi")  # one frame: the router starts a rekey (INIT)
+        assert dealer.receive(timeout=5).message.payload == "hi"
+        deadline = router.clock() + 5
+        while router.table.rekeys == 0 and router.clock() < deadline:
+            router.pump(0.01)  # the REPLY, if the dealer sent one; the dealer is not called
+        assert router.table.rekeys == 1
+
+
+def test_receive_opens_a_backlog_under_the_old_key_before_its_grace_ends(cast: Cast) -> None:
+    """A slow consumer that just started a rekey still gets the data its peer queued under
+    the old key: receive() handles the whole burst it finds, not only its first message,
+    so nothing waits in libzmq until the old key's grace period is over."""
+    wall = [1_000.0]
+    policy = RekeyPolicy(max_messages=1, hard_max_messages=1_000, jitter=0.0, grace_period=5.0)
+    endpoint = f"inproc://backlog-{id(wall)}"  # one thread, one context: sends land at once
+    with (
+        SecureRouter(
+            endpoint,
+            identity=cast.bob,
+            trust=cast.bob_trust,
+            policy=policy,
+            wall_clock=lambda: wall[0],
+        ) as router,
+        SecureDealer(
+            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        router.send(cast.alice.agent_id, "hi")  # one frame: the router starts a rekey (INIT)
+        assert dealer.receive(timeout=5).message.payload == "hi"
+        dealer.pump(0.0)  # the dealer has answered the INIT (REPLY) by now
+        assert router.table.rekeys == 0
+        for n in range(5):
+            dealer.send(n)  # still under epoch 0: the dealer switches on FINISH
+        got = []
+        for _ in range(5):
+            got.append(router.receive(timeout=5).message.payload)
+            wall[0] += 2.0  # the consumer works 2 s per message: the grace ends mid-backlog
+        assert got == [0, 1, 2, 3, 4]
+        assert router.table.rekeys == 1
+        assert router.table.rejected == {}
+
+
 def test_dealer_re_handshakes_after_the_router_restarts(cast: Cast, short_dir: str) -> None:
     endpoint = f"ipc://{short_dir}/restart.sock"
     options = SocketOptions(reconnect_interval=0.05, reconnect_interval_max=0.2)
