@@ -69,7 +69,13 @@ def register(commands: Any) -> None:
         epilog=LOCAL_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    local.add_argument("--replicas", type=int, default=4, metavar="N", help="3f+1, 4..31 (4)")
+    local.add_argument(
+        "--replicas",
+        type=int,
+        default=4,
+        metavar="N",
+        help="committee size, 4..31; it tolerates f = (N-1)//3 faulty replicas (4)",
+    )
     local.add_argument("--ops", type=int, default=10_000, metavar="K", help="operations (10000)")
     local.add_argument(
         "--batch", type=int, default=256, metavar="B", help="requests per batch (256)"
