@@ -19,6 +19,7 @@ from zmqcomm.patterns.pbft import (
     Replica,
     Request,
     SimulatedCrash,
+    StateSnapshot,
     StateTransferred,
     batch_digest,
     material,
@@ -97,6 +98,44 @@ def test_node_restarted_far_behind_converges_to_current_view() -> None:
     restarted = cluster.replica(6)
     assert restarted.view == cluster.replica(3).view and not restarted.changing
     assert restarted.last_executed == cluster.replica(3).last_executed
+    cluster.check_safety()
+
+
+def test_replica_fetching_state_does_not_start_a_view_change_alone() -> None:
+    """Replica 3 comes back far behind and fetches a checkpoint that takes six view-change
+    timeouts to arrive, while clients send it requests it cannot execute yet. It must not
+    suspect the primary meanwhile: a view change started alone leaves it in a view that
+    nobody else joins (seen in the SIGKILL cluster test: the restarted replica sat in
+    view 2 with the rest in view 1)."""
+    cluster = build(
+        4, seed=84, checkpoint_interval=4, watermark_window=8, batch_delay=0.0, client_timeout=0.003
+    )
+    sim = cluster.sim
+    sim.network.partition([[0, 1, 2, "c0"], [3]])
+    for k in range(30):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(30, until=10.0)
+    assert cluster.replica(3).last_executed == 0
+
+    def no_snapshots_to_3(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        return [] if to == 3 and isinstance(message, StateSnapshot) else [(to, message)]
+
+    healed = sim.now
+    sim.network.heal()
+    for honest in (0, 1, 2):  # a slow transfer, not a fault: the rest is delivered
+        sim.set_byzantine(honest, no_snapshots_to_3)
+        sim.call_at(healed + 3.0, lambda s, honest=honest: s.set_byzantine(honest, None))
+    # Requests all along (broadcast to every replica: tiny client timeout), and for as long
+    # again after the transfer: with load, later checkpoints bring replica 3 level.
+    for k in range(120):
+        cluster.put("c0", f"late{k}", "v", at=healed + 0.05 * k)
+    cluster.run_until_results(150, until=healed + 30.0)
+    sim.run(until=sim.now + 3.0)
+    lagging, other = cluster.replica(3), cluster.replica(0)
+    assert lagging.fetch_target is None and cluster.transferred(3)
+    assert other.view == 0, "the up-to-date replicas had no reason to change view"
+    assert lagging.view == 0 and not lagging.changing
+    assert lagging.last_executed == other.last_executed
     cluster.check_safety()
 
 

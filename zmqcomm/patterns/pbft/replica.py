@@ -139,7 +139,14 @@ class Replica(ReplicaCore):
                 out += self._to_others(self.vc_sent)  # retransmit: messages get lost
                 self.vc_resend = now + self.base_timeout / 2
         elif self.request_deadline is not None and now >= self.request_deadline:
-            out += self._start_view_change(self.view + 1, now)
+            if self.fetch_target is None:
+                out += self._start_view_change(self.view + 1, now)
+            else:
+                # We are behind, fetching a certified checkpoint: the request we time may be
+                # ordered past our gap already, so the primary is not the suspect, and a
+                # view change started alone leaves us in a view the others never join.
+                # Time it again; the others, who are up to date, judge the primary meanwhile.
+                self.request_deadline = now + self.timeout
         elif self.resend_at is not None and now >= self.resend_at:
             out += self._retransmit(now)
         if self.is_primary and self.batch_deadline is not None and now >= self.batch_deadline:
@@ -217,6 +224,7 @@ class Replica(ReplicaCore):
         for client, request in list(self.waiting.items()):
             if request.timestamp <= self.replies.get(client, (0,))[0]:
                 del self.waiting[client]
+        self.request_deadline = None  # caught up: a full timeout from here (see on_timer)
         self._retime_request(now)
         out: list[Any] = [StateTransferred(state.sequence, state.digest)]
         out += self._make_stable(checkpoint, now)
