@@ -21,6 +21,7 @@ from zmqcomm.patterns.pbft import (
     SimulatedCrash,
     StateSnapshot,
     StateTransferred,
+    Status,
     batch_digest,
     material,
 )
@@ -136,6 +137,43 @@ def test_replica_fetching_state_does_not_start_a_view_change_alone() -> None:
     assert other.view == 0, "the up-to-date replicas had no reason to change view"
     assert lagging.view == 0 and not lagging.changing
     assert lagging.last_executed == other.last_executed
+    cluster.check_safety()
+
+
+def test_replica_short_of_entries_when_the_load_stops_asks_instead_of_changing_view() -> None:
+    """As above, but the load stops when the checkpoint arrives: the last sequence numbers,
+    above the others' stable checkpoint, reached replica 3 while they were still above its
+    window, and no later checkpoint will bring them. Its request timer then finds it behind
+    (it saw messages beyond its window): it sends a STATUS, the others resend their
+    messages for those entries, and it executes them instead of changing view alone."""
+    cluster = build(
+        4, seed=84, checkpoint_interval=4, watermark_window=8, batch_delay=0.0, client_timeout=0.003
+    )
+    sim = cluster.sim
+    sim.network.partition([[0, 1, 2, "c0"], [3]])
+    for k in range(30):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(30, until=10.0)
+
+    def no_snapshots_to_3(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        return [] if to == 3 and isinstance(message, StateSnapshot) else [(to, message)]
+
+    healed = sim.now
+    sim.network.heal()
+    for honest in (0, 1, 2):
+        sim.set_byzantine(honest, no_snapshots_to_3)
+        sim.call_at(healed + 3.0, lambda s, honest=honest: s.set_byzantine(honest, None))
+    sent_by_3: list[tuple[Any, Any]] = []
+    sim.set_byzantine(3, recorder(sent_by_3))
+    for k in range(60):  # ends as the snapshots start to flow again
+        cluster.put("c0", f"late{k}", "v", at=healed + 0.05 * k)
+    cluster.run_until_results(90, until=healed + 30.0)
+    sim.run(until=sim.now + 5.0)
+    lagging, other = cluster.replica(3), cluster.replica(0)
+    assert any(isinstance(m, Status) for _, m in sent_by_3)
+    assert other.view == 0
+    assert lagging.view == 0 and not lagging.changing
+    assert lagging.last_executed == other.last_executed == 90
     cluster.check_safety()
 
 

@@ -30,6 +30,8 @@ from zmqcomm.patterns.pbft import (
     Request,
     Result,
     SimulatedCrash,
+    StateSnapshot,
+    Status,
     ViewChange,
     batch_digest,
     decode,
@@ -48,7 +50,7 @@ from zmqcomm.patterns.pbft.viewchange import (
     make_view_change,
 )
 
-from .harness import FakeKeys
+from .harness import FakeKeys, build
 
 # -- quorums ------------------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ def test_every_message_round_trips_through_the_codec() -> None:
         vc,
         NewView(1, (vc,), (pp,), 1, b"sig"),
         Reply(0, 7, "c0", 1, b"r"),
+        Status(0, 12, 3),
     ]  # type: ignore[arg-type]
     for message in messages:
         assert decode(encode(message)) == message
@@ -541,3 +544,58 @@ def test_client_usage_errors() -> None:
     client = Client("c0", 4, now=0.0)
     with pytest.raises(UsageError, match="bytes"):
         client.request("text", now=0.0)  # type: ignore[arg-type]
+
+
+def test_status_from_a_replica_behind_gets_what_it_lacks_at_a_bounded_rate() -> None:
+    cluster = build(4, seed=9, checkpoint_interval=4, watermark_window=8, batch_delay=0.0)
+    for k in range(6):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(6, until=5.0)
+    ahead = cluster.replica(0)  # the primary: stable at 4, sequences 5 and 6 committed
+    assert ahead.stable.sequence == 4 and ahead.last_executed == 6
+    now = cluster.sim.now + 1.0
+    answer = ahead.on_message(3, Status(0, 2, 3), now=now)
+    assert all(isinstance(a, Send) and a.to == 3 for a in answer)
+    snapshots = [a.message for a in answer if isinstance(a.message, StateSnapshot)]
+    assert [s.sequence for s in snapshots] == [4]  # below our stable checkpoint: the state
+    resent = {(type(a.message).__name__, a.message.sequence) for a in answer[1:]}
+    assert resent == {(kind, seq) for kind in ("PrePrepare", "Commit") for seq in (5, 6)}
+    # Once per half timeout per replica, whatever it sends.
+    assert ahead.on_message(3, Status(0, 2, 3), now=now + 0.01) == []
+    assert ahead.rejected["rate_limited"] == 1
+    assert ahead.on_message(2, Status(0, "2", 2), now=now) == []  # type: ignore[arg-type]
+    assert ahead.rejected["malformed"] == 1
+    assert ahead.on_message(2, Status(5, 2, 2), now=now) == []
+    assert ahead.rejected["future_view"] == 1
+    assert ahead.on_message(2, Status(0, 2, 1), now=now) == []  # says it is someone else
+    assert ahead.rejected["sender_mismatch"] == 1
+
+
+@pytest.mark.parametrize(("ahead", "expected"), [((1,), ViewChange), ((1, 2), Status)])
+def test_request_timer_asks_first_only_when_f_plus_1_replicas_are_beyond_our_window(
+    ahead: tuple[int, ...], expected: type
+) -> None:
+    """One replica claiming far sequence numbers could be lying: the backup still suspects
+    the primary on time. With f+1 of them it is behind: it sends STATUS and waits one more
+    timeout, once per request, then suspects the primary all the same."""
+    backup = Replica(
+        3,
+        4,
+        state_machine=KeyValueStore(),
+        store=MemoryStore(),
+        sign=KEYS.signer(3),
+        verify=KEYS.verifier(),
+        now=0.0,
+        view_change_timeout=1.0,
+    )
+    assert backup.on_message("c0", REQ, now=0.0) == []  # waiting, timer running
+    for replica in ahead:
+        backup.on_message(replica, Commit(0, 500, b"x" * 32, replica), now=0.1)
+    first = backup.on_timer(now=1.0)
+    assert {type(a.message) for a in first} == {expected}
+    assert {a.to for a in first} == {0, 1, 2}
+    assert backup.changing == (expected is ViewChange)
+    if expected is Status:
+        assert first[0].message == Status(0, 0, 3)
+        second = backup.on_timer(now=2.0)
+        assert {type(a.message) for a in second} == {ViewChange} and backup.changing

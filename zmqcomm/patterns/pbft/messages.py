@@ -171,6 +171,16 @@ class StateSnapshot:
     replica: int
 
 
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A replica that cannot execute a request it times says how far it got (its view and
+    last executed sequence number), so replicas ahead of it resend what it missed."""
+
+    view: int
+    executed: int
+    replica: int
+
+
 _TYPES: tuple[type, ...] = (
     Request,
     PrePrepare,
@@ -185,6 +195,7 @@ _TYPES: tuple[type, ...] = (
     ViewState,
     FetchState,
     StateSnapshot,
+    Status,  # new types go last: the codes on the wire are the positions
 )
 _CODE = {cls: index + 1 for index, cls in enumerate(_TYPES)}
 _CLASS = {code: cls for cls, code in _CODE.items()}
@@ -384,6 +395,7 @@ __all__ = [
     "Reply",
     "Request",
     "StateSnapshot",
+    "Status",
     "ViewChange",
     "ViewQuery",
     "ViewState",

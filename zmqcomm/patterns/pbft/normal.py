@@ -22,7 +22,7 @@ from zmqcomm.patterns.pbft.checkpoint import (
     state_bytes,
     state_digest,
 )
-from zmqcomm.patterns.pbft.log import MessageLog
+from zmqcomm.patterns.pbft.log import Entry, MessageLog
 from zmqcomm.patterns.pbft.messages import (
     Checkpoint,
     Commit,
@@ -173,6 +173,11 @@ class ReplicaCore:
         self._fetch_attempt = 0
         self._last_answer: dict[tuple[str, int], float] = {}
         self._future: dict[int, list[Any]] = {}
+        #: Per replica, the highest sequence number of its current-view PRE-PREPARE,
+        #: PREPARE or COMMIT refused as above our high watermark (see ``_behind``).
+        self.seen_beyond: dict[int, int] = {}
+        #: The timed request (client, timestamp) a Status was sent for: once per request.
+        self._status_for: tuple[Hashable, int] | None = None
         #: Queries decided deep inside a handler, returned with its actions.
         self._outbox: list[Any] = []
         self.votes: dict[tuple[int, int, str], bytes] = {}
@@ -349,7 +354,7 @@ class ReplicaCore:
         if reason is not None:
             return self._reject(reason)
         if not self.log.in_window(pp.sequence):
-            return self._reject("outside_window")
+            return self._outside_window(sender, pp.sequence)
         if not check_pre_prepare_form(self.config, self.verify, pp, self.max_batch):
             return self._reject("bad_pre_prepare")
         if self.verify_client is not None and not all(
@@ -389,7 +394,7 @@ class ReplicaCore:
         if reason is not None:
             return self._reject(reason)
         if not self.log.in_window(prepare.sequence):
-            return self._reject("outside_window")
+            return self._outside_window(sender, prepare.sequence)
         if not self.verify(sender, material(prepare), prepare.signature):
             return self._reject("bad_signature")
         entry = self.log.entry(prepare.sequence)
@@ -408,7 +413,7 @@ class ReplicaCore:
         if reason is not None:
             return self._reject(reason)
         if not self.log.in_window(commit.sequence):
-            return self._reject("outside_window")
+            return self._outside_window(sender, commit.sequence)
         entry = self.log.entry(commit.sequence)
         known = entry.commits.get(sender)
         if known is not None:
@@ -418,21 +423,49 @@ class ReplicaCore:
         entry.commits[sender] = commit
         return self._advance(commit.sequence, now)
 
+    def _outside_window(self, sender: int, sequence: int) -> list[Any]:
+        if sequence > self.log.high and sequence > self.seen_beyond.get(sender, 0):
+            self.seen_beyond[sender] = sequence
+        return self._reject("outside_window")
+
+    def _behind(self) -> bool:
+        """Signs that others ordered requests we have not executed: a state transfer under
+        way, committed entries stuck behind a gap, or messages seen above our window."""
+        return (
+            self.fetch_target is not None
+            or self._progress_beyond() > self.last_executed
+            or any(e.committed for s, e in self.log.entries.items() if s > self.last_executed)
+        )
+
+    def _progress_beyond(self) -> int:
+        """The highest sequence number above our window that f+1 replicas (so at least one
+        correct one) reached: one faulty replica cannot make us think we are behind."""
+        highs = sorted(self.seen_beyond.values(), reverse=True)
+        weak = self.config.weak
+        return highs[weak - 1] if len(highs) >= weak else 0
+
     def _duplicate(self, sender: int, sequence: int, now: float) -> list[Any]:
         """A replica repeats itself: it is retransmitting an entry it has not committed.
         If we committed it, echo our own messages for it (at most every T/4 per replica)."""
         self.rejected["duplicate"] += 1
         entry = self.log.entries.get(sequence)
-        if entry is None or not entry.committed:
+        if entry is None:
             return []
-        last = entry.echoed.get(sender)
+        return self._echo(entry, sender, now)
+
+    def _echo(self, entry: Entry, to: int, now: float) -> list[Any]:
+        """Our own messages for a committed entry, for a replica that lacks them (at most
+        every T/4 per replica and entry)."""
+        if not entry.committed:
+            return []
+        last = entry.echoed.get(to)
         if last is not None and now - last < self.base_timeout / 4:
             return []
-        entry.echoed[sender] = now
+        entry.echoed[to] = now
         mine: list[Any] = [entry.prepares.get(self.id), entry.commits.get(self.id)]
         if self.id == self.primary:
             mine.append(entry.pre_prepare)
-        return [Send(sender, m) for m in mine if m is not None]
+        return [Send(to, m) for m in mine if m is not None]
 
     def _advance(self, sequence: int, now: float) -> list[Any]:
         """Apply the paper's predicates to one entry: send COMMIT, then commit and execute."""

@@ -23,6 +23,7 @@ from zmqcomm.patterns.pbft.messages import (
     PrePrepare,
     Request,
     StateSnapshot,
+    Status,
     ViewChange,
     ViewQuery,
     ViewState,
@@ -139,20 +140,58 @@ class Replica(ReplicaCore):
                 out += self._to_others(self.vc_sent)  # retransmit: messages get lost
                 self.vc_resend = now + self.base_timeout / 2
         elif self.request_deadline is not None and now >= self.request_deadline:
-            if self.fetch_target is None:
-                out += self._start_view_change(self.view + 1, now)
-            else:
-                # We are behind, fetching a certified checkpoint: the request we time may be
-                # ordered past our gap already, so the primary is not the suspect, and a
-                # view change started alone leaves us in a view the others never join.
-                # Time it again; the others, who are up to date, judge the primary meanwhile.
-                self.request_deadline = now + self.timeout
+            out += self._request_timed_out(now)
         elif self.resend_at is not None and now >= self.resend_at:
             out += self._retransmit(now)
         if self.is_primary and self.batch_deadline is not None and now >= self.batch_deadline:
             out += self._propose(now, flush=True)
         if self.fetch_deadline is not None and now >= self.fetch_deadline:
             out += self._send_fetch(now)
+        return out
+
+    def _request_timed_out(self, now: float) -> list[Any]:
+        """The paper suspects the primary here. A replica that is behind first catches up:
+        the request it times may be ordered past its gap already, and a view change it
+        started alone would leave it in a view the others never join."""
+        if self.fetch_target is not None:
+            # Fetching a certified checkpoint: time the request again; the replicas that are
+            # up to date judge the primary meanwhile (f+1 of them pull us along).
+            self.request_deadline = now + self.timeout
+            return []
+        timed = self.waiting.get(self.timed_client)
+        key = None if timed is None else (timed.client, timed.timestamp)
+        if key is not None and key != self._status_for and self._behind():
+            # Once per request, so a primary that keeps us behind gains one timeout at most.
+            self._status_for = key
+            self.request_deadline = now + self.timeout
+            return self._to_others(Status(self.view, self.last_executed, self.id))
+        return self._start_view_change(self.view + 1, now)
+
+    def _on_status(self, sender: int, status: Status, now: float) -> list[Any]:
+        """A replica behind us says how far it got: resend what it lacks."""
+        if not (is_int(status.view) and is_int(status.executed)):
+            return self._reject("malformed")
+        if self.changing or status.view > self.view:
+            return self._reject("future_view")
+        if not self._may_answer("status", sender, now):
+            return self._reject("rate_limited")
+        if status.view < self.view:
+            nv = self.new_view_msg  # it missed a view change: show it how we got here
+            return [] if nv is None else [Send(sender, ViewState(nv, self.id))]
+        out: list[Any] = []
+        stable = self.stable
+        if status.executed < stable.sequence and stable.snapshot and stable.proof:
+            out.append(
+                Send(
+                    sender,
+                    StateSnapshot(
+                        stable.sequence, stable.digest, stable.proof, stable.snapshot, self.id
+                    ),
+                )
+            )
+        for sequence, entry in sorted(self.log.entries.items()):
+            if sequence > status.executed:
+                out += self._echo(entry, sender, now)
         return out
 
     # -- retransmission and state transfer ---------------------------------------------------
@@ -393,4 +432,5 @@ _HANDLERS: dict[type, Callable[[Replica, Any, Any, float], list[Any]]] = {
     NewView: Replica._on_new_view,
     ViewQuery: Replica._on_view_query,
     ViewState: Replica._on_view_state,
+    Status: Replica._on_status,
 }
