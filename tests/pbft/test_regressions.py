@@ -23,6 +23,7 @@ from zmqcomm.patterns.pbft import (
     StateTransferred,
     Status,
     batch_digest,
+    encode_op,
     material,
 )
 from zmqcomm.sim import LinkModel, Network, uniform
@@ -174,6 +175,67 @@ def test_replica_short_of_entries_when_the_load_stops_asks_instead_of_changing_v
     assert other.view == 0
     assert lagging.view == 0 and not lagging.changing
     assert lagging.last_executed == other.last_executed == 90
+    cluster.check_safety()
+
+
+def test_replica_that_lost_every_message_of_a_few_sequences_catches_up_by_asking() -> None:
+    """Replica 3 misses everything about sequences 1-3 for a while (nothing above its
+    window, no committed entry it could notice), holds the client's requests, and the load
+    stops. When its request timer expires it asks first (STATUS); the others resend their
+    messages for the committed entries and it executes them, staying in view 0."""
+    cluster = build(4, seed=5, batch_delay=0.0, view_change_timeout=0.5, client_timeout=0.003)
+    sim = cluster.sim
+
+    def lose_early(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        lost = to == 3 and isinstance(message, (PrePrepare, Prepare, Commit)) and sim.now < 0.3
+        return [] if lost else [(to, message)]
+
+    for honest in (0, 1, 2):  # message loss, not a fault
+        sim.set_byzantine(honest, lose_early)
+    for k in range(3):
+        cluster.put("c0", f"k{k}", "v", at=0.01 + 0.02 * k)
+    sim.run(until=10.0)
+    replicas = [cluster.replica(i) for i in range(4)]
+    assert [r.last_executed for r in replicas] == [3, 3, 3, 3]
+    assert [(r.view, r.changing) for r in replicas] == [(0, False)] * 4
+    cluster.check_safety()
+
+
+@pytest.mark.parametrize("bump", [False, True])
+def test_primary_that_skips_a_sequence_is_replaced_despite_a_client_bumping_timestamps(
+    bump: bool,
+) -> None:
+    """A faulty primary never sends the PRE-PREPARE of sequence 2 but orders 3, so every
+    backup holds a committed entry it cannot execute, and a faulty client keeps replacing
+    its waiting request with a newer one. Asking first must not turn into asking forever:
+    the backups change view and the stuck requests complete."""
+    cluster = build(4, seed=7, clients=3, batch_delay=0.0, view_change_timeout=0.5)
+    sim = cluster.sim
+    cluster.byzantine.add(0)
+
+    def skip_two(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        skipped = isinstance(message, PrePrepare) and message.sequence == 2
+        return [] if skipped else [(to, message)]
+
+    sim.set_byzantine(0, skip_two)
+    stamp = [1]
+
+    def faulty_client(s: Any) -> None:
+        for backup in (1, 2, 3):
+            op = encode_op("put", b"x", str(stamp[0]).encode())
+            s.inject("c1", backup, Request("c1", stamp[0], op))
+        if bump:
+            stamp[0] += 1
+        s.call_at(s.now + 0.2, faulty_client)
+
+    sim.call_at(0.0, faulty_client)
+    cluster.put("c0", "k0", "v", at=0.01)  # sequence 1
+    cluster.put("c0", "k1", "v", at=0.012)  # sequence 2: never pre-prepared
+    cluster.put("c2", "z", "v", at=0.05)  # sequence 3: committed, not executable
+    sim.run(until=20.0)
+    backups = [cluster.replica(i) for i in (1, 2, 3)]
+    assert all(r.view >= 1 and not r.changing for r in backups)
+    assert len(cluster.results("c0")) == 2 and len(cluster.results("c2")) == 1
     cluster.check_safety()
 
 

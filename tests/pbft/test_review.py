@@ -238,7 +238,9 @@ def test_request_timer_times_one_request_until_it_is_executed() -> None:
     _order(r, 4, (a2,), now=1.0)  # the timed one ran: restart for the one still waiting
     assert (r.timed_client, r.request_deadline) == ("c1", 2.0)
     assert not r.changing
-    r.on_timer(now=2.0)
+    asked = r.on_timer(now=2.0)  # first it asks, in case it is the one behind
+    assert {type(a.message).__name__ for a in asked} == {"Status"} and not r.changing
+    r.on_timer(now=2.25)  # a quarter timeout later, nothing executed: suspect the primary
     assert r.changing and r.view == 1
 
 

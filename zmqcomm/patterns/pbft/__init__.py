@@ -116,13 +116,14 @@ Where this deviates from the paper, on purpose:
   case it resends its own PRE-PREPARE/PREPARE/COMMIT of entries still uncommitted after
   T/2, while a replica that already committed such an entry answers the repeat with its
   own messages for it (at most every T/4 per peer). Without this a quorum of exactly the
-  correct replicas stalls on a single lost message. A replica whose request timer expires
-  while it is behind (fetching a checkpoint, holding committed entries it cannot execute,
-  or having seen f+1 replicas send above its high watermark) does not suspect the primary at once:
-  while fetching it waits, otherwise it sends a :class:`Status` (its view and last executed
-  sequence number) and gives the request one more timeout; replicas ahead of it answer with
-  their own messages for the committed entries it lacks (and their stable checkpoint if it
-  is below it). A view change started alone would leave it in a view nobody else joins.
+  correct replicas stalls on a single lost message. When its request timer expires, a
+  replica fetching a checkpoint times the request again; any other first sends a
+  :class:`Status` (its view and last executed sequence number) and waits a quarter timeout
+  before it suspects the primary, once per timed request. Replicas ahead of it
+  answer with their CHECKPOINT for their stable state (a quorum of them starts a fetch) and
+  their own messages for the committed entries it lacks. A replica that is merely behind
+  thus catches up instead of starting a view change alone, which would leave it in a view
+  nobody else joins; a primary that stalls everyone gains a quarter timeout.
 - On recovery the committed batches above the stable checkpoint are re-executed silently
   (no ``Executed`` outputs, no replies): a driver that needs the results again reads the
   state, and clients retransmit (answered from the reply cache).

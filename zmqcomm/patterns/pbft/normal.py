@@ -173,11 +173,9 @@ class ReplicaCore:
         self._fetch_attempt = 0
         self._last_answer: dict[tuple[str, int], float] = {}
         self._future: dict[int, list[Any]] = {}
-        #: Per replica, the highest sequence number of its current-view PRE-PREPARE,
-        #: PREPARE or COMMIT refused as above our high watermark (see ``_behind``).
-        self.seen_beyond: dict[int, int] = {}
-        #: The timed request (client, timestamp) a Status was sent for: once per request.
-        self._status_for: tuple[Hashable, int] | None = None
+        #: Whether this run of the request timer already made us ask the others (Status)
+        #: instead of suspecting the primary: once per timed request, not per timeout.
+        self.timer_asked = False
         #: Queries decided deep inside a handler, returned with its actions.
         self._outbox: list[Any] = []
         self.votes: dict[tuple[int, int, str], bytes] = {}
@@ -256,6 +254,7 @@ class ReplicaCore:
         elif self.request_deadline is None or self.timed_client not in self.waiting:
             self.timed_client = next(iter(self.waiting))
             self.request_deadline = now + self.timeout
+            self.timer_asked = False
 
     def _on_request(self, sender: Hashable, request: Request, now: float) -> list[Any]:
         if not well_formed_request(request) or self.config.is_replica(request.client):
@@ -293,6 +292,7 @@ class ReplicaCore:
         if self.request_deadline is None:
             self.request_deadline = now + self.timeout
             self.timed_client = request.client
+            self.timer_asked = False
         if self.is_primary:
             self._queue(request, now)
             return self._propose(now)
@@ -354,7 +354,7 @@ class ReplicaCore:
         if reason is not None:
             return self._reject(reason)
         if not self.log.in_window(pp.sequence):
-            return self._outside_window(sender, pp.sequence)
+            return self._reject("outside_window")
         if not check_pre_prepare_form(self.config, self.verify, pp, self.max_batch):
             return self._reject("bad_pre_prepare")
         if self.verify_client is not None and not all(
@@ -394,7 +394,7 @@ class ReplicaCore:
         if reason is not None:
             return self._reject(reason)
         if not self.log.in_window(prepare.sequence):
-            return self._outside_window(sender, prepare.sequence)
+            return self._reject("outside_window")
         if not self.verify(sender, material(prepare), prepare.signature):
             return self._reject("bad_signature")
         entry = self.log.entry(prepare.sequence)
@@ -413,7 +413,7 @@ class ReplicaCore:
         if reason is not None:
             return self._reject(reason)
         if not self.log.in_window(commit.sequence):
-            return self._outside_window(sender, commit.sequence)
+            return self._reject("outside_window")
         entry = self.log.entry(commit.sequence)
         known = entry.commits.get(sender)
         if known is not None:
@@ -422,27 +422,6 @@ class ReplicaCore:
             return self._reject("conflicting_commit")
         entry.commits[sender] = commit
         return self._advance(commit.sequence, now)
-
-    def _outside_window(self, sender: int, sequence: int) -> list[Any]:
-        if sequence > self.log.high and sequence > self.seen_beyond.get(sender, 0):
-            self.seen_beyond[sender] = sequence
-        return self._reject("outside_window")
-
-    def _behind(self) -> bool:
-        """Signs that others ordered requests we have not executed: a state transfer under
-        way, committed entries stuck behind a gap, or messages seen above our window."""
-        return (
-            self.fetch_target is not None
-            or self._progress_beyond() > self.last_executed
-            or any(e.committed for s, e in self.log.entries.items() if s > self.last_executed)
-        )
-
-    def _progress_beyond(self) -> int:
-        """The highest sequence number above our window that f+1 replicas (so at least one
-        correct one) reached: one faulty replica cannot make us think we are behind."""
-        highs = sorted(self.seen_beyond.values(), reverse=True)
-        weak = self.config.weak
-        return highs[weak - 1] if len(highs) >= weak else 0
 
     def _duplicate(self, sender: int, sequence: int, now: float) -> list[Any]:
         """A replica repeats itself: it is retransmitting an entry it has not committed.

@@ -150,20 +150,20 @@ class Replica(ReplicaCore):
         return out
 
     def _request_timed_out(self, now: float) -> list[Any]:
-        """The paper suspects the primary here. A replica that is behind first catches up:
-        the request it times may be ordered past its gap already, and a view change it
-        started alone would leave it in a view the others never join."""
+        """The paper suspects the primary here. We may instead be the one behind (the
+        request ordered already, past a gap of ours), and a view change started alone
+        would leave us in a view the others never join: catch up first, boundedly."""
         if self.fetch_target is not None:
             # Fetching a certified checkpoint: time the request again; the replicas that are
             # up to date judge the primary meanwhile (f+1 of them pull us along).
             self.request_deadline = now + self.timeout
             return []
-        timed = self.waiting.get(self.timed_client)
-        key = None if timed is None else (timed.client, timed.timestamp)
-        if key is not None and key != self._status_for and self._behind():
-            # Once per request, so a primary that keeps us behind gains one timeout at most.
-            self._status_for = key
-            self.request_deadline = now + self.timeout
+        if not self.timer_asked:
+            # Ask once per timed request (a newer request from the same client, or other
+            # requests executing, keep the timer running), then give them a quarter
+            # timeout to resend what we lack: a faulty primary gains that quarter, once.
+            self.timer_asked = True
+            self.request_deadline = now + self.timeout / 4
             return self._to_others(Status(self.view, self.last_executed, self.id))
         return self._start_view_change(self.view + 1, now)
 
@@ -180,14 +180,11 @@ class Replica(ReplicaCore):
             return [] if nv is None else [Send(sender, ViewState(nv, self.id))]
         out: list[Any] = []
         stable = self.stable
-        if status.executed < stable.sequence and stable.snapshot and stable.proof:
+        if status.executed < stable.sequence:
+            # Our CHECKPOINT, not the state: with a quorum of them it fetches the state
+            # from one replica, instead of every replica sending it a copy.
             out.append(
-                Send(
-                    sender,
-                    StateSnapshot(
-                        stable.sequence, stable.digest, stable.proof, stable.snapshot, self.id
-                    ),
-                )
+                Send(sender, self._signed(Checkpoint(stable.sequence, stable.digest, self.id)))
             )
         for sequence, entry in sorted(self.log.entries.items()):
             if sequence > status.executed:
