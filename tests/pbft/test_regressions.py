@@ -144,9 +144,9 @@ def test_replica_fetching_state_does_not_start_a_view_change_alone() -> None:
 def test_replica_short_of_entries_when_the_load_stops_asks_instead_of_changing_view() -> None:
     """As above, but the load stops when the checkpoint arrives: the last sequence numbers,
     above the others' stable checkpoint, reached replica 3 while they were still above its
-    window, and no later checkpoint will bring them. Its request timer then finds it behind
-    (it saw messages beyond its window): it sends a STATUS, the others resend their
-    messages for those entries, and it executes them instead of changing view alone."""
+    window, and no later checkpoint will bring them. When its request timer expires it
+    sends a STATUS first, the others resend their messages for those entries, and it
+    executes them instead of changing view alone."""
     cluster = build(
         4, seed=84, checkpoint_interval=4, watermark_window=8, batch_delay=0.0, client_timeout=0.003
     )
