@@ -28,7 +28,7 @@ from zmqcomm.patterns.pbft import (
 )
 from zmqcomm.sim import LinkModel, Network, uniform
 
-from .harness import CrashSafe, FakeKeys, Twins, build, recorder
+from .harness import Cluster, CrashSafe, FakeKeys, Twins, build, recorder
 
 
 def test_replica_lagging_beyond_high_watermark_during_view_change() -> None:
@@ -103,14 +103,19 @@ def test_node_restarted_far_behind_converges_to_current_view() -> None:
     cluster.check_safety()
 
 
-def test_replica_fetching_state_does_not_start_a_view_change_alone() -> None:
-    """Replica 3 comes back far behind and fetches a checkpoint that takes six view-change
-    timeouts to arrive, while clients send it requests it cannot execute yet. It must not
-    suspect the primary meanwhile: a view change started alone leaves it in a view that
-    nobody else joins (seen in the SIGKILL cluster test: the restarted replica sat in
-    view 2 with the rest in view 1)."""
+def _far_behind_with_a_slow_transfer(seed: int) -> tuple[Cluster, float]:
+    """Replica 3 misses 30 requests behind a partition, then the partition heals and the
+    checkpoint it fetches takes 3 s (six view-change timeouts) to reach it: a slow
+    transfer, not a fault, since everything else is delivered. Clients broadcast every
+    request (tiny client timeout), so replica 3 holds requests it cannot execute yet.
+    Returns the cluster and the time the partition healed."""
     cluster = build(
-        4, seed=84, checkpoint_interval=4, watermark_window=8, batch_delay=0.0, client_timeout=0.003
+        4,
+        seed=seed,
+        checkpoint_interval=4,
+        watermark_window=8,
+        batch_delay=0.0,
+        client_timeout=0.003,
     )
     sim = cluster.sim
     sim.network.partition([[0, 1, 2, "c0"], [3]])
@@ -124,15 +129,23 @@ def test_replica_fetching_state_does_not_start_a_view_change_alone() -> None:
 
     healed = sim.now
     sim.network.heal()
-    for honest in (0, 1, 2):  # a slow transfer, not a fault: the rest is delivered
+    for honest in (0, 1, 2):
         sim.set_byzantine(honest, no_snapshots_to_3)
         sim.call_at(healed + 3.0, lambda s, honest=honest: s.set_byzantine(honest, None))
-    # Requests all along (broadcast to every replica: tiny client timeout), and for as long
-    # again after the transfer: with load, later checkpoints bring replica 3 level.
+    return cluster, healed
+
+
+def test_replica_fetching_state_does_not_start_a_view_change_alone() -> None:
+    """While its checkpoint is on the way, replica 3 must not suspect the primary: a view
+    change started alone leaves it in a view that nobody else joins (seen in the SIGKILL
+    cluster test: the restarted replica sat in view 2 with the rest in view 1)."""
+    cluster, healed = _far_behind_with_a_slow_transfer(seed=84)
+    # Requests all along, and for as long again after the transfer: with load, later
+    # checkpoints bring replica 3 level.
     for k in range(120):
         cluster.put("c0", f"late{k}", "v", at=healed + 0.05 * k)
     cluster.run_until_results(150, until=healed + 30.0)
-    sim.run(until=sim.now + 3.0)
+    cluster.sim.run(until=cluster.sim.now + 3.0)
     lagging, other = cluster.replica(3), cluster.replica(0)
     assert lagging.fetch_target is None and cluster.transferred(3)
     assert other.view == 0, "the up-to-date replicas had no reason to change view"
@@ -147,29 +160,13 @@ def test_replica_short_of_entries_when_the_load_stops_asks_instead_of_changing_v
     window, and no later checkpoint will bring them. When its request timer expires it
     sends a STATUS first, the others resend their messages for those entries, and it
     executes them instead of changing view alone."""
-    cluster = build(
-        4, seed=84, checkpoint_interval=4, watermark_window=8, batch_delay=0.0, client_timeout=0.003
-    )
-    sim = cluster.sim
-    sim.network.partition([[0, 1, 2, "c0"], [3]])
-    for k in range(30):
-        cluster.put("c0", f"k{k}", "v")
-    cluster.run_until_results(30, until=10.0)
-
-    def no_snapshots_to_3(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
-        return [] if to == 3 and isinstance(message, StateSnapshot) else [(to, message)]
-
-    healed = sim.now
-    sim.network.heal()
-    for honest in (0, 1, 2):
-        sim.set_byzantine(honest, no_snapshots_to_3)
-        sim.call_at(healed + 3.0, lambda s, honest=honest: s.set_byzantine(honest, None))
+    cluster, healed = _far_behind_with_a_slow_transfer(seed=84)
     sent_by_3: list[tuple[Any, Any]] = []
-    sim.set_byzantine(3, recorder(sent_by_3))
+    cluster.sim.set_byzantine(3, recorder(sent_by_3))
     for k in range(60):  # ends as the snapshots start to flow again
         cluster.put("c0", f"late{k}", "v", at=healed + 0.05 * k)
     cluster.run_until_results(90, until=healed + 30.0)
-    sim.run(until=sim.now + 5.0)
+    cluster.sim.run(until=cluster.sim.now + 5.0)
     lagging, other = cluster.replica(3), cluster.replica(0)
     assert any(isinstance(m, Status) for _, m in sent_by_3)
     assert other.view == 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,6 +17,8 @@ from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
 
 from .conftest import Cast, establish
+
+_inproc_names = itertools.count()
 
 
 def test_messages_flow_both_ways_on_every_transport(cast: Cast, endpoint: str) -> None:
@@ -84,24 +90,38 @@ def test_rekey_mid_stream_under_load_loses_and_duplicates_nothing(
         assert router.table.rejected == {} and dealer.table.rejected == {}
 
 
-def test_receive_answers_handshake_frames_queued_behind_its_message(cast: Cast) -> None:
-    """A peer that only calls receive() still keeps rekeys moving: the INIT that arrived
-    behind the message it returns is answered in the same call."""
-    policy = RekeyPolicy(max_messages=1, hard_max_messages=1_000, jitter=0.0)
+@contextlib.contextmanager
+def _rekey_started_by_one_frame(
+    cast: Cast, *, grace_period: float = 30.0, wall_clock: Callable[[], float] = time.time
+) -> Iterator[tuple[SecureRouter, SecureDealer]]:
+    """A router whose policy rekeys after every frame, and a dealer, in this thread over
+    inproc (sends land at once): the router's "hi" has started a rekey (its INIT went out
+    behind the "hi") and the dealer has received the "hi" with a single receive()."""
+    policy = RekeyPolicy(
+        max_messages=1, hard_max_messages=1_000, jitter=0.0, grace_period=grace_period
+    )
     with (
         SecureRouter(
-            f"inproc://queued-init-{id(policy)}",
+            f"inproc://rekey-{next(_inproc_names)}",
             identity=cast.bob,
             trust=cast.bob_trust,
             policy=policy,
+            wall_clock=wall_clock,
         ) as router,
         SecureDealer(
             router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
         ) as dealer,
     ):
         establish(router, dealer)
-        router.send(cast.alice.agent_id, "hi")  # one frame: the router starts a rekey (INIT)
+        router.send(cast.alice.agent_id, "hi")
         assert dealer.receive(timeout=5).message.payload == "hi"
+        yield router, dealer
+
+
+def test_receive_answers_handshake_frames_queued_behind_its_message(cast: Cast) -> None:
+    """A peer that only calls receive() still keeps rekeys moving: the INIT that arrived
+    behind the message it returns is answered in the same call."""
+    with _rekey_started_by_one_frame(cast) as (router, _):
         deadline = router.clock() + 5
         while router.table.rekeys == 0 and router.clock() < deadline:
             router.pump(0.01)  # the REPLY, if the dealer sent one; the dealer is not called
@@ -113,23 +133,8 @@ def test_receive_opens_a_backlog_under_the_old_key_before_its_grace_ends(cast: C
     the old key: receive() handles the whole burst it finds, not only its first message,
     so nothing waits in libzmq until the old key's grace period is over."""
     wall = [1_000.0]
-    policy = RekeyPolicy(max_messages=1, hard_max_messages=1_000, jitter=0.0, grace_period=5.0)
-    endpoint = f"inproc://backlog-{id(wall)}"  # one thread, one context: sends land at once
-    with (
-        SecureRouter(
-            endpoint,
-            identity=cast.bob,
-            trust=cast.bob_trust,
-            policy=policy,
-            wall_clock=lambda: wall[0],
-        ) as router,
-        SecureDealer(
-            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
-        ) as dealer,
-    ):
-        establish(router, dealer)
-        router.send(cast.alice.agent_id, "hi")  # one frame: the router starts a rekey (INIT)
-        assert dealer.receive(timeout=5).message.payload == "hi"
+    slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
+    with slow_consumer as (router, dealer):
         dealer.pump(0.0)  # the dealer has answered the INIT (REPLY) by now
         assert router.table.rekeys == 0
         for n in range(5):
