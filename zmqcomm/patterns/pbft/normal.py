@@ -252,9 +252,13 @@ class ReplicaCore:
         if not self.waiting:
             self.timed_client = self.request_deadline = None
         elif self.request_deadline is None or self.timed_client not in self.waiting:
-            self.timed_client = next(iter(self.waiting))
-            self.request_deadline = now + self.timeout
-            self.timer_asked = False
+            self._time_request(next(iter(self.waiting)), now)
+
+    def _time_request(self, client: Hashable, now: float) -> None:
+        """Start a fresh run of the request timer for ``client``'s waiting request."""
+        self.timed_client = client
+        self.request_deadline = now + self.timeout
+        self.timer_asked = False
 
     def _on_request(self, sender: Hashable, request: Request, now: float) -> list[Any]:
         if not well_formed_request(request) or self.config.is_replica(request.client):
@@ -290,9 +294,7 @@ class ReplicaCore:
         if self.changing:
             return []
         if self.request_deadline is None:
-            self.request_deadline = now + self.timeout
-            self.timed_client = request.client
-            self.timer_asked = False
+            self._time_request(request.client, now)
         if self.is_primary:
             self._queue(request, now)
             return self._propose(now)
