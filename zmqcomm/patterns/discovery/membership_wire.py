@@ -41,6 +41,7 @@ import msgpack
 
 from zmqcomm.crypto.keys import KEY_LEN, SENDER_ID_LEN, SIGNATURE_LEN, agent_id, sender_id
 from zmqcomm.errors import RemoteProtocolError, UsageError
+from zmqcomm.wire.packing import pack
 
 MAGIC = b"ZCM"
 VERSION = 1
@@ -166,7 +167,7 @@ def _utf8_len(text: str) -> int:
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return pack(value)
 
 
 def record_material(

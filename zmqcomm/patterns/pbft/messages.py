@@ -34,6 +34,7 @@ from typing import Any, TypeGuard
 import msgpack
 
 from zmqcomm.errors import RemoteProtocolError
+from zmqcomm.wire.packing import pack
 
 ClientId = Hashable
 DOMAIN = b"zmqcomm/1 pbft "
@@ -215,7 +216,7 @@ def _default(obj: Any) -> Any:
     if code is None:
         raise TypeError(f"cannot encode {cls.__name__}")
     values = _GETTERS[cls](obj)
-    return msgpack.ExtType(code, msgpack.packb(values, default=_default, use_bin_type=True))
+    return msgpack.ExtType(code, pack(values, _default))
 
 
 #: Bytes of recent big messages (batches, certificates), so one is packed once however often
@@ -256,12 +257,12 @@ def encode(message: Any) -> bytes:
     cls = type(message)
     code = _CODE.get(cls)
     if code is None:
-        data = bytes(msgpack.packb(message, default=_default, use_bin_type=True))
+        data = pack(message, _default)
     else:
         # Framing the top-level extension ourselves gives msgpack's bytes without a second
-        # packb and an ExtType (msgpack 1.x also takes ~20 us to reach ``default`` for a
+        # pack and an ExtType (msgpack 1.x also takes ~20 us to reach ``default`` for a
         # top-level object, measured here).
-        body = msgpack.packb(_GETTERS[cls](message), default=_default, use_bin_type=True)
+        body = pack(_GETTERS[cls](message), _default)
         data = _ext_head(code, len(body)) + body
     if cls in _REMEMBERED:
         _remember(message, data)
@@ -334,14 +335,14 @@ def material(message: Any) -> bytes:
     (nor a PRE-PREPARE's requests, which its digest stands for).
 
     Canonical (msgpack of ints, bytes, str and arrays in field order, nested messages
-    marked by type) and cheap: one ``packb`` call, since replicas compute it per message.
+    marked by type) and cheap: one ``pack`` call, since replicas compute it per message.
     """
     cls = type(message)
     values = list(_UNSIGNED[cls](message))
     # Requests, votes and replies hold only plain values, which _plain would return as is.
     if not all(type(v) in _FLAT for v in values):
         values = [_plain(v) for v in values]
-    return DOMAIN + _KINDS[cls] + b"\x00" + bytes(msgpack.packb(values, use_bin_type=True))
+    return DOMAIN + _KINDS[cls] + b"\x00" + pack(values)
 
 
 #: What identifies a request, signature aside: (client, timestamp, op).
@@ -353,11 +354,11 @@ def batch_digest(requests: tuple[Request, ...]) -> bytes:
 
     BLAKE2b of the requests' signed fields (client, timestamp, op) in batch order, packed
     as one msgpack array of arrays: typed and length-prefixed, so no two different
-    batches give the same bytes. One ``packb`` for the batch, not one per request, since
+    batches give the same bytes. One ``pack`` for the batch, not one per request, since
     the primary and every backup hash every batch.
     """
     rows = [request_content(r) for r in requests]
-    return hash_bytes(DOMAIN + b"batch\x00" + bytes(msgpack.packb(rows, use_bin_type=True)))
+    return hash_bytes(DOMAIN + b"batch\x00" + pack(rows))
 
 
 NULL_DIGEST = batch_digest(())
