@@ -27,7 +27,6 @@ the loop and never reach the replica.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sqlite3
@@ -60,6 +59,7 @@ from zmqcomm.patterns.pbft.replica import Executed, Replica, StateTransferred, V
 from zmqcomm.patterns.pbft.sqlite_store import SQLiteStore
 from zmqcomm.patterns.pbft.statemachine import KeyValueStore
 from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 
 __all__ = ["ReplicaDriver", "client_agent", "group_sends", "run_replica"]
@@ -176,9 +176,9 @@ class ReplicaDriver:
         except BaseException:
             self.close()
             raise
-        self._poller = zmq.Poller()
-        for sock in [self.router, *self.dealers.values()]:
-            self._poller.register(sock.socket, zmq.POLLIN)
+        self._poller: SecurePoller[SecureRouter | SecureDealer] = SecurePoller(
+            [self.router, *self.dealers.values()], clock=clock
+        )
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -189,11 +189,9 @@ class ReplicaDriver:
         deadline = self.replica.next_deadline()
         wait = timeout if deadline is None else min(timeout, max(0.0, deadline - now))
         self.steps += 1
-        # Round up: a wait of 0.4 ms polled as 0 ms would spin until the deadline.
-        self._poller.poll(math.ceil(wait * 1000))
         actions: list[Any] = []
         fed = 0
-        for sock in (self.router, *self.dealers.values()):
+        for sock in self._poller.wait(wait):
             try:
                 sock.pump(0.0)
             except ZmqCommError as exc:

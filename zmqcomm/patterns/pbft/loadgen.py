@@ -31,6 +31,7 @@ from zmqcomm.patterns.pbft.messages import Reply, decode
 from zmqcomm.patterns.pbft.statemachine import encode_op
 from zmqcomm.quantiles import nearest_rank
 from zmqcomm.secure import SecureDealer
+from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 
 __all__ = ["LoadGenerator", "LoadReport", "percentile"]
@@ -119,9 +120,7 @@ class LoadGenerator:
         except BaseException:
             self.close()
             raise
-        self._poller = zmq.Poller()
-        for dealer in self.dealers:
-            self._poller.register(dealer.socket, zmq.POLLIN)
+        self._poller = SecurePoller(self.dealers)
         self.dropped: Counter[str] = Counter()
 
     def run(
@@ -146,9 +145,8 @@ class LoadGenerator:
         while report.ops < ops and time.monotonic() - begin < max_seconds:
             if stop is not None and stop():
                 break
-            self._poller.poll(10)
             actions = []
-            for dealer in self.dealers:
+            for dealer in self._poller.wait(0.01):
                 try:
                     dealer.pump(0.0)
                 except ZmqCommError as exc:

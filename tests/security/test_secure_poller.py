@@ -1,0 +1,95 @@
+"""SecurePoller: the readable sockets to pump, and all of them every ``full_every`` seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import zmq
+
+from zmqcomm.secure_poller import SecurePoller
+
+
+@dataclass
+class Link:
+    """The one thing SecurePoller needs from a secure socket: ``.socket``."""
+
+    name: str
+    socket: zmq.Socket[Any]
+    peer: zmq.Socket[Any]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def links() -> Iterator[list[Link]]:
+    context: zmq.Context[Any] = zmq.Context()
+    made = []
+    for name in ("router", "dealer-1", "dealer-2"):
+        ours, theirs = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+        ours.bind(f"inproc://poller-{name}")
+        theirs.connect(f"inproc://poller-{name}")
+        made.append(Link(name, ours, theirs))
+    yield made
+    for link in made:
+        link.socket.close(linger=0)
+        link.peer.close(linger=0)
+    context.term()
+
+
+def names(pumped: list[Link]) -> list[str]:
+    return [link.name for link in pumped]
+
+
+def test_the_first_wait_pumps_everyone(links: list[Link]) -> None:
+    poller = SecurePoller(links, clock=FakeClock())
+    assert names(poller.wait(0)) == ["router", "dealer-1", "dealer-2"]
+
+
+def test_then_only_the_readable_sockets_until_the_interval_passes(links: list[Link]) -> None:
+    clock = FakeClock()
+    poller = SecurePoller(links, clock=clock, full_every=0.02)
+    poller.wait(0)
+    assert poller.wait(0) == []
+    links[1].peer.send(b"hello")
+    assert names(poller.wait(1.0)) == ["dealer-1"]
+    assert names(poller.wait(0)) == ["dealer-1"]  # still unread: still readable
+    links[1].socket.recv()
+    clock.now += 0.019
+    assert poller.wait(0) == []
+    clock.now += 0.001
+    assert names(poller.wait(0)) == ["router", "dealer-1", "dealer-2"]
+    assert poller.wait(0) == []
+
+
+def test_a_wait_returns_as_soon_as_a_socket_is_readable(links: list[Link]) -> None:
+    clock = FakeClock()
+    poller = SecurePoller(links, clock=clock)
+    poller.wait(0)
+    links[2].peer.send(b"hello")
+    # A wait of 10 s that returned at once with the readable socket, not a timeout.
+    assert names(poller.wait(10.0)) == ["dealer-2"]
+
+
+def test_a_sub_millisecond_wait_still_blocks_instead_of_spinning(
+    links: list[Link], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poller = SecurePoller(links, clock=FakeClock())
+    asked: list[int] = []
+    poll = poller._poller.poll
+
+    def recording_poll(timeout: int) -> Any:
+        asked.append(timeout)
+        return poll(timeout)
+
+    monkeypatch.setattr(poller._poller, "poll", recording_poll)
+    poller.wait(0.0004)
+    assert asked == [1]  # 0 ms would return at once and the caller would spin
