@@ -261,6 +261,37 @@ def test_dialer_handshakes_again_when_the_listener_restarts(
     assert (message.sender, message.payload) == (alice.agent_id, "after")
 
 
+def test_connecting_again_to_the_same_agent_replaces_the_first_link(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
+    first = alice._dealers[bob.agent_id]
+    assert alice.connect(bob_endpoint, timeout=5) == bob.agent_id
+    assert first.socket.closed  # not left open and unpumped
+    assert alice.peers == [bob.agent_id]
+    alice.send(bob.agent_id, "over the new link")
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert message.payload == "over the new link"
+    bob.call(lambda node: node.send(alice.agent_id, "back"))
+    assert alice.receive(timeout=5).payload == "back"
+
+
+def test_a_node_with_many_links_hears_each_of_them(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    # Bob and Carol each listen; Alice dials both and listens too: three links, and a message
+    # on any one of them wakes her pump (which looks only at the readable ones).
+    alice, bob, _ = linked(bus, make_node, spawn_node, ipc_endpoint)
+    carol = spawn_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
+    carol_endpoint = carol.call(lambda node: node.endpoint)
+    assert carol_endpoint is not None
+    alice.connect(carol_endpoint, timeout=5)
+    for sender in (carol, bob, carol):
+        sender.call(lambda node: node.send(alice.agent_id, node.agent_id))
+        message = alice.receive(timeout=5)
+        assert (message.sender, message.payload) == (sender.agent_id, sender.agent_id)
+
+
 # -- time: trust and certificate expiry are wall-clock (epoch) times -----------------------
 
 

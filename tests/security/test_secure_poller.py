@@ -93,3 +93,16 @@ def test_a_sub_millisecond_wait_still_blocks_instead_of_spinning(
     monkeypatch.setattr(poller._poller, "poll", recording_poll)
     poller.wait(0.0004)
     assert asked == [1]  # 0 ms would return at once and the caller would spin
+
+
+def test_sockets_added_and_removed_later(links: list[Link]) -> None:
+    clock = FakeClock()
+    poller = SecurePoller(links[:1], clock=clock)
+    poller.wait(0)
+    poller.add(links[2])
+    links[2].peer.send(b"hello")
+    assert names(poller.wait(1.0)) == ["dealer-2"]
+    poller.remove(links[2])
+    assert poller.wait(0) == []  # still readable, but no longer watched
+    clock.now += 1.0
+    assert names(poller.wait(0)) == ["router"]

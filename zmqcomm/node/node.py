@@ -53,6 +53,7 @@ from zmqcomm.node.messages import Incoming, unwrap, wrap
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
@@ -117,6 +118,7 @@ class Node:
         self._dealers: dict[str, SecureDealer] = {}
         self._router: SecureRouter | None = None
         self._broker: SecureDealer | None = None
+        self._poller: SecurePoller[SecureRouter | SecureDealer] = SecurePoller([], clock=clock)
         self._tunnels: Tunnels | None = None
         self._last_hop = clock()
         self._topics: Topics | None = None
@@ -124,6 +126,7 @@ class Node:
         try:
             if bind is not None:
                 self._router = SecureRouter(bind, **self._link_options())
+                self._poller.add(self._router)
             if broker is not None:
                 self._tunnels = Tunnels(
                     identity=identity,
@@ -143,6 +146,7 @@ class Node:
                 self._broker = SecureDealer(
                     broker, connect_timeout=connect_timeout, **self._link_options()
                 )
+                self._poller.add(self._broker)
         except BaseException:
             self.close(timeout=0)
             raise
@@ -194,7 +198,12 @@ class Node:
             self.pump(0.01)
             dealer.pump(0.01)
         assert dealer.peer is not None
+        replaced = self._dealers.get(dealer.peer)
+        if replaced is not None:  # a new link to the same agent takes the old one's place
+            self._poller.remove(replaced)
+            replaced.close()
         self._dealers[dealer.peer] = dealer
+        self._poller.add(dealer)
         self._greet(dealer.peer)
         return dealer.peer
 
@@ -384,20 +393,13 @@ class Node:
         """Do pending work (handshakes, rekeys, mail, incoming messages), waiting up to
         ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
         self._check_open()
-        links = self._links()
         handled = 0
-        wait = timeout if len(links) == 1 else 0.0
-        for link in links:
-            handled += link.pump(wait)
+        for link in self._poller.wait(timeout):
+            handled += link.pump(0.0)
             self._take(link)
         if self._router is not None:
             while self._router.joined:
                 self._greet(self._router.joined.popleft().agent_id)
-        if not handled and len(links) > 1 and timeout > 0:
-            zmq.select([link.socket for link in links], [], [], timeout)
-            for link in links:
-                handled += link.pump(0.0)
-                self._take(link)
         broker = self._broker
         if broker is not None and broker.established and self.clock() - self._last_hop >= KEEPALIVE:
             self._hop(None, MessageType.PING)  # so the broker knows we are still here
