@@ -244,6 +244,10 @@ class _SecureSocket:
             "rejected": dict(self.table.rejected),
         }
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this secure socket is closed")

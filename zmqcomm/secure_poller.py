@@ -33,7 +33,10 @@ class SecurePoller(Generic[S]):
     """Waits on ``sockets`` (anything with a ``.socket``, such as
     :class:`~zmqcomm.secure.SecureRouter` and :class:`~zmqcomm.secure.SecureDealer`) and
     says which to pump: the readable ones, or all of them once every ``full_every`` seconds
-    of ``clock``."""
+    of ``clock`` (give it the sockets' own clock, so their timers come due on it too).
+
+    A poll sees only what waits in a socket: a caller that pumps a socket itself must also
+    take what that pump left in the socket's inbox."""
 
     def __init__(
         self,
@@ -61,7 +64,8 @@ class SecurePoller(Generic[S]):
     def wait(self, timeout: float) -> list[S]:
         """Wait up to ``timeout`` s for a socket to become readable; returns those to pump."""
         # Round up: a wait of 0.4 ms polled as 0 ms would spin until the caller's deadline.
-        ready = dict(self._poller.poll(math.ceil(timeout * 1000)))
+        # Never below 0, which zmq_poll takes as "forever" (a caller's deadline - now).
+        ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
         now = self.clock()
         if now >= self._next_full:
             self._next_full = now + self.full_every

@@ -276,6 +276,46 @@ def test_connecting_again_to_the_same_agent_replaces_the_first_link(
     assert alice.receive(timeout=5).payload == "back"
 
 
+def test_what_arrives_behind_the_handshake_is_not_stranded_in_the_new_link(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    # Bob greets a new peer with his subscriptions right behind the handshake, so connect()
+    # reads them off the socket while it finishes the handshake. A frozen clock means no
+    # periodic pump of every link will come along later to pick them up.
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=ipc_endpoint("bob"))
+    bob.call(lambda node: node.subscribe("news"))
+    bob_endpoint = bob.call(lambda node: node.endpoint)
+    assert bob_endpoint is not None
+    alice = make_node(
+        bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"), clock=lambda: 1000.0
+    )
+    alice.connect(bob_endpoint, timeout=5)
+    pump_until(
+        [alice],
+        lambda: alice.subscribers("news") == [bob.agent_id],
+        what="bob's subscription, sent right behind the handshake",
+    )
+
+
+def test_a_handler_that_connects_again_does_not_break_the_pump_it_runs_in(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
+    alice.request_handler = lambda message: alice.connect(bob_endpoint, timeout=5)
+    alice._poller.full_every = 0.0  # every pump walks every link, the old one to bob included
+    carol = spawn_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
+    alice_endpoint = alice.endpoint
+    assert alice_endpoint is not None
+    carol_dials = carol.submit(lambda node: node.connect(alice_endpoint, timeout=5))
+    wait_for(carol_dials, [alice])
+    # Alice answers inside her pump, and the answer replaces the link that pump is walking.
+    asked = carol.submit(lambda node: node.request(alice.agent_id, "reconnect", timeout=5))
+    assert wait_for(asked, [alice]) == bob.agent_id
+    alice.send(bob.agent_id, "still linked")
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert message.payload == "still linked"
+
+
 def test_a_node_with_many_links_hears_each_of_them(
     bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
 ) -> None:

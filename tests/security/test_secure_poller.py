@@ -106,3 +106,19 @@ def test_sockets_added_and_removed_later(links: list[Link]) -> None:
     assert poller.wait(0) == []  # still readable, but no longer watched
     clock.now += 1.0
     assert names(poller.wait(0)) == ["router"]
+
+
+def test_a_negative_wait_polls_without_blocking(
+    links: list[Link], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poller = SecurePoller(links, clock=FakeClock())
+    asked: list[int] = []
+    poll = poller._poller.poll
+
+    def recording_poll(timeout: int) -> Any:
+        asked.append(timeout)
+        return poll(timeout)
+
+    monkeypatch.setattr(poller._poller, "poll", recording_poll)
+    poller.wait(-0.5)  # a caller's "deadline - now" once the deadline passed
+    assert asked == [0]  # zmq_poll takes a negative timeout as "wait forever"

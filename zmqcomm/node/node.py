@@ -205,6 +205,9 @@ class Node:
         self._dealers[dealer.peer] = dealer
         self._poller.add(dealer)
         self._greet(dealer.peer)
+        # What came in behind the handshake (the peer's subscriptions, its first messages)
+        # is in the dealer's inbox already, where no poll will report it.
+        self._take(dealer)
         return dealer.peer
 
     # -- sending -----------------------------------------------------------------------------
@@ -395,6 +398,8 @@ class Node:
         self._check_open()
         handled = 0
         for link in self._poller.wait(timeout):
+            if link.closed:  # replaced by a connect() from a handler during this pump
+                continue
             handled += link.pump(0.0)
             self._take(link)
         if self._router is not None:

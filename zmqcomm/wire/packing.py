@@ -32,7 +32,10 @@ _pool = _Pool()
 
 
 def pack(value: Any, default: Default | None = None) -> bytes:
-    """The bytes of ``msgpack.packb(value, default=default, use_bin_type=True)``."""
+    """The bytes of ``msgpack.packb(value, default=default, use_bin_type=True)``.
+
+    Packers are pooled by ``default``: pass a module-level function, not a new closure per
+    call (each new hook would get Packers of its own, kept for the thread's lifetime)."""
     idle = _pool.idle.setdefault(default, [])
     packer = idle.pop() if idle else msgpack.Packer(default=default, use_bin_type=True)
     data: bytes = packer.pack(value)  # if this raises, the Packer is simply not pooled

@@ -176,8 +176,9 @@ class ReplicaDriver:
         except BaseException:
             self.close()
             raise
+        # On the sockets' clock (the default), not the replica's: it paces their timers.
         self._poller: SecurePoller[SecureRouter | SecureDealer] = SecurePoller(
-            [self.router, *self.dealers.values()], clock=clock
+            [self.router, *self.dealers.values()]
         )
 
     # -- the loop ---------------------------------------------------------------------------
