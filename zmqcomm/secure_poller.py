@@ -17,6 +17,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import zmq
 
+from zmqcomm.transport.sockets import poll_ms
+
 
 class HasSocket(Protocol):
     @property
@@ -63,9 +65,7 @@ class SecurePoller(Generic[S]):
 
     def wait(self, timeout: float) -> list[S]:
         """Wait up to ``timeout`` s for a socket to become readable; returns those to pump."""
-        # Round up: a wait of 0.4 ms polled as 0 ms would spin until the caller's deadline.
-        # Never below 0, which zmq_poll takes as "forever" (a caller's deadline - now).
-        ready = dict(self._poller.poll(max(0, math.ceil(timeout * 1000))))
+        ready = dict(self._poller.poll(poll_ms(timeout)))
         now = self.clock()
         if now >= self._next_full:
             self._next_full = now + self.full_every

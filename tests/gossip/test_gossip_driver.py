@@ -352,6 +352,7 @@ def test_usage_errors_are_clear(ipc_dir: str) -> None:
         with pytest.raises(UsageError, match="agent id"):
             agent.add_peer("bob", "ipc:///tmp/nowhere")
         assert agent.step(0.0) == []
+        assert agent.step(-0.5) == []  # a deadline already past: no wait, never "forever"
     with pytest.raises(ClosedError):
         agent.publish(b"late")
     with pytest.raises(UsageError):

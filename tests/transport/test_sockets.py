@@ -31,6 +31,7 @@ from zmqcomm.transport import (
     send_frames,
     shared_context,
 )
+from zmqcomm.transport.sockets import poll_ms
 from zmqcomm.wire import MessageType, WireCodec
 
 MakeSocket = Callable[..., zmq.Socket[Any]]
@@ -130,6 +131,17 @@ def test_receive_timeout(make_socket: MakeSocket, endpoint: str) -> None:
     server, _client, _ = _pair(make_socket, endpoint)
     with pytest.raises(ReceiveTimeout, match=r"within 0\.05 s"):
         receive_frames(server, timeout=0.05)
+    # A deadline already past (deadline - now < 0) times out at once, never "forever".
+    with pytest.raises(ReceiveTimeout):
+        receive_frames(server, timeout=-0.5)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "milliseconds"),
+    [(0.0, 0), (0.0004, 1), (0.001, 1), (0.0011, 2), (0.05, 50), (2.5, 2500), (-0.001, 0), (-3, 0)],
+)
+def test_poll_ms_rounds_up_and_never_goes_negative(seconds: float, milliseconds: int) -> None:
+    assert poll_ms(seconds) == milliseconds
 
 
 def test_reconnect_after_the_peer_restarts(make_socket: MakeSocket, short_dir: str) -> None:

@@ -9,6 +9,7 @@ with the original chained and a message that says what to do.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -114,6 +115,13 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+def poll_ms(seconds: float) -> int:
+    """A wait in seconds as ``zmq_poll`` milliseconds: rounded up, so a wait of 0.4 ms blocks
+    for 1 ms instead of returning at once (a caller waiting for a deadline would spin), and
+    never negative, which ``zmq_poll`` takes as "forever" (a deadline that already passed)."""
+    return max(0, math.ceil(seconds * 1000))
+
+
 def open_socket(
     kind: int,
     options: SocketOptions = DEFAULT_SOCKET_OPTIONS,
@@ -212,7 +220,7 @@ def receive_frames(sock: zmq.Socket[Any], *, timeout: float | None = None) -> li
     """Receive one multipart message, waiting at most ``timeout`` seconds (None: forever)."""
     if timeout is not None:
         try:
-            ready = sock.poll(_ms(timeout), zmq.POLLIN)
+            ready = sock.poll(poll_ms(timeout), zmq.POLLIN)
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, "receive") from exc
         if not ready:

@@ -70,6 +70,7 @@ from zmqcomm.transport.sockets import (
     bind,
     connect,
     open_socket,
+    poll_ms,
 )
 
 Clock = Callable[[], float]
@@ -327,7 +328,7 @@ class GossipAgent:
         if wait is not None:
             left = max(0.0, wait - now)
             timeout = left if timeout is None else min(timeout, left)
-        ready = dict(self._poller.poll(None if timeout is None else round(timeout * 1000)))
+        ready = dict(self._poller.poll(None if timeout is None else poll_ms(timeout)))
         out: list[Delivered] = []
         now = self._clock()
         for sock in self.sockets:

@@ -15,6 +15,7 @@ import zmq
 
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.gossip.driver import Delivered, GossipAgent
+from zmqcomm.transport.sockets import poll_ms
 
 
 class GossipGroup:
@@ -49,7 +50,7 @@ class GossipGroup:
         wakes = [w for w in (a.wake_at() for a in self.agents) if w is not None]
         if wakes:
             timeout = min(timeout, max(0.0, min(wakes) - self._clock()))
-        ready = self._poller.poll(round(timeout * 1000))
+        ready = self._poller.poll(poll_ms(timeout))
         out: list[tuple[GossipAgent, Delivered]] = []
         now = self._clock()
         busy: dict[GossipAgent, None] = {}
