@@ -215,3 +215,19 @@ def test_async_run_times_out() -> None:
             return await loop.run(lambda: False, timeout=0.05)
 
     assert asyncio.run(proper()) is False
+
+
+def test_a_negative_wait_returns_at_once_in_both_loops(make_socket: MakeSocket) -> None:
+    # A caller's "deadline - now" once the deadline passed; zmq_poll would wait forever.
+    quiet = make_socket(zmq.PULL)
+    bind(quiet, "inproc://negative-wait")
+    with Loop() as loop:
+        loop.add_reader(quiet, lambda frames: None)
+        assert loop.run_once(timeout=-0.5) == 0
+
+    async def main() -> int:
+        async with AsyncLoop() as loop:
+            loop.add_reader(quiet, lambda frames: None)
+            return await asyncio.wait_for(loop.run_once(timeout=-0.5), 5)
+
+    assert asyncio.run(main()) == 0

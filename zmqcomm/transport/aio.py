@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 
 from zmqcomm.transport.loop import Dispatcher, RunPlan
-from zmqcomm.transport.sockets import translate_zmq_error
+from zmqcomm.transport.sockets import poll_ms, translate_zmq_error
 
 
 class AsyncLoop(Dispatcher):
@@ -37,7 +37,7 @@ class AsyncLoop(Dispatcher):
         self._check_open()
         wait = self._wait_seconds(timeout)
         try:
-            ready = await self._poller.poll(None if wait is None else wait * 1000)
+            ready = await self._poller.poll(None if wait is None else poll_ms(wait))
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, "poll") from exc
         handled = self._handle(ready)

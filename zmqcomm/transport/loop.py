@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import zmq
 
 from zmqcomm.errors import ClosedError, RemoteProtocolError, SecurityError, UsageError
-from zmqcomm.transport.sockets import translate_zmq_error
+from zmqcomm.transport.sockets import poll_ms, translate_zmq_error
 
 Frames = list[bytes]
 Handler = Callable[[Frames], None]
@@ -189,8 +189,7 @@ class Loop(Dispatcher):
         self._check_open()
         wait = self._wait_seconds(timeout)
         try:
-            # Round up so a timer is never woken a hair early and then re-polled with 0.
-            ready = self._poller.poll(None if wait is None else int(wait * 1000 + 0.999))
+            ready = self._poller.poll(None if wait is None else poll_ms(wait))
         except zmq.ZMQError as exc:
             raise translate_zmq_error(exc, "poll") from exc
         return self._handle(ready)
