@@ -138,10 +138,27 @@ def test_receive_timeout(make_socket: MakeSocket, endpoint: str) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "milliseconds"),
-    [(0.0, 0), (0.0004, 1), (0.001, 1), (0.0011, 2), (0.05, 50), (2.5, 2500), (-0.001, 0), (-3, 0)],
+    [
+        (0.0, 0),
+        (0.0004, 1),
+        (0.001, 1),
+        (0.0011, 2),
+        (0.05, 50),
+        (2.5, 2500),
+        (-0.001, 0),
+        (-3, 0),
+        (float("-inf"), 0),
+        (1e300, 2**31 - 1),
+    ],
 )
 def test_poll_ms_rounds_up_and_never_goes_negative(seconds: float, milliseconds: int) -> None:
     assert poll_ms(seconds) == milliseconds
+
+
+def test_poll_ms_of_infinity_is_forever_and_of_nan_a_usage_error() -> None:
+    assert poll_ms(float("inf")) == -1
+    with pytest.raises(UsageError, match="NaN"):
+        poll_ms(float("nan"))
 
 
 def test_reconnect_after_the_peer_restarts(make_socket: MakeSocket, short_dir: str) -> None:

@@ -115,11 +115,22 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+#: About 24 days: what a 32-bit ``long`` holds, for any platform's ``zmq_poll``.
+_LONGEST_POLL_MS = 2**31 - 1
+
+
 def poll_ms(seconds: float) -> int:
     """A wait in seconds as ``zmq_poll`` milliseconds: rounded up, so a wait of 0.4 ms blocks
-    for 1 ms instead of returning at once (a caller waiting for a deadline would spin), and
-    never negative, which ``zmq_poll`` takes as "forever" (a deadline that already passed)."""
-    return max(0, math.ceil(seconds * 1000))
+    for 1 ms instead of returning at once (a caller waiting for a deadline would spin); 0 for
+    a negative wait (a deadline already passed), which ``zmq_poll`` would take as "forever";
+    -1, forever, for an infinite one."""
+    if math.isnan(seconds):
+        raise UsageError("a timeout cannot be NaN: give seconds, or None to wait forever")
+    if seconds == math.inf:
+        return -1
+    if seconds <= 0:
+        return 0
+    return min(math.ceil(seconds * 1000), _LONGEST_POLL_MS)
 
 
 def open_socket(
