@@ -27,6 +27,7 @@ Policy file (TOML)::
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -54,7 +55,8 @@ class TokenBucket:
     __slots__ = ("_stamp", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, *, now: float) -> None:
-        if rate <= 0 or burst < 1:
+        # Written so NaN fails: NaN burst refused every token, NaN rate lifted the limit.
+        if not (0 < rate < math.inf and 1 <= burst < math.inf):
             raise UsageError(f"a rate limit needs rate > 0 and burst >= 1, got {rate}, {burst}")
         self.rate = rate
         self.burst = burst

@@ -15,6 +15,7 @@ clock and the OS random source, and watches for reconnects so the dealer re-hand
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -25,6 +26,7 @@ import zmq
 from zmq.backend import zmq_poll
 from zmq.utils.monitor import parse_monitor_message
 
+from zmqcomm.checks import check_seconds, check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel import (
     Delivered,
@@ -45,6 +47,7 @@ from zmqcomm.transport.sockets import (
     bind,
     connect,
     open_socket,
+    poll_ms,
     send_frames,
 )
 from zmqcomm.wire import Body, MessageType, WireCodec
@@ -69,11 +72,16 @@ def _readable(sock: zmq.Socket[Any]) -> bool:
     return bool(cast(int, sock.get(_EVENTS)) & _POLLIN)
 
 
+def _check_send_timeout(send_timeout: float | None) -> None:
+    if send_timeout is not None:
+        check_seconds(send_timeout, "send_timeout (None blocks until queued)")
+
+
 def _wait_readable(sock: zmq.Socket[Any], timeout: float) -> bool:
     """Whether a message waits, after waiting up to ``timeout`` s for one. The backend's
     ``zmq_poll`` costs less than ``Socket.poll`` (a Poller per call) or an ``EVENTS`` read (an
     enum conversion per call)."""
-    return bool(zmq_poll([(sock, _POLLIN)], max(1, int(timeout * 1000)) if timeout > 0 else 0))
+    return bool(zmq_poll([(sock, _POLLIN)], poll_ms(timeout)))
 
 
 class _SecureSocket:
@@ -102,7 +110,7 @@ class _SecureSocket:
         self.wall_clock = wall_clock
         self.send_timeout = send_timeout
         # Set once: changing SNDTIMEO around every send costs more than the send itself.
-        sock.setsockopt(zmq.SNDTIMEO, -1 if send_timeout is None else int(send_timeout * 1000))
+        sock.setsockopt(zmq.SNDTIMEO, -1 if send_timeout is None else poll_ms(send_timeout))
         self.table = ChannelTable(
             identity=identity,
             trust=trust,
@@ -183,6 +191,7 @@ class _SecureSocket:
 
     def receive(self, timeout: float | None = None) -> Delivered:
         """The next authenticated message, waiting up to ``timeout`` s (None: forever)."""
+        check_timeout(timeout, "receive timeout")
         deadline = None if timeout is None else self.clock() + timeout
         while not self.inbox:
             left = 0.1 if deadline is None else deadline - self.clock()
@@ -286,6 +295,7 @@ class SecureRouter(_SecureSocket):
         random_bytes: Callable[[int], bytes] = os.urandom,
         send_timeout: float | None = 1.0,
     ) -> None:
+        _check_send_timeout(send_timeout)
         sock = open_socket(zmq.ROUTER, options.with_changes(router_mandatory=True), context=context)
         try:
             self.endpoint = bind(sock, endpoint)
@@ -370,6 +380,7 @@ class SecureDealer(_SecureSocket):
         send_timeout: float | None = 1.0,
         connect_timeout: float | None = 5.0,
     ) -> None:
+        _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
         # Connection events tell us when a reconnect needs a new handshake.
         self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -459,9 +470,11 @@ class SecureDealer(_SecureSocket):
         channel = self.table.channels.get(_DEALER_ROUTE)
         return channel is not None and channel.established
 
-    def wait_established(self, timeout: float) -> str:
-        """Pump until the session is up; returns the router's agent id."""
-        deadline = self.clock() + timeout
+    def wait_established(self, timeout: float | None) -> str:
+        """Pump until the session is up (None: however long it takes); returns the router's
+        agent id."""
+        check_timeout(timeout, "connect timeout")
+        deadline = math.inf if timeout is None else self.clock() + timeout
         while not self.established:
             left = deadline - self.clock()
             if left <= 0:

@@ -48,6 +48,9 @@ class HandshakeLimits:
     def __post_init__(self) -> None:
         if self.max_pending < 1:
             raise UsageError(f"max_pending must be at least 1, got {self.max_pending}")
+        # Refused here, not when a socket that already bound builds its buckets.
+        TokenBucket(self.rate, self.burst, now=0.0)
+        TokenBucket(self.per_route_rate, self.per_route_burst, now=0.0)
 
 
 class ChannelTable:

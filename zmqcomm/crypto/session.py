@@ -20,6 +20,7 @@ import itertools
 import struct
 from dataclasses import dataclass, field
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto import aead
 from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.errors import AuthenticationError, ReplayError, SecurityError, UsageError
@@ -46,7 +47,10 @@ class RekeyPolicy:
     window: int = 4096
 
     def __post_init__(self) -> None:
-        if self.max_messages < 1 or self.max_age <= 0:
+        check_seconds(self.max_age, "rekey max_age", allow_zero=False)
+        check_seconds(self.hard_max_age, "rekey hard_max_age", allow_zero=False)
+        check_seconds(self.grace_period, "rekey grace_period")
+        if self.max_messages < 1:
             raise UsageError("rekey limits must be positive")
         if not 0 <= self.jitter < 1:
             raise UsageError(f"rekey jitter is a fraction in [0, 1), got {self.jitter}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from zmqcomm.checks import check_timeout
 from zmqcomm.errors import ReceiveTimeout, RequestTimeout
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ async def wait_for_input(node: Node, timeout: float) -> None:
 
 async def areceive(node: Node, timeout: float | None = None) -> Incoming:
     """Like :meth:`Node.receive`, letting other tasks run while it waits."""
+    check_timeout(timeout, "receive timeout")
     deadline = None if timeout is None else node.clock() + timeout
     while True:
         node.pump(0.0)
@@ -64,6 +66,7 @@ async def amessages(node: Node, timeout: float | None = None) -> AsyncIterator[I
 
 async def arequest(node: Node, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
     """Like :meth:`Node.request`, letting other tasks run while it waits."""
+    check_timeout(timeout, "request timeout")
     request_id = node.start_request(peer, payload)
     try:
         deadline = node.clock() + timeout

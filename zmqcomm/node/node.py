@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from zmqcomm.access import Policy
+from zmqcomm.checks import check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Delivered
 from zmqcomm.crypto.keys import Identity
@@ -184,6 +185,7 @@ class Node:
     ) -> str:
         """Open a direct, authenticated link to the node at ``endpoint``; returns its id."""
         self._check_open()
+        check_timeout(timeout, "connect timeout")
         dealer = SecureDealer(
             endpoint, expect_peer=expect_peer, connect_timeout=None, **self._link_options()
         )
@@ -612,6 +614,7 @@ class Node:
         """Flush what is queued (for at most ``timeout`` seconds), then close every socket."""
         if self._closed:
             return
+        check_timeout(timeout, "close timeout")
         deadline = self.clock() + timeout
         try:
             while self._tunnels is not None and self._tunnels.queued() and self.clock() < deadline:

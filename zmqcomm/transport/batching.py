@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from zmqcomm.errors import ClosedError, UsageError
+from zmqcomm.checks import check_seconds
+from zmqcomm.errors import ClosedError
 from zmqcomm.wire import ANONYMOUS, BatchBuilder, Body, WireCodec
 from zmqcomm.wire.batch import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS
 from zmqcomm.wire.payload import Buffer
@@ -46,8 +47,7 @@ class BatchingSender:
     ) -> None:
         """``frame_batch`` replaces the plain wire framing, e.g. to encrypt each batch with a
         session (see :meth:`zmqcomm.secure.SecureDealer.batching_sender`)."""
-        if max_delay < 0:
-            raise UsageError(f"max_delay must be >= 0 seconds, got {max_delay}")
+        check_seconds(max_delay, "max_delay")
         self.codec = codec if codec is not None else WireCodec()
         self._send_frames = send_frames
         self._builder = BatchBuilder(self.codec, max_items=max_items, max_bytes=max_bytes)

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 import zmq
 
-from zmqcomm.errors import ClosedError, RemoteProtocolError, SecurityError, UsageError
+from zmqcomm.checks import check_count, check_timeout
+from zmqcomm.errors import ClosedError, RemoteProtocolError, SecurityError
 from zmqcomm.transport.sockets import poll_ms, translate_zmq_error
 
 Frames = list[bytes]
@@ -44,8 +45,7 @@ class Dispatcher:
     """What the sync and asyncio loops share: registrations, draining and timers."""
 
     def __init__(self, *, max_burst: int = 1000, clock: Clock = time.monotonic) -> None:
-        if max_burst < 1:
-            raise UsageError(f"max_burst must be at least 1, got {max_burst}")
+        check_count(max_burst, "max_burst", minimum=1)
         self.max_burst = max_burst
         self._clock = clock
         self._poller = self._make_poller()
@@ -165,6 +165,7 @@ class RunPlan:
         self._loop = loop
         self._until = until
         self._clock = loop._clock
+        check_timeout(timeout, "run timeout")
         self._give_up = None if timeout is None else self._clock() + timeout
         self.completed = True
         loop._stopping = False

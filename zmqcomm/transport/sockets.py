@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from zmqcomm.checks import check_count, check_seconds
 from zmqcomm.errors import (
     AddressInUseError,
     ClosedError,
@@ -37,6 +38,11 @@ from zmqcomm.wire.payload import Buffer
 #: allows (an out-of-band tensor frame). Bigger frames are dropped by libzmq before they are
 #: buffered, which bounds memory per peer.
 DEFAULT_MAX_MESSAGE_SIZE = max(DEFAULT_LIMITS.max_frame_size, DEFAULT_LIMITS.max_extra_frame_size)
+
+
+#: About 24 days: what a 32-bit ``int`` of milliseconds holds (socket options, zmq_poll).
+_LONGEST_POLL_MS = 2**31 - 1
+_LONGEST_S = _LONGEST_POLL_MS / 1000
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,10 @@ class SocketOptions:
             "heartbeat_interval",
             "heartbeat_timeout",
         ):
-            if getattr(self, name) < 0:
-                raise UsageError(f"socket option {name} must be >= 0 seconds")
-        if self.send_hwm < 0 or self.receive_hwm < 0:
-            raise UsageError("socket high-water marks must be >= 0 (0 means no limit)")
+            # libzmq takes these as int milliseconds.
+            check_seconds(getattr(self, name), f"socket option {name}", maximum=_LONGEST_S)
+        for name in ("send_hwm", "receive_hwm"):
+            check_count(getattr(self, name), f"the {name} high-water mark (0 means no limit)")
 
     def with_changes(self, **changes: Any) -> SocketOptions:
         return replace(self, **changes)
@@ -113,10 +119,6 @@ def shared_context() -> zmq.Context[Any]:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-#: About 24 days: what a 32-bit ``long`` holds, for any platform's ``zmq_poll``.
-_LONGEST_POLL_MS = 2**31 - 1
 
 
 def poll_ms(seconds: float) -> int:

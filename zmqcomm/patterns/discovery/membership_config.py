@@ -7,6 +7,7 @@ from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.keys import signature_valid
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.discovery import membership_wire as wire
@@ -59,9 +60,10 @@ class MembershipConfig:
             raise UsageError(
                 f"ping_timeout ({self.ping_timeout}) must be in (0, period={self.period})"
             )
+        check_seconds(self.join_backoff_max, "join_backoff_max", allow_zero=False)
         if self.join_backoff_max < self.period:
             raise UsageError("join_backoff_max must be at least one period")
-        if self.suspicion_mult <= 0 or self.suspicion_max_mult < 1:
+        if not (0 < self.suspicion_mult < math.inf and 1 <= self.suspicion_max_mult < math.inf):
             raise UsageError("suspicion_mult must be positive and suspicion_max_mult >= 1")
         for name in ("indirect_probes", "sync_every"):
             if getattr(self, name) < 0:

@@ -79,6 +79,8 @@ class BeaconService:
         self.identity = identity
         self.ports = tuple(ports)
         encode_beacon(identity, sequence=0, ports=self.ports)  # checks the ports now
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise UsageError(f"the beacon port must be a UDP port, 1 to 65535; got {port!r}")
         self.port = port
         self.interval = interval
         self.trust = trust

@@ -202,15 +202,6 @@ class GossipAgent:
         verify = mapping_verifier(verify_keys) if verify_keys is not None else None
         if trust is not None:
             verify = trust_verifier(trust)
-        rid = self.agent_id.encode()
-        self.inbox = self._router(rid, context)
-        self.outbox = self._router(rid, context)
-        try:
-            self.endpoint = bind(self.inbox, endpoint)
-        except Exception:
-            self.inbox.close(0)
-            self.outbox.close(0)
-            raise
         self._dialed: dict[str, str] = {}
         self._known: dict[str, str] = {}
         peer_items = peers.items() if isinstance(peers, Mapping) else peers
@@ -239,6 +230,16 @@ class GossipAgent:
         self._unreachable_since: dict[str, float] = {}
         self._audited_at: dict[str, float] = {}  # anonymous reject reason -> last audit line
         self._retry_at: float | None = None
+        # Sockets last: a bad setting above raises before anything is bound.
+        rid = self.agent_id.encode()
+        self.inbox = self._router(rid, context)
+        self.outbox = self._router(rid, context)
+        try:
+            self.endpoint = bind(self.inbox, endpoint)
+        except Exception:
+            self.inbox.close(0)
+            self.outbox.close(0)
+            raise
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLIN)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from zmqcomm.actions import Send
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.keys import signature_valid
 from zmqcomm.errors import UsageError
 
@@ -185,8 +186,8 @@ class GossipNode:
     ) -> None:
         if not 0 <= degree_low <= degree <= degree_high:
             raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
-        if heartbeat <= 0 or seen_ttl <= 0:
-            raise UsageError("heartbeat and seen_ttl must be positive")
+        check_seconds(heartbeat, "heartbeat", allow_zero=False)
+        check_seconds(seen_ttl, "seen_ttl", allow_zero=False)
         if not 1 <= gossip_windows <= history:
             raise UsageError("gossip needs 1 <= gossip_windows <= history")
         if min(max_hops, max_ihave_ids, max_iwant_ids, max_seen) < 1 or max_peers < 0:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from zmqcomm.actions import Send
+from zmqcomm.checks import check_seconds
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.pbft.messages import Reply, Request, is_int, material
 from zmqcomm.patterns.pbft.quorum import Quorum
@@ -52,7 +53,9 @@ class Client:
             raise UsageError(f"a client id is a str or an int, got {client_id!r}")
         if self.config.is_replica(client_id):
             raise UsageError(f"client id {client_id!r} collides with a replica id (0..{n - 1})")
-        if timeout <= 0 or max_timeout < timeout:
+        check_seconds(timeout, "client timeout", allow_zero=False)
+        check_seconds(max_timeout, "client max_timeout", allow_zero=False)
+        if max_timeout < timeout:
             raise UsageError("timeout must be positive and max_timeout at least timeout")
         if not is_int(broadcast_after_timeout):
             raise UsageError(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.keys import Identity, save_identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError, ZmqCommError
@@ -300,6 +301,8 @@ def run_local(options: LocalOptions, *, progress: IO[str] | None = None) -> dict
     """Run a local cluster and a load generator; returns the summary (see docs/patterns.md)."""
     if options.ops < 1 or options.clients < 1:
         raise UsageError("--ops and --clients must be at least 1")
+    if options.kill_primary_at is not None:
+        check_seconds(options.kill_primary_at, "--kill-primary-at")
 
     def say(text: str) -> None:
         if progress is not None:
