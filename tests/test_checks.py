@@ -15,6 +15,7 @@ import pytest
 
 from zmqcomm.access import TokenBucket
 from zmqcomm.checks import check_count, check_seconds, check_timeout
+from zmqcomm.cli.main import EXIT_USAGE, main
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
@@ -24,9 +25,11 @@ from zmqcomm.node import Node
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.udp import BeaconService
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig
+from zmqcomm.patterns.gossip.group import GossipGroup
 from zmqcomm.patterns.pbft.client import Client
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.secure import SecureRouter
+from zmqcomm.swarm.demo import SwarmOptions
 from zmqcomm.transport import AsyncLoop, BatchingSender, Loop, SocketOptions
 
 NAN, INF = math.nan, math.inf
@@ -150,3 +153,21 @@ def test_beacon_port_out_of_range() -> None:
 def test_pbft_local_refuses_a_kill_time_it_cannot_keep(when: float) -> None:
     with pytest.raises(UsageError, match="--kill-primary-at"):
         run_local(LocalOptions(ops=10, kill_primary_at=when))
+
+
+def test_more_run_lengths_refuse_nan() -> None:
+    group = GossipGroup()
+    with pytest.raises(UsageError, match="run_for"):
+        group.run_for(NAN)  # used to return at once, having run nothing
+    with pytest.raises(UsageError, match="run_until"):
+        group.run_until(lambda: False, timeout=NAN)
+    with pytest.raises(UsageError, match="--rate"):
+        SwarmOptions(rate=NAN).check()
+
+
+@pytest.mark.parametrize("duration", ["nan", "-1", "inf"])
+def test_peers_refuses_a_duration_it_cannot_keep(
+    duration: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["peers", "--duration", duration]) == EXIT_USAGE
+    assert "--duration must be a finite number of seconds" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.cli.common import load_node_identity
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
@@ -143,6 +144,8 @@ def _run_membership(args: argparse.Namespace, identity: Identity, trust: TrustSt
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.duration is not None:
+        check_seconds(args.duration, "--duration")
     identity = load_node_identity(args.keys, args.name) if args.keys else Identity.generate("peers")
     trust = TrustStore(args.trust) if args.trust else None
     if args.seed or args.listen:

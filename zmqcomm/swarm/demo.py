@@ -9,6 +9,7 @@ and reports: messages, msg/s, request latency p50/p99, rekeys, rejections, and l
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import subprocess
@@ -51,7 +52,7 @@ class SwarmOptions:
             raise UsageError(f"--transport is ipc or tcp, got {self.transport!r}")
         if not 16 <= self.size <= 1024 * 1024:
             raise UsageError(f"--size must be 16 B to 1 MiB, got {self.size}")
-        if self.rate <= 0 or self.request_every < 1 or self.rekey_every < 1:
+        if not 0 < self.rate < math.inf or self.request_every < 1 or self.rekey_every < 1:
             raise UsageError("--rate, --request-every and --rekey-every must be positive")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import zmq
 
+from zmqcomm.checks import check_seconds, check_timeout
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.gossip.driver import Delivered, GossipAgent
 from zmqcomm.transport.sockets import poll_ms
@@ -73,6 +74,7 @@ class GossipGroup:
         on_delivered: Callable[[GossipAgent, Delivered], None] | None = None,
     ) -> bool:
         """Step until ``done()`` is true (True) or ``timeout`` seconds pass (False)."""
+        check_timeout(timeout, "run_until timeout")
         deadline = self._clock() + timeout
         while not done():
             left = deadline - self._clock()
@@ -85,6 +87,7 @@ class GossipGroup:
 
     def run_for(self, seconds: float) -> list[tuple[GossipAgent, Delivered]]:
         """Step for ``seconds``; returns every delivery."""
+        check_seconds(seconds, "run_for seconds")
         out: list[tuple[GossipAgent, Delivered]] = []
         deadline = self._clock() + seconds
         while (left := deadline - self._clock()) > 0:

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.channel import TrustChecker
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import RemoteProtocolError, UsageError, ZmqCommError
@@ -132,6 +133,7 @@ class LoadGenerator:
         on_result: Callable[[int], None] | None = None,
     ) -> LoadReport:
         """Issue ``ops`` operations (each client one at a time) and wait for their results."""
+        check_seconds(max_seconds, "max_seconds", allow_zero=False)
         self._report = report = LoadReport()
         self._started: dict[Hashable, float] = {}
         self._counters: Counter[Hashable] = Counter()
