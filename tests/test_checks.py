@@ -7,11 +7,14 @@ quietly disable something (a NaN burst refused every handshake; a NaN rate lifte
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from zmqcomm.access import TokenBucket
 from zmqcomm.checks import check_count, check_seconds, check_timeout
@@ -20,7 +23,7 @@ from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import UsageError
+from zmqcomm.errors import ConnectError, UsageError
 from zmqcomm.node import Node
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.udp import BeaconService
@@ -28,7 +31,7 @@ from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig
 from zmqcomm.patterns.gossip.group import GossipGroup
 from zmqcomm.patterns.pbft.client import Client
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
-from zmqcomm.secure import SecureRouter
+from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.swarm.demo import SwarmOptions
 from zmqcomm.transport import AsyncLoop, BatchingSender, Loop, SocketOptions
 
@@ -121,7 +124,7 @@ Maker = Callable[[], object]
         (lambda: TokenBucket(NAN, 10, now=0.0), "rate limit"),
         (lambda: TokenBucket(1.0, NAN, now=0.0), "rate limit"),
         (lambda: HandshakeLimits(burst=NAN), "rate limit"),
-        (lambda: HandshakeLimits(per_route_rate=INF), "rate limit"),
+        (lambda: HandshakeLimits(per_route_rate=NAN), "rate limit"),
         (lambda: RekeyPolicy(max_age=NAN), "max_age"),
         (lambda: RekeyPolicy(hard_max_age=NAN), "hard_max_age"),
         (lambda: RekeyPolicy(grace_period=NAN), "grace_period"),
@@ -171,3 +174,75 @@ def test_peers_refuses_a_duration_it_cannot_keep(
 ) -> None:
     assert main(["peers", "--duration", duration]) == EXIT_USAGE
     assert "--duration must be a finite number of seconds" in capsys.readouterr().err
+
+
+def test_an_infinite_rate_limit_still_means_no_limit() -> None:
+    # Policy files may say rate = inf; only NaN is refused.
+    bucket = TokenBucket(INF, INF, now=0.0)
+    assert all(bucket.take(now=1.0) for _ in range(10_000))
+    HandshakeLimits(rate=INF, burst=INF)
+
+
+def test_real_numbers_of_other_types_are_durations() -> None:
+    assert SocketOptions(linger=Fraction(1, 2)).linger == Fraction(1, 2)
+    assert check_seconds(Fraction(3, 4), "x") == 0.75
+    assert check_count(Fraction(4, 1).numerator, "n") == 4
+
+
+def test_the_heartbeat_timeout_fits_zmtp_ttl() -> None:
+    SocketOptions(heartbeat_timeout=6553)
+    with pytest.raises(UsageError, match=r"heartbeat_timeout .*at most 6553"):
+        SocketOptions(heartbeat_timeout=10_000)  # libzmq: a raw "Invalid argument"
+
+
+def test_a_wait_that_cannot_be_none_says_so(
+    alice: tuple[Identity, TrustStore], tmp_path: Path
+) -> None:
+    identity, trust = alice
+    with (
+        Node(identity, trust, bind=f"ipc://{tmp_path}/n.sock") as node,
+        pytest.raises(UsageError, match=r"connect timeout must be a number of seconds, got"),
+    ):
+        node.connect("ipc:///nowhere.sock", timeout=None)  # type: ignore[arg-type]
+
+
+def _terminates(context: zmq.Context[Any]) -> bool:
+    """Whether ``context.term()`` returns: it blocks while any socket is open."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (context.term(), done.set()), daemon=True).start()
+    return done.wait(5.0)
+
+
+def test_a_dealer_that_fails_to_start_leaves_no_socket_open(
+    alice: tuple[Identity, TrustStore], tmp_path: Path
+) -> None:
+    identity, trust = alice
+    refused: zmq.Context[Any] = zmq.Context()
+    with pytest.raises(UsageError, match="connect_timeout"):
+        SecureDealer(
+            f"ipc://{tmp_path}/x.sock",
+            identity=identity,
+            trust=trust,
+            context=refused,
+            connect_timeout=NAN,
+        )
+    assert _terminates(refused)
+    unanswered: zmq.Context[Any] = zmq.Context()
+    with pytest.raises(ConnectError):
+        SecureDealer(
+            f"ipc://{tmp_path}/nobody.sock",
+            identity=identity,
+            trust=trust,
+            context=unanswered,
+            connect_timeout=0.05,
+        )
+    assert _terminates(unanswered)
+
+
+def test_a_refused_peer_entry_leaves_the_gossip_endpoint_free(tmp_path: Path) -> None:
+    identity = Identity.generate("gossiper")
+    endpoint = f"ipc://{tmp_path}/gossip-peers.sock"
+    with pytest.raises(UsageError, match="agent id"):
+        GossipAgent(identity, endpoint, verify_keys={}, peers={"bob": "ipc:///nowhere"})
+    with GossipAgent(identity, endpoint, verify_keys={}) as agent:
+        assert agent.endpoint.startswith("ipc://")

@@ -27,7 +27,6 @@ Policy file (TOML)::
 
 from __future__ import annotations
 
-import math
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -55,8 +54,9 @@ class TokenBucket:
     __slots__ = ("_stamp", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, *, now: float) -> None:
-        # Written so NaN fails: NaN burst refused every token, NaN rate lifted the limit.
-        if not (0 < rate < math.inf and 1 <= burst < math.inf):
+        # Written so NaN fails (a NaN burst refused every token, a NaN rate lifted the
+        # limit); infinity is allowed and means no limit.
+        if not (rate > 0 and burst >= 1):
             raise UsageError(f"a rate limit needs rate > 0 and burst >= 1, got {rate}, {burst}")
         self.rate = rate
         self.burst = burst

@@ -8,13 +8,15 @@ spin or never end.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from zmqcomm.errors import UsageError
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # numbers.Real: numpy scalars and Fractions too; bool is an int but never a duration.
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
 
 
 def check_seconds(
@@ -35,15 +37,18 @@ def check_seconds(
     return float(value)
 
 
-def check_timeout(value: Any, what: str) -> None:
-    """A wait from the caller: None (no limit), or seconds; a negative wait has already
-    run out and infinity never does, but NaN means nothing."""
-    if value is not None and (not _is_number(value) or math.isnan(value)):
-        raise UsageError(f"{what} must be a number of seconds or None (no limit), got {value!r}")
+def check_timeout(value: Any, what: str, *, allow_none: bool = True) -> None:
+    """A wait from the caller: seconds (a negative wait has already run out, an infinite
+    one never does; NaN means nothing), or None for no limit where ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if not _is_number(value) or math.isnan(value):
+        also = " or None (no limit)" if allow_none else ""
+        raise UsageError(f"{what} must be a number of seconds{also}, got {value!r}")
 
 
 def check_count(value: Any, what: str, *, minimum: int = 0) -> int:
     """A whole number from the caller, at least ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise UsageError(f"{what} must be a whole number >= {minimum}, got {value!r}")
-    return value
+    return int(value)

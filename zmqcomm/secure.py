@@ -168,7 +168,7 @@ class _SecureSocket:
             handled += 1
             route, frames = self._route_and_frames(raw)
             self._handle(route, self.table.receive(route, frames, now=self.wall_clock()))
-            ready = _wait_readable(sock, 0)
+            ready = bool(zmq_poll([(sock, _POLLIN)], 0))
         self._timers()
         return handled
 
@@ -380,6 +380,7 @@ class SecureDealer(_SecureSocket):
         send_timeout: float | None = 1.0,
         connect_timeout: float | None = 5.0,
     ) -> None:
+        check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
         # Connection events tell us when a reconnect needs a new handshake.
@@ -414,7 +415,11 @@ class SecureDealer(_SecureSocket):
             self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
         )
         if connect_timeout is not None:
-            self.wait_established(connect_timeout)
+            try:
+                self.wait_established(connect_timeout)
+            except BaseException:
+                self.close()  # a dealer that never came up must not keep its sockets
+                raise
 
     def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
         send_frames(self.socket, frames)

@@ -66,7 +66,7 @@ async def amessages(node: Node, timeout: float | None = None) -> AsyncIterator[I
 
 async def arequest(node: Node, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
     """Like :meth:`Node.request`, letting other tasks run while it waits."""
-    check_timeout(timeout, "request timeout")
+    check_timeout(timeout, "request timeout", allow_none=False)
     request_id = node.start_request(peer, payload)
     try:
         deadline = node.clock() + timeout

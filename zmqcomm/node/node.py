@@ -185,7 +185,7 @@ class Node:
     ) -> str:
         """Open a direct, authenticated link to the node at ``endpoint``; returns its id."""
         self._check_open()
-        check_timeout(timeout, "connect timeout")
+        check_timeout(timeout, "connect timeout", allow_none=False)
         dealer = SecureDealer(
             endpoint, expect_peer=expect_peer, connect_timeout=None, **self._link_options()
         )
@@ -614,7 +614,7 @@ class Node:
         """Flush what is queued (for at most ``timeout`` seconds), then close every socket."""
         if self._closed:
             return
-        check_timeout(timeout, "close timeout")
+        check_timeout(timeout, "close timeout", allow_none=False)
         deadline = self.clock() + timeout
         try:
             while self._tunnels is not None and self._tunnels.queued() and self.clock() < deadline:

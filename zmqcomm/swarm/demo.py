@@ -53,7 +53,9 @@ class SwarmOptions:
         if not 16 <= self.size <= 1024 * 1024:
             raise UsageError(f"--size must be 16 B to 1 MiB, got {self.size}")
         if not 0 < self.rate < math.inf or self.request_every < 1 or self.rekey_every < 1:
-            raise UsageError("--rate, --request-every and --rekey-every must be positive")
+            raise UsageError(
+                "--rate (messages/s, finite), --request-every and --rekey-every must be positive"
+            )
 
 
 def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, Any]:

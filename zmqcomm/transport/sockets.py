@@ -70,15 +70,16 @@ class SocketOptions:
     router_mandatory: bool = True
 
     def __post_init__(self) -> None:
-        for name in (
-            "linger",
-            "reconnect_interval",
-            "reconnect_interval_max",
-            "heartbeat_interval",
-            "heartbeat_timeout",
+        # libzmq takes these as int milliseconds; the heartbeat timeout also goes out as the
+        # peer's TTL, which ZMTP carries in deciseconds in 16 bits (6553.5 s at most).
+        for name, longest in (
+            ("linger", _LONGEST_S),
+            ("reconnect_interval", _LONGEST_S),
+            ("reconnect_interval_max", _LONGEST_S),
+            ("heartbeat_interval", _LONGEST_S),
+            ("heartbeat_timeout", 6553.0),
         ):
-            # libzmq takes these as int milliseconds.
-            check_seconds(getattr(self, name), f"socket option {name}", maximum=_LONGEST_S)
+            check_seconds(getattr(self, name), f"socket option {name}", maximum=longest)
         for name in ("send_hwm", "receive_hwm"):
             check_count(getattr(self, name), f"the {name} high-water mark (0 means no limit)")
 
@@ -203,7 +204,7 @@ def send_frames(
     """
     if timeout is None or timeout > 0:
         if timeout is not None:
-            sock.setsockopt(zmq.SNDTIMEO, _ms(timeout))
+            sock.setsockopt(zmq.SNDTIMEO, poll_ms(timeout))
         try:
             _send_parts(sock, frames, 0)
         except zmq.Again as exc:

@@ -230,7 +230,7 @@ class GossipAgent:
         self._unreachable_since: dict[str, float] = {}
         self._audited_at: dict[str, float] = {}  # anonymous reject reason -> last audit line
         self._retry_at: float | None = None
-        # Sockets last: a bad setting above raises before anything is bound.
+        # Sockets after the settings are checked: a bad one raises before anything is bound.
         rid = self.agent_id.encode()
         self.inbox = self._router(rid, context)
         self.outbox = self._router(rid, context)
@@ -244,8 +244,12 @@ class GossipAgent:
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLIN)
         self._closed = False
-        for agent_id, peer_endpoint in peer_items:
-            self.add_peer(agent_id, peer_endpoint)
+        try:
+            for agent_id, peer_endpoint in peer_items:
+                self.add_peer(agent_id, peer_endpoint)
+        except BaseException:
+            self.close()  # a refused peer entry must not leave the endpoint bound
+            raise
 
     def _router(self, rid: bytes, context: zmq.Context[Any] | None) -> zmq.Socket[Any]:
         sock = open_socket(zmq.ROUTER, self.config.sockets, context=context)

@@ -74,7 +74,7 @@ class GossipGroup:
         on_delivered: Callable[[GossipAgent, Delivered], None] | None = None,
     ) -> bool:
         """Step until ``done()`` is true (True) or ``timeout`` seconds pass (False)."""
-        check_timeout(timeout, "run_until timeout")
+        check_timeout(timeout, "run_until timeout", allow_none=False)
         deadline = self._clock() + timeout
         while not done():
             left = deadline - self._clock()
