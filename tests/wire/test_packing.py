@@ -55,7 +55,7 @@ def test_a_packer_that_wrote_a_big_value_is_not_kept() -> None:
     def own_default(obj: Any) -> Any:  # a hook of its own: a pool no other test touches
         raise TypeError(type(obj).__name__)
 
-    idle = packing._pool.idle
+    idle = packing._idle
     assert pack(b"small", own_default) == reference(b"small")
     assert len(idle[own_default]) == 1
     big = b"x" * (2 << 20)  # its grown buffer would stay with the Packer for good
