@@ -79,8 +79,16 @@ def test_a_wait_returns_as_soon_as_a_socket_is_readable(links: list[Link]) -> No
     assert names(poller.wait(10.0)) == ["dealer-2"]
 
 
-def test_a_sub_millisecond_wait_still_blocks_instead_of_spinning(
-    links: list[Link], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("wait", "milliseconds"),
+    [
+        (0.0004, 1),  # not 0, which returns at once: the caller would spin
+        (-0.5, 0),  # a deadline already past: zmq_poll takes a negative wait as "forever"
+        (0.05, 50),
+    ],
+)
+def test_the_wait_reaches_zmq_poll_rounded_up_and_never_negative(
+    links: list[Link], monkeypatch: pytest.MonkeyPatch, wait: float, milliseconds: int
 ) -> None:
     poller = SecurePoller(links, clock=FakeClock())
     asked: list[int] = []
@@ -91,8 +99,8 @@ def test_a_sub_millisecond_wait_still_blocks_instead_of_spinning(
         return poll(timeout)
 
     monkeypatch.setattr(poller._poller, "poll", recording_poll)
-    poller.wait(0.0004)
-    assert asked == [1]  # 0 ms would return at once and the caller would spin
+    poller.wait(wait)
+    assert asked == [milliseconds]
 
 
 def test_sockets_added_and_removed_later(links: list[Link]) -> None:
@@ -106,19 +114,3 @@ def test_sockets_added_and_removed_later(links: list[Link]) -> None:
     assert poller.wait(0) == []  # still readable, but no longer watched
     clock.now += 1.0
     assert names(poller.wait(0)) == ["router"]
-
-
-def test_a_negative_wait_polls_without_blocking(
-    links: list[Link], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    poller = SecurePoller(links, clock=FakeClock())
-    asked: list[int] = []
-    poll = poller._poller.poll
-
-    def recording_poll(timeout: int) -> Any:
-        asked.append(timeout)
-        return poll(timeout)
-
-    monkeypatch.setattr(poller._poller, "poll", recording_poll)
-    poller.wait(-0.5)  # a caller's "deadline - now" once the deadline passed
-    assert asked == [0]  # zmq_poll takes a negative timeout as "wait forever"
