@@ -1,11 +1,11 @@
 """Waiting on several secure sockets at once, and pumping only those with something to read.
 
 A pump costs a ``zmq_poll`` and a timer check even when nothing waits: about 5 us per
-socket, so a :class:`~zmqcomm.node.Node` with 64 direct links spent 330 us on every idle
-``pump(0)``. A loop over one router and a dealer per peer (a node, a PBFT replica, a load
-generator) pumps the readable sockets instead.
-Every socket is still pumped now and then: a pump also runs that socket's own timers
-(handshake retries, rekeys, a new handshake after a reconnect).
+socket, so a :class:`~zmqcomm.node.Node` that pumped all its 64 direct links spent 317 us on
+every idle ``pump(0)`` (91 us with this; ``benchmarks/node_links.py``). A loop over one
+router and a dealer per peer (a node, a PBFT replica, a load generator) pumps the readable
+sockets instead. Every socket is still pumped now and then: a pump also runs that socket's
+own timers (handshake retries, rekeys, a new handshake after a reconnect).
 """
 
 from __future__ import annotations
