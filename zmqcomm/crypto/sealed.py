@@ -31,6 +31,7 @@ import msgpack
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.handshake import CertificateChecker
 from zmqcomm.crypto.keys import (
     KEY_LEN,
@@ -134,11 +135,6 @@ def _unpack(inner: bytes, max_size: int) -> tuple[bytes, _Signed, bytes]:
     return certificate, (r_static, r_verify, created, message), signature
 
 
-def _check_time(name: str, value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{name} must be a finite, non-negative number of seconds")
-
-
 def seal(
     message: bytes,
     *,
@@ -155,7 +151,7 @@ def seal(
     """
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise UsageError(f"a sealed message is bytes, got {type(message).__name__}")
-    _check_time("now", now)
+    check_seconds(now, "now")
     certificate = recipient if isinstance(recipient, Certificate) else recipient.certificate
     certificate.verify(now=now)
     own = sender.certificate
@@ -206,10 +202,10 @@ def open_sealed(
             f"sealed message of {len(data)} bytes exceeds max_size ({max_size})",
             reason="sealed_too_large",
         )
-    _check_time("now", now)
-    _check_time("max_skew", max_skew)
+    check_seconds(now, "now")
+    check_seconds(max_skew, "max_skew")
     if max_age is not None:
-        _check_time("max_age", max_age)
+        check_seconds(max_age, "max_age")
     try:
         inner = SealedBox(PrivateKey(recipient.static_keypair.private)).decrypt(bytes(data))
     except CryptoError:

@@ -54,8 +54,7 @@ class MembershipConfig:
     max_datagram: int = wire.MAX_DATAGRAM
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.period) and self.period > 0):
-            raise UsageError(f"period must be a positive number of seconds, got {self.period}")
+        check_seconds(self.period, "period", allow_zero=False)
         if not 0 < self.ping_timeout < self.period:
             raise UsageError(
                 f"ping_timeout ({self.ping_timeout}) must be in (0, period={self.period})"

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.discovery.beacon import Beacon
 
@@ -65,14 +66,6 @@ class _Peer:
     state: PeerState = "ALIVE"
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{name} must be a number of seconds, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"{name} must be a positive, finite number of seconds, got {value}")
-    return float(value)
-
-
 class PeerTable:
     """Who is out there, as told by beacons; see the module docstring for the rules."""
 
@@ -83,8 +76,8 @@ class PeerTable:
         expired_after: float = 30.0,
         max_peers: int = 10_000,
     ) -> None:
-        self.evasive_after = _positive("evasive_after", evasive_after)
-        self.expired_after = _positive("expired_after", expired_after)
+        self.evasive_after = check_seconds(evasive_after, "evasive_after", allow_zero=False)
+        self.expired_after = check_seconds(expired_after, "expired_after", allow_zero=False)
         if self.evasive_after >= self.expired_after:
             raise UsageError(
                 f"evasive_after ({evasive_after}) must be less than expired_after ({expired_after})"
