@@ -56,7 +56,7 @@ class Client:
         check_seconds(timeout, "client timeout", allow_zero=False)
         check_seconds(max_timeout, "client max_timeout", allow_zero=False)
         if max_timeout < timeout:
-            raise UsageError("timeout must be positive and max_timeout at least timeout")
+            raise UsageError(f"max_timeout ({max_timeout}) must be at least timeout ({timeout})")
         if not is_int(broadcast_after_timeout):
             raise UsageError(
                 f"broadcast_after_timeout is a count >= 0, got {broadcast_after_timeout!r}"
