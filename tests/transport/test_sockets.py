@@ -110,6 +110,22 @@ def test_full_queue_with_a_timeout_raises_send_timeout(make_socket: MakeSocket) 
     assert isinstance(caught.value, TimeoutError)
 
 
+def test_send_timeout_of_nan_is_refused_and_sends_nothing(
+    make_socket: MakeSocket, endpoint: str
+) -> None:
+    server, client, _ = _pair(make_socket, endpoint)
+    with pytest.raises(UsageError, match="send timeout"):
+        send_frames(client, [b"m"], timeout=float("nan"))
+    with pytest.raises(ReceiveTimeout):
+        receive_frames(server, timeout=0.05)
+
+
+def test_a_negative_send_timeout_has_run_out_and_never_blocks(make_socket: MakeSocket) -> None:
+    client = make_socket(zmq.DEALER, send_hwm=1)  # connected to nobody: nothing can leave
+    with pytest.raises(QueueFullError):
+        send_frames(client, [b"m"], timeout=-0.5)
+
+
 def test_full_queue_memory_stays_bounded(make_socket: MakeSocket, short_dir: str) -> None:
     # 64 KiB messages into a stalled peer: a bounded queue means refusals, not growth.
     _server, client, _ = _pair(

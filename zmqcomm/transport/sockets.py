@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from zmqcomm.checks import check_count, check_seconds
+from zmqcomm.checks import check_count, check_seconds, check_timeout
 from zmqcomm.errors import (
     AddressInUseError,
     ClosedError,
@@ -199,9 +199,11 @@ def send_frames(
     """Send one multipart message.
 
     ``timeout=None`` blocks until the message is queued; ``0`` never blocks and raises
-    :class:`QueueFullError` when the high-water mark is reached; a positive timeout raises
-    :class:`SendTimeout` after that many seconds.
+    :class:`QueueFullError` when the high-water mark is reached (so does a negative one: it has
+    already run out); a positive timeout raises :class:`SendTimeout` after that many seconds.
     """
+    if timeout is not None:
+        check_timeout(timeout, "send timeout")  # NaN would otherwise pass as "never block"
     if timeout is None or timeout > 0:
         if timeout is not None:
             sock.setsockopt(zmq.SNDTIMEO, poll_ms(timeout))
