@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -19,7 +20,7 @@ import zmq
 
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
-from zmqcomm.errors import ClosedError, UsageError
+from zmqcomm.errors import ClosedError, TransportError, UsageError
 from zmqcomm.patterns.discovery.peers import ENTER, EXPIRED, PeerEvent
 from zmqcomm.patterns.gossip import IHave, Message, Publish, id_material
 from zmqcomm.patterns.gossip.codec import encode_frame
@@ -357,3 +358,20 @@ def test_usage_errors_are_clear(ipc_dir: str) -> None:
         agent.publish(b"late")
     with pytest.raises(UsageError):
         GossipConfig(frame_bytes=2 * 1024 * 1024)
+
+
+def test_an_agent_that_cannot_open_its_outbox_leaves_no_socket_behind(ipc_dir: str) -> None:
+    context: zmq.Context[Any] = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, 1)  # room for the inbox only
+    # Keep the traceback, as a caller's error report would: it holds the half-made agent, so
+    # the garbage collector cannot close a leaked socket behind our back.
+    with pytest.raises(TransportError) as caught:
+        GossipAgent(
+            Identity.generate("cramped"), f"ipc://{ipc_dir}/c", verify_keys={}, context=context
+        )
+    # term() waits for every socket of the context: a leaked inbox would block it for good.
+    terminated = threading.Thread(target=context.term, daemon=True)
+    terminated.start()
+    terminated.join(5.0)
+    assert not terminated.is_alive()
+    assert caught.value.__traceback__ is not None

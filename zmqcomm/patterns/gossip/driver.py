@@ -232,13 +232,16 @@ class GossipAgent:
         self._retry_at: float | None = None
         # Sockets after the settings are checked: a bad one raises before anything is bound.
         rid = self.agent_id.encode()
-        self.inbox = self._router(rid, context)
-        self.outbox = self._router(rid, context)
+        opened: list[zmq.Socket[Any]] = []
         try:
+            self.inbox = self._router(rid, context)
+            opened.append(self.inbox)
+            self.outbox = self._router(rid, context)
+            opened.append(self.outbox)
             self.endpoint = bind(self.inbox, endpoint)
-        except Exception:
-            self.inbox.close(0)
-            self.outbox.close(0)
+        except BaseException:
+            for sock in opened:  # e.g. the context's socket limit refused the outbox
+                sock.close(0)
             raise
         self._poller = zmq.Poller()
         for sock in self.sockets:
