@@ -266,8 +266,12 @@ def test_connecting_again_to_the_same_agent_replaces_the_first_link(
 ) -> None:
     alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
     first = alice._dealers[bob.agent_id]
+    before = alice.statistics()
     assert alice.connect(bob_endpoint, timeout=5) == bob.agent_id
     assert first.socket.closed  # not left open and unpumped
+    # What the first link counted stays counted.
+    after = alice.statistics()
+    assert after["handshakes"] == before["handshakes"] + 1
     assert alice.peers == [bob.agent_id]
     alice.send(bob.agent_id, "over the new link")
     message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])

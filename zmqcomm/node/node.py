@@ -117,6 +117,8 @@ class Node:
         self.request_handler: Handler | None = None
         self._closed = False
         self._dealers: dict[str, SecureDealer] = {}
+        #: What links closed before the node did had counted, so statistics() keeps it.
+        self._retired: Counter[str] = Counter()
         self._router: SecureRouter | None = None
         self._broker: SecureDealer | None = None
         self._poller: SecurePoller[SecureRouter | SecureDealer] = SecurePoller([], clock=clock)
@@ -204,6 +206,7 @@ class Node:
         if replaced is not None:  # a new link to the same agent takes the old one's place
             self._poller.remove(replaced)
             replaced.close()
+            self._retire(replaced)
         self._dealers[dealer.peer] = dealer
         self._poller.add(dealer)
         self._greet(dealer.peer)
@@ -578,6 +581,16 @@ class Node:
             found.update(self._router.peers)
         return sorted(found)
 
+    def _retire(self, link: SecureDealer) -> None:
+        table = link.table
+        self._retired.update(
+            handshakes=table.handshakes,
+            rekeys=table.rekeys,
+            bytes_plain=table.codec.bytes_plain,
+            bytes_encoded=table.codec.bytes_encoded,
+        )
+        self._retired.update({f"rejected:{k}": v for k, v in table.rejected.items()})
+
     def statistics(self) -> dict[str, Any]:
         links = [*self._dealers.values(), self._router, self._broker]
         tables = [link.table for link in links if link is not None]
@@ -586,14 +599,16 @@ class Node:
         rejected: Counter[str] = Counter()
         for table in tables:
             rejected.update(table.rejected)
-        for key, value in self.counters.items():
+        for key, value in (*self.counters.items(), *self._retired.items()):
             if key.startswith("rejected:"):
                 rejected[key.split(":", 1)[1]] += value
         codecs = {id(table.codec): table.codec for table in tables}.values()
+        retired = self._retired
         return {
             "agent_id": self.agent_id,
-            "bytes_before_compression": sum(codec.bytes_plain for codec in codecs),
-            "bytes_after_compression": sum(codec.bytes_encoded for codec in codecs),
+            "bytes_before_compression": sum(c.bytes_plain for c in codecs) + retired["bytes_plain"],
+            "bytes_after_compression": sum(c.bytes_encoded for c in codecs)
+            + retired["bytes_encoded"],
             "sent": self.counters["sent"],
             "received": self.counters["received"],
             "queued": self._tunnels.queued() if self._tunnels is not None else 0,
@@ -601,8 +616,8 @@ class Node:
             "resent": self._tunnels.resent if self._tunnels is not None else 0,
             "last_error": self._tunnels.last_error if self._tunnels is not None else None,
             "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},
-            "handshakes": sum(table.handshakes for table in tables),
-            "rekeys": sum(table.rekeys for table in tables),
+            "handshakes": sum(table.handshakes for table in tables) + retired["handshakes"],
+            "rekeys": sum(table.rekeys for table in tables) + retired["rekeys"],
             "rejected": dict(rejected),
         }
 
