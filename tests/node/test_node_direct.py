@@ -422,3 +422,33 @@ def test_a_direct_subscription_the_policy_forbids_is_refused(
     bob.call(lambda node: node.subscribe("secret/*"))
     pump_until([alice], lambda: bool(audit.events("reject", reason="denied")), what="denial")
     assert alice._direct_topics.subscribers("secret/x") == []
+
+
+def test_only_the_agent_asked_can_answer_a_request(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    endpoint = alice.endpoint
+    assert endpoint is not None
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=ipc_endpoint("bob"))
+    carol = spawn_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
+    for peer in (bob, carol):
+        wait_for(peer.submit(lambda node: node.connect(endpoint, timeout=5)), [alice])
+    request_id = alice.start_request(bob.agent_id, "what is your balance?")
+    # Carol guesses the id (a counter) and answers a request sent to bob.
+    guessed = Incoming(alice.agent_id, MessageType.REQUEST, None, request_id=request_id)
+    carol.call(lambda node: node.reply(guessed, "forged by carol"))
+    pump_until(
+        [alice],
+        lambda: alice.statistics()["rejected"].get("wrong_replier") == 1,
+        what="carol's reply refused",
+    )
+    assert alice.take_reply(request_id) is None
+    bob.call(lambda node: node.reply(guessed, "from bob"))
+    pump_until([alice], lambda: request_id in alice._replies, what="bob's reply")
+    reply = alice.take_reply(request_id)
+    assert reply is not None and (reply.sender, reply.payload) == (bob.agent_id, "from bob")
+    # Answered: a second reply to the same request is late, not a second answer.
+    bob.call(lambda node: node.reply(guessed, "again"))
+    pump_until([alice], lambda: alice.counters["late_replies"] == 1, what="the late reply")
+    assert alice.take_reply(request_id) is None

@@ -110,7 +110,8 @@ class Node:
         self._rekey = rekey
         self.inbox: deque[Incoming] = deque()
         self._replies: dict[int, Incoming] = {}
-        self._waiting: set[int] = set()
+        #: Request id -> the agent asked: only that agent's reply answers it.
+        self._waiting: dict[int, str] = {}
         self._request_ids = itertools.count(1)
         self.counters: Counter[str] = Counter()
         #: If set, called for each REQUEST as it arrives; its result is the reply.
@@ -262,21 +263,25 @@ class Node:
     def start_request(self, peer: str, payload: object) -> int:
         """Send a request without waiting; collect the reply with :meth:`take_reply`."""
         request_id = next(self._request_ids)
-        self._waiting.add(request_id)
+        self._waiting[request_id] = peer
         try:
             self._send(peer, MessageType.REQUEST, payload, request_id=request_id)
         except BaseException:
-            self._waiting.discard(request_id)
+            self._waiting.pop(request_id, None)
             raise
         return request_id
 
     def take_reply(self, request_id: int) -> Incoming | None:
-        """The reply to a started request, if it has arrived (pump to let it in)."""
-        return self._replies.pop(request_id, None)
+        """The reply to a started request, if it has arrived (pump to let it in). Once taken,
+        the request is answered: a second reply to it counts as late."""
+        reply = self._replies.pop(request_id, None)
+        if reply is not None:
+            self._waiting.pop(request_id, None)
+        return reply
 
     def abandon_request(self, request_id: int) -> None:
         """Stop waiting: a reply arriving later is counted as late and dropped."""
-        self._waiting.discard(request_id)
+        self._waiting.pop(request_id, None)
         self._replies.pop(request_id, None)
 
     def reply(self, request: Incoming, payload: object) -> None:
@@ -528,7 +533,14 @@ class Node:
             self._send_quietly(incoming.sender, lambda: self.reply(incoming, answer))
             return
         if incoming.kind == MessageType.REPLY:
-            if incoming.request_id in self._waiting:
+            asked = None if incoming.request_id is None else self._waiting.get(incoming.request_id)
+            if asked is not None and asked != incoming.sender:
+                # Request ids are a counter: another peer can guess them, never answer them.
+                refused = RemoteProtocolError(
+                    "a reply from an agent not asked", reason="wrong_replier"
+                )
+                self._reject(incoming.sender, refused)
+            elif asked is not None:
                 assert incoming.request_id is not None
                 self._replies[incoming.request_id] = incoming
             else:
