@@ -39,7 +39,13 @@ from zmqcomm.crypto.channel import (
 from zmqcomm.crypto.channel_table import ChannelTable, HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
-from zmqcomm.errors import ClosedError, ConnectError, ReceiveTimeout, UnknownPeerError
+from zmqcomm.errors import (
+    ClosedError,
+    ConnectError,
+    ReceiveTimeout,
+    TransportError,
+    UnknownPeerError,
+)
 from zmqcomm.transport.batching import BatchingSender
 from zmqcomm.transport.sockets import (
     DEFAULT_SOCKET_OPTIONS,
@@ -126,6 +132,8 @@ class _SecureSocket:
         self.joined: deque[Established] = deque(maxlen=100_000)
         self.sent = 0
         self.received = 0
+        #: Peers forgotten because they left before an answer could reach them.
+        self.gone = 0
         self._closed = False
         self._next_timer_check = -1.0
 
@@ -146,12 +154,24 @@ class _SecureSocket:
     def _handle(self, route: bytes, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Transmit):
-                self._transmit(route, event.frames)
+                self._transmit_reply(route, event.frames)
             elif isinstance(event, Delivered):
                 self.received += 1
                 self.inbox.append(event)
             elif isinstance(event, Established) and event.epoch == 0:
                 self.joined.append(event)
+
+    def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
+        """Send what the protocol answers (handshakes, rekeys, retries). A peer that left
+        while we answered is forgotten, never an error for whoever pumps: one client that
+        disconnects mid-handshake must not stop a router serving all the others."""
+        try:
+            self._transmit(route, frames)
+        except TransportError as exc:
+            if exc.reason != "unroutable":
+                raise
+            self.table.drop(route)
+            self.gone += 1
 
     def pump(self, timeout: float = 0.0) -> int:
         """Handle what has arrived (waiting up to ``timeout`` s for something); returns the
@@ -250,6 +270,7 @@ class _SecureSocket:
             "peers": len(self.table.peers),
             "handshakes": self.table.handshakes,
             "rekeys": self.table.rekeys,
+            "gone": self.gone,
             "rejected": dict(self.table.rejected),
         }
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from zmqcomm.crypto.session import RekeyPolicy
-from zmqcomm.errors import ConnectError, UnknownPeerError
+from zmqcomm.errors import ConnectError, TransportError, UnknownPeerError
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
@@ -203,3 +203,33 @@ def test_untrusted_dealer_gets_no_session_and_is_audited(cast: Cast, short_dir: 
         assert [e["reason"] for e in cast.audit.events("reject")][:1] == ["unknown_peer"]
         with pytest.raises(UnknownPeerError):
             router.send(cast.mallory.agent_id, "anything")
+
+
+def test_a_client_that_leaves_mid_handshake_is_forgotten_not_raised(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = f"inproc://left-{next(_inproc_names)}"
+    with SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router:
+        quitter = SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        )
+        quitter.close()
+        assert router.socket.poll(5000)  # its INIT waits at the router
+
+        # Whether libzmq has torn down the route by the time the router answers is a race;
+        # when it has, a ROUTER_MANDATORY send fails like this.
+        def route_gone(route: bytes, frames: object) -> None:
+            raise TransportError("no connected peer has that routing id", reason="unroutable")
+
+        monkeypatch.setattr(router, "_transmit", route_gone)
+        router.pump(0)
+        assert router.statistics()["gone"] == 1
+        assert router.peers == [] and len(router.table) == 0
+        monkeypatch.undo()
+        # The router goes on serving: the same agent connects again.
+        with SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer:
+            establish(router, dealer)
+            dealer.send("back")
+            assert router.receive(timeout=5).message.payload == "back"
