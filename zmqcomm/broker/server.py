@@ -24,7 +24,13 @@ from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import QueueFullError, SendTimeout, TransportError, UnknownPeerError
+from zmqcomm.errors import (
+    LocalProtocolError,
+    QueueFullError,
+    SecurityError,
+    SendTimeout,
+    TransportError,
+)
 from zmqcomm.secure import SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.sockets import bind as bind_socket
@@ -127,13 +133,25 @@ class Broker:
             except (SendTimeout, QueueFullError):
                 # A slow consumer: its queue is at the high-water mark. Never wait on one
                 # agent (every other would wait too): bounce, and the sender mails it.
-                self.core.rejected["slow_consumer"] += 1
+                self._count_undelivered(send, "slow_consumer")
                 self._bounce(send)
-            except (TransportError, UnknownPeerError):
-                # The agent's connection is gone: forget it, and tell a forwarder to use mail.
+            except LocalProtocolError:
+                # Accepted as it came in, but too big once wrapped for its recipient (the
+                # wrapper adds a few bytes): drop this one send. Bouncing it would not fit either.
+                self._count_undelivered(send, "unsendable")
+            except (TransportError, SecurityError):
+                # The agent's connection is gone, or its session refuses to send (a rekey it
+                # never answered): forget it, and tell a forwarder to use mail.
+                self._count_undelivered(send, "recipient_gone")
                 self._forget(send.to)
                 self.core.disconnected(send.to)
                 self._bounce(send)
+
+    def _count_undelivered(self, send: Send, reason: str) -> None:
+        self.core.rejected[reason] += 1
+        self.core.audit.record(
+            "reject", now=self.wall_clock(), peer=send.to, reason=reason, type=int(send.msg_type)
+        )
 
     def _bounce(self, send: Send) -> None:
         if send.msg_type == MessageType.DELIVER:

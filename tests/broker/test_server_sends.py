@@ -1,0 +1,132 @@
+"""The broker's serve loop when a send to one agent fails: that send is dropped, counted and
+audited, and the broker goes on serving everyone else (never raises out of ``step``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zmqcomm.broker.server import Broker
+from zmqcomm.crypto.audit import MemoryAuditLog
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import SendTimeout
+from zmqcomm.secure import SecureDealer
+from zmqcomm.wire import MessageType
+from zmqcomm.wire.limits import DEFAULT_LIMITS
+
+
+@dataclass
+class Setup:
+    broker: Broker
+    audit: MemoryAuditLog
+    alice: SecureDealer
+    bob: SecureDealer
+
+
+def _connect(broker: Broker, identity: Identity, trust: TrustStore) -> SecureDealer:
+    # The handshake needs the broker stepping while the dealer waits for it.
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            broker.step(0.005)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        return SecureDealer(broker.endpoints[0], identity=identity, trust=trust, connect_timeout=5)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _step_until(broker: Broker, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "the broker did not get there within 5 s"
+        broker.step(0.01)
+
+
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))  # short ipc paths
+    broker_identity = Identity.generate("broker")
+    agents = {name: Identity.generate(name) for name in ("alice", "bob")}
+    broker_trust = TrustStore(directory / "trust-broker")
+    for agent in agents.values():
+        broker_trust.add(agent.public, roles=["agent"])
+    agent_trust = TrustStore(directory / "trust-agents")
+    agent_trust.add(broker_identity.public, roles=["broker"])
+    audit = MemoryAuditLog()
+    broker = Broker(
+        [f"ipc://{directory}/b.sock"], identity=broker_identity, trust=broker_trust, audit=audit
+    )
+    alice = _connect(broker, agents["alice"], agent_trust)
+    bob = _connect(broker, agents["bob"], agent_trust)
+    try:
+        _step_until(broker, lambda: len(broker.core.agents) == 2)
+        bob.send(None, msg_type=MessageType.SUBSCRIBE, topic="t")
+        bob_id = agents["bob"].agent_id
+        _step_until(broker, lambda: bool(broker.core.agents[bob_id].subscriptions))
+        yield Setup(broker, audit, alice, bob)
+    finally:
+        alice.close()
+        bob.close()
+        broker.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _still_serves(setup: Setup) -> None:
+    setup.bob.send("still here", msg_type=MessageType.PUBLISH, topic="t")
+    setup.alice.send(None, msg_type=MessageType.PING)
+    handled = 0
+    for _ in range(20):
+        handled += setup.broker.step(0.01)
+    assert handled >= 2
+
+
+def test_a_publication_too_big_once_wrapped_is_dropped_counted_and_audited(setup: Setup) -> None:
+    # Accepted as it came in (exactly the body limit); the broker's wrapper adds a few bytes.
+    big = bytes(DEFAULT_LIMITS.max_body_size - 5)
+    setup.alice.send(big, msg_type=MessageType.PUBLISH, topic="t")
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["unsendable"] == 1)
+    assert setup.audit.events("reject", reason="unsendable")
+    _still_serves(setup)
+
+
+def test_a_subscriber_that_never_answers_a_rekey_is_dropped_not_fatal(setup: Setup) -> None:
+    # Shrunk limits stand in for 2,000,000 messages: bob never pumps, so never rekeys.
+    table = setup.broker.router.table
+    to_bob = table.channel_to(setup.bob.table.identity.agent_id)
+    assert to_bob is not None and to_bob.session is not None
+    to_bob.session.policy = RekeyPolicy(max_messages=5, hard_max_messages=10, jitter=0.0)
+    for index in range(20):
+        setup.alice.send(index, msg_type=MessageType.PUBLISH, topic="t")
+        setup.alice.pump(0)
+        setup.broker.step(0.01)
+    assert setup.broker.core.rejected["recipient_gone"] >= 1
+    assert setup.audit.events("reject", reason="recipient_gone")
+
+
+def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_send = setup.broker.router.send
+
+    def full_queue(agent_id: str, payload: object, **options: Any) -> None:
+        if options.get("msg_type") == MessageType.PUBLISH:
+            raise SendTimeout("the high-water mark (as ZeroMQ's EAGAIN becomes)")
+        real_send(agent_id, payload, **options)
+
+    monkeypatch.setattr(setup.broker.router, "send", full_queue)
+    setup.alice.send("x", msg_type=MessageType.PUBLISH, topic="t")
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
+    assert setup.audit.events("reject", reason="slow_consumer")
