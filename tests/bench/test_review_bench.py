@@ -23,7 +23,8 @@ from zmqcomm.bench.harness import Progress
 from zmqcomm.bench.runner import run_benchmarks
 from zmqcomm.bench.settings import BenchSettings
 from zmqcomm.bench.stats import median_known
-from zmqcomm.cli.bench import main, sigterm_interrupts
+from zmqcomm.cli.bench import main
+from zmqcomm.cli.common import sigterm_interrupts
 from zmqcomm.patterns.pbft import cluster
 from zmqcomm.patterns.pbft.loadgen import LoadReport
 

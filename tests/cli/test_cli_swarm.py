@@ -208,3 +208,33 @@ def test_interrupted_swarm_exits_130_and_leaves_no_processes(short_dir: Path) ->
             process.wait(timeout=10.0)
         for pid in _processes_mentioning(str(keep)):  # only children of this test's swarm
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_terminated_swarm_removes_its_directory_and_the_keys_in_it(short_dir: Path) -> None:
+    before = set(Path("/tmp").glob("zmqcomm-swarm-*"))
+    err = short_dir / "stderr"
+    with err.open("wb") as sink:
+        process = subprocess.Popen(
+            [*COMMAND, "swarm", "--agents", "2", "--duration", "60", "--rate", "20", "--json"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60.0
+        while b"started: 2 agents" not in err.read_bytes():
+            assert process.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the swarm never started"
+            time.sleep(0.1)
+        made = set(Path("/tmp").glob("zmqcomm-swarm-*")) - before
+        assert len(made) == 1
+        run_directory = made.pop()
+        assert any((run_directory / "keys").glob("*.key"))
+        process.send_signal(signal.SIGTERM)  # what timeout(1), kill and CI cancels send
+        assert process.wait(timeout=30.0) == 130
+        assert not run_directory.exists()
+        assert _processes_mentioning(str(run_directory)) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from zmqcomm.bench.harness import Progress
 from zmqcomm.bench.runner import SECTIONS, default_out_dir, run_benchmarks
 from zmqcomm.bench.settings import TRANSPORTS, BenchSettings, parse_size
+from zmqcomm.cli.common import sigterm_interrupts
 from zmqcomm.errors import UsageError, ZmqCommError
 
 EXAMPLES = """\
@@ -93,25 +90,6 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.rounds is not None:
         changes["rounds"] = args.rounds
     return settings.with_changes(**changes)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM acts as Ctrl-C while inside: the default action would end the process at once,
-    leaving the worker processes and the /tmp/zcb-* directory (ipc sockets, keys) behind;
-    a KeyboardInterrupt runs the cleanup (exit status 130). Only the main thread may set it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

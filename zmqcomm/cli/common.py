@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +50,25 @@ def load_toml_config(path: str | os.PathLike[str], *, allowed: tuple[str, ...]) 
             f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(allowed)}"
         )
     return data
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a timeout, a CI cancel, kill) acts like Ctrl-C while inside: the default
+    action would end the process at once, leaving worker processes and throw-away directories
+    (ipc sockets, secret keys) behind, where a KeyboardInterrupt runs the cleanup (exit
+    status 130). Later SIGTERMs are ignored so they cannot cut that cleanup short. Only the
+    main thread may set signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

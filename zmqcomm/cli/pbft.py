@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from zmqcomm.cli.common import load_node_identity
+from zmqcomm.cli.common import load_node_identity, sigterm_interrupts
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.patterns.pbft.config import load_config
@@ -138,34 +135,13 @@ def _run_local(args: argparse.Namespace) -> int:
         reply_all=args.reply_all,
         keep=args.keep,
     )
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         summary = run_local(options, progress=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(format_summary(summary))
     return 0 if summary["complete"] else 1
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a timeout, a CI cancel, kill) acts like Ctrl-C: the KeyboardInterrupt unwinds
-    ``with cluster:``, which stops the replicas (they run in their own sessions, so nothing
-    else would) and removes the throw-away directory with its keys. Later SIGTERMs are
-    ignored so they cannot cut that cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from zmqcomm.cli.common import sigterm_interrupts
 from zmqcomm.swarm.demo import SwarmOptions, run_swarm
 from zmqcomm.swarm.report import format_table
 
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         keep=args.keep,
     )
-    summary = run_swarm(options, out=sys.stderr if args.json else sys.stdout)
+    with sigterm_interrupts():  # the run's directory holds secret keys: always remove it
+        summary = run_swarm(options, out=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
