@@ -272,3 +272,26 @@ def test_missing_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as info:
         main(["keygen"])
     assert info.value.code == EXIT_USAGE
+
+
+def test_keygen_without_a_terminal_or_the_variable_says_how_to_give_a_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_terminal(prompt: str) -> str:
+        raise EOFError  # what getpass raises reading an empty, non-terminal stdin
+
+    monkeypatch.setattr(cli_keys.getpass, "getpass", no_terminal)
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_USAGE
+    assert cli_keys.PASSPHRASE_ENV in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_into_a_directory_it_cannot_make_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["keygen", "alice", "--dir", str(blocker / "keys")]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("zmqcomm keygen: error: ") and err.count("\n") == 1
+    assert str(blocker) in err

@@ -101,10 +101,10 @@ def _new_passphrase() -> str:
         if not from_env:
             raise UsageError(f"${PASSPHRASE_ENV} is set but empty")
         return from_env
-    first = getpass.getpass("passphrase for the new key: ")
+    first = _ask("passphrase for the new key: ")
     if not first:
         raise UsageError("empty passphrase; leave out --passphrase for an unprotected key")
-    if getpass.getpass("same passphrase again: ") != first:
+    if _ask("same passphrase again: ") != first:
         raise UsageError("the two passphrases differ; nothing was written")
     return first
 
@@ -113,7 +113,16 @@ def _existing_passphrase(path: Path) -> str:
     from_env = os.environ.get(PASSPHRASE_ENV)
     if from_env:
         return from_env
-    return getpass.getpass(f"passphrase for {path}: ")
+    return _ask(f"passphrase for {path}: ")
+
+
+def _ask(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:  # no terminal, and stdin empty or closed
+        raise UsageError(
+            f"no passphrase could be read (no terminal); set {PASSPHRASE_ENV} to give one"
+        ) from None
 
 
 def run_keygen(args: argparse.Namespace) -> int:

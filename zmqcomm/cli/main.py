@@ -52,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZmqCommError as exc:
         print(f"zmqcomm {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:
+        # A file or directory the command had to create or read (--dir, --keep, --out,
+        # --data): the system's own words name the path and what went wrong.
+        print(
+            f"zmqcomm {args.command}: error: {exc}; check the path and its permissions",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return code
 
 
