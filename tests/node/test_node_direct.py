@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from zmqcomm.errors import (
     UsageError,
 )
 from zmqcomm.node import Incoming, Node
+from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 
 from .conftest import Bus
@@ -452,3 +454,47 @@ def test_only_the_agent_asked_can_answer_a_request(
     bob.call(lambda node: node.reply(guessed, "again"))
     pump_until([alice], lambda: alice.counters["late_replies"] == 1, what="the late reply")
     assert alice.take_reply(request_id) is None
+
+
+def test_a_connect_cut_short_by_a_handler_error_closes_its_new_link(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    made: list[SecureDealer] = []
+    real_init = SecureDealer.__init__
+
+    def tracked(self: SecureDealer, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SecureDealer, "__init__", tracked)
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    endpoint = alice.endpoint
+    assert endpoint is not None
+
+    def broken(message: Incoming) -> object:
+        raise RuntimeError("a bug in the application's request handler")
+
+    alice.request_handler = broken
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=ipc_endpoint("bob"))
+    carol = spawn_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
+    wait_for(carol.submit(lambda node: node.connect(endpoint, timeout=5)), [alice])
+    carol.submit(lambda node: node.start_request(alice.agent_id, "hi"))
+    with pytest.raises(RuntimeError, match="request handler"):
+        alice.connect(bob.call(lambda node: node.endpoint), timeout=5)  # its pump meets it
+    alice_links = [d for d in made if d.table.identity is bus.agents["alice"]]
+    assert alice_links and all(link.closed for link in alice_links)
+
+
+def test_a_bad_request_timeout_is_refused_before_anything_is_sent(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    alice, bob, _ = linked(bus, make_node, spawn_node, ipc_endpoint)
+    for bad in ("5", None, float("nan")):
+        with pytest.raises(UsageError, match="request timeout"):
+            alice.request(bob.agent_id, "never sent", timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="receive timeout"):
+        alice.receive(timeout="soon")  # type: ignore[arg-type]
+    alice.send(bob.agent_id, "the first thing sent")
+    first = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert first.payload == "the first thing sent"

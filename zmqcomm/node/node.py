@@ -193,15 +193,18 @@ class Node:
             endpoint, expect_peer=expect_peer, connect_timeout=None, **self._link_options()
         )
         deadline = self.clock() + timeout
-        while not dealer.established:
-            if self.clock() >= deadline:
-                dealer.close()
-                raise ConnectError(
-                    f"no authenticated session with {endpoint} within {timeout} s (is a node "
-                    "listening there, and do both trust stores list each other?)"
-                )
-            self.pump(0.01)
-            dealer.pump(0.01)
+        try:
+            while not dealer.established:
+                if self.clock() >= deadline:
+                    raise ConnectError(
+                        f"no authenticated session with {endpoint} within {timeout} s (is a "
+                        "node listening there, and do both trust stores list each other?)"
+                    )
+                self.pump(0.01)  # may raise: a request handler's error comes out here
+                dealer.pump(0.01)
+        except BaseException:
+            dealer.close()  # not yet one of our links: nothing else would ever close it
+            raise
         assert dealer.peer is not None
         replaced = self._dealers.get(dealer.peer)
         if replaced is not None:  # a new link to the same agent takes the old one's place
@@ -248,6 +251,7 @@ class Node:
 
     def request(self, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
         """Send a request and wait for the reply's payload (RequestTimeout after ``timeout``)."""
+        check_timeout(timeout, "request timeout", allow_none=False)  # before anything is sent
         request_id = self.start_request(peer, payload)
         try:
             deadline = self.clock() + timeout
@@ -555,6 +559,7 @@ class Node:
 
     def receive(self, timeout: float | None = None) -> Incoming:
         """The next message from a peer (ReceiveTimeout after ``timeout``; None waits)."""
+        check_timeout(timeout, "receive timeout")
         deadline = None if timeout is None else self.clock() + timeout
         while not self.inbox:
             left = 0.1 if deadline is None else deadline - self.clock()
