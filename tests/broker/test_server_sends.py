@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from zmqcomm.broker.mailbox import Mailbox
 from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import SendTimeout
+from zmqcomm.errors import AddressInUseError, SendTimeout
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.limits import DEFAULT_LIMITS
@@ -130,3 +131,24 @@ def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.Monke
     setup.alice.send("x", msg_type=MessageType.PUBLISH, topic="t")
     _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
     assert setup.audit.events("reject", reason="slow_consumer")
+
+
+def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
+    closed: list[Mailbox] = []
+    real_close = Mailbox.close
+
+    def tracked_close(self: Mailbox) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(Mailbox, "close", tracked_close)
+    identity = Identity.generate("broker")
+    trust = TrustStore(directory / "trust")
+    try:
+        with Broker(["tcp://127.0.0.1:0"], identity=identity, trust=trust) as first:
+            with pytest.raises(AddressInUseError):
+                Broker(first.endpoints, identity=identity, trust=trust, data=directory / "data")
+            assert len(closed) == 1  # the second broker's, before the first one closes
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -68,18 +68,23 @@ class Broker:
             raise TransportError("a broker needs at least one endpoint to bind")
         self.data = Path(data) if data is not None else None
         self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
-        self.router = SecureRouter(
-            endpoints[0],
-            identity=identity,
-            trust=trust,
-            audit=audit,
-            limits=limits,
-            options=options,
-            context=context,
-            clock=clock,
-            wall_clock=wall_clock,
-            send_timeout=0.0,  # never block the whole broker on one slow agent
-        )
+        try:
+            self.router = SecureRouter(
+                endpoints[0],
+                identity=identity,
+                trust=trust,
+                audit=audit,
+                limits=limits,
+                options=options,
+                context=context,
+                clock=clock,
+                wall_clock=wall_clock,
+                send_timeout=0.0,  # never block the whole broker on one slow agent
+            )
+        except BaseException:
+            if self.mailbox is not None:
+                self.mailbox.close()  # an address in use must not leave the database open
+            raise
         self.endpoints = [self.router.endpoint]
         try:
             for endpoint in endpoints[1:]:
