@@ -28,11 +28,25 @@ def test_doctor_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> 
     assert report["round_trips"][2]["endpoint"].startswith("tcp://127.0.0.1:")
 
 
-def test_bad_usage_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--count", "0"], "must be at least 1"),
+        (["--count", "abc"], "a whole number is needed, got 'abc'"),
+        (["--timeout", "-1"], "must be above 0 and at most 3600 seconds, got -1"),
+        (["--timeout", "nan"], "must be above 0"),
+        (["--timeout", "inf"], "must be above 0"),
+        (["--timeout", "1e12"], "must be above 0"),
+        (["--timeout", "soon"], "a number of seconds is needed, got 'soon'"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(
+    arguments: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["doctor", "--count", "0"])
+        main(["doctor", *arguments])
     assert caught.value.code == 2
-    assert "must be at least 1" in capsys.readouterr().err
+    assert expected in capsys.readouterr().err
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

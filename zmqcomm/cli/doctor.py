@@ -58,16 +58,31 @@ def register(commands: Any) -> None:
         "--count", type=_positive_int, default=200, help="round trips per transport (default 200)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)"
-    )
+        "--timeout", type=_reply_timeout, default=5.0,
+        help="seconds to wait for each reply, above 0 and at most 3600 (default 5)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _reply_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of seconds is needed, got {text!r}") from None
+    # NaN fails both comparisons; libzmq takes a whole number of milliseconds.
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600 seconds, got {text}")
     return value
 
 
