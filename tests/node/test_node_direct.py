@@ -498,3 +498,20 @@ def test_a_bad_request_timeout_is_refused_before_anything_is_sent(
     alice.send(bob.agent_id, "the first thing sent")
     first = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
     assert first.payload == "the first thing sent"
+
+
+@pytest.mark.parametrize("bad", ["x" * 256, None, 7, "\ud800"])
+def test_a_topic_the_header_cannot_carry_is_refused_before_it_is_stored(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints, bad: object
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    with pytest.raises(UsageError, match="at most 255 bytes"):
+        alice.subscribe(bad)  # type: ignore[arg-type]
+    alice.subscribe("é" * 127)  # 254 bytes: fits
+    # A peer that connects now is greeted with the good topic only, and nothing raises.
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=ipc_endpoint("bob"))
+    alice.connect(bob.call(lambda node: node.endpoint), timeout=5)
+    wait_for(
+        bob.submit(lambda node: pump_until([node], lambda: bool(node.subscribers("é" * 127)))),
+        [alice],
+    )

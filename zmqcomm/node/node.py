@@ -58,6 +58,7 @@ from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
+from zmqcomm.wire.header import MAX_TOPIC_LEN
 
 Handler = Callable[[Incoming], object]
 #: Seconds of silence towards the broker after which a node sends PING.
@@ -316,6 +317,9 @@ class Node:
 
     def _subscription(self, kind: int, topic: str) -> None:
         self._check_open()
+        # Checked before it is stored: a topic the header cannot carry would otherwise fail
+        # later, in the greeting of every peer that connects.
+        _check_topic(topic)
         if self._broker is not None:
             self._hop(None, kind, topic)
             return
@@ -687,3 +691,14 @@ class Node:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_topic(topic: object) -> None:
+    try:
+        size = len(topic.encode("utf-8")) if isinstance(topic, str) else None
+    except UnicodeEncodeError:  # a lone surrogate
+        size = None
+    if size is None or size > MAX_TOPIC_LEN:
+        raise UsageError(
+            f"a topic is a string of at most {MAX_TOPIC_LEN} bytes of UTF-8, got {topic!r:.80}"
+        )
