@@ -116,3 +116,17 @@ def test_bye_and_idle_agents_are_forgotten(core: BrokerCore) -> None:
     assert core.expire_idle(now=NOW + 41, max_idle=30) == [BOB]
     assert core.handle(BOB, MessageType.FORWARD, ALICE, [b"x"], now=NOW + 42) == []
     assert core.rejected["not_connected"] == 1
+
+
+def test_an_idle_agent_taken_back_on_its_session_keeps_its_subscriptions(
+    core: BrokerCore,
+) -> None:
+    core.handle(BOB, MessageType.SUBSCRIBE, "news/today", None, now=NOW)
+    assert core.expire_idle(now=NOW + 100, max_idle=30) == [ALICE, BOB]
+    core.connected(ALICE, ["agent"], now=NOW + 101)  # a new session: starts afresh
+    core.connected(BOB, ["agent"], now=NOW + 101, resumed=True)
+    sends = core.handle(ALICE, MessageType.PUBLISH, "news/today", b"still listening?", now=NOW + 102)
+    assert [send.to for send in sends] == [BOB]
+    # A new session of bob's replaces the old one and what it subscribed to.
+    core.connected(BOB, ["agent"], now=NOW + 103)
+    assert core.handle(ALICE, MessageType.PUBLISH, "news/today", b"anyone?", now=NOW + 104) == []

@@ -77,26 +77,37 @@ class BrokerCore:
         default_burst = policy.burst if policy is not None else 200_000.0
         self.limiter = RateLimiter(rate or default_rate, burst or default_burst)
         self.agents: dict[str, _Agent] = {}
+        #: Agents counted offline after a silence; at most one entry per trusted agent.
+        self._idle: dict[str, _Agent] = {}
         self.rejected: Counter[str] = Counter()
         self.routed = 0
         self.stored = 0
 
     # -- membership --------------------------------------------------------------------------
 
-    def connected(self, agent: str, roles: Iterable[str], *, now: float) -> list[Send]:
-        """An agent completed its hop handshake: remember it and hand over its mail."""
-        self.agents[agent] = _Agent(frozenset(roles), set(), last_seen=now)
+    def connected(
+        self, agent: str, roles: Iterable[str], *, now: float, resumed: bool = False
+    ) -> list[Send]:
+        """An agent completed its hop handshake: remember it and hand over its mail.
+
+        ``resumed``: it spoke again on the session it had when it went idle, so it keeps the
+        subscriptions it made on that session (it has no reason to make them again)."""
+        idle = self._idle.pop(agent, None)
+        subscriptions = idle.subscriptions if resumed and idle is not None else set()
+        self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now)
         return self._mail_for(agent, _MAIL_BATCH)
 
     def disconnected(self, agent: str) -> None:
         self.agents.pop(agent, None)
+        self._idle.pop(agent, None)
 
     def expire_idle(self, *, now: float, max_idle: float) -> list[str]:
-        """Forget agents silent for ``max_idle`` seconds (nodes PING when idle, so these
-        crashed or lost their connection without a BYE)."""
+        """Count agents silent for ``max_idle`` seconds as offline (nodes PING when idle, so
+        these crashed or lost their connection without a BYE). Their subscriptions are kept
+        aside until they come back on the same session or a new one replaces it."""
         gone = [name for name, state in self.agents.items() if now - state.last_seen > max_idle]
         for name in gone:
-            self.disconnected(name)
+            self._idle[name] = self.agents.pop(name)
         return gone
 
     def _mail_for(self, agent: str, room: int) -> list[Send]:

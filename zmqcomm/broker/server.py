@@ -117,7 +117,7 @@ class Broker:
             if agent not in self.core.agents and header.type != MessageType.BYE:
                 # Counted as gone after a long silence, but its session is intact: it is
                 # back (a node busy for a while), so take it in again and hand it its mail.
-                self._send(self.core.connected(agent, self._roles(agent), now=now))
+                self._send(self.core.connected(agent, self._roles(agent), now=now, resumed=True))
             for payload in delivered.message.payloads:
                 self._send(self.core.handle(agent, header.type, header.topic, payload, now=now))
             if header.type == MessageType.BYE:
