@@ -125,7 +125,9 @@ def test_an_idle_agent_taken_back_on_its_session_keeps_its_subscriptions(
     assert core.expire_idle(now=NOW + 100, max_idle=30) == [ALICE, BOB]
     core.connected(ALICE, ["agent"], now=NOW + 101)  # a new session: starts afresh
     core.connected(BOB, ["agent"], now=NOW + 101, resumed=True)
-    sends = core.handle(ALICE, MessageType.PUBLISH, "news/today", b"still listening?", now=NOW + 102)
+    sends = core.handle(
+        ALICE, MessageType.PUBLISH, "news/today", b"still listening?", now=NOW + 102
+    )
     assert [send.to for send in sends] == [BOB]
     # A new session of bob's replaces the old one and what it subscribed to.
     core.connected(BOB, ["agent"], now=NOW + 103)
