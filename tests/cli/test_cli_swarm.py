@@ -177,23 +177,31 @@ def test_swarm_with_an_ipc_path_over_the_limit_fails_clearly(short_dir: Path) ->
     assert _processes_mentioning(str(keep)) == []
 
 
+def _start_long_swarm(err: Path, *arguments: str) -> subprocess.Popen[bytes]:
+    """A two-agent swarm meant to be stopped early, returned once all its agents run."""
+    with err.open("wb") as sink:
+        process = subprocess.Popen(
+            [*COMMAND, "swarm", "--agents", "2", "--duration", "60", "--rate", "20", "--json",
+             *arguments],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60.0
+    while b"started: 2 agents" not in err.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"the swarm never started: {err.read_text()}")
+        time.sleep(0.1)
+    return process
+
+
 @pytest.mark.slow
 def test_interrupted_swarm_exits_130_and_leaves_no_processes(short_dir: Path) -> None:
     keep = short_dir / "run"
     err = short_dir / "stderr"
-    with err.open("wb") as sink:
-        process = subprocess.Popen(
-            [*COMMAND, "swarm", "--agents", "2", "--duration", "60", "--rate", "20",
-             "--keep", str(keep), "--json"],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )  # fmt: skip
+    process = _start_long_swarm(err, "--keep", str(keep))
     try:
-        deadline = time.monotonic() + 60.0
-        while b"started: 2 agents" not in err.read_bytes():
-            assert process.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the swarm never started"
-            time.sleep(0.1)
         # The orchestrator, the broker and both agents all name the --keep directory.
         assert len(_processes_mentioning(str(keep))) == 4
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends the orchestrator
@@ -214,18 +222,8 @@ def test_interrupted_swarm_exits_130_and_leaves_no_processes(short_dir: Path) ->
 def test_terminated_swarm_removes_its_directory_and_the_keys_in_it(short_dir: Path) -> None:
     before = set(Path("/tmp").glob("zmqcomm-swarm-*"))
     err = short_dir / "stderr"
-    with err.open("wb") as sink:
-        process = subprocess.Popen(
-            [*COMMAND, "swarm", "--agents", "2", "--duration", "60", "--rate", "20", "--json"],
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )  # fmt: skip
+    process = _start_long_swarm(err)
     try:
-        deadline = time.monotonic() + 60.0
-        while b"started: 2 agents" not in err.read_bytes():
-            assert process.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the swarm never started"
-            time.sleep(0.1)
         made = set(Path("/tmp").glob("zmqcomm-swarm-*")) - before
         assert len(made) == 1
         run_directory = made.pop()
