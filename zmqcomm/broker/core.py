@@ -133,7 +133,7 @@ class BrokerCore:
         answered where the sender can act on them; they never raise."""
         state = self.agents.get(agent)
         if state is None:
-            return self._refuse(agent, "not_connected", now=now)
+            return self.refuse(agent, "not_connected", now=now)
         state.last_seen = now
         roles = state.roles
         rate = burst = None
@@ -141,16 +141,16 @@ class BrokerCore:
             decision = self.policy.decide(roles)
             rate, burst = decision.rate, decision.burst
         if not self.limiter.allow(agent, now=now, rate=rate, burst=burst):
-            return self._refuse(agent, "rate_limited", now=now)
+            return self.refuse(agent, "rate_limited", now=now)
         try:
             if self.policy is not None and msg_type not in _ALWAYS_ALLOWED:
                 self.policy.check_send(agent, roles, msg_type)
             state.received += 1
             return self._route(agent, state, msg_type, topic, payload, now=now)
         except NotPermittedError:
-            return self._refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
+            return self.refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
         except RemoteProtocolError as exc:
-            return self._refuse(agent, exc.reason, now=now, msg_type=msg_type)
+            return self.refuse(agent, exc.reason, now=now, msg_type=msg_type)
 
     def _route(
         self, agent: str, state: _Agent, msg_type: int, topic: str, payload: object, *, now: float
@@ -206,10 +206,10 @@ class BrokerCore:
         try:
             stored = self.mailbox.put(recipient, agent, blob, now=now)
         except MailboxFullError as exc:
-            self._refuse(agent, exc.reason, now=now)
+            self.refuse(agent, exc.reason, now=now)
             return [Send(agent, MessageType.UNREACHABLE, str(exc), recipient)]
         except UsageError as exc:  # larger than the mailbox takes
-            self._refuse(agent, "mail_too_large", now=now)
+            self.refuse(agent, "mail_too_large", now=now)
             return [Send(agent, MessageType.UNREACHABLE, str(exc), recipient)]
         self.stored += 1
         out = [Send(agent, MessageType.MAIL_ACCEPTED, stored, recipient)]
@@ -226,7 +226,8 @@ class BrokerCore:
         self.routed += len(out)
         return out
 
-    def _refuse(self, agent: str, reason: str, *, now: float, **fields: object) -> list[Send]:
+    def refuse(self, agent: str, reason: str, *, now: float, **fields: object) -> list[Send]:
+        """Count and audit a refusal (here, or a send the driver could not make)."""
         self.rejected[reason] += 1
         self.audit.record("reject", now=now, peer=agent, reason=reason, **fields)
         return []

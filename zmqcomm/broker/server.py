@@ -153,10 +153,7 @@ class Broker:
                 self._bounce(send)
 
     def _count_undelivered(self, send: Send, reason: str) -> None:
-        self.core.rejected[reason] += 1
-        self.core.audit.record(
-            "reject", now=self.wall_clock(), peer=send.to, reason=reason, type=int(send.msg_type)
-        )
+        self.core.refuse(send.to, reason, now=self.wall_clock(), type=int(send.msg_type))
 
     def _bounce(self, send: Send) -> None:
         if send.msg_type == MessageType.DELIVER:
