@@ -328,6 +328,27 @@ def test_single_partitioned_replica_under_adversarial_scheduler_does_not_liveloc
     cluster.check_safety()
 
 
+def test_replicas_split_across_two_view_changes_by_crashes_converge() -> None:
+    """Seed 3000817 of the random schedules: crashes left replicas 0 and 1 restarted wanting
+    view 1 and replica 3 alone in view 2, whose primary (2) is silent. Neither side had a
+    quorum for its own view, nor f+1 to join the other, so every view-change timer stayed
+    off and nothing executed again. A replica in a later view counts toward arming the
+    timer: 0 and 1 time out into view 2, all three into view 3, and replica 3 leads."""
+    cluster = build(4, seed=90)
+    sim = cluster.sim
+    sim.crash(2)
+    cluster.byzantine.add(2)
+    for replica, view in ((0, 1), (1, 1), (3, 2)):
+        sim.crash(replica)
+        cluster.stores[replica].save_view(view, True)
+        sim.restart(replica)
+    cluster.put("c0", "k", "v")
+    cluster.run_until_results(1, until=30.0)
+    assert len(cluster.results("c0")) == 1
+    assert {cluster.replica(i).view for i in (0, 1, 3)} == {3}
+    cluster.check_safety()
+
+
 @pytest.mark.parametrize("twin", [0, 3])
 @pytest.mark.parametrize("seed", range(3))
 def test_twins_two_instances_sharing_one_replica_identity(twin: int, seed: int) -> None:

@@ -319,9 +319,15 @@ class Replica(ReplicaCore):
         return self._after_view_change_vote(now)
 
     def _arm_view_change_timer(self, now: float) -> None:
-        """As in the paper, the timer for the next view starts once a quorum wants this one."""
-        at = self.view_changes.get(self.view, {})
-        if self.changing and self.vc_deadline is None and len(at) >= self.config.quorum:
+        """As in the paper, the timer for the next view starts once a quorum wants this one.
+
+        A replica that already wants a later view counts too: it will never accept a
+        NEW-VIEW for this one. Counting only this view deadlocks a split that crashes can
+        leave behind (two replicas restarted wanting v, the third gone on to v+1 alone):
+        neither side reaches a quorum, nor f+1 to join the other.
+        """
+        wanting = {r for v, at in self.view_changes.items() if v >= self.view for r in at}
+        if self.changing and self.vc_deadline is None and len(wanting) >= self.config.quorum:
             self.vc_deadline = now + self.timeout
 
     def _after_view_change_vote(self, now: float) -> list[Any]:
