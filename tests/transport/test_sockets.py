@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -229,6 +230,37 @@ def test_address_in_use(make_socket: MakeSocket, short_dir: str) -> None:
     bind(make_socket(zmq.DEALER), name)
     with pytest.raises(AddressInUseError):
         bind(make_socket(zmq.DEALER), name)
+
+
+def test_ipc_path_a_live_process_serves_is_not_taken_over(
+    make_socket: MakeSocket, short_dir: str
+) -> None:
+    # libzmq itself would unlink the first socket's file and bind anew, leaving the first
+    # listener running but unreachable.
+    endpoint = f"ipc://{short_dir}/taken.sock"
+    first = make_socket(zmq.PULL)
+    bind(first, endpoint)
+    with pytest.raises(AddressInUseError, match="another process is listening"):
+        bind(make_socket(zmq.PULL), endpoint)
+    client = make_socket(zmq.PUSH)
+    connect(client, endpoint)
+    send_frames(client, [b"still here"], timeout=1)
+    assert receive_frames(first, timeout=5) == [b"still here"]
+
+
+def test_ipc_socket_file_left_by_a_dead_process_is_replaced(
+    make_socket: MakeSocket, short_dir: str
+) -> None:
+    path = f"{short_dir}/stale.sock"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(path)  # a socket file nobody listens on, as a killed process leaves it
+    leftover.close()
+    server = make_socket(zmq.PULL)
+    bind(server, f"ipc://{path}")
+    client = make_socket(zmq.PUSH)
+    connect(client, f"ipc://{path}")
+    send_frames(client, [b"hello"], timeout=1)
+    assert receive_frames(server, timeout=5) == [b"hello"]
 
 
 @pytest.mark.parametrize(

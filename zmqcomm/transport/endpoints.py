@@ -14,11 +14,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
-from zmqcomm.errors import EndpointError
+from zmqcomm.errors import AddressInUseError, EndpointError
 
 Scheme = Literal["inproc", "ipc", "tcp"]
 SCHEMES: tuple[Scheme, ...] = ("inproc", "ipc", "tcp")
@@ -170,3 +171,30 @@ def prepare_ipc_directory(endpoint: Endpoint) -> None:
         raise EndpointError(
             f"cannot create the directory {directory!r} for ipc socket: {exc.strerror}"
         ) from exc
+
+
+def refuse_live_ipc_socket(endpoint: Endpoint) -> None:
+    """Refuse to bind over an ipc socket file that a running process still listens on.
+
+    libzmq unlinks whatever file is at the path and binds anew, so a second broker or
+    replica would silently take the address from the first: new clients would reach the
+    newcomer while the first keeps running unreachable. A file nobody answers on is left
+    to libzmq (it replaces it: the owner died without cleaning up). There is a short race
+    between this check and the bind; it catches the mistake, not a determined rival.
+    """
+    if endpoint.scheme != "ipc" or endpoint.address.startswith("@"):
+        return  # abstract sockets fail with EADDRINUSE in libzmq itself
+    if not os.path.exists(endpoint.address):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(endpoint.address)
+    except OSError:
+        return  # refused, not a socket, or gone: nobody is serving there
+    finally:
+        probe.close()
+    raise AddressInUseError(
+        f"cannot bind to ipc://{endpoint.address}: another process is listening on it; stop "
+        "that process or choose another path"
+    )

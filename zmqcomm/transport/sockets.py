@@ -30,7 +30,11 @@ from zmqcomm.errors import (
     TransportError,
     UsageError,
 )
-from zmqcomm.transport.endpoints import parse_endpoint, prepare_ipc_directory
+from zmqcomm.transport.endpoints import (
+    parse_endpoint,
+    prepare_ipc_directory,
+    refuse_live_ipc_socket,
+)
 from zmqcomm.wire.limits import DEFAULT_LIMITS
 from zmqcomm.wire.payload import Buffer
 
@@ -168,6 +172,7 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> str:
     """Bind ``sock`` and return the endpoint actually bound (with the real port for port 0)."""
     parsed = parse_endpoint(endpoint)
     prepare_ipc_directory(parsed)
+    refuse_live_ipc_socket(parsed)
     if parsed.is_ipv6:
         sock.setsockopt(zmq.IPV6, 1)
     try:
