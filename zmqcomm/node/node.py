@@ -634,6 +634,7 @@ class Node:
             "received": self.counters["received"],
             "queued": self._tunnels.queued() if self._tunnels is not None else 0,
             "mailed": self._tunnels.mailed if self._tunnels is not None else 0,
+            "mail_stored": self._tunnels.mail_stored if self._tunnels is not None else 0,
             "resent": self._tunnels.resent if self._tunnels is not None else 0,
             "last_error": self._tunnels.last_error if self._tunnels is not None else None,
             "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},

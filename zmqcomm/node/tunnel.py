@@ -109,6 +109,9 @@ class Tunnels:
         self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
         self.dropped: Counter[str] = Counter()
         self.mailed = 0
+        #: Mail the broker confirmed it stored (MAIL_ACCEPTED); the rest of ``mailed`` is
+        #: in flight or was refused (``dropped["mail_refused"]``).
+        self.mail_stored = 0
         #: Messages sent again after the broker bounced them or the peer reset the session.
         self.resent = 0
         #: The broker's last word on something it would not take (a full mailbox, say).
@@ -227,6 +230,7 @@ class Tunnels:
         if kind == MessageType.MAIL_DELIVER:
             return self._on_mail(topic, message.payload, now=now)
         if kind == MessageType.MAIL_ACCEPTED:
+            self.mail_stored += 1
             return [], []
         raise RemoteProtocolError(f"unexpected broker message {kind:#04x}", reason="bad_type")
 
