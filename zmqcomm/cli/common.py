@@ -13,6 +13,7 @@ from typing import Any
 
 from zmqcomm.cli.keys import PASSPHRASE_ENV
 from zmqcomm.crypto.keys import Identity, inspect_secret_file, load_identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -34,6 +35,17 @@ def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
         if passphrase is None:
             raise UsageError(f"{path} is passphrase-protected: set {PASSPHRASE_ENV}")
     return load_identity(path, passphrase=passphrase)
+
+
+def open_trust_store(directory: str | os.PathLike[str]) -> TrustStore:
+    """The trust store a command was pointed at, which must exist: TrustStore itself would
+    create a misspelt directory empty, and every peer would then be refused as unknown."""
+    if not Path(directory).is_dir():
+        raise UsageError(
+            f"trust directory {directory} does not exist: check the path, or create it and "
+            "copy the .pub files of the peers to trust into it"
+        )
+    return TrustStore(directory)
 
 
 def load_toml_config(path: str | os.PathLike[str], *, allowed: tuple[str, ...]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from zmqcomm.checks import check_seconds
-from zmqcomm.cli.common import load_node_identity
+from zmqcomm.cli.common import load_node_identity, open_trust_store
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         check_seconds(args.duration, "--duration")
     identity = load_node_identity(args.keys, args.name) if args.keys else Identity.generate("peers")
-    trust = TrustStore(args.trust) if args.trust else None
+    trust = open_trust_store(args.trust) if args.trust else None
     if args.seed or args.listen:
         if args.interface:
             raise UsageError(

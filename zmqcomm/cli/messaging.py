@@ -9,17 +9,17 @@ import time
 from typing import Any
 
 from zmqcomm.access import Policy
-from zmqcomm.cli.common import load_node_identity
+from zmqcomm.checks import check_count, check_seconds
+from zmqcomm.cli.common import load_node_identity, open_trust_store
 from zmqcomm.crypto.keys import is_agent_id
-from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ReceiveTimeout, TransportError, UsageError
 from zmqcomm.node import Incoming, Node
 from zmqcomm.wire import MessageType
 
 COMMON_HELP = """\
-All four connect to a broker as the identity KEYS/NAME.key and trust the peers (and the
-broker) whose .pub files are in TRUST. A PEER is an agent id or the name of a .pub file in
-TRUST. A MESSAGE is JSON if it parses as JSON, else a string.
+It connects to the broker as the identity --keys/NAME.key and trusts the broker and the peers
+whose .pub files are in --trust. Every message is encrypted end to end: the broker routes it
+but cannot read it.
 """
 
 EXAMPLES = {
@@ -28,7 +28,8 @@ examples:
   zmqcomm send bob '{"task": 7}' --broker ipc:///tmp/zc/broker.sock --keys keys --trust trust
   zmqcomm send 7nlzurvdt462sq7jvzotl4rgaq hello --broker tcp://127.0.0.1:5555 --keys keys \\
       --name alice --trust trust
-If the peer is offline the broker keeps the message as mail until it connects.
+If the peer is offline, a broker started with --data keeps the message as mail until the
+peer connects; through a broker without a mailbox, send exits 1 and says so.
 """,
     "request": """\
 examples:
@@ -50,6 +51,14 @@ Prints one JSON object per publication (from, topic, payload); also prints direc
 }
 
 
+TIMEOUT_HELP = {
+    "send": "seconds to connect and hand the message over (default 5)",
+    "request": "seconds to wait for the reply (default 5)",
+    "pub": "seconds to connect (default 5)",
+    "sub": "stop after this many seconds without a message (default 5)",
+}
+
+
 def register(commands: Any) -> None:
     helps = {
         "send": "send an encrypted message to an agent",
@@ -61,30 +70,58 @@ def register(commands: Any) -> None:
         parser = commands.add_parser(
             name,
             help=summary,
-            description=f"{summary[0].upper()}{summary[1:]}. {COMMON_HELP}",
+            description=f"{summary[0].upper()}{summary[1:]}.\n\n{COMMON_HELP}",
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name in ("send", "request"):
-            parser.add_argument("peer", metavar="PEER")
-            parser.add_argument("message", metavar="MESSAGE")
+            parser.add_argument(
+                "peer", metavar="PEER", help="an agent id, or the name of a .pub file in --trust"
+            )
+        elif name == "pub":
+            parser.add_argument("topic", metavar="TOPIC", help="the topic, e.g. swarm/news")
         else:
-            parser.add_argument("topic", metavar="TOPIC")
-            if name == "pub":
-                parser.add_argument("message", metavar="MESSAGE")
-        parser.add_argument("--broker", required=True, metavar="ENDPOINT")
-        parser.add_argument("--keys", required=True, metavar="DIR")
-        parser.add_argument("--name", default="agent", help="key name (default agent)")
-        parser.add_argument("--trust", required=True, metavar="DIR")
+            parser.add_argument(
+                "topic",
+                metavar="TOPIC",
+                help="a topic, or a prefix ending in * (swarm/* matches swarm/news)",
+            )
+        if name != "sub":
+            parser.add_argument(
+                "message", metavar="MESSAGE", help="JSON if it parses as JSON, else a string"
+            )
+        parser.add_argument(
+            "--broker",
+            required=True,
+            metavar="ENDPOINT",
+            help="the broker's endpoint, as given to 'zmqcomm broker --bind'",
+        )
+        parser.add_argument(
+            "--keys", required=True, metavar="DIR", help="directory holding this agent's NAME.key"
+        )
+        parser.add_argument(
+            "--name", default="agent", help="which key in --keys to use (default agent)"
+        )
+        parser.add_argument(
+            "--trust",
+            required=True,
+            metavar="DIR",
+            help="trusted .pub files: the broker's and every peer's (must exist)",
+        )
         parser.add_argument("--policy", metavar="FILE", help="role policy for incoming messages")
-        parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+        parser.add_argument("--timeout", type=float, default=5.0, help=TIMEOUT_HELP[name])
         if name == "sub":
-            parser.add_argument("--count", type=int, help="stop after this many messages")
+            parser.add_argument(
+                "--count", type=int, help="stop after this many messages (default: never)"
+            )
         parser.set_defaults(run=_RUNNERS[name])
 
 
 def _node(args: argparse.Namespace) -> Node:
-    trust = TrustStore(args.trust)
+    check_seconds(args.timeout, "--timeout", allow_zero=False)
+    if getattr(args, "count", None) is not None:
+        check_count(args.count, "--count", minimum=1)
+    trust = open_trust_store(args.trust)
     return Node(
         load_node_identity(args.keys, args.name),
         trust,
@@ -97,7 +134,7 @@ def _node(args: argparse.Namespace) -> Node:
 def _peer(trust_dir: str, peer: str) -> str:
     if is_agent_id(peer):
         return peer
-    for entry in TrustStore(trust_dir).entries():
+    for entry in open_trust_store(trust_dir).entries():
         if entry.name == peer:
             return entry.agent_id
     raise UsageError(f"{peer!r} is neither an agent id nor a name in the trust store {trust_dir}")
@@ -121,15 +158,34 @@ def _printable(value: Any) -> Any:
 
 
 def _flush(node: Node, timeout: float) -> None:
-    """Pump until nothing waits for a session (sent, or handed to the broker as mail)."""
+    """Pump until every message went out on a session or the broker answered for its mail
+    (stored or refused); then give the broker a moment to take the last frames."""
     deadline = time.monotonic() + timeout
-    while node.statistics()["queued"]:
+
+    def settled() -> bool:
+        stats = node.statistics()
+        answered = stats["mail_stored"] + stats["dropped"].get("mail_refused", 0)
+        return not stats["queued"] and answered >= stats["mailed"]
+
+    while not settled():
         if time.monotonic() >= deadline:
             raise TransportError(f"could not deliver within {timeout} s: is the peer known?")
         node.pump(0.01)
-    end = time.monotonic() + 0.2  # let the broker take the last frames before we go
+    end = time.monotonic() + 0.2
     while time.monotonic() < end:
         node.pump(0.01)
+
+
+def _check_delivered(node: Node, peer: str) -> None:
+    """An offline peer's message the broker would not keep is lost: say so, exit 1."""
+    stats = node.statistics()
+    lost = sum(stats["dropped"].get(reason, 0) for reason in ("mail_refused", "unreachable"))
+    if lost:
+        why = stats["last_error"] or "the broker has no route to it"
+        raise TransportError(
+            f"{peer} is offline and the message was not kept ({why}); "
+            "send it again when the peer is online, or use a broker started with --data"
+        )
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -137,6 +193,7 @@ def run_send(args: argparse.Namespace) -> int:
     with _node(args) as node:
         node.send(peer, _message(args.message))
         _flush(node, args.timeout)
+        _check_delivered(node, peer)
     return 0
 
 

@@ -1,0 +1,264 @@
+"""``zmqcomm send``, ``request``, ``pub`` and ``sub`` as a user runs them: real processes.
+
+The broker runs in a thread of the test process (with or without a mailbox) and the peer
+agent is a :class:`Node` here; each command is a subprocess with its own identity, as it
+would be on an agent's machine. Everything is on ipc in a short directory under /tmp.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.broker.server import Broker
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.node import Incoming, Node
+from zmqcomm.swarm import layout
+
+COMMAND = (sys.executable, "-m", "zmqcomm")
+#: Generous: a loaded CI machine may take seconds to start a Python process.
+TIMEOUT = 30.0
+
+
+@dataclass
+class Swarm:
+    directory: Path
+    endpoint: str
+    agents: list[Identity]
+
+    def args(self, name: str = "agent-0") -> list[str]:
+        """The connection options of ``zmqcomm send/request/pub/sub`` for agent ``name``."""
+        return [
+            "--broker", self.endpoint,
+            "--keys", str(self.directory / "keys"),
+            "--name", name,
+            "--trust", str(self.directory / "trust" / "agents"),
+        ]  # fmt: skip
+
+    def node(self, index: int) -> Node:
+        trust = TrustStore(self.directory / "trust" / "agents")
+        return Node(self.agents[index], trust, broker=self.endpoint, connect_timeout=10.0)
+
+
+def _start(swarm_dir: Path, *, mailbox: bool) -> Iterator[Swarm]:
+    broker_identity, agents = layout.create(swarm_dir, 2)
+    endpoint = f"ipc://{swarm_dir}/b.sock"
+    stop = threading.Event()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            broker = Broker(
+                [endpoint],
+                identity=broker_identity,
+                trust=TrustStore(swarm_dir / "trust" / "broker"),
+                data=swarm_dir / "data" if mailbox else None,
+            )
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            raise
+        ready.set()
+        try:
+            broker.serve(until=stop.is_set)
+        finally:
+            broker.close()
+
+    thread = threading.Thread(target=serve, name="broker", daemon=True)
+    thread.start()
+    ready.wait(TIMEOUT)
+    if failure:
+        raise failure[0]
+    try:
+        yield Swarm(swarm_dir, endpoint, agents)
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+
+
+@pytest.fixture
+def directory() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="zc-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def swarm(directory: Path) -> Iterator[Swarm]:
+    yield from _start(directory, mailbox=True)
+
+
+@pytest.fixture
+def swarm_without_mail(directory: Path) -> Iterator[Swarm]:
+    yield from _start(directory, mailbox=False)
+
+
+def zmqcomm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def _while_pumping(
+    node: Node, command: list[str], answer: Callable[[Incoming], object] | None = None
+) -> tuple[int, str, str, list[Incoming]]:
+    """Run a command while ``node`` keeps pumping, collecting what reaches it and answering
+    requests with ``answer`` (when given)."""
+    process = subprocess.Popen(
+        [*COMMAND, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    got: list[Incoming] = []
+    deadline = time.monotonic() + TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        for message in node.messages(timeout=0.02):
+            got.append(message)
+            if answer is not None and message.is_request:
+                node.reply(message, answer(message))
+    if process.poll() is None:
+        process.kill()
+    out, err = process.communicate(timeout=TIMEOUT)
+    got.extend(node.messages(timeout=0.5))
+    return process.returncode, out, err, got
+
+
+def _agent_id(swarm: Swarm, index: int) -> str:
+    return swarm.agents[index].agent_id
+
+
+def test_send_reaches_an_online_agent_by_name_of_its_key(swarm: Swarm) -> None:
+    with swarm.node(1) as bob:
+        code, out, err, got = _while_pumping(bob, ["send", "agent-1", '{"task": 7}', *swarm.args()])
+    assert code == 0, err
+    assert [(m.sender, m.payload, m.via) for m in got] == [
+        (_agent_id(swarm, 0), {"task": 7}, "session")
+    ]
+    assert out == ""
+
+
+def test_send_to_an_offline_agent_is_kept_as_mail(swarm: Swarm) -> None:
+    result = zmqcomm("send", _agent_id(swarm, 1), "hello", *swarm.args())
+    assert result.returncode == 0, result.stderr
+    with swarm.node(1) as bob:
+        got = list(bob.messages(timeout=3.0))
+    assert [(m.payload, m.via) for m in got] == [("hello", "mail")]
+
+
+def test_send_to_an_offline_agent_through_a_broker_without_mail_fails(
+    swarm_without_mail: Swarm,
+) -> None:
+    # It used to exit 0: the broker's "no mailbox" came back after the command had left.
+    result = zmqcomm("send", "agent-1", "lost", *swarm_without_mail.args())
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "is offline and the message was not kept" in result.stderr
+    assert "no mailbox" in result.stderr
+
+
+def test_request_prints_the_reply(swarm: Swarm) -> None:
+    with swarm.node(1) as bob:
+        code, out, err, _ = _while_pumping(
+            bob,
+            ["request", "agent-1", '{"op": "status"}', *swarm.args(), "--timeout", "10"],
+            answer=lambda message: {"echo": message.payload, "by": "bob"},
+        )
+    assert code == 0, err
+    assert json.loads(out) == {"echo": {"op": "status"}, "by": "bob"}
+
+
+def test_request_without_an_answer_exits_1(swarm: Swarm) -> None:
+    with swarm.node(1) as bob:  # online, but it never answers requests
+        code, out, err, _ = _while_pumping(
+            bob, ["request", "agent-1", "hi", *swarm.args(), "--timeout", "1"]
+        )
+    assert code == 1, (out, err)
+    assert "Traceback" not in err
+    assert out == ""
+
+
+def test_sub_prints_what_pub_publishes(swarm: Swarm) -> None:
+    subscriber = subprocess.Popen(
+        [*COMMAND, "sub", "news/*", *swarm.args("agent-1"), "--count", "1", "--timeout", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Publish until the subscriber has joined and taken one (it may start after us).
+        deadline = time.monotonic() + TIMEOUT
+        while subscriber.poll() is None and time.monotonic() < deadline:
+            published = zmqcomm("pub", "news/today", '{"alert": 1}', *swarm.args())
+            assert published.returncode == 0, published.stderr
+        out, err = subscriber.communicate(timeout=TIMEOUT)
+    finally:
+        if subscriber.poll() is None:
+            subscriber.kill()
+            subscriber.communicate()
+    assert subscriber.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["from"] == _agent_id(swarm, 0)
+    assert (lines[0]["topic"], lines[0]["payload"]) == ("news/today", {"alert": 1})
+
+
+def _bad_usage(swarm: Swarm) -> dict[str, tuple[list[str], str]]:
+    args = swarm.args()
+    misspelt = [*args[:-1], str(swarm.directory / "trust" / "agnets")]
+    return {
+        "misspelt trust directory": (
+            ["send", "agent-1", "x", *misspelt],
+            "trust directory",
+        ),
+        "unknown peer name": (["send", "carol", "x", *args], "neither an agent id nor a name"),
+        "zero timeout": (["request", "agent-1", "x", *args, "--timeout", "0"], "--timeout"),
+        "zero count": (["sub", "t", *args, "--count", "0"], "--count"),
+        "no key": (["pub", "t", "x", *swarm.args("nobody")], "no identity at"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["misspelt trust directory", "unknown peer name", "zero timeout", "zero count", "no key"],
+)
+def test_bad_usage_exits_2_with_one_clear_line(swarm: Swarm, case: str) -> None:
+    arguments, expected = _bad_usage(swarm)[case]
+    result = zmqcomm(*arguments)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert not (swarm.directory / "trust" / "agnets").exists()
+
+
+def _help(command: str) -> str:
+    result = zmqcomm(command, "--help")
+    assert result.returncode == 0
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", ["send", "request", "pub", "sub"])
+def test_help_explains_the_options_and_shows_an_example(command: str) -> None:
+    text = _help(command)
+    for option in ("--broker", "--keys", "--name", "--trust", "--timeout"):
+        assert option in text
+    explained = {
+        "send": "an agent id, or the name",
+        "request": "seconds to wait for the reply",
+        "pub": "JSON if it parses as JSON",
+        "sub": "prefix ending in *",
+    }
+    assert explained[command] in text
+    assert "encrypted end to end" in text
+    assert f"zmqcomm {command} " in text  # an example line
