@@ -212,6 +212,20 @@ def test_written_config_with_a_quote_in_its_path_loads_back(tmp_path: Path) -> N
     assert load_config(cluster.config_path(0)) == cluster.configs[0]
 
 
+def test_kept_configs_name_absolute_ipc_endpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 'pbft local --keep c' wrote ipc://c/sock/r0: a replica later started with
+    # 'pbft replica --config c/replica-0.toml' from another directory bound elsewhere.
+    monkeypatch.chdir(tmp_path)
+    cluster = LocalCluster(4, directory="c", client_names=())
+    monkeypatch.chdir("/")
+    config = load_config(tmp_path / "c" / "replica-0.toml")
+    for entry in config.replicas:
+        assert entry.endpoint.startswith(f"ipc://{tmp_path}/c/sock/"), entry.endpoint
+    assert config == cluster.configs[0]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

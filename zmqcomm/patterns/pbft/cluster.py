@@ -73,7 +73,9 @@ class LocalCluster:
             raise UsageError(f"transport must be ipc or tcp, got {transport!r}")
         self.n = n
         self.keep = directory is not None
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="zc-pbft-"))
+        # Absolute: the ipc endpoints written into the configs must not depend on the
+        # working directory of whoever runs 'pbft replica --config' with them later.
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="zc-pbft-")).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log = log
         try:
