@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,20 @@ def test_doctor_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> 
     assert [r["transport"] for r in report["round_trips"]] == ["inproc", "ipc", "tcp"]
     assert all(r["round_trips"] == 5 and r["p50_us"] > 0 for r in report["round_trips"])
     assert report["round_trips"][2]["endpoint"].startswith("tcp://127.0.0.1:")
+
+
+def test_doctor_ipc_works_under_a_long_tmpdir(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A TMPDIR this long left no room for the socket name: ipc was reported broken.
+    long_tmp = tmp_path / ("t" * 60) / ("u" * 40)
+    long_tmp.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    assert main(["doctor", "--count", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ipc = report["round_trips"][1]
+    assert (ipc["transport"], ipc["ok"]) == ("ipc", True), ipc
+    assert report["ok"] is True
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,6 +20,7 @@ import zstandard
 
 from zmqcomm import __version__
 from zmqcomm.errors import ZmqCommError
+from zmqcomm.transport.endpoints import ipc_temporary_directory
 from zmqcomm.transport.sockets import SocketOptions, bind, connect, open_socket, shared_context
 from zmqcomm.wire import MessageType, WireCodec
 
@@ -150,13 +151,16 @@ def round_trip(endpoint: str, *, count: int, timeout: float) -> RoundTripReport:
 
 def run(args: argparse.Namespace) -> int:
     shared_context()
-    with tempfile.TemporaryDirectory(prefix="zmqcomm-doctor-") as directory:
+    directory = ipc_temporary_directory("zmqcomm-doctor-")
+    try:
         endpoints = [
             f"inproc://zmqcomm-doctor-{os.getpid()}",
             f"ipc://{directory}/doctor.sock",
             "tcp://127.0.0.1:0",
         ]
         reports = [round_trip(ep, count=args.count, timeout=args.timeout) for ep in endpoints]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     found = versions()
     healthy = all(report.ok for report in reports)
     if args.json:

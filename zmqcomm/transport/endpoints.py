@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -153,6 +154,20 @@ def _parse_port(text: str, port_text: str) -> int:
     if port > 65535:
         raise EndpointError(f"port {port} in {text!r} is over 65535")
     return port
+
+
+#: Bytes left for socket names under a directory from :func:`ipc_temporary_directory`.
+IPC_NAME_ROOM = 48
+
+
+def ipc_temporary_directory(prefix: str) -> str:
+    """A new private directory (``mkdtemp``) for ipc sockets, in the system's temporary
+    directory (``TMPDIR``) when it leaves room for socket names, else in /tmp: a long
+    ``TMPDIR`` (macOS's, or a CI runner's) would push the socket paths past the limit."""
+    base = tempfile.gettempdir()
+    if len(os.fsencode(base)) + len(prefix) + 10 > IPC_PATH_MAX - IPC_NAME_ROOM:
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
 def prepare_ipc_directory(endpoint: Endpoint) -> None:

@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from zmqcomm.patterns.pbft.config import ReplicaConfig, ReplicaEntry
 from zmqcomm.patterns.pbft.driver import STATE_FILE, STATUS_FILE
 from zmqcomm.patterns.pbft.loadgen import LoadGenerator, LoadReport
 from zmqcomm.patterns.pbft.quorum import Quorum
+from zmqcomm.transport.endpoints import ipc_temporary_directory
 
 __all__ = ["LocalCluster", "LocalOptions", "free_tcp_port", "run_local"]
 
@@ -75,7 +75,7 @@ class LocalCluster:
         self.keep = directory is not None
         # Absolute: the ipc endpoints written into the configs must not depend on the
         # working directory of whoever runs 'pbft replica --config' with them later.
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="zc-pbft-")).absolute()
+        self.directory = Path(directory or ipc_temporary_directory("zc-pbft-")).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log = log
         try:
