@@ -47,6 +47,7 @@ from zmqcomm.errors import (
     UnknownPeerError,
 )
 from zmqcomm.transport.batching import BatchingSender
+from zmqcomm.transport.endpoints import unresolved_host_hint
 from zmqcomm.transport.sockets import (
     DEFAULT_SOCKET_OPTIONS,
     SocketOptions,
@@ -508,7 +509,7 @@ class SecureDealer(_SecureSocket):
                 raise ConnectError(
                     f"no authenticated session with {self.endpoint} within {timeout} s "
                     f"(is the router running, and does it trust this identity? refused here: "
-                    f"{rejected or 'nothing'})"
+                    f"{rejected or 'nothing'}){unresolved_host_hint(self.endpoint)}"
                 )
             self.pump(min(left, 0.05))
         assert self.peer is not None

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import stat
 
 import pytest
+import zmq
 
-from zmqcomm.errors import EndpointError, UsageError
+from zmqcomm.errors import ConnectError, EndpointError, UsageError
 from zmqcomm.transport.endpoints import (
     IPC_PATH_MAX,
     Endpoint,
     parse_endpoint,
     prepare_ipc_directory,
+    unresolved_host_hint,
 )
+from zmqcomm.transport.sockets import bind
 
 
 @pytest.mark.parametrize(
@@ -99,3 +104,36 @@ def test_ipc_directory_that_cannot_be_created_is_a_clear_error(short_dir: str) -
         pass
     with pytest.raises(EndpointError, match="cannot create the directory"):
         prepare_ipc_directory(parse_endpoint(f"ipc://{blocker}/sub/agent.sock"))
+
+
+def _resolver_that_knows_nothing(host: str, *args: object, **kwargs: object) -> list[object]:
+    # Stands in for DNS: tests never ask a real resolver (it may be off this machine).
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+def test_unresolved_host_is_named_in_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver_that_knows_nothing)
+    hint = unresolved_host_hint("tcp://brokr.example:5555")
+    assert "'brokr.example' does not resolve" in hint
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://*:0", "ipc:///x", "bad"]
+)
+def test_no_hint_without_a_host_name(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver_that_knows_nothing)
+    assert unresolved_host_hint(endpoint) == ""
+
+
+def test_bind_to_an_unresolved_host_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver_that_knows_nothing)
+
+    class Refusing:
+        def setsockopt(self, *args: object) -> None:
+            pass
+
+        def bind(self, address: str) -> None:  # libzmq's words for a name it cannot use
+            raise zmq.ZMQError(errno.ENODEV)
+
+    with pytest.raises(ConnectError, match=r"'brokr\.example' does not resolve"):
+        bind(Refusing(), "tcp://brokr.example:5555")  # type: ignore[arg-type]

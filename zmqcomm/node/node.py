@@ -56,6 +56,7 @@ from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
+from zmqcomm.transport.endpoints import unresolved_host_hint
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.header import MAX_TOPIC_LEN
@@ -200,6 +201,7 @@ class Node:
                     raise ConnectError(
                         f"no authenticated session with {endpoint} within {timeout} s (is a "
                         "node listening there, and do both trust stores list each other?)"
+                        f"{unresolved_host_hint(endpoint)}"
                     )
                 self.pump(0.01)  # may raise: a request handler's error comes out here
                 dealer.pump(0.01)

@@ -156,6 +156,31 @@ def _parse_port(text: str, port_text: str) -> int:
     return port
 
 
+def unresolved_host_hint(endpoint: str) -> str:
+    """`` (host H does not resolve ...)`` when ``endpoint`` is tcp with a host name the
+    resolver does not know, else "". Only for error messages: libzmq resolves a connect's
+    host in the background and retries forever, so the caller only sees a timeout."""
+    try:
+        parsed = parse_endpoint(endpoint)
+    except EndpointError:
+        return ""
+    host = parsed.address
+    if parsed.scheme != "tcp" or host == "*":
+        return ""
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return f" (the host name {host!r} does not resolve: check its spelling)"
+    except OSError:
+        return ""
+    return ""
+
+
 #: Bytes left for socket names under a directory from :func:`ipc_temporary_directory`.
 IPC_NAME_ROOM = 48
 

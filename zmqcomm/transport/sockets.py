@@ -34,6 +34,7 @@ from zmqcomm.transport.endpoints import (
     parse_endpoint,
     prepare_ipc_directory,
     refuse_live_ipc_socket,
+    unresolved_host_hint,
 )
 from zmqcomm.wire.limits import DEFAULT_LIMITS
 from zmqcomm.wire.payload import Buffer
@@ -178,7 +179,11 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> str:
     try:
         sock.bind(str(parsed))
     except zmq.ZMQError as exc:
-        raise translate_zmq_error(exc, f"bind to {endpoint}") from exc
+        error = translate_zmq_error(exc, f"bind to {endpoint}")
+        hint = unresolved_host_hint(endpoint) if type(error) is ConnectError else ""
+        if hint:
+            error = ConnectError(f"cannot bind to {endpoint}{hint}")
+        raise error from exc
     last = sock.getsockopt(zmq.LAST_ENDPOINT)
     bound = last.decode() if isinstance(last, bytes) else str(last)
     return bound or str(parsed)
