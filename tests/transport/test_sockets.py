@@ -32,7 +32,7 @@ from zmqcomm.transport import (
     send_frames,
     shared_context,
 )
-from zmqcomm.transport.sockets import poll_ms
+from zmqcomm.transport.sockets import _SharedContext, poll_ms
 from zmqcomm.wire import MessageType, WireCodec
 
 MakeSocket = Callable[..., zmq.Socket[Any]]
@@ -344,3 +344,38 @@ def test_one_context_per_process_and_a_fresh_one_after_fork() -> None:
 
 
 parent_id = id(shared_context())
+
+
+def test_shared_context_allows_more_sockets_than_libzmqs_default_when_files_allow() -> None:
+    # libzmq stops at 1023 sockets by default: a node with a thousand direct links failed
+    # on a machine whose open-files limit was far higher.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if soft != resource.RLIM_INFINITY and soft < wanted + 100:
+        if hard != resource.RLIM_INFINITY and hard < wanted + 100:
+            pytest.fail(f"this test needs an open-files hard limit above {wanted + 100}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted + 100, hard))
+    context = _SharedContext().get()
+    sockets = []
+    try:
+        for _ in range(wanted):
+            sockets.append(open_socket(zmq.DEALER, context=context))
+        assert len(sockets) == wanted
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        context.term()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_too_many_sockets_is_a_clear_error() -> None:
+    context = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, 2)
+    sockets = [open_socket(zmq.DEALER, context=context) for _ in range(2)]
+    try:
+        with pytest.raises(ConnectError, match="ulimit -n"):
+            open_socket(zmq.DEALER, context=context)
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        context.term()

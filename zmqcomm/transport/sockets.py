@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import resource
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -108,8 +109,21 @@ class _SharedContext:
         with self._lock:
             if self._context is None or self._pid != pid or self._context.closed:
                 self._context = zmq.Context()
+                self._context.set(zmq.MAX_SOCKETS, socket_budget(self._context))
                 self._pid = pid
             return self._context
+
+
+def socket_budget(context: zmq.Context[Any]) -> int:
+    """How many sockets the shared context allows: libzmq's default of 1023 would stop a
+    node with a thousand direct links long before the process runs out of descriptors.
+    Every socket holds at least one descriptor, so the open-files limit (``ulimit -n``)
+    bounds it, as does libzmq's own ceiling."""
+    default = int(context.get(zmq.MAX_SOCKETS))
+    ceiling = int(context.get(zmq.SOCKET_LIMIT))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = ceiling if soft == resource.RLIM_INFINITY else soft
+    return max(default, min(ceiling, files))
 
 
 _shared = _SharedContext()
@@ -284,6 +298,11 @@ def _send_parts(sock: zmq.Socket[Any], frames: Sequence[Buffer], flags: int) -> 
 def translate_zmq_error(exc: zmq.ZMQError, action: str) -> TransportError:
     """Map a pyzmq error to the zmqcomm tree; the caller chains the original."""
     code = exc.errno
+    if code == errno.EMFILE:
+        return ConnectError(
+            f"cannot {action}: too many sockets or files open in this process; close some, "
+            "or raise the open-files limit (ulimit -n)"
+        )
     if code == errno.EADDRINUSE:
         return AddressInUseError(
             f"cannot {action}: the address is already in use; stop the other process, pick "
