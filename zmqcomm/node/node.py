@@ -234,7 +234,8 @@ class Node:
         if direct is not None:
             link, agent = direct
             if isinstance(link, SecureRouter):
-                link.send_many(agent, list(payloads), msg_type=MessageType.DATA, topic=topic)
+                with self._forgetting(link, agent):
+                    link.send_many(agent, list(payloads), msg_type=MessageType.DATA, topic=topic)
             else:
                 link.send_many(list(payloads), msg_type=MessageType.DATA, topic=topic)
         elif self._tunnels is not None:
@@ -304,8 +305,9 @@ class Node:
         if self._topics is not None and self._broker is not None:
             self._hop(self._topics.publish(topic, payload), MessageType.PUBLISH, topic)
         else:
-            for peer in self._direct_topics.subscribers(topic):
-                self._send(peer, MessageType.PUBLISH, payload, topic=topic)
+            self._to_each(
+                self._direct_topics.subscribers(topic), MessageType.PUBLISH, payload, topic
+            )
         self.counters["published"] += 1
 
     def subscribe(self, topic: str) -> None:
@@ -327,8 +329,7 @@ class Node:
             self._direct_topics.mine.add(topic)
         else:
             self._direct_topics.mine.discard(topic)
-        for peer in self.peers:
-            self._send(peer, kind, None, topic=topic)
+        self._to_each(self.peers, kind, None, topic)
 
     def subscribers(self, topic: str) -> list[str]:
         """Direct peers that subscribed to ``topic`` (through a broker, only it knows)."""
@@ -341,6 +342,17 @@ class Node:
 
     def _subscribe_peer(self, peer: str, topic: str) -> None:
         self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
+
+    def _to_each(self, peers: Sequence[str], kind: int, payload: object, topic: str) -> None:
+        """Send to several direct peers: one that left is skipped (counted and audited), and
+        forgotten once no link to it is left, never an error that robs the others."""
+        for peer in peers:
+            try:
+                self._send(peer, kind, payload, topic=topic)
+            except (TransportError, UnknownPeerError) as exc:
+                self._reject(peer, exc)
+                if self._direct_link(peer) is None:
+                    self._direct_topics.forget(peer)
 
     def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
         """A send the node makes on its own (an automatic reply, a subscription) inside
@@ -365,7 +377,8 @@ class Node:
         if direct is not None:
             link, agent = direct
             if isinstance(link, SecureRouter):
-                link.send(agent, inner, msg_type=kind, topic=topic)
+                with self._forgetting(link, agent):
+                    link.send(agent, inner, msg_type=kind, topic=topic)
             else:
                 link.send(inner, msg_type=kind, topic=topic)
         elif self._tunnels is not None:
@@ -378,6 +391,20 @@ class Node:
         else:
             raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
         self.counters["sent"] += 1
+
+    @contextlib.contextmanager
+    def _forgetting(self, router: SecureRouter, peer: str) -> Iterator[None]:
+        """A send on our router that finds the peer gone drops its session and its
+        subscriptions (the router would otherwise list it, and fail on it, forever)."""
+        try:
+            yield
+        except TransportError as exc:
+            route = router.table.route_of(peer)
+            if exc.reason == "unroutable" and route is not None:
+                router.table.drop(route)
+                router.gone += 1
+                self._direct_topics.forget(peer)
+            raise
 
     def _direct_link(self, peer: str) -> tuple[SecureRouter | SecureDealer, str] | None:
         dealer = self._dealers.get(peer)
