@@ -225,6 +225,32 @@ def test_mail_from_a_revoked_sender_is_refused_and_acknowledged(
     assert line["peer"] == bus.id("alice")
 
 
+def test_malformed_mail_is_refused_acknowledged_and_does_not_block_the_next(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    assert alice._tunnels is not None
+    public = alice.trust.lookup(dave_id, now=time.time()).public
+    # Sealed and signed by alice, so it opens: a REQUEST without its request id inside.
+    bad = alice._tunnels.mail_message(
+        dave_id, public, MessageType.REQUEST, "no id", topic="", now=time.time()
+    )
+    alice._hop(bad.payload, bad.msg_type, bad.topic)
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="bad mail stored")
+    alice.send(dave_id, "good mail")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 2, what="good mail stored")
+
+    audit = MemoryAuditLog()
+    dave = make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, audit=audit)
+    pump_until([dave], lambda: mail_waiting(broker) == 0, what="both pieces acknowledged")
+    pump_until([dave], lambda: bool(dave.inbox), what="the good mail")
+    assert [(m.payload, m.via) for m in dave.inbox] == [("good mail", "mail")]
+    assert dave.statistics()["rejected"] == {"bad_request": 1}
+    [line] = audit.events("reject", reason="bad_request")
+    assert line["peer"] == bus.id("alice")
+
+
 def test_message_to_a_peer_that_went_offline_is_mailed(
     bus: Bus, broker: BrokerThread, make_node: MakeNode
 ) -> None:

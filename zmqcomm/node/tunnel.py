@@ -30,7 +30,6 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     LocalProtocolError,
-    NotPermittedError,
     QueueFullError,
     RemoteProtocolError,
     SecurityError,
@@ -351,36 +350,35 @@ class Tunnels:
             raise RemoteProtocolError("MAIL_DELIVER without id and blob", reason="bad_mail")
         stored_id, blob = payload
         ack = HopMessage(MessageType.MAIL_ACK, stored_id)
+        peer = sender  # the broker's word, until the signature proves who sent it
         try:
             opened = open_sealed(blob, recipient=self.identity, now=now)
+            peer = opened.agent_id
             entry = self.trust.check_certificate(opened.sender_certificate, now=now)
             inner = self.codec.decode([opened.message])
             body = inner.payload
             if not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], bytes):
                 raise RemoteProtocolError("mail without its id", reason="bad_mail")
+            mail_id, content = body
+            incoming = unwrap(
+                opened.agent_id,
+                inner.header.type,
+                content,
+                topic=inner.header.topic,
+                via=VIA_MAIL,
+                roles=entry.roles,
+            )
+            self._check_policy(incoming)
         except (RemoteProtocolError, SecurityError) as exc:
-            # Bad mail never gets better: acknowledge it so the broker deletes it.
-            self._refuse(sender, exc, now=now)
+            # Bad mail never gets better: acknowledge it so the broker deletes it (unacked,
+            # it would come back on every connect).
+            self._refuse(peer, exc, now=now)
             return [ack], []
-        mail_id, content = body
         if mail_id in self._seen_mail:
             return [ack], []  # delivered before; acknowledge again, deliver once
         self._seen_mail[mail_id] = None
         while len(self._seen_mail) > _SEEN_MAIL:
             self._seen_mail.popitem(last=False)
-        incoming = unwrap(
-            opened.agent_id,
-            inner.header.type,
-            content,
-            topic=inner.header.topic,
-            via=VIA_MAIL,
-            roles=entry.roles,
-        )
-        try:
-            self._check_policy(incoming)
-        except NotPermittedError as exc:
-            self._refuse(opened.agent_id, exc, now=now)
-            return [ack], []
         return [ack], [incoming]
 
     # -- timers ------------------------------------------------------------------------------
