@@ -173,8 +173,9 @@ class Tunnels:
         while len(recent) > _RECENT:
             recent.popitem(last=False)
 
-    def _recover(self, peer: str, frames: object) -> list[_Item] | None:
-        """The messages of frames we sent to ``peer`` and got back; None if not ours."""
+    def _recover(self, peer: str, frames: object, *, and_after: bool) -> list[_Item] | None:
+        """The messages of frames we sent to ``peer`` and got back, and with ``and_after``
+        those sent after them on the same session; None if not ours."""
         if not isinstance(frames, list) or not frames or not isinstance(frames[0], bytes):
             return None
         try:
@@ -184,11 +185,13 @@ class Tunnels:
         recent = self._recent.get(peer)
         if recent is None or key not in recent:
             return None
-        # That frame and everything sent after it on the session went the same way.
+        if not and_after:
+            return recent.pop(key)
         keys = list(recent)
         lost: list[_Item] = []
         for lost_key in keys[keys.index(key) :]:
-            lost += recent.pop(lost_key)
+            if lost_key[0] == key[0]:
+                lost += recent.pop(lost_key)
         return lost
 
     def _after_send(self, peer: str, now: float) -> list[HopMessage]:
@@ -287,7 +290,8 @@ class Tunnels:
     def _on_reset(self, peer: str, frames: object, *, now: float) -> list[HopMessage]:
         """The peer does not know the session these frames came from: start a new one and
         send again what went out since."""
-        lost = self._recover(peer, frames)
+        # The peer refused that frame and everything after it on the session.
+        lost = self._recover(peer, frames, and_after=True)
         if lost is None:
             return []  # not frames we sent lately: nothing to redo
         self.table.drop(peer.encode())
@@ -306,9 +310,11 @@ class Tunnels:
             self.last_error = f"mail to {peer} refused by the broker: {frames}"
             self.audit.record("reject", now=now, peer=peer, reason="mail_refused")
             return []
-        lost = self._recover(peer, frames) or []
+        # Only this frame is known lost: a broker bounces one message for a slow consumer and
+        # delivers the next. Each lost frame comes back on its own, so the others are
+        # remembered until then (mailing them now would deliver them twice).
+        lost = self._recover(peer, frames, and_after=False) or []
         self.table.drop(peer.encode())
-        self._recent.pop(peer, None)
         queue = deque(lost)
         queue.extend(self._queues.pop(peer, deque()))
         if not queue:
