@@ -10,6 +10,7 @@ import pytest
 
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import LocalProtocolError
 from zmqcomm.node.messages import Incoming
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.wire import Message, MessageType, WireCodec
@@ -80,3 +81,19 @@ def test_a_bounce_for_a_slow_consumer_mails_only_the_bounced_message(
     got = [(m.payload, m.via) for m in flow(agents, hops)]
     assert got == [("m2", "session"), ("m1", "mail"), ("m3", "mail")]
     assert (alice.mailed, alice.queued()) == (2, 0)
+
+
+def test_an_unencodable_payload_is_refused_at_send_and_the_queue_goes_out(
+    agents: dict[str, Tunnels],
+) -> None:
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    hops = alice.send(bob_id, MessageType.DATA, "one", topic="", now=NOW)  # queued: no session
+    with pytest.raises(LocalProtocolError, match="cannot encode payload"):
+        alice.send(bob_id, MessageType.DATA, object(), topic="", now=NOW)
+    with pytest.raises(LocalProtocolError, match="cannot encode payload"):
+        alice.send_many(bob_id, MessageType.DATA, ["not queued", {1, 2}], topic="", now=NOW)
+    hops += alice.send(bob_id, MessageType.DATA, "two", topic="", now=NOW)
+    assert alice.queued(bob_id) == 2
+    got = flow(agents, [(alice_id, hop) for hop in hops])
+    assert [m.payload for m in got] == ["one", "two"]

@@ -128,6 +128,7 @@ class Tunnels:
             frames = channel.seal(kind, payload, topic=topic, now=now)
             self._remember(peer, frames, [(kind, payload, topic)])
             return [self._forward(peer, frames), *self._after_send(peer, now)]
+        self._check_encodable(kind, payload, topic)
         queue = self._queues.setdefault(peer, deque())
         if len(queue) >= self.max_queue:
             self.dropped["queue_full"] += 1
@@ -160,10 +161,17 @@ class Tunnels:
                 f"{len(payloads)} messages do not fit the {room} places left in the queue "
                 f"for {peer}; wait for its session (receive/pump) or raise max_queue"
             )
+        for payload in payloads:  # all or nothing here too
+            self._check_encodable(kind, payload, topic)
         out: list[HopMessage] = []
         for payload in payloads:
             out += self.send(peer, kind, payload, topic=topic, now=now)
         return out
+
+    def _check_encodable(self, kind: int, payload: object, topic: str) -> None:
+        """Refuse now (LocalProtocolError) what could not be sealed once the session is up:
+        queued, it would fail later, inside pump(), and take the rest of the queue with it."""
+        self.codec.encode(kind, payload, topic=topic)
 
     def _remember(self, peer: str, frames: Sequence[Any], items: list[_Item]) -> None:
         """Keep what went out on a session for a while: if the broker bounces it (the peer
