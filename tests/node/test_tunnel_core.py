@@ -97,3 +97,20 @@ def test_an_unencodable_payload_is_refused_at_send_and_the_queue_goes_out(
     assert alice.queued(bob_id) == 2
     got = flow(agents, [(alice_id, hop) for hop in hops])
     assert [m.payload for m in got] == ["one", "two"]
+
+
+def test_a_message_mail_cannot_carry_is_dropped_and_the_others_are_mailed(
+    agents: dict[str, Tunnels],
+) -> None:
+    numpy = pytest.importorskip("numpy")
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    big = numpy.zeros(1 << 20, dtype=numpy.uint8)  # sent as its own frame: not as mail
+    [init] = alice.send(bob_id, MessageType.DATA, "one", topic="", now=NOW)
+    alice.send(bob_id, MessageType.DATA, big, topic="", now=NOW)
+    alice.send(bob_id, MessageType.DATA, "two", topic="", now=NOW)
+    # Bob is offline: the broker bounces the handshake, and the queue turns into mail.
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, init.payload, bob_id), now=NOW)
+    got = flow(agents, [(alice_id, hop) for hop in out])
+    assert [(m.payload, m.via) for m in got] == [("one", "mail"), ("two", "mail")]
+    assert alice.dropped == {"unmailable": 1} and alice.queued() == 0

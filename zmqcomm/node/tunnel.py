@@ -337,7 +337,11 @@ class Tunnels:
             return []
         out = []
         for kind, payload, topic in queue:
-            out.append(self.mail_message(peer, public, kind, payload, topic=topic, now=now))
+            try:
+                out.append(self.mail_message(peer, public, kind, payload, topic=topic, now=now))
+            except UsageError:  # a large array: it travels in a session only
+                self.dropped["unmailable"] += 1
+                self.audit.record("reject", now=now, peer=peer, reason="unmailable")
         return out
 
     def mail_message(
