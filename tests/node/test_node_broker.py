@@ -25,7 +25,7 @@ from zmqcomm.crypto.channel import SecureChannel
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import ConnectError, QueueFullError, RequestTimeout
+from zmqcomm.errors import ConnectError, QueueFullError, RequestTimeout, UsageError
 from zmqcomm.node import Incoming, Node
 from zmqcomm.transport import shared_context
 from zmqcomm.wire import MessageType
@@ -507,6 +507,25 @@ def test_queue_full_before_the_broker_answers(
     dave = make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint)
     pump_until([dave], lambda: len(dave.inbox) == 3, what="mail at dave")
     assert [(m.payload, m.via) for m in dave.inbox] == [(0, "mail"), (1, "mail"), (2, "mail")]
+
+
+def test_a_send_to_a_malformed_id_or_to_itself_is_refused_at_once(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    bad = ["nobody", "", bus.id("bob").upper(), bus.id("bob") + "x", bus.id("alice")]
+    for peer in bad:
+        with pytest.raises(UsageError):
+            alice.send(peer, "lost")
+        with pytest.raises(UsageError):
+            alice.send_many(peer, ["lost"])
+        with pytest.raises(UsageError):
+            alice.request(peer, "lost", timeout=5)
+    with pytest.raises(UsageError, match="itself"):
+        alice.send(bus.id("alice"), "to me")
+    stats = alice.statistics()
+    assert (stats["queued"], stats["sent"]) == (0, 0)
+    assert alice._waiting == {}
 
 
 # -- 9. statistics and rekeys ----------------------------------------------------------------

@@ -34,7 +34,7 @@ from zmqcomm.access import Policy
 from zmqcomm.checks import check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Delivered
-from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.keys import Identity, sender_from_agent_id
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
@@ -224,12 +224,25 @@ class Node:
 
     def send(self, peer: str, payload: object, *, topic: str = "") -> None:
         """Send ``payload`` to ``peer`` (an agent id), encrypted end to end."""
+        self._check_recipient(peer)
         self._send(peer, MessageType.DATA, payload, topic=topic)
+
+    def _check_recipient(self, peer: object) -> None:
+        """Through a broker, a message to a malformed id or to ourselves would wait for a
+        session that never comes: refuse it now (UsageError)."""
+        if self._tunnels is None:
+            return  # direct only: an unknown peer raises UnknownPeerError anyway
+        if not isinstance(peer, str):
+            raise UsageError(f"a peer is an agent id (a str), got {peer!r:.80}")
+        sender_from_agent_id(peer)  # UsageError if it is not one
+        if peer == self.agent_id:
+            raise UsageError("a node does not send to itself")
 
     def send_many(self, peer: str, payloads: Sequence[object], *, topic: str = "") -> None:
         """Send several messages to ``peer`` as one encrypted batch: one AEAD call and one
         socket send for all of them, which is how small messages go fast."""
         self._check_open()
+        self._check_recipient(peer)
         direct = self._direct_link(peer)
         if direct is not None:
             link, agent = direct
@@ -268,6 +281,7 @@ class Node:
 
     def start_request(self, peer: str, payload: object) -> int:
         """Send a request without waiting; collect the reply with :meth:`take_reply`."""
+        self._check_recipient(peer)
         request_id = next(self._request_ids)
         self._waiting[request_id] = peer
         try:
