@@ -24,7 +24,7 @@ from zmqcomm.errors import (
     UnknownPeerError,
     UsageError,
 )
-from zmqcomm.node import Incoming, Node
+from zmqcomm.node import Incoming, Node, direct_topics
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 
@@ -569,3 +569,33 @@ def test_a_departed_peer_is_forgotten_and_the_others_still_hear_from_us(
     assert rejected.get("unroutable", 0) + rejected.get("unknown_peer", 0) == 2, rejected
     lines = audit.events("reject")
     assert {line["peer"] for line in lines} == {bob.agent_id, carol.agent_id}, lines
+
+
+def test_subscriptions_per_peer_are_capped_counted_and_audited(
+    bus: Bus,
+    make_node: MakeNode,
+    spawn_node: SpawnNode,
+    ipc_endpoint: Endpoints,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(direct_topics, "MAX_SUBSCRIPTIONS", 3, raising=False)
+    audit = MemoryAuditLog()
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=ipc_endpoint("bob"))
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("a"), audit=audit)
+    alice.connect(bob.call(lambda node: node.endpoint), expect_peer=bob.agent_id, timeout=5)
+    for topic in ("t/0", "t/1", "t/2", "t/1", "t/3", "t/4"):  # t/1 again takes no new place
+        bob.call(lambda node, topic=topic: node.subscribe(topic))
+    pump_until(
+        [alice],
+        lambda: len(audit.events("reject", reason="too_many_subscriptions")) == 2,
+        what="two refused subscriptions",
+    )
+    assert [alice.subscribers(f"t/{index}") for index in range(5)] == [[bob.agent_id]] * 3 + [
+        []
+    ] * 2
+    assert alice.statistics()["rejected"] == {"too_many_subscriptions": 2}
+    # Room made by an unsubscribe is room again.
+    bob.call(lambda node: node.unsubscribe("t/0"))
+    bob.call(lambda node: node.subscribe("t/4"))
+    pump_until([alice], lambda: alice.subscribers("t/4") == [bob.agent_id], what="t/4 taken")
+    assert alice.subscribers("t/0") == []
