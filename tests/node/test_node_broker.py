@@ -25,7 +25,7 @@ from zmqcomm.crypto.channel import SecureChannel
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import ConnectError, QueueFullError, RequestTimeout
+from zmqcomm.errors import ConnectError, QueueFullError, RequestTimeout, UsageError
 from zmqcomm.node import Incoming, Node
 from zmqcomm.transport import shared_context
 from zmqcomm.wire import MessageType
@@ -222,6 +222,32 @@ def test_mail_from_a_revoked_sender_is_refused_and_acknowledged(
     assert not dave.inbox
     assert dave.statistics()["rejected"] == {"revoked": 1}
     [line] = audit.events("reject", reason="revoked")
+    assert line["peer"] == bus.id("alice")
+
+
+def test_malformed_mail_is_refused_acknowledged_and_does_not_block_the_next(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    assert alice._tunnels is not None
+    public = alice.trust.lookup(dave_id, now=time.time()).public
+    # Sealed and signed by alice, so it opens: a REQUEST without its request id inside.
+    bad = alice._tunnels.mail_message(
+        dave_id, public, MessageType.REQUEST, "no id", topic="", now=time.time()
+    )
+    alice._hop(bad.payload, bad.msg_type, bad.topic)
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="bad mail stored")
+    alice.send(dave_id, "good mail")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 2, what="good mail stored")
+
+    audit = MemoryAuditLog()
+    dave = make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, audit=audit)
+    pump_until([dave], lambda: mail_waiting(broker) == 0, what="both pieces acknowledged")
+    pump_until([dave], lambda: bool(dave.inbox), what="the good mail")
+    assert [(m.payload, m.via) for m in dave.inbox] == [("good mail", "mail")]
+    assert dave.statistics()["rejected"] == {"bad_request": 1}
+    [line] = audit.events("reject", reason="bad_request")
     assert line["peer"] == bus.id("alice")
 
 
@@ -481,6 +507,25 @@ def test_queue_full_before_the_broker_answers(
     dave = make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint)
     pump_until([dave], lambda: len(dave.inbox) == 3, what="mail at dave")
     assert [(m.payload, m.via) for m in dave.inbox] == [(0, "mail"), (1, "mail"), (2, "mail")]
+
+
+def test_a_send_to_a_malformed_id_or_to_itself_is_refused_at_once(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    bad = ["nobody", "", bus.id("bob").upper(), bus.id("bob") + "x", bus.id("alice")]
+    for peer in bad:
+        with pytest.raises(UsageError):
+            alice.send(peer, "lost")
+        with pytest.raises(UsageError):
+            alice.send_many(peer, ["lost"])
+        with pytest.raises(UsageError):
+            alice.request(peer, "lost", timeout=5)
+    with pytest.raises(UsageError, match="itself"):
+        alice.send(bus.id("alice"), "to me")
+    stats = alice.statistics()
+    assert (stats["queued"], stats["sent"]) == (0, 0)
+    assert alice._waiting == {}
 
 
 # -- 9. statistics and rekeys ----------------------------------------------------------------

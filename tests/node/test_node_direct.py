@@ -24,7 +24,7 @@ from zmqcomm.errors import (
     UnknownPeerError,
     UsageError,
 )
-from zmqcomm.node import Incoming, Node
+from zmqcomm.node import Incoming, Node, direct_topics
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 
@@ -515,3 +515,87 @@ def test_a_topic_the_header_cannot_carry_is_refused_before_it_is_stored(
         bob.submit(lambda node: pump_until([node], lambda: bool(node.subscribers("é" * 127)))),
         [alice],
     )
+
+
+def receive_until(node: Node, last: object) -> list[object]:
+    """Payloads ``node`` receives up to and including ``last``."""
+    got = []
+    while not got or got[-1] != last:
+        got.append(node.receive(timeout=5).payload)
+    return got
+
+
+def test_a_departed_peer_is_forgotten_and_the_others_still_hear_from_us(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    audit = MemoryAuditLog()
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("a"), audit=audit)
+    endpoint = alice.endpoint
+    assert endpoint is not None
+    others = {}
+    for name in ("bob", "carol", "dave"):
+        other = spawn_node(bus.agents[name], bus.trust(name), bind=ipc_endpoint(name))
+        wait_for(other.submit(lambda node: node.connect(endpoint, timeout=5)), [alice])
+        other.call(lambda node: node.subscribe("news"))
+        others[name] = other
+    pump_until([alice], lambda: len(alice.subscribers("news")) == 3, what="three subscribers")
+    bob, carol, dave = others["bob"], others["carol"], others["dave"]
+
+    # Bob leaves: publishing goes on (to nobody's error) until the router finds him gone.
+    bob.close_node()
+    sequence = iter(range(1_000_000))
+    pump_until(
+        [alice],
+        lambda: alice.publish("news", next(sequence)) or bob.agent_id not in alice.peers,
+        what="bob forgotten",
+    )
+    assert alice.subscribers("news") == sorted([carol.agent_id, dave.agent_id])
+    alice.publish("news", "after bob")
+    for other in (carol, dave):
+        got = wait_for(other.submit(lambda node: receive_until(node, "after bob")), [alice])
+        assert got[-1] == "after bob"
+
+    # Carol leaves: a subscription sent to every peer skips her too.
+    carol.close_node()
+    topics = (f"topic/{index}" for index in range(1_000_000))
+    pump_until(
+        [alice],
+        lambda: alice.subscribe(next(topics)) or alice.peers == [dave.agent_id],
+        what="carol forgotten",
+    )
+    assert alice.subscribers("news") == [dave.agent_id]
+    # Each counted and audited (as unroutable, or unknown if a timer found them gone first).
+    rejected = alice.statistics()["rejected"]
+    assert rejected.get("unroutable", 0) + rejected.get("unknown_peer", 0) == 2, rejected
+    lines = audit.events("reject")
+    assert {line["peer"] for line in lines} == {bob.agent_id, carol.agent_id}, lines
+
+
+def test_subscriptions_per_peer_are_capped_counted_and_audited(
+    bus: Bus,
+    make_node: MakeNode,
+    spawn_node: SpawnNode,
+    ipc_endpoint: Endpoints,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(direct_topics, "MAX_SUBSCRIPTIONS", 3, raising=False)
+    audit = MemoryAuditLog()
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=ipc_endpoint("bob"))
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("a"), audit=audit)
+    alice.connect(bob.call(lambda node: node.endpoint), expect_peer=bob.agent_id, timeout=5)
+    for topic in ("t/0", "t/1", "t/2", "t/1", "t/3", "t/4"):  # t/1 again takes no new place
+        bob.call(lambda node, topic=topic: node.subscribe(topic))
+    pump_until(
+        [alice],
+        lambda: len(audit.events("reject", reason="too_many_subscriptions")) == 2,
+        what="two refused subscriptions",
+    )
+    assert [alice.subscribers(f"t/{index}") for index in range(5)] == [[bob.agent_id]] * 3 + [
+        []
+    ] * 2
+    assert alice.statistics()["rejected"] == {"too_many_subscriptions": 2}
+    # Room made by an unsubscribe is room again.
+    bob.call(lambda node: node.unsubscribe("t/0"))
+    bob.call(lambda node: node.subscribe("t/4"))
+    pump_until([alice], lambda: alice.subscribers("t/4") == [bob.agent_id], what="t/4 taken")
+    assert alice.subscribers("t/0") == []

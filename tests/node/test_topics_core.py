@@ -17,7 +17,7 @@ from zmqcomm.errors import (
     ReplayError,
     UnknownPeerError,
 )
-from zmqcomm.node.topics import MAX_HELD, Topics
+from zmqcomm.node.topics import MAX_HELD, MAX_PENDING, Topics
 from zmqcomm.wire import MessageType
 
 NOW = 1_800_000_000.0
@@ -141,3 +141,71 @@ def test_malformed_publications_raise_a_typed_error(
     _, theirs, _, _ = pair
     with pytest.raises(RemoteProtocolError):
         theirs.on_publication("news/a", payload, now=NOW)
+
+
+def _hold(
+    theirs: Topics, mine: Topics, publisher: Identity, topic: str, count: int
+) -> list[object]:
+    """Publish ``count`` times on ``topic`` before the key is known; the key requests made."""
+    asks: list[object] = []
+    for index in range(count):
+        body = mine.publish(topic, index)
+        new, opened = theirs.on_publication(topic, [publisher.agent_id, body], now=NOW)
+        assert opened == []
+        asks += [request for _, request in new]
+    return asks
+
+
+def test_a_topic_whose_key_is_refused_or_wrong_holds_up_no_other_topic(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    reader = frozenset({"reader"})
+    [ask_a] = _hold(theirs, mine, publisher, "news/a", MAX_HELD + 5)  # its place is full
+    [ask_b] = _hold(theirs, mine, publisher, "news/b", 2)  # still asked for, and held
+    [ask_c] = _hold(theirs, mine, publisher, "news/c", 2)
+
+    # A wrong key for b opens nothing and is not kept; c's publications wait on.
+    wrong = [*mine.grant(subscriber.agent_id, reader, ask_b)[:2], bytes(32)]  # type: ignore[index]
+    with pytest.raises(AuthenticationError):
+        theirs.on_key(publisher.agent_id, wrong, now=NOW)
+    answer_c = mine.grant(subscriber.agent_id, reader, ask_c)
+    assert [m.payload for m in theirs.on_key(publisher.agent_id, answer_c, now=NOW)] == [0, 1]
+
+    # A refused key for a (the publisher no longer has it) drops only a's publications.
+    refused = [*ask_a, None]  # type: ignore[list-item]
+    assert theirs.on_key(publisher.agent_id, refused, now=NOW) == []
+    assert theirs.dropped["key_refused"] == MAX_HELD
+    _, opened = theirs.on_publication(
+        "news/c", [publisher.agent_id, mine.publish("news/c", 2)], now=NOW
+    )
+    assert [m.payload for m in opened] == [2]
+
+
+def test_a_topic_key_not_asked_for_is_refused_and_not_kept(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    body = mine.publish("news/a", 0)
+    answer = mine.grant(subscriber.agent_id, frozenset({"reader"}), ["news/a", body[0]])
+    with pytest.raises(RemoteProtocolError) as caught:
+        theirs.on_key(publisher.agent_id, answer, now=NOW)
+    assert caught.value.reason == "unsolicited_key"
+    for index in range(10_000):  # a peer's flood of keys leaves nothing behind
+        with pytest.raises(RemoteProtocolError):
+            theirs.on_key(publisher.agent_id, [f"t/{index}", index, bytes(32)], now=NOW)
+    assert theirs._keys == {}
+    # Asked for now, the same answer is taken.
+    asks, _ = theirs.on_publication("news/a", [publisher.agent_id, body], now=NOW)
+    assert [request for _, request in asks] == [["news/a", body[0]]]
+    assert [m.payload for m in theirs.on_key(publisher.agent_id, answer, now=NOW)] == [0]
+
+
+def test_keys_awaited_at_once_are_bounded_and_the_oldest_given_up(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, _ = pair
+    for index in range(MAX_PENDING + 3):
+        assert len(_hold(theirs, mine, publisher, f"news/{index}", 1)) == 1
+    assert len(theirs._pending) == MAX_PENDING
+    assert theirs.dropped["key_pending"] == 3

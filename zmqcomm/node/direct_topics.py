@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 from zmqcomm.access import Policy, topic_matches
+from zmqcomm.errors import LimitExceededError
 from zmqcomm.wire import MessageType
 
 CONTROL = frozenset({MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE})
+#: Topics (or patterns) one peer may subscribe to: each costs memory and a match per publish.
+MAX_SUBSCRIPTIONS = 1000
 
 
 class DirectTopics:
@@ -26,11 +29,18 @@ class DirectTopics:
         self._theirs: dict[str, set[str]] = defaultdict(set)
 
     def on_control(self, peer: str, roles: frozenset[str], kind: int, topic: str) -> None:
-        """A peer's SUBSCRIBE or UNSUBSCRIBE (NotPermittedError if the policy says no)."""
+        """A peer's SUBSCRIBE or UNSUBSCRIBE (NotPermittedError if the policy says no,
+        LimitExceededError past :data:`MAX_SUBSCRIPTIONS`)."""
         if kind == MessageType.SUBSCRIBE:
             if self.policy is not None:
                 self.policy.check_subscribe(peer, roles, topic)
-            self._theirs[peer].add(topic)
+            theirs = self._theirs[peer]
+            if topic not in theirs and len(theirs) >= MAX_SUBSCRIPTIONS:
+                raise LimitExceededError(
+                    f"{peer} has {len(theirs)} subscriptions already",
+                    reason="too_many_subscriptions",
+                )
+            theirs.add(topic)
         else:
             self._theirs[peer].discard(topic)
 

@@ -34,7 +34,7 @@ from zmqcomm.access import Policy
 from zmqcomm.checks import check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Delivered
-from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.keys import Identity, sender_from_agent_id
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
@@ -226,17 +226,31 @@ class Node:
 
     def send(self, peer: str, payload: object, *, topic: str = "") -> None:
         """Send ``payload`` to ``peer`` (an agent id), encrypted end to end."""
+        self._check_recipient(peer)
         self._send(peer, MessageType.DATA, payload, topic=topic)
+
+    def _check_recipient(self, peer: object) -> None:
+        """Through a broker, a message to a malformed id or to ourselves would wait for a
+        session that never comes: refuse it now (UsageError)."""
+        if self._tunnels is None:
+            return  # direct only: an unknown peer raises UnknownPeerError anyway
+        if not isinstance(peer, str):
+            raise UsageError(f"a peer is an agent id (a str), got {peer!r:.80}")
+        sender_from_agent_id(peer)  # UsageError if it is not one
+        if peer == self.agent_id:
+            raise UsageError("a node does not send to itself")
 
     def send_many(self, peer: str, payloads: Sequence[object], *, topic: str = "") -> None:
         """Send several messages to ``peer`` as one encrypted batch: one AEAD call and one
         socket send for all of them, which is how small messages go fast."""
         self._check_open()
+        self._check_recipient(peer)
         direct = self._direct_link(peer)
         if direct is not None:
             link, agent = direct
             if isinstance(link, SecureRouter):
-                link.send_many(agent, list(payloads), msg_type=MessageType.DATA, topic=topic)
+                with self._forgetting(link, agent):
+                    link.send_many(agent, list(payloads), msg_type=MessageType.DATA, topic=topic)
             else:
                 link.send_many(list(payloads), msg_type=MessageType.DATA, topic=topic)
         elif self._tunnels is not None:
@@ -269,6 +283,7 @@ class Node:
 
     def start_request(self, peer: str, payload: object) -> int:
         """Send a request without waiting; collect the reply with :meth:`take_reply`."""
+        self._check_recipient(peer)
         request_id = next(self._request_ids)
         self._waiting[request_id] = peer
         try:
@@ -306,8 +321,9 @@ class Node:
         if self._topics is not None and self._broker is not None:
             self._hop(self._topics.publish(topic, payload), MessageType.PUBLISH, topic)
         else:
-            for peer in self._direct_topics.subscribers(topic):
-                self._send(peer, MessageType.PUBLISH, payload, topic=topic)
+            self._to_each(
+                self._direct_topics.subscribers(topic), MessageType.PUBLISH, payload, topic
+            )
         self.counters["published"] += 1
 
     def subscribe(self, topic: str) -> None:
@@ -329,8 +345,7 @@ class Node:
             self._direct_topics.mine.add(topic)
         else:
             self._direct_topics.mine.discard(topic)
-        for peer in self.peers:
-            self._send(peer, kind, None, topic=topic)
+        self._to_each(self.peers, kind, None, topic)
 
     def subscribers(self, topic: str) -> list[str]:
         """Direct peers that subscribed to ``topic`` (through a broker, only it knows)."""
@@ -343,6 +358,17 @@ class Node:
 
     def _subscribe_peer(self, peer: str, topic: str) -> None:
         self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
+
+    def _to_each(self, peers: Sequence[str], kind: int, payload: object, topic: str) -> None:
+        """Send to several direct peers: one that left is skipped (counted and audited), and
+        forgotten once no link to it is left, never an error that robs the others."""
+        for peer in peers:
+            try:
+                self._send(peer, kind, payload, topic=topic)
+            except (TransportError, UnknownPeerError) as exc:
+                self._reject(peer, exc)
+                if self._direct_link(peer) is None:
+                    self._direct_topics.forget(peer)
 
     def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
         """A send the node makes on its own (an automatic reply, a subscription) inside
@@ -367,7 +393,8 @@ class Node:
         if direct is not None:
             link, agent = direct
             if isinstance(link, SecureRouter):
-                link.send(agent, inner, msg_type=kind, topic=topic)
+                with self._forgetting(link, agent):
+                    link.send(agent, inner, msg_type=kind, topic=topic)
             else:
                 link.send(inner, msg_type=kind, topic=topic)
         elif self._tunnels is not None:
@@ -380,6 +407,20 @@ class Node:
         else:
             raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
         self.counters["sent"] += 1
+
+    @contextlib.contextmanager
+    def _forgetting(self, router: SecureRouter, peer: str) -> Iterator[None]:
+        """A send on our router that finds the peer gone drops its session and its
+        subscriptions (the router would otherwise list it, and fail on it, forever)."""
+        try:
+            yield
+        except TransportError as exc:
+            route = router.table.route_of(peer)
+            if exc.reason == "unroutable" and route is not None:
+                router.table.drop(route)
+                router.gone += 1
+                self._direct_topics.forget(peer)
+            raise
 
     def _direct_link(self, peer: str) -> tuple[SecureRouter | SecureDealer, str] | None:
         dealer = self._dealers.get(peer)

@@ -18,7 +18,7 @@ subscriber, and the window only refuses repeats and the very old.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +28,18 @@ from zmqcomm.crypto.handshake import RandomBytes
 from zmqcomm.crypto.keys import Identity, sender_from_agent_id, verify_signature
 from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import AuthenticationError, RemoteProtocolError, ReplayError
+from zmqcomm.errors import AuthenticationError, RemoteProtocolError, ReplayError, SecurityError
 from zmqcomm.node.messages import Incoming, unwrap
 from zmqcomm.wire import MessageType, WireCodec
 
 _TAG = b"zmqcomm/1 publish"
-#: Publications held per publisher while its key is on the way.
+#: Publications held per (publisher, topic, key id) while its key is on the way.
 MAX_HELD = 1000
+#: Keys asked for and not answered yet; past this, the oldest is given up (with what it held).
+MAX_PENDING = 64
 KEY_SIZE = 32
+#: (publisher, topic, key id): one publisher's key for one topic.
+_Slot = tuple[str, str, int]
 
 
 @dataclass
@@ -83,10 +87,11 @@ class Topics:
         self._random = random_bytes
         self._mine: dict[str, _Published] = {}
         #: (publisher, topic, key id) -> key, learnt from publishers.
-        self._keys: dict[tuple[str, str, int], bytes] = {}
-        self._windows: dict[tuple[str, str, int], ReplayWindow] = {}
-        self._held: dict[str, deque[tuple[str, list[Any]]]] = defaultdict(deque)
-        self._asked: set[tuple[str, str, int]] = set()
+        self._keys: dict[_Slot, bytes] = {}
+        self._windows: dict[_Slot, ReplayWindow] = {}
+        #: Keys asked for, and the publications held for each: one slot never crowds out
+        #: another (a key refused or never answered holds up only its own topic).
+        self._pending: OrderedDict[_Slot, deque[list[Any]]] = OrderedDict()
         self.dropped: Counter[str] = Counter()
 
     # -- publishing --------------------------------------------------------------------------
@@ -141,17 +146,26 @@ class Topics:
             raise ReplayError(f"publication {sequence} from {publisher} seen before")
         key = self._keys.get(slot)
         if key is None:
-            held = self._held[publisher]
-            if len(held) >= MAX_HELD:
-                self.dropped["key_pending"] += 1
-                return [], []
-            held.append((topic, body))
-            if slot in self._asked:
-                return [], []
-            self._asked.add(slot)
-            return [(publisher, [topic, key_id])], []
+            return self._hold(slot, body), []
         window.accept(sequence)
         return [], [self._open(publisher, topic, key, body, entry.roles)]
+
+    def _hold(self, slot: _Slot, body: list[Any]) -> list[tuple[str, object]]:
+        """Keep a publication until its key comes; the key request to send, if not yet sent."""
+        publisher, topic, key_id = slot
+        asks: list[tuple[str, object]] = []
+        held = self._pending.get(slot)
+        if held is None:
+            held = self._pending[slot] = deque()
+            asks.append((publisher, [topic, key_id]))
+            while len(self._pending) > MAX_PENDING:
+                _, given_up = self._pending.popitem(last=False)
+                self.dropped["key_pending"] += len(given_up)
+        if len(held) >= MAX_HELD:
+            self.dropped["key_pending"] += 1
+        else:
+            held.append(body)
+        return asks
 
     def _open(
         self, publisher: str, topic: str, key: bytes, body: list[Any], roles: frozenset[str]
@@ -177,22 +191,29 @@ class Topics:
             raise RemoteProtocolError("bad topic key answer", reason="bad_key_answer")
         topic, key_id, key = answer
         slot = (publisher, topic, key_id)
-        self._asked.discard(slot)
-        if not isinstance(key, bytes) or len(key) != KEY_SIZE:
-            self.dropped["key_refused"] += 1
-            return []
-        self._keys[slot] = key
-        opened = []
-        held = self._held.pop(publisher, deque())
+        if slot not in self._pending:  # never asked, or given up: not kept, so not unbounded
+            raise RemoteProtocolError("a topic key not asked for", reason="unsolicited_key")
         roles = self.trust.lookup(publisher, now=now).roles
-        for held_topic, body in held:
-            if (held_topic, body[0]) != (topic, key_id):
-                self._held[publisher].append((held_topic, body))
+        held = self._pending.pop(slot)
+        if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+            self.dropped["key_refused"] += len(held)
+            return []
+        window = self._windows[slot]
+        opened, failed = [], 0
+        for body in held:
+            if not window.check(body[1]):
                 continue
-            window = self._windows[slot]
-            if window.check(body[1]):
-                window.accept(body[1])
+            try:
                 opened.append(self._open(publisher, topic, key, body, roles))
+            except (RemoteProtocolError, SecurityError):
+                failed += 1
+                continue
+            window.accept(body[1])
+        if failed:
+            self.dropped["unopened"] += failed
+            if not opened:  # it opens none of what the publisher signed: a wrong key
+                raise AuthenticationError("a topic key that opens nothing", reason="bad_key")
+        self._keys[slot] = key
         return opened
 
 

@@ -30,7 +30,6 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     LocalProtocolError,
-    NotPermittedError,
     QueueFullError,
     RemoteProtocolError,
     SecurityError,
@@ -132,6 +131,7 @@ class Tunnels:
             frames = channel.seal(kind, payload, topic=topic, now=now)
             self._remember(peer, frames, [(kind, payload, topic)])
             return [self._forward(peer, frames), *self._after_send(peer, now)]
+        self._check_encodable(kind, payload, topic)
         queue = self._queues.setdefault(peer, deque())
         if len(queue) >= self.max_queue:
             self.dropped["queue_full"] += 1
@@ -164,10 +164,17 @@ class Tunnels:
                 f"{len(payloads)} messages do not fit the {room} places left in the queue "
                 f"for {peer}; wait for its session (receive/pump) or raise max_queue"
             )
+        for payload in payloads:  # all or nothing here too
+            self._check_encodable(kind, payload, topic)
         out: list[HopMessage] = []
         for payload in payloads:
             out += self.send(peer, kind, payload, topic=topic, now=now)
         return out
+
+    def _check_encodable(self, kind: int, payload: object, topic: str) -> None:
+        """Refuse now (LocalProtocolError) what could not be sealed once the session is up:
+        queued, it would fail later, inside pump(), and take the rest of the queue with it."""
+        self.codec.encode(kind, payload, topic=topic)
 
     def _remember(self, peer: str, frames: Sequence[Any], items: list[_Item]) -> None:
         """Keep what went out on a session for a while: if the broker bounces it (the peer
@@ -177,8 +184,9 @@ class Tunnels:
         while len(recent) > _RECENT:
             recent.popitem(last=False)
 
-    def _recover(self, peer: str, frames: object) -> list[_Item] | None:
-        """The messages of frames we sent to ``peer`` and got back; None if not ours."""
+    def _recover(self, peer: str, frames: object, *, and_after: bool) -> list[_Item] | None:
+        """The messages of frames we sent to ``peer`` and got back, and with ``and_after``
+        those sent after them on the same session; None if not ours."""
         if not isinstance(frames, list) or not frames or not isinstance(frames[0], bytes):
             return None
         try:
@@ -188,11 +196,13 @@ class Tunnels:
         recent = self._recent.get(peer)
         if recent is None or key not in recent:
             return None
-        # That frame and everything sent after it on the session went the same way.
+        if not and_after:
+            return recent.pop(key)
         keys = list(recent)
         lost: list[_Item] = []
         for lost_key in keys[keys.index(key) :]:
-            lost += recent.pop(lost_key)
+            if lost_key[0] == key[0]:
+                lost += recent.pop(lost_key)
         return lost
 
     def _after_send(self, peer: str, now: float) -> list[HopMessage]:
@@ -292,7 +302,8 @@ class Tunnels:
     def _on_reset(self, peer: str, frames: object, *, now: float) -> list[HopMessage]:
         """The peer does not know the session these frames came from: start a new one and
         send again what went out since."""
-        lost = self._recover(peer, frames)
+        # The peer refused that frame and everything after it on the session.
+        lost = self._recover(peer, frames, and_after=True)
         if lost is None:
             return []  # not frames we sent lately: nothing to redo
         self.table.drop(peer.encode())
@@ -311,9 +322,11 @@ class Tunnels:
             self.last_error = f"mail to {peer} refused by the broker: {frames}"
             self.audit.record("reject", now=now, peer=peer, reason="mail_refused")
             return []
-        lost = self._recover(peer, frames) or []
+        # Only this frame is known lost: a broker bounces one message for a slow consumer and
+        # delivers the next. Each lost frame comes back on its own, so the others are
+        # remembered until then (mailing them now would deliver them twice).
+        lost = self._recover(peer, frames, and_after=False) or []
         self.table.drop(peer.encode())
-        self._recent.pop(peer, None)
         queue = deque(lost)
         queue.extend(self._queues.pop(peer, deque()))
         if not queue:
@@ -328,7 +341,11 @@ class Tunnels:
             return []
         out = []
         for kind, payload, topic in queue:
-            out.append(self.mail_message(peer, public, kind, payload, topic=topic, now=now))
+            try:
+                out.append(self.mail_message(peer, public, kind, payload, topic=topic, now=now))
+            except UsageError:  # a large array: it travels in a session only
+                self.dropped["unmailable"] += 1
+                self.audit.record("reject", now=now, peer=peer, reason="unmailable")
         return out
 
     def mail_message(
@@ -355,36 +372,35 @@ class Tunnels:
             raise RemoteProtocolError("MAIL_DELIVER without id and blob", reason="bad_mail")
         stored_id, blob = payload
         ack = HopMessage(MessageType.MAIL_ACK, stored_id)
+        peer = sender  # the broker's word, until the signature proves who sent it
         try:
             opened = open_sealed(blob, recipient=self.identity, now=now)
+            peer = opened.agent_id
             entry = self.trust.check_certificate(opened.sender_certificate, now=now)
             inner = self.codec.decode([opened.message])
             body = inner.payload
             if not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], bytes):
                 raise RemoteProtocolError("mail without its id", reason="bad_mail")
+            mail_id, content = body
+            incoming = unwrap(
+                opened.agent_id,
+                inner.header.type,
+                content,
+                topic=inner.header.topic,
+                via=VIA_MAIL,
+                roles=entry.roles,
+            )
+            self._check_policy(incoming)
         except (RemoteProtocolError, SecurityError) as exc:
-            # Bad mail never gets better: acknowledge it so the broker deletes it.
-            self._refuse(sender, exc, now=now)
+            # Bad mail never gets better: acknowledge it so the broker deletes it (unacked,
+            # it would come back on every connect).
+            self._refuse(peer, exc, now=now)
             return [ack], []
-        mail_id, content = body
         if mail_id in self._seen_mail:
             return [ack], []  # delivered before; acknowledge again, deliver once
         self._seen_mail[mail_id] = None
         while len(self._seen_mail) > _SEEN_MAIL:
             self._seen_mail.popitem(last=False)
-        incoming = unwrap(
-            opened.agent_id,
-            inner.header.type,
-            content,
-            topic=inner.header.topic,
-            via=VIA_MAIL,
-            roles=entry.roles,
-        )
-        try:
-            self._check_policy(incoming)
-        except NotPermittedError as exc:
-            self._refuse(opened.agent_id, exc, now=now)
-            return [ack], []
         return [ack], [incoming]
 
     # -- timers ------------------------------------------------------------------------------

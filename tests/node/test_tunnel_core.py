@@ -1,0 +1,116 @@
+"""The pure tunnel core: end-to-end sessions and mail through a broker played by the test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import LocalProtocolError
+from zmqcomm.node.messages import Incoming
+from zmqcomm.node.tunnel import HopMessage, Tunnels
+from zmqcomm.wire import Message, MessageType, WireCodec
+
+NOW = 1_800_000_000.0
+_codec = WireCodec()
+_stored_ids = itertools.count(1)
+
+
+def message(kind: int, payload: object, topic: str) -> Message:
+    return _codec.decode(_codec.encode(kind, payload, topic=topic))
+
+
+def as_broker(sender: str, hop: HopMessage) -> tuple[str, Message] | None:
+    """What a broker hands on for ``hop`` from ``sender``: (recipient, message), or None."""
+    if hop.msg_type == MessageType.FORWARD:
+        return hop.topic, message(MessageType.DELIVER, hop.payload, sender)
+    if hop.msg_type == MessageType.MAIL:
+        stored = [next(_stored_ids), hop.payload]
+        return hop.topic, message(MessageType.MAIL_DELIVER, stored, sender)
+    return None  # acks and the like stay with the broker
+
+
+def flow(agents: dict[str, Tunnels], hops: list[tuple[str, HopMessage]]) -> list[Incoming]:
+    """Carry ``hops`` (sender, hop) and every answer they cause; returns what was delivered."""
+    delivered: list[Incoming] = []
+    while hops:
+        routed = as_broker(*hops.pop(0))
+        if routed is None:
+            continue
+        recipient, sent = routed
+        out, incoming = agents[recipient].on_hop(sent, now=NOW)
+        hops += [(recipient, hop) for hop in out]
+        delivered += incoming
+    return delivered
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> dict[str, Tunnels]:
+    identities = [Identity.generate("alice"), Identity.generate("bob")]
+    made = {}
+    for me in identities:
+        trust = TrustStore(tmp_path / me.name)
+        for other in identities:
+            if other is not me:
+                trust.add(other.public, roles=["agent"])
+        made[me.agent_id] = Tunnels(identity=me, trust=trust, random_bytes=os.urandom, now=NOW)
+    return made
+
+
+def test_a_bounce_for_a_slow_consumer_mails_only_the_bounced_message(
+    agents: dict[str, Tunnels],
+) -> None:
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
+    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == ["m0"]
+
+    [first, second, third] = [
+        alice.send(bob_id, MessageType.DATA, text, topic="", now=NOW)[0]
+        for text in ("m1", "m2", "m3")
+    ]
+    # Bob's queue at the broker was full for m1 and m3 only: they bounce, m2 gets through.
+    hops = [(alice_id, second)]
+    for bounced in (first, third, first):  # the last: the same bounce again
+        out, _ = alice.on_hop(message(MessageType.UNREACHABLE, bounced.payload, bob_id), now=NOW)
+        hops += [(alice_id, hop) for hop in out]
+    got = [(m.payload, m.via) for m in flow(agents, hops)]
+    assert got == [("m2", "session"), ("m1", "mail"), ("m3", "mail")]
+    assert (alice.mailed, alice.queued()) == (2, 0)
+
+
+def test_an_unencodable_payload_is_refused_at_send_and_the_queue_goes_out(
+    agents: dict[str, Tunnels],
+) -> None:
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    hops = alice.send(bob_id, MessageType.DATA, "one", topic="", now=NOW)  # queued: no session
+    with pytest.raises(LocalProtocolError, match="cannot encode payload"):
+        alice.send(bob_id, MessageType.DATA, object(), topic="", now=NOW)
+    with pytest.raises(LocalProtocolError, match="cannot encode payload"):
+        alice.send_many(bob_id, MessageType.DATA, ["not queued", {1, 2}], topic="", now=NOW)
+    hops += alice.send(bob_id, MessageType.DATA, "two", topic="", now=NOW)
+    assert alice.queued(bob_id) == 2
+    got = flow(agents, [(alice_id, hop) for hop in hops])
+    assert [m.payload for m in got] == ["one", "two"]
+
+
+def test_a_message_mail_cannot_carry_is_dropped_and_the_others_are_mailed(
+    agents: dict[str, Tunnels],
+) -> None:
+    numpy = pytest.importorskip("numpy")
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    big = numpy.zeros(1 << 20, dtype=numpy.uint8)  # sent as its own frame: not as mail
+    [init] = alice.send(bob_id, MessageType.DATA, "one", topic="", now=NOW)
+    alice.send(bob_id, MessageType.DATA, big, topic="", now=NOW)
+    alice.send(bob_id, MessageType.DATA, "two", topic="", now=NOW)
+    # Bob is offline: the broker bounces the handshake, and the queue turns into mail.
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, init.payload, bob_id), now=NOW)
+    got = flow(agents, [(alice_id, hop) for hop in out])
+    assert [(m.payload, m.via) for m in got] == [("one", "mail"), ("two", "mail")]
+    assert alice.dropped == {"unmailable": 1} and alice.queued() == 0
