@@ -132,3 +132,12 @@ def test_an_idle_agent_taken_back_on_its_session_keeps_its_subscriptions(
     # A new session of bob's replaces the old one and what it subscribed to.
     core.connected(BOB, ["agent"], now=NOW + 103)
     assert core.handle(ALICE, MessageType.PUBLISH, "news/today", b"anyone?", now=NOW + 104) == []
+
+
+def test_a_bye_from_a_replaced_session_leaves_the_new_one_connected(core: BrokerCore) -> None:
+    core.connected(CAROL, ["agent"], now=NOW, session=1)
+    core.connected(CAROL, ["agent"], now=NOW, session=2)  # back on a new connection
+    assert core.handle(CAROL, MessageType.BYE, "", None, now=NOW, session=1) == []
+    assert CAROL in core.agents
+    core.handle(CAROL, MessageType.BYE, "", None, now=NOW, session=2)
+    assert CAROL not in core.agents

@@ -1,5 +1,6 @@
 """The broker's serve loop when a send to one agent fails: that send is dropped, counted and
-audited, and the broker goes on serving everyone else (never raises out of ``step``)."""
+audited, and the broker goes on serving everyone else (never raises out of ``step``). Also
+what one step does with events of two connections of the same agent."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Setup:
     audit: MemoryAuditLog
     alice: SecureDealer
     bob: SecureDealer
+    agents: dict[str, Identity]
+    agent_trust: TrustStore
 
 
 def _connect(broker: Broker, identity: Identity, trust: TrustStore) -> SecureDealer:
@@ -79,7 +82,7 @@ def setup() -> Iterator[Setup]:
         bob.send(None, msg_type=MessageType.SUBSCRIBE, topic="t")
         bob_id = agents["bob"].agent_id
         _step_until(broker, lambda: bool(broker.core.agents[bob_id].subscriptions))
-        yield Setup(broker, audit, alice, bob)
+        yield Setup(broker, audit, alice, bob, agents, agent_trust)
     finally:
         alice.close()
         bob.close()
@@ -152,3 +155,27 @@ def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.Monkey
             assert len(closed) == 1  # the second broker's, before the first one closes
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_bye_from_a_replaced_connection_keeps_the_new_session(setup: Setup) -> None:
+    broker, alice_id = setup.broker, setup.agents["alice"].agent_id
+    again = SecureDealer(
+        broker.endpoints[0],
+        identity=setup.agents["alice"],
+        trust=setup.agent_trust,
+        connect_timeout=None,  # its handshake runs below, by hand
+    )
+    try:
+        setup.alice.send(None, msg_type=MessageType.BYE)  # the old connection leaves
+        # Pump the router only, so that one step of the broker meets both: the old
+        # connection's BYE and the new connection's session.
+        deadline = time.monotonic() + 5
+        while not (broker.router.inbox and broker.router.joined):
+            assert time.monotonic() < deadline, "the BYE and the new session never arrived"
+            broker.router.pump(0.01)
+            again.pump(0)
+        broker.step(0)
+        assert alice_id in broker.core.agents
+        assert broker.router.table.route_of(alice_id) is not None
+    finally:
+        again.close()

@@ -56,6 +56,8 @@ class _Agent:
     mail_in_flight: int = 0
     mail_cursor: int = 0
     last_seen: float = 0.0
+    #: The hop session it is connected on: a BYE ends that session only, not a newer one.
+    session: int = 0
 
 
 class BrokerCore:
@@ -86,15 +88,22 @@ class BrokerCore:
     # -- membership --------------------------------------------------------------------------
 
     def connected(
-        self, agent: str, roles: Iterable[str], *, now: float, resumed: bool = False
+        self,
+        agent: str,
+        roles: Iterable[str],
+        *,
+        now: float,
+        resumed: bool = False,
+        session: int = 0,
     ) -> list[Send]:
-        """An agent completed its hop handshake: remember it and hand over its mail.
+        """An agent completed its hop handshake on ``session``: remember it and hand over
+        its mail.
 
         ``resumed``: it spoke again on the session it had when it went idle, so it keeps the
         subscriptions it made on that session (it has no reason to make them again)."""
         idle = self._idle.pop(agent, None)
         subscriptions = idle.subscriptions if resumed and idle is not None else set()
-        self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now)
+        self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
         return self._mail_for(agent, _MAIL_BATCH)
 
     def disconnected(self, agent: str) -> None:
@@ -127,10 +136,18 @@ class BrokerCore:
     # -- messages ----------------------------------------------------------------------------
 
     def handle(
-        self, agent: str, msg_type: int, topic: str, payload: object, *, now: float
+        self,
+        agent: str,
+        msg_type: int,
+        topic: str,
+        payload: object,
+        *,
+        now: float,
+        session: int = 0,
     ) -> list[Send]:
-        """One message from an authenticated agent. Refusals are counted, audited, and
-        answered where the sender can act on them; they never raise."""
+        """One message from an authenticated agent, on its hop session ``session``.
+        Refusals are counted, audited, and answered where the sender can act on them; they
+        never raise."""
         state = self.agents.get(agent)
         if state is None:
             return self.refuse(agent, "not_connected", now=now)
@@ -146,19 +163,30 @@ class BrokerCore:
             if self.policy is not None and msg_type not in _ALWAYS_ALLOWED:
                 self.policy.check_send(agent, roles, msg_type)
             state.received += 1
-            return self._route(agent, state, msg_type, topic, payload, now=now)
+            return self._route(agent, state, msg_type, topic, payload, now=now, session=session)
         except NotPermittedError:
             return self.refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
         except RemoteProtocolError as exc:
             return self.refuse(agent, exc.reason, now=now, msg_type=msg_type)
 
     def _route(
-        self, agent: str, state: _Agent, msg_type: int, topic: str, payload: object, *, now: float
+        self,
+        agent: str,
+        state: _Agent,
+        msg_type: int,
+        topic: str,
+        payload: object,
+        *,
+        now: float,
+        session: int,
     ) -> list[Send]:
         if msg_type == MessageType.PING:
             return []
         if msg_type == MessageType.BYE:
-            self.disconnected(agent)  # the driver sees it gone and drops its connection
+            # A BYE the old connection sent just before the agent came back on a new one
+            # ends only the old session.
+            if session == state.session:
+                self.disconnected(agent)  # the driver sees it gone and drops its connection
             return []
         if msg_type == MessageType.FORWARD:
             _check_agent_id(topic)

@@ -109,7 +109,11 @@ class Broker:
         now = self.wall_clock()
         while self.router.joined:
             joined = self.router.joined.popleft()
-            self._send(self.core.connected(joined.agent_id, joined.roles, now=now))
+            self._send(
+                self.core.connected(
+                    joined.agent_id, joined.roles, now=now, session=joined.session_id
+                )
+            )
         inbox = self.router.inbox
         while inbox:
             delivered = inbox.popleft()
@@ -117,10 +121,18 @@ class Broker:
             if agent not in self.core.agents and header.type != MessageType.BYE:
                 # Counted as gone after a long silence, but its session is intact: it is
                 # back (a node busy for a while), so take it in again and hand it its mail.
-                self._send(self.core.connected(agent, self._roles(agent), now=now, resumed=True))
+                roles = self._roles(agent)
+                self._send(
+                    self.core.connected(agent, roles, now=now, resumed=True, session=header.session)
+                )
             for payload in delivered.message.payloads:
-                self._send(self.core.handle(agent, header.type, header.topic, payload, now=now))
-            if header.type == MessageType.BYE:
+                sends = self.core.handle(
+                    agent, header.type, header.topic, payload, now=now, session=header.session
+                )
+                self._send(sends)
+            # Unless the BYE came from a connection the agent has since replaced (this step
+            # took in its new session first): the route now is the new connection's.
+            if header.type == MessageType.BYE and agent not in self.core.agents:
                 self._forget(agent)
         if self.clock() >= self._next_stats:
             self._next_stats = self.clock() + _STATS_INTERVAL
