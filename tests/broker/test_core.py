@@ -141,3 +141,19 @@ def test_a_bye_from_a_replaced_session_leaves_the_new_one_connected(core: Broker
     assert CAROL in core.agents
     core.handle(CAROL, MessageType.BYE, "", None, now=NOW, session=2)
     assert CAROL not in core.agents
+
+
+def test_mail_a_full_queue_refused_is_handed_over_again(core: BrokerCore) -> None:
+    for number in range(3):
+        core.handle(ALICE, MessageType.MAIL, CAROL, bytes([number]), now=NOW)
+    handed = core.connected(CAROL, ["agent"], now=NOW)
+    assert len(handed) == 3
+    core.hand_over_later(handed[1])  # the driver met CAROL's full queue
+    assert core.retry_mail() == [handed[1]]  # that one again, and only that one
+    assert core.retry_mail() == []
+    # Every acknowledgement frees its slot: more mail is handed over at once.
+    for send in handed:
+        assert isinstance(send.payload, list)
+        core.handle(CAROL, MessageType.MAIL_ACK, "", send.payload[0], now=NOW)
+    later = core.handle(ALICE, MessageType.MAIL, CAROL, b"later", now=NOW)
+    assert [send.msg_type for send in later][-1] == MessageType.MAIL_DELIVER

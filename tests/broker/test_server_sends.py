@@ -73,7 +73,11 @@ def setup() -> Iterator[Setup]:
     agent_trust.add(broker_identity.public, roles=["broker"])
     audit = MemoryAuditLog()
     broker = Broker(
-        [f"ipc://{directory}/b.sock"], identity=broker_identity, trust=broker_trust, audit=audit
+        [f"ipc://{directory}/b.sock"],
+        identity=broker_identity,
+        trust=broker_trust,
+        audit=audit,
+        data=directory / "data",
     )
     alice = _connect(broker, agents["alice"], agent_trust)
     bob = _connect(broker, agents["bob"], agent_trust)
@@ -134,6 +138,30 @@ def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.Monke
     setup.alice.send("x", msg_type=MessageType.PUBLISH, topic="t")
     _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
     assert setup.audit.events("reject", reason="slow_consumer")
+
+
+def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_send = setup.broker.router.send
+    refused: list[object] = []
+
+    def full_once(agent_id: str, payload: object, **options: Any) -> None:
+        if options.get("msg_type") == MessageType.MAIL_DELIVER and not refused:
+            refused.append(payload)
+            raise SendTimeout("the high-water mark (as ZeroMQ's EAGAIN becomes)")
+        real_send(agent_id, payload, **options)
+
+    monkeypatch.setattr(setup.broker.router, "send", full_once)
+    bob_id = setup.agents["bob"].agent_id
+    setup.alice.send(b"sealed", msg_type=MessageType.MAIL, topic=bob_id)
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
+
+    def bob_has_mail() -> bool:
+        setup.bob.pump(0)
+        return any(d.message.header.type == MessageType.MAIL_DELIVER for d in setup.bob.inbox)
+
+    _step_until(setup.broker, bob_has_mail)  # bob stays connected all along
 
 
 def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:

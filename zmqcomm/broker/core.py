@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zmqcomm.access import Policy, RateLimiter, topic_matches
@@ -52,9 +52,11 @@ class _Agent:
     roles: frozenset[str]
     subscriptions: set[str]
     received: int = 0
-    #: Mail handed over and not yet acknowledged, and the highest stored id handed over.
-    mail_in_flight: int = 0
+    #: Ids of mail handed over and not yet acknowledged, and the highest stored id handed over.
+    mail_in_flight: set[int] = field(default_factory=set)
     mail_cursor: int = 0
+    #: A hand-over met a full queue: retry_mail() hands that mail over again.
+    mail_retry: bool = False
     last_seen: float = 0.0
     #: The hop session it is connected on: a BYE ends that session only, not a newer one.
     session: int = 0
@@ -104,7 +106,7 @@ class BrokerCore:
         idle = self._idle.pop(agent, None)
         subscriptions = idle.subscriptions if resumed and idle is not None else set()
         self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
-        return self._mail_for(agent, _MAIL_BATCH)
+        return self._mail_for(agent)
 
     def disconnected(self, agent: str) -> None:
         self.agents.pop(agent, None)
@@ -119,18 +121,43 @@ class BrokerCore:
             self._idle[name] = self.agents.pop(name)
         return gone
 
-    def _mail_for(self, agent: str, room: int) -> list[Send]:
+    def _mail_for(self, agent: str) -> list[Send]:
         """Hand over stored mail, keeping at most _MAIL_BATCH unacknowledged per agent."""
         state = self.agents.get(agent)
+        room = _MAIL_BATCH - len(state.mail_in_flight) if state is not None else 0
         if self.mailbox is None or state is None or room <= 0:
             return []
         out = []
         for stored in self.mailbox.pending(agent, limit=room, after=state.mail_cursor):
+            state.mail_cursor = stored.id
+            if stored.id in state.mail_in_flight:  # the cursor went back for a retry
+                continue
             out.append(
                 Send(agent, MessageType.MAIL_DELIVER, [stored.id, stored.blob], stored.sender)
             )
-            state.mail_cursor = stored.id
-            state.mail_in_flight += 1
+            state.mail_in_flight.add(stored.id)
+        return out
+
+    def hand_over_later(self, send: Send) -> None:
+        """The driver could not hand over this MAIL_DELIVER (the agent's queue was full): it
+        stays stored, and :meth:`retry_mail` hands it over again."""
+        state = self.agents.get(send.to)
+        if send.msg_type != MessageType.MAIL_DELIVER or state is None:
+            return
+        assert isinstance(send.payload, list)  # made by _mail_for: [stored id, blob]
+        message_id: int = send.payload[0]
+        state.mail_in_flight.discard(message_id)
+        state.mail_cursor = min(state.mail_cursor, message_id - 1)
+        state.mail_retry = True
+
+    def retry_mail(self) -> list[Send]:
+        """Mail again for agents whose queue was full at the last hand-over (the driver
+        calls this now and then: by then there may be room)."""
+        out = []
+        for name, state in self.agents.items():
+            if state.mail_retry:
+                state.mail_retry = False
+                out += self._mail_for(name)
         return out
 
     # -- messages ----------------------------------------------------------------------------
@@ -206,8 +233,8 @@ class BrokerCore:
             if type(payload) is not int or self.mailbox is None:
                 raise RemoteProtocolError("MAIL_ACK without a stored id", reason="bad_mail")
             if self.mailbox.ack(agent, payload):
-                state.mail_in_flight = max(0, state.mail_in_flight - 1)
-                return self._mail_for(agent, _MAIL_BATCH - state.mail_in_flight)
+                state.mail_in_flight.discard(payload)
+                return self._mail_for(agent)
             return []
         if msg_type == MessageType.SUBSCRIBE:
             if self.policy is not None:
@@ -241,9 +268,8 @@ class BrokerCore:
             return [Send(agent, MessageType.UNREACHABLE, str(exc), recipient)]
         self.stored += 1
         out = [Send(agent, MessageType.MAIL_ACCEPTED, stored, recipient)]
-        online = self.agents.get(recipient)
-        if online is not None:  # it came back since the sender was told it was away
-            out += self._mail_for(recipient, _MAIL_BATCH - online.mail_in_flight)
+        if recipient in self.agents:  # it came back since the sender was told it was away
+            out += self._mail_for(recipient)
         return out
 
     def _fan_out(self, agent: str, topic: str, payload: object) -> list[Send]:

@@ -139,6 +139,7 @@ class Broker:
             # Silent agents stop counting as online (their mail waits), but their sessions
             # stay: a connection that is really gone shows when a send to it fails.
             self.core.expire_idle(now=now, max_idle=self.idle_timeout)
+            self._send(self.core.retry_mail())
             if self.data is not None:
                 self.write_stats()
         return handled
@@ -151,6 +152,7 @@ class Broker:
                 # A slow consumer: its queue is at the high-water mark. Never wait on one
                 # agent (every other would wait too): bounce, and the sender mails it.
                 self._count_undelivered(send, "slow_consumer")
+                self.core.hand_over_later(send)  # mail stays stored: retried once a second
                 self._bounce(send)
             except LocalProtocolError:
                 # Accepted as it came in, but too big once wrapped for its recipient (the
