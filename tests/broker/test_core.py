@@ -11,6 +11,7 @@ from zmqcomm.broker.core import BrokerCore, Send
 from zmqcomm.broker.mailbox import Mailbox
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import UsageError
 from zmqcomm.wire import MessageType
 
 NOW = 1_800_000_000.0
@@ -157,3 +158,26 @@ def test_mail_a_full_queue_refused_is_handed_over_again(core: BrokerCore) -> Non
         core.handle(CAROL, MessageType.MAIL_ACK, "", send.payload[0], now=NOW)
     later = core.handle(ALICE, MessageType.MAIL, CAROL, b"later", now=NOW)
     assert [send.msg_type for send in later][-1] == MessageType.MAIL_DELIVER
+
+
+def test_subscriptions_beyond_the_limit_are_refused_counted_and_audited() -> None:
+    audit = MemoryAuditLog()
+    core = BrokerCore(audit=audit, max_subscriptions=2)  # no policy: no rate limit either
+    core.connected(ALICE, ["agent"], now=NOW)
+    core.connected(BOB, ["agent"], now=NOW)
+    for topic in ("news/a", "news/b", "news/a", "news/c"):  # a repeat takes no more room
+        assert core.handle(BOB, MessageType.SUBSCRIBE, topic, None, now=NOW) == []
+    assert core.agents[BOB].subscriptions == {"news/a", "news/b"}
+    assert core.rejected["too_many_topics"] == 1
+    assert [r["topic"] for r in audit.events("reject", reason="too_many_topics")] == ["news/c"]
+    assert core.handle(ALICE, MessageType.PUBLISH, "news/c", b"x", now=NOW) == []
+    # Room again once it lets one go.
+    core.handle(BOB, MessageType.UNSUBSCRIBE, "news/a", None, now=NOW)
+    core.handle(BOB, MessageType.SUBSCRIBE, "news/c", None, now=NOW)
+    assert [s.to for s in core.handle(ALICE, MessageType.PUBLISH, "news/c", b"x", now=NOW)] == [BOB]
+
+
+def test_the_subscription_limit_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UsageError, match="max_subscriptions"):
+            BrokerCore(max_subscriptions=bad)  # type: ignore[arg-type]

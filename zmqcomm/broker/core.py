@@ -19,10 +19,19 @@ from typing import Any, Protocol
 from zmqcomm.access import Policy, RateLimiter, topic_matches
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.keys import is_agent_id
-from zmqcomm.errors import MailboxFullError, NotPermittedError, RemoteProtocolError, UsageError
+from zmqcomm.errors import (
+    LimitExceededError,
+    MailboxFullError,
+    NotPermittedError,
+    RemoteProtocolError,
+    UsageError,
+)
 from zmqcomm.wire import MessageType
 
 _MAIL_BATCH = 100
+#: Topics (or patterns) one agent may be subscribed to at once: every publication is matched
+#: against every subscription, so this bounds the work one agent can make for all others.
+MAX_SUBSCRIPTIONS = 256
 
 
 class MailStore(Protocol):
@@ -73,7 +82,13 @@ class BrokerCore:
         audit: BaseAuditLog | None = None,
         rate: float | None = None,
         burst: float | None = None,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
     ) -> None:
+        if type(max_subscriptions) is not int or max_subscriptions < 1:
+            raise UsageError(
+                f"max_subscriptions must be an integer >= 1, got {max_subscriptions!r}"
+            )
+        self.max_subscriptions = max_subscriptions
         self.policy = policy
         self.mailbox = mailbox
         self.audit = audit if audit is not None else NullAuditLog()
@@ -194,7 +209,7 @@ class BrokerCore:
         except NotPermittedError:
             return self.refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
         except RemoteProtocolError as exc:
-            return self.refuse(agent, exc.reason, now=now, msg_type=msg_type)
+            return self.refuse(agent, exc.reason, now=now, msg_type=msg_type, topic=topic)
 
     def _route(
         self,
@@ -239,7 +254,12 @@ class BrokerCore:
         if msg_type == MessageType.SUBSCRIBE:
             if self.policy is not None:
                 self.policy.check_subscribe(agent, state.roles, topic)
-            state.subscriptions.add(topic)
+            subscriptions = state.subscriptions
+            if topic not in subscriptions and len(subscriptions) >= self.max_subscriptions:
+                raise LimitExceededError(
+                    f"more than {self.max_subscriptions} subscriptions", reason="too_many_topics"
+                )
+            subscriptions.add(topic)
             return []
         if msg_type == MessageType.UNSUBSCRIBE:
             state.subscriptions.discard(topic)

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from zmqcomm.access import Policy
-from zmqcomm.broker.core import BrokerCore, Send
+from zmqcomm.broker.core import MAX_SUBSCRIPTIONS, BrokerCore, Send
 from zmqcomm.broker.mailbox import Mailbox
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel_table import HandshakeLimits
@@ -63,11 +63,15 @@ class Broker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
     ) -> None:
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
+        # Made first, so a bad setting is refused before anything is opened.
+        core = BrokerCore(policy=policy, audit=audit, max_subscriptions=max_subscriptions)
         self.data = Path(data) if data is not None else None
         self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
+        core.mailbox = self.mailbox
         try:
             self.router = SecureRouter(
                 endpoints[0],
@@ -92,7 +96,7 @@ class Broker:
         except BaseException:
             self.close()
             raise
-        self.core = BrokerCore(policy=policy, mailbox=self.mailbox, audit=audit)
+        self.core = core
         self.clock = clock
         self.wall_clock = wall_clock
         self.idle_timeout = idle_timeout
