@@ -25,6 +25,7 @@ from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
+    CorruptStoreError,
     LocalProtocolError,
     QueueFullError,
     SecurityError,
@@ -254,9 +255,13 @@ def read_stats(data: str | os.PathLike[str]) -> dict[str, Any]:
     """The statistics a running (or the last) broker wrote under ``data``."""
     path = Path(data) / STATS_FILE
     try:
-        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        loaded: object = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise TransportError(
             f"no broker statistics in {path}: is a broker running with --data {data}?"
         ) from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise CorruptStoreError(f"{path} is not broker statistics: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CorruptStoreError(f"{path} is not broker statistics: not a JSON object")
     return loaded
