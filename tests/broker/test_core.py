@@ -181,3 +181,15 @@ def test_the_subscription_limit_must_be_a_positive_integer() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(UsageError, match="max_subscriptions"):
             BrokerCore(max_subscriptions=bad)  # type: ignore[arg-type]
+
+
+def test_mail_older_than_max_age_is_expired_counted_and_audited(core: BrokerCore) -> None:
+    core.handle(ALICE, MessageType.MAIL, CAROL, b"old", now=NOW)
+    core.handle(ALICE, MessageType.MAIL, CAROL, b"new", now=NOW + 50)
+    assert core.expire_mail(now=NOW + 100, max_age=60) == 1
+    assert core.statistics()["mail_expired"] == 1
+    audit = core.audit
+    assert isinstance(audit, MemoryAuditLog)
+    assert [r["messages"] for r in audit.events("mail_expired")] == [1]
+    (handed,) = core.connected(CAROL, ["agent"], now=NOW + 101)
+    assert isinstance(handed.payload, list) and handed.payload[1] == b"new"

@@ -26,6 +26,8 @@ from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.limits import DEFAULT_LIMITS
 
+DAY = 24 * 3600.0
+
 
 @dataclass
 class Setup:
@@ -207,3 +209,31 @@ def test_a_bye_from_a_replaced_connection_keeps_the_new_session(setup: Setup) ->
         assert broker.router.table.route_of(alice_id) is not None
     finally:
         again.close()
+
+
+def test_the_broker_expires_mail_older_than_a_week() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
+    identity = Identity.generate("broker")
+    alice, bob = (Identity.generate(name).agent_id for name in ("alice", "bob"))
+    clock = [1_800_000_000.0]
+    try:
+        with Broker(
+            [f"ipc://{directory}/b.sock"],
+            identity=identity,
+            trust=TrustStore(directory / "trust"),
+            data=directory / "data",
+            clock=lambda: clock[0],
+            wall_clock=lambda: clock[0],
+        ) as broker:
+            mailbox = broker.mailbox
+            assert mailbox is not None
+            mailbox.put(bob, alice, b"sealed", now=clock[0])
+            mailbox.put(bob, alice, b"sealed later", now=clock[0] + 2 * DAY)
+            broker.step(0)
+            assert mailbox.count(bob) == 2
+            clock[0] += 8 * DAY  # the first is past the default TTL, the second is not
+            broker.step(0)
+            assert [m.blob for m in mailbox.pending(bob)] == [b"sealed later"]
+            assert broker.statistics()["mail_expired"] == 1
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -45,6 +45,8 @@ class MailStore(Protocol):
 
     def count(self, recipient: str | None = None) -> int: ...
 
+    def expire(self, *, now: float, max_age: float) -> int: ...
+
 
 @dataclass(frozen=True)
 class Send:
@@ -101,6 +103,7 @@ class BrokerCore:
         self.rejected: Counter[str] = Counter()
         self.routed = 0
         self.stored = 0
+        self.expired = 0
 
     # -- membership --------------------------------------------------------------------------
 
@@ -174,6 +177,17 @@ class BrokerCore:
                 state.mail_retry = False
                 out += self._mail_for(name)
         return out
+
+    def expire_mail(self, *, now: float, max_age: float) -> int:
+        """Delete mail stored more than ``max_age`` seconds ago (its recipient never came for
+        it): counted and audited. Returns how many."""
+        if self.mailbox is None:
+            return 0
+        expired = self.mailbox.expire(now=now, max_age=max_age)
+        if expired:
+            self.expired += expired
+            self.audit.record("mail_expired", now=now, messages=expired, max_age=max_age)
+        return expired
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -311,6 +325,7 @@ class BrokerCore:
             "agents": len(self.agents),
             "routed": self.routed,
             "stored": self.stored,
+            "mail_expired": self.expired,
             "mail_waiting": self.mailbox.count() if self.mailbox is not None else 0,
             "rejected": dict(self.rejected),
         }

@@ -20,6 +20,7 @@ import zmq
 from zmqcomm.access import Policy
 from zmqcomm.broker.core import MAX_SUBSCRIPTIONS, BrokerCore, Send
 from zmqcomm.broker.mailbox import Mailbox
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
@@ -42,6 +43,10 @@ MAILBOX_FILE = "mailbox.sqlite3"
 _STATS_INTERVAL = 1.0
 #: Nodes PING every 10 s when idle: three missed pings and an agent counts as gone.
 IDLE_TIMEOUT = 30.0
+#: Mail not collected within a week is deleted (looked for once a minute): a recipient that
+#: never comes back must not hold mailbox space for ever.
+MAIL_TTL = 7 * 24 * 3600.0
+_EXPIRY_INTERVAL = 60.0
 #: A broker holds many connections: deeper queues than an agent's defaults.
 BROKER_SOCKET_OPTIONS = SocketOptions(send_hwm=100_000, receive_hwm=100_000)
 
@@ -65,9 +70,11 @@ class Broker:
         wall_clock: Callable[[], float] = time.time,
         idle_timeout: float = IDLE_TIMEOUT,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        mail_ttl: float = MAIL_TTL,
     ) -> None:
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
+        self.mail_ttl = check_seconds(mail_ttl, "mail_ttl", allow_zero=False)
         # Made first, so a bad setting is refused before anything is opened.
         core = BrokerCore(policy=policy, audit=audit, max_subscriptions=max_subscriptions)
         self.data = Path(data) if data is not None else None
@@ -103,6 +110,7 @@ class Broker:
         self.idle_timeout = idle_timeout
         self.started = wall_clock()
         self._next_stats = 0.0
+        self._next_expiry = 0.0
         self._previous: tuple[float, tuple[int, int, int]] | None = None
         self._stopping = False
 
@@ -147,6 +155,9 @@ class Broker:
             self._send(self.core.retry_mail())
             if self.data is not None:
                 self.write_stats()
+        if self.clock() >= self._next_expiry:
+            self._next_expiry = self.clock() + _EXPIRY_INTERVAL
+            self.core.expire_mail(now=now, max_age=self.mail_ttl)
         return handled
 
     def _send(self, sends: list[Send]) -> None:
