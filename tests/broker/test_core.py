@@ -193,3 +193,21 @@ def test_mail_older_than_max_age_is_expired_counted_and_audited(core: BrokerCore
     assert [r["messages"] for r in audit.events("mail_expired")] == [1]
     (handed,) = core.connected(CAROL, ["agent"], now=NOW + 101)
     assert isinstance(handed.payload, list) and handed.payload[1] == b"new"
+
+
+def test_mail_beyond_the_senders_quota_is_refused_counted_and_audited(tmp_path: Path) -> None:
+    audit = MemoryAuditLog()
+    mailbox = Mailbox(tmp_path / "mail.sqlite3", max_messages_per_sender=2)
+    core = BrokerCore(mailbox=mailbox, audit=audit)
+    core.connected(ALICE, ["agent"], now=NOW)
+    core.connected(BOB, ["agent"], now=NOW)
+    others = [Identity.generate(f"nobody{n}").agent_id for n in range(3)]
+    for recipient in others[:2]:
+        assert core.handle(ALICE, MessageType.MAIL, recipient, b"x", now=NOW)
+    (refused,) = core.handle(ALICE, MessageType.MAIL, others[2], b"x", now=NOW)
+    assert refused.to == ALICE and refused.msg_type == MessageType.UNREACHABLE
+    assert core.rejected["sender_quota"] == 1
+    assert [r["peer"] for r in audit.events("reject", reason="sender_quota")] == [ALICE]
+    assert mailbox.count() == 2
+    sends = core.handle(BOB, MessageType.MAIL, others[2], b"x", now=NOW)
+    assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]
