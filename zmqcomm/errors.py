@@ -107,9 +107,10 @@ class QueueFullError(TransportError):
 
 
 class MailboxFullError(QueueFullError):
-    """A broker mailbox hit a bound: messages or bytes for one recipient, or bytes in total.
+    """A broker mailbox hit a bound: messages or bytes for one recipient, from one sender
+    (``reason`` ``sender_quota``), or bytes in total.
 
-    Nothing was stored. The sender may retry later, once the recipient has drained its mail.
+    Nothing was stored. The sender may retry later, once the recipients have drained their mail.
     """
 
     reason = "mailbox_full"

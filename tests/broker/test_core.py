@@ -11,6 +11,7 @@ from zmqcomm.broker.core import BrokerCore, Send
 from zmqcomm.broker.mailbox import Mailbox
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.errors import UsageError
 from zmqcomm.wire import MessageType
 
 NOW = 1_800_000_000.0
@@ -132,3 +133,81 @@ def test_an_idle_agent_taken_back_on_its_session_keeps_its_subscriptions(
     # A new session of bob's replaces the old one and what it subscribed to.
     core.connected(BOB, ["agent"], now=NOW + 103)
     assert core.handle(ALICE, MessageType.PUBLISH, "news/today", b"anyone?", now=NOW + 104) == []
+
+
+def test_a_bye_from_a_replaced_session_leaves_the_new_one_connected(core: BrokerCore) -> None:
+    core.connected(CAROL, ["agent"], now=NOW, session=1)
+    core.connected(CAROL, ["agent"], now=NOW, session=2)  # back on a new connection
+    assert core.handle(CAROL, MessageType.BYE, "", None, now=NOW, session=1) == []
+    assert CAROL in core.agents
+    core.handle(CAROL, MessageType.BYE, "", None, now=NOW, session=2)
+    assert CAROL not in core.agents
+
+
+def test_mail_a_full_queue_refused_is_handed_over_again(core: BrokerCore) -> None:
+    for number in range(3):
+        core.handle(ALICE, MessageType.MAIL, CAROL, bytes([number]), now=NOW)
+    handed = core.connected(CAROL, ["agent"], now=NOW)
+    assert len(handed) == 3
+    core.hand_over_later(handed[1])  # the driver met CAROL's full queue
+    assert core.retry_mail() == [handed[1]]  # that one again, and only that one
+    assert core.retry_mail() == []
+    # Every acknowledgement frees its slot: more mail is handed over at once.
+    for send in handed:
+        assert isinstance(send.payload, list)
+        core.handle(CAROL, MessageType.MAIL_ACK, "", send.payload[0], now=NOW)
+    later = core.handle(ALICE, MessageType.MAIL, CAROL, b"later", now=NOW)
+    assert [send.msg_type for send in later][-1] == MessageType.MAIL_DELIVER
+
+
+def test_subscriptions_beyond_the_limit_are_refused_counted_and_audited() -> None:
+    audit = MemoryAuditLog()
+    core = BrokerCore(audit=audit, max_subscriptions=2)  # no policy: no rate limit either
+    core.connected(ALICE, ["agent"], now=NOW)
+    core.connected(BOB, ["agent"], now=NOW)
+    for topic in ("news/a", "news/b", "news/a", "news/c"):  # a repeat takes no more room
+        assert core.handle(BOB, MessageType.SUBSCRIBE, topic, None, now=NOW) == []
+    assert core.agents[BOB].subscriptions == {"news/a", "news/b"}
+    assert core.rejected["too_many_topics"] == 1
+    assert [r["topic"] for r in audit.events("reject", reason="too_many_topics")] == ["news/c"]
+    assert core.handle(ALICE, MessageType.PUBLISH, "news/c", b"x", now=NOW) == []
+    # Room again once it lets one go.
+    core.handle(BOB, MessageType.UNSUBSCRIBE, "news/a", None, now=NOW)
+    core.handle(BOB, MessageType.SUBSCRIBE, "news/c", None, now=NOW)
+    assert [s.to for s in core.handle(ALICE, MessageType.PUBLISH, "news/c", b"x", now=NOW)] == [BOB]
+
+
+def test_the_subscription_limit_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UsageError, match="max_subscriptions"):
+            BrokerCore(max_subscriptions=bad)  # type: ignore[arg-type]
+
+
+def test_mail_older_than_max_age_is_expired_counted_and_audited(core: BrokerCore) -> None:
+    core.handle(ALICE, MessageType.MAIL, CAROL, b"old", now=NOW)
+    core.handle(ALICE, MessageType.MAIL, CAROL, b"new", now=NOW + 50)
+    assert core.expire_mail(now=NOW + 100, max_age=60) == 1
+    assert core.statistics()["mail_expired"] == 1
+    audit = core.audit
+    assert isinstance(audit, MemoryAuditLog)
+    assert [r["messages"] for r in audit.events("mail_expired")] == [1]
+    (handed,) = core.connected(CAROL, ["agent"], now=NOW + 101)
+    assert isinstance(handed.payload, list) and handed.payload[1] == b"new"
+
+
+def test_mail_beyond_the_senders_quota_is_refused_counted_and_audited(tmp_path: Path) -> None:
+    audit = MemoryAuditLog()
+    mailbox = Mailbox(tmp_path / "mail.sqlite3", max_messages_per_sender=2)
+    core = BrokerCore(mailbox=mailbox, audit=audit)
+    core.connected(ALICE, ["agent"], now=NOW)
+    core.connected(BOB, ["agent"], now=NOW)
+    others = [Identity.generate(f"nobody{n}").agent_id for n in range(3)]
+    for recipient in others[:2]:
+        assert core.handle(ALICE, MessageType.MAIL, recipient, b"x", now=NOW)
+    (refused,) = core.handle(ALICE, MessageType.MAIL, others[2], b"x", now=NOW)
+    assert refused.to == ALICE and refused.msg_type == MessageType.UNREACHABLE
+    assert core.rejected["sender_quota"] == 1
+    assert [r["peer"] for r in audit.events("reject", reason="sender_quota")] == [ALICE]
+    assert mailbox.count() == 2
+    sends = core.handle(BOB, MessageType.MAIL, others[2], b"x", now=NOW)
+    assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]

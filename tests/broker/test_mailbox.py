@@ -153,6 +153,42 @@ def test_total_bytes_bound(tmp_path: Path) -> None:
         box.put(BOB, ALICE, b"x" * 50, now=1.0)
 
 
+def test_per_sender_bounds_count_mail_to_every_recipient(tmp_path: Path) -> None:
+    dave = "d" * 26
+    with Mailbox(tmp_path / "m.db", max_messages_per_sender=2) as box:
+        box.put_many([(ALICE, BOB, b"x"), (CAROL, BOB, b"x")], now=1.0)
+        with pytest.raises(MailboxFullError, match="per-sender message count limit") as caught:
+            box.put(dave, BOB, b"x", now=1.0)  # a new recipient, but the same sender
+        assert caught.value.reason == "sender_quota"
+        assert BOB in str(caught.value) and box.count() == 2
+        box.put(dave, ALICE, b"other senders have their own quota", now=1.0)
+        box.ack(ALICE, box.pending(ALICE)[0].id)
+        box.put(dave, BOB, b"room again once collected", now=1.0)
+    with Mailbox(tmp_path / "b.db", max_bytes_per_sender=100) as box:
+        box.put(ALICE, BOB, b"x" * 60, now=1.0)
+        with pytest.raises(MailboxFullError, match=r"per-sender byte limit of 100 \(60 stored\)"):
+            box.put(CAROL, BOB, b"x" * 41, now=1.0)
+        box.put(CAROL, BOB, b"x" * 40, now=1.0)
+
+
+def test_a_version_1_file_is_upgraded_with_its_senders_counted(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    with Mailbox(path) as box:
+        box.put_many([(ALICE, BOB, b"x"), (CAROL, BOB, b"x"), (BOB, ALICE, b"x")], now=1.0)
+    with sqlite3.connect(path) as db:  # what version 1 wrote: no per-sender totals
+        db.executescript(
+            "DROP TRIGGER outbox_added; DROP TRIGGER outbox_removed; DROP TABLE outbox;"
+            "PRAGMA user_version = 1;"
+        )
+    db.close()
+    with Mailbox(path, max_messages_per_sender=2) as box:
+        with pytest.raises(MailboxFullError, match="per-sender"):
+            box.put("d" * 26, BOB, b"x", now=2.0)
+        box.put("d" * 26, ALICE, b"x", now=2.0)
+        assert box._db is not None
+        assert box._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_blob_size_bound_is_a_usage_error(tmp_path: Path) -> None:
     with Mailbox(tmp_path / "m.db", max_blob_size=10) as box:
         with pytest.raises(UsageError, match=r"11 bytes exceeds .* 10 bytes per message"):

@@ -1,5 +1,6 @@
 """The broker's serve loop when a send to one agent fails: that send is dropped, counted and
-audited, and the broker goes on serving everyone else (never raises out of ``step``)."""
+audited, and the broker goes on serving everyone else (never raises out of ``step``). Also
+what one step does with events of two connections of the same agent."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.limits import DEFAULT_LIMITS
 
+DAY = 24 * 3600.0
+
 
 @dataclass
 class Setup:
@@ -32,6 +35,8 @@ class Setup:
     audit: MemoryAuditLog
     alice: SecureDealer
     bob: SecureDealer
+    agents: dict[str, Identity]
+    agent_trust: TrustStore
 
 
 def _connect(broker: Broker, identity: Identity, trust: TrustStore) -> SecureDealer:
@@ -70,7 +75,11 @@ def setup() -> Iterator[Setup]:
     agent_trust.add(broker_identity.public, roles=["broker"])
     audit = MemoryAuditLog()
     broker = Broker(
-        [f"ipc://{directory}/b.sock"], identity=broker_identity, trust=broker_trust, audit=audit
+        [f"ipc://{directory}/b.sock"],
+        identity=broker_identity,
+        trust=broker_trust,
+        audit=audit,
+        data=directory / "data",
     )
     alice = _connect(broker, agents["alice"], agent_trust)
     bob = _connect(broker, agents["bob"], agent_trust)
@@ -79,7 +88,7 @@ def setup() -> Iterator[Setup]:
         bob.send(None, msg_type=MessageType.SUBSCRIBE, topic="t")
         bob_id = agents["bob"].agent_id
         _step_until(broker, lambda: bool(broker.core.agents[bob_id].subscriptions))
-        yield Setup(broker, audit, alice, bob)
+        yield Setup(broker, audit, alice, bob, agents, agent_trust)
     finally:
         alice.close()
         bob.close()
@@ -133,6 +142,30 @@ def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.Monke
     assert setup.audit.events("reject", reason="slow_consumer")
 
 
+def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_send = setup.broker.router.send
+    refused: list[object] = []
+
+    def full_once(agent_id: str, payload: object, **options: Any) -> None:
+        if options.get("msg_type") == MessageType.MAIL_DELIVER and not refused:
+            refused.append(payload)
+            raise SendTimeout("the high-water mark (as ZeroMQ's EAGAIN becomes)")
+        real_send(agent_id, payload, **options)
+
+    monkeypatch.setattr(setup.broker.router, "send", full_once)
+    bob_id = setup.agents["bob"].agent_id
+    setup.alice.send(b"sealed", msg_type=MessageType.MAIL, topic=bob_id)
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
+
+    def bob_has_mail() -> bool:
+        setup.bob.pump(0)
+        return any(d.message.header.type == MessageType.MAIL_DELIVER for d in setup.bob.inbox)
+
+    _step_until(setup.broker, bob_has_mail)  # bob stays connected all along
+
+
 def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:
     directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
     closed: list[Mailbox] = []
@@ -150,5 +183,57 @@ def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.Monkey
             with pytest.raises(AddressInUseError):
                 Broker(first.endpoints, identity=identity, trust=trust, data=directory / "data")
             assert len(closed) == 1  # the second broker's, before the first one closes
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_bye_from_a_replaced_connection_keeps_the_new_session(setup: Setup) -> None:
+    broker, alice_id = setup.broker, setup.agents["alice"].agent_id
+    again = SecureDealer(
+        broker.endpoints[0],
+        identity=setup.agents["alice"],
+        trust=setup.agent_trust,
+        connect_timeout=None,  # its handshake runs below, by hand
+    )
+    try:
+        setup.alice.send(None, msg_type=MessageType.BYE)  # the old connection leaves
+        # Pump the router only, so that one step of the broker meets both: the old
+        # connection's BYE and the new connection's session.
+        deadline = time.monotonic() + 5
+        while not (broker.router.inbox and broker.router.joined):
+            assert time.monotonic() < deadline, "the BYE and the new session never arrived"
+            broker.router.pump(0.01)
+            again.pump(0)
+        broker.step(0)
+        assert alice_id in broker.core.agents
+        assert broker.router.table.route_of(alice_id) is not None
+    finally:
+        again.close()
+
+
+def test_the_broker_expires_mail_older_than_a_week() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
+    identity = Identity.generate("broker")
+    alice, bob = (Identity.generate(name).agent_id for name in ("alice", "bob"))
+    clock = [1_800_000_000.0]
+    try:
+        with Broker(
+            [f"ipc://{directory}/b.sock"],
+            identity=identity,
+            trust=TrustStore(directory / "trust"),
+            data=directory / "data",
+            clock=lambda: clock[0],
+            wall_clock=lambda: clock[0],
+        ) as broker:
+            mailbox = broker.mailbox
+            assert mailbox is not None
+            mailbox.put(bob, alice, b"sealed", now=clock[0])
+            mailbox.put(bob, alice, b"sealed later", now=clock[0] + 2 * DAY)
+            broker.step(0)
+            assert mailbox.count(bob) == 2
+            clock[0] += 8 * DAY  # the first is past the default TTL, the second is not
+            broker.step(0)
+            assert [m.blob for m in mailbox.pending(bob)] == [b"sealed later"]
+            assert broker.statistics()["mail_expired"] == 1
     finally:
         shutil.rmtree(directory, ignore_errors=True)

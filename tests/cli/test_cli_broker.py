@@ -200,6 +200,10 @@ def _bad_usage_cases(setup: Setup) -> dict[str, tuple[list[str], str]]:
     broken = setup.directory / "broken.toml"
     broken.write_text("bind = [unclosed\n", encoding="utf-8")
     bind, missing = ["--bind", setup.endpoint], str(setup.directory / "none.toml")
+    wrong_type = setup.directory / "wrong-type.toml"
+    wrong_type.write_text(f'bind = "{setup.endpoint}"\nkeys = 5\n', encoding="utf-8")
+    wrong_bind = setup.directory / "wrong-bind.toml"
+    wrong_bind.write_text("bind = [1]\n", encoding="utf-8")
     return {
         "no --bind": (["--keys", keys, "--trust", trust], "--bind is required"),
         "no --keys": ([*bind, "--trust", trust], "--keys is required"),
@@ -207,6 +211,14 @@ def _bad_usage_cases(setup: Setup) -> dict[str, tuple[list[str], str]]:
         "unknown config key": (["--config", str(config)], "unknown setting(s) colour"),
         "config not TOML": (["--config", str(broken)], "is not valid TOML"),
         "config missing": (["--config", missing], f"cannot read {missing}"),
+        "config value of a wrong type": (
+            ["--config", str(wrong_type), "--trust", trust],
+            "keys must be a string, got int",
+        ),
+        "config bind of a wrong type": (
+            ["--config", str(wrong_bind), "--keys", keys, "--trust", trust],
+            "bind must be a string or a list of strings, got list",
+        ),
         "no key dir": (
             [*bind, "--keys", str(setup.directory / "nokeys"), "--trust", trust],
             "no identity at",
@@ -226,6 +238,8 @@ BAD_USAGE = [
     "unknown config key",
     "config not TOML",
     "config missing",
+    "config value of a wrong type",
+    "config bind of a wrong type",
     "no key dir",
     "missing policy",
     "stats without --data",
@@ -260,6 +274,17 @@ def test_stats_without_a_broker_fails_with_exit_1(setup: Setup) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
     assert "is a broker running" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_stats_from_a_corrupt_file_fail_with_one_clear_line(setup: Setup, content: bytes) -> None:
+    setup.data.mkdir()
+    (setup.data / "stats.json").write_bytes(content)
+    result = zmqcomm("broker", "stats", "--data", str(setup.data))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "stats.json is not broker statistics" in result.stderr
 
 
 # -- running ---------------------------------------------------------------------------------

@@ -57,9 +57,11 @@ def recorded() -> Iterator[tuple[list[tuple[int, str, Any]], Broker, list[Identi
     seen: list[tuple[int, str, Any]] = []
     handle = broker.core.handle
 
-    def spy(agent: str, msg_type: int, topic: str, payload: object, *, now: float) -> list[Send]:
+    def spy(
+        agent: str, msg_type: int, topic: str, payload: object, *, now: float, **options: Any
+    ) -> list[Send]:
         seen.append((msg_type, topic, payload))
-        return handle(agent, msg_type, topic, payload, now=now)
+        return handle(agent, msg_type, topic, payload, now=now, **options)
 
     broker.core.handle = spy  # type: ignore[method-assign]
     with serving(broker):

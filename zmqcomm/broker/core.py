@@ -13,16 +13,25 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zmqcomm.access import Policy, RateLimiter, topic_matches
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.keys import is_agent_id
-from zmqcomm.errors import MailboxFullError, NotPermittedError, RemoteProtocolError, UsageError
+from zmqcomm.errors import (
+    LimitExceededError,
+    MailboxFullError,
+    NotPermittedError,
+    RemoteProtocolError,
+    UsageError,
+)
 from zmqcomm.wire import MessageType
 
 _MAIL_BATCH = 100
+#: Topics (or patterns) one agent may be subscribed to at once: every publication is matched
+#: against every subscription, so this bounds the work one agent can make for all others.
+MAX_SUBSCRIPTIONS = 256
 
 
 class MailStore(Protocol):
@@ -35,6 +44,8 @@ class MailStore(Protocol):
     def ack(self, recipient: str, message_id: int) -> bool: ...
 
     def count(self, recipient: str | None = None) -> int: ...
+
+    def expire(self, *, now: float, max_age: float) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -52,10 +63,14 @@ class _Agent:
     roles: frozenset[str]
     subscriptions: set[str]
     received: int = 0
-    #: Mail handed over and not yet acknowledged, and the highest stored id handed over.
-    mail_in_flight: int = 0
+    #: Ids of mail handed over and not yet acknowledged, and the highest stored id handed over.
+    mail_in_flight: set[int] = field(default_factory=set)
     mail_cursor: int = 0
+    #: A hand-over met a full queue: retry_mail() hands that mail over again.
+    mail_retry: bool = False
     last_seen: float = 0.0
+    #: The hop session it is connected on: a BYE ends that session only, not a newer one.
+    session: int = 0
 
 
 class BrokerCore:
@@ -69,7 +84,13 @@ class BrokerCore:
         audit: BaseAuditLog | None = None,
         rate: float | None = None,
         burst: float | None = None,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
     ) -> None:
+        if type(max_subscriptions) is not int or max_subscriptions < 1:
+            raise UsageError(
+                f"max_subscriptions must be an integer >= 1, got {max_subscriptions!r}"
+            )
+        self.max_subscriptions = max_subscriptions
         self.policy = policy
         self.mailbox = mailbox
         self.audit = audit if audit is not None else NullAuditLog()
@@ -82,20 +103,28 @@ class BrokerCore:
         self.rejected: Counter[str] = Counter()
         self.routed = 0
         self.stored = 0
+        self.expired = 0
 
     # -- membership --------------------------------------------------------------------------
 
     def connected(
-        self, agent: str, roles: Iterable[str], *, now: float, resumed: bool = False
+        self,
+        agent: str,
+        roles: Iterable[str],
+        *,
+        now: float,
+        resumed: bool = False,
+        session: int = 0,
     ) -> list[Send]:
-        """An agent completed its hop handshake: remember it and hand over its mail.
+        """An agent completed its hop handshake on ``session``: remember it and hand over
+        its mail.
 
         ``resumed``: it spoke again on the session it had when it went idle, so it keeps the
         subscriptions it made on that session (it has no reason to make them again)."""
         idle = self._idle.pop(agent, None)
         subscriptions = idle.subscriptions if resumed and idle is not None else set()
-        self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now)
-        return self._mail_for(agent, _MAIL_BATCH)
+        self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
+        return self._mail_for(agent)
 
     def disconnected(self, agent: str) -> None:
         self.agents.pop(agent, None)
@@ -110,27 +139,71 @@ class BrokerCore:
             self._idle[name] = self.agents.pop(name)
         return gone
 
-    def _mail_for(self, agent: str, room: int) -> list[Send]:
+    def _mail_for(self, agent: str) -> list[Send]:
         """Hand over stored mail, keeping at most _MAIL_BATCH unacknowledged per agent."""
         state = self.agents.get(agent)
+        room = _MAIL_BATCH - len(state.mail_in_flight) if state is not None else 0
         if self.mailbox is None or state is None or room <= 0:
             return []
         out = []
         for stored in self.mailbox.pending(agent, limit=room, after=state.mail_cursor):
+            state.mail_cursor = stored.id
+            if stored.id in state.mail_in_flight:  # the cursor went back for a retry
+                continue
             out.append(
                 Send(agent, MessageType.MAIL_DELIVER, [stored.id, stored.blob], stored.sender)
             )
-            state.mail_cursor = stored.id
-            state.mail_in_flight += 1
+            state.mail_in_flight.add(stored.id)
         return out
+
+    def hand_over_later(self, send: Send) -> None:
+        """The driver could not hand over this MAIL_DELIVER (the agent's queue was full): it
+        stays stored, and :meth:`retry_mail` hands it over again."""
+        state = self.agents.get(send.to)
+        if send.msg_type != MessageType.MAIL_DELIVER or state is None:
+            return
+        assert isinstance(send.payload, list)  # made by _mail_for: [stored id, blob]
+        message_id: int = send.payload[0]
+        state.mail_in_flight.discard(message_id)
+        state.mail_cursor = min(state.mail_cursor, message_id - 1)
+        state.mail_retry = True
+
+    def retry_mail(self) -> list[Send]:
+        """Mail again for agents whose queue was full at the last hand-over (the driver
+        calls this now and then: by then there may be room)."""
+        out = []
+        for name, state in self.agents.items():
+            if state.mail_retry:
+                state.mail_retry = False
+                out += self._mail_for(name)
+        return out
+
+    def expire_mail(self, *, now: float, max_age: float) -> int:
+        """Delete mail stored more than ``max_age`` seconds ago (its recipient never came for
+        it): counted and audited. Returns how many."""
+        if self.mailbox is None:
+            return 0
+        expired = self.mailbox.expire(now=now, max_age=max_age)
+        if expired:
+            self.expired += expired
+            self.audit.record("mail_expired", now=now, messages=expired, max_age=max_age)
+        return expired
 
     # -- messages ----------------------------------------------------------------------------
 
     def handle(
-        self, agent: str, msg_type: int, topic: str, payload: object, *, now: float
+        self,
+        agent: str,
+        msg_type: int,
+        topic: str,
+        payload: object,
+        *,
+        now: float,
+        session: int = 0,
     ) -> list[Send]:
-        """One message from an authenticated agent. Refusals are counted, audited, and
-        answered where the sender can act on them; they never raise."""
+        """One message from an authenticated agent, on its hop session ``session``.
+        Refusals are counted, audited, and answered where the sender can act on them; they
+        never raise."""
         state = self.agents.get(agent)
         if state is None:
             return self.refuse(agent, "not_connected", now=now)
@@ -146,19 +219,30 @@ class BrokerCore:
             if self.policy is not None and msg_type not in _ALWAYS_ALLOWED:
                 self.policy.check_send(agent, roles, msg_type)
             state.received += 1
-            return self._route(agent, state, msg_type, topic, payload, now=now)
+            return self._route(agent, state, msg_type, topic, payload, now=now, session=session)
         except NotPermittedError:
             return self.refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
         except RemoteProtocolError as exc:
-            return self.refuse(agent, exc.reason, now=now, msg_type=msg_type)
+            return self.refuse(agent, exc.reason, now=now, msg_type=msg_type, topic=topic)
 
     def _route(
-        self, agent: str, state: _Agent, msg_type: int, topic: str, payload: object, *, now: float
+        self,
+        agent: str,
+        state: _Agent,
+        msg_type: int,
+        topic: str,
+        payload: object,
+        *,
+        now: float,
+        session: int,
     ) -> list[Send]:
         if msg_type == MessageType.PING:
             return []
         if msg_type == MessageType.BYE:
-            self.disconnected(agent)  # the driver sees it gone and drops its connection
+            # A BYE the old connection sent just before the agent came back on a new one
+            # ends only the old session.
+            if session == state.session:
+                self.disconnected(agent)  # the driver sees it gone and drops its connection
             return []
         if msg_type == MessageType.FORWARD:
             _check_agent_id(topic)
@@ -178,13 +262,18 @@ class BrokerCore:
             if type(payload) is not int or self.mailbox is None:
                 raise RemoteProtocolError("MAIL_ACK without a stored id", reason="bad_mail")
             if self.mailbox.ack(agent, payload):
-                state.mail_in_flight = max(0, state.mail_in_flight - 1)
-                return self._mail_for(agent, _MAIL_BATCH - state.mail_in_flight)
+                state.mail_in_flight.discard(payload)
+                return self._mail_for(agent)
             return []
         if msg_type == MessageType.SUBSCRIBE:
             if self.policy is not None:
                 self.policy.check_subscribe(agent, state.roles, topic)
-            state.subscriptions.add(topic)
+            subscriptions = state.subscriptions
+            if topic not in subscriptions and len(subscriptions) >= self.max_subscriptions:
+                raise LimitExceededError(
+                    f"more than {self.max_subscriptions} subscriptions", reason="too_many_topics"
+                )
+            subscriptions.add(topic)
             return []
         if msg_type == MessageType.UNSUBSCRIBE:
             state.subscriptions.discard(topic)
@@ -213,9 +302,8 @@ class BrokerCore:
             return [Send(agent, MessageType.UNREACHABLE, str(exc), recipient)]
         self.stored += 1
         out = [Send(agent, MessageType.MAIL_ACCEPTED, stored, recipient)]
-        online = self.agents.get(recipient)
-        if online is not None:  # it came back since the sender was told it was away
-            out += self._mail_for(recipient, _MAIL_BATCH - online.mail_in_flight)
+        if recipient in self.agents:  # it came back since the sender was told it was away
+            out += self._mail_for(recipient)
         return out
 
     def _fan_out(self, agent: str, topic: str, payload: object) -> list[Send]:
@@ -237,6 +325,7 @@ class BrokerCore:
             "agents": len(self.agents),
             "routed": self.routed,
             "stored": self.stored,
+            "mail_expired": self.expired,
             "mail_waiting": self.mailbox.count() if self.mailbox is not None else 0,
             "rejected": dict(self.rejected),
         }

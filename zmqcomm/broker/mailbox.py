@@ -10,9 +10,12 @@ committed transaction, so once ``put`` returns, the message survives the broker 
 (SIGKILL), and a power cut as far as the disk honours fsync. Each commit costs an fsync;
 :meth:`Mailbox.put_many` stores a batch with one.
 
-Bounds: per recipient a message count and a byte total, and a byte total over all recipients
-(blob bytes only, not SQLite overhead). Hitting one raises :class:`MailboxFullError` and stores
-nothing. Triggers keep running totals, so a bound check costs two row reads, not a scan.
+Bounds: per recipient a message count and a byte total, the same per sender (over all the
+recipients it wrote to, so one sender cannot take the space everyone shares by mailing many
+agent ids), and a byte total over all recipients (blob bytes only, not SQLite overhead).
+Hitting one raises :class:`MailboxFullError` (``reason`` ``sender_quota`` for a sender's
+bound) and stores nothing. Triggers keep running totals, so a bound check costs three row
+reads, not a scan.
 
 Threads: meant for one owning thread (the broker loop) plus readers such as a stats thread;
 every call holds an internal lock, so that is safe. Do not use an instance across ``fork``.
@@ -33,10 +36,29 @@ from zmqcomm.errors import ClosedError, MailboxFullError, UsageError
 from zmqcomm.private_db import check_schema_version, open_private_database
 
 #: Bump when the schema changes; a database with a higher version is refused, not guessed at.
-SCHEMA_VERSION = 1
+#: Version 2 added the per-sender totals; a version 1 file is upgraded when it is opened.
+SCHEMA_VERSION = 2
 MAX_ID_LENGTH = 64
 _MAX_INTEGER = 2**63 - 1  # SQLite's INTEGER; larger values would raise OverflowError
 
+# Per-sender running totals (version 2). The INSERT counts what a version 1 file holds; it
+# adds nothing once the triggers keep the totals.
+_SENDERS = """
+CREATE TABLE IF NOT EXISTS outbox (
+    sender TEXT PRIMARY KEY, messages INTEGER NOT NULL, bytes INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO outbox
+    SELECT sender, count(*), sum(length(blob)) FROM message GROUP BY sender;
+CREATE TRIGGER IF NOT EXISTS outbox_added AFTER INSERT ON message BEGIN
+    INSERT INTO outbox VALUES (NEW.sender, 1, length(NEW.blob))
+        ON CONFLICT (sender) DO UPDATE
+        SET messages = messages + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS outbox_removed AFTER DELETE ON message BEGIN
+    UPDATE outbox SET messages = messages - 1, bytes = bytes - length(OLD.blob)
+        WHERE sender = OLD.sender;
+    DELETE FROM outbox WHERE sender = OLD.sender AND messages = 0;
+END;
+"""
 # Idempotent (IF NOT EXISTS, OR IGNORE), so two processes creating the file at once both succeed.
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -62,9 +84,11 @@ CREATE TRIGGER IF NOT EXISTS message_removed AFTER DELETE ON message BEGIN
     DELETE FROM mailbox WHERE recipient = OLD.recipient AND messages = 0;
     UPDATE totals SET messages = messages - 1, bytes = bytes - length(OLD.blob);
 END;
+{_SENDERS}
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
+_UPGRADE_FROM_1 = f"BEGIN IMMEDIATE;{_SENDERS}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
 _INSERT = "INSERT INTO message (recipient, sender, blob, stored_at) VALUES (?, ?, ?, ?)"
 
 
@@ -109,6 +133,8 @@ class Mailbox:
         max_bytes_per_agent: int = 64 * 1024 * 1024,
         max_blob_size: int = 1024 * 1024,
         max_total_bytes: int = 1024**3,
+        max_messages_per_sender: int = 10_000,
+        max_bytes_per_sender: int = 64 * 1024 * 1024,
     ) -> None:
         self.path = Path(path)
         self.max_messages_per_agent = _check_count(
@@ -117,6 +143,10 @@ class Mailbox:
         self.max_bytes_per_agent = _check_count("max_bytes_per_agent", max_bytes_per_agent, 1)
         self.max_blob_size = _check_count("max_blob_size", max_blob_size, 1)
         self.max_total_bytes = _check_count("max_total_bytes", max_total_bytes, 1)
+        self.max_messages_per_sender = _check_count(
+            "max_messages_per_sender", max_messages_per_sender, 1
+        )
+        self.max_bytes_per_sender = _check_count("max_bytes_per_sender", max_bytes_per_sender, 1)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = open_private_database(self.path, "mailbox database")
         try:
@@ -133,6 +163,8 @@ class Mailbox:
             db.execute("PRAGMA synchronous = FULL")  # fsync the WAL on every commit
             if version == 0:
                 db.executescript(_SCHEMA)  # one transaction; __init__'s close() undoes a failure
+            elif version == 1:
+                db.executescript(_UPGRADE_FROM_1)
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.path} is not a usable mailbox database: {exc}") from exc
 
@@ -172,7 +204,14 @@ class Mailbox:
         with self._connection(write=True) as db:
             total = db.execute("SELECT bytes FROM totals").fetchone()[0]
             seen: dict[str, tuple[int, int]] = {}
-            for recipient, _, blob in batch:
+            sent: dict[str, tuple[int, int]] = {}
+            for recipient, sender, blob in batch:
+                if sender not in sent:
+                    query = "SELECT messages, bytes FROM outbox WHERE sender = ?"
+                    sent[sender] = db.execute(query, (sender,)).fetchone() or (0, 0)
+                messages, size = sent[sender]
+                self._check_sender(sender, messages, size, len(blob))
+                sent[sender] = (messages + 1, size + len(blob))
                 if recipient not in seen:
                     query = "SELECT messages, bytes FROM mailbox WHERE recipient = ?"
                     seen[recipient] = db.execute(query, (recipient,)).fetchone() or (0, 0)
@@ -195,6 +234,19 @@ class Mailbox:
                 f"{self.max_blob_size} bytes per message"
             )
         return _check_agent("recipient", recipient), _check_agent("sender", sender), blob
+
+    def _check_sender(self, sender: str, messages: int, size: int, add: int) -> None:
+        if messages >= self.max_messages_per_sender:
+            bound = f"per-sender message count limit of {self.max_messages_per_sender}"
+        elif size + add > self.max_bytes_per_sender:
+            bound = f"per-sender byte limit of {self.max_bytes_per_sender} ({size} stored)"
+        else:
+            return
+        raise MailboxFullError(
+            f"mail from {sender} waiting to be collected is at its quota: a {add}-byte "
+            f"message would exceed the {bound}",
+            reason="sender_quota",
+        )
 
     def _check_bounds(self, recipient: str, messages: int, size: int, total: int, add: int) -> int:
         if messages >= self.max_messages_per_agent:

@@ -18,13 +18,15 @@ from typing import Any
 import zmq
 
 from zmqcomm.access import Policy
-from zmqcomm.broker.core import BrokerCore, Send
+from zmqcomm.broker.core import MAX_SUBSCRIPTIONS, BrokerCore, Send
 from zmqcomm.broker.mailbox import Mailbox
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
+    CorruptStoreError,
     LocalProtocolError,
     QueueFullError,
     SecurityError,
@@ -41,6 +43,10 @@ MAILBOX_FILE = "mailbox.sqlite3"
 _STATS_INTERVAL = 1.0
 #: Nodes PING every 10 s when idle: three missed pings and an agent counts as gone.
 IDLE_TIMEOUT = 30.0
+#: Mail not collected within a week is deleted (looked for once a minute): a recipient that
+#: never comes back must not hold mailbox space for ever.
+MAIL_TTL = 7 * 24 * 3600.0
+_EXPIRY_INTERVAL = 60.0
 #: A broker holds many connections: deeper queues than an agent's defaults.
 BROKER_SOCKET_OPTIONS = SocketOptions(send_hwm=100_000, receive_hwm=100_000)
 
@@ -63,11 +69,17 @@ class Broker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        mail_ttl: float = MAIL_TTL,
     ) -> None:
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
+        self.mail_ttl = check_seconds(mail_ttl, "mail_ttl", allow_zero=False)
+        # Made first, so a bad setting is refused before anything is opened.
+        core = BrokerCore(policy=policy, audit=audit, max_subscriptions=max_subscriptions)
         self.data = Path(data) if data is not None else None
         self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
+        core.mailbox = self.mailbox
         try:
             self.router = SecureRouter(
                 endpoints[0],
@@ -92,12 +104,13 @@ class Broker:
         except BaseException:
             self.close()
             raise
-        self.core = BrokerCore(policy=policy, mailbox=self.mailbox, audit=audit)
+        self.core = core
         self.clock = clock
         self.wall_clock = wall_clock
         self.idle_timeout = idle_timeout
         self.started = wall_clock()
         self._next_stats = 0.0
+        self._next_expiry = 0.0
         self._previous: tuple[float, tuple[int, int, int]] | None = None
         self._stopping = False
 
@@ -109,7 +122,11 @@ class Broker:
         now = self.wall_clock()
         while self.router.joined:
             joined = self.router.joined.popleft()
-            self._send(self.core.connected(joined.agent_id, joined.roles, now=now))
+            self._send(
+                self.core.connected(
+                    joined.agent_id, joined.roles, now=now, session=joined.session_id
+                )
+            )
         inbox = self.router.inbox
         while inbox:
             delivered = inbox.popleft()
@@ -117,18 +134,30 @@ class Broker:
             if agent not in self.core.agents and header.type != MessageType.BYE:
                 # Counted as gone after a long silence, but its session is intact: it is
                 # back (a node busy for a while), so take it in again and hand it its mail.
-                self._send(self.core.connected(agent, self._roles(agent), now=now, resumed=True))
+                roles = self._roles(agent)
+                self._send(
+                    self.core.connected(agent, roles, now=now, resumed=True, session=header.session)
+                )
             for payload in delivered.message.payloads:
-                self._send(self.core.handle(agent, header.type, header.topic, payload, now=now))
-            if header.type == MessageType.BYE:
+                sends = self.core.handle(
+                    agent, header.type, header.topic, payload, now=now, session=header.session
+                )
+                self._send(sends)
+            # Unless the BYE came from a connection the agent has since replaced (this step
+            # took in its new session first): the route now is the new connection's.
+            if header.type == MessageType.BYE and agent not in self.core.agents:
                 self._forget(agent)
         if self.clock() >= self._next_stats:
             self._next_stats = self.clock() + _STATS_INTERVAL
             # Silent agents stop counting as online (their mail waits), but their sessions
             # stay: a connection that is really gone shows when a send to it fails.
             self.core.expire_idle(now=now, max_idle=self.idle_timeout)
+            self._send(self.core.retry_mail())
             if self.data is not None:
                 self.write_stats()
+        if self.clock() >= self._next_expiry:
+            self._next_expiry = self.clock() + _EXPIRY_INTERVAL
+            self.core.expire_mail(now=now, max_age=self.mail_ttl)
         return handled
 
     def _send(self, sends: list[Send]) -> None:
@@ -139,6 +168,7 @@ class Broker:
                 # A slow consumer: its queue is at the high-water mark. Never wait on one
                 # agent (every other would wait too): bounce, and the sender mails it.
                 self._count_undelivered(send, "slow_consumer")
+                self.core.hand_over_later(send)  # mail stays stored: retried once a second
                 self._bounce(send)
             except LocalProtocolError:
                 # Accepted as it came in, but too big once wrapped for its recipient (the
@@ -236,9 +266,13 @@ def read_stats(data: str | os.PathLike[str]) -> dict[str, Any]:
     """The statistics a running (or the last) broker wrote under ``data``."""
     path = Path(data) / STATS_FILE
     try:
-        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        loaded: object = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise TransportError(
             f"no broker statistics in {path}: is a broker running with --data {data}?"
         ) from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise CorruptStoreError(f"{path} is not broker statistics: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CorruptStoreError(f"{path} is not broker statistics: not a JSON object")
     return loaded

@@ -68,6 +68,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if args.config:
         settings = load_toml_config(args.config, allowed=_SETTINGS)
+        _check_types(settings, args.config)
     for key in _SETTINGS:
         value = getattr(args, key)
         if value is not None:
@@ -75,6 +76,18 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if isinstance(settings.get("bind"), str):
         settings["bind"] = [settings["bind"]]
     return settings
+
+
+def _check_types(settings: dict[str, Any], source: str) -> None:
+    """Every setting is a path or a name (``bind`` may also be a list of endpoints): a
+    number or a table in the file is refused here, by name, not deep inside as a traceback."""
+    for key, value in settings.items():
+        if isinstance(value, str):
+            continue
+        if key == "bind" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            continue
+        wanted = "a string or a list of strings" if key == "bind" else "a string"
+        raise UsageError(f"{source}: {key} must be {wanted}, got {type(value).__name__}")
 
 
 def run(args: argparse.Namespace) -> int:
