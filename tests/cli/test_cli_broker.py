@@ -228,6 +228,10 @@ def _bad_usage_cases(setup: Setup) -> dict[str, tuple[list[str], str]]:
             "cannot read policy file",
         ),
         "stats without --data": (["stats"], "needs --data"),
+        "misspelt trust directory": (
+            [*bind, "--keys", keys, "--trust", str(setup.directory / "trust" / "brokr")],
+            "trust directory",
+        ),
     }
 
 
@@ -243,6 +247,7 @@ BAD_USAGE = [
     "no key dir",
     "missing policy",
     "stats without --data",
+    "misspelt trust directory",
 ]
 
 

@@ -12,9 +12,8 @@ from typing import Any
 
 from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker, read_stats
-from zmqcomm.cli.common import load_node_identity, load_toml_config
+from zmqcomm.cli.common import load_node_identity, load_toml_config, open_trust_store
 from zmqcomm.crypto.audit import AuditLog
-from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
 
 EXAMPLES = """\
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{required} is required (or set it in --config)")
     log = _logger()
     identity = load_node_identity(settings["keys"], settings.get("name", "broker"))
-    trust = TrustStore(settings["trust"])
+    trust = open_trust_store(settings["trust"])
     policy = Policy.load(settings["policy"]) if settings.get("policy") else None
     audit = AuditLog(settings["audit"]) if settings.get("audit") else None
     broker = Broker(
