@@ -248,6 +248,19 @@ def test_ipc_path_a_live_process_serves_is_not_taken_over(
     assert receive_frames(first, timeout=5) == [b"still here"]
 
 
+def test_ipc_path_closed_here_can_be_bound_again_at_once(
+    make_socket: MakeSocket, short_dir: str
+) -> None:
+    # libzmq closes a listener in its I/O thread, a moment after close() returns: the check
+    # for a live listener must not take that moment for another process.
+    endpoint = f"ipc://{short_dir}/again.sock"
+    for _ in range(20):
+        first = make_socket(zmq.PULL)
+        bind(first, endpoint)
+        first.close(linger=0)
+    bind(make_socket(zmq.PULL), endpoint)
+
+
 def test_ipc_socket_file_left_by_a_dead_process_is_replaced(
     make_socket: MakeSocket, short_dir: str
 ) -> None:

@@ -17,6 +17,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -224,17 +225,31 @@ def refuse_live_ipc_socket(endpoint: Endpoint) -> None:
     """
     if endpoint.scheme != "ipc" or endpoint.address.startswith("@"):
         return  # abstract sockets fail with EADDRINUSE in libzmq itself
-    if not os.path.exists(endpoint.address):
-        return
+    # A socket this process just closed keeps listening for a few milliseconds (libzmq
+    # closes it in its I/O thread): give a listener that is going away the time to go.
+    deadline = time.monotonic() + _LISTENER_GRACE
+    while _someone_listens(endpoint.address):
+        if time.monotonic() >= deadline:
+            raise AddressInUseError(
+                f"cannot bind to ipc://{endpoint.address}: another process is listening on "
+                "it; stop that process or choose another path"
+            )
+        time.sleep(0.01)
+
+
+#: How long a listener found on an ipc path may take to go away before the bind is refused.
+_LISTENER_GRACE = 0.5
+
+
+def _someone_listens(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
-        probe.connect(endpoint.address)
+        probe.connect(path)
     except OSError:
-        return  # refused, not a socket, or gone: nobody is serving there
+        return False  # refused, not a socket, or gone: nobody is serving there
     finally:
         probe.close()
-    raise AddressInUseError(
-        f"cannot bind to ipc://{endpoint.address}: another process is listening on it; stop "
-        "that process or choose another path"
-    )
+    return True
