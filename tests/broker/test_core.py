@@ -211,3 +211,19 @@ def test_mail_beyond_the_senders_quota_is_refused_counted_and_audited(tmp_path: 
     assert mailbox.count() == 2
     sends = core.handle(BOB, MessageType.MAIL, others[2], b"x", now=NOW)
     assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]
+
+
+def test_mail_for_an_agent_that_cannot_collect_it_is_refused(tmp_path: Path) -> None:
+    audit = MemoryAuditLog()
+    mailbox = Mailbox(tmp_path / "mail.sqlite3")
+    trusted = {ALICE, BOB}
+    core = BrokerCore(mailbox=mailbox, audit=audit, can_collect=lambda agent, now: agent in trusted)
+    core.connected(ALICE, ["agent"], now=NOW)
+    (refused,) = core.handle(ALICE, MessageType.MAIL, CAROL, b"sealed", now=NOW)
+    assert refused.to == ALICE and refused.msg_type == MessageType.UNREACHABLE
+    assert isinstance(refused.payload, str) and refused.topic == CAROL  # the sender knows
+    assert core.rejected["unknown_recipient"] == 1
+    assert [r["topic"] for r in audit.events("reject", reason="unknown_recipient")] == [CAROL]
+    assert mailbox.count() == 0 and core.stored == 0
+    sends = core.handle(ALICE, MessageType.MAIL, BOB, b"sealed", now=NOW)
+    assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]

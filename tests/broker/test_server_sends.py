@@ -237,3 +237,51 @@ def test_the_broker_expires_mail_older_than_a_week() -> None:
             assert broker.statistics()["mail_expired"] == 1
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_broker_takes_mail_only_for_agents_its_trust_store_lets_in() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
+    now = 1_800_000_000.0
+    names = ("alice", "bob", "revoked", "expired", "stranger")
+    alice, bob, revoked, expired, stranger = (Identity.generate(name) for name in names)
+    trust = TrustStore(directory / "trust")
+    for agent in (alice, bob, revoked):
+        trust.add(agent.public, roles=["agent"])
+    trust.add(expired.public, roles=["agent"], expires=now - 1)
+    trust.revoke(revoked.agent_id)
+    try:
+        with Broker(
+            [f"ipc://{directory}/b.sock"],
+            identity=Identity.generate("broker"),
+            trust=trust,
+            data=directory / "data",
+            wall_clock=lambda: now,
+        ) as broker:
+            broker.core.connected(alice.agent_id, ["agent"], now=now)
+            answers = {
+                agent.public.name: broker.core.handle(
+                    alice.agent_id, MessageType.MAIL, agent.agent_id, b"sealed", now=now
+                )[0].msg_type
+                for agent in (bob, revoked, expired, stranger)
+            }
+            assert answers == {
+                "bob": MessageType.MAIL_ACCEPTED,
+                "revoked": MessageType.UNREACHABLE,
+                "expired": MessageType.UNREACHABLE,
+                "stranger": MessageType.UNREACHABLE,
+            }
+            assert broker.core.rejected["unknown_recipient"] == 3
+            assert broker.mailbox is not None and broker.mailbox.count() == 1
+            # Under trust on first use a stranger may yet come (and be pinned); never a
+            # revoked agent.
+            trust.tofu = True
+            for agent, answer in (
+                (stranger, MessageType.MAIL_ACCEPTED),
+                (revoked, MessageType.UNREACHABLE),
+            ):
+                sends = broker.core.handle(
+                    alice.agent_id, MessageType.MAIL, agent.agent_id, b"sealed", now=now
+                )
+                assert sends[0].msg_type == answer
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

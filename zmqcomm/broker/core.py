@@ -12,7 +12,7 @@ Every refusal is counted by reason and audited.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,12 +85,16 @@ class BrokerCore:
         rate: float | None = None,
         burst: float | None = None,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        can_collect: Callable[[str, float], bool] | None = None,
     ) -> None:
+        """``can_collect(agent, now)``: whether ``agent`` could ever connect to collect its
+        mail (the driver asks its trust store); None takes mail for any agent id."""
         if type(max_subscriptions) is not int or max_subscriptions < 1:
             raise UsageError(
                 f"max_subscriptions must be an integer >= 1, got {max_subscriptions!r}"
             )
         self.max_subscriptions = max_subscriptions
+        self.can_collect = can_collect
         self.policy = policy
         self.mailbox = mailbox
         self.audit = audit if audit is not None else NullAuditLog()
@@ -290,6 +294,10 @@ class BrokerCore:
         _check_agent_id(recipient)
         if not isinstance(blob, bytes):
             raise RemoteProtocolError("MAIL without a sealed blob", reason="bad_mail")
+        if self.can_collect is not None and not self.can_collect(recipient, now):
+            # It would wait out its time to live in space others need: tell the sender now.
+            self.refuse(agent, "unknown_recipient", now=now, topic=recipient)
+            return [Send(agent, MessageType.UNREACHABLE, "recipient not trusted", recipient)]
         if self.mailbox is None:
             return [Send(agent, MessageType.UNREACHABLE, "no mailbox", recipient)]
         try:

@@ -32,6 +32,7 @@ from zmqcomm.errors import (
     SecurityError,
     SendTimeout,
     TransportError,
+    UnknownPeerError,
 )
 from zmqcomm.secure import SecureRouter
 from zmqcomm.transport import SocketOptions
@@ -75,8 +76,14 @@ class Broker:
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
         self.mail_ttl = check_seconds(mail_ttl, "mail_ttl", allow_zero=False)
+        self.trust = trust
         # Made first, so a bad setting is refused before anything is opened.
-        core = BrokerCore(policy=policy, audit=audit, max_subscriptions=max_subscriptions)
+        core = BrokerCore(
+            policy=policy,
+            audit=audit,
+            max_subscriptions=max_subscriptions,
+            can_collect=self._can_collect,
+        )
         self.data = Path(data) if data is not None else None
         self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
         core.mailbox = self.mailbox
@@ -188,6 +195,15 @@ class Broker:
     def _bounce(self, send: Send) -> None:
         if send.msg_type == MessageType.DELIVER:
             self._send([Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)])
+
+    def _can_collect(self, agent: str, now: float) -> bool:
+        """Whether ``agent`` could connect now: trusted, not revoked, not expired (under
+        trust on first use, an agent never seen may still come and be pinned)."""
+        try:
+            self.trust.lookup(agent, now=now)
+        except UnknownPeerError as exc:
+            return self.trust.tofu and exc.reason == "unknown_peer"
+        return True
 
     def _roles(self, agent: str) -> frozenset[str]:
         channel = self.router.table.channel_to(agent)
