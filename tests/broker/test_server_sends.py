@@ -21,7 +21,7 @@ from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import AddressInUseError, SendTimeout
+from zmqcomm.errors import AddressInUseError, LocalProtocolError, SendTimeout
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.limits import DEFAULT_LIMITS
@@ -164,6 +164,25 @@ def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(
         return any(d.message.header.type == MessageType.MAIL_DELIVER for d in setup.bob.inbox)
 
     _step_until(setup.broker, bob_has_mail)  # bob stays connected all along
+
+
+def test_mail_too_big_once_wrapped_is_deleted_not_left_in_flight(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_send = setup.broker.router.send
+
+    def too_big(agent_id: str, payload: object, **options: Any) -> None:
+        if options.get("msg_type") == MessageType.MAIL_DELIVER:
+            raise LocalProtocolError("stands in for a body over the hop's limit once wrapped")
+        real_send(agent_id, payload, **options)
+
+    monkeypatch.setattr(setup.broker.router, "send", too_big)
+    bob_id = setup.agents["bob"].agent_id
+    setup.alice.send(b"sealed", msg_type=MessageType.MAIL, topic=bob_id)
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["unsendable"] == 1)
+    assert setup.audit.events("reject", reason="unsendable")
+    assert setup.broker.mailbox is not None and setup.broker.mailbox.count() == 0
+    assert not setup.broker.core.agents[bob_id].mail_in_flight
 
 
 def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -172,6 +172,21 @@ class BrokerCore:
         state.mail_cursor = min(state.mail_cursor, message_id - 1)
         state.mail_retry = True
 
+    def undeliverable(self, send: Send) -> list[Send]:
+        """The driver can never hand over this MAIL_DELIVER (too big once wrapped for the
+        hop): delete it, so it neither holds a slot nor waits out its time to live, and hand
+        over what comes after it. The driver counts and audits the drop."""
+        state = self.agents.get(send.to)
+        if send.msg_type != MessageType.MAIL_DELIVER or self.mailbox is None:
+            return []
+        assert isinstance(send.payload, list)  # made by _mail_for: [stored id, blob]
+        message_id: int = send.payload[0]
+        self.mailbox.ack(send.to, message_id)
+        if state is None or message_id not in state.mail_in_flight:
+            return []
+        state.mail_in_flight.discard(message_id)
+        return self._mail_for(send.to)
+
     def retry_mail(self) -> list[Send]:
         """Mail again for agents whose queue was full at the last hand-over (the driver
         calls this now and then: by then there may be room)."""
@@ -265,7 +280,10 @@ class BrokerCore:
         if msg_type == MessageType.MAIL_ACK:
             if type(payload) is not int or self.mailbox is None:
                 raise RemoteProtocolError("MAIL_ACK without a stored id", reason="bad_mail")
-            if self.mailbox.ack(agent, payload):
+            deleted = self.mailbox.ack(agent, payload)
+            # Also when nothing was deleted: mail that expired while handed over is
+            # acknowledged too, and must not keep its slot until the agent reconnects.
+            if deleted or payload in state.mail_in_flight:
                 state.mail_in_flight.discard(payload)
                 return self._mail_for(agent)
             return []

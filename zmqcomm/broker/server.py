@@ -180,7 +180,9 @@ class Broker:
             except LocalProtocolError:
                 # Accepted as it came in, but too big once wrapped for its recipient (the
                 # wrapper adds a few bytes): drop this one send. Bouncing it would not fit either.
+                # Mail is deleted: it would never fit, and would hold its slot for ever.
                 self._count_undelivered(send, "unsendable")
+                self._send(self.core.undeliverable(send))
             except (TransportError, SecurityError):
                 # The agent's connection is gone, or its session refuses to send (a rekey it
                 # never answered): forget it, and tell a forwarder to use mail.
