@@ -292,6 +292,31 @@ def test_stats_from_a_corrupt_file_fail_with_one_clear_line(setup: Setup, conten
     assert "stats.json is not broker statistics" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"updated": "x"}, "updated must be a number, got str"),
+        ({"uptime": None}, "uptime must be a number, got NoneType"),
+        ({"updated": True}, "updated must be a number, got bool"),
+        ({"endpoints": "ipc://x"}, "endpoints must be a list of strings, got str"),
+        ({"rates_per_s": [1]}, "rates_per_s must be an object of numbers, got list"),
+        ({"rates_per_s": {"in": "fast"}}, "rates_per_s must be an object of numbers, got dict"),
+        ({"rejected": [1]}, "rejected must be an object, got list"),
+        ({"rejected_sessions": 3}, "rejected_sessions must be an object, got int"),
+    ],
+)
+def test_stats_with_fields_of_a_wrong_type_fail_with_one_clear_line(
+    setup: Setup, content: dict[str, Any], expected: str
+) -> None:
+    setup.data.mkdir()
+    (setup.data / "stats.json").write_text(json.dumps(content), encoding="utf-8")
+    result = zmqcomm("broker", "stats", "--data", str(setup.data))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr and result.stdout == ""
+
+
 # -- running ---------------------------------------------------------------------------------
 
 

@@ -293,4 +293,32 @@ def read_stats(data: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptStoreError(f"{path} is not broker statistics: {exc}") from exc
     if not isinstance(loaded, dict):
         raise CorruptStoreError(f"{path} is not broker statistics: not a JSON object")
+    for key, (wanted, valid) in _STATS_TYPES.items():
+        # Checked here, so a reader formats them without a traceback on a hand-edited file.
+        if key in loaded and not valid(loaded[key]):
+            shown = type(loaded[key]).__name__
+            raise CorruptStoreError(
+                f"{path} is not broker statistics: {key} must be {wanted}, got {shown}"
+            )
     return loaded
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The fields of stats.json a reader does arithmetic or formatting on, and their types.
+_STATS_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "updated": ("a number", _is_number),
+    "uptime": ("a number", _is_number),
+    "endpoints": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(e, str) for e in v),
+    ),
+    "rates_per_s": (
+        "an object of numbers",
+        lambda v: isinstance(v, dict) and all(_is_number(r) for r in v.values()),
+    ),
+    "rejected": ("an object", lambda v: isinstance(v, dict)),
+    "rejected_sessions": ("an object", lambda v: isinstance(v, dict)),
+}
