@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ class Broker:
         idle_timeout: float = IDLE_TIMEOUT,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         mail_ttl: float = MAIL_TTL,
+        mailbox_limits: Mapping[str, int] | None = None,
     ) -> None:
+        """``mailbox_limits``: keyword arguments of :class:`Mailbox` (its bounds)."""
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
         self.mail_ttl = check_seconds(mail_ttl, "mail_ttl", allow_zero=False)
@@ -85,7 +87,11 @@ class Broker:
             can_collect=self._can_collect,
         )
         self.data = Path(data) if data is not None else None
-        self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
+        self.mailbox = (
+            Mailbox(self.data / MAILBOX_FILE, **(mailbox_limits or {}))
+            if self.data is not None
+            else None
+        )
         core.mailbox = self.mailbox
         try:
             self.router = SecureRouter(
