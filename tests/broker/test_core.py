@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zmqcomm.access import Policy
-from zmqcomm.broker.core import BrokerCore, Send
+from zmqcomm.broker.core import _MAIL_BATCH, BrokerCore, Send
 from zmqcomm.broker.mailbox import Mailbox
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
@@ -211,3 +211,54 @@ def test_mail_beyond_the_senders_quota_is_refused_counted_and_audited(tmp_path: 
     assert mailbox.count() == 2
     sends = core.handle(BOB, MessageType.MAIL, others[2], b"x", now=NOW)
     assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]
+
+
+def test_mail_for_an_agent_that_cannot_collect_it_is_refused(tmp_path: Path) -> None:
+    audit = MemoryAuditLog()
+    mailbox = Mailbox(tmp_path / "mail.sqlite3")
+    trusted = {ALICE, BOB}
+    core = BrokerCore(mailbox=mailbox, audit=audit, can_collect=lambda agent, now: agent in trusted)
+    core.connected(ALICE, ["agent"], now=NOW)
+    (refused,) = core.handle(ALICE, MessageType.MAIL, CAROL, b"sealed", now=NOW)
+    assert refused.to == ALICE and refused.msg_type == MessageType.UNREACHABLE
+    assert isinstance(refused.payload, str) and refused.topic == CAROL  # the sender knows
+    assert core.rejected["unknown_recipient"] == 1
+    assert [r["topic"] for r in audit.events("reject", reason="unknown_recipient")] == [CAROL]
+    assert mailbox.count() == 0 and core.stored == 0
+    sends = core.handle(ALICE, MessageType.MAIL, BOB, b"sealed", now=NOW)
+    assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]
+
+
+def _batch_and_one_more(tmp_path: Path) -> tuple[BrokerCore, list[Send]]:
+    """A core with CAROL connected and handed a full batch of mail, one more waiting (the
+    oldest stored a minute before the rest)."""
+    mailbox = Mailbox(tmp_path / "mail.sqlite3")
+    mailbox.put(CAROL, ALICE, b"old", now=NOW)
+    mailbox.put_many([(CAROL, ALICE, bytes([n % 256])) for n in range(_MAIL_BATCH)], now=NOW + 60)
+    core = BrokerCore(mailbox=mailbox, audit=MemoryAuditLog())
+    handed = core.connected(CAROL, ["agent"], now=NOW + 60)
+    assert len(handed) == _MAIL_BATCH  # the rest waits for a free slot
+    return core, handed
+
+
+def test_mail_that_expired_while_handed_over_frees_its_slot_when_acknowledged(
+    tmp_path: Path,
+) -> None:
+    core, handed = _batch_and_one_more(tmp_path)
+    assert core.expire_mail(now=NOW + 90, max_age=60) == 1  # the oldest, already handed over
+    assert isinstance(handed[0].payload, list)
+    (more,) = core.handle(CAROL, MessageType.MAIL_ACK, "", handed[0].payload[0], now=NOW + 91)
+    assert more.msg_type == MessageType.MAIL_DELIVER and more not in handed
+    assert len(core.agents[CAROL].mail_in_flight) == _MAIL_BATCH
+    # An id never handed over frees nothing and hands over nothing.
+    assert core.handle(CAROL, MessageType.MAIL_ACK, "", 10**9, now=NOW + 92) == []
+
+
+def test_mail_that_can_never_be_handed_over_is_deleted_and_frees_its_slot(
+    tmp_path: Path,
+) -> None:
+    core, handed = _batch_and_one_more(tmp_path)
+    (more,) = core.undeliverable(handed[0])
+    assert more.msg_type == MessageType.MAIL_DELIVER and more not in handed
+    assert core.mailbox is not None and core.mailbox.count(CAROL) == _MAIL_BATCH
+    assert core.undeliverable(Send(CAROL, MessageType.PUBLISH, [ALICE, b"x"], "t")) == []

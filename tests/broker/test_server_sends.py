@@ -21,7 +21,7 @@ from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import AddressInUseError, SendTimeout
+from zmqcomm.errors import AddressInUseError, LocalProtocolError, SendTimeout
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.limits import DEFAULT_LIMITS
@@ -166,6 +166,25 @@ def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(
     _step_until(setup.broker, bob_has_mail)  # bob stays connected all along
 
 
+def test_mail_too_big_once_wrapped_is_deleted_not_left_in_flight(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_send = setup.broker.router.send
+
+    def too_big(agent_id: str, payload: object, **options: Any) -> None:
+        if options.get("msg_type") == MessageType.MAIL_DELIVER:
+            raise LocalProtocolError("stands in for a body over the hop's limit once wrapped")
+        real_send(agent_id, payload, **options)
+
+    monkeypatch.setattr(setup.broker.router, "send", too_big)
+    bob_id = setup.agents["bob"].agent_id
+    setup.alice.send(b"sealed", msg_type=MessageType.MAIL, topic=bob_id)
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["unsendable"] == 1)
+    assert setup.audit.events("reject", reason="unsendable")
+    assert setup.broker.mailbox is not None and setup.broker.mailbox.count() == 0
+    assert not setup.broker.core.agents[bob_id].mail_in_flight
+
+
 def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:
     directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
     closed: list[Mailbox] = []
@@ -235,5 +254,53 @@ def test_the_broker_expires_mail_older_than_a_week() -> None:
             broker.step(0)
             assert [m.blob for m in mailbox.pending(bob)] == [b"sealed later"]
             assert broker.statistics()["mail_expired"] == 1
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_broker_takes_mail_only_for_agents_its_trust_store_lets_in() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
+    now = 1_800_000_000.0
+    names = ("alice", "bob", "revoked", "expired", "stranger")
+    alice, bob, revoked, expired, stranger = (Identity.generate(name) for name in names)
+    trust = TrustStore(directory / "trust")
+    for agent in (alice, bob, revoked):
+        trust.add(agent.public, roles=["agent"])
+    trust.add(expired.public, roles=["agent"], expires=now - 1)
+    trust.revoke(revoked.agent_id)
+    try:
+        with Broker(
+            [f"ipc://{directory}/b.sock"],
+            identity=Identity.generate("broker"),
+            trust=trust,
+            data=directory / "data",
+            wall_clock=lambda: now,
+        ) as broker:
+            broker.core.connected(alice.agent_id, ["agent"], now=now)
+            answers = {
+                agent.public.name: broker.core.handle(
+                    alice.agent_id, MessageType.MAIL, agent.agent_id, b"sealed", now=now
+                )[0].msg_type
+                for agent in (bob, revoked, expired, stranger)
+            }
+            assert answers == {
+                "bob": MessageType.MAIL_ACCEPTED,
+                "revoked": MessageType.UNREACHABLE,
+                "expired": MessageType.UNREACHABLE,
+                "stranger": MessageType.UNREACHABLE,
+            }
+            assert broker.core.rejected["unknown_recipient"] == 3
+            assert broker.mailbox is not None and broker.mailbox.count() == 1
+            # Under trust on first use a stranger may yet come (and be pinned); never a
+            # revoked agent.
+            trust.tofu = True
+            for agent, answer in (
+                (stranger, MessageType.MAIL_ACCEPTED),
+                (revoked, MessageType.UNREACHABLE),
+            ):
+                sends = broker.core.handle(
+                    alice.agent_id, MessageType.MAIL, agent.agent_id, b"sealed", now=now
+                )
+                assert sends[0].msg_type == answer
     finally:
         shutil.rmtree(directory, ignore_errors=True)

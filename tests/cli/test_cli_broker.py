@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import shutil
 import signal
@@ -24,6 +25,9 @@ from typing import Any
 import pytest
 import zmq
 
+from zmqcomm.broker.server import Broker
+from zmqcomm.cli import broker as cli_broker
+from zmqcomm.cli.main import main
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ReceiveTimeout, ZmqCommError
@@ -204,6 +208,8 @@ def _bad_usage_cases(setup: Setup) -> dict[str, tuple[list[str], str]]:
     wrong_type.write_text(f'bind = "{setup.endpoint}"\nkeys = 5\n', encoding="utf-8")
     wrong_bind = setup.directory / "wrong-bind.toml"
     wrong_bind.write_text("bind = [1]\n", encoding="utf-8")
+    wrong_limit = setup.directory / "wrong-limit.toml"
+    wrong_limit.write_text('max_subscriptions = "64"\n', encoding="utf-8")
     return {
         "no --bind": (["--keys", keys, "--trust", trust], "--bind is required"),
         "no --keys": ([*bind, "--trust", trust], "--keys is required"),
@@ -218,6 +224,14 @@ def _bad_usage_cases(setup: Setup) -> dict[str, tuple[list[str], str]]:
         "config bind of a wrong type": (
             ["--config", str(wrong_bind), "--keys", keys, "--trust", trust],
             "bind must be a string or a list of strings, got list",
+        ),
+        "config limit of a wrong type": (
+            ["--config", str(wrong_limit), *bind, "--keys", keys, "--trust", trust],
+            "max_subscriptions must be a whole number from 1 to 2**63-1, got '64'",
+        ),
+        "limit out of range": (
+            [*bind, "--keys", keys, "--trust", trust, "--mail-ttl=0"],
+            "--mail-ttl must be a finite number of seconds > 0, got 0.0",
         ),
         "no key dir": (
             [*bind, "--keys", str(setup.directory / "nokeys"), "--trust", trust],
@@ -244,6 +258,8 @@ BAD_USAGE = [
     "config missing",
     "config value of a wrong type",
     "config bind of a wrong type",
+    "config limit of a wrong type",
+    "limit out of range",
     "no key dir",
     "missing policy",
     "stats without --data",
@@ -264,6 +280,72 @@ def test_bad_usage_exits_2_with_one_clear_line(setup: Setup, case: str) -> None:
     # Nothing was started: no socket, no data directory.
     assert not (setup.directory / "b.sock").exists()
     assert not setup.data.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "config", "expected"),
+    [
+        (["--max-subscriptions", "0"], "", "--max-subscriptions must be a whole number from 1"),
+        (["--max-bytes-per-agent", "lots"], "", "--max-bytes-per-agent must be a whole number"),
+        (["--max-blob-size", "1.5"], "", "--max-blob-size must be a whole number"),
+        (["--mail-ttl=-5"], "", "--mail-ttl must be a finite number of seconds > 0, got -5.0"),
+        (["--mail-ttl", "nan"], "", "--mail-ttl must be a finite number of seconds > 0"),
+        ([], "max_total_bytes = 1.5", "max_total_bytes must be a whole number from 1"),
+        ([], "max_messages_per_sender = 0", "max_messages_per_sender must be a whole number"),
+        ([], "max_bytes_per_sender = true", "max_bytes_per_sender must be a whole number"),
+        ([], "mail_ttl = true", "mail_ttl must be a finite number of seconds > 0, got True"),
+        ([], "mail_ttl = inf", "mail_ttl must be a finite number of seconds > 0, got inf"),
+    ],
+)
+def test_a_bad_limit_is_one_clear_line_before_anything_starts(
+    setup: Setup,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    config: str,
+    expected: str,
+) -> None:
+    toml = setup.directory / "broker.toml"
+    toml.write_text(config + "\n", encoding="utf-8")
+    args = [*setup.broker_args(), "--config", str(toml), *arguments]
+    assert main(["broker", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not (setup.directory / "b.sock").exists() and not setup.data.exists()
+
+
+def test_limits_from_the_config_file_and_command_line_reach_the_broker(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Broker] = []
+
+    class Recorded(Broker):
+        def __init__(self, *args: Any, **options: Any) -> None:
+            super().__init__(*args, **options)
+            made.append(self)
+
+        def serve(self, until: Callable[[], bool] | None = None) -> None:
+            return  # made and closed, never run
+
+    monkeypatch.setattr(cli_broker, "Broker", Recorded)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # not this test process's handlers
+    toml = setup.directory / "broker.toml"
+    toml.write_text(
+        "max_subscriptions = 8\nmail_ttl = 3600\nmax_messages_per_agent = 5\n",
+        encoding="utf-8",
+    )
+    arguments = ["--config", str(toml), "--max-messages-per-agent", "7"]
+    arguments += ["--max-bytes-per-sender", "1000"]
+    try:
+        assert main(["broker", *setup.broker_args(), *arguments]) == 0
+    finally:
+        logging.getLogger("zmqcomm.broker").handlers.clear()  # bound to pytest's stderr
+    (broker,) = made
+    assert broker.core.max_subscriptions == 8 and broker.mail_ttl == 3600.0
+    mailbox = broker.mailbox
+    assert mailbox is not None
+    assert mailbox.max_messages_per_agent == 7  # the command line wins
+    assert mailbox.max_bytes_per_sender == 1000
+    assert mailbox.max_messages_per_sender == 10_000  # not set: the default
 
 
 def test_argparse_errors_exit_2_without_traceback() -> None:
@@ -290,6 +372,31 @@ def test_stats_from_a_corrupt_file_fail_with_one_clear_line(setup: Setup, conten
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert "stats.json is not broker statistics" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"updated": "x"}, "updated must be a number, got str"),
+        ({"uptime": None}, "uptime must be a number, got NoneType"),
+        ({"updated": True}, "updated must be a number, got bool"),
+        ({"endpoints": "ipc://x"}, "endpoints must be a list of strings, got str"),
+        ({"rates_per_s": [1]}, "rates_per_s must be an object of numbers, got list"),
+        ({"rates_per_s": {"in": "fast"}}, "rates_per_s must be an object of numbers, got dict"),
+        ({"rejected": [1]}, "rejected must be an object, got list"),
+        ({"rejected_sessions": 3}, "rejected_sessions must be an object, got int"),
+    ],
+)
+def test_stats_with_fields_of_a_wrong_type_fail_with_one_clear_line(
+    setup: Setup, content: dict[str, Any], expected: str
+) -> None:
+    setup.data.mkdir()
+    (setup.data / "stats.json").write_text(json.dumps(content), encoding="utf-8")
+    result = zmqcomm("broker", "stats", "--data", str(setup.data))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr and result.stdout == ""
 
 
 # -- running ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Every refusal is counted by reason and audited.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,12 +85,16 @@ class BrokerCore:
         rate: float | None = None,
         burst: float | None = None,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        can_collect: Callable[[str, float], bool] | None = None,
     ) -> None:
+        """``can_collect(agent, now)``: whether ``agent`` could ever connect to collect its
+        mail (the driver asks its trust store); None takes mail for any agent id."""
         if type(max_subscriptions) is not int or max_subscriptions < 1:
             raise UsageError(
                 f"max_subscriptions must be an integer >= 1, got {max_subscriptions!r}"
             )
         self.max_subscriptions = max_subscriptions
+        self.can_collect = can_collect
         self.policy = policy
         self.mailbox = mailbox
         self.audit = audit if audit is not None else NullAuditLog()
@@ -167,6 +171,21 @@ class BrokerCore:
         state.mail_in_flight.discard(message_id)
         state.mail_cursor = min(state.mail_cursor, message_id - 1)
         state.mail_retry = True
+
+    def undeliverable(self, send: Send) -> list[Send]:
+        """The driver can never hand over this MAIL_DELIVER (too big once wrapped for the
+        hop): delete it, so it neither holds a slot nor waits out its time to live, and hand
+        over what comes after it. The driver counts and audits the drop."""
+        state = self.agents.get(send.to)
+        if send.msg_type != MessageType.MAIL_DELIVER or self.mailbox is None:
+            return []
+        assert isinstance(send.payload, list)  # made by _mail_for: [stored id, blob]
+        message_id: int = send.payload[0]
+        self.mailbox.ack(send.to, message_id)
+        if state is None or message_id not in state.mail_in_flight:
+            return []
+        state.mail_in_flight.discard(message_id)
+        return self._mail_for(send.to)
 
     def retry_mail(self) -> list[Send]:
         """Mail again for agents whose queue was full at the last hand-over (the driver
@@ -261,7 +280,10 @@ class BrokerCore:
         if msg_type == MessageType.MAIL_ACK:
             if type(payload) is not int or self.mailbox is None:
                 raise RemoteProtocolError("MAIL_ACK without a stored id", reason="bad_mail")
-            if self.mailbox.ack(agent, payload):
+            deleted = self.mailbox.ack(agent, payload)
+            # Also when nothing was deleted: mail that expired while handed over is
+            # acknowledged too, and must not keep its slot until the agent reconnects.
+            if deleted or payload in state.mail_in_flight:
                 state.mail_in_flight.discard(payload)
                 return self._mail_for(agent)
             return []
@@ -290,6 +312,10 @@ class BrokerCore:
         _check_agent_id(recipient)
         if not isinstance(blob, bytes):
             raise RemoteProtocolError("MAIL without a sealed blob", reason="bad_mail")
+        if self.can_collect is not None and not self.can_collect(recipient, now):
+            # It would wait out its time to live in space others need: tell the sender now.
+            self.refuse(agent, "unknown_recipient", now=now, topic=recipient)
+            return [Send(agent, MessageType.UNREACHABLE, "recipient not trusted", recipient)]
         if self.mailbox is None:
             return [Send(agent, MessageType.UNREACHABLE, "no mailbox", recipient)]
         try:

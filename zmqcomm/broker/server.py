@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from zmqcomm.errors import (
     SecurityError,
     SendTimeout,
     TransportError,
+    UnknownPeerError,
 )
 from zmqcomm.secure import SecureRouter
 from zmqcomm.transport import SocketOptions
@@ -71,14 +72,26 @@ class Broker:
         idle_timeout: float = IDLE_TIMEOUT,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         mail_ttl: float = MAIL_TTL,
+        mailbox_limits: Mapping[str, int] | None = None,
     ) -> None:
+        """``mailbox_limits``: keyword arguments of :class:`Mailbox` (its bounds)."""
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
         self.mail_ttl = check_seconds(mail_ttl, "mail_ttl", allow_zero=False)
+        self.trust = trust
         # Made first, so a bad setting is refused before anything is opened.
-        core = BrokerCore(policy=policy, audit=audit, max_subscriptions=max_subscriptions)
+        core = BrokerCore(
+            policy=policy,
+            audit=audit,
+            max_subscriptions=max_subscriptions,
+            can_collect=self._can_collect,
+        )
         self.data = Path(data) if data is not None else None
-        self.mailbox = Mailbox(self.data / MAILBOX_FILE) if self.data is not None else None
+        self.mailbox = (
+            Mailbox(self.data / MAILBOX_FILE, **(mailbox_limits or {}))
+            if self.data is not None
+            else None
+        )
         core.mailbox = self.mailbox
         try:
             self.router = SecureRouter(
@@ -173,7 +186,9 @@ class Broker:
             except LocalProtocolError:
                 # Accepted as it came in, but too big once wrapped for its recipient (the
                 # wrapper adds a few bytes): drop this one send. Bouncing it would not fit either.
+                # Mail is deleted: it would never fit, and would hold its slot for ever.
                 self._count_undelivered(send, "unsendable")
+                self._send(self.core.undeliverable(send))
             except (TransportError, SecurityError):
                 # The agent's connection is gone, or its session refuses to send (a rekey it
                 # never answered): forget it, and tell a forwarder to use mail.
@@ -188,6 +203,15 @@ class Broker:
     def _bounce(self, send: Send) -> None:
         if send.msg_type == MessageType.DELIVER:
             self._send([Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)])
+
+    def _can_collect(self, agent: str, now: float) -> bool:
+        """Whether ``agent`` could connect now: trusted, not revoked, not expired (under
+        trust on first use, an agent never seen may still come and be pinned)."""
+        try:
+            self.trust.lookup(agent, now=now)
+        except UnknownPeerError as exc:
+            return self.trust.tofu and exc.reason == "unknown_peer"
+        return True
 
     def _roles(self, agent: str) -> frozenset[str]:
         channel = self.router.table.channel_to(agent)
@@ -275,4 +299,32 @@ def read_stats(data: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptStoreError(f"{path} is not broker statistics: {exc}") from exc
     if not isinstance(loaded, dict):
         raise CorruptStoreError(f"{path} is not broker statistics: not a JSON object")
+    for key, (wanted, valid) in _STATS_TYPES.items():
+        # Checked here, so a reader formats them without a traceback on a hand-edited file.
+        if key in loaded and not valid(loaded[key]):
+            shown = type(loaded[key]).__name__
+            raise CorruptStoreError(
+                f"{path} is not broker statistics: {key} must be {wanted}, got {shown}"
+            )
     return loaded
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The fields of stats.json a reader does arithmetic or formatting on, and their types.
+_STATS_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "updated": ("a number", _is_number),
+    "uptime": ("a number", _is_number),
+    "endpoints": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(e, str) for e in v),
+    ),
+    "rates_per_s": (
+        "an object of numbers",
+        lambda v: isinstance(v, dict) and all(_is_number(r) for r in v.values()),
+    ),
+    "rejected": ("an object", lambda v: isinstance(v, dict)),
+    "rejected_sessions": ("an object", lambda v: isinstance(v, dict)),
+}

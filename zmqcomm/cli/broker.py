@@ -12,6 +12,7 @@ from typing import Any
 
 from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker, read_stats
+from zmqcomm.checks import check_seconds
 from zmqcomm.cli.common import load_node_identity, load_toml_config, open_trust_store
 from zmqcomm.crypto.audit import AuditLog
 from zmqcomm.errors import UsageError
@@ -25,15 +26,39 @@ examples:
       --policy policy.toml --audit audit.jsonl
       the same on ipc, with a role policy and an audit trail
   zmqcomm broker --config broker.toml
-      settings from a TOML file (bind, keys, name, trust, policy, data, audit); options
-      given on the command line win
+      settings from a TOML file (bind, keys, name, trust, policy, data, audit, and the
+      limits below as max_subscriptions = 64 and so on); options given on the command
+      line win
+  zmqcomm broker ... --max-subscriptions 64 --mail-ttl 86400 --max-messages-per-agent 1000
+      tighter limits (see docs/node.md for every limit and what it refuses)
   zmqcomm broker stats --data data
       connected agents, messages routed, mail waiting, rejections (--json for scripts)
 
 Stops cleanly on SIGTERM or SIGINT (Ctrl-C). Logs are JSON lines on stderr.
 """
 
-_SETTINGS = ("bind", "keys", "name", "trust", "policy", "data", "audit")
+_PATHS = ("bind", "keys", "name", "trust", "policy", "data", "audit")
+#: The mailbox's bounds: keyword arguments of Mailbox, passed on as the broker's mailbox_limits.
+_MAILBOX_LIMITS = (
+    "max_messages_per_agent",
+    "max_bytes_per_agent",
+    "max_messages_per_sender",
+    "max_bytes_per_sender",
+    "max_total_bytes",
+    "max_blob_size",
+)
+_MAILBOX_HELP = (
+    "mail waiting for one agent (10000)",
+    "bytes of mail waiting for one agent (64 MiB)",
+    "mail waiting from one sender (10000)",
+    "bytes of mail waiting from one sender (64 MiB)",
+    "bytes of mail waiting in all (1 GiB)",
+    "bytes per piece of mail (1 MiB)",
+)
+_COUNTS = ("max_subscriptions", *_MAILBOX_LIMITS)
+_SECONDS = ("mail_ttl",)
+_SETTINGS = (*_PATHS, *_COUNTS, *_SECONDS)
+_MAX_COUNT = 2**63 - 1  # what the mailbox's SQLite integers hold
 
 
 def register(commands: Any) -> None:
@@ -58,6 +83,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--policy", metavar="FILE", help="role policy (TOML); default: allow")
     parser.add_argument("--data", metavar="DIR", help="mailboxes and stats.json")
     parser.add_argument("--audit", metavar="FILE", help="audit trail (JSON lines)")
+    parser.add_argument("--max-subscriptions", metavar="N", help="topics per agent (256)")
+    parser.add_argument(
+        "--mail-ttl", metavar="SECONDS", help="uncollected mail is deleted after (7 days)"
+    )
+    for name, meaning in zip(_MAILBOX_LIMITS, _MAILBOX_HELP, strict=True):
+        parser.add_argument(f"--{name.replace('_', '-')}", metavar="N", help=meaning)
     parser.add_argument("--config", metavar="FILE", help="TOML file with the settings above")
     parser.add_argument("--json", action="store_true", help="stats: print one JSON object")
     parser.set_defaults(run=run)
@@ -68,25 +99,59 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         settings = load_toml_config(args.config, allowed=_SETTINGS)
         _check_types(settings, args.config)
+        for key in (*_COUNTS, *_SECONDS):
+            if key in settings:
+                settings[key] = _check_limit(key, settings[key], f"{args.config}: {key}")
     for key in _SETTINGS:
         value = getattr(args, key)
-        if value is not None:
+        if value is not None and key in _PATHS:
             settings[key] = value
+        elif value is not None:
+            settings[key] = _check_limit(key, _parse(key, value), f"--{key.replace('_', '-')}")
     if isinstance(settings.get("bind"), str):
         settings["bind"] = [settings["bind"]]
     return settings
 
 
 def _check_types(settings: dict[str, Any], source: str) -> None:
-    """Every setting is a path or a name (``bind`` may also be a list of endpoints): a
-    number or a table in the file is refused here, by name, not deep inside as a traceback."""
+    """Every setting but the limits is a path or a name (``bind`` may also be a list of
+    endpoints): a number or a table in the file is refused here, by name, not deep inside as
+    a traceback."""
     for key, value in settings.items():
-        if isinstance(value, str):
+        if isinstance(value, str) or key not in _PATHS:  # limits: see _check_limit
             continue
         if key == "bind" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             continue
         wanted = "a string or a list of strings" if key == "bind" else "a string"
         raise UsageError(f"{source}: {key} must be {wanted}, got {type(value).__name__}")
+
+
+def _parse(key: str, text: str) -> object:
+    """A number from the command line; text that is not one is left for _check_limit to
+    refuse by name."""
+    try:
+        return float(text) if key in _SECONDS else int(text)
+    except ValueError:
+        return text
+
+
+def _check_limit(key: str, value: object, where: str) -> int | float:
+    if key in _SECONDS:
+        return check_seconds(value, where, allow_zero=False)
+    if type(value) is not int or not 1 <= value <= _MAX_COUNT:  # bool is not a count
+        raise UsageError(f"{where} must be a whole number from 1 to 2**63-1, got {value!r}")
+    return value
+
+
+def _limits(settings: dict[str, Any]) -> dict[str, Any]:
+    """The Broker keywords for the limits that were set (the rest keep its defaults)."""
+    limits: dict[str, Any] = {
+        key: settings[key] for key in ("max_subscriptions", "mail_ttl") if key in settings
+    }
+    mailbox = {key: settings[key] for key in _MAILBOX_LIMITS if key in settings}
+    if mailbox:
+        limits["mailbox_limits"] = mailbox
+    return limits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         policy=policy,
         data=settings.get("data"),
         audit=audit,
+        **_limits(settings),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: broker.stop())
