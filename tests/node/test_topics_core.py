@@ -265,3 +265,24 @@ def test_a_forgotten_key_asked_for_again_reopens_nothing_already_delivered(
     assert [m.payload for m in theirs.on_key(publisher.agent_id, answer, now=NOW)] == [3]
     with pytest.raises(ReplayError):
         theirs.on_publication("news/a", [publisher.agent_id, early[1]], now=NOW)
+
+
+def test_a_key_the_policy_refuses_is_answered_so_the_asker_drops_what_it_held(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    [ask] = _hold(theirs, mine, publisher, "secret/x", 3)
+    with pytest.raises(NotPermittedError):
+        mine.grant(subscriber.agent_id, frozenset({"reader"}), ask)
+    assert theirs.on_key(publisher.agent_id, topics.refusal(ask), now=NOW) == []
+    assert theirs.dropped["key_refused"] == 3 and theirs._pending == {}
+    # Not asked again at every publication, only once the refusal is old.
+    assert _hold(theirs, mine, publisher, "secret/x", 2) == []
+    assert theirs.dropped["key_refused"] == 5 and theirs._pending == {}
+    later = mine.publish("secret/x", "later")
+    asks, _ = theirs.on_publication(
+        "secret/x", [publisher.agent_id, later], now=NOW + topics.REFUSED_FOR
+    )
+    assert [request for _, request in asks] == [ask]
+    with pytest.raises(RemoteProtocolError):  # nothing to answer a malformed request with
+        topics.refusal(["secret/x"])

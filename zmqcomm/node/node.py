@@ -40,6 +40,7 @@ from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     ConnectError,
+    NotPermittedError,
     ReceiveTimeout,
     RemoteProtocolError,
     RequestTimeout,
@@ -51,7 +52,7 @@ from zmqcomm.errors import (
 from zmqcomm.node import aio
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.messages import Incoming, unwrap, wrap
-from zmqcomm.node.topics import Topics
+from zmqcomm.node.topics import Topics, refusal
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
@@ -548,7 +549,13 @@ class Node:
         assert self._topics is not None and self._tunnels is not None
         try:
             if incoming.kind == MessageType.TOPIC_KEY_REQUEST:
-                answer = self._topics.grant(incoming.sender, incoming.roles, incoming.payload)
+                try:
+                    answer = self._topics.grant(incoming.sender, incoming.roles, incoming.payload)
+                except NotPermittedError as exc:
+                    # Said out loud, or the asker holds the topic's publications until its
+                    # request is pushed out by others.
+                    self._reject(incoming.sender, exc)
+                    answer = refusal(incoming.payload)
                 self._to_broker(
                     self._tunnels.send(
                         incoming.sender,
@@ -680,11 +687,20 @@ class Node:
             "mail_stored": self._tunnels.mail_stored if self._tunnels is not None else 0,
             "resent": self._tunnels.resent if self._tunnels is not None else 0,
             "last_error": self._tunnels.last_error if self._tunnels is not None else None,
-            "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},
+            "dropped": self._dropped(),
             "handshakes": sum(table.handshakes for table in tables) + retired["handshakes"],
             "rekeys": sum(table.rekeys for table in tables) + retired["rekeys"],
             "rejected": dict(rejected),
         }
+
+    def _dropped(self) -> dict[str, int]:
+        """Messages and publications given up, by reason (queue_full, key_refused, ...)."""
+        dropped: Counter[str] = Counter()
+        if self._tunnels is not None:
+            dropped.update(self._tunnels.dropped)
+        if self._topics is not None:
+            dropped.update(self._topics.dropped)
+        return dict(dropped)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -53,6 +53,12 @@ MAX_KEYS = 4096
 #: was delivered under it; past this, the oldest mark is forgotten too.
 MAX_FORGOTTEN = 16_384
 REPLAY_WINDOW = 4096
+#: Seconds a refused key is not asked for again (its publications are dropped at once): not
+#: forever, as the publisher's policy may change; not at once, or every publication on a
+#: topic we may not read would cost the publisher a request.
+REFUSED_FOR = 30.0
+#: Refused keys remembered; past this, the oldest refusal is forgotten (and asked again).
+MAX_REFUSED = 1024
 #: (publisher, topic, key id): one publisher's key for one topic.
 _Slot = tuple[str, str, int]
 
@@ -121,6 +127,8 @@ class Topics:
         self._keys: OrderedDict[_Slot, _Subscribed] = OrderedDict()
         #: Forgotten keys -> the highest sequence number seen under them.
         self._forgotten: OrderedDict[_Slot, int] = OrderedDict()
+        #: Keys refused -> until when their publications are dropped without asking again.
+        self._refused: OrderedDict[_Slot, float] = OrderedDict()
         #: Keys asked for, and the publications held for each: one slot never crowds out
         #: another (a key refused or never answered holds up only its own topic).
         self._pending: OrderedDict[_Slot, deque[list[Any]]] = OrderedDict()
@@ -149,15 +157,16 @@ class Topics:
         return [mine.key_id, sequence, sealed, signature]
 
     def grant(self, asker: str, roles: frozenset[str], request: object) -> object:
-        """Answer a subscriber's key request (sent to us over our end-to-end session)."""
-        if not isinstance(request, list) or len(request) != 2 or not isinstance(request[0], str):
-            raise RemoteProtocolError("bad topic key request", reason="bad_key_request")
-        topic, key_id = request
+        """Answer a subscriber's key request (sent to us over our end-to-end session).
+
+        NotPermittedError if the policy does not let the asker subscribe to the topic: send it
+        :func:`refusal` then, so that it drops what it holds for the key at once."""
+        topic, key_id = _key_request(request)
         if self.policy is not None:
             self.policy.check_subscribe(asker, roles, topic)
         mine = self._mine.get(topic)
         if mine is None or mine.key_id != key_id:
-            return [topic, key_id, None]
+            return refusal(request)
         return [topic, key_id, mine.key]
 
     # -- subscribing -------------------------------------------------------------------------
@@ -179,6 +188,10 @@ class Topics:
         if subscribed is None:
             if sequence <= self._forgotten.get(slot, -1):
                 raise ReplayError(f"publication {sequence} from {publisher} seen before")
+            if self._refused.get(slot, now) > now:
+                self.dropped["key_refused"] += 1
+                return [], []
+            self._refused.pop(slot, None)
             return self._hold(slot, body), []
         if not subscribed.fresh(sequence):
             raise ReplayError(f"publication {sequence} from {publisher} seen before")
@@ -233,6 +246,9 @@ class Topics:
         held = self._pending.pop(slot)
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             self.dropped["key_refused"] += len(held)
+            self._refused[slot] = now + REFUSED_FOR
+            while len(self._refused) > MAX_REFUSED:
+                self._refused.popitem(last=False)
             return []
         subscribed = _Subscribed(key, ReplayWindow(REPLAY_WINDOW), self._forgotten.get(slot, -1))
         opened, failed = [], 0
@@ -263,6 +279,19 @@ class Topics:
             self.forgotten_keys += 1
             while len(self._forgotten) > MAX_FORGOTTEN:
                 self._forgotten.popitem(last=False)
+
+
+def _key_request(request: object) -> tuple[str, object]:
+    if not isinstance(request, list) or len(request) != 2 or not isinstance(request[0], str):
+        raise RemoteProtocolError("bad topic key request", reason="bad_key_request")
+    return request[0], request[1]
+
+
+def refusal(request: object) -> list[object]:
+    """The answer to a well-formed key request that gets no key (the topic is not ours, the
+    key id is old, or the policy refuses): the asker drops the publications it held for it."""
+    topic, key_id = _key_request(request)
+    return [topic, key_id, None]
 
 
 def _parse(payload: object) -> tuple[str, list[Any]]:
