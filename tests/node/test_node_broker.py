@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,34 @@ def test_role_without_request_gets_no_reply_and_is_audited(
     # A worker's request is answered.
     assert carol.request(bob.agent_id, "status?", timeout=5)["echo"] == "status?"
     assert len(audit.events("reject")) == 1
+
+
+def test_a_subscriber_refused_a_topic_key_is_told_and_drops_the_publications_at_once(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    audit = MemoryAuditLog()
+    reader_only = Policy.from_toml('[roles.reader]\nsubscribe = ["news/*"]\n')
+    alice = make_node(
+        bus.agents["alice"],
+        bus.trust("alice", roles={"bob": ["agent"]}),
+        broker=broker.endpoint,
+        policy=reader_only,
+        audit=audit,
+    )
+    bob = make_node(bus.agents["bob"], bus.trust("bob"), broker=broker.endpoint)
+    bob.subscribe("secret/*")
+    # Published until one reaches bob (his subscription may not be at the broker yet); the
+    # refusal then comes back while its publications would otherwise wait for a key.
+    pump_until(
+        [alice, bob],
+        lambda: (
+            alice.publish("secret/plans", "hidden") or "key_refused" in bob.statistics()["dropped"]
+        ),
+        what="bob told his key request is refused",
+    )
+    assert bob.inbox == deque() and bob._topics is not None and bob._topics._pending == {}
+    assert alice.statistics()["rejected"] == {"denied": 1}
+    assert [line["peer"] for line in audit.events("reject", reason="denied")] == [bob.agent_id]
 
 
 # -- 4. revocation ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from zmqcomm.errors import (
     ReplayError,
     UnknownPeerError,
 )
+from zmqcomm.node import topics
 from zmqcomm.node.topics import MAX_HELD, MAX_PENDING, Topics
 from zmqcomm.wire import MessageType
 
@@ -209,3 +210,79 @@ def test_keys_awaited_at_once_are_bounded_and_the_oldest_given_up(
         assert len(_hold(theirs, mine, publisher, f"news/{index}", 1)) == 1
     assert len(theirs._pending) == MAX_PENDING
     assert theirs.dropped["key_pending"] == 3
+
+
+def _subscribe_to(
+    pair: tuple[Topics, Topics, Identity, Identity], topic: str, payload: object
+) -> list[object]:
+    """Publish on ``topic`` and hand the subscriber the key it asks for; what it opened."""
+    mine, theirs, publisher, subscriber = pair
+    return _key_exchange(mine, theirs, publisher, subscriber, topic, mine.publish(topic, payload))
+
+
+def test_keys_and_windows_are_bounded_and_the_least_recently_used_forgotten(
+    pair: tuple[Topics, Topics, Identity, Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(topics, "MAX_KEYS", 3, raising=False)
+    monkeypatch.setattr(topics, "MAX_FORGOTTEN", 4, raising=False)
+    mine, theirs, publisher, _ = pair
+    for index in range(3):
+        assert _subscribe_to(pair, f"news/{index}", index) == [index]
+    # news/0 used again: news/1 is now the least recently used, and goes first.
+    theirs.on_publication("news/0", [publisher.agent_id, mine.publish("news/0", "again")], now=NOW)
+    assert _subscribe_to(pair, "news/3", 3) == [3]
+    assert {slot[1] for slot in theirs._keys} == {"news/0", "news/2", "news/3"}
+    for index in range(4, 40):  # many more keys, and publications whose key never comes
+        _subscribe_to(pair, f"news/{index}", index)
+        _hold(theirs, mine, publisher, f"news/never/{index}", 1)
+    # Nothing the subscriber keeps grows past its bound.
+    sizes = {name: len(value) for name, value in vars(theirs).items() if hasattr(value, "__len__")}
+    assert sizes["_keys"] == 3 and sizes["_forgotten"] == 4
+    assert max(sizes.values()) <= max(3, 4, MAX_PENDING), sizes
+    assert theirs.forgotten_keys == 37
+
+
+def test_a_forgotten_key_asked_for_again_reopens_nothing_already_delivered(
+    pair: tuple[Topics, Topics, Identity, Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker relays every publication, so it can replay old ones once the subscriber
+    # forgot the key (and its window): they must not be accepted a second time.
+    monkeypatch.setattr(topics, "MAX_KEYS", 1, raising=False)
+    mine, theirs, publisher, subscriber = pair
+    early = [mine.publish("news/a", n) for n in range(3)]
+    assert _key_exchange(mine, theirs, publisher, subscriber, "news/a", early[0]) == [0]
+    for body in early[2:]:
+        theirs.on_publication("news/a", [publisher.agent_id, body], now=NOW)  # 1 is lost
+    assert _subscribe_to(pair, "news/b", "b") == ["b"]  # news/a's key is forgotten
+    for body in early:  # replayed: all at or below what was seen, gap 1 included
+        with pytest.raises(ReplayError):
+            theirs.on_publication("news/a", [publisher.agent_id, body], now=NOW)
+    # A new publication asks for the key again, and opens once it is back; old ones do not.
+    later = mine.publish("news/a", 3)
+    asks, opened = theirs.on_publication("news/a", [publisher.agent_id, later], now=NOW)
+    assert opened == [] and len(asks) == 1
+    answer = mine.grant(subscriber.agent_id, frozenset({"reader"}), asks[0][1])
+    assert [m.payload for m in theirs.on_key(publisher.agent_id, answer, now=NOW)] == [3]
+    with pytest.raises(ReplayError):
+        theirs.on_publication("news/a", [publisher.agent_id, early[1]], now=NOW)
+
+
+def test_a_key_the_policy_refuses_is_answered_so_the_asker_drops_what_it_held(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    [ask] = _hold(theirs, mine, publisher, "secret/x", 3)
+    with pytest.raises(NotPermittedError):
+        mine.grant(subscriber.agent_id, frozenset({"reader"}), ask)
+    assert theirs.on_key(publisher.agent_id, topics.refusal(ask), now=NOW) == []
+    assert theirs.dropped["key_refused"] == 3 and theirs._pending == {}
+    # Not asked again at every publication, only once the refusal is old.
+    assert _hold(theirs, mine, publisher, "secret/x", 2) == []
+    assert theirs.dropped["key_refused"] == 5 and theirs._pending == {}
+    later = mine.publish("secret/x", "later")
+    asks, _ = theirs.on_publication(
+        "secret/x", [publisher.agent_id, later], now=NOW + topics.REFUSED_FOR
+    )
+    assert [request for _, request in asks] == [ask]
+    with pytest.raises(RemoteProtocolError):  # nothing to answer a malformed request with
+        topics.refusal(["secret/x"])

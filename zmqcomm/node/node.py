@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
 import time
 from collections import Counter, deque
@@ -49,8 +48,11 @@ from zmqcomm.errors import (
     UsageError,
 )
 from zmqcomm.node import aio
+from zmqcomm.node.broker_topics import BrokerTopics
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.messages import Incoming, unwrap, wrap
+from zmqcomm.node.requests import Requests
+from zmqcomm.node.statistics import gather_statistics, table_counts
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
@@ -111,10 +113,7 @@ class Node:
         self._context = context
         self._rekey = rekey
         self.inbox: deque[Incoming] = deque()
-        self._replies: dict[int, Incoming] = {}
-        #: Request id -> the agent asked: only that agent's reply answers it.
-        self._waiting: dict[int, str] = {}
-        self._request_ids = itertools.count(1)
+        self._requests = Requests()
         self.counters: Counter[str] = Counter()
         #: If set, called for each REQUEST as it arrives; its result is the reply.
         self.request_handler: Handler | None = None
@@ -128,6 +127,7 @@ class Node:
         self._tunnels: Tunnels | None = None
         self._last_hop = clock()
         self._topics: Topics | None = None
+        self._broker_topics: BrokerTopics | None = None
         self._direct_topics = DirectTopics(policy)
         try:
             if bind is not None:
@@ -148,6 +148,14 @@ class Node:
                 )
                 self._topics = Topics(
                     identity=identity, trust=trust, random_bytes=os.urandom, policy=policy
+                )
+                self._broker_topics = BrokerTopics(
+                    self._topics,
+                    self._tunnels,
+                    to_broker=self._to_broker,
+                    deliver=self._deliver,
+                    reject=self._reject,
+                    wall_clock=wall_clock,
                 )
                 self._broker = SecureDealer(
                     broker, connect_timeout=connect_timeout, **self._link_options()
@@ -284,27 +292,32 @@ class Node:
     def start_request(self, peer: str, payload: object) -> int:
         """Send a request without waiting; collect the reply with :meth:`take_reply`."""
         self._check_recipient(peer)
-        request_id = next(self._request_ids)
-        self._waiting[request_id] = peer
+        request_id = self._requests.start(peer)
         try:
             self._send(peer, MessageType.REQUEST, payload, request_id=request_id)
         except BaseException:
-            self._waiting.pop(request_id, None)
+            self._requests.abandon(request_id)
             raise
         return request_id
 
     def take_reply(self, request_id: int) -> Incoming | None:
         """The reply to a started request, if it has arrived (pump to let it in). Once taken,
         the request is answered: a second reply to it counts as late."""
-        reply = self._replies.pop(request_id, None)
-        if reply is not None:
-            self._waiting.pop(request_id, None)
-        return reply
+        return self._requests.take(request_id)
 
     def abandon_request(self, request_id: int) -> None:
         """Stop waiting: a reply arriving later is counted as late and dropped."""
-        self._waiting.pop(request_id, None)
-        self._replies.pop(request_id, None)
+        self._requests.abandon(request_id)
+
+    @property
+    def _waiting(self) -> dict[int, str]:
+        """Request id -> the agent asked."""
+        return self._requests.waiting
+
+    @property
+    def _replies(self) -> dict[int, Incoming]:
+        """Request id -> its reply, until taken."""
+        return self._requests.replies
 
     def reply(self, request: Incoming, payload: object) -> None:
         """Answer a request received from a peer."""
@@ -518,7 +531,8 @@ class Node:
             message = delivered.message._replace(payloads=[payload])
             try:
                 if message.header.type == MessageType.PUBLISH:
-                    self._on_publication(message.header.topic, payload)
+                    assert self._broker_topics is not None
+                    self._broker_topics.on_publication(message.header.topic, payload)
                     continue
                 out, incoming = self._tunnels.on_hop(message, now=self.wall_clock())
             except (RemoteProtocolError, SecurityError) as exc:
@@ -528,53 +542,15 @@ class Node:
             for item in incoming:
                 self._deliver(item)
 
-    def _on_publication(self, topic: str, payload: object) -> None:
-        assert self._topics is not None and self._tunnels is not None
-        asks, opened = self._topics.on_publication(topic, payload, now=self.wall_clock())
-        for publisher, request in asks:
-            self._to_broker(
-                self._tunnels.send(
-                    publisher,
-                    MessageType.TOPIC_KEY_REQUEST,
-                    request,
-                    topic="",
-                    now=self.wall_clock(),
-                )
-            )
-        for incoming in opened:
-            self._deliver(incoming)
-
-    def _on_topic_key(self, incoming: Incoming) -> None:
-        assert self._topics is not None and self._tunnels is not None
-        try:
-            if incoming.kind == MessageType.TOPIC_KEY_REQUEST:
-                answer = self._topics.grant(incoming.sender, incoming.roles, incoming.payload)
-                self._to_broker(
-                    self._tunnels.send(
-                        incoming.sender,
-                        MessageType.TOPIC_KEY,
-                        answer,
-                        topic="",
-                        now=self.wall_clock(),
-                    )
-                )
-                return
-            for opened in self._topics.on_key(
-                incoming.sender, incoming.payload, now=self.wall_clock()
-            ):
-                self._deliver(opened)
-        except (RemoteProtocolError, SecurityError) as exc:
-            self._reject(incoming.sender, exc)
-
     def _deliver(self, incoming: Incoming) -> None:
         if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
             self._reject(incoming.sender, RemoteProtocolError("stray", reason="bad_type"))
             return
         if incoming.kind in (MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY):
-            if self._topics is None:
+            if self._broker_topics is None:
                 self._reject(incoming.sender, RemoteProtocolError("no topics", reason="bad_type"))
             else:
-                self._on_topic_key(incoming)
+                self._broker_topics.on_key_message(incoming)
             return
         self.counters["received"] += 1
         if incoming.kind == MessageType.REQUEST and self.request_handler is not None:
@@ -584,18 +560,11 @@ class Node:
             self._send_quietly(incoming.sender, lambda: self.reply(incoming, answer))
             return
         if incoming.kind == MessageType.REPLY:
-            asked = None if incoming.request_id is None else self._waiting.get(incoming.request_id)
-            if asked is not None and asked != incoming.sender:
-                # Request ids are a counter: another peer can guess them, never answer them.
-                refused = RemoteProtocolError(
-                    "a reply from an agent not asked", reason="wrong_replier"
-                )
-                self._reject(incoming.sender, refused)
-            elif asked is not None:
-                assert incoming.request_id is not None
-                self._replies[incoming.request_id] = incoming
-            else:
-                self.counters["late_replies"] += 1  # its request timed out; nobody waits
+            try:
+                if not self._requests.on_reply(incoming):
+                    self.counters["late_replies"] += 1  # its request timed out; nobody waits
+            except RemoteProtocolError as exc:  # from an agent not asked
+                self._reject(incoming.sender, exc)
             return
         self.inbox.append(incoming)
 
@@ -646,45 +615,21 @@ class Node:
         return sorted(found)
 
     def _retire(self, link: SecureDealer) -> None:
-        table = link.table
-        self._retired.update(
-            handshakes=table.handshakes,
-            rekeys=table.rekeys,
-            bytes_plain=table.codec.bytes_plain,
-            bytes_encoded=table.codec.bytes_encoded,
-        )
-        self._retired.update({f"rejected:{k}": v for k, v in table.rejected.items()})
+        self._retired.update(table_counts(link.table))
 
     def statistics(self) -> dict[str, Any]:
         links = [*self._dealers.values(), self._router, self._broker]
         tables = [link.table for link in links if link is not None]
         if self._tunnels is not None:
             tables.append(self._tunnels.table)
-        rejected: Counter[str] = Counter()
-        for table in tables:
-            rejected.update(table.rejected)
-        for key, value in (*self.counters.items(), *self._retired.items()):
-            if key.startswith("rejected:"):
-                rejected[key.split(":", 1)[1]] += value
-        codecs = {id(table.codec): table.codec for table in tables}.values()
-        retired = self._retired
-        return {
-            "agent_id": self.agent_id,
-            "bytes_before_compression": sum(c.bytes_plain for c in codecs) + retired["bytes_plain"],
-            "bytes_after_compression": sum(c.bytes_encoded for c in codecs)
-            + retired["bytes_encoded"],
-            "sent": self.counters["sent"],
-            "received": self.counters["received"],
-            "queued": self._tunnels.queued() if self._tunnels is not None else 0,
-            "mailed": self._tunnels.mailed if self._tunnels is not None else 0,
-            "mail_stored": self._tunnels.mail_stored if self._tunnels is not None else 0,
-            "resent": self._tunnels.resent if self._tunnels is not None else 0,
-            "last_error": self._tunnels.last_error if self._tunnels is not None else None,
-            "dropped": dict(self._tunnels.dropped) if self._tunnels is not None else {},
-            "handshakes": sum(table.handshakes for table in tables) + retired["handshakes"],
-            "rekeys": sum(table.rekeys for table in tables) + retired["rekeys"],
-            "rejected": dict(rejected),
-        }
+        return gather_statistics(
+            agent_id=self.agent_id,
+            tables=tables,
+            counters=self.counters,
+            retired=self._retired,
+            tunnels=self._tunnels,
+            topics=self._topics,
+        )
 
     def _check_open(self) -> None:
         if self._closed:

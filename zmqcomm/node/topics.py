@@ -14,6 +14,14 @@ A subscriber accepts a publication only if:
 Publications that arrive before the key are held (bounded) and opened when it comes. Gaps in
 sequence numbers are fine: a broker or PUB socket may drop publications for a slow
 subscriber, and the window only refuses repeats and the very old.
+
+Memory is bounded: a replay window exists only beside a key the publisher really sent us,
+and at most :data:`MAX_KEYS` of those are kept (least recently used first out). A forgotten
+key's later publications ask for it again. So that asking again cannot reopen publications
+already delivered (a broker can replay any it relayed), the highest sequence number seen
+under a forgotten key is remembered (:data:`MAX_FORGOTTEN` of those, oldest first out): once
+the key is back, nothing at or below it is accepted, not even a gap the old window would
+still have taken.
 """
 
 from __future__ import annotations
@@ -38,6 +46,19 @@ MAX_HELD = 1000
 #: Keys asked for and not answered yet; past this, the oldest is given up (with what it held).
 MAX_PENDING = 64
 KEY_SIZE = 32
+#: Publishers' topic keys kept (each with its replay window, about 3 KB); past this, the
+#: least recently used is forgotten and its next publication asks for it again.
+MAX_KEYS = 4096
+#: High-water marks of forgotten keys, so that a key asked for again does not reopen what
+#: was delivered under it; past this, the oldest mark is forgotten too.
+MAX_FORGOTTEN = 16_384
+REPLAY_WINDOW = 4096
+#: Seconds a refused key is not asked for again (its publications are dropped at once): not
+#: forever, as the publisher's policy may change; not at once, or every publication on a
+#: topic we may not read would cost the publisher a request.
+REFUSED_FOR = 30.0
+#: Refused keys remembered; past this, the oldest refusal is forgotten (and asked again).
+MAX_REFUSED = 1024
 #: (publisher, topic, key id): one publisher's key for one topic.
 _Slot = tuple[str, str, int]
 
@@ -47,6 +68,22 @@ class _Published:
     key_id: int
     key: bytes
     sequence: int = 0
+
+
+@dataclass
+class _Subscribed:
+    """A publisher's topic key we hold, and which of its publications we accepted."""
+
+    key: bytes
+    window: ReplayWindow
+    #: Sequence numbers up to this were seen under a window since forgotten: refused.
+    floor: int = -1
+
+    def fresh(self, sequence: int) -> bool:
+        return sequence > self.floor and self.window.check(sequence)
+
+    def highest(self) -> int:
+        return max(self.floor, self.window.highest)
 
 
 def _signed(publisher: bytes, topic: str, key_id: int, sequence: int, sealed: bytes) -> bytes:
@@ -86,13 +123,18 @@ class Topics:
         self.codec = codec if codec is not None else WireCodec()
         self._random = random_bytes
         self._mine: dict[str, _Published] = {}
-        #: (publisher, topic, key id) -> key, learnt from publishers.
-        self._keys: dict[_Slot, bytes] = {}
-        self._windows: dict[_Slot, ReplayWindow] = {}
+        #: Keys learnt from publishers' answers, least recently used first.
+        self._keys: OrderedDict[_Slot, _Subscribed] = OrderedDict()
+        #: Forgotten keys -> the highest sequence number seen under them.
+        self._forgotten: OrderedDict[_Slot, int] = OrderedDict()
+        #: Keys refused -> until when their publications are dropped without asking again.
+        self._refused: OrderedDict[_Slot, float] = OrderedDict()
         #: Keys asked for, and the publications held for each: one slot never crowds out
         #: another (a key refused or never answered holds up only its own topic).
         self._pending: OrderedDict[_Slot, deque[list[Any]]] = OrderedDict()
+        #: Publications dropped, by reason.
         self.dropped: Counter[str] = Counter()
+        self.forgotten_keys = 0
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -115,15 +157,16 @@ class Topics:
         return [mine.key_id, sequence, sealed, signature]
 
     def grant(self, asker: str, roles: frozenset[str], request: object) -> object:
-        """Answer a subscriber's key request (sent to us over our end-to-end session)."""
-        if not isinstance(request, list) or len(request) != 2 or not isinstance(request[0], str):
-            raise RemoteProtocolError("bad topic key request", reason="bad_key_request")
-        topic, key_id = request
+        """Answer a subscriber's key request (sent to us over our end-to-end session).
+
+        NotPermittedError if the policy does not let the asker subscribe to the topic: send it
+        :func:`refusal` then, so that it drops what it holds for the key at once."""
+        topic, key_id = _key_request(request)
         if self.policy is not None:
             self.policy.check_subscribe(asker, roles, topic)
         mine = self._mine.get(topic)
         if mine is None or mine.key_id != key_id:
-            return [topic, key_id, None]
+            return refusal(request)
         return [topic, key_id, mine.key]
 
     # -- subscribing -------------------------------------------------------------------------
@@ -141,14 +184,20 @@ class Topics:
             entry.verify_key, _signed(entry.sender_id, topic, key_id, sequence, sealed), signature
         )
         slot = (publisher, topic, key_id)
-        window = self._windows.setdefault(slot, ReplayWindow(4096))
-        if not window.check(sequence):
-            raise ReplayError(f"publication {sequence} from {publisher} seen before")
-        key = self._keys.get(slot)
-        if key is None:
+        subscribed = self._keys.get(slot)
+        if subscribed is None:
+            if sequence <= self._forgotten.get(slot, -1):
+                raise ReplayError(f"publication {sequence} from {publisher} seen before")
+            if self._refused.get(slot, now) > now:
+                self.dropped["key_refused"] += 1
+                return [], []
+            self._refused.pop(slot, None)
             return self._hold(slot, body), []
-        window.accept(sequence)
-        return [], [self._open(publisher, topic, key, body, entry.roles)]
+        if not subscribed.fresh(sequence):
+            raise ReplayError(f"publication {sequence} from {publisher} seen before")
+        self._keys.move_to_end(slot)
+        subscribed.window.accept(sequence)
+        return [], [self._open(publisher, topic, subscribed.key, body, entry.roles)]
 
     def _hold(self, slot: _Slot, body: list[Any]) -> list[tuple[str, object]]:
         """Keep a publication until its key comes; the key request to send, if not yet sent."""
@@ -197,24 +246,52 @@ class Topics:
         held = self._pending.pop(slot)
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             self.dropped["key_refused"] += len(held)
+            self._refused[slot] = now + REFUSED_FOR
+            while len(self._refused) > MAX_REFUSED:
+                self._refused.popitem(last=False)
             return []
-        window = self._windows[slot]
+        subscribed = _Subscribed(key, ReplayWindow(REPLAY_WINDOW), self._forgotten.get(slot, -1))
         opened, failed = [], 0
         for body in held:
-            if not window.check(body[1]):
+            if not subscribed.fresh(body[1]):
                 continue
             try:
                 opened.append(self._open(publisher, topic, key, body, roles))
             except (RemoteProtocolError, SecurityError):
                 failed += 1
                 continue
-            window.accept(body[1])
+            subscribed.window.accept(body[1])
         if failed:
             self.dropped["unopened"] += failed
             if not opened:  # it opens none of what the publisher signed: a wrong key
                 raise AuthenticationError("a topic key that opens nothing", reason="bad_key")
-        self._keys[slot] = key
+        self._keep(slot, subscribed)
         return opened
+
+    def _keep(self, slot: _Slot, subscribed: _Subscribed) -> None:
+        """Hold a key, forgetting the least recently used past :data:`MAX_KEYS` (keeping
+        only its high-water mark, so that it reopens nothing if it is asked for again)."""
+        self._forgotten.pop(slot, None)  # its floor travels in the new window
+        self._keys[slot] = subscribed
+        while len(self._keys) > MAX_KEYS:
+            old_slot, old = self._keys.popitem(last=False)
+            self._forgotten[old_slot] = old.highest()
+            self.forgotten_keys += 1
+            while len(self._forgotten) > MAX_FORGOTTEN:
+                self._forgotten.popitem(last=False)
+
+
+def _key_request(request: object) -> tuple[str, object]:
+    if not isinstance(request, list) or len(request) != 2 or not isinstance(request[0], str):
+        raise RemoteProtocolError("bad topic key request", reason="bad_key_request")
+    return request[0], request[1]
+
+
+def refusal(request: object) -> list[object]:
+    """The answer to a well-formed key request that gets no key (the topic is not ours, the
+    key id is old, or the policy refuses): the asker drops the publications it held for it."""
+    topic, key_id = _key_request(request)
+    return [topic, key_id, None]
 
 
 def _parse(payload: object) -> tuple[str, list[Any]]:
