@@ -405,8 +405,11 @@ class SecureDealer(_SecureSocket):
         check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
-        # Connection events tell us when a reconnect needs a new handshake.
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        # Connection events tell us when a reconnect needs a new handshake, and when the
+        # connection is down (see ``established``).
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
         super().__init__(
             sock,
             identity=identity,
@@ -424,6 +427,8 @@ class SecureDealer(_SecureSocket):
         self.peer: str | None = None
         self.reconnects = 0
         self._connections = 0
+        #: The connection dropped and has not come back yet.
+        self.disconnected = False
         try:
             connect(sock, endpoint)
         except BaseException:
@@ -458,7 +463,14 @@ class SecureDealer(_SecureSocket):
                 event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                # Whatever is sent now waits in ZeroMQ for the reconnect, sealed for a session
+                # a restarted router will not know: it would be lost without a word. Sends
+                # fail instead until a new session is up (callers may hold and resend).
+                self.disconnected = True
+                continue
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.disconnected = False
                 self._connections += 1
                 self.reconnects = self._connections - 1
                 if self._connections == 1:
@@ -494,8 +506,9 @@ class SecureDealer(_SecureSocket):
 
     @property
     def established(self) -> bool:
+        """A session is up and its connection is not known to be down."""
         channel = self.table.channels.get(_DEALER_ROUTE)
-        return channel is not None and channel.established
+        return channel is not None and channel.established and not self.disconnected
 
     def wait_established(self, timeout: float | None) -> str:
         """Pump until the session is up (None: however long it takes); returns the router's
@@ -523,6 +536,12 @@ class SecureDealer(_SecureSocket):
     ) -> None:
         """Send several payloads as one batch frame: one AEAD call, one socket send."""
         self._check_open()
+        if self.disconnected:
+            raise ConnectError(
+                f"the connection to {self.endpoint} is down; it comes back by itself: send "
+                "again once established (wait_established())",
+                reason="link_down",
+            )
         channel = self.table.channels.get(_DEALER_ROUTE)
         if channel is None or not channel.established:
             raise ConnectError("no session with the router yet: call wait_established()")

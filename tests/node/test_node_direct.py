@@ -263,6 +263,29 @@ def test_dialer_handshakes_again_when_the_listener_restarts(
     assert (message.sender, message.payload) == (alice.agent_id, "after")
 
 
+def test_a_send_while_the_listener_is_down_fails_instead_of_vanishing(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
+) -> None:
+    # It used to wait in ZeroMQ, sealed for the old session, and the restarted listener
+    # dropped it unread: lost, and the sender never knew.
+    bob_endpoint = ipc_endpoint("bob")
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=bob_endpoint)
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
+    alice.connect(bob_endpoint, timeout=5)
+    bob.stop()
+    link = alice._dealers[bob.agent_id]
+    pump_until([alice], lambda: not link.established, what="the link seen down")
+    with pytest.raises(ConnectError, match="is down") as caught:
+        alice.send(bob.agent_id, "while down")
+    assert caught.value.reason == "link_down"
+
+    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=bob_endpoint)
+    pump_until([alice], lambda: link.established, what="a new session with bob")
+    alice.send(bob.agent_id, "after")
+    message = wait_for(bob.submit(lambda node: node.receive(timeout=5)), [alice])
+    assert message.payload == "after"
+
+
 def test_connecting_again_to_the_same_agent_replaces_the_first_link(
     bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
 ) -> None:

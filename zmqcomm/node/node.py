@@ -46,6 +46,7 @@ from zmqcomm.errors import (
     TransportError,
     UnknownPeerError,
     UsageError,
+    ZmqCommError,
 )
 from zmqcomm.node import aio
 from zmqcomm.node.broker_topics import BrokerTopics
@@ -271,7 +272,7 @@ class Node:
             self.counters["sent"] += len(payloads) - (self._tunnels.dropped["queue_full"] - dropped)
             return
         else:
-            raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
+            raise self._no_link(peer)
         self.counters["sent"] += len(payloads)
 
     def request(self, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
@@ -380,7 +381,8 @@ class Node:
                 self._send(peer, kind, payload, topic=topic)
             except (TransportError, UnknownPeerError) as exc:
                 self._reject(peer, exc)
-                if self._direct_link(peer) is None:
+                # A dialled link that is down comes back by itself: keep what it subscribed.
+                if self._direct_link(peer) is None and peer not in self._dealers:
                     self._direct_topics.forget(peer)
 
     def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
@@ -418,7 +420,7 @@ class Node:
             if self._tunnels.dropped["queue_full"] > dropped:
                 return  # on_full="drop": counted as dropped, not as sent
         else:
-            raise UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
+            raise self._no_link(peer)
         self.counters["sent"] += 1
 
     @contextlib.contextmanager
@@ -434,6 +436,16 @@ class Node:
                 router.gone += 1
                 self._direct_topics.forget(peer)
             raise
+
+    def _no_link(self, peer: str) -> ZmqCommError:
+        dealer = self._dealers.get(peer)
+        if dealer is not None and not dealer.established:
+            return ConnectError(
+                f"the link to {peer} is down or still setting up its session; it reconnects "
+                "by itself: send again once it is back",
+                reason="link_down",
+            )
+        return UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
 
     def _direct_link(self, peer: str) -> tuple[SecureRouter | SecureDealer, str] | None:
         dealer = self._dealers.get(peer)
