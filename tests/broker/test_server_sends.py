@@ -21,7 +21,7 @@ from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import AddressInUseError, LocalProtocolError, SendTimeout
+from zmqcomm.errors import AddressInUseError, LocalProtocolError, SendTimeout, UsageError
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType
 from zmqcomm.wire.limits import DEFAULT_LIMITS
@@ -202,6 +202,23 @@ def test_a_broker_that_cannot_bind_closes_its_mailbox(monkeypatch: pytest.Monkey
             with pytest.raises(AddressInUseError):
                 Broker(first.endpoints, identity=identity, trust=trust, data=directory / "data")
             assert len(closed) == 1  # the second broker's, before the first one closes
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("setting", [{"idle_timeout": float("nan")}, {"idle_timeout": -1.0}])
+def test_a_bad_duration_is_refused_before_anything_is_bound(setting: dict[str, Any]) -> None:
+    identity = Identity.generate("broker")
+    directory = Path(tempfile.mkdtemp(prefix="zc-", dir="/tmp"))
+    try:
+        with pytest.raises(UsageError, match="idle_timeout"):
+            Broker(
+                [f"ipc://{directory}/b.sock"],
+                identity=identity,
+                trust=TrustStore(directory / "trust"),
+                **setting,
+            )
+        assert not (directory / "b.sock").exists()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

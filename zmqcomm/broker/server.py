@@ -78,6 +78,8 @@ class Broker:
         if not endpoints:
             raise TransportError("a broker needs at least one endpoint to bind")
         self.mail_ttl = check_seconds(mail_ttl, "mail_ttl", allow_zero=False)
+        # NaN would count no agent as idle ever, and a negative one every agent at once.
+        idle_timeout = check_seconds(idle_timeout, "idle_timeout", allow_zero=False)
         self.trust = trust
         # Made first, so a bad setting is refused before anything is opened.
         core = BrokerCore(
