@@ -128,15 +128,33 @@ def test_a_subscriber_that_never_answers_a_rekey_is_dropped_not_fatal(setup: Set
     assert setup.audit.events("reject", reason="recipient_gone")
 
 
-def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_send = setup.broker.router.send
+_FULL_QUEUE = SendTimeout("the high-water mark (as ZeroMQ's EAGAIN becomes)")
 
-    def full_queue(agent_id: str, payload: object, **options: Any) -> None:
-        if options.get("msg_type") == MessageType.PUBLISH:
-            raise SendTimeout("the high-water mark (as ZeroMQ's EAGAIN becomes)")
+
+def _refuse_sends(
+    setup: Setup,
+    monkeypatch: pytest.MonkeyPatch,
+    msg_type: int,
+    error: Exception,
+    *,
+    times: int | None = None,
+) -> None:
+    """The broker's sends of ``msg_type`` fail with ``error`` (the first ``times`` only, if
+    given), as a full queue or an oversized wrap would make them; the rest go out."""
+    real_send = setup.broker.router.send
+    refused: list[object] = []
+
+    def send(agent_id: str, payload: object, **options: Any) -> None:
+        if options.get("msg_type") == msg_type and (times is None or len(refused) < times):
+            refused.append(payload)
+            raise error
         real_send(agent_id, payload, **options)
 
-    monkeypatch.setattr(setup.broker.router, "send", full_queue)
+    monkeypatch.setattr(setup.broker.router, "send", send)
+
+
+def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    _refuse_sends(setup, monkeypatch, MessageType.PUBLISH, _FULL_QUEUE)
     setup.alice.send("x", msg_type=MessageType.PUBLISH, topic="t")
     _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
     assert setup.audit.events("reject", reason="slow_consumer")
@@ -145,16 +163,7 @@ def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.Monke
 def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_send = setup.broker.router.send
-    refused: list[object] = []
-
-    def full_once(agent_id: str, payload: object, **options: Any) -> None:
-        if options.get("msg_type") == MessageType.MAIL_DELIVER and not refused:
-            refused.append(payload)
-            raise SendTimeout("the high-water mark (as ZeroMQ's EAGAIN becomes)")
-        real_send(agent_id, payload, **options)
-
-    monkeypatch.setattr(setup.broker.router, "send", full_once)
+    _refuse_sends(setup, monkeypatch, MessageType.MAIL_DELIVER, _FULL_QUEUE, times=1)
     bob_id = setup.agents["bob"].agent_id
     setup.alice.send(b"sealed", msg_type=MessageType.MAIL, topic=bob_id)
     _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
@@ -169,14 +178,8 @@ def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(
 def test_mail_too_big_once_wrapped_is_deleted_not_left_in_flight(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_send = setup.broker.router.send
-
-    def too_big(agent_id: str, payload: object, **options: Any) -> None:
-        if options.get("msg_type") == MessageType.MAIL_DELIVER:
-            raise LocalProtocolError("stands in for a body over the hop's limit once wrapped")
-        real_send(agent_id, payload, **options)
-
-    monkeypatch.setattr(setup.broker.router, "send", too_big)
+    too_big = LocalProtocolError("stands in for a body over the hop's limit once wrapped")
+    _refuse_sends(setup, monkeypatch, MessageType.MAIL_DELIVER, too_big)
     bob_id = setup.agents["bob"].agent_id
     setup.alice.send(b"sealed", msg_type=MessageType.MAIL, topic=bob_id)
     _step_until(setup.broker, lambda: setup.broker.core.rejected["unsendable"] == 1)

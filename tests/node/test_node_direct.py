@@ -268,10 +268,7 @@ def test_a_send_while_the_listener_is_down_fails_instead_of_vanishing(
 ) -> None:
     # It used to wait in ZeroMQ, sealed for the old session, and the restarted listener
     # dropped it unread: lost, and the sender never knew.
-    bob_endpoint = ipc_endpoint("bob")
-    bob = spawn_node(bus.agents["bob"], bus.trust("bob"), bind=bob_endpoint)
-    alice = make_node(bus.agents["alice"], bus.trust("alice"), bind=ipc_endpoint("alice"))
-    alice.connect(bob_endpoint, timeout=5)
+    alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
     bob.stop()
     link = alice._dealers[bob.agent_id]
     pump_until([alice], lambda: not link.established, what="the link seen down")
