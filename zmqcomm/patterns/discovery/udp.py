@@ -128,7 +128,9 @@ class BeaconService:
         events: list[PeerEvent] = []
         for sock in ready:
             events += self._read(sock)
-        events += self.table.on_timer(now=self.wall_clock())
+        # The table runs on the monotonic clock: a wall-clock step must neither expire every
+        # live peer at once nor freeze dead ones. The wall clock is for trust expiry only.
+        events += self.table.on_timer(now=self.clock())
         return events
 
     def _beacon(self) -> None:
@@ -159,7 +161,7 @@ class BeaconService:
             except ZmqCommError as exc:
                 self.dropped[getattr(exc, "reason", "error")] += 1
                 continue
-            events += self.table.observe(beacon, host, now=self.wall_clock())
+            events += self.table.observe(beacon, host, now=self.clock())
         return events
 
     def close(self) -> None:
