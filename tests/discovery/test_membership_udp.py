@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -224,3 +225,41 @@ def test_trust_is_checked_at_wall_clock_time_whatever_the_service_clock(tmp_path
             assert stale.agent_id not in service.machine
             assert service.dropped["unknown_sender"] == 1
             assert decode_packet(listener.recvfrom(MAX_DATAGRAM)[0]).kind == ACK
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"listen": ("127.0.0.1", 70000)}, "port of listen"),
+        ({"listen": ("127.0.0.1", "7946")}, "port of listen"),
+        ({"listen": ("127.0.0.1", -1)}, "port of listen"),
+        ({"listen": ("127.0.0.1", True)}, "port of listen"),
+        ({"listen": "127.0.0.1:7946"}, "listen must be an"),
+        ({"listen": ("localhost", 0)}, "not a name"),
+        ({"listen": ("0.0.0.0", 0)}, "needs advertise"),
+        ({"advertise": "localhost"}, "not a name"),
+        ({"seeds": [("localhost", 7946)]}, "not a name"),
+        ({"seeds": [("127.0.0.1", 0)]}, "port of a seed"),
+        ({"seeds": [("127.0.0.1", "7946")]}, "port of a seed"),
+        ({"seeds": "127.0.0.1:7946"}, "list of"),
+        ({"seeds": [("192.0.2.1", 7946)]}, "out of reach"),  # refused, never sent to
+        ({"seeds": [("::1", 7946)]}, "out of reach"),
+    ],
+)
+def test_bad_addresses_are_usage_errors_and_leak_no_socket(
+    kwargs: dict[str, object], match: str
+) -> None:
+    identity = Identity.generate("bad")
+    before = _open_sockets()
+    with pytest.raises(UsageError, match=match) as raised:
+        MembershipService(identity, **kwargs)  # type: ignore[arg-type]
+    del raised  # the traceback would keep a leaked socket referenced, hence open
+    assert _open_sockets() == before
+
+
+def _open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone already
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
