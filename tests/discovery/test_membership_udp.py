@@ -263,3 +263,27 @@ def _open_sockets() -> int:
         with contextlib.suppress(OSError):  # the listing's own descriptor, gone already
             count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
     return count
+
+
+def test_cli_peers_accepts_a_period_above_the_join_backoff_cap(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # --duration 0: the service is built (config checked) and closed, nothing is sent.
+    code = main(["peers", "--seed", "127.0.0.1:7", "--interval", "45", "--duration", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert "join_backoff_max" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--seed", "127.0.0.1:0"], "not 0"),
+        (["--seed", "127.0.0.1:9", "--port", "5671"], "--port is the beacon port"),
+        (["--listen", "127.0.0.1:0", "--port", "5671"], "--port is the beacon port"),
+    ],
+)
+def test_cli_peers_refuses_what_membership_would_ignore(
+    arguments: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["peers", *arguments, "--duration", "0"]) == 2
+    assert expected in capsys.readouterr().err
