@@ -272,3 +272,22 @@ def test_the_peer_table_ignores_wall_clock_steps(identities: list[Identity], por
     finally:
         sa.close()
         sb.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"interfaces": "eth0"}, "list of names"),  # not the interfaces e, t, h, 0
+        ({"interfaces": [""]}, "interface is a name"),
+        ({"interval": "1"}, "beacon interval"),
+        ({"interval": True}, "beacon interval"),
+        ({"interval": float("nan")}, "beacon interval"),
+        ({"ports": 5555}, "list of ints"),
+        ({"ports": "5555"}, "list of ints"),
+    ],
+)
+def test_bad_arguments_are_clear_usage_errors(
+    port: int, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(UsageError, match=match):
+        BeaconService(Identity.generate("x"), port=port, **kwargs)  # type: ignore[arg-type]
