@@ -148,3 +148,35 @@ def test_in_scope_members_are_still_admitted() -> None:
             (host, 7001), stranger._packet(SYNC, 1, None, node.address).message, now=0.1
         )
         assert stranger.record.agent_id in node
+
+
+def test_the_probe_order_forgets_removed_members() -> None:
+    # A node with no members never completes a probe round, so removed members used to
+    # stay in its probe order: fresh keys joining and leaving grew it without bound.
+    node = _machine("seed", NODE)
+    node.on_timer(now=0.0)
+    t = 0.0
+    for i in range(50):
+        visitor = _machine(f"v{i}", ("127.0.0.1", 20000 + i), i)
+        t += 0.01
+        node.on_message(visitor.address, _wire(visitor._packet(JOIN, 1, None, NODE)), now=t)
+        assert visitor.record.agent_id in node
+        t += 0.01
+        node.on_message(visitor.address, _wire(_goodbye(visitor, node)), now=t)
+        assert visitor.record.agent_id not in node
+        node.on_timer(now=t)
+    assert len(node) == 0 and node._order == []
+    # Removal mid-round keeps the walk in step: the others are still each probed once.
+    stayers = [_machine(f"s{i}", ("127.0.0.1", 21000 + i), 100 + i) for i in range(4)]
+    for s in stayers:
+        node.on_message(s.address, _wire(s._packet(JOIN, 1, None, NODE)), now=t)
+    gone = _machine("gone", ("127.0.0.1", 21999), 99)
+    node.on_message(gone.address, _wire(gone._packet(JOIN, 1, None, NODE)), now=t)
+    node._next_target()
+    node.on_message(gone.address, _wire(_goodbye(gone, node)), now=t)
+    assert sorted(node._order) == sorted(s.record.agent_id for s in stayers)
+
+
+def _goodbye(leaver: Membership, to: Membership) -> Send:
+    leaver.leave(now=0.0)  # a LEAVE record at a new incarnation (it knows no one to tell)
+    return leaver._packet(PING, 2, to.record.sender_id, to.address)

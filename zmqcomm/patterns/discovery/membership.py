@@ -539,6 +539,17 @@ class Membership:
         self._enqueue(Update(wire.ALIVE, record))
         return [PeerEvent(ENTER, agent_id, record.host, record.ports)]
 
+    def _unorder(self, agent_id: str) -> None:
+        """Take a removed member out of the probe order. Left in, the order would grow
+        with every member ever seen while the node has none (its round never completes)."""
+        try:
+            index = self._order.index(agent_id)
+        except ValueError:
+            return
+        del self._order[index]
+        if index < self._order_index:
+            self._order_index -= 1
+
     def _suspect_local(self, agent_id: str, now: float, claimer: str | None) -> list[Output]:
         member = self._members.get(agent_id)
         if member is None or agent_id in self._suspects:
@@ -565,6 +576,7 @@ class Membership:
         member = self._members.pop(agent_id, None)
         if member is None:
             return []
+        self._unorder(agent_id)
         self.stats["declared_dead"] += 1
         self._remember(Update(wire.DEAD, member.record))
         return [PeerEvent(EXPIRED, agent_id, member.record.host, member.record.ports)]
@@ -576,6 +588,7 @@ class Membership:
                 self.dropped["stale"] += 1
                 return []
             del self._members[record.agent_id]
+            self._unorder(record.agent_id)
             self._suspects.pop(record.agent_id, None)
             self._remember(update)
             return [PeerEvent(LEAVE_EVENT, record.agent_id, record.host, record.ports)]
