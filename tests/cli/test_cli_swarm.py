@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from zmqcomm.swarm.layout import create
+
 COMMAND = (sys.executable, "-m", "zmqcomm")
 #: A swarm of three agents for one second takes about 5 s; allow for a slow machine.
 SWARM_TIMEOUT = 90.0
@@ -236,3 +238,16 @@ def test_terminated_swarm_removes_its_directory_and_the_keys_in_it(short_dir: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_swarm_refuses_a_non_empty_keep_directory_clearly(tmp_path: Path) -> None:
+    # A second run into the same --keep used to fail on the first key file with "use
+    # --force", an option swarm does not have; now it is refused before anything starts.
+    keep = tmp_path / "run"
+    create(keep, 2)  # what a previous run left
+    before = sorted(p.relative_to(keep) for p in keep.rglob("*"))
+    result = zmqcomm("swarm", "--agents", "2", "--duration", "1", "--keep", str(keep))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "--force" not in result.stderr
+    assert "not an empty directory" in result.stderr and str(keep) in result.stderr
+    assert sorted(p.relative_to(keep) for p in keep.rglob("*")) == before

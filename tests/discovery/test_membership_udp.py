@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -224,3 +225,65 @@ def test_trust_is_checked_at_wall_clock_time_whatever_the_service_clock(tmp_path
             assert stale.agent_id not in service.machine
             assert service.dropped["unknown_sender"] == 1
             assert decode_packet(listener.recvfrom(MAX_DATAGRAM)[0]).kind == ACK
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"listen": ("127.0.0.1", 70000)}, "port of listen"),
+        ({"listen": ("127.0.0.1", "7946")}, "port of listen"),
+        ({"listen": ("127.0.0.1", -1)}, "port of listen"),
+        ({"listen": ("127.0.0.1", True)}, "port of listen"),
+        ({"listen": "127.0.0.1:7946"}, "listen must be an"),
+        ({"listen": ("localhost", 0)}, "not a name"),
+        ({"listen": ("0.0.0.0", 0)}, "needs advertise"),
+        ({"advertise": "localhost"}, "not a name"),
+        ({"seeds": [("localhost", 7946)]}, "not a name"),
+        ({"seeds": [("127.0.0.1", 0)]}, "port of a seed"),
+        ({"seeds": [("127.0.0.1", "7946")]}, "port of a seed"),
+        ({"seeds": "127.0.0.1:7946"}, "list of"),
+        ({"seeds": [("192.0.2.1", 7946)]}, "out of reach"),  # refused, never sent to
+        ({"seeds": [("::1", 7946)]}, "out of reach"),
+    ],
+)
+def test_bad_addresses_are_usage_errors_and_leak_no_socket(
+    kwargs: dict[str, object], match: str
+) -> None:
+    identity = Identity.generate("bad")
+    before = _open_sockets()
+    with pytest.raises(UsageError, match=match) as raised:
+        MembershipService(identity, **kwargs)  # type: ignore[arg-type]
+    del raised  # the traceback would keep a leaked socket referenced, hence open
+    assert _open_sockets() == before
+
+
+def _open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone already
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def test_cli_peers_accepts_a_period_above_the_join_backoff_cap(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # --duration 0: the service is built (config checked) and closed, nothing is sent.
+    code = main(["peers", "--seed", "127.0.0.1:7", "--interval", "45", "--duration", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert "join_backoff_max" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--seed", "127.0.0.1:0"], "not 0"),
+        (["--seed", "127.0.0.1:9", "--port", "5671"], "--port is the beacon port"),
+        (["--listen", "127.0.0.1:0", "--port", "5671"], "--port is the beacon port"),
+    ],
+)
+def test_cli_peers_refuses_what_membership_would_ignore(
+    arguments: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["peers", *arguments, "--duration", "0"]) == 2
+    assert expected in capsys.readouterr().err

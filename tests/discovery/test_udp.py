@@ -241,3 +241,53 @@ def test_evasive_then_expired_when_a_peer_stops(identities: list[Identity], port
         assert 0.3 - INTERVAL - 0.05 <= evasive_at <= 0.3 + 0.2
         assert 0.6 - INTERVAL - 0.05 <= expired_at <= 0.6 + 0.2
         assert len(table) == 0
+
+
+def test_the_peer_table_ignores_wall_clock_steps(identities: list[Identity], port: int) -> None:
+    # Both clocks are the test's: the table must follow `clock` (monotonic) and use
+    # `wall_clock` only for trust. A +60 s wall step must not expire a live peer, and a
+    # step back must not keep a silent one.
+    a, b, _ = identities
+    mono, wall = [100.0], [1.7e9]
+    table = PeerTable(evasive_after=5.0, expired_after=30.0)
+    sa = BeaconService(
+        a, port=port, interval=INTERVAL, table=table,
+        clock=lambda: mono[0], wall_clock=lambda: wall[0],
+    )  # fmt: skip
+    sb = BeaconService(b, port=port, interval=INTERVAL)
+    try:
+        events: list[PeerEvent] = []
+        for _ in range(400):  # until b's beacon is in (a bounded number of reads, no timing)
+            sb.step(0.0)
+            events += sa.step(0.01)
+            if b.agent_id in table:
+                break
+        assert [(e.kind, e.agent_id) for e in events] == [("ENTER", b.agent_id)]
+        sb.close()
+        wall[0] += 60.0
+        assert sa.step(0.0) == [] and b.agent_id in table
+        wall[0] -= 3600.0
+        mono[0] += 31.0
+        assert [(e.kind, e.agent_id) for e in sa.step(0.0)] == [("EXPIRED", b.agent_id)]
+    finally:
+        sa.close()
+        sb.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"interfaces": "eth0"}, "list of names"),  # not the interfaces e, t, h, 0
+        ({"interfaces": [""]}, "interface is a name"),
+        ({"interval": "1"}, "beacon interval"),
+        ({"interval": True}, "beacon interval"),
+        ({"interval": float("nan")}, "beacon interval"),
+        ({"ports": 5555}, "list of ints"),
+        ({"ports": "5555"}, "list of ints"),
+    ],
+)
+def test_bad_arguments_are_clear_usage_errors(
+    port: int, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(UsageError, match=match):
+        BeaconService(Identity.generate("x"), port=port, **kwargs)  # type: ignore[arg-type]

@@ -49,7 +49,9 @@ def register(commands: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP port (5670)")
+    parser.add_argument(
+        "--port", type=int, help=f"beacon UDP port ({DEFAULT_PORT}); not with --seed/--listen"
+    )
     parser.add_argument(
         "--interface", action="append", metavar="NAME", help="repeatable (default: lo)"
     )
@@ -102,10 +104,18 @@ def _print_up(identity: Identity, as_json: bool, text: str, **fields: Any) -> No
 
 def _run_membership(args: argparse.Namespace, identity: Identity, trust: TrustStore | None) -> int:
     seeds = [parse_address(text) for text in args.seed]
+    for host, port in seeds:
+        if port == 0:
+            raise UsageError(f"--seed {host}:0: a seed needs its real port, not 0")
     listen = parse_address(args.listen) if args.listen else ("127.0.0.1", 0)
     if not 0 < args.interval <= 60:
         raise UsageError(f"--interval (the probe period) must be in (0, 60], got {args.interval}")
-    config = MembershipConfig(period=args.interval, ping_timeout=args.interval / 2)
+    # The join retry back-off is capped at 30 s, but never below one period (the config
+    # refuses that, and the CLI has no option to raise it).
+    join_backoff_max = max(MembershipConfig.join_backoff_max, args.interval)
+    config = MembershipConfig(
+        period=args.interval, ping_timeout=args.interval / 2, join_backoff_max=join_backoff_max
+    )
     started = time.time()
     with MembershipService(
         identity, listen=listen, seeds=seeds, ports=args.announce, trust=trust, config=config
@@ -153,12 +163,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--interface is for beacons; with --seed/--listen give --listen IP:PORT"
             )
+        if args.port is not None:
+            raise UsageError(
+                "--port is the beacon port; with --seed/--listen give --listen IP:PORT"
+            )
         return _run_membership(args, identity, trust)
     started = time.time()
     with BeaconService(
         identity,
         ports=args.announce,
-        port=args.port,
+        port=DEFAULT_PORT if args.port is None else args.port,
         interfaces=args.interface or ["lo"],
         interval=args.interval,
         trust=trust,
@@ -166,7 +180,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"event": "UP", "agent_id": identity.agent_id, "at": 0.0}), flush=True)
         else:
-            print(f"beaconing as {identity.agent_id} on port {args.port}; Ctrl-C stops", flush=True)
+            print(
+                f"beaconing as {identity.agent_id} on port {service.port}; Ctrl-C stops",
+                flush=True,
+            )
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:
             for event in service.step(0.1):

@@ -62,7 +62,9 @@ def register(commands: Any) -> None:
         "--rekey-every", type=int, default=defaults.rekey_every, metavar="N",
         help="rekey each session after N frames (500), to show rotation under load",
     )  # fmt: skip
-    parser.add_argument("--keep", metavar="DIR", help="keep the run's files in DIR")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep the run's files in DIR (a new or empty directory)"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(run=run)
 

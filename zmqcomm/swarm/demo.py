@@ -60,6 +60,11 @@ class SwarmOptions:
 
 def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, Any]:
     options.check()
+    if options.keep is not None and Path(options.keep).exists():
+        keep = Path(options.keep)
+        if not keep.is_dir() or any(keep.iterdir()):
+            # A previous run's keys and results: never mix runs or overwrite them.
+            raise UsageError(f"--keep {keep}: not an empty directory; give a new or empty one")
     directory = Path(options.keep or tempfile.mkdtemp(prefix="zmqcomm-swarm-", dir="/tmp"))
     directory.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen[bytes]] = []

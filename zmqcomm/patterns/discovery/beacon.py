@@ -95,7 +95,10 @@ class TrustLookup(Protocol):
 
 
 def _check_ports(ports: Sequence[int]) -> tuple[int, ...]:
-    checked = tuple(ports)
+    given: object = ports
+    if not isinstance(given, list | tuple):  # 5555 or "5555": a list was meant
+        raise UsageError(f"beacon ports are a list of ints, got {ports!r}")
+    checked = tuple(given)
     if len(checked) > MAX_PORTS:
         raise UsageError(f"a beacon carries at most {MAX_PORTS} ports, got {len(checked)}")
     for port in checked:

@@ -29,11 +29,18 @@ trust store, records and packets of agents it does not know are dropped; the sto
 with the machine's own ``now``, so a driver whose clock is not wall-clock time (trust entries
 expire at epoch times) passes a lookup that reads the wall clock instead.
 
-Reflection: a JOIN or PING gets a reply at the address in its sender's record. From a node
-that is not a member, it is answered only if it came from that very address (the transport
+Reflection: replies go to the address in the sender's record. A packet of any kind from a
+node that is not a member is taken only if it came from that very address (the transport
 ``sender``); otherwise it is dropped (``address_mismatch``), so nobody can aim replies
-(a SYNC is several times larger than a JOIN) at an address that never spoke. Every dropped
-input is counted in :attr:`Membership.dropped` by reason and never changes state.
+(a SYNC is several times larger than a JOIN) at an address that never spoke, nor make
+itself a member that everyone probes at such an address. A stranger announced by gossip
+(an ALIVE update in someone else's packet, a SYNC slice) is not admitted either: the node
+sends it one bare PING (no piggybacked updates, so no larger than the news that caused it)
+and admits it when its ACK comes back from the announced address. A record's host must be
+an IP literal of the node's own family, neither unspecified nor multicast, and loopback if
+and only if the node's own address is (``bad_address``): a node on loopback never sends
+anywhere else. Every dropped input is counted in :attr:`Membership.dropped` by reason and
+never changes state.
 """
 
 from __future__ import annotations
@@ -97,6 +104,19 @@ class _Suspicion:
 
 
 @dataclass(slots=True)
+class _Stranger:
+    """A member announced by someone else, not yet heard from at its own address."""
+
+    record: Record
+    next_ping: float
+    pings: int = 0
+
+
+#: Bare PINGs sent to a stranger announced by gossip before giving it up (loss tolerance).
+VERIFY_PINGS = 3
+
+
+@dataclass(slots=True)
 class _Relay:
     requester: Address
     their_seq: int
@@ -130,6 +150,7 @@ class Membership:
         self._trust = trust
         self._rng = rng
         self.address: Address = (address[0], int(address[1]))
+        self._scope = _scope(self.address[0])
         self.seeds = [(host, int(port)) for host, port in seeds]
         self._ports = tuple(ports)
         if not 0 <= incarnation <= wire.MAX_INCARNATION:
@@ -151,6 +172,8 @@ class Membership:
         self._order_index = 0
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        # Strangers learnt from gossip, pinged and admitted when they ACK.
+        self._verifying: dict[str, _Stranger] = {}
         self._seq = 0
         self._ticks = 0
         self._started = False
@@ -220,11 +243,9 @@ class Membership:
             self.dropped["bad_signature"] += 1
             return []
         # After the signatures, so that a forgery counts as one and this reason is exact.
-        if (
-            message.kind in (wire.JOIN, wire.PING)
-            and origin.agent_id not in self._members
-            and not _same_address(sender, origin.address)
-        ):
+        # Every kind: an ACK, SYNC or PING_REQ would otherwise admit its sender as a member
+        # at whatever address its record names.
+        if origin.agent_id not in self._members and not _same_address(sender, origin.address):
             self.dropped["address_mismatch"] += 1
             return []
         out: list[Output] = []
@@ -261,6 +282,7 @@ class Membership:
                 out += self._declare_dead(agent_id)
         for seq in [s for s, r in self._relays.items() if r.expires <= now]:
             del self._relays[seq]
+        out += self._ping_strangers(now)
         probe = self._probe
         if probe and not probe.acked and not probe.indirect and now >= probe.ping_deadline:
             out += self._indirect(probe)
@@ -281,6 +303,8 @@ class Membership:
             best = min(best, probe.ping_deadline)
         if self._suspects:
             best = min(best, *(s.deadline for s in self._suspects.values()))
+        if self._verifying:
+            best = min(best, *(s.next_ping for s in self._verifying.values()))
         return best
 
     def leave(self, *, now: float) -> list[Output]:
@@ -386,7 +410,9 @@ class Membership:
         seq = self._next_seq()
         expires = now + self.config.period
         self._relays[seq] = _Relay(packet.sender.address, packet.seq, target.sender_id, expires)
-        return [self._packet(wire.PING, seq, target.sender_id, target)]
+        # Bare to a node we do not know: a PING_REQ must not buy a bigger datagram elsewhere.
+        bare = target.agent_id not in self._members
+        return [self._packet(wire.PING, seq, target.sender_id, target, bare=bare)]
 
     # -- joining ------------------------------------------------------------------------------
 
@@ -440,6 +466,8 @@ class Membership:
                 if direct or agent_id not in self._queue:
                     self._enqueue(dead)
                 return []
+            if not direct:
+                return self._verify_stranger(record, now)
             return self._add(record)
         current = member.record.incarnation
         if record.incarnation < current:
@@ -462,17 +490,65 @@ class Membership:
             return []
         return self._suspect_local(agent_id, now, claimer)
 
+    def _verify_stranger(self, record: Record, now: float) -> list[Output]:
+        """A stranger announced by someone else: ping it (up to VERIFY_PINGS times, a period
+        apart); its ACK, from the address its record names, admits it (module docstring)."""
+        agent_id = record.agent_id
+        known = self._verifying.get(agent_id)
+        if known is not None:
+            if record.incarnation > known.record.incarnation:
+                known.record = record
+            return []
+        if len(self._members) >= self.config.max_members:
+            self.dropped["members_full"] += 1
+            return []
+        if len(self._verifying) >= self.config.max_relays:
+            self.dropped["verifications_full"] += 1
+            return []
+        self._verifying[agent_id] = _Stranger(record, now)
+        return self._ping_strangers(now)
+
+    def _ping_strangers(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        for agent_id, stranger in list(self._verifying.items()):
+            if stranger.next_ping > now:
+                continue
+            if stranger.pings >= VERIFY_PINGS:
+                del self._verifying[agent_id]
+                self.stats["strangers_unverified"] += 1
+                continue
+            stranger.pings += 1
+            stranger.next_ping = now + self.config.period
+            self.stats["verification_pings"] += 1
+            record = stranger.record
+            out.append(
+                self._packet(wire.PING, self._next_seq(), record.sender_id, record, bare=True)
+            )
+        return out
+
     def _add(self, record: Record) -> list[Output]:
         if len(self._members) >= self.config.max_members:
             self.dropped["members_full"] += 1
             return []
         agent_id = record.agent_id
+        self._verifying.pop(agent_id, None)
         self._dead.pop(agent_id, None)
         self._members[agent_id] = _Member(record)
         # Randomized round-robin: a newcomer goes to a random place in the rest of the round.
         self._order.insert(self._rng.randrange(self._order_index, len(self._order) + 1), agent_id)
         self._enqueue(Update(wire.ALIVE, record))
         return [PeerEvent(ENTER, agent_id, record.host, record.ports)]
+
+    def _unorder(self, agent_id: str) -> None:
+        """Take a removed member out of the probe order. Left in, the order would grow
+        with every member ever seen while the node has none (its round never completes)."""
+        try:
+            index = self._order.index(agent_id)
+        except ValueError:
+            return
+        del self._order[index]
+        if index < self._order_index:
+            self._order_index -= 1
 
     def _suspect_local(self, agent_id: str, now: float, claimer: str | None) -> list[Output]:
         member = self._members.get(agent_id)
@@ -500,6 +576,7 @@ class Membership:
         member = self._members.pop(agent_id, None)
         if member is None:
             return []
+        self._unorder(agent_id)
         self.stats["declared_dead"] += 1
         self._remember(Update(wire.DEAD, member.record))
         return [PeerEvent(EXPIRED, agent_id, member.record.host, member.record.ports)]
@@ -511,6 +588,7 @@ class Membership:
                 self.dropped["stale"] += 1
                 return []
             del self._members[record.agent_id]
+            self._unorder(record.agent_id)
             self._suspects.pop(record.agent_id, None)
             self._remember(update)
             return [PeerEvent(LEAVE_EVENT, record.agent_id, record.host, record.ports)]
@@ -567,6 +645,8 @@ class Membership:
         target: bytes | Record | None,
         to: Record | Address,
         extra: Sequence[Update] = (),
+        *,
+        bare: bool = False,
     ) -> Send:
         first: list[Update] = []
         if isinstance(to, Record):
@@ -577,8 +657,12 @@ class Membership:
             to = to.address
         head = wire.encode_body(kind, seq, self._record, target, ())
         limit = self.config.retransmit_mult * math.ceil(math.log10(len(self._members) + 2))
-        updates = self._queue.fill(
-            head, first, extra, limit=limit, max_datagram=self.config.max_datagram
+        updates = (
+            []
+            if bare
+            else self._queue.fill(
+                head, first, extra, limit=limit, max_datagram=self.config.max_datagram
+            )
         )
         material = wire.packet_material(kind, seq, self._record, target, updates)
         return Send(
@@ -599,8 +683,12 @@ class Membership:
         )
 
     def _record_ok(self, record: Record, now: float, *, unknown: str) -> bool:
-        """Trusted signer and a valid self-signature (skipped for a record we already hold)."""
+        """Trusted signer, an address in our scope, and a valid self-signature (skipped for a
+        record we already hold)."""
         agent_id = record.agent_id
+        if agent_id != self.agent_id and not _in_scope(record.host, self._scope):
+            self.dropped["bad_address"] += 1
+            return False
         if self._trust is not None:
             try:
                 entry = self._trust.lookup(agent_id, now=now)
@@ -628,6 +716,39 @@ def _same_address(sender: object, address: Address) -> bool:
     if not isinstance(sender, tuple) or len(sender) != 2:
         return False
     return sender[1] == address[1] and _host_key(sender[0]) == _host_key(address[0])
+
+
+_Scope = tuple[int, bool] | None
+
+
+def _scope(host: str) -> _Scope:
+    """The node's own scope: IP version and whether it is loopback; None when its host is
+    not an IP literal (a name, in a simulation), which then restricts only the family."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (ip.version, ip.is_loopback)
+
+
+def _in_scope(host: str, scope: _Scope) -> bool:
+    """Whether a node at ``scope`` may send to a member at ``host``: an IP literal that is
+    neither unspecified, multicast, reserved nor IPv4-mapped, of the same version, loopback
+    iff the node is."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved:  # 240/4, the broadcast
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return False  # ::ffff:127.0.0.1 is loopback in disguise
+    if scope is None:
+        return True
+    version, loopback = scope
+    return ip.version == version and ip.is_loopback == loopback
 
 
 def _host_key(host: object) -> object:

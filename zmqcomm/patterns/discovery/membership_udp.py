@@ -24,7 +24,7 @@ from zmqcomm.actions import Send
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.discovery.beacon import TrustedKey, TrustLookup
-from zmqcomm.patterns.discovery.membership import Membership, Output
+from zmqcomm.patterns.discovery.membership import Membership, Output, _in_scope, _scope
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_wire import (
     MAX_DATAGRAM,
@@ -57,6 +57,29 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
         ) from exc
     if not 0 <= port <= 0xFFFF:
         raise UsageError(f"a port is 0..65535, got {port}")
+    return (host, port)
+
+
+def _check_host(host: object, what: str) -> str:
+    if not isinstance(host, str):
+        raise UsageError(f"{what} must be an IP literal string, got {host!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise UsageError(f"{what} must be an IP literal, not a name; got {host!r}") from exc
+    return host
+
+
+def _check_address(address: object, what: str, *, allow_port_zero: bool) -> Address:
+    """An ``(ip, port)`` pair from the caller, else :class:`UsageError` (never a raw
+    TypeError or OverflowError from the socket layer)."""
+    if not isinstance(address, tuple | list) or len(address) != 2:
+        raise UsageError(f"{what} must be an (IP, port) pair, got {address!r}")
+    host, port = address
+    _check_host(host, f"the host of {what}")
+    low = 0 if allow_port_zero else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 0xFFFF:
+        raise UsageError(f"the port of {what} must be an int, {low} to 65535; got {port!r}")
     return (host, port)
 
 
@@ -97,11 +120,24 @@ class MembershipService:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        host, port = listen
-        try:
-            ipaddress.ip_address(host)
-        except ValueError as exc:
-            raise UsageError(f"listen on an IP literal, got {host!r}") from exc
+        # Everything is checked before the socket exists: a bad argument leaks nothing.
+        host, port = _check_address(listen, "listen", allow_port_zero=True)
+        advertised = host if advertise is None else _check_host(advertise, "advertise")
+        if ipaddress.ip_address(advertised).is_unspecified:
+            raise UsageError(
+                f"listening on {host} needs advertise= (the IP others reach this node at)"
+            )
+        given: object = seeds  # typed as pairs, but a caller may pass "127.0.0.1:7946"
+        if isinstance(given, str | bytes):
+            raise UsageError(f"seeds must be a list of (IP, port) pairs, got {given!r}")
+        checked_seeds = [_check_address(s, "a seed", allow_port_zero=False) for s in seeds]
+        scope = _scope(advertised)
+        for seed_host, seed_port in checked_seeds:
+            if not _in_scope(seed_host, scope):
+                raise UsageError(
+                    f"seed {seed_host}:{seed_port} is out of reach from {advertised} "
+                    "(another IP family, or loopback on one side only)"
+                )
         self.clock = clock
         self.wall_clock = wall_clock
         self.wire_dropped: Counter[str] = Counter()
@@ -110,20 +146,19 @@ class MembershipService:
         self.received = 0
         self._sock = socket.socket(_family(host), socket.SOCK_DGRAM)
         try:
-            self._sock.bind((host, port))
-        except OSError as exc:
-            self._sock.close()
-            raise UsageError(f"cannot listen for membership on {host}:{port}: {exc}") from exc
-        self._sock.setblocking(False)
-        self.address: Address = (host, self._sock.getsockname()[1])
-        self.trust = trust
-        try:
+            try:
+                self._sock.bind((host, port))
+            except OSError as exc:
+                raise UsageError(f"cannot listen for membership on {host}:{port}: {exc}") from exc
+            self._sock.setblocking(False)
+            self.address: Address = (host, self._sock.getsockname()[1])
+            self.trust = trust
             self.machine = Membership.from_identity(
                 identity,
-                address=(advertise or host, self.address[1]),
+                address=(advertised, self.address[1]),
                 rng=rng if rng is not None else random.Random(),
                 ports=ports,
-                seeds=seeds,
+                seeds=checked_seeds,
                 trust=None if trust is None else WallClockTrust(trust, wall_clock),
                 config=config,
             )

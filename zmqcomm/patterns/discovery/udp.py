@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import netifaces
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.discovery.beacon import (
@@ -72,13 +73,20 @@ class BeaconService:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if not 0 < interval <= 60:
-            raise UsageError(f"the beacon interval must be in (0, 60] seconds, got {interval}")
+        # A finite number of seconds in (0, 60]: not "1", not True, not NaN.
+        interval = check_seconds(interval, "the beacon interval", allow_zero=False, maximum=60)
+        given: object = interfaces
+        if isinstance(given, str | bytes) or not isinstance(given, list | tuple):
+            # "eth0" would otherwise be read as the interfaces "e", "t", "h", "0".
+            raise UsageError(f"interfaces is a list of names, e.g. ['eth0'], got {given!r}")
         if not interfaces:
             raise UsageError("name at least one interface (the default is loopback)")
+        for name in interfaces:
+            if not isinstance(name, str) or not name:
+                raise UsageError(f"an interface is a name such as 'lo', got {name!r}")
         self.identity = identity
+        encode_beacon(identity, sequence=0, ports=ports)  # checks the ports now
         self.ports = tuple(ports)
-        encode_beacon(identity, sequence=0, ports=self.ports)  # checks the ports now
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             raise UsageError(f"the beacon port must be a UDP port, 1 to 65535; got {port!r}")
         self.port = port
@@ -128,7 +136,9 @@ class BeaconService:
         events: list[PeerEvent] = []
         for sock in ready:
             events += self._read(sock)
-        events += self.table.on_timer(now=self.wall_clock())
+        # The table runs on the monotonic clock: a wall-clock step must neither expire every
+        # live peer at once nor freeze dead ones. The wall clock is for trust expiry only.
+        events += self.table.on_timer(now=self.clock())
         return events
 
     def _beacon(self) -> None:
@@ -159,7 +169,7 @@ class BeaconService:
             except ZmqCommError as exc:
                 self.dropped[getattr(exc, "reason", "error")] += 1
                 continue
-            events += self.table.observe(beacon, host, now=self.wall_clock())
+            events += self.table.observe(beacon, host, now=self.clock())
         return events
 
     def close(self) -> None:
