@@ -23,8 +23,16 @@ machine's ``verify`` callback, over a key mapping or a :class:`TrustStore`) befo
 delivered or relayed. The routing id only names who to blame: peer input that is garbage,
 forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
 below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
-while. Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
+while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
+are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
+revoked in the :class:`TrustStore`); from any other id they are dropped, counted
+``untrusted_control`` and audited, so a stranger cannot join the mesh and read the traffic.
+Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
 reason in :meth:`GossipAgent.statistics` and, with an audit log, written as a ``reject`` line.
+
+Gossip payloads are signed, *not encrypted*: every mesh peer, and whoever can sniff the
+transport or connect under a trusted peer's routing id (routing ids are not authenticated),
+reads them. Encrypt confidential payloads at the application level or use Node topics.
 
 :meth:`GossipAgent.publish` queues; :meth:`GossipAgent.step` (or :class:`GossipGroup.step`
 for many agents in one thread with one poller) receives, feeds the machine, fires its timer
@@ -61,7 +69,15 @@ from zmqcomm.patterns.gossip.codec import (
     decode_frame,
     encode_item,
 )
-from zmqcomm.patterns.gossip.machine import Deliver, GossipNode, IWant, Publish, Verifier
+from zmqcomm.patterns.gossip.machine import (
+    Deliver,
+    GossipNode,
+    Graft,
+    IHave,
+    IWant,
+    Publish,
+    Verifier,
+)
 from zmqcomm.patterns.gossip.queues import Priority, QueueSet
 from zmqcomm.patterns.gossip.scoring import PeerScores, Prune, Restore, ScoreParams
 from zmqcomm.transport.sockets import (
@@ -74,6 +90,8 @@ from zmqcomm.transport.sockets import (
 )
 
 Clock = Callable[[], float]
+#: Items that make us send to, or keep track of, their sender: taken only from a trusted id.
+_CONTROL = (Graft, IHave, IWant)
 #: Machine counters that mean "this sender misbehaved" (diffed around each on_message).
 _INVALID = ("bad_signature", "malformed", "too_many_hops")
 #: Encoded size of a Publish item beyond its payload and origin (msgpack headers, sequence,
@@ -202,6 +220,7 @@ class GossipAgent:
         verify = mapping_verifier(verify_keys) if verify_keys is not None else None
         if trust is not None:
             verify = trust_verifier(trust)
+        self._verify_keys, self._trust = verify_keys, trust
         self._dialed: dict[str, str] = {}
         self._known: dict[str, str] = {}
         peer_items = peers.items() if isinstance(peers, Mapping) else peers
@@ -228,7 +247,7 @@ class GossipAgent:
         self.drops: Counter[str] = Counter()
         self.deliveries: deque[Delivered] = deque(maxlen=c.keep_deliveries)
         self._unreachable_since: dict[str, float] = {}
-        self._audited_at: dict[str, float] = {}  # anonymous reject reason -> last audit line
+        self._audited_at: dict[str, float] = {}  # throttled reject reason -> last audit line
         self._retry_at: float | None = None
         # Sockets after the settings are checked: a bad one raises before anything is bound.
         rid = self.agent_id.encode()
@@ -385,17 +404,32 @@ class GossipAgent:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _reject(self, peer: str | None, reason: str, count: int = 1) -> None:
+    def _reject(
+        self, peer: str | None, reason: str, count: int = 1, *, throttle: bool = False
+    ) -> None:
         self.drops[reason] += count
         if self.audit is None:
             return
-        if peer is None:  # nobody to blame or graylist: rate-limit the lines instead
+        if peer is None or throttle:  # nobody to graylist: rate-limit the lines instead
             now = self._clock()
             last = self._audited_at.get(reason)
             if last is not None and now - last < _AUDIT_INTERVAL:
                 return
             self._audited_at[reason] = now
         self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
+
+    def _trusted(self, peer: str) -> bool:
+        """Whether ``peer`` is an id the verifier knows (in ``verify_keys``, or trusted by the
+        trust store now: not unknown, revoked or expired). This is a check on the *claimed*
+        routing id only; see the module docstring."""
+        if self._verify_keys is not None:
+            return peer in self._verify_keys
+        assert self._trust is not None
+        try:
+            self._trust.lookup(peer, now=time.time())
+        except SecurityError:
+            return False
+        return True
 
     def _on_frames(self, frames: list[bytes], now: float, out: list[Delivered]) -> None:
         self.counters["received_frames"] += 1
@@ -424,7 +458,14 @@ class GossipAgent:
             return
         self.counters["received_items"] += len(messages)
         counters = self.node.counters
+        trusted: bool | None = None  # looked up once per frame, only if a control item needs it
         for message in messages:
+            if isinstance(message, _CONTROL):
+                if trusted is None:
+                    trusted = self._trusted(sender)
+                if not trusted:
+                    self._reject(sender, "untrusted_control", throttle=True)
+                    continue
             dupes, bad = counters["duplicates"], [counters[k] for k in _INVALID]
             actions = self.node.on_message(sender, message, now=now)
             priority = Priority.REPAIR if isinstance(message, IWant) else Priority.FORWARD

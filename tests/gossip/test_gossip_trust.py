@@ -1,0 +1,95 @@
+"""Who may make a gossip agent send to it or track it, and which origins are honoured.
+
+Each test names a rule a second review found broken; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import zmq
+
+from zmqcomm.crypto.audit import MemoryAuditLog
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.patterns.gossip import Graft, IHave, IWant
+from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
+from zmqcomm.patterns.gossip.driver import GossipAgent
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.term()
+
+
+@pytest.fixture
+def store() -> Iterator[TrustStore]:
+    with tempfile.TemporaryDirectory() as directory:
+        yield TrustStore(directory)
+
+
+def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], rid: str, endpoint: str) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, rid.encode())
+    sock.connect(endpoint)
+    return sock
+
+
+def _step_until(agent: GossipAgent, done: Callable[[], bool], timeout: float = 4.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        agent.step(0.02)
+    return True
+
+
+@pytest.mark.parametrize("revoked", [False, True], ids=["stranger", "revoked"])
+def test_an_untrusted_id_cannot_graft_ihave_or_iwant_its_way_into_the_traffic(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, revoked: bool
+) -> None:
+    alice, other = Identity.generate("alice"), Identity.generate("other")
+    store.add(alice.public)
+    if revoked:
+        store.add(other.public)
+        store.revoke(other.agent_id)
+    audit = MemoryAuditLog()
+    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
+    evil = _dealer(context, other.agent_id, agent.endpoint)
+    try:
+        mid = agent.publish(b"cached for repair")
+        evil.send(encode_frame([Graft(), IHave((bytes(16),)), IWant((mid,))]))
+        assert _step_until(agent, lambda: agent.counters["received_items"] == 3)
+        assert other.agent_id not in agent.node.peers
+        assert agent.statistics()["drops"]["untrusted_control"] == 3
+        assert audit.events("reject", reason="untrusted_control")
+        agent.publish(b"secret")
+        agent.flush()
+        agent.step(0.05)
+        assert not evil.poll(0), decode_frame(evil.recv())  # neither IWant, reply nor publish
+    finally:
+        evil.close(0)
+        agent.close()
+
+
+def test_a_trusted_grafter_is_still_learned(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
+) -> None:
+    alice, bob = Identity.generate("alice"), Identity.generate("bob")
+    store.add(alice.public)
+    store.add(bob.public)
+    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, context=context)
+    dealer = _dealer(context, bob.agent_id, agent.endpoint)
+    try:
+        dealer.send(encode_frame([Graft()]))
+        assert _step_until(agent, lambda: bob.agent_id in agent.node.peers)
+        assert "untrusted_control" not in agent.statistics()["drops"]
+    finally:
+        dealer.close(0)
+        agent.close()
