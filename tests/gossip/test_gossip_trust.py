@@ -5,9 +5,11 @@ Each test names a rule a second review found broken; every wait is bounded.
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -15,9 +17,18 @@ import zmq
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.patterns.gossip import Graft, IHave, IWant
+from zmqcomm.patterns.gossip import (
+    Deliver,
+    GossipNode,
+    Graft,
+    IHave,
+    IWant,
+    Message,
+    Publish,
+    id_material,
+)
 from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
-from zmqcomm.patterns.gossip.driver import GossipAgent
+from zmqcomm.patterns.gossip.driver import GossipAgent, trust_verifier
 
 
 @pytest.fixture
@@ -93,3 +104,26 @@ def test_a_trusted_grafter_is_still_learned(
     finally:
         dealer.close(0)
         agent.close()
+
+
+def test_a_revoked_origin_is_refused_on_its_next_message(store: TrustStore) -> None:
+    bad, me = Identity.generate("compromised"), Identity.generate("me")
+    store.add(bad.public)
+    node = GossipNode(
+        me.agent_id,
+        [bad.agent_id, Identity.generate("other").agent_id],
+        sign=me.sign,
+        verify=trust_verifier(store),
+        choose=random.Random(1).sample,
+        now=0.0,
+    )
+
+    def publish(sequence: int, payload: bytes) -> list[Any]:
+        signature = bad.sign(id_material(bad.agent_id, sequence, payload))
+        message = Message(bad.agent_id, sequence, payload, 0, signature)
+        return node.on_message(bad.agent_id, Publish(message), now=0.0)
+
+    assert any(isinstance(a, Deliver) for a in publish(0, b"hello"))
+    store.revoke(bad.agent_id)
+    assert publish(1, b"after revocation") == []  # neither delivered nor relayed
+    assert node.counters["bad_signature"] == 1

@@ -155,24 +155,19 @@ class GossipConfig:
             raise UsageError("unreachable_grace must be >= 0 and retry_interval > 0")
 
 
-def trust_verifier(trust: TrustStore, *, cache_seconds: float = 10.0) -> Verifier:
-    """A ``verify`` callback over a trust store (keys cached briefly: no stat per message)."""
-    cache: dict[Any, tuple[bytes | None, float]] = {}
+def trust_verifier(trust: TrustStore) -> Verifier:
+    """A ``verify`` callback over a trust store, asked on every message: a revoked origin is
+    refused on its next message (:meth:`TrustStore.lookup` throttles its own ``stat`` calls,
+    so no cache of ours may outlive a revocation)."""
 
     def verify(origin: Any, material: bytes, signature: bytes) -> bool:
         if not isinstance(origin, str):
             return False
-        now = time.time()
-        key, until = cache.get(origin, (None, 0.0))
-        if until <= now:
-            try:
-                key = trust.lookup(origin, now=now).verify_key
-            except SecurityError:
-                key = None
-            if len(cache) > 100_000:
-                cache.clear()
-            cache[origin] = (key, now + cache_seconds)
-        return key is not None and signature_valid(key, material, signature)
+        try:
+            key = trust.lookup(origin, now=time.time()).verify_key
+        except SecurityError:
+            return False
+        return signature_valid(key, material, signature)
 
     return verify
 
