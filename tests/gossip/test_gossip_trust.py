@@ -127,3 +127,21 @@ def test_a_revoked_origin_is_refused_on_its_next_message(store: TrustStore) -> N
     store.revoke(bad.agent_id)
     assert publish(1, b"after revocation") == []  # neither delivered nor relayed
     assert node.counters["bad_signature"] == 1
+
+
+def test_a_restarted_agent_numbers_above_its_earlier_messages(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    origin = Identity.generate("origin")
+    keys = {origin.agent_id: origin.verify_key}
+    published = []
+    for _ in range(2):  # the same identity, before and after a restart
+        agent = GossipAgent(origin, "tcp://127.0.0.1:*", verify_keys=keys, context=context)
+        try:
+            mid = agent.publish(b"leader=me")
+            published.append((agent.deliveries[-1].sequence, mid))
+        finally:
+            agent.close()
+    (first, first_id), (second, second_id) = published
+    assert second > first and second <= 2**64 - 1
+    assert second_id != first_id  # a peer that saw the first copy delivers the second

@@ -221,6 +221,12 @@ class GossipAgent:
         peer_items = peers.items() if isinstance(peers, Mapping) else peers
         c = self.config
         rng = rng or random.Random()
+        options = dict(c.machine_options)
+        # Message ids hash (origin, sequence, payload): numbering from 0 after a restart would
+        # give a payload re-published at the same position the id of the earlier copy, which
+        # peers then drop as a duplicate (and, with the replay window, as a replay). Wall-clock
+        # nanoseconds grow across restarts and stay far below 2**64 (until the year 2554).
+        options.setdefault("first_sequence", time.time_ns())
         self.node = GossipNode(
             self.agent_id,
             [],
@@ -234,7 +240,7 @@ class GossipAgent:
             heartbeat=c.heartbeat,
             history=c.history,
             gossip_windows=c.gossip_windows,
-            **dict(c.machine_options),
+            **options,
         )
         self.queues = QueueSet(c.queue_bytes)
         self.scores = PeerScores(c.scores)

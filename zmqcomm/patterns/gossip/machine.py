@@ -213,6 +213,12 @@ class GossipNode:
         self.max_sources = max_sources
         if self.iwant_timeout <= 0:
             raise UsageError("iwant_timeout must be positive")
+        if (
+            isinstance(first_sequence, bool)
+            or not isinstance(first_sequence, int)
+            or not 0 <= first_sequence <= MAX_SEQUENCE
+        ):
+            raise UsageError(f"first_sequence must be an int in [0, 2**64), got {first_sequence!r}")
         self._sign, self._verify, self._choose = sign, verify, choose
         self._sequence = first_sequence
         # Ordered sets (dicts), so that iteration never depends on hash randomisation.
