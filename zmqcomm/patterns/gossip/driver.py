@@ -467,11 +467,14 @@ class GossipAgent:
                 if not trusted:
                     self._reject(sender, "untrusted_control", throttle=True)
                     continue
-            dupes, bad = counters["duplicates"], [counters[k] for k in _INVALID]
+            # A replay (an old copy whose id we forgot) is scored like a duplicate: an honest
+            # peer may send one when the seen-cache overflowed.
+            dupes = counters["duplicates"] + counters["replayed"]
+            bad = [counters[k] for k in _INVALID]
             actions = self.node.on_message(sender, message, now=now)
             priority = Priority.REPAIR if isinstance(message, IWant) else Priority.FORWARD
             self._perform(actions, sender, priority, now, out)
-            if counters["duplicates"] > dupes:
+            if counters["duplicates"] + counters["replayed"] > dupes:
                 self._prune(self.scores.duplicate(sender, now=now))
             for name, before in zip(_INVALID, bad, strict=True):
                 if counters[name] > before:

@@ -13,10 +13,22 @@ the id material; a copy that does not verify is counted in ``bad_signature`` and
 delivered nor forwarded, and it does not mark the id as seen (so a forged copy that arrives
 first cannot suppress the genuine one). ``hops`` is not signed: it only bounds eager push.
 
+Replays: the seen-cache only suppresses a copy for ``seen_ttl`` seconds, so each origin also
+has a replay window over its signed sequence numbers (the highest accepted and a bitmap of the
+``replay_window`` below it, :class:`~zmqcomm.crypto.replay.ReplayWindow`). A copy whose id is
+no longer remembered but whose sequence is below the window or already in it is dropped and
+counted as ``replayed``; a sequence inside the window not seen yet (a message that was
+overtaken) is still taken. The window moves only after the signature verified, so a forged
+copy cannot move it. Origins beyond ``max_origins`` are forgotten least recently used first
+(``replay_origins_forgotten``); a forgotten origin's old messages are then refused only by
+the seen-cache again. An origin must therefore number its messages upwards across restarts
+(``first_sequence``; :class:`GossipAgent` starts from the wall clock).
+
 Memory is bounded: the seen-cache forgets ids after ``seen_ttl`` seconds (and keeps at most
-``max_seen``), the message cache keeps ``history`` heartbeat windows, IHave/IWant lists are
-capped, peers learned from Graft are capped at ``max_peers`` (a removed one frees its slot)
-and IWant replies to one peer are capped at ``max_iwant_replies`` per heartbeat.
+``max_seen``), the replay windows are capped at ``max_origins``, the message cache keeps
+``history`` heartbeat windows, IHave/IWant lists are capped, peers learned from Graft are
+capped at ``max_peers`` (a removed one frees its slot) and IWant replies to one peer are
+capped at ``max_iwant_replies`` per heartbeat.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from typing import Any
 from zmqcomm.actions import Send
 from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.keys import signature_valid
+from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.errors import UsageError
 
 NodeId = Hashable
@@ -183,6 +196,8 @@ class GossipNode:
         iwant_timeout: float | None = None,
         max_sources: int = 8,
         first_sequence: int = 0,
+        replay_window: int = 4096,
+        max_origins: int = 10_000,
     ) -> None:
         if not 0 <= degree_low <= degree <= degree_high:
             raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
@@ -219,6 +234,12 @@ class GossipNode:
             or not 0 <= first_sequence <= MAX_SEQUENCE
         ):
             raise UsageError(f"first_sequence must be an int in [0, 2**64), got {first_sequence!r}")
+        if max_origins < 1:
+            raise UsageError("max_origins must be >= 1")
+        ReplayWindow(replay_window)  # refuses a size that is not a positive multiple of 64
+        self.replay_window, self.max_origins = replay_window, max_origins
+        # origin -> its replay window, least recently used first
+        self._replay: dict[NodeId, ReplayWindow] = {}
         self._sign, self._verify, self._choose = sign, verify, choose
         self._sequence = first_sequence
         # Ordered sets (dicts), so that iteration never depends on hash randomisation.
@@ -265,10 +286,11 @@ class GossipNode:
         """Originate ``payload``: deliver it here and push it to the mesh."""
         if not isinstance(payload, bytes):
             raise UsageError("a gossip payload must be bytes")
-        if self._sequence > MAX_SEQUENCE:
+        if self._sequence >= MAX_SEQUENCE:  # the last one is kept free, as replay windows do
             raise UsageError("gossip sequence numbers exhausted")
         sequence = self._sequence
         self._sequence += 1
+        self._record(self.node_id, sequence)  # a copy of our own sent back later is a replay
         material = id_material(self.node_id, sequence, payload)
         signature = None if self._sign is None else self._sign(material)
         message = Message(self.node_id, sequence, payload, 0, signature)
@@ -335,6 +357,18 @@ class GossipNode:
         self.counters["delivered"] += 1
         return Deliver(message)
 
+    def _record(self, origin: NodeId, sequence: int) -> None:
+        """Mark ``sequence`` of ``origin`` as taken."""
+        window = self._replay.pop(origin, None)
+        if window is None:
+            window = ReplayWindow(self.replay_window)
+            if len(self._replay) >= self.max_origins:
+                del self._replay[next(iter(self._replay))]
+                self.counters["replay_origins_forgotten"] += 1
+        self._replay[origin] = window  # most recently used last
+        if window.check(sequence):  # else an earlier incarnation of ours numbered higher
+            window.accept(sequence)
+
     def _push(self, message: Message, *, exclude: tuple[NodeId, ...]) -> list[Any]:
         return [self._send(peer, Publish(message)) for peer in self._mesh if peer not in exclude]
 
@@ -346,12 +380,21 @@ class GossipNode:
         if mid in self._seen:
             self.counters["duplicates"] += 1
             return []
+        window = self._replay.get(message.origin)
+        if window is None:
+            fresh = message.sequence < MAX_SEQUENCE
+        else:
+            fresh = window.check(message.sequence)
+        if not fresh:
+            self.counters["replayed"] += 1
+            return []
         if self._verify is not None and (
             message.signature is None
             or not self._verify(message.origin, message.material, message.signature)
         ):
             self.counters["bad_signature"] += 1
             return []
+        self._record(message.origin, message.sequence)
         actions: list[Any] = [self._accept(mid, message, now)]
         if message.hops < self.max_hops:
             relayed = replace(message, hops=message.hops + 1)
