@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -278,3 +279,38 @@ def test_a_copy_of_our_own_message_sent_back_after_seen_ttl_is_a_replay() -> Non
         origin.on_timer(now=float(t))
     assert origin.on_message("n1", sent, now=4.0) == []
     assert origin.counters["replayed"] == 1
+
+
+# -- IHave promises -----------------------------------------------------------------------------
+
+
+def test_one_peers_empty_promises_cannot_switch_off_repair_for_everyone() -> None:
+    rng = random.Random(5)
+    me = node("n0", ["n1", "n2"], verify=None, heartbeat=0.5, max_seen=1000)
+    for _ in range(40):  # 40 x 512 ids that exist nowhere: 2.5 x the whole IWant table
+        ids = tuple(rng.randbytes(16) for _ in range(512))
+        me.on_message("n1", IHave(ids), now=0.01)
+    real = message_id("n2", 0, b"real news")
+    [ask] = sends(me.on_message("n2", IHave((real,)), now=0.02))
+    assert ask.to == "n2" and ask.message == IWant((real,))
+    assert len(me._wanted) <= me.max_wants_per_peer + 1
+    assert me.counters["iwant_peer_capped"] > 0
+
+
+def test_unanswered_iwants_are_broken_promises_of_the_peer_asked() -> None:
+    rng = random.Random(6)
+    me = node("n0", ["n1", "n2"], verify=None, max_wants_per_peer=100)
+    fake = tuple(rng.randbytes(16) for _ in range(300))
+    for start in range(0, 300, 50):
+        me.on_message("n1", IHave(fake[start : start + 50]), now=0.0)
+    real = signed("n2", 0, b"kept")
+    me.on_message("n2", IHave((real.id,)), now=0.0)
+    me.on_message("n2", Publish(real), now=0.01)  # a kept promise
+    assert me.take_broken_promises() == {}
+    me.on_timer(now=me.iwant_timeout + 0.01)
+    assert me.take_broken_promises() == {"n1": 100}
+    assert me.take_broken_promises() == {}
+    assert me.counters["broken_promises"] == 100
+    # The liar's wants are released with the promises: it may be asked again, within its cap.
+    more = tuple(rng.randbytes(16) for _ in range(50))
+    assert sends(me.on_message("n1", IHave(more), now=1.0))

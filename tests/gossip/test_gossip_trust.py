@@ -28,7 +28,7 @@ from zmqcomm.patterns.gossip import (
     id_material,
 )
 from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
-from zmqcomm.patterns.gossip.driver import GossipAgent, trust_verifier
+from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig, trust_verifier
 
 
 @pytest.fixture
@@ -145,3 +145,28 @@ def test_a_restarted_agent_numbers_above_its_earlier_messages(
     (first, first_id), (second, second_id) = published
     assert second > first and second <= 2**64 - 1
     assert second_id != first_id  # a peer that saw the first copy delivers the second
+
+
+def test_a_peer_that_does_not_keep_its_ihave_promises_loses_score(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    liar = Identity.generate("liar").agent_id
+    agent = GossipAgent(
+        Identity.generate("victim"),
+        "tcp://127.0.0.1:*",
+        verify_keys={liar: bytes(32)},
+        config=GossipConfig(heartbeat=0.05),
+        context=context,
+    )
+    dealer = _dealer(context, liar, agent.endpoint)
+    try:
+        rng = random.Random(8)
+        ids = tuple(rng.randbytes(16) for _ in range(64))
+        dealer.send(encode_frame([IHave(ids)]))
+        assert _step_until(
+            agent, lambda: agent.scores.peer_counters(liar).get("broken_promises") == 64
+        )
+        assert agent.scores.score(liar, now=agent._clock()) < 0
+    finally:
+        dealer.close(0)
+        agent.close()

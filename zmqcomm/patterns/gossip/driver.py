@@ -396,6 +396,8 @@ class GossipAgent:
         deadline = self.node.next_deadline()
         if deadline is not None and deadline <= now:
             self._perform(self.node.on_timer(now=now), None, Priority.CONTROL, now, out)
+            for peer, count in self.node.take_broken_promises().items():
+                self._prune(self.scores.broken_promises(peer, now=now, count=count))
         deadline = self.scores.next_deadline()
         if deadline is not None and deadline <= now:
             for restore in self.scores.on_timer(now=now):

@@ -29,6 +29,14 @@ Memory is bounded: the seen-cache forgets ids after ``seen_ttl`` seconds (and ke
 ``history`` heartbeat windows, IHave/IWant lists are capped, peers learned from Graft are
 capped at ``max_peers`` (a removed one frees its slot) and IWant replies to one peer are
 capped at ``max_iwant_replies`` per heartbeat.
+
+Promises: an IHave promises that its sender will answer our IWant. The ids we asked one peer
+for and did not get yet are capped at ``max_wants_per_peer`` (beyond it that peer's IHaves
+are ignored, counted ``iwant_peer_capped``), separately from the node-wide cap ``max_wanted``
+(``iwant_table_full``), so one peer advertising ids that do not exist cannot fill the table
+and switch off repair for everyone. An IWant that times out is a broken promise of the peer
+asked (``broken_promises``); :meth:`GossipNode.take_broken_promises` hands them per peer to
+whoever scores peers (the driver lowers that peer's score).
 """
 
 from __future__ import annotations
@@ -145,6 +153,7 @@ class _Want:
 
     deadline: float
     sources: list[NodeId]
+    asked: NodeId | None  # the peer whose answer we wait for (None: waiting for a batch)
 
 
 def _well_formed(message: Any) -> bool:
@@ -198,6 +207,8 @@ class GossipNode:
         first_sequence: int = 0,
         replay_window: int = 4096,
         max_origins: int = 10_000,
+        max_wants_per_peer: int | None = None,
+        max_wanted: int | None = None,
     ) -> None:
         if not 0 <= degree_low <= degree <= degree_high:
             raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
@@ -226,6 +237,12 @@ class GossipNode:
         if self.max_iwant_replies < 0:
             raise UsageError("max_iwant_replies must be >= 0")
         self.max_sources = max_sources
+        self.max_wants_per_peer = (
+            4 * max_iwant_ids if max_wants_per_peer is None else max_wants_per_peer
+        )
+        self.max_wanted = max_seen if max_wanted is None else max_wanted
+        if self.max_wants_per_peer < 1 or self.max_wanted < 1:
+            raise UsageError("max_wants_per_peer and max_wanted must be >= 1")
         if self.iwant_timeout <= 0:
             raise UsageError("iwant_timeout must be positive")
         if (
@@ -251,6 +268,8 @@ class GossipNode:
         self._graft()
         self._seen: dict[MessageId, float] = {}  # id -> expiry, in expiry order
         self._wanted: dict[MessageId, _Want] = {}
+        self._asked: Counter[NodeId] = Counter()  # ids asked of each peer, not received yet
+        self._broken: Counter[NodeId] = Counter()  # broken promises not taken yet
         self._retry_at: float | None = None
         self._cache: dict[MessageId, Message] = {}
         self._windows: deque[list[MessageId]] = deque([[]])
@@ -269,6 +288,12 @@ class GossipNode:
 
     def has_seen(self, mid: MessageId) -> bool:
         return mid in self._seen
+
+    def take_broken_promises(self) -> dict[NodeId, int]:
+        """Per peer, how many of our IWants it left unanswered since the last call."""
+        broken = dict(self._broken)
+        self._broken.clear()
+        return broken
 
     def add_peer(self, peer: NodeId) -> None:
         if peer != self.node_id:
@@ -351,7 +376,9 @@ class GossipNode:
         self._seen[mid] = now + self.seen_ttl
         while len(self._seen) > self.max_seen:
             del self._seen[next(iter(self._seen))]
-        self._wanted.pop(mid, None)
+        want = self._wanted.pop(mid, None)
+        if want is not None:
+            self._release(want)
         self._cache[mid] = message
         self._windows[-1].append(mid)
         self.counters["delivered"] += 1
@@ -401,8 +428,18 @@ class GossipNode:
             actions += self._push(relayed, exclude=(sender, message.origin))
         return actions
 
+    def _release(self, want: _Want) -> None:
+        if want.asked is not None:
+            left = self._asked[want.asked] - 1
+            if left > 0:
+                self._asked[want.asked] = left
+            else:
+                del self._asked[want.asked]
+            want.asked = None
+
     def _on_ihave(self, sender: NodeId, ids: tuple[MessageId, ...], now: float) -> list[Any]:
         want: list[MessageId] = []
+        room = min(self.max_iwant_ids, self.max_wants_per_peer - self._asked[sender])
         for mid in ids[: self.max_ihave_ids]:
             if mid in self._seen:
                 continue
@@ -411,10 +448,16 @@ class GossipNode:
                 if sender not in pending.sources and len(pending.sources) < self.max_sources:
                     pending.sources.append(sender)
                 continue
-            if len(self._wanted) >= self.max_seen or len(want) >= self.max_iwant_ids:
+            if len(want) >= room:
+                if room < self.max_iwant_ids:
+                    self.counters["iwant_peer_capped"] += 1
+                continue
+            if len(self._wanted) >= self.max_wanted:
+                self.counters["iwant_table_full"] += 1
                 continue
             deadline = now + self.iwant_timeout
-            self._wanted[mid] = _Want(deadline, [])
+            self._wanted[mid] = _Want(deadline, [], sender)
+            self._asked[sender] += 1
             if self._retry_at is None or deadline < self._retry_at:
                 self._retry_at = deadline
             want.append(mid)
@@ -449,14 +492,24 @@ class GossipNode:
         for mid, pending in list(self._wanted.items()):
             if pending.deadline > now:
                 continue
+            if pending.asked is not None:
+                self._broken[pending.asked] += 1
+                self.counters["broken_promises"] += 1
+                self._release(pending)
+            # The next source that has room for one more want (others are skipped for good).
+            while pending.sources and self._asked[pending.sources[0]] >= self.max_wants_per_peer:
+                pending.sources.pop(0)
+                self.counters["iwant_peer_capped"] += 1
             if not pending.sources:
                 del self._wanted[mid]
                 continue
-            peer = pending.sources.pop(0)
-            ask = asks.setdefault(peer, [])
-            if len(ask) < self.max_iwant_ids:
+            pending.deadline = now + self.iwant_timeout
+            ask = asks.setdefault(pending.sources[0], [])
+            if len(ask) < self.max_iwant_ids:  # else: asked in a later round
+                peer = pending.sources.pop(0)
                 ask.append(mid)
-                pending.deadline = now + self.iwant_timeout
+                pending.asked = peer
+                self._asked[peer] += 1
         self._retry_at = min((p.deadline for p in self._wanted.values()), default=None)
         return [self._send(peer, IWant(tuple(ids))) for peer, ids in asks.items()]
 
