@@ -17,6 +17,7 @@ import zmq
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.patterns.discovery.peers import ENTER, PeerEvent
 from zmqcomm.patterns.gossip import (
     Deliver,
     GossipNode,
@@ -28,7 +29,7 @@ from zmqcomm.patterns.gossip import (
     id_material,
 )
 from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
-from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig, trust_verifier
+from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig, tcp_endpoint, trust_verifier
 
 
 @pytest.fixture
@@ -169,4 +170,46 @@ def test_a_peer_that_does_not_keep_its_ihave_promises_loses_score(
         assert agent.scores.score(liar, now=agent._clock()) < 0
     finally:
         dealer.close(0)
+        agent.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "ports", "endpoint"),
+    [
+        ("127.0.0.1", (5555,), "tcp://127.0.0.1:5555"),
+        ("::1", (5555, 6000), "tcp://[::1]:5555"),
+        ("2001:db8::1", (1,), "tcp://[2001:db8::1]:1"),
+        ("a b", (5555,), None),
+        ("127.0.0.1:1/x", (5555,), None),
+        ("example.com", (5555,), None),  # a peer's record never makes us resolve a name
+        ("fe80::1%eth0", (5555,), None),
+        ("127.0.0.1", (), None),
+        ("127.0.0.1", (0,), None),
+        ("127.0.0.1", (70000,), None),
+    ],
+)
+def test_tcp_endpoint_takes_only_ip_literals(
+    address: str, ports: tuple[int, ...], endpoint: str | None
+) -> None:
+    assert tcp_endpoint(PeerEvent(ENTER, "x" * 26, address, ports)) == endpoint
+
+
+def test_a_peer_event_that_cannot_be_dialed_is_counted_not_raised(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    audit = MemoryAuditLog()
+    me = Identity.generate("me")
+    agent = GossipAgent(me, "tcp://127.0.0.1:*", verify_keys={}, audit=audit, context=context)
+    try:
+        ipv6 = Identity.generate("six").agent_id
+        agent.on_peer_event(PeerEvent(ENTER, ipv6, "::1", (5555,)))
+        assert agent._dialed[ipv6] == "tcp://[::1]:5555"
+        junk = Identity.generate("junk").agent_id
+        agent.on_peer_event(
+            PeerEvent(ENTER, junk, "a b", (5555,)), endpoint_for=lambda e: "tcp://a b:5555"
+        )
+        assert junk not in agent.node.peers
+        assert agent.statistics()["drops"]["bad_peer_endpoint"] == 1
+        assert audit.events("reject", reason="bad_peer_endpoint")
+    finally:
         agent.close()

@@ -42,6 +42,7 @@ and flushes the queues, coalescing each peer's items into frames.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import time
 from collections import Counter, deque
@@ -60,6 +61,7 @@ from zmqcomm.errors import (
     RemoteProtocolError,
     SecurityError,
     UsageError,
+    ZmqCommError,
 )
 from zmqcomm.patterns.discovery.peers import ENTER, EXPIRED, LEAVE, PeerEvent
 from zmqcomm.patterns.gossip.codec import (
@@ -181,8 +183,25 @@ def mapping_verifier(keys: Mapping[str, bytes]) -> Verifier:
 
 
 def tcp_endpoint(event: PeerEvent) -> str | None:
-    """Default endpoint of a discovered peer: its first advertised port over tcp."""
-    return f"tcp://{event.address}:{event.ports[0]}" if event.ports else None
+    """Default endpoint of a discovered peer: its first advertised port over tcp.
+
+    The address comes from the peer's own record, so it must be an IP address literal (IPv6
+    is bracketed); a host name is never resolved and anything else gives None (no endpoint).
+    """
+    if not event.ports:
+        return None
+    port = event.ports[0]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    try:
+        address = ipaddress.ip_address(event.address)
+    except ValueError:  # a name, garbage, or not even a string
+        return None
+    if address.version == 6:
+        if address.scope_id is not None:  # fe80::1%eth0: names a local interface
+            return None
+        return f"tcp://[{address}]:{port}"
+    return f"tcp://{address}:{port}"
 
 
 class GossipAgent:
@@ -320,11 +339,18 @@ class GossipAgent:
         self, event: PeerEvent, *, endpoint_for: Callable[[PeerEvent], str | None] = tcp_endpoint
     ) -> None:
         """Feed discovery: ENTER adds the peer (at ``endpoint_for(event)``), EXPIRED and LEAVE
-        remove it, anything else is ignored."""
+        remove it, anything else is ignored. Events come from other peers' records: one whose
+        endpoint cannot be dialed is dropped, counted and audited (``bad_peer_endpoint``),
+        never raised into the discovery loop."""
         if event.kind == ENTER:
             endpoint = endpoint_for(event)
             if endpoint is not None and is_agent_id(event.agent_id):
-                self.add_peer(event.agent_id, endpoint)
+                try:
+                    self.add_peer(event.agent_id, endpoint)
+                except ClosedError:
+                    raise
+                except ZmqCommError:
+                    self._reject(event.agent_id, "bad_peer_endpoint", throttle=True)
         elif event.kind in (EXPIRED, LEAVE):
             self.remove_peer(event.agent_id, reason="peer_gone")
 
