@@ -17,6 +17,7 @@ import zmq
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import UsageError
 from zmqcomm.patterns.discovery.peers import ENTER, PeerEvent
 from zmqcomm.patterns.gossip import (
     Deliver,
@@ -30,6 +31,7 @@ from zmqcomm.patterns.gossip import (
 )
 from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig, tcp_endpoint, trust_verifier
+from zmqcomm.patterns.gossip.scoring import ScoreParams
 
 
 @pytest.fixture
@@ -213,3 +215,64 @@ def test_a_peer_event_that_cannot_be_dialed_is_counted_not_raised(
         assert audit.events("reject", reason="bad_peer_endpoint")
     finally:
         agent.close()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("unreachable_grace", NAN),
+        ("unreachable_grace", INF),
+        ("retry_interval", NAN),
+        ("retry_interval", INF),
+        ("heartbeat", NAN),
+        ("heartbeat", INF),
+    ],
+)
+def test_gossip_config_refuses_nan_and_infinite_durations(field: str, value: float) -> None:
+    with pytest.raises(UsageError, match=f"GossipConfig.{field} must be a finite number"):
+        GossipConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["iwant_timeout", "seen_ttl", "heartbeat"])
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_gossip_node_refuses_nan_and_infinite_durations(field: str, value: float) -> None:
+    with pytest.raises(UsageError, match=f"{field} must be a finite number"):
+        GossipNode(
+            "a",
+            ["b"],
+            sign=None,
+            verify=None,
+            choose=random.Random(1).sample,
+            now=0.0,
+            **{field: value},
+        )
+
+
+@pytest.mark.parametrize("field", ["graylist_seconds", "decay_half_life"])
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_score_params_refuse_nan_and_infinite_durations(field: str, value: float) -> None:
+    with pytest.raises(UsageError, match=f"ScoreParams.{field} must be a finite number"):
+        ScoreParams(**{field: value})
+
+
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_score_params_refuse_nan_and_infinite_rates(value: float) -> None:
+    with pytest.raises(UsageError, match="must be finite"):
+        ScoreParams(rate=value)
+
+
+@pytest.mark.parametrize("value", [-1, 2**64, 1.5, True])
+def test_gossip_node_refuses_a_first_sequence_outside_uint64(value: Any) -> None:
+    with pytest.raises(UsageError, match="first_sequence"):
+        GossipNode(
+            "a",
+            ["b"],
+            sign=None,
+            verify=None,
+            choose=random.Random(1).sample,
+            now=0.0,
+            first_sequence=value,
+        )

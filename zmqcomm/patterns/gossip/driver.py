@@ -52,6 +52,7 @@ from typing import Any
 
 import zmq
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import REJECT, BaseAuditLog
 from zmqcomm.crypto.keys import Identity, is_agent_id, signature_valid
 from zmqcomm.crypto.trust import TrustStore
@@ -153,8 +154,10 @@ class GossipConfig:
             raise UsageError("limits.max_frame_bytes must hold one maximal payload")
         if min(self.queue_bytes, self.frame_bytes, self.frame_items, self.max_burst) < 1:
             raise UsageError("queue_bytes, frame_bytes, frame_items and max_burst must be >= 1")
-        if self.unreachable_grace < 0 or self.retry_interval <= 0:
-            raise UsageError("unreachable_grace must be >= 0 and retry_interval > 0")
+        # check_seconds refuses NaN and infinities, which plain comparisons let through.
+        check_seconds(self.heartbeat, "GossipConfig.heartbeat", allow_zero=False)
+        check_seconds(self.unreachable_grace, "GossipConfig.unreachable_grace")
+        check_seconds(self.retry_interval, "GossipConfig.retry_interval", allow_zero=False)
 
 
 def trust_verifier(trust: TrustStore) -> Verifier:

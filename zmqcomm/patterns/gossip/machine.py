@@ -214,6 +214,8 @@ class GossipNode:
             raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
         check_seconds(heartbeat, "heartbeat", allow_zero=False)
         check_seconds(seen_ttl, "seen_ttl", allow_zero=False)
+        if iwant_timeout is not None:
+            check_seconds(iwant_timeout, "iwant_timeout", allow_zero=False)
         if not 1 <= gossip_windows <= history:
             raise UsageError("gossip needs 1 <= gossip_windows <= history")
         if min(max_hops, max_ihave_ids, max_iwant_ids, max_seen) < 1 or max_peers < 0:
@@ -243,8 +245,6 @@ class GossipNode:
         self.max_wanted = max_seen if max_wanted is None else max_wanted
         if self.max_wants_per_peer < 1 or self.max_wanted < 1:
             raise UsageError("max_wants_per_peer and max_wanted must be >= 1")
-        if self.iwant_timeout <= 0:
-            raise UsageError("iwant_timeout must be positive")
         if (
             isinstance(first_sequence, bool)
             or not isinstance(first_sequence, int)

@@ -28,6 +28,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from zmqcomm.access import TokenBucket
+from zmqcomm.checks import check_seconds
 from zmqcomm.errors import UsageError
 
 RATE_LIMITED = "rate_limited"
@@ -56,6 +57,23 @@ class ScoreParams:
     max_peers: int = 10_000
 
     def __post_init__(self) -> None:
+        check_seconds(self.graylist_seconds, "ScoreParams.graylist_seconds", allow_zero=False)
+        check_seconds(self.decay_half_life, "ScoreParams.decay_half_life", allow_zero=False)
+        numbers = (
+            self.rate,
+            self.burst,
+            self.duplicate_rate,
+            self.duplicate_burst,
+            self.invalid_penalty,
+            self.flood_penalty,
+            self.duplicate_penalty,
+            self.broken_promise_penalty,
+            self.useful_reward,
+            self.max_score,
+            self.graylist_below,
+        )
+        if not all(math.isfinite(n) for n in numbers):
+            raise UsageError("score rates, bursts, penalties, rewards and bounds must be finite")
         if min(self.rate, self.burst, self.duplicate_rate, self.duplicate_burst) <= 0:
             raise UsageError("score rates and bursts must be positive")
         if (
