@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -219,3 +220,97 @@ def test_learned_peer_slots_are_freed_by_removal_and_configuration() -> None:
     a.remove_peer("n6")
     a.on_message("n7", Graft(), now=0.3)
     assert a.peers == ["n5", "n7"] and a.counters["peers_ignored"] == 1
+
+
+# -- replay windows ---------------------------------------------------------------------------
+
+
+def _delivered(actions: list[Any]) -> list[bytes]:
+    return [a.message.payload for a in actions if isinstance(a, Deliver)]
+
+
+def test_a_replay_after_seen_ttl_is_refused_and_not_flooded() -> None:
+    receiver = node("n1", seen_ttl=10.0)
+    message = Publish(signed("n0", 7, b"transfer 100 to bob"))
+    assert _delivered(receiver.on_message("n0", message, now=0.0)) == [b"transfer 100 to bob"]
+    for t in range(1, 30):
+        receiver.on_timer(now=float(t))
+    assert not receiver.has_seen(message.message.id)  # the seen-cache forgot it
+    assert receiver.on_message("n2", message, now=30.0) == []  # neither delivered nor relayed
+    assert receiver.counters["replayed"] == 1
+
+
+def test_the_replay_window_takes_overtaken_messages_and_refuses_old_ones() -> None:
+    receiver = node("n1", seen_ttl=1.0, replay_window=64)
+    for sequence in (100, 98, 99):  # 98 and 99 were overtaken: still taken, once
+        assert _delivered(receiver.on_message("n0", Publish(signed("n0", sequence, b"m")), now=0))
+    for t in range(1, 5):
+        receiver.on_timer(now=float(t))
+    for sequence in (98, 100, 36):  # in the window and taken, or below it
+        assert receiver.on_message("n0", Publish(signed("n0", sequence, b"m")), now=5.0) == []
+    assert receiver.counters["replayed"] == 3
+    assert _delivered(receiver.on_message("n0", Publish(signed("n0", 97, b"late")), now=5.0))
+
+
+def test_a_forged_copy_does_not_move_the_replay_window() -> None:
+    receiver = node("n1")
+    genuine = signed("n0", 5, b"genuine")
+    forged = replace(signed("n0", 10_000, b"forged"), payload=b"altered")
+    assert receiver.on_message("n2", Publish(forged), now=0.0) == []
+    assert receiver.counters["bad_signature"] == 1
+    assert _delivered(receiver.on_message("n0", Publish(genuine), now=0.0)) == [b"genuine"]
+
+
+def test_replay_windows_are_bounded_over_origins_and_a_restart_numbering_higher_passes() -> None:
+    receiver = node("n1", max_origins=2)
+    for origin in ("n0", "n2", "n3"):
+        assert _delivered(receiver.on_message(origin, Publish(signed(origin, 0, b"x")), now=0.0))
+    assert len(receiver._replay) == 2
+    assert receiver.counters["replay_origins_forgotten"] == 1
+    restarted = Publish(signed("n3", 10**18, b"x"))  # GossipAgent numbers from time_ns
+    assert _delivered(receiver.on_message("n3", restarted, now=0.0)) == [b"x"]
+
+
+def test_a_copy_of_our_own_message_sent_back_after_seen_ttl_is_a_replay() -> None:
+    origin = node("n0", seen_ttl=1.0)
+    _, actions = origin.publish(b"mine", now=0.0)
+    sent = next(a.message for a in actions if isinstance(a, Send))
+    for t in range(1, 4):
+        origin.on_timer(now=float(t))
+    assert origin.on_message("n1", sent, now=4.0) == []
+    assert origin.counters["replayed"] == 1
+
+
+# -- IHave promises -----------------------------------------------------------------------------
+
+
+def test_one_peers_empty_promises_cannot_switch_off_repair_for_everyone() -> None:
+    rng = random.Random(5)
+    me = node("n0", ["n1", "n2"], verify=None, heartbeat=0.5, max_seen=1000)
+    for _ in range(40):  # 40 x 512 ids that exist nowhere: 2.5 x the whole IWant table
+        ids = tuple(rng.randbytes(16) for _ in range(512))
+        me.on_message("n1", IHave(ids), now=0.01)
+    real = message_id("n2", 0, b"real news")
+    [ask] = sends(me.on_message("n2", IHave((real,)), now=0.02))
+    assert ask.to == "n2" and ask.message == IWant((real,))
+    assert len(me._wanted) <= me.max_wants_per_peer + 1
+    assert me.counters["iwant_peer_capped"] > 0
+
+
+def test_unanswered_iwants_are_broken_promises_of_the_peer_asked() -> None:
+    rng = random.Random(6)
+    me = node("n0", ["n1", "n2"], verify=None, max_wants_per_peer=100)
+    fake = tuple(rng.randbytes(16) for _ in range(300))
+    for start in range(0, 300, 50):
+        me.on_message("n1", IHave(fake[start : start + 50]), now=0.0)
+    real = signed("n2", 0, b"kept")
+    me.on_message("n2", IHave((real.id,)), now=0.0)
+    me.on_message("n2", Publish(real), now=0.01)  # a kept promise
+    assert me.take_broken_promises() == {}
+    me.on_timer(now=me.iwant_timeout + 0.01)
+    assert me.take_broken_promises() == {"n1": 100}
+    assert me.take_broken_promises() == {}
+    assert me.counters["broken_promises"] == 100
+    # The liar's wants are released with the promises: it may be asked again, within its cap.
+    more = tuple(rng.randbytes(16) for _ in range(50))
+    assert sends(me.on_message("n1", IHave(more), now=1.0))

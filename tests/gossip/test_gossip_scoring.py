@@ -103,3 +103,12 @@ def test_memory_is_bounded_and_graylisted_peers_are_kept() -> None:
 def test_bad_params_are_refused(changes: dict[str, float]) -> None:
     with pytest.raises(UsageError):
         ScoreParams(**changes)  # type: ignore[arg-type]
+
+
+def test_broken_promises_cost_a_little_each_and_graylist_a_liar() -> None:
+    scores = PeerScores(ScoreParams())
+    assert scores.broken_promises("honest", now=0.0, count=5) == []
+    assert -1.0 < scores.score("honest", now=0.0) < 0.0
+    [prune] = scores.broken_promises("liar", now=0.0, count=1000)
+    assert prune.peer == "liar" and scores.is_graylisted("liar")
+    assert scores.peer_counters("liar")["broken_promises"] == 1000

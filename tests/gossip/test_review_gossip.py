@@ -25,6 +25,15 @@ from zmqcomm.patterns.gossip.codec import (
 )
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig
 
+#: A peer that asks by IWant (a trusted id: strangers' IWants are refused).
+ASKER = agent_id_from_sender(random.Random(3).randbytes(16))
+
+
+def known(*agent_ids: str) -> dict[str, bytes]:
+    """``verify_keys`` naming ``agent_ids``: their control items are taken (the keys are
+    placeholders; these tests send no Publish from them)."""
+    return dict.fromkeys(agent_ids, bytes(32))
+
 
 @pytest.fixture
 def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
@@ -44,11 +53,11 @@ def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], rid: str, endpoint: str) -> zmq
 
 def test_no_queue_is_kept_for_transient_senders(context: zmq.Context[zmq.Socket[bytes]]) -> None:
     rng = random.Random(7)
+    rids = [agent_id_from_sender(rng.randbytes(16)) for _ in range(60)]
     agent = GossipAgent(
-        Identity.generate("victim"), "tcp://127.0.0.1:*", verify_keys={}, context=context
+        Identity.generate("victim"), "tcp://127.0.0.1:*", verify_keys=known(*rids), context=context
     )
     try:
-        rids = [agent_id_from_sender(rng.randbytes(16)) for _ in range(60)]
         dealers = [_dealer(context, rid, agent.endpoint) for rid in rids]
         for dealer in dealers:
             dealer.send(encode_frame([IHave((rng.randbytes(16),))]))
@@ -77,7 +86,7 @@ def test_iwant_replies_cost_is_bounded_by_the_queue(
     agent = GossipAgent(
         Identity.generate("victim"),
         "tcp://127.0.0.1:*",
-        verify_keys={},
+        verify_keys=known(ASKER),
         config=config,
         context=context,
     )
@@ -91,7 +100,7 @@ def test_iwant_replies_cost_is_bounded_by_the_queue(
             return item
 
         monkeypatch.setattr(driver_module, "encode_item", counting)
-        asker = agent_id_from_sender(random.Random(3).randbytes(16))
+        asker = ASKER
         frame = encode_frame([IWant((mid,) * 64) for _ in range(20)])
         assert len(frame) < 32 * 1024
         dealer = _dealer(context, asker, agent.endpoint)
@@ -141,7 +150,7 @@ def test_a_repair_that_cannot_fit_the_queue_is_never_packed(
     agent = GossipAgent(
         Identity.generate("victim"),
         "tcp://127.0.0.1:*",
-        verify_keys={},
+        verify_keys=known(agent_id_from_sender(bytes(16))),
         config=config,
         context=context,
     )
@@ -171,7 +180,7 @@ def test_a_gone_grafter_is_forgotten_but_a_configured_peer_is_kept(
     agent = GossipAgent(
         Identity.generate("victim"),
         "tcp://127.0.0.1:*",
-        verify_keys={},
+        verify_keys=known(agent_id_from_sender(bytes(range(16)))),
         config=config,
         context=context,
     )

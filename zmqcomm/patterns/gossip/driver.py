@@ -23,8 +23,16 @@ machine's ``verify`` callback, over a key mapping or a :class:`TrustStore`) befo
 delivered or relayed. The routing id only names who to blame: peer input that is garbage,
 forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
 below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
-while. Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
+while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
+are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
+revoked in the :class:`TrustStore`); from any other id they are dropped, counted
+``untrusted_control`` and audited, so a stranger cannot join the mesh and read the traffic.
+Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
 reason in :meth:`GossipAgent.statistics` and, with an audit log, written as a ``reject`` line.
+
+Gossip payloads are signed, *not encrypted*: every mesh peer, and whoever can sniff the
+transport or connect under a trusted peer's routing id (routing ids are not authenticated),
+reads them. Encrypt confidential payloads at the application level or use Node topics.
 
 :meth:`GossipAgent.publish` queues; :meth:`GossipAgent.step` (or :class:`GossipGroup.step`
 for many agents in one thread with one poller) receives, feeds the machine, fires its timer
@@ -34,6 +42,7 @@ and flushes the queues, coalescing each peer's items into frames.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import time
 from collections import Counter, deque
@@ -43,6 +52,7 @@ from typing import Any
 
 import zmq
 
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import REJECT, BaseAuditLog
 from zmqcomm.crypto.keys import Identity, is_agent_id, signature_valid
 from zmqcomm.crypto.trust import TrustStore
@@ -52,6 +62,7 @@ from zmqcomm.errors import (
     RemoteProtocolError,
     SecurityError,
     UsageError,
+    ZmqCommError,
 )
 from zmqcomm.patterns.discovery.peers import ENTER, EXPIRED, LEAVE, PeerEvent
 from zmqcomm.patterns.gossip.codec import (
@@ -61,7 +72,15 @@ from zmqcomm.patterns.gossip.codec import (
     decode_frame,
     encode_item,
 )
-from zmqcomm.patterns.gossip.machine import Deliver, GossipNode, IWant, Publish, Verifier
+from zmqcomm.patterns.gossip.machine import (
+    Deliver,
+    GossipNode,
+    Graft,
+    IHave,
+    IWant,
+    Publish,
+    Verifier,
+)
 from zmqcomm.patterns.gossip.queues import Priority, QueueSet
 from zmqcomm.patterns.gossip.scoring import PeerScores, Prune, Restore, ScoreParams
 from zmqcomm.transport.sockets import (
@@ -74,6 +93,8 @@ from zmqcomm.transport.sockets import (
 )
 
 Clock = Callable[[], float]
+#: Items that make us send to, or keep track of, their sender: taken only from a trusted id.
+_CONTROL = (Graft, IHave, IWant)
 #: Machine counters that mean "this sender misbehaved" (diffed around each on_message).
 _INVALID = ("bad_signature", "malformed", "too_many_hops")
 #: Encoded size of a Publish item beyond its payload and origin (msgpack headers, sequence,
@@ -133,28 +154,25 @@ class GossipConfig:
             raise UsageError("limits.max_frame_bytes must hold one maximal payload")
         if min(self.queue_bytes, self.frame_bytes, self.frame_items, self.max_burst) < 1:
             raise UsageError("queue_bytes, frame_bytes, frame_items and max_burst must be >= 1")
-        if self.unreachable_grace < 0 or self.retry_interval <= 0:
-            raise UsageError("unreachable_grace must be >= 0 and retry_interval > 0")
+        # check_seconds refuses NaN and infinities, which plain comparisons let through.
+        check_seconds(self.heartbeat, "GossipConfig.heartbeat", allow_zero=False)
+        check_seconds(self.unreachable_grace, "GossipConfig.unreachable_grace")
+        check_seconds(self.retry_interval, "GossipConfig.retry_interval", allow_zero=False)
 
 
-def trust_verifier(trust: TrustStore, *, cache_seconds: float = 10.0) -> Verifier:
-    """A ``verify`` callback over a trust store (keys cached briefly: no stat per message)."""
-    cache: dict[Any, tuple[bytes | None, float]] = {}
+def trust_verifier(trust: TrustStore) -> Verifier:
+    """A ``verify`` callback over a trust store, asked on every message: a revoked origin is
+    refused on its next message (:meth:`TrustStore.lookup` throttles its own ``stat`` calls,
+    so no cache of ours may outlive a revocation)."""
 
     def verify(origin: Any, material: bytes, signature: bytes) -> bool:
         if not isinstance(origin, str):
             return False
-        now = time.time()
-        key, until = cache.get(origin, (None, 0.0))
-        if until <= now:
-            try:
-                key = trust.lookup(origin, now=now).verify_key
-            except SecurityError:
-                key = None
-            if len(cache) > 100_000:
-                cache.clear()
-            cache[origin] = (key, now + cache_seconds)
-        return key is not None and signature_valid(key, material, signature)
+        try:
+            key = trust.lookup(origin, now=time.time()).verify_key
+        except SecurityError:
+            return False
+        return signature_valid(key, material, signature)
 
     return verify
 
@@ -168,8 +186,25 @@ def mapping_verifier(keys: Mapping[str, bytes]) -> Verifier:
 
 
 def tcp_endpoint(event: PeerEvent) -> str | None:
-    """Default endpoint of a discovered peer: its first advertised port over tcp."""
-    return f"tcp://{event.address}:{event.ports[0]}" if event.ports else None
+    """Default endpoint of a discovered peer: its first advertised port over tcp.
+
+    The address comes from the peer's own record, so it must be an IP address literal (IPv6
+    is bracketed); a host name is never resolved and anything else gives None (no endpoint).
+    """
+    if not event.ports:
+        return None
+    port = event.ports[0]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    try:
+        address = ipaddress.ip_address(event.address)
+    except ValueError:  # a name, garbage, or not even a string
+        return None
+    if address.version == 6:
+        if address.scope_id is not None:  # fe80::1%eth0: names a local interface
+            return None
+        return f"tcp://[{address}]:{port}"
+    return f"tcp://{address}:{port}"
 
 
 class GossipAgent:
@@ -202,11 +237,18 @@ class GossipAgent:
         verify = mapping_verifier(verify_keys) if verify_keys is not None else None
         if trust is not None:
             verify = trust_verifier(trust)
+        self._verify_keys, self._trust = verify_keys, trust
         self._dialed: dict[str, str] = {}
         self._known: dict[str, str] = {}
         peer_items = peers.items() if isinstance(peers, Mapping) else peers
         c = self.config
         rng = rng or random.Random()
+        options = dict(c.machine_options)
+        # Message ids hash (origin, sequence, payload): numbering from 0 after a restart would
+        # give a payload re-published at the same position the id of the earlier copy, which
+        # peers then drop as a duplicate (and, with the replay window, as a replay). Wall-clock
+        # nanoseconds grow across restarts and stay far below 2**64 (until the year 2554).
+        options.setdefault("first_sequence", time.time_ns())
         self.node = GossipNode(
             self.agent_id,
             [],
@@ -220,7 +262,7 @@ class GossipAgent:
             heartbeat=c.heartbeat,
             history=c.history,
             gossip_windows=c.gossip_windows,
-            **dict(c.machine_options),
+            **options,
         )
         self.queues = QueueSet(c.queue_bytes)
         self.scores = PeerScores(c.scores)
@@ -228,7 +270,7 @@ class GossipAgent:
         self.drops: Counter[str] = Counter()
         self.deliveries: deque[Delivered] = deque(maxlen=c.keep_deliveries)
         self._unreachable_since: dict[str, float] = {}
-        self._audited_at: dict[str, float] = {}  # anonymous reject reason -> last audit line
+        self._audited_at: dict[str, float] = {}  # throttled reject reason -> last audit line
         self._retry_at: float | None = None
         # Sockets after the settings are checked: a bad one raises before anything is bound.
         rid = self.agent_id.encode()
@@ -300,11 +342,18 @@ class GossipAgent:
         self, event: PeerEvent, *, endpoint_for: Callable[[PeerEvent], str | None] = tcp_endpoint
     ) -> None:
         """Feed discovery: ENTER adds the peer (at ``endpoint_for(event)``), EXPIRED and LEAVE
-        remove it, anything else is ignored."""
+        remove it, anything else is ignored. Events come from other peers' records: one whose
+        endpoint cannot be dialed is dropped, counted and audited (``bad_peer_endpoint``),
+        never raised into the discovery loop."""
         if event.kind == ENTER:
             endpoint = endpoint_for(event)
             if endpoint is not None and is_agent_id(event.agent_id):
-                self.add_peer(event.agent_id, endpoint)
+                try:
+                    self.add_peer(event.agent_id, endpoint)
+                except ClosedError:
+                    raise
+                except ZmqCommError:
+                    self._reject(event.agent_id, "bad_peer_endpoint", throttle=True)
         elif event.kind in (EXPIRED, LEAVE):
             self.remove_peer(event.agent_id, reason="peer_gone")
 
@@ -376,6 +425,8 @@ class GossipAgent:
         deadline = self.node.next_deadline()
         if deadline is not None and deadline <= now:
             self._perform(self.node.on_timer(now=now), None, Priority.CONTROL, now, out)
+            for peer, count in self.node.take_broken_promises().items():
+                self._prune(self.scores.broken_promises(peer, now=now, count=count))
         deadline = self.scores.next_deadline()
         if deadline is not None and deadline <= now:
             for restore in self.scores.on_timer(now=now):
@@ -385,17 +436,32 @@ class GossipAgent:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _reject(self, peer: str | None, reason: str, count: int = 1) -> None:
+    def _reject(
+        self, peer: str | None, reason: str, count: int = 1, *, throttle: bool = False
+    ) -> None:
         self.drops[reason] += count
         if self.audit is None:
             return
-        if peer is None:  # nobody to blame or graylist: rate-limit the lines instead
+        if peer is None or throttle:  # nobody to graylist: rate-limit the lines instead
             now = self._clock()
             last = self._audited_at.get(reason)
             if last is not None and now - last < _AUDIT_INTERVAL:
                 return
             self._audited_at[reason] = now
         self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
+
+    def _trusted(self, peer: str) -> bool:
+        """Whether ``peer`` is an id the verifier knows (in ``verify_keys``, or trusted by the
+        trust store now: not unknown, revoked or expired). This is a check on the *claimed*
+        routing id only; see the module docstring."""
+        if self._verify_keys is not None:
+            return peer in self._verify_keys
+        assert self._trust is not None
+        try:
+            self._trust.lookup(peer, now=time.time())
+        except SecurityError:
+            return False
+        return True
 
     def _on_frames(self, frames: list[bytes], now: float, out: list[Delivered]) -> None:
         self.counters["received_frames"] += 1
@@ -424,12 +490,22 @@ class GossipAgent:
             return
         self.counters["received_items"] += len(messages)
         counters = self.node.counters
+        trusted: bool | None = None  # looked up once per frame, only if a control item needs it
         for message in messages:
-            dupes, bad = counters["duplicates"], [counters[k] for k in _INVALID]
+            if isinstance(message, _CONTROL):
+                if trusted is None:
+                    trusted = self._trusted(sender)
+                if not trusted:
+                    self._reject(sender, "untrusted_control", throttle=True)
+                    continue
+            # A replay (an old copy whose id we forgot) is scored like a duplicate: an honest
+            # peer may send one when the seen-cache overflowed.
+            dupes = counters["duplicates"] + counters["replayed"]
+            bad = [counters[k] for k in _INVALID]
             actions = self.node.on_message(sender, message, now=now)
             priority = Priority.REPAIR if isinstance(message, IWant) else Priority.FORWARD
             self._perform(actions, sender, priority, now, out)
-            if counters["duplicates"] > dupes:
+            if counters["duplicates"] + counters["replayed"] > dupes:
                 self._prune(self.scores.duplicate(sender, now=now))
             for name, before in zip(_INVALID, bad, strict=True):
                 if counters[name] > before:

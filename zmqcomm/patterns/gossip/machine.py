@@ -13,10 +13,30 @@ the id material; a copy that does not verify is counted in ``bad_signature`` and
 delivered nor forwarded, and it does not mark the id as seen (so a forged copy that arrives
 first cannot suppress the genuine one). ``hops`` is not signed: it only bounds eager push.
 
+Replays: the seen-cache only suppresses a copy for ``seen_ttl`` seconds, so each origin also
+has a replay window over its signed sequence numbers (the highest accepted and a bitmap of the
+``replay_window`` below it, :class:`~zmqcomm.crypto.replay.ReplayWindow`). A copy whose id is
+no longer remembered but whose sequence is below the window or already in it is dropped and
+counted as ``replayed``; a sequence inside the window not seen yet (a message that was
+overtaken) is still taken. The window moves only after the signature verified, so a forged
+copy cannot move it. Origins beyond ``max_origins`` are forgotten least recently used first
+(``replay_origins_forgotten``); a forgotten origin's old messages are then refused only by
+the seen-cache again. An origin must therefore number its messages upwards across restarts
+(``first_sequence``; :class:`GossipAgent` starts from the wall clock).
+
 Memory is bounded: the seen-cache forgets ids after ``seen_ttl`` seconds (and keeps at most
-``max_seen``), the message cache keeps ``history`` heartbeat windows, IHave/IWant lists are
-capped, peers learned from Graft are capped at ``max_peers`` (a removed one frees its slot)
-and IWant replies to one peer are capped at ``max_iwant_replies`` per heartbeat.
+``max_seen``), the replay windows are capped at ``max_origins``, the message cache keeps
+``history`` heartbeat windows, IHave/IWant lists are capped, peers learned from Graft are
+capped at ``max_peers`` (a removed one frees its slot) and IWant replies to one peer are
+capped at ``max_iwant_replies`` per heartbeat.
+
+Promises: an IHave promises that its sender will answer our IWant. The ids we asked one peer
+for and did not get yet are capped at ``max_wants_per_peer`` (beyond it that peer's IHaves
+are ignored, counted ``iwant_peer_capped``), separately from the node-wide cap ``max_wanted``
+(``iwant_table_full``), so one peer advertising ids that do not exist cannot fill the table
+and switch off repair for everyone. An IWant that times out is a broken promise of the peer
+asked (``broken_promises``); :meth:`GossipNode.take_broken_promises` hands them per peer to
+whoever scores peers (the driver lowers that peer's score).
 """
 
 from __future__ import annotations
@@ -30,6 +50,7 @@ from typing import Any
 from zmqcomm.actions import Send
 from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.keys import signature_valid
+from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.errors import UsageError
 
 NodeId = Hashable
@@ -132,6 +153,7 @@ class _Want:
 
     deadline: float
     sources: list[NodeId]
+    asked: NodeId | None  # the peer whose answer we wait for (None: waiting for a batch)
 
 
 def _well_formed(message: Any) -> bool:
@@ -183,11 +205,17 @@ class GossipNode:
         iwant_timeout: float | None = None,
         max_sources: int = 8,
         first_sequence: int = 0,
+        replay_window: int = 4096,
+        max_origins: int = 10_000,
+        max_wants_per_peer: int | None = None,
+        max_wanted: int | None = None,
     ) -> None:
         if not 0 <= degree_low <= degree <= degree_high:
             raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
         check_seconds(heartbeat, "heartbeat", allow_zero=False)
         check_seconds(seen_ttl, "seen_ttl", allow_zero=False)
+        if iwant_timeout is not None:
+            check_seconds(iwant_timeout, "iwant_timeout", allow_zero=False)
         if not 1 <= gossip_windows <= history:
             raise UsageError("gossip needs 1 <= gossip_windows <= history")
         if min(max_hops, max_ihave_ids, max_iwant_ids, max_seen) < 1 or max_peers < 0:
@@ -211,8 +239,24 @@ class GossipNode:
         if self.max_iwant_replies < 0:
             raise UsageError("max_iwant_replies must be >= 0")
         self.max_sources = max_sources
-        if self.iwant_timeout <= 0:
-            raise UsageError("iwant_timeout must be positive")
+        self.max_wants_per_peer = (
+            4 * max_iwant_ids if max_wants_per_peer is None else max_wants_per_peer
+        )
+        self.max_wanted = max_seen if max_wanted is None else max_wanted
+        if self.max_wants_per_peer < 1 or self.max_wanted < 1:
+            raise UsageError("max_wants_per_peer and max_wanted must be >= 1")
+        if (
+            isinstance(first_sequence, bool)
+            or not isinstance(first_sequence, int)
+            or not 0 <= first_sequence <= MAX_SEQUENCE
+        ):
+            raise UsageError(f"first_sequence must be an int in [0, 2**64), got {first_sequence!r}")
+        if max_origins < 1:
+            raise UsageError("max_origins must be >= 1")
+        ReplayWindow(replay_window)  # refuses a size that is not a positive multiple of 64
+        self.replay_window, self.max_origins = replay_window, max_origins
+        # origin -> its replay window, least recently used first
+        self._replay: dict[NodeId, ReplayWindow] = {}
         self._sign, self._verify, self._choose = sign, verify, choose
         self._sequence = first_sequence
         # Ordered sets (dicts), so that iteration never depends on hash randomisation.
@@ -224,6 +268,8 @@ class GossipNode:
         self._graft()
         self._seen: dict[MessageId, float] = {}  # id -> expiry, in expiry order
         self._wanted: dict[MessageId, _Want] = {}
+        self._asked: Counter[NodeId] = Counter()  # ids asked of each peer, not received yet
+        self._broken: Counter[NodeId] = Counter()  # broken promises not taken yet
         self._retry_at: float | None = None
         self._cache: dict[MessageId, Message] = {}
         self._windows: deque[list[MessageId]] = deque([[]])
@@ -243,6 +289,12 @@ class GossipNode:
     def has_seen(self, mid: MessageId) -> bool:
         return mid in self._seen
 
+    def take_broken_promises(self) -> dict[NodeId, int]:
+        """Per peer, how many of our IWants it left unanswered since the last call."""
+        broken = dict(self._broken)
+        self._broken.clear()
+        return broken
+
     def add_peer(self, peer: NodeId) -> None:
         if peer != self.node_id:
             self._peers.setdefault(peer, None)
@@ -259,10 +311,11 @@ class GossipNode:
         """Originate ``payload``: deliver it here and push it to the mesh."""
         if not isinstance(payload, bytes):
             raise UsageError("a gossip payload must be bytes")
-        if self._sequence > MAX_SEQUENCE:
+        if self._sequence >= MAX_SEQUENCE:  # the last one is kept free, as replay windows do
             raise UsageError("gossip sequence numbers exhausted")
         sequence = self._sequence
         self._sequence += 1
+        self._record(self.node_id, sequence)  # a copy of our own sent back later is a replay
         material = id_material(self.node_id, sequence, payload)
         signature = None if self._sign is None else self._sign(material)
         message = Message(self.node_id, sequence, payload, 0, signature)
@@ -323,11 +376,25 @@ class GossipNode:
         self._seen[mid] = now + self.seen_ttl
         while len(self._seen) > self.max_seen:
             del self._seen[next(iter(self._seen))]
-        self._wanted.pop(mid, None)
+        want = self._wanted.pop(mid, None)
+        if want is not None:
+            self._release(want)
         self._cache[mid] = message
         self._windows[-1].append(mid)
         self.counters["delivered"] += 1
         return Deliver(message)
+
+    def _record(self, origin: NodeId, sequence: int) -> None:
+        """Mark ``sequence`` of ``origin`` as taken."""
+        window = self._replay.pop(origin, None)
+        if window is None:
+            window = ReplayWindow(self.replay_window)
+            if len(self._replay) >= self.max_origins:
+                del self._replay[next(iter(self._replay))]
+                self.counters["replay_origins_forgotten"] += 1
+        self._replay[origin] = window  # most recently used last
+        if window.check(sequence):  # else an earlier incarnation of ours numbered higher
+            window.accept(sequence)
 
     def _push(self, message: Message, *, exclude: tuple[NodeId, ...]) -> list[Any]:
         return [self._send(peer, Publish(message)) for peer in self._mesh if peer not in exclude]
@@ -340,20 +407,39 @@ class GossipNode:
         if mid in self._seen:
             self.counters["duplicates"] += 1
             return []
+        window = self._replay.get(message.origin)
+        if window is None:
+            fresh = message.sequence < MAX_SEQUENCE
+        else:
+            fresh = window.check(message.sequence)
+        if not fresh:
+            self.counters["replayed"] += 1
+            return []
         if self._verify is not None and (
             message.signature is None
             or not self._verify(message.origin, message.material, message.signature)
         ):
             self.counters["bad_signature"] += 1
             return []
+        self._record(message.origin, message.sequence)
         actions: list[Any] = [self._accept(mid, message, now)]
         if message.hops < self.max_hops:
             relayed = replace(message, hops=message.hops + 1)
             actions += self._push(relayed, exclude=(sender, message.origin))
         return actions
 
+    def _release(self, want: _Want) -> None:
+        if want.asked is not None:
+            left = self._asked[want.asked] - 1
+            if left > 0:
+                self._asked[want.asked] = left
+            else:
+                del self._asked[want.asked]
+            want.asked = None
+
     def _on_ihave(self, sender: NodeId, ids: tuple[MessageId, ...], now: float) -> list[Any]:
         want: list[MessageId] = []
+        room = min(self.max_iwant_ids, self.max_wants_per_peer - self._asked[sender])
         for mid in ids[: self.max_ihave_ids]:
             if mid in self._seen:
                 continue
@@ -362,10 +448,16 @@ class GossipNode:
                 if sender not in pending.sources and len(pending.sources) < self.max_sources:
                     pending.sources.append(sender)
                 continue
-            if len(self._wanted) >= self.max_seen or len(want) >= self.max_iwant_ids:
+            if len(want) >= room:
+                if room < self.max_iwant_ids:
+                    self.counters["iwant_peer_capped"] += 1
+                continue
+            if len(self._wanted) >= self.max_wanted:
+                self.counters["iwant_table_full"] += 1
                 continue
             deadline = now + self.iwant_timeout
-            self._wanted[mid] = _Want(deadline, [])
+            self._wanted[mid] = _Want(deadline, [], sender)
+            self._asked[sender] += 1
             if self._retry_at is None or deadline < self._retry_at:
                 self._retry_at = deadline
             want.append(mid)
@@ -400,14 +492,24 @@ class GossipNode:
         for mid, pending in list(self._wanted.items()):
             if pending.deadline > now:
                 continue
+            if pending.asked is not None:
+                self._broken[pending.asked] += 1
+                self.counters["broken_promises"] += 1
+                self._release(pending)
+            # The next source that has room for one more want (others are skipped for good).
+            while pending.sources and self._asked[pending.sources[0]] >= self.max_wants_per_peer:
+                pending.sources.pop(0)
+                self.counters["iwant_peer_capped"] += 1
             if not pending.sources:
                 del self._wanted[mid]
                 continue
-            peer = pending.sources.pop(0)
-            ask = asks.setdefault(peer, [])
-            if len(ask) < self.max_iwant_ids:
+            pending.deadline = now + self.iwant_timeout
+            ask = asks.setdefault(pending.sources[0], [])
+            if len(ask) < self.max_iwant_ids:  # else: asked in a later round
+                peer = pending.sources.pop(0)
                 ask.append(mid)
-                pending.deadline = now + self.iwant_timeout
+                pending.asked = peer
+                self._asked[peer] += 1
         self._retry_at = min((p.deadline for p in self._wanted.values()), default=None)
         return [self._send(peer, IWant(tuple(ids))) for peer, ids in asks.items()]
 

@@ -8,6 +8,9 @@ Pure: time comes in as ``now``. The driver reports what each peer's messages tur
 - :meth:`invalid` for a bad signature or a malformed frame: ``invalid_penalty`` each;
 - :meth:`duplicate` for a copy already seen: free within a second token bucket (a mesh peer
   normally sends some duplicates), ``duplicate_penalty`` beyond it (``excess_duplicates``);
+- :meth:`broken_promises` for IWants a peer left unanswered after its IHave advertised the
+  ids: ``broken_promise_penalty`` each (small: an honest peer breaks a few when its queue to
+  us is full; one that advertises ids it does not have breaks them by the hundred);
 - :meth:`useful` for a first delivery: ``useful_reward`` (capped at ``max_score``).
 
 Scores decay towards zero (half-life ``decay_half_life``), so old sins and old merits fade.
@@ -25,11 +28,13 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from zmqcomm.access import TokenBucket
+from zmqcomm.checks import check_seconds
 from zmqcomm.errors import UsageError
 
 RATE_LIMITED = "rate_limited"
 GRAYLISTED = "graylisted"
 EXCESS_DUPLICATES = "excess_duplicates"
+BROKEN_PROMISES = "broken_promises"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class ScoreParams:
     invalid_penalty: float = 10.0
     flood_penalty: float = 0.5
     duplicate_penalty: float = 0.1
+    broken_promise_penalty: float = 0.1
     useful_reward: float = 0.05
     max_score: float = 20.0
     graylist_below: float = -50.0
@@ -51,9 +57,34 @@ class ScoreParams:
     max_peers: int = 10_000
 
     def __post_init__(self) -> None:
+        check_seconds(self.graylist_seconds, "ScoreParams.graylist_seconds", allow_zero=False)
+        check_seconds(self.decay_half_life, "ScoreParams.decay_half_life", allow_zero=False)
+        numbers = (
+            self.rate,
+            self.burst,
+            self.duplicate_rate,
+            self.duplicate_burst,
+            self.invalid_penalty,
+            self.flood_penalty,
+            self.duplicate_penalty,
+            self.broken_promise_penalty,
+            self.useful_reward,
+            self.max_score,
+            self.graylist_below,
+        )
+        if not all(math.isfinite(n) for n in numbers):
+            raise UsageError("score rates, bursts, penalties, rewards and bounds must be finite")
         if min(self.rate, self.burst, self.duplicate_rate, self.duplicate_burst) <= 0:
             raise UsageError("score rates and bursts must be positive")
-        if min(self.invalid_penalty, self.flood_penalty, self.duplicate_penalty) < 0:
+        if (
+            min(
+                self.invalid_penalty,
+                self.flood_penalty,
+                self.duplicate_penalty,
+                self.broken_promise_penalty,
+            )
+            < 0
+        ):
             raise UsageError("score penalties are given as non-negative amounts")
         if self.graylist_below >= 0 or self.graylist_seconds <= 0 or self.decay_half_life <= 0:
             raise UsageError(
@@ -168,6 +199,12 @@ class PeerScores:
             return []
         self._count(state, EXCESS_DUPLICATES, excess)
         return self._adjust(peer, state, -self.params.duplicate_penalty * excess, now)
+
+    def broken_promises(self, peer: Hashable, *, now: float, count: int = 1) -> list[Prune]:
+        """``peer`` advertised ``count`` ids by IHave and did not send them when asked."""
+        state = self._peer(peer, now)
+        self._count(state, BROKEN_PROMISES, count)
+        return self._adjust(peer, state, -self.params.broken_promise_penalty * count, now)
 
     def useful(self, peer: Hashable, *, now: float, count: int = 1) -> None:
         state = self._peer(peer, now)
