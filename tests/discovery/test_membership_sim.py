@@ -4,89 +4,18 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UnknownPeerError
-from zmqcomm.patterns.discovery import PeerEvent
 from zmqcomm.patterns.discovery.membership import Membership
-from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_wire import DEAD, PING, SUSPECT, Update
-from zmqcomm.sim import LinkModel, Network, Simulator, uniform
-
-CONFIG = MembershipConfig(period=1.0, ping_timeout=0.5, join_backoff_max=8.0)
-_IDENTITIES: list[Identity] = []
-
-
-def _identity(i: int) -> Identity:
-    while len(_IDENTITIES) <= i:  # shared across tests: key generation is not what we test
-        _IDENTITIES.append(Identity.generate(f"s{len(_IDENTITIES)}"))
-    return _IDENTITIES[i]
-
-
-def _addr(i: int) -> tuple[str, int]:
-    return (f"10.0.{i // 250}.{i % 250 + 1}", 7946)
-
-
-class Swarm:
-    def __init__(self, count: int, *, seed: int = 1, loss: float = 0.0, seeds: int = 2) -> None:
-        link = LinkModel(latency=uniform(0.001, 0.02), loss=loss)
-        self.sim = Simulator(seed=seed, network=Network(link), trace=False)
-        self.count = count
-        self.seeds = [_addr(i) for i in range(seeds)]
-        for i in range(count):
-            # Staggered start, 50 ms apart, like processes launched by a script.
-            self.sim.call_at(i * 0.05, self._starter(i))
-
-    def _starter(self, i: int) -> Callable[[Simulator], None]:
-        def start(sim: Simulator) -> None:
-            sim.add_node(_addr(i), self.factory(i))
-
-        return start
-
-    def factory(self, i: int, **kwargs: Any) -> Any:
-        def make() -> Membership:
-            return Membership.from_identity(
-                _identity(i),
-                address=_addr(i),
-                seeds=self.seeds,
-                rng=random.Random(1000 + i),
-                config=CONFIG,
-                **kwargs,
-            )
-
-        return make
-
-    def node(self, i: int) -> Membership:
-        machine = self.sim.machine(_addr(i))
-        assert isinstance(machine, Membership)
-        return machine
-
-    def events(self, i: int, kind: str | None = None) -> list[PeerEvent]:
-        return [
-            e
-            for e in self.sim.outputs[_addr(i)]
-            if isinstance(e, PeerEvent) and (kind is None or e.kind == kind)
-        ]
-
-    def run_until(self, done: Any, *, limit: float) -> float:
-        """Advance one period at a time until ``done()``; the virtual time it took."""
-        while not done():
-            assert self.sim.now < limit, f"not done by t={limit}"
-            self.sim.run(until=self.sim.now + 1.0)
-        return self.sim.now
-
-    def full(self, members: list[int]) -> bool:
-        if len(self.sim.nodes) < self.count:
-            return False
-        wanted = {_identity(i).agent_id for i in members}
-        return all(
-            {m.agent_id for m in self.node(i).members} == wanted - {_identity(i).agent_id}
-            for i in members
-        )
+from zmqcomm.sim import Simulator
+from zmqcomm.sim.membership_swarm import Swarm
+from zmqcomm.sim.membership_swarm import address as _addr
+from zmqcomm.sim.membership_swarm import identity as _identity
 
 
 def test_hundred_nodes_join_through_two_seeds() -> None:
