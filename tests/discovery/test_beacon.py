@@ -63,30 +63,38 @@ def test_round_trip_without_static_key(alice: Identity) -> None:
 
 
 def test_round_trip_with_static_key(alice: Identity) -> None:
-    data = encode_beacon(alice, sequence=2**32 - 1, ports=[], with_static_key=True)
+    data = encode_beacon(alice, sequence=2**64 - 1, ports=[], with_static_key=True)
     beacon = decode_beacon(bytearray(data))
     assert beacon.static_key == alice.static_keypair.public
-    assert beacon.sequence == 2**32 - 1
+    assert beacon.sequence == 2**64 - 1
     assert beacon.ports == ()
     assert decode_beacon(memoryview(data)) == beacon
 
 
 def test_byte_layout_matches_the_documented_table(alice: Identity, full: bytes) -> None:
-    assert len(full) == MAX_BEACON_LEN == 170
+    assert len(full) == MAX_BEACON_LEN == 174
     assert full[:3] == b"ZCB"
-    assert full[3] == 1
+    assert full[3] == 2
     assert full[4] == 0x01
     assert (
         full[5:21] == alice.sender_id == hashlib.blake2b(alice.verify_key, digest_size=16).digest()
     )
-    assert struct.unpack(">I", full[21:25]) == (7,)
-    assert full[25] == 8
-    assert struct.unpack(">8H", full[26:42]) == (1, 2, 3, 4, 5, 6, 7, 65535)
-    assert full[42:74] == alice.static_keypair.public
-    assert full[74:106] == alice.verify_key
+    assert struct.unpack(">Q", full[21:29]) == (7,)
+    assert full[29] == 8
+    assert struct.unpack(">8H", full[30:46]) == (1, 2, 3, 4, 5, 6, 7, 65535)
+    assert full[46:78] == alice.static_keypair.public
+    assert full[78:110] == alice.verify_key
     # The tag is signed but not sent.
     assert BEACON_TAG not in full
-    assert full[106:] == alice.sign(BEACON_TAG + full[:106])
+    assert full[110:] == alice.sign(BEACON_TAG + full[:110])
+
+
+def test_a_version_1_beacon_is_refused(full: bytes) -> None:
+    # v1 had a u32 sequence that restarted with the agent: tables guessed restarts wrongly.
+    old = full[:3] + b"\x01" + full[4:]
+    with pytest.raises(BeaconError) as info:
+        decode_beacon(old)
+    assert _reason(info) == "unsupported_version"
 
 
 def test_every_truncation_and_extension_is_refused(full: bytes) -> None:
@@ -113,14 +121,14 @@ def test_every_bit_flip_is_refused(full: bytes, alice: Identity) -> None:
     ("mutate", "reason"),
     [
         (lambda b: b"XCB" + b[3:], "bad_magic"),
-        (lambda b: b[:3] + b"\x02" + b[4:], "unsupported_version"),
+        (lambda b: b[:3] + b"\x03" + b[4:], "unsupported_version"),
         (lambda b: b[:4] + b"\x03" + b[5:], "unknown_flags"),
         (lambda b: b[:4] + b"\x00" + b[5:], "bad_length"),
-        (lambda b: b[:25] + b"\x09" + b[26:], "bad_length"),
-        (lambda b: b[:26] + b"\x00\x00" + b[28:], "bad_port"),
+        (lambda b: b[:29] + b"\x09" + b[30:], "bad_length"),
+        (lambda b: b[:30] + b"\x00\x00" + b[32:], "bad_port"),
         (lambda b: b[:5] + bytes(16) + b[21:], "sender_mismatch"),
         (lambda b: b[:-1] + bytes([b[-1] ^ 0x40]), "bad_signature"),
-        (lambda b: b[:21] + b"\x00\x00\x00\x08" + b[25:], "bad_signature"),
+        (lambda b: b[:21] + (8).to_bytes(8, "big") + b[29:], "bad_signature"),
     ],
 )
 def test_each_check_has_its_reason(full: bytes, mutate: object, reason: str) -> None:
@@ -229,7 +237,7 @@ def test_non_bytes_input_is_a_usage_error() -> None:
     "kwargs",
     [
         {"sequence": -1, "ports": []},
-        {"sequence": 2**32, "ports": []},
+        {"sequence": 2**64, "ports": []},
         {"sequence": 1, "ports": [0]},
         {"sequence": 1, "ports": [65536]},
         {"sequence": 1, "ports": [True]},

@@ -83,16 +83,46 @@ def test_stale_sequence_is_dropped_and_counted() -> None:
     assert _kinds(table.on_timer(now=T0 + 5)) == ["EVASIVE"]
 
 
-def test_restart_is_accepted_without_enter() -> None:
+def test_any_lower_sequence_is_stale_however_far_below() -> None:
+    # Version 1 took a drop of more than 1000 for a restart: replays of old enough beacons
+    # kept a dead peer alive and moved it to the replayer's address.
     table = PeerTable()
     table.observe(_beacon(1, 5000), "a", now=T0)
-    assert table.observe(_beacon(1, 3), "b", now=T0 + 1) == []
-    assert table.stale == 0
-    assert table.peers[0].address == "b"
-    # And the counter carries on from the restarted value.
-    assert table.observe(_beacon(1, 4), "b", now=T0 + 2) == []
-    assert table.observe(_beacon(1, 4), "b", now=T0 + 3) == []
+    assert table.observe(_beacon(1, 3), "evil", now=T0 + 1) == []
     assert table.stale == 1
+    assert table.peers[0].address == "a"
+    assert _kinds(table.on_timer(now=T0 + 5)) == ["EVASIVE"]
+
+
+def test_a_restart_numbered_higher_is_taken_at_once() -> None:
+    # Senders number beacons by wall-clock microseconds: a restarted agent carries on above.
+    table = PeerTable()
+    table.observe(_beacon(1, 1_000_000), "a", now=T0)
+    assert table.observe(_beacon(1, 9_000_000), "b", now=T0 + 8) == []
+    assert (table.stale, table.peers[0].address, table.peers[0].state) == (0, "b", "ALIVE")
+
+
+def test_old_beacons_replayed_after_expiry_do_not_bring_the_peer_back() -> None:
+    table = PeerTable()
+    table.observe(_beacon(1, 10), "a", now=T0)
+    table.observe(_beacon(1, 11), "a", now=T0 + 1)
+    assert _kinds(table.on_timer(now=T0 + 40)) == ["EXPIRED"]
+    for sequence in (11, 10, 2):
+        assert table.observe(_beacon(1, sequence), "evil", now=T0 + 41) == []
+    assert table.stale == 3 and len(table) == 0
+    # Its next beacon (it came back) is a new ENTER.
+    assert _kinds(table.observe(_beacon(1, 12), "a", now=T0 + 42)) == ["ENTER"]
+
+
+def test_the_memory_of_gone_peers_is_bounded() -> None:
+    table = PeerTable(max_peers=3)
+    for n in range(10):
+        table.observe(_beacon(n, 5), "a", now=T0)
+        table.leave(_beacon(n).agent_id, now=T0)
+    assert len(table._gone) == 3
+    # The oldest were forgotten: their old beacons are new again (bounded memory's price).
+    assert _kinds(table.observe(_beacon(0, 5), "a", now=T0 + 1)) == ["ENTER"]
+    assert table.observe(_beacon(9, 5), "a", now=T0 + 1) == []
 
 
 def test_leave_emits_leave_and_removes() -> None:
@@ -105,7 +135,7 @@ def test_leave_emits_leave_and_removes() -> None:
     assert beacon.agent_id not in table
     assert table.leave(beacon.agent_id, now=T0 + 2) == []
     assert table.on_timer(now=T0 + 100) == []
-    # Heard again after the goodbye: a new ENTER.
+    # Heard again after the goodbye (a newer beacon): a new ENTER.
     assert _kinds(table.observe(_beacon(1, 2), "a", now=T0 + 101)) == ["ENTER"]
 
 
@@ -175,7 +205,7 @@ def test_random_schedules_keep_the_event_invariants(seed: int) -> None:
         action = rng.random()
         if action < 0.55:
             n = rng.randrange(10)
-            step = rng.choice([1, 1, 1, 0, -1, -5000])  # mostly fresh, some stale, restarts
+            step = rng.choice([1, 1, 1, 0, -1, -5000])  # mostly fresh, some stale, far below
             sequences[n] = max(0, sequences.get(n, 100_000) + step)
             events = table.observe(_beacon(n, sequences[n]), f"h{n}", now=now)
         elif action < 0.65:

@@ -274,6 +274,28 @@ def test_the_peer_table_ignores_wall_clock_steps(identities: list[Identity], por
         sb.close()
 
 
+def test_beacons_are_numbered_upward_across_restarts(identities: list[Identity], port: int) -> None:
+    # Version 1 numbered beacons from 1 again after a restart: tables took them for replays
+    # until the new count passed the old, and reported a live peer EVASIVE, then EXPIRED.
+    b = identities[1]
+    wall = [1_700_000_000.0]
+
+    def sequences(steps: list[float]) -> list[int]:
+        seen = []
+        with BeaconService(b, port=port, interval=INTERVAL, wall_clock=lambda: wall[0]) as sb:
+            for step in steps:
+                wall[0] += step
+                sb._beacon()
+                seen.append(sb.last_sequence)
+        return seen
+
+    first = sequences([0.0, 0.001, -5.0])  # the last: a wall clock stepped back
+    assert first[0] == 1_700_000_000_000_000
+    assert first[1] == first[0] + 1000 and first[2] == first[1] + 1
+    restarted = sequences([10.0])  # restarted once the clock is past its earlier life
+    assert restarted[0] > first[-1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

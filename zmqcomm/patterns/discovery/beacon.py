@@ -1,4 +1,4 @@
-"""UDP discovery beacons, format v1: a small signed datagram saying "this agent, these ports".
+"""UDP discovery beacons, format v2: a small signed datagram saying "this agent, these ports".
 
 Pure (sans-I/O): no sockets, clocks or randomness; the caller sends and receives datagrams.
 All integers are big-endian.
@@ -7,20 +7,28 @@ All integers are big-endian.
 Offset   Size        Field
 =======  ==========  ================================================================
 0        3           magic ``b"ZCB"`` (a Zyre beacon starts ``b"ZRE"`` and is refused)
-3        1           version, u8 = 1
+3        1           version, u8 = 2
 4        1           flags, u8: bit 0 = X25519 static key present; other bits must be 0
 5        16          sender id: BLAKE2b-128 of the Ed25519 verify key
-21       4           sequence, u32
-25       1           port count ``n``, u8, 0..8
-26       2 * n       ports, u16 each, nonzero (the agent's TCP ports)
-26+2n    0 or 32     X25519 static public key, present iff flag bit 0 is set
+21       8           sequence, u64: strictly increasing per agent, across restarts too
+29       1           port count ``n``, u8, 0..8
+30       2 * n       ports, u16 each, nonzero (the agent's TCP ports)
+30+2n    0 or 32     X25519 static public key, present iff flag bit 0 is set
 ...      32          Ed25519 verify key
 ...      64          Ed25519 signature over ``b"zmqcomm/1 beacon"`` + every byte before it
 =======  ==========  ================================================================
 
-Sizes: 122 bytes at least (no ports, no static key), 170 at most (8 ports and the key). The
+Sizes: 126 bytes at least (no ports, no static key), 174 at most (8 ports and the key). The
 domain tag is signed but not sent, so a beacon signature is never valid as any other
 zmqcomm signature, nor the other way round.
+
+Version 1 had a u32 sequence that restarted at 1 with the agent, so a table could not tell a
+restart from a replay: it guessed from the size of the drop, and guessed wrong both ways (a
+young agent's restart was ignored, old beacons replayed after a big enough gap were taken).
+:class:`~zmqcomm.patterns.discovery.udp.BeaconService` numbers beacons with the
+microseconds of its wall clock (one more than the last when the clock is slower), so a
+restarted agent carries on above its earlier beacons and a table accepts only newer ones.
+Version 1 beacons are refused (``unsupported_version``).
 
 :func:`decode_beacon` checks cheapest first and raises :class:`BeaconError` (a
 :class:`~zmqcomm.errors.RemoteProtocolError`) with one ``reason`` per failure, in this order:
@@ -55,18 +63,18 @@ from zmqcomm.crypto.keys import (
 from zmqcomm.errors import AuthenticationError, RemoteProtocolError, UsageError
 
 MAGIC = b"ZCB"
-VERSION = 1
+VERSION = 2
 FLAG_STATIC_KEY = 0x01
 KNOWN_FLAGS = FLAG_STATIC_KEY
 MAX_PORTS = 8
-MAX_SEQUENCE = 2**32 - 1
+MAX_SEQUENCE = 2**64 - 1
 #: Prefixed to the signed bytes, never sent: domain separation from every other signature.
 BEACON_TAG = b"zmqcomm/1 beacon"
 
-_HEAD = struct.Struct(">3sBB16sIB")  # magic, version, flags, sender id, sequence, port count
-HEAD_LEN = _HEAD.size  # 26
-MIN_BEACON_LEN = HEAD_LEN + KEY_LEN + SIGNATURE_LEN  # 122
-MAX_BEACON_LEN = HEAD_LEN + 2 * MAX_PORTS + KEY_LEN + KEY_LEN + SIGNATURE_LEN  # 170
+_HEAD = struct.Struct(">3sBB16sQB")  # magic, version, flags, sender id, sequence, port count
+HEAD_LEN = _HEAD.size  # 30
+MIN_BEACON_LEN = HEAD_LEN + KEY_LEN + SIGNATURE_LEN  # 126
+MAX_BEACON_LEN = HEAD_LEN + 2 * MAX_PORTS + KEY_LEN + KEY_LEN + SIGNATURE_LEN  # 174
 
 
 class BeaconError(RemoteProtocolError):
@@ -125,7 +133,7 @@ class Beacon:
         if self.static_key is not None and len(self.static_key) != KEY_LEN:
             raise UsageError("a beacon's static key is 32 bytes")
         if type(self.sequence) is not int or not 0 <= self.sequence <= MAX_SEQUENCE:
-            raise UsageError(f"a beacon sequence is a u32, got {self.sequence!r}")
+            raise UsageError(f"a beacon sequence is a u64, got {self.sequence!r}")
         object.__setattr__(self, "ports", _check_ports(self.ports))
 
     @property
@@ -142,7 +150,7 @@ def encode_beacon(
 ) -> bytes:
     """A signed beacon datagram for ``identity``; :class:`UsageError` on bad arguments."""
     if type(sequence) is not int or not 0 <= sequence <= MAX_SEQUENCE:
-        raise UsageError(f"a beacon sequence is a u32 (0..{MAX_SEQUENCE}), got {sequence!r}")
+        raise UsageError(f"a beacon sequence is a u64 (0..{MAX_SEQUENCE}), got {sequence!r}")
     checked = _check_ports(ports)
     flags = FLAG_STATIC_KEY if with_static_key else 0
     parts = [

@@ -9,10 +9,12 @@ then exactly one of ``EXPIRED`` (silent for ``expired_after``, removed) or ``LEA
 explicit goodbye, removed). A later beacon starts a new ``ENTER``.
 
 A beacon whose sequence is not newer than the last one accepted from that peer is dropped and
-counted in ``stale`` (a replay or a reordered datagram must not keep a dead peer alive),
-unless it is more than :data:`RESTART_GAP` lower: that is a restarted agent (or a u32
-wrap-around), accepted without an event. New peers beyond ``max_peers`` are ignored and
-counted in ``ignored``.
+counted in ``stale``: a replay or a reordered datagram must not keep a dead peer alive or
+move it to another address. Senders number beacons upward across restarts (wall-clock
+microseconds, see :mod:`zmqcomm.patterns.discovery.beacon`), so a restart needs no guess.
+The last sequence of a peer that expired or left is remembered too (the most recent
+``max_peers`` of them): an old beacon replayed after it is gone does not bring it back.
+New peers beyond ``max_peers`` are ignored and counted in ``ignored``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ ENTER: EventKind = "ENTER"
 EVASIVE: EventKind = "EVASIVE"
 EXPIRED: EventKind = "EXPIRED"
 LEAVE: EventKind = "LEAVE"
-#: A sequence this much lower than the last one means the peer restarted from zero.
-RESTART_GAP = 1000
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ class PeerTable:
         self.ignored = 0
         # Ordered by last_seen, oldest first: timers look only at the front of the table.
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        #: Peers that expired or left -> their last sequence, oldest first.
+        self._gone: OrderedDict[str, int] = OrderedDict()
         self._latest = -math.inf
 
     def _clock(self, now: float) -> float:
@@ -104,12 +106,16 @@ class PeerTable:
         agent_id = beacon.agent_id
         peer = self._peers.get(agent_id)
         if peer is None:
+            if beacon.sequence <= self._gone.get(agent_id, -1):
+                self.stale += 1  # a beacon of its earlier life, replayed
+                return []
             if len(self._peers) >= self.max_peers:
                 self.ignored += 1  # a flood of fresh identities must not grow us unbounded
                 return []
+            self._gone.pop(agent_id, None)
             self._peers[agent_id] = _Peer(address, beacon.ports, beacon.sequence, now)
             return [PeerEvent(ENTER, agent_id, address, beacon.ports)]
-        if beacon.sequence <= peer.sequence and beacon.sequence >= peer.sequence - RESTART_GAP:
+        if beacon.sequence <= peer.sequence:
             self.stale += 1
             return []
         peer.address = address
@@ -126,7 +132,14 @@ class PeerTable:
         peer = self._peers.pop(agent_id, None)
         if peer is None:
             return []
+        self._forget(agent_id, peer)
         return [PeerEvent(LEAVE, agent_id, peer.address, peer.ports)]
+
+    def _forget(self, agent_id: str, peer: _Peer) -> None:
+        self._gone[agent_id] = peer.sequence
+        self._gone.move_to_end(agent_id)
+        while len(self._gone) > self.max_peers:
+            self._gone.popitem(last=False)
 
     def on_timer(self, *, now: float) -> list[PeerEvent]:
         """``EVASIVE`` and ``EXPIRED`` events due at ``now``; expired peers are removed."""
@@ -145,7 +158,7 @@ class PeerTable:
                 peer.state = "EVASIVE"
                 events.append(PeerEvent(EVASIVE, agent_id, peer.address, peer.ports))
         for agent_id in expired:
-            del self._peers[agent_id]
+            self._forget(agent_id, self._peers.pop(agent_id))
         return events
 
     def next_deadline(self) -> float | None:

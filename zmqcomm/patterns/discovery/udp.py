@@ -141,9 +141,17 @@ class BeaconService:
         events += self.table.on_timer(now=self.clock())
         return events
 
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the last beacon sent (0 before the first)."""
+        return self._sequence
+
     def _beacon(self) -> None:
         self._next_beacon = self.clock() + self.interval
-        self._sequence = self._sequence + 1 if self._sequence < MAX_SEQUENCE else 1
+        # Wall-clock microseconds, so that a restarted agent carries on above the beacons
+        # of its earlier life (a table takes only newer ones); +1 if the clock is behind.
+        now_us = int(self.wall_clock() * 1_000_000)
+        self._sequence = min(max(self._sequence + 1, now_us), MAX_SEQUENCE)
         datagram = encode_beacon(self.identity, sequence=self._sequence, ports=self.ports)
         for sock, target in self._sockets:
             try:
