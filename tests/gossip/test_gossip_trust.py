@@ -109,6 +109,32 @@ def test_a_trusted_grafter_is_still_learned(
         agent.close()
 
 
+def test_a_peer_revoked_after_it_joined_is_dropped_at_the_next_heartbeat(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
+) -> None:
+    alice, bob = Identity.generate("alice"), Identity.generate("bob")
+    store.add(alice.public)
+    store.add(bob.public)
+    audit = MemoryAuditLog()
+    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
+    dealer = _dealer(context, bob.agent_id, agent.endpoint)
+    try:
+        dealer.send(encode_frame([Graft()]))
+        assert _step_until(agent, lambda: bob.agent_id in agent.node.peers)
+        store.revoke(bob.agent_id)
+        assert _step_until(agent, lambda: bob.agent_id not in agent.node.peers)
+        assert audit.events("reject", reason="peer_untrusted")
+        agent.publish(b"after the revocation")
+        agent.flush()
+        agent.step(0.05)
+        while dealer.poll(0):  # what was sent before the revocation may still be queued
+            frame = decode_frame(dealer.recv())
+            assert not any(getattr(m, "payload", b"") == b"after the revocation" for m in frame)
+    finally:
+        dealer.close(0)
+        agent.close()
+
+
 def test_a_revoked_origin_is_refused_on_its_next_message(store: TrustStore) -> None:
     bad, me = Identity.generate("compromised"), Identity.generate("me")
     store.add(bad.public)

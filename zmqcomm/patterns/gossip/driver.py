@@ -424,6 +424,7 @@ class GossipAgent:
         out: list[Delivered] = []
         deadline = self.node.next_deadline()
         if deadline is not None and deadline <= now:
+            self._drop_untrusted_peers()  # each heartbeat, before the mesh is rebalanced
             self._perform(self.node.on_timer(now=now), None, Priority.CONTROL, now, out)
             for peer, count in self.node.take_broken_promises().items():
                 self._prune(self.scores.broken_promises(peer, now=now, count=count))
@@ -449,6 +450,14 @@ class GossipAgent:
                 return
             self._audited_at[reason] = now
         self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
+
+    def _drop_untrusted_peers(self) -> None:
+        """A peer revoked (or expired) since it joined stops getting our traffic: only its
+        new control items and publications were refused until now."""
+        for peer in self.node.peers:
+            if isinstance(peer, str) and not self._trusted(peer):
+                self.remove_peer(peer, reason="peer_untrusted")
+                self._reject(peer, "peer_untrusted")
 
     def _trusted(self, peer: str) -> bool:
         """Whether ``peer`` is an id the verifier knows (in ``verify_keys``, or trusted by the
