@@ -237,9 +237,10 @@ def test_evasive_then_expired_when_a_peer_stops(identities: list[Identity], port
             ("EVASIVE", b.agent_id),
             ("EXPIRED", b.agent_id),
         ]
+        # When exactly is the table's business, tested on a fake clock in test_peers.py: a
+        # wall-time window here would only measure how loaded the machine is.
         (evasive_at, _), (expired_at, _) = timeline
-        assert 0.3 - INTERVAL - 0.05 <= evasive_at <= 0.3 + 0.2
-        assert 0.6 - INTERVAL - 0.05 <= expired_at <= 0.6 + 0.2
+        assert evasive_at < expired_at
         assert len(table) == 0
 
 
