@@ -11,6 +11,7 @@ from __future__ import annotations
 import tracemalloc
 from collections.abc import Callable, Sequence
 
+import msgpack
 import numpy as np
 import pytest
 import zstandard
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from zmqcomm.errors import RemoteProtocolError
 from zmqcomm.wire import CompressionConfig, Flags, Limits, MessageType, WireCodec
+from zmqcomm.wire.payload import PayloadUnpacker
 
 MiB = 1024 * 1024
 CODEC = WireCodec()
@@ -157,3 +159,18 @@ def test_batch_declaring_more_items_than_the_limit() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         strict.decode(frames)
     assert caught.value.reason in {"batch_too_large", "limit_exceeded"}
+
+
+@pytest.mark.parametrize("seconds", [2**62, -(2**62)])
+def test_a_timestamp_out_of_range_leaves_nothing_behind_for_the_next_body(seconds: int) -> None:
+    # msgpack raised OverflowError building the datetime; it was not turned into a protocol
+    # error, the long-lived reader kept the rest of the body, and the next body decoded on
+    # that codec (possibly another peer's) came out as the attacker's trailing value.
+    unpacker = PayloadUnpacker()
+    timestamp = b"\xc7\x0c\xff" + (0).to_bytes(4, "big") + seconds.to_bytes(8, "big", signed=True)
+    injected = msgpack.packb({"cmd": "transfer", "to": "mallory"})
+    with pytest.raises(RemoteProtocolError):
+        unpacker.unpack(b"\x92" + timestamp + injected)
+    honest = msgpack.packb({"bob_says": 0})
+    assert unpacker.unpack(honest) == {"bob_says": 0}
+    assert unpacker.unpack(msgpack.packb([1, 2])) == [1, 2]

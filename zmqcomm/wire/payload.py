@@ -183,7 +183,7 @@ class PayloadUnpacker:
             # nest: the structure walk and the depth check have nothing to catch.
             try:
                 return msgpack.unpackb(body, **self._kwargs)
-            except (ValueError, msgpack.UnpackException) as exc:
+            except Exception as exc:  # peer bytes: whatever msgpack raises is their fault
                 raise RemoteProtocolError(
                     f"body is not valid msgpack: {exc}", reason="bad_msgpack"
                 ) from exc
@@ -200,9 +200,11 @@ class PayloadUnpacker:
         except RemoteProtocolError:
             self._reset()
             raise
-        except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-            # ValueError covers msgpack's ExtraData, FormatError, StackError and UTF-8 errors;
-            # TypeError an unhashable map key.
+        except Exception as exc:
+            # Any error at all (msgpack's ExtraData, FormatError and StackError, bad UTF-8, an
+            # unhashable map key, a timestamp out of datetime's range, ...) must reset: the
+            # long-lived reader would otherwise keep the rest of this body and hand it out as
+            # the next message, which may be another peer's.
             self._reset()
             raise RemoteProtocolError(
                 f"body is not valid msgpack: {exc}", reason="bad_msgpack"
@@ -275,7 +277,7 @@ class PayloadUnpacker:
             )
         try:
             fields = msgpack.unpackb(data, **self._ext_kwargs)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except Exception as exc:
             raise RemoteProtocolError("malformed array header", reason="bad_array") from exc
         if not (isinstance(fields, list) and len(fields) == 3):
             raise RemoteProtocolError(
