@@ -206,6 +206,46 @@ def test_two_tables_connect_through_connect_and_receive(world: World) -> None:
     assert not client.rejected and not server.rejected
 
 
+def test_a_forged_reply_to_our_init_leaves_the_handshake_ready_for_the_real_one(
+    world: World,
+) -> None:
+    # Whoever sees an INIT (it travels in the clear) can answer it with its own, untrusted
+    # key. The initiator used to commit the Noise read before checking the certificate: the
+    # real REPLY then raised out of receive() and the session never came up.
+    server = world.table()
+    client = ChannelTable(
+        identity=world.alice, trust=world.client_trust, random_bytes=_rng(7), now=T0
+    )
+    codec = WireCodec()
+    init = client.connect(b"to-server", now=T0)
+    header = codec.parse(init).header
+    mallory = Identity.generate("mallory")
+    stranger = Handshake(
+        initiator=False,
+        identity=mallory,
+        trust=TrustStore(world.client_trust.directory),  # anything: its check is not reached
+        session_id=header.session,
+        epoch=header.epoch,
+        random_bytes=_rng(9),
+    )
+    forged = codec.assemble(
+        MessageType.HANDSHAKE_REPLY,
+        stranger.respond(bytes(codec.parse(init).body), now=T0),
+        session=header.session,
+        epoch=header.epoch,
+    )
+    assert client.receive(b"to-server", forged, now=T0) == []
+    assert client.rejected == Counter({"unknown_peer": 1})
+    link = Duplex(
+        left=lambda frames: client.receive(b"to-server", frames, now=T0),
+        right=lambda frames: server.receive(b"to-alice", frames, now=T0),
+    )
+    link.to_right.append(init)
+    got_client, got_server = link.pump()
+    assert _epochs(got_client) == _epochs(got_server) == [0]
+    assert client.route_of(world.server.agent_id) == b"to-server"
+
+
 def test_handshake_limits_refuse_a_zero_pending_bound() -> None:
     with pytest.raises(UsageError):
         HandshakeLimits(max_pending=0)

@@ -132,10 +132,14 @@ class Handshake:
         if not self.initiator:
             raise LocalProtocolError("the responder does not read REPLY")
         _check_size(reply)
-        payload = self._noise.read_message(reply)
-        peer = self._check_peer(payload, now=now)
+        # Checked inside the read: a REPLY forged by whoever saw our INIT (its own key, not
+        # trusted) must leave the handshake as it was, ready for the real one.
+        checked: list[tuple[Certificate, PeerInfo]] = []
+        self._noise.read_message(
+            reply, check=lambda p: checked.append(self._check_peer(p, now=now))
+        )
         body = self._noise.write_message(self._identity.certificate.encode())
-        self._complete(peer)
+        self._complete(checked[0])
         return body
 
     def accept(self, finish: bytes, *, now: float) -> HandshakeResult:
@@ -143,8 +147,11 @@ class Handshake:
         if self.initiator:
             raise LocalProtocolError("the initiator does not read FINISH")
         _check_size(finish)
-        payload = self._noise.read_message(finish)
-        return self._complete(self._check_peer(payload, now=now))
+        checked: list[tuple[Certificate, PeerInfo]] = []
+        self._noise.read_message(
+            finish, check=lambda p: checked.append(self._check_peer(p, now=now))
+        )
+        return self._complete(checked[0])
 
     def _check_peer(self, payload: bytes, *, now: float) -> tuple[Certificate, PeerInfo]:
         certificate = Certificate.decode(payload)

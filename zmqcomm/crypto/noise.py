@@ -340,17 +340,23 @@ class HandshakeState:
         self._advance()
         return bytes(out)
 
-    def read_message(self, message: bytes) -> bytes:
-        """Process the peer's message and return its payload; on failure nothing changes."""
+    def read_message(self, message: bytes, check: Callable[[bytes], object] | None = None) -> bytes:
+        """Process the peer's message and return its payload; on failure nothing changes.
+
+        ``check(payload)`` runs before the message counts (the peer's certificate, say): if
+        it raises, the state is as before, so a forged message cannot spoil the real one."""
         if self._failed:
             raise LocalProtocolError("this handshake failed; start a new one")
         if self.complete or self.our_turn:
             raise LocalProtocolError("not expecting a handshake message from the peer now")
-        saved = (self.symmetric.snapshot(), self.re, self.rs, list(self._psks))
+        saved = (self.symmetric.snapshot(), self.re, self.rs, list(self._psks), self._index)
         try:
-            return self._read(bytes(message))
+            payload = self._read(bytes(message))
+            if check is not None:
+                check(payload)
+            return payload
         except BaseException:
-            symmetric, self.re, self.rs, self._psks = saved
+            symmetric, self.re, self.rs, self._psks, self._index = saved
             self.symmetric.restore(symmetric)
             raise
 
