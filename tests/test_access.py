@@ -87,6 +87,13 @@ def test_denials_raise_not_permitted_with_the_peer_and_action(policy: Policy) ->
         ("[roles.w]\nwrite = ['x']", "unknown setting 'write'"),
         ("[limits]\nrate = -1", "positive number"),
         ("[limits]\nrate = true", "positive number"),
+        # NaN passed "<= 0" and bursts below 1 passed too; the token bucket then refused them
+        # on the first message, inside the broker's handle(), which must never raise.
+        ("[limits]\nrate = nan", "positive number"),
+        ("[roles.w]\nrate = nan", "positive number"),
+        ("[limits]\nburst = 0.5", "number >= 1"),
+        ("[roles.w]\nburst = 0.5", "number >= 1"),
+        ("[unauthenticated]\nburst = nan", "number >= 1"),
         ("roles = 3", "must be a table"),
         ("[roles]\nw = 1", "must be a table"),
         ("[extra]", "unknown setting 'extra'"),

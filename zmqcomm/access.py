@@ -281,9 +281,18 @@ def _table(data: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
 
 
 def _number(table: Mapping[str, Any], name: str, default: float, where: str) -> float:
+    """A rate (> 0) or a burst (>= 1), as TokenBucket takes them: refused here, by name,
+    rather than on the first message (TOML writes NaN as ``nan``; ``not value > 0`` catches
+    it where ``value <= 0`` would not)."""
     value = table.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UsageError(f"{where}: {name} must be a positive number, got {value!r}")
+    burst = name.endswith("burst")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (value >= 1 if burst else value > 0)
+    ):
+        wanted = "a number >= 1" if burst else "a positive number"
+        raise UsageError(f"{where}: {name} must be {wanted}, got {value!r}")
     return float(value)
 
 
