@@ -87,3 +87,24 @@ def test_corrupt_and_trailing_compressed_bodies_are_refused() -> None:
         with pytest.raises(RemoteProtocolError) as caught:
             codec.decode(frame)
         assert caught.value.reason == "bad_compression", name
+
+
+def test_a_frame_without_a_declared_size_must_fill_the_body_alone() -> None:
+    # The bounded streaming read stops at the end of the first frame: more frames, or a
+    # skippable frame, behind one that does not declare its size went through unread.
+    codec = WireCodec()
+    parsed = codec.parse(codec.encode(MessageType.DATA, TEXT))
+    streamed = zstandard.ZstdCompressor(write_content_size=False)
+    first = streamed.compress(bytes(zstandard.ZstdDecompressor().decompress(parsed.body)))
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"junk"
+    alone = codec.assemble(MessageType.DATA, first, flags=parsed.header.flags)
+    assert codec.decode(alone).payload == TEXT
+    for name, extra in {
+        "declared": zstandard.ZstdCompressor().compress(b"more"),
+        "streamed": streamed.compress(b"more"),
+        "skippable": skippable,
+    }.items():
+        frame = codec.assemble(MessageType.DATA, first + extra, flags=parsed.header.flags)
+        with pytest.raises(RemoteProtocolError) as caught:
+            codec.decode(frame)
+        assert caught.value.reason == "bad_compression", name

@@ -93,8 +93,8 @@ class BodyCompressor:
         return out
 
     def _decompress_streamed(self, data: Buffer, limit: int) -> bytes:
-        # Read in chunks: read(limit) could preallocate the whole limit for a tiny frame.
-        chunks: list[bytes] = []
+        # A frame that does not declare its size may be a bomb: first count its output in
+        # chunks, keeping none (read(limit) could preallocate the whole limit for a tiny one).
         total = 0
         with self._decompressor.stream_reader(data, read_across_frames=False) as reader:
             while chunk := reader.read(_STREAM_CHUNK):
@@ -104,5 +104,7 @@ class BodyCompressor:
                         f"compressed body expands beyond the limit of {limit} bytes",
                         reason="decompressed_too_large",
                     )
-                chunks.append(chunk)
-        return b"".join(chunks)
+        # Then decode it for real, now known to stay within the limit, in a way that sees
+        # whether this one frame fills the body: the reader stops at the first frame's end
+        # and would let more frames, or any bytes, follow it unread.
+        return self._decompress_declared(data)
