@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,12 @@ def test_bad_rate_settings() -> None:
         RateLimiter(rate=1, burst=0)
     with pytest.raises(UsageError):
         RateLimiter(rate=1, burst=1, max_keys=0)
+
+
+def test_an_infinite_rate_never_limits_even_at_one_instant() -> None:
+    # Documented as "no limit", yet with a finite burst calls sharing one `now` (a fake or
+    # coarse clock) ran out; and an infinite burst made full_at() NaN.
+    bucket = TokenBucket(rate=math.inf, burst=1, now=0.0)
+    assert all(bucket.take(now=0.0) for _ in range(5))
+    unlimited = TokenBucket(rate=math.inf, burst=math.inf, now=0.0)
+    assert unlimited.full_at() == 0.0

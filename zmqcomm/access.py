@@ -27,6 +27,7 @@ Policy file (TOML)::
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -65,6 +66,8 @@ class TokenBucket:
 
     def take(self, *, now: float, cost: float = 1.0) -> bool:
         """Spend ``cost`` tokens if there are enough; a clock going backwards adds nothing."""
+        if self.rate == math.inf:
+            return True  # no limit, even for calls at one instant (a fake or coarse clock)
         elapsed = now - self._stamp
         if elapsed > 0:
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
@@ -76,6 +79,8 @@ class TokenBucket:
 
     def full_at(self) -> float:
         """When the bucket will be full again (for evicting idle buckets)."""
+        if self._tokens >= self.burst:  # also when both are infinite (inf - inf is NaN)
+            return self._stamp
         return self._stamp + (self.burst - self._tokens) / self.rate
 
 
