@@ -243,3 +243,46 @@ def test_same_seed_same_run() -> None:
         return cluster.sim.trace_digest()
 
     assert run() == run()
+
+
+def test_the_primary_bounds_a_batch_by_bytes_as_well_as_by_count() -> None:
+    # Batches were bounded by count only: one client's large operations filled PRE-PREPAREs
+    # of tens of MiB, past the frame limit, and stalled the cluster in view changes.
+    cluster = build(
+        4,
+        seed=12,
+        clients=6,
+        max_batch=16,
+        batch_delay=0.05,
+        max_request_bytes=200,
+        max_batch_bytes=300,
+    )
+    proposed: list[PrePrepare] = []
+
+    def watch(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        if isinstance(message, PrePrepare) and to == 1:
+            proposed.append(message)
+        return [(to, message)]
+
+    cluster.sim.set_byzantine(0, watch)  # an honest primary, watched
+    for client in cluster.clients:
+        cluster.put(client, "k", "v" * 100)
+    cluster.run_until_results(1, until=10.0)
+    assert len(proposed) >= 3
+    assert all(sum(len(r.op) for r in pp.requests) <= 300 for pp in proposed)
+    cluster.check_safety()
+
+
+def test_a_request_over_the_size_limit_is_refused_and_a_large_batch_too() -> None:
+    cluster = build(4, seed=13, max_request_bytes=64, max_batch_bytes=128)
+    cluster.put("c0", "k", "v" * 100)
+    cluster.sim.run(until=1.0)
+    # The primary at once, then everyone when the client retransmits to all.
+    assert all(cluster.replica(i).rejected["request_too_large"] >= 1 for i in range(4))
+    assert cluster.results("c0") == [] and not any(cluster.executed(i) for i in range(4))
+    backup = cluster.replica(1)
+    requests = tuple(Request(f"x{n}", 1, encode_op("put", b"k", b"v" * 40)) for n in range(3))
+    oversized = PrePrepare(0, 1, batch_digest(requests), requests, 0)
+    oversized = replace(oversized, signature=cluster.keys.signer(0)(material(oversized)))
+    assert backup.on_message(0, oversized, now=cluster.sim.now) == []
+    assert backup.rejected["batch_too_large"] == 1

@@ -347,3 +347,23 @@ def test_replica_on_a_corrupt_store_exits_1_with_one_line(tmp_path: Path) -> Non
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "move the data directory aside" in lines[0]
+
+
+def test_batch_bytes_follow_the_window_and_bad_sizes_are_one_line_errors(
+    tmp_path: Path,
+) -> None:
+    cluster = LocalCluster(4, directory=tmp_path / "c", client_names=())
+    config = load_config(cluster.config_path(0))
+    assert config == cluster.configs[0]
+    assert (config.max_request_bytes, config.batch_bytes) == (64 * 1024, 512 * 1024)
+    # A wider window carries more batches in a VIEW-CHANGE: the default shrinks to fit.
+    wide = dataclasses.replace(config, checkpoint_interval=64, max_batch_bytes=None)
+    assert wide.batch_bytes * wide.window <= 32 * 1024 * 1024
+    for settings, message in [
+        ({"max_request_bytes": 0}, "max_request_bytes must be a positive integer"),
+        ({"max_request_bytes": True}, "max_request_bytes must be a positive integer"),
+        ({"max_batch_bytes": 100, "max_request_bytes": 200}, "at least max_request_bytes"),
+        ({"max_batch_bytes": 64 * 1024 * 1024}, "more than a view change may carry"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            dataclasses.replace(config, **settings)

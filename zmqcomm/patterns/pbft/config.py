@@ -15,6 +15,8 @@
     view_change_timeout = 1.0        # seconds; doubled after each failed view change
     fsync = true                     # false: survive SIGKILL but not a power cut (faster)
     reply_all = false                # true: every replica replies, not f + 1 designated
+    max_request_bytes = 65536        # largest client operation accepted
+    max_batch_bytes = 524288         # operations per PRE-PREPARE, in bytes (see _check_sizes)
 
     [[replicas]]                     # one table per replica, in index order (n = 4..31)
     endpoint = "tcp://10.0.0.1:7000"
@@ -38,7 +40,9 @@ from typing import Any
 
 from zmqcomm.crypto.keys import PublicIdentity, load_public
 from zmqcomm.errors import UsageError, ZmqCommError
+from zmqcomm.patterns.pbft.normal import MAX_BATCH_BYTES, MAX_REQUEST_BYTES
 from zmqcomm.patterns.pbft.quorum import Quorum
+from zmqcomm.wire.limits import DEFAULT_LIMITS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,6 +50,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["ReplicaConfig", "ReplicaEntry", "load_config"]
+
+#: The watermark window is this many checkpoint intervals.
+WINDOW_CHECKPOINTS = 4
+#: What the prepared batches of one VIEW-CHANGE may add up to: half the default frame limit,
+#: leaving room for proofs, signatures and the NEW-VIEW that carries such messages.
+VIEW_CHANGE_BUDGET = DEFAULT_LIMITS.max_body_size // 2
 
 _ALLOWED = (
     "replica",
@@ -60,6 +70,8 @@ _ALLOWED = (
     "view_change_timeout",
     "fsync",
     "reply_all",
+    "max_request_bytes",
+    "max_batch_bytes",
     "replicas",
 )
 
@@ -89,6 +101,9 @@ class ReplicaConfig:
     view_change_timeout: float = 1.0
     fsync: bool = True
     reply_all: bool = False
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    #: None: MAX_BATCH_BYTES, or less if the watermark window needs it (see _check_sizes).
+    max_batch_bytes: int | None = None
 
     def __post_init__(self) -> None:
         n = len(self.replicas)
@@ -108,6 +123,7 @@ class ReplicaConfig:
         timeout = self.view_change_timeout
         if not (_is_number(timeout) and 0 < timeout <= 600):
             raise UsageError(f"view_change_timeout must be 0..600 seconds, got {timeout!r}")
+        self._check_sizes()
         if not isinstance(self.name, str):
             raise UsageError(f"name must be a string, got {self.name!r}")
         agents = [r.agent_id for r in self.replicas]
@@ -119,6 +135,38 @@ class ReplicaConfig:
             raise UsageError(f"reply_all must be true or false, got {self.reply_all!r}")
         if not self.name:
             object.__setattr__(self, "name", f"replica-{self.replica}")
+
+    def _check_sizes(self) -> None:
+        request, batch = self.max_request_bytes, self.max_batch_bytes
+        if batch is None:
+            batch = min(MAX_BATCH_BYTES, VIEW_CHANGE_BUDGET // self.window)
+            object.__setattr__(self, "max_batch_bytes", batch)
+        if not (_is_int(request) and request >= 1):
+            raise UsageError(f"max_request_bytes must be a positive integer, got {request!r}")
+        if not (_is_int(batch) and batch >= request):
+            raise UsageError(
+                f"max_batch_bytes must be an integer of at least max_request_bytes ({request}),"
+                f" got {batch!r}"
+            )
+        # A VIEW-CHANGE carries the prepared batches of a whole window: it must fit a frame.
+        carried = self.window * batch
+        if carried > VIEW_CHANGE_BUDGET:
+            raise UsageError(
+                f"max_batch_bytes {batch} times the watermark window ({self.window} sequences) "
+                f"is {carried} bytes, more than a view change may carry "
+                f"({VIEW_CHANGE_BUDGET}); lower max_batch_bytes or checkpoint_interval"
+            )
+
+    @property
+    def batch_bytes(self) -> int:
+        """max_batch_bytes as resolved when the configuration was checked."""
+        assert self.max_batch_bytes is not None
+        return self.max_batch_bytes
+
+    @property
+    def window(self) -> int:
+        """The watermark window the replica runs with (sequences past the stable checkpoint)."""
+        return WINDOW_CHECKPOINTS * self.checkpoint_interval
 
     @property
     def n(self) -> int:
@@ -163,6 +211,8 @@ class ReplicaConfig:
             f"view_change_timeout = {self.view_change_timeout}",
             f"fsync = {'true' if self.fsync else 'false'}",
             f"reply_all = {'true' if self.reply_all else 'false'}",
+            f"max_request_bytes = {self.max_request_bytes}",
+            f"max_batch_bytes = {self.max_batch_bytes}",
         ]
         for entry in self.replicas:
             public = self.keys / f"{entry.public.name}.pub"
@@ -229,7 +279,15 @@ def load_config(path: str | os.PathLike[str]) -> ReplicaConfig:
             ReplicaEntry(row["endpoint"], load_public(_path(base, row["public"], "public")))
         )
     audit = data.get("audit")
-    names = ("batch_size", "batch_delay", "checkpoint_interval", "view_change_timeout", "name")
+    names = (
+        "batch_size",
+        "batch_delay",
+        "checkpoint_interval",
+        "view_change_timeout",
+        "name",
+        "max_request_bytes",
+        "max_batch_bytes",
+    )
     settings = {k: data[k] for k in (*names, "fsync", "reply_all") if k in data}
     return ReplicaConfig(
         replica=data["replica"],

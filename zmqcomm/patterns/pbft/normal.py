@@ -90,6 +90,12 @@ class ViewChanged:
     view: int
 
 
+#: A client operation's largest size, and a batch's: a VIEW-CHANGE carries up to a window
+#: of prepared batches, which must still fit one frame (64 MiB by default).
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_BATCH_BYTES = 512 * 1024
+
+
 class ReplicaCore:
     """State and normal-case handlers shared by :class:`Replica` (not used alone)."""
 
@@ -114,6 +120,8 @@ class ReplicaCore:
         max_waiting: int = 10_000,
         verify_client: ClientVerifier | None = None,
         reply_all: bool = False,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self.config = Quorum(n)
         if not self.config.is_replica(replica_id):
@@ -123,6 +131,10 @@ class ReplicaCore:
         window = 2 * checkpoint_interval if watermark_window is None else watermark_window
         if not is_int(window, 1) or window % checkpoint_interval:
             raise UsageError("watermark_window must be a positive multiple of checkpoint_interval")
+        if not (is_int(max_request_bytes, 1) and is_int(max_batch_bytes, max_request_bytes)):
+            raise UsageError(
+                "max_request_bytes must be a positive integer and max_batch_bytes at least that"
+            )
         if view_change_timeout <= 0 or batch_delay < 0 or max_view_jump < 1:
             raise UsageError("timeouts must be positive, batch_delay >= 0, max_view_jump >= 1")
         self.id = replica_id
@@ -135,6 +147,8 @@ class ReplicaCore:
         self.interval = checkpoint_interval
         self.window = window
         self.max_batch = max_batch
+        self.max_request_bytes = max_request_bytes
+        self.max_batch_bytes = max_batch_bytes
         self.batch_delay = batch_delay
         self.base_timeout = view_change_timeout
         self.max_timeout = max_view_change_timeout
@@ -263,6 +277,8 @@ class ReplicaCore:
     def _on_request(self, sender: Hashable, request: Request, now: float) -> list[Any]:
         if not well_formed_request(request) or self.config.is_replica(request.client):
             return self._reject("malformed_request")
+        if len(request.op) > self.max_request_bytes:
+            return self._reject("request_too_large")
         # With client signatures a backup may relay a request to the primary (see below):
         # the signature, not the sender, shows the client sent it. Only the primary takes
         # relays: a faulty replica must not start the backups' timers for requests the
@@ -320,9 +336,10 @@ class ReplicaCore:
         """The primary assigns sequence numbers to full batches (or any batch when flushing)."""
         out: list[Any] = []
         while self.pending and self.next_sequence <= self.log.high:
-            if len(self.pending) < self.max_batch and not flush and self.batch_delay > 0:
+            clients = self._next_batch()
+            full = len(clients) < len(self.pending) or len(clients) == self.max_batch
+            if not full and not flush and self.batch_delay > 0:
                 break
-            clients = list(self.pending)[: self.max_batch]
             batch = tuple(self.pending.pop(c) for c in clients)
             batch = tuple(r for r in batch if r.timestamp > self.replies.get(r.client, (0,))[0])
             if not batch:
@@ -345,6 +362,19 @@ class ReplicaCore:
         # A deadline already due stays due: the next timer call proposes the batch.
         return out
 
+    def _next_batch(self) -> list[Hashable]:
+        """The clients of the next batch, in order: up to ``max_batch`` requests and
+        ``max_batch_bytes`` of operations (always at least one request). Many large requests
+        in one PRE-PREPARE would not fit a frame, nor a VIEW-CHANGE carrying such batches."""
+        clients: list[Hashable] = []
+        size = 0
+        for client, request in self.pending.items():
+            size += len(request.op)
+            if clients and (len(clients) == self.max_batch or size > self.max_batch_bytes):
+                break
+            clients.append(client)
+        return clients
+
     def _mark_proposed(self, batch: tuple[Request, ...]) -> None:
         for r in batch:
             self.proposed[r.client] = max(self.proposed.get(r.client, 0), r.timestamp)
@@ -359,6 +389,8 @@ class ReplicaCore:
             return self._reject("outside_window")
         if not check_pre_prepare_form(self.config, self.verify, pp, self.max_batch):
             return self._reject("bad_pre_prepare")
+        if sum(len(r.op) for r in pp.requests) > self.max_batch_bytes:
+            return self._reject("batch_too_large")
         if self.verify_client is not None and not all(
             self.verify_client(r.client, material(r), r.signature) for r in pp.requests
         ):
