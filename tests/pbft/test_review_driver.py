@@ -28,7 +28,14 @@ from zmqcomm.patterns.pbft import KeyValueStore, Prepare, Replica, Reply, Stable
 from zmqcomm.patterns.pbft.checkpoint import state_bytes, state_digest
 from zmqcomm.patterns.pbft.cluster import LocalCluster
 from zmqcomm.patterns.pbft.config import ReplicaConfig, ReplicaEntry, load_config
-from zmqcomm.patterns.pbft.driver import STORE_FILE, ReplicaDriver
+from zmqcomm.patterns.pbft.driver import (
+    STATUS_FILE,
+    STORE_FILE,
+    ReplicaDriver,
+    _lock_data_directory,
+    build_replica,
+    run_replica,
+)
 from zmqcomm.patterns.pbft.loadgen import LoadGenerator, LoadReport, percentile
 from zmqcomm.patterns.pbft.messages import encode
 from zmqcomm.patterns.pbft.sqlite_store import SQLiteStore
@@ -367,3 +374,65 @@ def test_batch_bytes_follow_the_window_and_bad_sizes_are_one_line_errors(
     ]:
         with pytest.raises(UsageError, match=message):
             dataclasses.replace(config, **settings)
+
+
+def _kept_config(tmp_path: Path, **changes: object) -> ReplicaConfig:
+    cluster = LocalCluster(4, directory=tmp_path / "c", client_names=())
+    return dataclasses.replace(cluster.configs[0], **changes)
+
+
+def _stop_at_once() -> bool:
+    return True
+
+
+def test_a_misspelt_trust_directory_is_refused_not_created(tmp_path: Path) -> None:
+    # TrustStore created it empty, and the replica refused every peer for ever.
+    config = _kept_config(tmp_path, trust=tmp_path / "c" / "trsut")
+    with pytest.raises(UsageError, match="trust directory"):
+        run_replica(config, stop=_stop_at_once)
+    assert not (tmp_path / "c" / "trsut").exists()
+
+
+def test_two_replicas_cannot_share_a_data_directory(tmp_path: Path) -> None:
+    config = _kept_config(tmp_path)
+    config.data.mkdir(parents=True, exist_ok=True)
+    held = _lock_data_directory(config.data)  # as a running replica holds it
+    try:
+        with pytest.raises(UsageError, match="in use by another replica"):
+            run_replica(config, stop=_stop_at_once)
+    finally:
+        held.close()
+    assert run_replica(config, stop=_stop_at_once)["replica"] == 0  # free again
+
+
+def test_a_replica_that_fails_says_so_in_its_status_file(tmp_path: Path) -> None:
+    config = _kept_config(tmp_path)
+
+    def broken() -> bool:
+        raise RuntimeError("stands in for a disk that fills up")
+
+    with pytest.raises(RuntimeError):
+        run_replica(config, stop=broken)
+    status = json.loads((config.data / STATUS_FILE).read_text())
+    assert status["running"] is False and status["failed"] is True
+
+
+def test_two_replicas_with_one_endpoint_are_a_configuration_error(tmp_path: Path) -> None:
+    config = _kept_config(tmp_path)
+    first = config.replicas[0]
+    twice = (first, dataclasses.replace(config.replicas[1], endpoint=first.endpoint))
+    with pytest.raises(UsageError, match="same endpoint"):
+        dataclasses.replace(config, replicas=twice + config.replicas[2:])
+
+
+def test_a_long_view_change_timeout_still_doubles(tmp_path: Path) -> None:
+    # The cap stayed at 60 s: a first timeout of 120 s was halved after a failed view.
+    config = _kept_config(tmp_path, view_change_timeout=120.0)
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    try:
+        replica = build_replica(
+            config, identity=Identity.generate("r"), store=store, machine=KeyValueStore()
+        )
+        assert replica.max_timeout >= 2 * 120.0
+    finally:
+        store.close()

@@ -129,6 +129,11 @@ class ReplicaConfig:
         agents = [r.agent_id for r in self.replicas]
         if len(set(agents)) != n:
             raise UsageError("two [[replicas]] entries have the same public key")
+        endpoints = [r.endpoint for r in self.replicas]
+        if len(set(endpoints)) != n:
+            # The replica would dial itself for the other one, and never reach it.
+            twice = next(e for e in endpoints if endpoints.count(e) > 1)
+            raise UsageError(f"two [[replicas]] entries have the same endpoint {twice!r}")
         if not isinstance(self.fsync, bool):
             raise UsageError(f"fsync must be true or false, got {self.fsync!r}")
         if not isinstance(self.reply_all, bool):

@@ -26,6 +26,8 @@ the loop and never reach the replica.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -35,7 +37,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import zmq
 
@@ -392,6 +394,8 @@ def _merge(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
 STORE_FILE = "replica.sqlite3"
 STATUS_FILE = "status.json"
 STATE_FILE = "state.json"
+#: Locked (flock) by the replica process that runs on the data directory.
+LOCK_FILE = "replica.lock"
 
 
 def write_json(path: Path, data: object) -> None:
@@ -418,7 +422,67 @@ def run_replica(
     """
     if identity is None:
         identity = load_identity(config.keys / f"{config.name}.key")
+    if not config.trust.is_dir():
+        # TrustStore would create a misspelt directory empty and refuse every peer forever.
+        raise UsageError(
+            f"trust directory {config.trust} does not exist: check the trust setting, or "
+            "create it with the .pub files of the replicas and the clients"
+        )
     config.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = _lock_data_directory(config.data)
+    try:
+        return _run_locked(config, identity, stop, status_every, context)
+    finally:
+        lock.close()
+
+
+def build_replica(
+    config: ReplicaConfig, *, identity: Identity, store: SQLiteStore, machine: KeyValueStore
+) -> Replica:
+    """The protocol core a replica process runs, with the configuration's settings."""
+    return Replica(
+        config.replica,
+        config.n,
+        state_machine=machine,
+        store=store,
+        sign=identity.sign,
+        verify=ed25519_verifier(config.verify_keys),
+        now=time.monotonic(),
+        checkpoint_interval=config.checkpoint_interval,
+        watermark_window=config.window,
+        max_batch=config.batch_size,
+        max_request_bytes=config.max_request_bytes,
+        max_batch_bytes=config.batch_bytes,
+        batch_delay=config.batch_delay,
+        view_change_timeout=config.view_change_timeout,
+        # Doubling must be able to go past the first timeout, however long it is.
+        max_view_change_timeout=max(60.0, 16 * config.view_change_timeout),
+        reply_all=config.reply_all,
+    )
+
+
+def _lock_data_directory(data: Path) -> IO[bytes]:
+    """An exclusive lock on ``data``, held while the replica runs: two replicas on one store
+    (two configurations naming the same directory) would mix their votes."""
+    lock = open(data / LOCK_FILE, "ab")  # noqa: SIM115 - held until the replica stops
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        lock.close()
+        raise UsageError(
+            f"{data} is in use by another replica process (it holds {LOCK_FILE}): give each "
+            "replica its own data directory"
+        ) from exc
+    return lock
+
+
+def _run_locked(
+    config: ReplicaConfig,
+    identity: Identity,
+    stop: Callable[[], bool] | None,
+    status_every: float,
+    context: zmq.Context[Any] | None,
+) -> dict[str, Any]:
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -431,23 +495,7 @@ def run_replica(
     store = SQLiteStore(config.data / STORE_FILE, group_commit=True, fsync=config.fsync)
     machine = KeyValueStore()
     try:
-        replica = Replica(
-            config.replica,
-            config.n,
-            state_machine=machine,
-            store=store,
-            sign=identity.sign,
-            verify=ed25519_verifier(config.verify_keys),
-            now=time.monotonic(),
-            checkpoint_interval=config.checkpoint_interval,
-            watermark_window=config.window,
-            max_batch=config.batch_size,
-            max_request_bytes=config.max_request_bytes,
-            max_batch_bytes=config.batch_bytes,
-            batch_delay=config.batch_delay,
-            view_change_timeout=config.view_change_timeout,
-            reply_all=config.reply_all,
-        )
+        replica = build_replica(config, identity=identity, store=store, machine=machine)
         store.commit()  # a restart that resumes a view change persisted nothing new, but be sure
         driver = ReplicaDriver(
             replica,
@@ -464,6 +512,7 @@ def run_replica(
         raise
     status_path = config.data / STATUS_FILE
     next_status = 0.0
+    stopped_cleanly = False
     try:
         while not stopping and not (stop is not None and stop()):
             try:
@@ -478,6 +527,7 @@ def run_replica(
                 )
         final = {"pid": os.getpid(), "running": False, **driver.statistics()}
         write_json(status_path, final)
+        stopped_cleanly = True
         write_json(
             config.data / STATE_FILE,
             {
@@ -488,6 +538,10 @@ def run_replica(
         )
         return final
     finally:
+        if not stopped_cleanly:
+            # A monitor reading status.json must not see a dead replica as running.
+            with contextlib.suppress(Exception):
+                write_json(status_path, {"pid": os.getpid(), "running": False, "failed": True})
         driver.close()
         store.close()
         if audit is not None:
