@@ -243,7 +243,16 @@ def test_keyinfo_shows_trust_fields(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert 'trust roles    ["worker"]' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content", ["", "{broken", '{"format": "something-else"}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{broken",
+        '{"format": "something-else"}',
+        "[" * 20_000 + "]" * 20_000,  # RecursionError in json.loads
+        '{"version": ' + "1" * 5_000 + "}",  # ValueError: past the int digit limit
+    ],
+)
 def test_keyinfo_on_garbage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
 ) -> None:

@@ -9,7 +9,7 @@ import json
 import os
 import pickle
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -369,6 +369,12 @@ def _edit(path: Path, **changes: object) -> None:
     path.write_text(json.dumps(document))
 
 
+#: Both fit under the 64 KiB size limit, yet json.loads raises RecursionError / ValueError
+#: (Python's int digit limit) on them rather than JSONDecodeError.
+_DEEP_JSON = b"[" * 20_000 + b"]" * 20_000
+_LONG_INT_JSON = b'{"version": ' + b"1" * 5_000 + b"}"
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -387,6 +393,8 @@ def _edit(path: Path, **changes: object) -> None:
         "bad_name",
         "aead_without_kdf",
         "huge",
+        "deep_nesting",
+        "long_integer",
     ],
 )
 def test_damaged_files_are_refused(tmp_path: Path, ident: Identity, damage: str) -> None:
@@ -423,6 +431,10 @@ def test_damaged_files_are_refused(tmp_path: Path, ident: Identity, damage: str)
         _edit(path, aead="xchacha20poly1305-ietf")
     elif damage == "huge":
         path.write_text(" " * 70_000 + text)
+    elif damage == "deep_nesting":
+        path.write_bytes(_DEEP_JSON)
+    elif damage == "long_integer":
+        path.write_bytes(_LONG_INT_JSON)
     with pytest.raises(KeyFileError) as info:
         load_identity(path)
     _assert_no_secret(info.value)
@@ -469,6 +481,24 @@ def test_altered_sealed_file_fails_like_a_wrong_passphrase(
     path.write_text(json.dumps(document))
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         load_identity(path, passphrase="p")
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [(_DEEP_JSON, "nested too deeply"), (_LONG_INT_JSON, "number too long")],
+    ids=["deep_nesting", "long_integer"],
+)
+@pytest.mark.parametrize("loader", [load_public, load_identity, key_file_kind, inspect_secret_file])
+def test_json_the_parser_cannot_take_is_a_corrupt_key_file(
+    tmp_path: Path, data: bytes, why: str, loader: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "x.pub"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match=why) as info:
+        loader(path)
+    assert info.value.reason == "corrupt_key_file"
+    assert str(path) in str(info.value)
 
 
 def test_missing_file_directory_and_fifo(tmp_path: Path) -> None:

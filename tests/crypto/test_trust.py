@@ -328,6 +328,23 @@ def test_a_corrupt_file_fails_loading_but_not_running(store: TrustStore, alice: 
     assert store.directory / "junk.pub" in store.problems
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"[" * 20_000 + b"]" * 20_000, b'{"version": ' + b"1" * 5_000 + b"}"],
+    ids=["deep_nesting", "long_integer"],
+)
+def test_json_the_parser_cannot_take_is_a_corrupt_file_too(
+    store: TrustStore, alice: Identity, data: bytes
+) -> None:
+    store.add(alice.public)
+    (store.directory / "junk.pub").write_bytes(data)
+    with pytest.raises(KeyFileError, match=r"junk\.pub"):
+        TrustStore(store.directory)
+    # The watching lookup on the message path skips it and keeps serving the good entries.
+    assert store.lookup(alice.agent_id, now=NOW + 10)
+    assert store.directory / "junk.pub" in store.problems
+
+
 def test_bad_extra_fields_are_refused(store: TrustStore, alice: Identity) -> None:
     entry = store.add(alice.public)
     for change in ({"roles": "worker"}, {"expires": 5}, {"pinned": "yes"}, {"expires": "soon"}):

@@ -538,14 +538,19 @@ def _read_json(path: Path, *, secret: bool) -> tuple[dict[str, Any], int]:
         raw = handle.read(_MAX_FILE_SIZE + 1)
     if len(raw) > _MAX_FILE_SIZE:
         _corrupt(path, "too large")
+    why: str | None = None
     try:
         document = json.loads(raw)
+    except RecursionError:  # "[[[[..." fits in the size limit and nests past the stack
+        why = "JSON nested too deeply"
     except (UnicodeDecodeError, json.JSONDecodeError):
-        # Raised outside the handler: the decode error holds the file text (secrets included)
+        why = "not JSON (truncated or damaged?)"
+    except ValueError:  # an integer longer than sys.get_int_max_str_digits()
+        why = "a JSON number too long to read"
+    if why is not None:
+        # Raised outside the handlers: the decode error holds the file text (secrets included)
         # and would ride along as __context__.
-        document = None
-    if document is None:
-        _corrupt(path, "not JSON (truncated or damaged?)")
+        _corrupt(path, why)
     if not isinstance(document, dict):
         _corrupt(path, "not a JSON object")
     return document, mode
