@@ -115,6 +115,68 @@ def test_parse_time_refuses_nonsense() -> None:
     assert format_time(60.0) == "1970-01-01T00:01:00Z"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+14:00",  # parses, but is before year 1 in UTC
+        "9999-12-31T23:59:59-14:00",  # parses, but is year 10000 in UTC
+        float("nan"),
+        float("inf"),
+        10.0**20,
+        True,
+        [2027],
+    ],
+)
+def test_parse_time_refuses_times_it_could_not_write_back(value: object) -> None:
+    with pytest.raises(UsageError):
+        parse_time(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("roles", [5, [["worker"]], [5], {"worker": 1}, True])
+def test_roles_of_the_wrong_type_are_a_bad_file_not_a_crash(
+    store: TrustStore, alice: Identity, roles: object
+) -> None:
+    good = store.add(Identity.generate("bob").public, ["w"])
+    entry = store.add(alice.public, ["worker"])
+    assert store.lookup(alice.agent_id, now=NOW).roles == {"worker"}
+    document = json.loads(entry.path.read_text())
+    document["roles"] = roles
+    entry.path.write_text(json.dumps(document))
+    with pytest.raises(KeyFileError, match=entry.path.name):
+        TrustStore(store.directory)
+    # The watching lookup (every message) skips the file and records why.
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW + 10)
+    assert "roles" in store.problems[entry.path]
+    assert store.lookup(good.agent_id, now=NOW + 10).roles == {"w"}
+
+
+@pytest.mark.parametrize("expires", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_an_expiry_out_of_range_is_a_bad_file_not_a_crash(
+    store: TrustStore, alice: Identity, expires: str
+) -> None:
+    entry = store.add(alice.public)
+    document = json.loads(entry.path.read_text())
+    document["expires"] = expires
+    entry.path.write_text(json.dumps(document))
+    with pytest.raises(KeyFileError, match=entry.path.name):
+        TrustStore(store.directory)
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW + 10)
+    assert "out of range" in store.problems[entry.path]
+
+
+def test_add_refuses_roles_and_expiries_of_the_wrong_kind(
+    store: TrustStore, alice: Identity
+) -> None:
+    for roles in (5, [["worker"]]):
+        with pytest.raises(UsageError):
+            store.add(alice.public, roles)  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        store.add(alice.public, expires=float("nan"))
+    assert list(store.directory.iterdir()) == []
+
+
 def test_revocation_takes_effect_at_once(store: TrustStore, alice: Identity) -> None:
     store.add(alice.public, ["w"])
     store.lookup(alice.agent_id, now=NOW)

@@ -61,9 +61,17 @@ _StatKey = tuple[int, int, int] | None
 
 
 def parse_time(value: float | str | datetime | None) -> float | None:
-    """Epoch seconds from a number, an ISO 8601 string or a datetime (naive means UTC)."""
-    if value is None or isinstance(value, (int, float)):
-        return None if value is None else float(value)
+    """Epoch seconds from a number, an ISO 8601 string or a datetime (naive means UTC).
+
+    :class:`UsageError` for anything else, and for a time :func:`format_time` cannot write
+    back (NaN, infinities, outside the years 1-9999 once moved to UTC): such a time would
+    otherwise fail later, in a lookup on the message path or when the store rewrites it.
+    """
+    if value is None:
+        return None
+    original = value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, datetime)):
+        raise UsageError(f"not a time: {value!r}")
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):  # fromisoformat accepts "Z" only from Python 3.11
@@ -71,10 +79,19 @@ def parse_time(value: float | str | datetime | None) -> float | None:
         try:
             value = datetime.fromisoformat(text)
         except ValueError as exc:
-            raise UsageError(f"not an ISO 8601 time: {value!r}") from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
+            raise UsageError(f"not an ISO 8601 time: {original!r}") from exc
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            # "0001-01-01T00:00:00+14:00" parses, yet lies before year 1 in UTC.
+            epoch = value.timestamp()
+        else:
+            epoch = float(value)
+        format_time(epoch)  # in range for the store to write it back
+    except (ValueError, OverflowError, OSError) as exc:
+        raise UsageError(f"time out of range (years 1-9999 UTC): {original!r}") from exc
+    return epoch
 
 
 def format_time(epoch: float) -> str:
@@ -83,13 +100,18 @@ def format_time(epoch: float) -> str:
 
 
 def check_roles(roles: Iterable[str]) -> frozenset[str]:
-    if isinstance(roles, str):  # a lone string would become a set of letters
+    """Role names as a set; :class:`UsageError` for anything but an iterable of valid names."""
+    if isinstance(roles, (str, bytes)):  # a lone string would become a set of letters
         raise UsageError(f"roles must be a list of names, got the string {roles!r}")
-    checked = frozenset(roles)
-    for role in checked:
+    try:
+        items = list(roles)
+    except TypeError:
+        raise UsageError(f"roles must be a list of names, got {type(roles).__name__}") from None
+    # Each item checked before hashing: a nested list must be a UsageError, not a TypeError.
+    for role in items:
         if not isinstance(role, str) or _ROLE_RE.fullmatch(role) is None:
-            raise UsageError(f"invalid role name {role!r}: 1-64 of A-Z a-z 0-9 _ . : -")
-    return checked
+            raise UsageError(f"invalid role name {role!r:.80}: 1-64 of A-Z a-z 0-9 _ . : -")
+    return frozenset(items)
 
 
 @dataclass(frozen=True)
@@ -242,7 +264,10 @@ class TrustStore:
     def _read_entry(path: Path) -> TrustEntry:
         public, document = load_public_document(path)
         try:
-            roles = check_roles(document.get("roles") or ())
+            raw_roles = document.get("roles")
+            if raw_roles is not None and not isinstance(raw_roles, list):
+                raise UsageError(f"'roles' must be a list of names, not {type(raw_roles).__name__}")
+            roles = check_roles(raw_roles or ())
             raw_expires = document.get("expires")
             if raw_expires is not None and not isinstance(raw_expires, str):
                 raise UsageError("'expires' must be an ISO 8601 string")
