@@ -288,6 +288,55 @@ def test_atomic_write_is_exclusive(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["f"]
 
 
+@pytest.mark.parametrize("replace", [False, True])
+@pytest.mark.parametrize("mode", [0o600, 0o644], ids=["0600", "0644"])
+def test_atomic_write_shows_the_whole_file_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: bool, mode: int
+) -> None:
+    target = tmp_path / "f"
+    real_fsync = os.fsync
+    synced: list[tuple[bool, int, bool]] = []
+
+    def watching_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        # (a directory?, the file's mode, is the final name there yet?)
+        synced.append((stat.S_ISDIR(info.st_mode), stat.S_IMODE(info.st_mode), target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watching_fsync)
+    keys.atomic_write(target, b"data", mode=mode, replace=replace)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert target.read_bytes() == b"data"
+    if mode == 0o600:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    # The data reached the disk before the final name existed, with an owner-only mode for a
+    # secret from the first byte; then the directory was synced to keep the new name.
+    assert synced[0] == (False, stat.S_IMODE(target.stat().st_mode), False)
+    assert synced[-1][0] and synced[-1][2]
+    assert os.listdir(tmp_path) == ["f"]
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: no ``except OSError`` cleans up after it."""
+
+
+def test_a_writer_dying_midway_leaves_no_empty_file_under_the_final_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ident: Identity
+) -> None:
+    def die(fd: int) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(os, "fsync", die)
+    with pytest.raises(_Crash):
+        keys.atomic_write(tmp_path / "f", b"data", mode=0o644, replace=False)
+    with pytest.raises(_Crash):
+        save_identity(ident, tmp_path)
+    monkeypatch.undo()
+    # Only hidden temporaries could be left by a real crash; here even they were cleaned up.
+    assert os.listdir(tmp_path) == []
+    save_identity(ident, tmp_path)  # nothing in the way afterwards
+
+
 def test_force_replaces_both_files(tmp_path: Path, ident: Identity) -> None:
     save_identity(ident, tmp_path)
     newer = Identity.generate("alice")

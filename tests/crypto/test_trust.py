@@ -356,6 +356,51 @@ def test_tofu_pins_on_first_sight_and_then_refuses_a_changed_key(tmp_path: Path)
         assert _reason(info) == "key_changed"
 
 
+def test_a_second_process_pinning_the_same_peer_meanwhile_accepts_it(
+    tmp_path: Path, alice: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = TrustStore(tmp_path, tofu=True), TrustStore(tmp_path, tofu=True)
+    real_fdopen = os.fdopen
+    during: list[object] = []
+
+    def pin_meanwhile(fd: int, *args: object, **kwargs: object) -> object:
+        # The first pin has its file open and nothing written yet: the second process
+        # (another store on the same directory) meets the same peer right then.
+        monkeypatch.setattr(os, "fdopen", real_fdopen)
+        try:
+            during.append(second.check_certificate(alice.certificate, now=NOW))
+        except UnknownPeerError as exc:
+            during.append(exc)
+        return real_fdopen(fd, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "fdopen", pin_meanwhile)
+    entry = first.check_certificate(alice.certificate, now=NOW)
+    assert entry.pinned and entry.agent_id == alice.agent_id
+    assert len(during) == 1 and not isinstance(during[0], Exception)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{alice.agent_id}.pub"]
+
+
+def test_an_empty_leftover_pin_file_pins_nothing(tmp_path: Path, alice: Identity) -> None:
+    store = TrustStore(tmp_path, tofu=True)
+    # What a writer that crashed between creating the file and filling it used to leave.
+    leftover = tmp_path / f"{alice.agent_id}.pub"
+    leftover.touch()
+    for attempt in range(2):
+        entry = store.check_certificate(alice.certificate, now=NOW + 2 * attempt)
+        assert entry.pinned and entry.path == leftover
+    assert not store.problems
+    assert TrustStore(tmp_path).lookup(alice.agent_id, now=NOW).pinned  # a restart is fine too
+
+
+def test_a_damaged_file_in_the_way_of_a_pin_is_named(tmp_path: Path, alice: Identity) -> None:
+    store = TrustStore(tmp_path, tofu=True)
+    damaged = tmp_path / f"{alice.agent_id}.pub"
+    damaged.write_text("{not json")  # someone's file: not ours to overwrite
+    with pytest.raises(UnknownPeerError, match=r"not pinned.*not a valid zmqcomm key file"):
+        store.check_certificate(alice.certificate, now=NOW)
+    assert damaged.read_text() == "{not json"
+
+
 def test_tofu_never_pins_a_revoked_id(tmp_path: Path, alice: Identity) -> None:
     store = TrustStore(tmp_path, tofu=True)
     store.check_certificate(alice.certificate, now=NOW)

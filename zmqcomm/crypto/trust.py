@@ -58,6 +58,8 @@ REVOKED_DIR = "revoked"
 REVOKED_SUFFIX = ".revoked"
 _ROLE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _StatKey = tuple[int, int, int] | None
+#: Tries to pin over an empty leftover file before giving up.
+_PIN_ATTEMPTS = 3
 
 
 def parse_time(value: float | str | datetime | None) -> float | None:
@@ -384,14 +386,33 @@ class TrustStore:
             pinned=True,
             pinned_at=format_time(now),
         )
-        try:
-            atomic_write(path, data, mode=0o644, replace=False)
-        except KeyFileError:
-            if not path.exists():
-                raise
-            # Another process pinned it first: its pin is the one that counts.
+        for attempt in range(_PIN_ATTEMPTS):
+            try:
+                atomic_write(path, data, mode=0o644, replace=False)
+                break
+            except KeyFileError:
+                stamp = _stat_key(path)
+                if stamp is None:  # not there: the write itself failed
+                    raise
+                if stamp[2] or attempt == _PIN_ATTEMPTS - 1:
+                    # Another process pinned it first: its pin is the one that counts (pins
+                    # appear whole); a damaged file is judged, and named, by the load below.
+                    break
+            # An empty file pins nothing: left by a writer that crashed between creating and
+            # filling it (releases before pins were linked in whole did that). Remove it and
+            # pin afresh, unless it was replaced meanwhile (then the next attempt sees that).
+            if _stat_key(path) == stamp:
+                path.unlink(missing_ok=True)
         self._load(strict=False)
-        return self.lookup(certificate.agent_id, now=now, verify_key=certificate.verify_key)
+        try:
+            return self.lookup(certificate.agent_id, now=now, verify_key=certificate.verify_key)
+        except UnknownPeerError as exc:
+            problem = self.problems.get(path)
+            if exc.reason != "unknown_peer" or problem is None:
+                raise
+            raise UnknownPeerError(
+                f"peer {certificate.agent_id} is not pinned: {problem}", reason="unknown_peer"
+            ) from None
 
     def entries(self) -> list[TrustEntry]:
         """Every entry not revoked (expired ones included), sorted by agent id."""
