@@ -237,6 +237,21 @@ def test_keyinfo_flags_an_expired_certificate(
     assert report["ok"] is False
 
 
+@pytest.mark.parametrize("suffix", [".pub", ".key"])
+def test_keyinfo_on_a_certificate_expiring_past_what_gmtime_can_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    far = 2**62  # valid: a certificate expiry may be anything below 2**63
+    keys.save_identity(Identity.generate("far", cert_expires=far), tmp_path)
+    path = tmp_path / f"far{suffix}"
+    assert main(["keyinfo", str(path), "--public-only"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "valid, vouches for the x25519 key" in out and str(far) in out
+    assert main(["keyinfo", str(path), "--public-only", "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and str(far) in report["certificate"]["expires"]
+
+
 def test_keyinfo_shows_trust_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     entry = TrustStore(tmp_path).add(Identity.generate("w").public, ["worker"])
     assert main(["keyinfo", str(entry.path)]) == EXIT_OK
