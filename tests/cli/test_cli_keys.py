@@ -201,6 +201,16 @@ def test_keyinfo_wrong_passphrase(
     assert "wrong passphrase" in capsys.readouterr().err
 
 
+def test_keyinfo_with_an_empty_passphrase_says_the_file_needs_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    _prompts(monkeypatch, "")  # Enter pressed at the prompt
+    assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is protected: give its passphrase" in err and "unprotected" not in err
+
+
 def test_keyinfo_public_only_skips_the_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -400,12 +400,17 @@ def test_wrong_or_missing_passphrase(tmp_path: Path, ident: Identity) -> None:
     _assert_no_secret(info.value)
     with pytest.raises(KeyFileError, match="passphrase"):
         load_identity(paths.secret)
-    with pytest.raises(UsageError):
-        load_identity(paths.secret, passphrase="")
+    for empty in ("", b""):
+        with pytest.raises(UsageError, match="empty passphrase") as empty_info:
+            load_identity(paths.secret, passphrase=empty)
+        # Advice for loading, not the saving advice to give none.
+        assert "is protected: give its passphrase" in str(empty_info.value)
+        assert str(paths.secret) in str(empty_info.value)
+        assert "unprotected" not in str(empty_info.value)
 
 
 def test_empty_passphrase_and_silly_limits_are_refused(tmp_path: Path, ident: Identity) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="give none to store the key unprotected"):
         save_identity(ident, tmp_path, passphrase="", **FAST)
     with pytest.raises(UsageError):
         save_identity(ident, tmp_path, passphrase="p", opslimit=0, memlimit=8192)

@@ -530,9 +530,12 @@ def _seal(
     }
 
 
-def _password(passphrase: str | bytes) -> bytes:
+def _password(passphrase: str | bytes, *, loading: Path | None = None) -> bytes:
+    """The passphrase as bytes; ``loading``: the protected file it is meant to open."""
     password = passphrase.encode() if isinstance(passphrase, str) else bytes(passphrase)
     if not password:
+        if loading is not None:
+            raise UsageError(f"empty passphrase; {loading} is protected: give its passphrase")
         raise UsageError("empty passphrase; give none to store the key unprotected")
     return password
 
@@ -629,7 +632,7 @@ def load_identity(
             document=document,
             kdf=kdf,
             sealed=secret,
-            password=_password(passphrase),
+            password=_password(passphrase, loading=path),
             public=public,
         )
     elif document.get("aead") is not None:
