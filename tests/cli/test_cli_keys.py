@@ -201,6 +201,16 @@ def test_keyinfo_wrong_passphrase(
     assert "wrong passphrase" in capsys.readouterr().err
 
 
+def test_keyinfo_with_an_empty_passphrase_says_the_file_needs_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    _prompts(monkeypatch, "")  # Enter pressed at the prompt
+    assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is protected: give its passphrase" in err and "unprotected" not in err
+
+
 def test_keyinfo_public_only_skips_the_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -237,13 +247,37 @@ def test_keyinfo_flags_an_expired_certificate(
     assert report["ok"] is False
 
 
+@pytest.mark.parametrize("suffix", [".pub", ".key"])
+def test_keyinfo_on_a_certificate_expiring_past_what_gmtime_can_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    far = 2**62  # valid: a certificate expiry may be anything below 2**63
+    keys.save_identity(Identity.generate("far", cert_expires=far), tmp_path)
+    path = tmp_path / f"far{suffix}"
+    assert main(["keyinfo", str(path), "--public-only"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "valid, vouches for the x25519 key" in out and str(far) in out
+    assert main(["keyinfo", str(path), "--public-only", "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and str(far) in report["certificate"]["expires"]
+
+
 def test_keyinfo_shows_trust_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     entry = TrustStore(tmp_path).add(Identity.generate("w").public, ["worker"])
     assert main(["keyinfo", str(entry.path)]) == EXIT_OK
     assert 'trust roles    ["worker"]' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content", ["", "{broken", '{"format": "something-else"}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{broken",
+        '{"format": "something-else"}',
+        "[" * 20_000 + "]" * 20_000,  # RecursionError in json.loads
+        '{"version": ' + "1" * 5_000 + "}",  # ValueError: past the int digit limit
+    ],
+)
 def test_keyinfo_on_garbage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
 ) -> None:

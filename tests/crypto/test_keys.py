@@ -9,7 +9,7 @@ import json
 import os
 import pickle
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -288,6 +288,55 @@ def test_atomic_write_is_exclusive(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["f"]
 
 
+@pytest.mark.parametrize("replace", [False, True])
+@pytest.mark.parametrize("mode", [0o600, 0o644], ids=["0600", "0644"])
+def test_atomic_write_shows_the_whole_file_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: bool, mode: int
+) -> None:
+    target = tmp_path / "f"
+    real_fsync = os.fsync
+    synced: list[tuple[bool, int, bool]] = []
+
+    def watching_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        # (a directory?, the file's mode, is the final name there yet?)
+        synced.append((stat.S_ISDIR(info.st_mode), stat.S_IMODE(info.st_mode), target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watching_fsync)
+    keys.atomic_write(target, b"data", mode=mode, replace=replace)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert target.read_bytes() == b"data"
+    if mode == 0o600:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    # The data reached the disk before the final name existed, with an owner-only mode for a
+    # secret from the first byte; then the directory was synced to keep the new name.
+    assert synced[0] == (False, stat.S_IMODE(target.stat().st_mode), False)
+    assert synced[-1][0] and synced[-1][2]
+    assert os.listdir(tmp_path) == ["f"]
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: no ``except OSError`` cleans up after it."""
+
+
+def test_a_writer_dying_midway_leaves_no_empty_file_under_the_final_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ident: Identity
+) -> None:
+    def die(fd: int) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(os, "fsync", die)
+    with pytest.raises(_Crash):
+        keys.atomic_write(tmp_path / "f", b"data", mode=0o644, replace=False)
+    with pytest.raises(_Crash):
+        save_identity(ident, tmp_path)
+    monkeypatch.undo()
+    # Only hidden temporaries could be left by a real crash; here even they were cleaned up.
+    assert os.listdir(tmp_path) == []
+    save_identity(ident, tmp_path)  # nothing in the way afterwards
+
+
 def test_force_replaces_both_files(tmp_path: Path, ident: Identity) -> None:
     save_identity(ident, tmp_path)
     newer = Identity.generate("alice")
@@ -351,12 +400,17 @@ def test_wrong_or_missing_passphrase(tmp_path: Path, ident: Identity) -> None:
     _assert_no_secret(info.value)
     with pytest.raises(KeyFileError, match="passphrase"):
         load_identity(paths.secret)
-    with pytest.raises(UsageError):
-        load_identity(paths.secret, passphrase="")
+    for empty in ("", b""):
+        with pytest.raises(UsageError, match="empty passphrase") as empty_info:
+            load_identity(paths.secret, passphrase=empty)
+        # Advice for loading, not the saving advice to give none.
+        assert "is protected: give its passphrase" in str(empty_info.value)
+        assert str(paths.secret) in str(empty_info.value)
+        assert "unprotected" not in str(empty_info.value)
 
 
 def test_empty_passphrase_and_silly_limits_are_refused(tmp_path: Path, ident: Identity) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="give none to store the key unprotected"):
         save_identity(ident, tmp_path, passphrase="", **FAST)
     with pytest.raises(UsageError):
         save_identity(ident, tmp_path, passphrase="p", opslimit=0, memlimit=8192)
@@ -367,6 +421,12 @@ def _edit(path: Path, **changes: object) -> None:
     document = json.loads(path.read_text())
     document.update(changes)
     path.write_text(json.dumps(document))
+
+
+#: Both fit under the 64 KiB size limit, yet json.loads raises RecursionError / ValueError
+#: (Python's int digit limit) on them rather than JSONDecodeError.
+_DEEP_JSON = b"[" * 20_000 + b"]" * 20_000
+_LONG_INT_JSON = b'{"version": ' + b"1" * 5_000 + b"}"
 
 
 @pytest.mark.parametrize(
@@ -387,6 +447,8 @@ def _edit(path: Path, **changes: object) -> None:
         "bad_name",
         "aead_without_kdf",
         "huge",
+        "deep_nesting",
+        "long_integer",
     ],
 )
 def test_damaged_files_are_refused(tmp_path: Path, ident: Identity, damage: str) -> None:
@@ -423,6 +485,10 @@ def test_damaged_files_are_refused(tmp_path: Path, ident: Identity, damage: str)
         _edit(path, aead="xchacha20poly1305-ietf")
     elif damage == "huge":
         path.write_text(" " * 70_000 + text)
+    elif damage == "deep_nesting":
+        path.write_bytes(_DEEP_JSON)
+    elif damage == "long_integer":
+        path.write_bytes(_LONG_INT_JSON)
     with pytest.raises(KeyFileError) as info:
         load_identity(path)
     _assert_no_secret(info.value)
@@ -469,6 +535,24 @@ def test_altered_sealed_file_fails_like_a_wrong_passphrase(
     path.write_text(json.dumps(document))
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         load_identity(path, passphrase="p")
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [(_DEEP_JSON, "nested too deeply"), (_LONG_INT_JSON, "number too long")],
+    ids=["deep_nesting", "long_integer"],
+)
+@pytest.mark.parametrize("loader", [load_public, load_identity, key_file_kind, inspect_secret_file])
+def test_json_the_parser_cannot_take_is_a_corrupt_key_file(
+    tmp_path: Path, data: bytes, why: str, loader: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "x.pub"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match=why) as info:
+        loader(path)
+    assert info.value.reason == "corrupt_key_file"
+    assert str(path) in str(info.value)
 
 
 def test_missing_file_directory_and_fifo(tmp_path: Path) -> None:

@@ -244,3 +244,39 @@ def test_bad_settings_and_ids() -> None:
     assert "key" not in repr(
         Session(session_id=1, send_key=bytes(32), receive_key=bytes(32), now=0)
     )
+
+
+_NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"hard_max_messages": _NAN},  # switched the hard send limit off
+        {"max_messages": _NAN, "hard_max_messages": _NAN},
+        {"max_messages": 1.5},
+        {"max_messages": 10.0, "hard_max_messages": 20},
+        {"max_messages": True},
+        {"hard_max_messages": float("inf")},
+        {"max_messages": 0},
+        {"max_messages": 1, "hard_max_messages": 2**64},
+        {"max_messages": "10"},
+        {"max_age": _NAN},
+        {"hard_max_age": _NAN},
+        {"max_age": float("inf"), "hard_max_age": float("inf")},
+        {"grace_period": _NAN},
+        {"grace_period": -1.0},
+        {"jitter": _NAN},
+        {"jitter": "0.1"},
+    ],
+    ids=repr,
+)
+def test_rekey_policy_refuses_nan_and_non_integer_limits(settings: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        RekeyPolicy(**settings)  # type: ignore[arg-type]
+
+
+def test_rekey_policy_accepts_the_extremes_of_its_ranges() -> None:
+    RekeyPolicy(max_messages=1, hard_max_messages=1)
+    RekeyPolicy(max_messages=2**64 - 1, hard_max_messages=2**64 - 1)
+    RekeyPolicy(jitter=0, grace_period=0)

@@ -115,6 +115,68 @@ def test_parse_time_refuses_nonsense() -> None:
     assert format_time(60.0) == "1970-01-01T00:01:00Z"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0001-01-01T00:00:00+14:00",  # parses, but is before year 1 in UTC
+        "9999-12-31T23:59:59-14:00",  # parses, but is year 10000 in UTC
+        float("nan"),
+        float("inf"),
+        10.0**20,
+        True,
+        [2027],
+    ],
+)
+def test_parse_time_refuses_times_it_could_not_write_back(value: object) -> None:
+    with pytest.raises(UsageError):
+        parse_time(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("roles", [5, [["worker"]], [5], {"worker": 1}, True])
+def test_roles_of_the_wrong_type_are_a_bad_file_not_a_crash(
+    store: TrustStore, alice: Identity, roles: object
+) -> None:
+    good = store.add(Identity.generate("bob").public, ["w"])
+    entry = store.add(alice.public, ["worker"])
+    assert store.lookup(alice.agent_id, now=NOW).roles == {"worker"}
+    document = json.loads(entry.path.read_text())
+    document["roles"] = roles
+    entry.path.write_text(json.dumps(document))
+    with pytest.raises(KeyFileError, match=entry.path.name):
+        TrustStore(store.directory)
+    # The watching lookup (every message) skips the file and records why.
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW + 10)
+    assert "roles" in store.problems[entry.path]
+    assert store.lookup(good.agent_id, now=NOW + 10).roles == {"w"}
+
+
+@pytest.mark.parametrize("expires", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_an_expiry_out_of_range_is_a_bad_file_not_a_crash(
+    store: TrustStore, alice: Identity, expires: str
+) -> None:
+    entry = store.add(alice.public)
+    document = json.loads(entry.path.read_text())
+    document["expires"] = expires
+    entry.path.write_text(json.dumps(document))
+    with pytest.raises(KeyFileError, match=entry.path.name):
+        TrustStore(store.directory)
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW + 10)
+    assert "out of range" in store.problems[entry.path]
+
+
+def test_add_refuses_roles_and_expiries_of_the_wrong_kind(
+    store: TrustStore, alice: Identity
+) -> None:
+    for roles in (5, [["worker"]]):
+        with pytest.raises(UsageError):
+            store.add(alice.public, roles)  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        store.add(alice.public, expires=float("nan"))
+    assert list(store.directory.iterdir()) == []
+
+
 def test_revocation_takes_effect_at_once(store: TrustStore, alice: Identity) -> None:
     store.add(alice.public, ["w"])
     store.lookup(alice.agent_id, now=NOW)
@@ -294,6 +356,51 @@ def test_tofu_pins_on_first_sight_and_then_refuses_a_changed_key(tmp_path: Path)
         assert _reason(info) == "key_changed"
 
 
+def test_a_second_process_pinning_the_same_peer_meanwhile_accepts_it(
+    tmp_path: Path, alice: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = TrustStore(tmp_path, tofu=True), TrustStore(tmp_path, tofu=True)
+    real_fdopen = os.fdopen
+    during: list[object] = []
+
+    def pin_meanwhile(fd: int, *args: object, **kwargs: object) -> object:
+        # The first pin has its file open and nothing written yet: the second process
+        # (another store on the same directory) meets the same peer right then.
+        monkeypatch.setattr(os, "fdopen", real_fdopen)
+        try:
+            during.append(second.check_certificate(alice.certificate, now=NOW))
+        except UnknownPeerError as exc:
+            during.append(exc)
+        return real_fdopen(fd, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "fdopen", pin_meanwhile)
+    entry = first.check_certificate(alice.certificate, now=NOW)
+    assert entry.pinned and entry.agent_id == alice.agent_id
+    assert len(during) == 1 and not isinstance(during[0], Exception)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{alice.agent_id}.pub"]
+
+
+def test_an_empty_leftover_pin_file_pins_nothing(tmp_path: Path, alice: Identity) -> None:
+    store = TrustStore(tmp_path, tofu=True)
+    # What a writer that crashed between creating the file and filling it used to leave.
+    leftover = tmp_path / f"{alice.agent_id}.pub"
+    leftover.touch()
+    for attempt in range(2):
+        entry = store.check_certificate(alice.certificate, now=NOW + 2 * attempt)
+        assert entry.pinned and entry.path == leftover
+    assert not store.problems
+    assert TrustStore(tmp_path).lookup(alice.agent_id, now=NOW).pinned  # a restart is fine too
+
+
+def test_a_damaged_file_in_the_way_of_a_pin_is_named(tmp_path: Path, alice: Identity) -> None:
+    store = TrustStore(tmp_path, tofu=True)
+    damaged = tmp_path / f"{alice.agent_id}.pub"
+    damaged.write_text("{not json")  # someone's file: not ours to overwrite
+    with pytest.raises(UnknownPeerError, match=r"not pinned.*not a valid zmqcomm key file"):
+        store.check_certificate(alice.certificate, now=NOW)
+    assert damaged.read_text() == "{not json"
+
+
 def test_tofu_never_pins_a_revoked_id(tmp_path: Path, alice: Identity) -> None:
     store = TrustStore(tmp_path, tofu=True)
     store.check_certificate(alice.certificate, now=NOW)
@@ -325,6 +432,23 @@ def test_a_corrupt_file_fails_loading_but_not_running(store: TrustStore, alice: 
         TrustStore(store.directory)
     # A running store skips the bad file, says so, and keeps serving the good ones.
     assert store.lookup(alice.agent_id, now=NOW)
+    assert store.directory / "junk.pub" in store.problems
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[" * 20_000 + b"]" * 20_000, b'{"version": ' + b"1" * 5_000 + b"}"],
+    ids=["deep_nesting", "long_integer"],
+)
+def test_json_the_parser_cannot_take_is_a_corrupt_file_too(
+    store: TrustStore, alice: Identity, data: bytes
+) -> None:
+    store.add(alice.public)
+    (store.directory / "junk.pub").write_bytes(data)
+    with pytest.raises(KeyFileError, match=r"junk\.pub"):
+        TrustStore(store.directory)
+    # The watching lookup on the message path skips it and keeps serving the good entries.
+    assert store.lookup(alice.agent_id, now=NOW + 10)
     assert store.directory / "junk.pub" in store.problems
 
 

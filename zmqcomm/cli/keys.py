@@ -165,7 +165,11 @@ def _certificate_report(certificate: Certificate, now: float) -> dict[str, Any]:
 
 
 def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    # A certificate may expire anywhere below 2**63 seconds, far past what gmtime can show.
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return f"epoch second {epoch}, too far ahead to show as a date"
 
 
 def _public_report(public: PublicIdentity, now: float) -> dict[str, Any]:

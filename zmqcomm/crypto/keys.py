@@ -12,8 +12,9 @@ The X25519 static key used in Noise handshakes is generated independently and vo
 X25519 public key and an optional expiry, so a peer that trusts the Ed25519 key can check the
 static key it met in the handshake.
 
-Key files (JSON, formats in ``docs/keys.md``): ``NAME.key`` holds the secrets, is created with
-``O_EXCL`` and mode 0600, may be sealed under a passphrase (Argon2id + XChaCha20-Poly1305), and
+Key files (JSON, formats in ``docs/keys.md``): ``NAME.key`` holds the secrets, is created
+whole (written to a temporary file, then linked in place, never over an existing file) with
+mode 0600, may be sealed under a passphrase (Argon2id + XChaCha20-Poly1305), and
 is refused on load when group or others may read it; ``NAME.pub`` holds the public half.
 No secret appears in any ``repr``, ``str`` or exception message.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -363,19 +365,18 @@ def key_paths(directory: str | os.PathLike[str], name: str) -> KeyPaths:
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
-    """Create ``path`` holding ``data`` and never clobber by accident.
+    """Create ``path`` holding ``data``, whole or not at all, and never clobber by accident.
 
-    Without ``replace``, ``O_EXCL`` makes an existing file (or a race) an error. With it, the
-    data goes to a fresh temporary file in the same directory, then ``os.replace`` swaps it in,
-    so readers see the old file or the new one, never half of one.
+    The data is written and fsynced to a hidden temporary file in the same directory (created
+    with ``mode``: a secret is owner-only from its first byte), which then takes the final name
+    in one step: ``os.link`` without ``replace`` (it fails if the name exists, like
+    ``O_EXCL``), ``os.replace`` with it. Readers and concurrent writers see no file or the
+    whole file, never an empty or half-written one, and a crash leaves at most a hidden
+    temporary file. The directory is fsynced last, so the new name survives a power cut.
     """
-    target = path
-    if replace:
-        target = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError as exc:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite it") from exc
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except OSError as exc:
         raise KeyFileError(f"cannot create {path}: {exc.strerror}") from exc
     try:
@@ -386,10 +387,32 @@ def atomic_write(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         if replace:
-            os.replace(target, path)
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+    except FileExistsError as exc:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite it") from exc
     except OSError as exc:
-        target.unlink(missing_ok=True)
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        # After os.replace it is gone already; after os.link it is a second name to drop.
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable; best effort (not every system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _b64(data: bytes) -> str:
@@ -507,9 +530,12 @@ def _seal(
     }
 
 
-def _password(passphrase: str | bytes) -> bytes:
+def _password(passphrase: str | bytes, *, loading: Path | None = None) -> bytes:
+    """The passphrase as bytes; ``loading``: the protected file it is meant to open."""
     password = passphrase.encode() if isinstance(passphrase, str) else bytes(passphrase)
     if not password:
+        if loading is not None:
+            raise UsageError(f"empty passphrase; {loading} is protected: give its passphrase")
         raise UsageError("empty passphrase; give none to store the key unprotected")
     return password
 
@@ -538,14 +564,19 @@ def _read_json(path: Path, *, secret: bool) -> tuple[dict[str, Any], int]:
         raw = handle.read(_MAX_FILE_SIZE + 1)
     if len(raw) > _MAX_FILE_SIZE:
         _corrupt(path, "too large")
+    why: str | None = None
     try:
         document = json.loads(raw)
+    except RecursionError:  # "[[[[..." fits in the size limit and nests past the stack
+        why = "JSON nested too deeply"
     except (UnicodeDecodeError, json.JSONDecodeError):
-        # Raised outside the handler: the decode error holds the file text (secrets included)
+        why = "not JSON (truncated or damaged?)"
+    except ValueError:  # an integer longer than sys.get_int_max_str_digits()
+        why = "a JSON number too long to read"
+    if why is not None:
+        # Raised outside the handlers: the decode error holds the file text (secrets included)
         # and would ride along as __context__.
-        document = None
-    if document is None:
-        _corrupt(path, "not JSON (truncated or damaged?)")
+        _corrupt(path, why)
     if not isinstance(document, dict):
         _corrupt(path, "not a JSON object")
     return document, mode
@@ -601,7 +632,7 @@ def load_identity(
             document=document,
             kdf=kdf,
             sealed=secret,
-            password=_password(passphrase),
+            password=_password(passphrase, loading=path),
             public=public,
         )
     elif document.get("aead") is not None:

@@ -28,6 +28,8 @@ from zmqcomm.errors import AuthenticationError, ReplayError, SecurityError, Usag
 KEY_SIZE = 32
 TAG_SIZE = 16
 _U32 = 2**32
+#: Message counters are 64-bit (the nonce and the wire header carry a u64).
+_COUNTER_LIMIT = 2**64
 
 
 @dataclass(frozen=True)
@@ -47,17 +49,25 @@ class RekeyPolicy:
     window: int = 4096
 
     def __post_init__(self) -> None:
+        # Written so NaN fails (every comparison with it is false): a NaN hard limit would
+        # switch the refusal to send off.
         check_seconds(self.max_age, "rekey max_age", allow_zero=False)
         check_seconds(self.hard_max_age, "rekey hard_max_age", allow_zero=False)
         check_seconds(self.grace_period, "rekey grace_period")
-        if self.max_messages < 1:
-            raise UsageError("rekey limits must be positive")
-        if not 0 <= self.jitter < 1:
-            raise UsageError(f"rekey jitter is a fraction in [0, 1), got {self.jitter}")
-        if self.hard_max_messages < self.max_messages or self.hard_max_age < self.max_age:
+        for name in ("max_messages", "hard_max_messages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"rekey {name} must be a whole number, got {value!r}")
+        if not 1 <= self.max_messages <= self.hard_max_messages < _COUNTER_LIMIT:
+            raise UsageError(
+                "rekey message limits must satisfy 1 <= max_messages <= hard_max_messages "
+                f"< 2**64, got {self.max_messages} and {self.hard_max_messages}"
+            )
+        if self.hard_max_age < self.max_age:
             raise UsageError("hard rekey limits must not be below the soft ones")
-        if self.grace_period < 0:
-            raise UsageError("the rekey grace period cannot be negative")
+        jitter = self.jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise UsageError(f"rekey jitter is a fraction in [0, 1), got {jitter!r}")
 
 
 _NONCE = struct.Struct("<IQ")

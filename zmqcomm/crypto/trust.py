@@ -58,12 +58,22 @@ REVOKED_DIR = "revoked"
 REVOKED_SUFFIX = ".revoked"
 _ROLE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _StatKey = tuple[int, int, int] | None
+#: Tries to pin over an empty leftover file before giving up.
+_PIN_ATTEMPTS = 3
 
 
 def parse_time(value: float | str | datetime | None) -> float | None:
-    """Epoch seconds from a number, an ISO 8601 string or a datetime (naive means UTC)."""
-    if value is None or isinstance(value, (int, float)):
-        return None if value is None else float(value)
+    """Epoch seconds from a number, an ISO 8601 string or a datetime (naive means UTC).
+
+    :class:`UsageError` for anything else, and for a time :func:`format_time` cannot write
+    back (NaN, infinities, outside the years 1-9999 once moved to UTC): such a time would
+    otherwise fail later, in a lookup on the message path or when the store rewrites it.
+    """
+    if value is None:
+        return None
+    original = value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, datetime)):
+        raise UsageError(f"not a time: {value!r}")
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):  # fromisoformat accepts "Z" only from Python 3.11
@@ -71,10 +81,19 @@ def parse_time(value: float | str | datetime | None) -> float | None:
         try:
             value = datetime.fromisoformat(text)
         except ValueError as exc:
-            raise UsageError(f"not an ISO 8601 time: {value!r}") from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
+            raise UsageError(f"not an ISO 8601 time: {original!r}") from exc
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            # "0001-01-01T00:00:00+14:00" parses, yet lies before year 1 in UTC.
+            epoch = value.timestamp()
+        else:
+            epoch = float(value)
+        format_time(epoch)  # in range for the store to write it back
+    except (ValueError, OverflowError, OSError) as exc:
+        raise UsageError(f"time out of range (years 1-9999 UTC): {original!r}") from exc
+    return epoch
 
 
 def format_time(epoch: float) -> str:
@@ -83,13 +102,18 @@ def format_time(epoch: float) -> str:
 
 
 def check_roles(roles: Iterable[str]) -> frozenset[str]:
-    if isinstance(roles, str):  # a lone string would become a set of letters
+    """Role names as a set; :class:`UsageError` for anything but an iterable of valid names."""
+    if isinstance(roles, (str, bytes)):  # a lone string would become a set of letters
         raise UsageError(f"roles must be a list of names, got the string {roles!r}")
-    checked = frozenset(roles)
-    for role in checked:
+    try:
+        items = list(roles)
+    except TypeError:
+        raise UsageError(f"roles must be a list of names, got {type(roles).__name__}") from None
+    # Each item checked before hashing: a nested list must be a UsageError, not a TypeError.
+    for role in items:
         if not isinstance(role, str) or _ROLE_RE.fullmatch(role) is None:
-            raise UsageError(f"invalid role name {role!r}: 1-64 of A-Z a-z 0-9 _ . : -")
-    return checked
+            raise UsageError(f"invalid role name {role!r:.80}: 1-64 of A-Z a-z 0-9 _ . : -")
+    return frozenset(items)
 
 
 @dataclass(frozen=True)
@@ -242,7 +266,10 @@ class TrustStore:
     def _read_entry(path: Path) -> TrustEntry:
         public, document = load_public_document(path)
         try:
-            roles = check_roles(document.get("roles") or ())
+            raw_roles = document.get("roles")
+            if raw_roles is not None and not isinstance(raw_roles, list):
+                raise UsageError(f"'roles' must be a list of names, not {type(raw_roles).__name__}")
+            roles = check_roles(raw_roles or ())
             raw_expires = document.get("expires")
             if raw_expires is not None and not isinstance(raw_expires, str):
                 raise UsageError("'expires' must be an ISO 8601 string")
@@ -359,14 +386,33 @@ class TrustStore:
             pinned=True,
             pinned_at=format_time(now),
         )
-        try:
-            atomic_write(path, data, mode=0o644, replace=False)
-        except KeyFileError:
-            if not path.exists():
-                raise
-            # Another process pinned it first: its pin is the one that counts.
+        for attempt in range(_PIN_ATTEMPTS):
+            try:
+                atomic_write(path, data, mode=0o644, replace=False)
+                break
+            except KeyFileError:
+                stamp = _stat_key(path)
+                if stamp is None:  # not there: the write itself failed
+                    raise
+                if stamp[2] or attempt == _PIN_ATTEMPTS - 1:
+                    # Another process pinned it first: its pin is the one that counts (pins
+                    # appear whole); a damaged file is judged, and named, by the load below.
+                    break
+            # An empty file pins nothing: left by a writer that crashed between creating and
+            # filling it (releases before pins were linked in whole did that). Remove it and
+            # pin afresh, unless it was replaced meanwhile (then the next attempt sees that).
+            if _stat_key(path) == stamp:
+                path.unlink(missing_ok=True)
         self._load(strict=False)
-        return self.lookup(certificate.agent_id, now=now, verify_key=certificate.verify_key)
+        try:
+            return self.lookup(certificate.agent_id, now=now, verify_key=certificate.verify_key)
+        except UnknownPeerError as exc:
+            problem = self.problems.get(path)
+            if exc.reason != "unknown_peer" or problem is None:
+                raise
+            raise UnknownPeerError(
+                f"peer {certificate.agent_id} is not pinned: {problem}", reason="unknown_peer"
+            ) from None
 
     def entries(self) -> list[TrustEntry]:
         """Every entry not revoked (expired ones included), sorted by agent id."""
