@@ -23,8 +23,18 @@ import msgpack
 import pytest
 
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import CorruptStoreError, StoreError, UsageError, ZmqCommError
-from zmqcomm.patterns.pbft import KeyValueStore, Prepare, Replica, Reply, StableCheckpoint
+from zmqcomm.patterns.pbft import (
+    KeyValueStore,
+    Prepare,
+    Replica,
+    Reply,
+    Request,
+    StableCheckpoint,
+    encode_op,
+    material,
+)
 from zmqcomm.patterns.pbft.checkpoint import state_bytes, state_digest
 from zmqcomm.patterns.pbft.cluster import LocalCluster
 from zmqcomm.patterns.pbft.config import ReplicaConfig, ReplicaEntry, load_config
@@ -34,6 +44,7 @@ from zmqcomm.patterns.pbft.driver import (
     ReplicaDriver,
     _lock_data_directory,
     build_replica,
+    client_verifier,
     run_replica,
 )
 from zmqcomm.patterns.pbft.loadgen import LoadGenerator, LoadReport, percentile
@@ -431,8 +442,51 @@ def test_a_long_view_change_timeout_still_doubles(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "store.sqlite3")
     try:
         replica = build_replica(
-            config, identity=Identity.generate("r"), store=store, machine=KeyValueStore()
+            config,
+            identity=Identity.generate("r"),
+            store=store,
+            machine=KeyValueStore(),
+            trust=TrustStore(config.trust),
         )
         assert replica.max_timeout >= 2 * 120.0
     finally:
         store.close()
+
+
+def test_client_signatures_are_checked_against_the_agent_before_the_slash(
+    tmp_path: Path,
+) -> None:
+    config = _kept_config(tmp_path, client_signatures=True)
+    trust = TrustStore(config.trust)
+    verify = client_verifier(trust)
+    client = Identity.generate("client")
+    stranger = Identity.generate("stranger")
+    trust.add(client.public)
+    request = Request(f"{client.agent_id}/7", 1, encode_op("put", b"k", b"v"))
+    signed = material(request)
+    assert verify(request.client, signed, client.sign(signed))
+    assert not verify(request.client, signed, stranger.sign(signed))
+    assert not verify(f"{stranger.agent_id}/7", signed, stranger.sign(signed))  # untrusted
+    trust.revoke(client.agent_id)
+    assert not verify(request.client, signed, client.sign(signed))
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    try:
+        replica = build_replica(
+            config, identity=Identity.generate("r"), store=store, machine=KeyValueStore(),
+            trust=trust,
+        )  # fmt: skip
+        assert replica.verify_client is not None
+    finally:
+        store.close()
+
+
+def test_a_cluster_with_client_signatures_serves_signed_requests(tmp_path: Path) -> None:
+    # Without them a replica started from a configuration could not check clients at all,
+    # and any trusted client could force a view change per request (found by a review).
+    with LocalCluster(4, directory=tmp_path / "c", client_signatures=True) as cluster:
+        assert load_config(cluster.config_path(1)).client_signatures is True
+        cluster.start_all()
+        cluster.wait_ready()
+        with cluster.load_generator(clients=4) as load:
+            report = load.run(20, max_seconds=30)
+    assert report.ops == 20

@@ -99,6 +99,12 @@ def register(commands: Any) -> None:
         help="every replica replies to every request, as in the paper "
              "(default: f+1 designated replicas)",
     )  # fmt: skip
+    local.add_argument(
+        "--client-signatures", action="store_true",
+        help="clients sign their requests and replicas check them: needed when clients are "
+             "not trusted (an unsigned client can force view changes), costs a signature "
+             "check per request on every replica",
+    )  # fmt: skip
     local.add_argument("--keep", metavar="DIR", help="keep keys, configs, stores and logs in DIR")
     local.add_argument("--json", action="store_true", help="print the summary as JSON")
     local.set_defaults(run=run)
@@ -133,6 +139,7 @@ def _run_local(args: argparse.Namespace) -> int:
         view_change_timeout=args.view_change_timeout,
         fsync=not args.no_fsync,
         reply_all=args.reply_all,
+        client_signatures=args.client_signatures,
         keep=args.keep,
     )
     with sigterm_interrupts():

@@ -102,7 +102,9 @@ Where this deviates from the paper, on purpose:
   accepted only from its client and nobody relays: a faulty replica could otherwise invent
   requests. The risk then: a faulty client that sends each request only to the backups makes
   them start a view change per request; give the replicas ``verify_client`` whenever clients
-  are not trusted. The idle-primary detector is the request timer (above); there is no
+  are not trusted (``client_signatures = true`` in a replica's configuration,
+  ``pbft local --client-signatures``: clients sign with their identity, checked against the
+  trust store). The idle-primary detector is the request timer (above); there is no
   heartbeat, since a primary with nothing to order harms nobody.
 - NEW-VIEW carries the batches of its pre-prepares, so no replica has to fetch requests.
 - A replica that learns of a later view (normal-case messages from a replica in view w > v,

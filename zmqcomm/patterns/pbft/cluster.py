@@ -63,6 +63,7 @@ class LocalCluster:
         view_change_timeout: float = 1.0,
         fsync: bool = True,
         reply_all: bool = False,
+        client_signatures: bool = False,
         client_names: tuple[str, ...] = ("loadgen",),
         directory: str | os.PathLike[str] | None = None,
         endpoints: list[str] | None = None,
@@ -89,6 +90,7 @@ class LocalCluster:
                 view_change_timeout=view_change_timeout,
                 fsync=fsync,
                 reply_all=reply_all,
+                client_signatures=client_signatures,
             )
         except BaseException:
             # A refused setting (or Ctrl-C) must not leave private keys behind in /tmp.
@@ -239,6 +241,7 @@ class LocalCluster:
             TrustStore(self.trust_dir, watch=False),
             endpoints=self.endpoints,
             replica_agents=self.agent_ids,
+            sign_requests=self.configs[0].client_signatures,
             **options,
         )
 
@@ -293,6 +296,7 @@ class LocalOptions:
     checkpoint_interval: int = 16
     fsync: bool = True
     reply_all: bool = False
+    client_signatures: bool = False
     keep: str | None = None
 
     def with_changes(self, **changes: Any) -> LocalOptions:
@@ -318,6 +322,7 @@ def run_local(options: LocalOptions, *, progress: IO[str] | None = None) -> dict
         view_change_timeout=options.view_change_timeout,
         fsync=options.fsync,
         reply_all=options.reply_all,
+        client_signatures=options.client_signatures,
         directory=options.keep,
     )
     with cluster:
@@ -369,6 +374,7 @@ def _summary(
         "batch": options.batch,
         "fsync": options.fsync,
         "reply_all": options.reply_all,
+        "client_signatures": options.client_signatures,
         "clients": len(load.clients),
         **report.summary(),
         "replica_view": max((s["view"] for s in statuses if s), default=0),

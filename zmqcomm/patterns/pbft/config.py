@@ -15,6 +15,7 @@
     view_change_timeout = 1.0        # seconds; doubled after each failed view change
     fsync = true                     # false: survive SIGKILL but not a power cut (faster)
     reply_all = false                # true: every replica replies, not f + 1 designated
+    client_signatures = false        # true: clients sign requests (see docs/patterns.md)
     max_request_bytes = 65536        # largest client operation accepted
     max_batch_bytes = 524288         # operations per PRE-PREPARE, in bytes (see _check_sizes)
 
@@ -70,6 +71,7 @@ _ALLOWED = (
     "view_change_timeout",
     "fsync",
     "reply_all",
+    "client_signatures",
     "max_request_bytes",
     "max_batch_bytes",
     "replicas",
@@ -101,6 +103,7 @@ class ReplicaConfig:
     view_change_timeout: float = 1.0
     fsync: bool = True
     reply_all: bool = False
+    client_signatures: bool = False
     max_request_bytes: int = MAX_REQUEST_BYTES
     #: None: MAX_BATCH_BYTES, or less if the watermark window needs it (see _check_sizes).
     max_batch_bytes: int | None = None
@@ -138,6 +141,10 @@ class ReplicaConfig:
             raise UsageError(f"fsync must be true or false, got {self.fsync!r}")
         if not isinstance(self.reply_all, bool):
             raise UsageError(f"reply_all must be true or false, got {self.reply_all!r}")
+        if not isinstance(self.client_signatures, bool):
+            raise UsageError(
+                f"client_signatures must be true or false, got {self.client_signatures!r}"
+            )
         if not self.name:
             object.__setattr__(self, "name", f"replica-{self.replica}")
 
@@ -216,6 +223,7 @@ class ReplicaConfig:
             f"view_change_timeout = {self.view_change_timeout}",
             f"fsync = {'true' if self.fsync else 'false'}",
             f"reply_all = {'true' if self.reply_all else 'false'}",
+            f"client_signatures = {'true' if self.client_signatures else 'false'}",
             f"max_request_bytes = {self.max_request_bytes}",
             f"max_batch_bytes = {self.max_batch_bytes}",
         ]
@@ -293,7 +301,8 @@ def load_config(path: str | os.PathLike[str]) -> ReplicaConfig:
         "max_request_bytes",
         "max_batch_bytes",
     )
-    settings = {k: data[k] for k in (*names, "fsync", "reply_all") if k in data}
+    flags = ("fsync", "reply_all", "client_signatures")
+    settings = {k: data[k] for k in (*names, *flags) if k in data}
     return ReplicaConfig(
         replica=data["replica"],
         replicas=tuple(entries),

@@ -44,12 +44,13 @@ import zmq
 from zmqcomm.actions import Send
 from zmqcomm.crypto.audit import REJECT, AuditLog, BaseAuditLog
 from zmqcomm.crypto.channel import TrustChecker
-from zmqcomm.crypto.keys import Identity, load_identity
+from zmqcomm.crypto.keys import Identity, load_identity, signature_valid
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     CorruptStoreError,
     RemoteProtocolError,
+    SecurityError,
     StoreError,
     UsageError,
     ZmqCommError,
@@ -57,6 +58,7 @@ from zmqcomm.errors import (
 from zmqcomm.patterns.gossip.machine import ed25519_verifier
 from zmqcomm.patterns.pbft.config import ReplicaConfig
 from zmqcomm.patterns.pbft.messages import Request, decode, encode
+from zmqcomm.patterns.pbft.normal import ClientVerifier
 from zmqcomm.patterns.pbft.replica import Executed, Replica, StateTransferred, ViewChanged
 from zmqcomm.patterns.pbft.sqlite_store import SQLiteStore
 from zmqcomm.patterns.pbft.statemachine import KeyValueStore
@@ -436,8 +438,30 @@ def run_replica(
         lock.close()
 
 
+def client_verifier(trust: TrustStore) -> ClientVerifier:
+    """Checks a request's signature with the key of the agent its client id belongs to (the
+    part before the slash), as the trust store holds it now: revoked clients fail."""
+
+    def verify(client: Hashable, material: bytes, signature: bytes) -> bool:
+        agent = client_agent(client)
+        if agent is None or not isinstance(signature, bytes):
+            return False
+        try:
+            key = trust.lookup(agent, now=time.time()).verify_key
+        except SecurityError:
+            return False
+        return signature_valid(key, material, signature)
+
+    return verify
+
+
 def build_replica(
-    config: ReplicaConfig, *, identity: Identity, store: SQLiteStore, machine: KeyValueStore
+    config: ReplicaConfig,
+    *,
+    identity: Identity,
+    store: SQLiteStore,
+    machine: KeyValueStore,
+    trust: TrustStore,
 ) -> Replica:
     """The protocol core a replica process runs, with the configuration's settings."""
     return Replica(
@@ -458,6 +482,7 @@ def build_replica(
         # Doubling must be able to go past the first timeout, however long it is.
         max_view_change_timeout=max(60.0, 16 * config.view_change_timeout),
         reply_all=config.reply_all,
+        verify_client=client_verifier(trust) if config.client_signatures else None,
     )
 
 
@@ -495,12 +520,15 @@ def _run_locked(
     store = SQLiteStore(config.data / STORE_FILE, group_commit=True, fsync=config.fsync)
     machine = KeyValueStore()
     try:
-        replica = build_replica(config, identity=identity, store=store, machine=machine)
+        trust = TrustStore(config.trust)
+        replica = build_replica(
+            config, identity=identity, store=store, machine=machine, trust=trust
+        )
         store.commit()  # a restart that resumes a view change persisted nothing new, but be sure
         driver = ReplicaDriver(
             replica,
             identity=identity,
-            trust=TrustStore(config.trust),
+            trust=trust,
             endpoints=config.endpoints,
             replica_agents=config.agent_ids,
             store=store,

@@ -87,7 +87,10 @@ class LoadGenerator:
         value_size: int = 16,
         context: zmq.Context[Any] | None = None,
         connect_timeout: float = 10.0,
+        sign_requests: bool = False,
     ) -> None:
+        """``sign_requests``: sign every request with ``identity`` (for replicas that check
+        client signatures, ``client_signatures = true``)."""
         if clients < 1 or len(endpoints) != len(replica_agents):
             raise UsageError("need at least one client and one agent id per endpoint")
         self.n = len(endpoints)
@@ -95,8 +98,11 @@ class LoadGenerator:
         self.index = {agent: i for i, agent in enumerate(replica_agents)}
         self.value = b"v" * value_size
         now = time.time()
+        sign = identity.sign if sign_requests else None
         self.clients: dict[Hashable, Client] = {
-            f"{self.agent}/{k}": Client(f"{self.agent}/{k}", self.n, now=now, timeout=timeout)
+            f"{self.agent}/{k}": Client(
+                f"{self.agent}/{k}", self.n, now=now, timeout=timeout, sign=sign
+            )
             for k in range(clients)
         }
         options = DEFAULT_SOCKET_OPTIONS.with_changes(linger=0.0)
