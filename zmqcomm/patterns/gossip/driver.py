@@ -453,9 +453,19 @@ class GossipAgent:
 
     def _drop_untrusted_peers(self) -> None:
         """A peer revoked (or expired) since it joined stops getting our traffic: only its
-        new control items and publications were refused until now."""
+        new control items and publications were refused until now. A peer configured with
+        add_peer() that the store simply does not list is the caller's choice and stays; a
+        fixed ``verify_keys`` mapping never changes, so there is nothing to look at."""
+        if self._trust is None:
+            return
         for peer in self.node.peers:
-            if isinstance(peer, str) and not self._trusted(peer):
+            if not isinstance(peer, str):
+                continue
+            try:
+                self._trust.lookup(peer, now=time.time())
+            except SecurityError as exc:
+                if peer in self._known and exc.reason == "unknown_peer":
+                    continue
                 self.remove_peer(peer, reason="peer_untrusted")
                 self._reject(peer, "peer_untrusted")
 
