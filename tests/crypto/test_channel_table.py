@@ -575,3 +575,91 @@ def test_an_established_peer_rekeys_without_spending_handshake_tokens(world: Wor
     assert table.receive(b"carol", init, now=T0) != []
     assert table.receive(b"carol", init, now=T0) == []
     assert table.rejected == Counter({"rate_limited": 1})
+
+
+def _rekey_init(client: SecureChannel, *, now: float) -> list[Buffer]:
+    """The INIT of a rekey to the next epoch, as a peer that never finishes it sends."""
+    session = client.session
+    assert session is not None
+    return client._initiate(session.session_id, session.epoch + 1, now=now, delay=2.0)
+
+
+def test_an_established_peer_flooding_inits_is_rate_limited_before_any_dh(
+    world: World, respond_calls: list[int]
+) -> None:
+    table = world.table()
+    client = world.client()
+    _handshake(table, b"alice", client)
+    respond_calls.clear()
+    burst = int(table.limits.rekey_burst)
+    # Rekey INITs it never finishes, then new-session INITs on the same connection.
+    floods = [_rekey_init(client, now=T0) for _ in range(2 * burst)]
+    floods += [world.client().connect(now=T0) for _ in range(burst)]
+    answered = [bool(table.receive(b"alice", init, now=T0)) for init in floods]
+    assert answered == [True] * burst + [False] * (2 * burst)
+    assert len(respond_calls) == burst  # no DH, no REPLY for a refused INIT
+    assert table.rejected == Counter({"rate_limited": 2 * burst})
+    rejects = world.rejects()
+    assert [r["reason"] for r in rejects] == ["rate_limited"] * (2 * burst)
+    assert {r["peer"] for r in rejects} == {world.alice.agent_id}
+    # Nothing changed: the session still carries data, on the same route.
+    assert table.route_of(world.alice.agent_id) == b"alice"
+    channel = table.channel_to(world.alice.agent_id)
+    assert channel is not None and channel.established
+    got = table.receive(b"alice", client.seal(MessageType.DATA, "still here", now=T0), now=T0)
+    assert _payloads(got) == ["still here"]
+    # The bucket refills at its rate, and a rekey then completes.
+    later = T0 + 1.0 / table.limits.rekey_rate
+    link = _duplex(table, b"alice", client, later)
+    link.to_right.append(_rekey_init(client, now=later))
+    got_client, got_table = link.pump()
+    assert _epochs(got_client) == _epochs(got_table) == [1]
+    assert table.rejected == Counter({"rate_limited": 2 * burst})
+
+
+def test_completed_rekeys_give_their_token_back(world: World) -> None:
+    """Legitimate rekeys, however many, never run the budget out: each one completes."""
+    limits = HandshakeLimits(rekey_rate=0.001, rekey_burst=1.0)
+    policy = RekeyPolicy(max_messages=1, jitter=0.0)
+    table = world.table(limits=limits)
+    client = SecureChannel(
+        identity=world.alice, trust=world.client_trust, random_bytes=_rng(7), policy=policy
+    )
+    _handshake(table, b"alice", client)
+    link = _duplex(table, b"alice", client, T0)
+    for epoch in range(1, 6):
+        link.to_right.append(client.seal(MessageType.DATA, epoch, now=T0))
+        (start,) = client.on_timer(now=T0)
+        assert isinstance(start, Transmit)
+        link.to_right.append(start.frames)
+        got_client, got_table = link.pump()
+        assert _epochs(got_client) == _epochs(got_table) == [epoch]
+    assert table.rekeys == 5 and not table.rejected
+
+
+def test_rekeys_started_by_both_sides_at_once_stay_within_the_budget(world: World) -> None:
+    limits = HandshakeLimits(rekey_rate=0.001, rekey_burst=1.0)
+    policy = RekeyPolicy(max_messages=1, jitter=0.0)
+    table = world.table(limits=limits, policy=policy)
+    client = SecureChannel(
+        identity=world.alice, trust=world.client_trust, random_bytes=_rng(8), policy=policy
+    )
+    _handshake(table, b"alice", client)
+    channel = table.channel_to(world.alice.agent_id)
+    assert channel is not None
+    link = _duplex(table, b"alice", client, T0)
+    for epoch in range(1, 5):
+        link.to_right.append(client.seal(MessageType.DATA, epoch, now=T0))
+        link.to_left.append(channel.seal(MessageType.DATA, epoch, now=T0))
+        # Both hit the count at once: two INITs cross on the wire.
+        (start,) = client.on_timer(now=T0)
+        assert isinstance(start, Transmit)
+        ((route, ours),) = table.on_timer(now=T0)
+        assert route == b"alice" and isinstance(ours, Transmit)
+        link.to_right.append(start.frames)
+        link.to_left.append(ours.frames)
+        got_client, got_table = link.pump()
+        assert _epochs(got_client) == _epochs(got_table) == [epoch]
+        assert _payloads(got_client) == _payloads(got_table) == [epoch]
+    assert table.rekeys == 4 and not table.rejected
+    assert channel.rekey_collisions + client.rekey_collisions == 4

@@ -5,6 +5,10 @@ The table is where peer input first meets the security layer, so it carries the 
 - before any Diffie-Hellman, a handshake INIT must pass the cheap checks (exact size, known
   suite) and two token buckets, one per routing id and one for the whole table, so a flood of
   handshakes from unknown keys costs a few comparisons per message;
+- an INIT on an established channel (a rekey, or a new session on the same connection) spends
+  a token from its authenticated identity's bucket instead; a handshake that completes gives
+  the token back, so only INITs left unfinished count, and a trusted peer cannot make the
+  table do a DH and send a REPLY for every INIT it floods in;
 - at most ``max_pending`` unfinished handshakes are held (the oldest is dropped), so memory
   stays bounded however many connections a flood opens;
 - every refusal is counted by reason and written to the audit trail, and never raises to
@@ -31,6 +35,9 @@ from zmqcomm.wire import MessageType, WireCodec
 from zmqcomm.wire.header import parse_header, peek_type
 from zmqcomm.wire.payload import Buffer
 
+#: Identities whose INIT budget is remembered; an evicted one comes back with a full bucket.
+_MAX_INIT_BUDGETS = 100_000
+
 
 @dataclass(frozen=True)
 class HandshakeLimits:
@@ -42,6 +49,11 @@ class HandshakeLimits:
     #: Per routing id: a client that reconnects now and then never notices these.
     per_route_rate: float = 2.0
     per_route_burst: float = 8.0
+    #: Per authenticated identity, INITs on its established channel (rekeys, new sessions):
+    #: a completed handshake gives its token back, so legitimate rekeys (rare, retried with
+    #: backoff, one surviving when both sides start at once) never run out.
+    rekey_rate: float = 0.5
+    rekey_burst: float = 4.0
     #: Unfinished handshakes held at once; the oldest is dropped past this.
     max_pending: int = 1024
 
@@ -51,6 +63,30 @@ class HandshakeLimits:
         # Refused here, not when a socket that already bound builds its buckets.
         TokenBucket(self.rate, self.burst, now=0.0)
         TokenBucket(self.per_route_rate, self.per_route_burst, now=0.0)
+        TokenBucket(self.rekey_rate, self.rekey_burst, now=0.0)
+
+
+class _InitBudget:
+    """A token bucket whose tokens a completed handshake gives back (capped at the burst)."""
+
+    __slots__ = ("_stamp", "_tokens")
+
+    def __init__(self, burst: float, *, now: float) -> None:
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, rate: float, burst: float, *, now: float) -> bool:
+        elapsed = now - self._stamp
+        if elapsed > 0:  # a clock going backwards adds nothing
+            self._tokens = min(burst, self._tokens + elapsed * rate)
+            self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def give_back(self, burst: float) -> None:
+        self._tokens = min(burst, self._tokens + 1.0)
 
 
 class ChannelTable:
@@ -83,6 +119,8 @@ class ChannelTable:
         self._per_route = RateLimiter(
             self.limits.per_route_rate, self.limits.per_route_burst, max_keys=100_000
         )
+        #: Per agent id, for INITs on established channels; least recently used first.
+        self._init_budgets: OrderedDict[str, _InitBudget] = OrderedDict()
         self.channels: dict[bytes, SecureChannel] = {}
         self._pending: OrderedDict[bytes, None] = OrderedDict()
         self._routes: dict[str, bytes] = {}
@@ -135,11 +173,14 @@ class ChannelTable:
         :attr:`rejected` and audited; it never raises."""
         channel = self.channels.get(route)
         try:
-            # Unauthenticated routes pass the guard; an established peer's rekeys do not.
+            # Unauthenticated routes pass the guard; an established peer's INITs (rekeys, new
+            # sessions) pass its identity's budget instead: each would cost a DH and a REPLY.
             if channel is None or (not channel.established and self._is_init(frames)):
                 self._admit(route, frames, now=now)
                 if channel is None:
                     channel = self._new_channel(None)
+            elif channel.established and self._is_init(frames):
+                self._admit_established(channel, now=now)
             events = channel.receive(frames, now=now)
         except (RemoteProtocolError, SecurityError) as exc:
             self._reject(route, channel, exc, now=now)
@@ -166,6 +207,26 @@ class ChannelTable:
         if not self._per_route.allow(route, now=now) or not self._global.take(now=now):
             raise RateLimitedError("too many handshakes", reason="rate_limited")
 
+    def _admit_established(self, channel: SecureChannel, *, now: float) -> None:
+        """An INIT on an established channel spends a token of the peer's identity."""
+        assert channel.peer is not None  # established
+        limits = self.limits
+        budget = self._init_budget(channel.peer.agent_id, now=now)
+        if not budget.take(limits.rekey_rate, limits.rekey_burst, now=now):
+            raise RateLimitedError(
+                "too many handshakes from an established peer", reason="rate_limited"
+            )
+
+    def _init_budget(self, agent_id: str, *, now: float) -> _InitBudget:
+        budget = self._init_budgets.get(agent_id)
+        if budget is None:
+            if len(self._init_budgets) >= _MAX_INIT_BUDGETS:
+                self._init_budgets.popitem(last=False)
+            budget = self._init_budgets[agent_id] = _InitBudget(self.limits.rekey_burst, now=now)
+        else:
+            self._init_budgets.move_to_end(agent_id)
+        return budget
+
     def _track_pending(self, route: bytes, *, now: float) -> None:
         self._pending[route] = None
         self._pending.move_to_end(route)
@@ -179,6 +240,9 @@ class ChannelTable:
 
     def _on_established(self, route: bytes, event: Established, *, now: float) -> None:
         self._pending.pop(route, None)
+        budget = self._init_budgets.get(event.agent_id)
+        if budget is not None:  # a completed handshake returns the token its INIT spent
+            budget.give_back(self.limits.rekey_burst)
         if event.epoch:
             self.rekeys += 1
             self.audit.record(
