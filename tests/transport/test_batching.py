@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from zmqcomm.errors import ClosedError, QueueFullError, UsageError
+from zmqcomm.errors import ClosedError, QueueFullError, SendTimeout, UsageError
 from zmqcomm.transport.batching import BatchingSender
-from zmqcomm.wire import MessageType, WireCodec
+from zmqcomm.wire import Body, MessageType, WireCodec
 from zmqcomm.wire.payload import Buffer
 
 
@@ -125,6 +125,55 @@ def test_refused_batch_is_kept_and_retried_in_order() -> None:
     sender.close()
     assert [p for _, _, p in wire.received()] == [1, 2, 3]
     assert sender.messages_sent == 3
+
+
+class FlakyFraming:
+    """A ``frame_batch`` that fails the next ``refuse`` calls, as a secure session does when
+    the rekey it must start first cannot be sent."""
+
+    def __init__(self, codec: WireCodec) -> None:
+        self.codec = codec
+        self.refuse = 0
+
+    def __call__(self, msg_type: int, body: Body, topic: str) -> list[Buffer]:
+        if self.refuse:
+            self.refuse -= 1
+            raise SendTimeout("the rekey INIT could not be queued")
+        return self.codec.assemble(msg_type, body, topic=topic)
+
+
+def test_a_batch_whose_framing_fails_is_kept_and_sent_exactly_once() -> None:
+    wire, clock = Wire(), FakeClock()
+    framing = FlakyFraming(wire.codec)
+    sender = make(wire, clock, max_delay=10.0, frame_batch=framing)
+    sender.send(MessageType.DATA, "a")
+    sender.send(MessageType.DATA, "b")
+    framing.refuse = 1
+    with pytest.raises(SendTimeout):
+        sender.flush()
+    assert len(sender) == 2 and wire.frames == []
+    assert sender.next_deadline() == clock.now  # retry at once
+    assert sender.flush() == 2
+    assert sender.flush() == 0
+    assert [p for _, _, p in wire.received()] == ["a", "b"]
+    assert sender.messages_sent == 2 and sender.frames_sent == 1
+
+
+def test_a_batch_whose_framing_fails_keeps_its_place_before_later_sends() -> None:
+    wire, clock = Wire(), FakeClock()
+    framing = FlakyFraming(wire.codec)
+    sender = make(wire, clock, max_items=2, frame_batch=framing)
+    sender.send(MessageType.DATA, 1)
+    framing.refuse = 2
+    with pytest.raises(SendTimeout):
+        sender.send(MessageType.DATA, 2)  # fills the batch; framing it fails
+    with pytest.raises(SendTimeout):
+        sender.on_timer()  # the retry fails too: still kept
+    assert len(sender) == 2
+    sender.send(MessageType.DATA, 3)  # frames and sends the kept batch first
+    sender.close()
+    assert [p for _, _, p in wire.received()] == [1, 2, 3]
+    assert sender.messages_sent == 3 and len(sender) == 0
 
 
 def test_frame_counter_increases_per_batch() -> None:

@@ -57,6 +57,9 @@ class BatchingSender:
         self._key: tuple[int, str] | None = None
         self._first_queued_at: float | None = None
         self._counter = 0
+        #: A batch taken from the builder whose framing failed: (type, topic, body, count).
+        self._unframed: tuple[int, str, Body, int] | None = None
+        #: A framed batch that ``send_frames`` refused: (frames, count).
         self._pending: tuple[list[Buffer], int] | None = None
         self._closed = False
         self._frame_batch = frame_batch
@@ -66,14 +69,16 @@ class BatchingSender:
 
     def __len__(self) -> int:
         """Messages queued and not yet sent."""
-        return len(self._builder) + (self._pending[1] if self._pending else 0)
+        held = (self._pending[1] if self._pending else 0) + (
+            self._unframed[3] if self._unframed else 0
+        )
+        return len(self._builder) + held
 
     def send(self, msg_type: int, payload: object, *, topic: str = "") -> None:
         """Queue one payload; may send a batch (the previous one, or this one when full)."""
         if self._closed:
             raise ClosedError("this sender is closed; create a new one to send again")
-        if self._pending is not None:
-            self._send_pending()
+        self._send_held()
         key = (msg_type, topic)
         if key != self._key and len(self._builder):
             self.flush()
@@ -86,27 +91,41 @@ class BatchingSender:
     def flush(self) -> int:
         """Send whatever is queued now; returns the number of messages sent.
 
-        If ``send_frames`` raises (a full queue, a timeout), the batch is kept and the error
-        propagates; the next flush, send or close tries it again first, so nothing is lost
-        and order is kept.
+        If framing the batch (``frame_batch``: a rekey that cannot be sent, a session that
+        refuses) or ``send_frames`` raises (a full queue, a timeout), the batch is kept and the
+        error propagates; the next flush, send or close tries it again first, so nothing is
+        lost, nothing is sent twice and order is kept.
         """
-        sent = self._send_pending()
+        sent = self._send_held()
         count = len(self._builder)
         if not count:
             return sent
         assert self._key is not None  # set by send() whenever the builder is non-empty
         msg_type, topic = self._key
-        body = self._builder.take()
+        # Held as unframed until framing succeeds, so a failure there loses nothing.
+        self._unframed = (msg_type, topic, self._builder.take(), count)
         self._first_queued_at = None
+        return sent + self._send_held()
+
+    def _send_held(self) -> int:
+        """Send the batch a previous attempt left behind, framing it first if needed."""
+        sent = self._send_pending()
+        if self._unframed is not None:
+            msg_type, topic, body, count = self._unframed
+            frames = self._frame(msg_type, body, topic)
+            self._unframed = None
+            self._pending = (frames, count)
+            sent += self._send_pending()
+        return sent
+
+    def _frame(self, msg_type: int, body: Body, topic: str) -> list[Buffer]:
         if self._frame_batch is not None:
-            frames = list(self._frame_batch(msg_type, body, topic))
-        else:
-            frames = self.codec.assemble(
-                msg_type, body, topic=topic, sender=self._sender, counter=self._counter
-            )
-            self._counter += 1
-        self._pending = (frames, count)
-        return sent + self._send_pending()
+            return list(self._frame_batch(msg_type, body, topic))
+        frames = self.codec.assemble(
+            msg_type, body, topic=topic, sender=self._sender, counter=self._counter
+        )
+        self._counter += 1
+        return frames
 
     def _send_pending(self) -> int:
         if self._pending is None:
@@ -120,8 +139,8 @@ class BatchingSender:
 
     def next_deadline(self) -> float | None:
         """When the queued partial batch must leave, or None when nothing is queued."""
-        if self._pending is not None:
-            return self._clock()  # a batch the socket refused: retry at once
+        if self._pending is not None or self._unframed is not None:
+            return self._clock()  # a batch that could not be framed or sent: retry at once
         if self._first_queued_at is None:
             return None
         return self._first_queued_at + self._max_delay
