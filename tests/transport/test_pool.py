@@ -4,7 +4,14 @@ import pytest
 import zmq
 
 from zmqcomm.errors import ClosedError, EndpointError, UsageError
-from zmqcomm.transport import ConnectionPool, SocketOptions, bind, open_socket, receive_frames
+from zmqcomm.transport import (
+    ConnectionPool,
+    SocketOptions,
+    bind,
+    open_socket,
+    receive_frames,
+    send_frames,
+)
 
 
 class FakeClock:
@@ -88,3 +95,23 @@ def test_closed_pool_and_bad_settings() -> None:
         _pool(FakeClock(), max_sockets=0)
     with pytest.raises(UsageError, match="idle_timeout"):
         _pool(FakeClock(), idle_timeout=0)
+
+
+def test_a_failing_get_leaves_the_pool_and_its_sockets_alone() -> None:
+    with _pool(FakeClock(), max_sockets=1) as pool:
+        healthy = pool.get("inproc://pool-healthy")
+        with pytest.raises(EndpointError):
+            pool.get("tcp://127.0.0.1:0")  # parses, but connect() refuses port 0
+        assert not healthy.closed
+        assert list(pool) == ["inproc://pool-healthy"]
+        assert pool.evicted == 0 and pool.opened == 1
+        assert pool.get("inproc://pool-healthy") is healthy
+
+
+def test_sending_on_an_evicted_socket_is_a_closed_error() -> None:
+    with _pool(FakeClock(), max_sockets=1) as pool:
+        first = pool.get("inproc://pool-first")
+        pool.get("inproc://pool-second")
+        assert first.closed and pool.evicted == 1
+        with pytest.raises(ClosedError):
+            send_frames(first, [b"hello"])

@@ -50,7 +50,15 @@ class ConnectionPool:
         self.evicted = 0
 
     def get(self, endpoint: str) -> zmq.Socket[Any]:
-        """The socket connected to ``endpoint``, connecting one if needed."""
+        """The socket connected to ``endpoint``, connecting one if needed.
+
+        When the pool is full, the least recently used socket is closed, but only once the
+        new one is connected: a failing ``get`` leaves the pool as it was. The pool owns its
+        sockets: a socket returned earlier may be closed by a later ``get`` (eviction),
+        :meth:`prune`, :meth:`discard` or :meth:`close`, after which sending on it fails
+        (:class:`~zmqcomm.errors.ClosedError` from ``send_frames``). Call ``get`` again for
+        each use instead of keeping the socket.
+        """
         if self._closed:
             raise ClosedError("the connection pool is closed")
         key = str(parse_endpoint(endpoint))
@@ -60,16 +68,17 @@ class ConnectionPool:
             self._sockets[key] = (entry[0], now)
             self._sockets.move_to_end(key)
             return entry[0]
-        if len(self._sockets) >= self.max_sockets:
-            _, (oldest, _) = self._sockets.popitem(last=False)
-            oldest.close()
-            self.evicted += 1
+        # Open and connect first: a get() that fails must not cost a healthy connection.
         sock = open_socket(self._socket_type, self._options)
         try:
             connect(sock, key)
         except BaseException:
             sock.close(linger=0)
             raise
+        if len(self._sockets) >= self.max_sockets:
+            _, (oldest, _) = self._sockets.popitem(last=False)
+            oldest.close()
+            self.evicted += 1
         self._sockets[key] = (sock, now)
         self.opened += 1
         return sock
