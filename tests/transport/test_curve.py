@@ -6,6 +6,7 @@ authenticator of one test must not answer for another.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -259,3 +260,47 @@ def test_missing_curve_is_named(monkeypatch: pytest.MonkeyPatch, context: zmq.Co
         CurveKeys.generate()
     with pytest.raises(UsageError, match="'curve' feature"):
         CurveAuthenticator(context).start()
+
+
+def test_an_authenticator_restarts_at_once_after_stop(
+    context: zmq.Context[Any],
+    make_socket: MakeSocket,
+    server_keys: CurveKeys,
+    client_keys: CurveKeys,
+) -> None:
+    """libzmq releases the ZAP endpoint asynchronously: start() right after stop() waits
+    for it instead of taking the old handler for another authenticator."""
+    auth = CurveAuthenticator(context, [client_keys.public])
+    for _ in range(50):
+        auth.start()
+        auth.stop()
+    replacement = CurveAuthenticator(context, [client_keys.public])
+    with replacement:  # a new authenticator on the context, right after the stop
+        server, bound = _server(make_socket, server_keys)
+        client = _client(make_socket, bound, client_keys, server_keys.public)
+        send_frames(client, [b"ping"])
+        assert receive_frames(server, timeout=2.0)[1:] == [b"ping"]
+        assert replacement.denied == 0
+
+
+def test_concurrent_starts_run_one_handler(context: zmq.Context[Any]) -> None:
+    auth = CurveAuthenticator(context)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            auth.start()
+        except UsageError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert len(errors) == 1 and "already running" in str(errors[0])
+    finally:
+        auth.stop()
+    auth.start()  # stopped cleanly: it can run again
+    auth.stop()

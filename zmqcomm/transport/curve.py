@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -27,6 +28,12 @@ from zmqcomm.transport.sockets import bind, connect, translate_zmq_error
 
 #: The ZAP domain a server socket announces; the authenticator answers only for its domain.
 DEFAULT_DOMAIN = "zmqcomm"
+
+#: libzmq releases the ZAP endpoint (inproc://zeromq.zap.01) of a stopped authenticator
+#: asynchronously, so a start right after a stop may find it still bound: retry for this long
+#: before concluding that another authenticator runs on the context.
+_ZAP_RELEASE_GRACE = 0.5
+_ZAP_RETRY_INTERVAL = 0.005
 
 
 def curve_available() -> bool:
@@ -183,6 +190,9 @@ class CurveAuthenticator:
         self._context = context
         self._domain = domain
         self._lock = threading.Lock()  # allow/deny on the caller's thread, checks on ZAP's
+        # start/stop from any thread; separate from _lock, which the ZAP thread takes while
+        # stop() waits for that thread to end.
+        self._run_lock = threading.Lock()
         self._allowed = {_check_key(key, "an allowed client key") for key in allowed}
         self._denied = 0
         self._thread: ThreadAuthenticator | None = None
@@ -217,29 +227,49 @@ class CurveAuthenticator:
             return False
 
     def start(self) -> None:
+        """Start answering ZAP on the context.
+
+        A start right after a :meth:`stop` (of this or another authenticator on the context)
+        waits up to half a second for libzmq to release the ZAP endpoint; if it is still
+        taken then, another authenticator runs there and :class:`UsageError` is raised.
+        """
         _require_curve()
-        if self._thread is not None:
-            raise UsageError("this CurveAuthenticator is already running")
+        with self._run_lock:
+            if self._thread is not None:
+                raise UsageError("this CurveAuthenticator is already running")
+            deadline = time.monotonic() + _ZAP_RELEASE_GRACE
+            while True:
+                try:
+                    self._thread = self._start_thread()
+                    return
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise translate_zmq_error(exc, "start the CURVE authenticator") from exc
+                    if time.monotonic() >= deadline:
+                        raise UsageError(
+                            "another ZAP authenticator already runs on this context: a context "
+                            "has at most one, so use a single CurveAuthenticator and allow() "
+                            "every key"
+                        ) from exc
+                time.sleep(_ZAP_RETRY_INTERVAL)
+
+    def _start_thread(self) -> ThreadAuthenticator:
         thread = ThreadAuthenticator(self._context)
         # Configured before start so no handshake meets an authenticator without the list.
         thread.configure_curve_callback(self._domain, SimpleNamespace(callback=self._check))
         try:
             thread.start()
-        except zmq.ZMQError as exc:
+        except zmq.ZMQError:
             thread.stop()
-            if exc.errno == errno.EADDRINUSE:
-                raise UsageError(
-                    "another ZAP authenticator already runs on this context: a context has "
-                    "at most one, so use a single CurveAuthenticator and allow() every key"
-                ) from exc
-            raise translate_zmq_error(exc, "start the CURVE authenticator") from exc
-        self._thread = thread
+            raise
+        return thread
 
     def stop(self) -> None:
         """Stop answering ZAP; CURVE servers here then refuse new clients (if enforced)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.stop()
+        with self._run_lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                thread.stop()
 
     def __enter__(self) -> CurveAuthenticator:
         self.start()
