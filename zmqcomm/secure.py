@@ -42,7 +42,9 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.errors import (
     ClosedError,
     ConnectError,
+    QueueFullError,
     ReceiveTimeout,
+    SendTimeout,
     TransportError,
     UnknownPeerError,
 )
@@ -140,7 +142,8 @@ class _SecureSocket:
 
     # -- the pump ----------------------------------------------------------------------------
 
-    def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        """Send ``frames`` to ``route``; ``wait=False`` never blocks (QueueFullError)."""
         raise NotImplementedError
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
@@ -163,11 +166,17 @@ class _SecureSocket:
                 self.joined.append(event)
 
     def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        """Send what the protocol answers (handshakes, rekeys, retries). A peer that left
-        while we answered is forgotten, never an error for whoever pumps: one client that
-        disconnects mid-handshake must not stop a router serving all the others."""
+        """Send what the protocol answers (handshakes, rekeys, retries) without blocking; it
+        never raises for a peer's sake. A peer that left while we answered is forgotten: one
+        client that disconnects mid-handshake must not stop a router serving all the others.
+        A peer that does not read (its queue is full) loses the answer, counted as
+        ``reply_queue_full`` in :attr:`ChannelTable.rejected`: blocking for ``send_timeout``
+        would stall everyone this socket serves, and the handshake's initiator retries on its
+        timer."""
         try:
-            self._transmit(route, frames)
+            self._transmit(route, frames, wait=False)
+        except (QueueFullError, SendTimeout):
+            self.table.rejected["reply_queue_full"] += 1
         except TransportError as exc:
             if exc.reason != "unroutable":
                 raise
@@ -338,8 +347,8 @@ class SecureRouter(_SecureSocket):
             send_timeout=send_timeout,
         )
 
-    def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        send_frames(self.socket, [route, *frames])
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        send_frames(self.socket, [route, *frames], timeout=None if wait else 0)
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
         return raw[0], raw[1:]
@@ -437,7 +446,7 @@ class SecureDealer(_SecureSocket):
         self.endpoint = endpoint
         # Sent now, it waits in the connection's pipe until the transport is up (inproc has
         # no transport handshake to wait for, and no monitor events).
-        self._transmit(
+        self._transmit_reply(
             _DEALER_ROUTE,
             self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
         )
@@ -448,8 +457,8 @@ class SecureDealer(_SecureSocket):
                 self.close()  # a dealer that never came up must not keep its sockets
                 raise
 
-    def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        send_frames(self.socket, frames)
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        send_frames(self.socket, frames, timeout=None if wait else 0)
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
         return _DEALER_ROUTE, raw
@@ -479,7 +488,7 @@ class SecureDealer(_SecureSocket):
                 frames = self.table.connect(
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
                 )
-                self._transmit(_DEALER_ROUTE, frames)
+                self._transmit_reply(_DEALER_ROUTE, frames)
 
     def close(self) -> None:
         if not self._closed:
@@ -497,7 +506,7 @@ class SecureDealer(_SecureSocket):
         if _DEALER_ROUTE not in self.table.channels and not self._closed:
             # The channel closed itself (too many refused frames) or its handshake was
             # abandoned: start a new session rather than stay silent.
-            self._transmit(
+            self._transmit_reply(
                 _DEALER_ROUTE,
                 self.table.connect(
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer

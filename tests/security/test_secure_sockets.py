@@ -218,7 +218,7 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten_not_raised(
 
         # Whether libzmq has torn down the route by the time the router answers is a race;
         # when it has, a ROUTER_MANDATORY send fails like this.
-        def route_gone(route: bytes, frames: object) -> None:
+        def route_gone(route: bytes, frames: object, **_: object) -> None:
             raise TransportError("no connected peer has that routing id", reason="unroutable")
 
         monkeypatch.setattr(router, "_transmit", route_gone)
@@ -233,3 +233,46 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten_not_raised(
             establish(router, dealer)
             dealer.send("back")
             assert router.receive(timeout=5).message.payload == "back"
+
+
+def test_a_peer_that_stops_reading_never_stalls_the_pump(cast: Cast) -> None:
+    """An established peer floods rekey INITs and never reads. The router's REPLYs fill that
+    peer's queue; pump() drops them (counted) instead of blocking for send_timeout and
+    raising SendTimeout to whoever pumps, and goes on serving the other peers."""
+    endpoint = f"inproc://stall-{next(_inproc_names)}"
+    cast.bob_trust.add(cast.mallory.public, roles=["server"])
+    with (
+        SecureRouter(
+            endpoint,
+            identity=cast.bob,
+            trust=cast.bob_trust,
+            options=SocketOptions(send_hwm=1),
+            send_timeout=0.05,  # the old code raised after this long
+        ) as router,
+        SecureDealer(
+            endpoint,
+            identity=cast.alice,
+            trust=cast.alice_trust,
+            options=SocketOptions(receive_hwm=1),
+            connect_timeout=None,
+        ) as staller,
+    ):
+        establish(router, staller)
+        channel = staller.table.channels[b""]
+        session = channel.session
+        assert session is not None
+        for _ in range(200):
+            init = channel._initiate(
+                session.session_id, session.epoch + 1, now=time.time(), delay=2.0
+            )
+            staller.socket.send_multipart(init)  # and never reads
+            router.pump(0.01)
+            if router.statistics()["rejected"].get("reply_queue_full"):
+                break
+        assert router.statistics()["rejected"]["reply_queue_full"] >= 1
+        with SecureDealer(
+            endpoint, identity=cast.mallory, trust=cast.alice_trust, connect_timeout=None
+        ) as other:
+            establish(router, other)
+            other.send("served")
+            assert router.receive(timeout=5).message.payload == "served"
