@@ -250,7 +250,10 @@ class _SecureSocket:
             frames = channel.seal_many(msg_type, payloads, topic=topic, now=now)
         self._transmit(route, frames)
         self.sent += len(payloads)
-        # The message-count rekey trigger: a few comparisons, so check on every send.
+        # The message-count rekey trigger: a few comparisons, so check on every send. The data
+        # send above decides the outcome: its message is queued, so nothing after it may
+        # raise (a caller retrying would duplicate it). An INIT that does not fit is dropped
+        # by _transmit_reply and resent by the handshake's retry timer.
         for event in channel.on_timer(now=now):
             self._handle(route, [event])
 
@@ -367,7 +370,8 @@ class SecureRouter(_SecureSocket):
         msg_type: int = MessageType.DATA,
         topic: str = "",
     ) -> None:
-        """Send several payloads as one batch frame: one AEAD call, one socket send."""
+        """Send several payloads as one batch frame: one AEAD call, one socket send. An error
+        (:class:`SendTimeout` when the peer's queue stays full) means nothing was queued."""
         self._check_open()
         route = self.table.route_of(agent_id)
         channel = self.table.channels.get(route) if route is not None else None
@@ -543,7 +547,8 @@ class SecureDealer(_SecureSocket):
     def send_many(
         self, payloads: Sequence[object], *, msg_type: int = MessageType.DATA, topic: str = ""
     ) -> None:
-        """Send several payloads as one batch frame: one AEAD call, one socket send."""
+        """Send several payloads as one batch frame: one AEAD call, one socket send. An error
+        (:class:`SendTimeout` when the router's queue stays full) means nothing was queued."""
         self._check_open()
         if self.disconnected:
             raise ConnectError(

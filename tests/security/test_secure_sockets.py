@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from zmqcomm.crypto.session import RekeyPolicy
-from zmqcomm.errors import ConnectError, TransportError, UnknownPeerError
+from zmqcomm.errors import ConnectError, SendTimeout, TransportError, UnknownPeerError
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
@@ -276,3 +276,51 @@ def test_a_peer_that_stops_reading_never_stalls_the_pump(cast: Cast) -> None:
             establish(router, other)
             other.send("served")
             assert router.receive(timeout=5).message.payload == "served"
+
+
+def test_send_raises_only_when_its_message_was_not_queued(cast: Cast) -> None:
+    """The message-count rekey starts right after the send that reaches the count. When that
+    send took the last slot of the queue, its INIT does not fit: the send must still return
+    (its message is queued, a retry would duplicate it) and the INIT is left to the
+    handshake's retry timer."""
+    router_options = SocketOptions(receive_hwm=5)
+    dealer_options = SocketOptions(send_hwm=5)
+
+    @contextlib.contextmanager
+    def pair(policy: RekeyPolicy | None) -> Iterator[tuple[SecureRouter, SecureDealer]]:
+        endpoint = f"inproc://dup-{next(_inproc_names)}"
+        with (
+            SecureRouter(
+                endpoint,
+                identity=cast.bob,
+                trust=cast.bob_trust,
+                options=router_options,
+                policy=policy,
+            ) as router,
+            SecureDealer(
+                endpoint,
+                identity=cast.alice,
+                trust=cast.alice_trust,
+                options=dealer_options,
+                policy=policy,
+                send_timeout=0.05,
+                connect_timeout=None,
+            ) as dealer,
+        ):
+            establish(router, dealer)
+            router.pump(0.0)  # the CONFIRM's answer, if any: the pipe starts empty
+            yield router, dealer
+
+    with pair(None) as (_, dealer):  # how many messages fit while the router does not read
+        capacity = 0
+        with pytest.raises(SendTimeout):
+            while capacity < 1000:
+                dealer.send(capacity)
+                capacity += 1
+    assert 1 < capacity < 1000
+    with pair(RekeyPolicy(max_messages=capacity, jitter=0.0)) as (router, dealer):
+        for n in range(capacity):
+            dealer.send(n)  # the last one fills the queue and starts the rekey
+        assert dealer.statistics()["rejected"]["reply_queue_full"] == 1
+        got = [router.receive(timeout=5).message.payload for _ in range(capacity)]
+        assert got == list(range(capacity))
