@@ -261,6 +261,7 @@ class _SecureSocket:
         self, route: bytes, channel: SecureChannel, **options: Any
     ) -> BatchingSender:
         def frame_batch(msg_type: int, body: Body, topic: str) -> list[bytes]:
+            self._check_sender(route, channel)
             now = self.wall_clock()
             frames = channel.seal_body(msg_type, body, topic=topic, now=now)
             # Handshake frames a due rekey produces go out before this batch; the batch is
@@ -270,9 +271,22 @@ class _SecureSocket:
             return frames
 
         def send(frames: Sequence[Buffer]) -> None:
+            self._check_sender(route, channel)  # a batch kept from before a reconnect
             self._transmit(route, frames)
 
         return BatchingSender(send, self.table.codec, frame_batch=frame_batch, **options)
+
+    def _check_sender(self, route: bytes, channel: SecureChannel) -> None:
+        """Refuse to seal or send for a session that is over: a sender taken before the peer
+        reconnected would seal under the dead session, and the peer would drop every batch
+        (``wrong_session``) while flush() reported success."""
+        self._check_open()
+        if self.table.channels.get(route) is not channel:
+            raise ConnectError(
+                "the session this sender was made for has ended (the peer reconnected or "
+                "was dropped): take a new batching_sender()",
+                reason="session_ended",
+            )
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -386,7 +400,9 @@ class SecureRouter(_SecureSocket):
     def batching_sender(self, agent_id: str, **options: Any) -> BatchingSender:
         """A :class:`BatchingSender` whose batches are encrypted for ``agent_id`` (options:
         ``max_items``, ``max_bytes``, ``max_delay``). Call its ``on_timer`` from your loop and
-        ``close`` it to flush; :meth:`pump` still has to run for rekeys to complete."""
+        ``close`` it to flush; :meth:`pump` still has to run for rekeys to complete. Once
+        that session ends (the peer reconnected), the sender raises :class:`ConnectError`
+        (``session_ended``): take a new one."""
         route = self.table.route_of(agent_id)
         channel = self.table.channels.get(route) if route is not None else None
         if route is None or channel is None:
@@ -505,6 +521,15 @@ class SecureDealer(_SecureSocket):
             if isinstance(event, Established) and event.epoch == 0:
                 self.peer = event.agent_id
 
+    def _check_sender(self, route: bytes, channel: SecureChannel) -> None:
+        if self.disconnected:
+            raise ConnectError(
+                f"the connection to {self.endpoint} is down; once it is back "
+                "(wait_established()), take a new batching_sender()",
+                reason="link_down",
+            )
+        super()._check_sender(route, channel)
+
     def _timers(self) -> None:
         super()._timers()
         if _DEALER_ROUTE not in self.table.channels and not self._closed:
@@ -563,8 +588,9 @@ class SecureDealer(_SecureSocket):
 
     def batching_sender(self, **options: Any) -> BatchingSender:
         """A :class:`BatchingSender` whose batches are encrypted for the router (options:
-        ``max_items``, ``max_bytes``, ``max_delay``). A reconnect makes a new session: take a
-        new sender after it."""
+        ``max_items``, ``max_bytes``, ``max_delay``). A reconnect makes a new session: once the
+        connection drops, this sender raises :class:`ConnectError` (``link_down``, then
+        ``session_ended``); take a new sender after :meth:`wait_established`."""
         self._check_open()
         channel = self.table.channels.get(_DEALER_ROUTE)
         if channel is None or not channel.established:

@@ -324,3 +324,50 @@ def test_send_raises_only_when_its_message_was_not_queued(cast: Cast) -> None:
         assert dealer.statistics()["rejected"]["reply_queue_full"] == 1
         got = [router.receive(timeout=5).message.payload for _ in range(capacity)]
         assert got == list(range(capacity))
+
+
+def test_a_batching_sender_from_before_a_reconnect_refuses_to_send(
+    cast: Cast, short_dir: str
+) -> None:
+    """A sender seals under the session it was taken for. Once the connection drops, and after
+    the dealer's new session is up, it raises ConnectError instead of sealing under the dead
+    session (the restarted router would drop every batch while flush() reported success)."""
+    endpoint = f"ipc://{short_dir}/stale.sock"
+    options = SocketOptions(linger=0, reconnect_interval=0.05, reconnect_interval_max=0.2)
+    router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, options=options)
+    dealer = SecureDealer(
+        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
+    )
+    try:
+        establish(router, dealer)
+        sender = dealer.batching_sender(max_delay=10.0)
+        sender.send(MessageType.DATA, "before")
+        assert sender.flush() == 1
+        assert router.receive(timeout=5).message.payloads == ["before"]
+        router.close()
+        deadline = dealer.clock() + 10
+        while not dealer.disconnected:
+            assert dealer.clock() < deadline, "the dealer never saw the disconnect"
+            dealer.pump(0.05)
+        sender.send(MessageType.DATA, "while down")
+        with pytest.raises(ConnectError) as down:
+            sender.flush()
+        assert down.value.reason == "link_down"
+        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, options=options)
+        deadline = dealer.clock() + 10
+        while dealer.reconnects < 1 or not dealer.established or not router.peers:
+            assert dealer.clock() < deadline, "the dealer never re-handshook"
+            dealer.pump(0.05)
+            router.pump(0.0)
+        sender.send(MessageType.DATA, "after")
+        with pytest.raises(ConnectError) as ended:
+            sender.flush()
+        assert ended.value.reason == "session_ended"
+        fresh = dealer.batching_sender(max_delay=10.0)
+        fresh.send(MessageType.DATA, "fresh")
+        assert fresh.flush() == 1
+        assert router.receive(timeout=5).message.payloads == ["fresh"]
+        assert router.table.rejected == {}
+    finally:
+        dealer.close()
+        router.close()
