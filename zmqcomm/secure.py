@@ -225,12 +225,14 @@ class _SecureSocket:
         deadline = None if timeout is None else self.clock() + timeout
         while not self.inbox:
             left = 0.1 if deadline is None else deadline - self.clock()
-            if left <= 0:
+            # Pump at least once, even with no time left: receive(timeout=0) returns a message
+            # that is already waiting. pump() drains the whole burst even once a message is
+            # in: frames behind it (rekey handshakes, data under a key in its grace period)
+            # must not wait for the caller's next receive(), which may come after that key
+            # expired.
+            self.pump(min(max(left, 0.0), 0.1))
+            if not self.inbox and deadline is not None and self.clock() >= deadline:
                 raise ReceiveTimeout(f"no authenticated message within {timeout} s")
-            # pump() drains the whole burst even once a message is in: frames behind it
-            # (rekey handshakes, data under a key in its grace period) must not wait for
-            # the caller's next receive(), which may come after that key expired.
-            self.pump(min(left, 0.1))
         return self.inbox.popleft()
 
     # -- sending -----------------------------------------------------------------------------

@@ -11,7 +11,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from zmqcomm.crypto.session import RekeyPolicy
-from zmqcomm.errors import ConnectError, SendTimeout, TransportError, UnknownPeerError
+from zmqcomm.errors import (
+    ConnectError,
+    ReceiveTimeout,
+    SendTimeout,
+    TransportError,
+    UnknownPeerError,
+)
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
@@ -371,3 +377,19 @@ def test_a_batching_sender_from_before_a_reconnect_refuses_to_send(
     finally:
         dealer.close()
         router.close()
+
+
+def test_receive_with_no_timeout_left_returns_a_message_already_waiting(cast: Cast) -> None:
+    endpoint = f"inproc://zero-{next(_inproc_names)}"
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router,
+        SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        dealer.send({"n": 1})
+        assert router.socket.poll(5000)  # the message waits in the router's socket
+        assert router.receive(timeout=0).message.payload == {"n": 1}
+        with pytest.raises(ReceiveTimeout):
+            router.receive(timeout=0)
