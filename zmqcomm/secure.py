@@ -176,12 +176,15 @@ class _SecureSocket:
         try:
             self._transmit(route, frames, wait=False)
         except (QueueFullError, SendTimeout):
-            self.table.rejected["reply_queue_full"] += 1
+            self._reply_dropped()
         except TransportError as exc:
             if exc.reason != "unroutable":
                 raise
             self.table.drop(route)
             self.gone += 1
+
+    def _reply_dropped(self) -> None:
+        self.table.rejected["reply_queue_full"] += 1
 
     def pump(self, timeout: float = 0.0) -> int:
         """Handle what has arrived (waiting up to ``timeout`` s for something); returns the
@@ -436,6 +439,11 @@ class SecureDealer(_SecureSocket):
         check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
+        # Queue nothing without a connection: handshake retries made while the router is down
+        # would all arrive when it comes up, spend its per-connection handshake budget and get
+        # the live INIT refused (rate_limited). Each connection starts its handshake instead
+        # (_on_extra). inproc ignores this (its pipe exists from connect on).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         # Connection events tell us when a reconnect needs a new handshake, and when the
         # connection is down (see ``established``).
         self._monitor = sock.get_monitor_socket(
@@ -458,6 +466,11 @@ class SecureDealer(_SecureSocket):
         self.peer: str | None = None
         self.reconnects = 0
         self._connections = 0
+        #: A handshake frame could not be queued (no connection yet, or a full queue): the
+        #: next connection starts a fresh handshake rather than wait for the retry timer.
+        self._handshake_lost = False
+        #: inproc has no connection events: its pipe is up from connect() on.
+        self._always_linked = endpoint.startswith("inproc:")
         #: The connection dropped and has not come back yet.
         self.disconnected = False
         try:
@@ -495,22 +508,37 @@ class SecureDealer(_SecureSocket):
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                # Whatever is sent now waits in ZeroMQ for the reconnect, sealed for a session
-                # a restarted router will not know: it would be lost without a word. Sends
-                # fail instead until a new session is up (callers may hold and resend).
+                # Whatever is sent now would be sealed for a session a restarted router will
+                # not know: it would be lost without a word. Sends fail instead until a new
+                # session is up (callers may hold and resend).
                 self.disconnected = True
                 continue
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.disconnected = False
                 self._connections += 1
                 self.reconnects = self._connections - 1
-                if self._connections == 1:
+                channel = self.table.channels.get(_DEALER_ROUTE)
+                if self._connections == 1 and (
+                    not self._handshake_lost or (channel is not None and channel.established)
+                ):
                     continue  # the first connection carries the INIT sent at construction
                 # A reconnect: whatever session the router had went with the old connection.
+                # Or the first connection, whose INIT was not queued before it came up (the
+                # router started after us, or the transport was still connecting).
                 frames = self.table.connect(
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
                 )
                 self._transmit_reply(_DEALER_ROUTE, frames)
+
+    def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
+        self._handshake_lost = False  # the latest handshake frame is what counts
+        super()._transmit_reply(route, frames)
+
+    def _reply_dropped(self) -> None:
+        self._handshake_lost = True
+        if (self._connections or self._always_linked) and not self.disconnected:
+            # Without a connection there is nothing to count: IMMEDIATE refuses every send.
+            super()._reply_dropped()
 
     def close(self) -> None:
         if not self._closed:

@@ -393,3 +393,37 @@ def test_receive_with_no_timeout_left_returns_a_message_already_waiting(cast: Ca
         assert router.receive(timeout=0).message.payload == {"n": 1}
         with pytest.raises(ReceiveTimeout):
             router.receive(timeout=0)
+
+
+def test_a_dealer_started_before_its_router_handshakes_once_it_is_up(
+    cast: Cast, short_dir: str
+) -> None:
+    """Handshake retries made while the router is down are not queued for it: when it comes up
+    it sees one live INIT, not a burst of stale ones that spend its per-connection budget and
+    get the live one refused (rate_limited), which left the session waiting for the next retry
+    (up to 30 s). The dealer's clock runs fast: minutes of retries while the router is down."""
+    endpoint = f"ipc://{short_dir}/late.sock"
+    options = SocketOptions(reconnect_interval=0.05, reconnect_interval_max=0.1)
+    offset = [0.0]
+    with SecureDealer(
+        endpoint,
+        identity=cast.alice,
+        trust=cast.alice_trust,
+        options=options,
+        connect_timeout=None,
+        wall_clock=lambda: time.time() + offset[0],
+    ) as dealer:
+        for _ in range(12):  # retries at 2, 4, 8, 16, 30, 30, ... s
+            offset[0] += 31.0
+            dealer.pump(0.01)
+        with SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router:
+            deadline = router.clock() + 10
+            while not (dealer.established and router.peers) and not router.table.rejected:
+                assert router.clock() < deadline, "no session and nothing refused"
+                router.pump(0.01)
+                dealer.pump(0.01)
+            assert router.table.rejected == {}
+            assert dealer.table.rejected == {}
+            assert router.table.handshakes == 1
+            dealer.send("up")
+            assert router.receive(timeout=5).message.payload == "up"
