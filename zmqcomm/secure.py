@@ -42,7 +42,9 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.errors import (
     ClosedError,
     ConnectError,
+    QueueFullError,
     ReceiveTimeout,
+    SendTimeout,
     TransportError,
     UnknownPeerError,
 )
@@ -140,7 +142,8 @@ class _SecureSocket:
 
     # -- the pump ----------------------------------------------------------------------------
 
-    def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        """Send ``frames`` to ``route``; ``wait=False`` never blocks (QueueFullError)."""
         raise NotImplementedError
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
@@ -163,16 +166,25 @@ class _SecureSocket:
                 self.joined.append(event)
 
     def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        """Send what the protocol answers (handshakes, rekeys, retries). A peer that left
-        while we answered is forgotten, never an error for whoever pumps: one client that
-        disconnects mid-handshake must not stop a router serving all the others."""
+        """Send what the protocol answers (handshakes, rekeys, retries) without blocking; it
+        never raises for a peer's sake. A peer that left while we answered is forgotten: one
+        client that disconnects mid-handshake must not stop a router serving all the others.
+        A peer that does not read (its queue is full) loses the answer, counted as
+        ``reply_queue_full`` in :attr:`ChannelTable.rejected`: blocking for ``send_timeout``
+        would stall everyone this socket serves, and the handshake's initiator retries on its
+        timer."""
         try:
-            self._transmit(route, frames)
+            self._transmit(route, frames, wait=False)
+        except (QueueFullError, SendTimeout):
+            self._reply_dropped()
         except TransportError as exc:
             if exc.reason != "unroutable":
                 raise
             self.table.drop(route)
             self.gone += 1
+
+    def _reply_dropped(self) -> None:
+        self.table.rejected["reply_queue_full"] += 1
 
     def pump(self, timeout: float = 0.0) -> int:
         """Handle what has arrived (waiting up to ``timeout`` s for something); returns the
@@ -216,12 +228,14 @@ class _SecureSocket:
         deadline = None if timeout is None else self.clock() + timeout
         while not self.inbox:
             left = 0.1 if deadline is None else deadline - self.clock()
-            if left <= 0:
+            # Pump at least once, even with no time left: receive(timeout=0) returns a message
+            # that is already waiting. pump() drains the whole burst even once a message is
+            # in: frames behind it (rekey handshakes, data under a key in its grace period)
+            # must not wait for the caller's next receive(), which may come after that key
+            # expired.
+            self.pump(min(max(left, 0.0), 0.1))
+            if not self.inbox and deadline is not None and self.clock() >= deadline:
                 raise ReceiveTimeout(f"no authenticated message within {timeout} s")
-            # pump() drains the whole burst even once a message is in: frames behind it
-            # (rekey handshakes, data under a key in its grace period) must not wait for
-            # the caller's next receive(), which may come after that key expired.
-            self.pump(min(left, 0.1))
         return self.inbox.popleft()
 
     # -- sending -----------------------------------------------------------------------------
@@ -241,7 +255,10 @@ class _SecureSocket:
             frames = channel.seal_many(msg_type, payloads, topic=topic, now=now)
         self._transmit(route, frames)
         self.sent += len(payloads)
-        # The message-count rekey trigger: a few comparisons, so check on every send.
+        # The message-count rekey trigger: a few comparisons, so check on every send. The data
+        # send above decides the outcome: its message is queued, so nothing after it may
+        # raise (a caller retrying would duplicate it). An INIT that does not fit is dropped
+        # by _transmit_reply and resent by the handshake's retry timer.
         for event in channel.on_timer(now=now):
             self._handle(route, [event])
 
@@ -249,6 +266,7 @@ class _SecureSocket:
         self, route: bytes, channel: SecureChannel, **options: Any
     ) -> BatchingSender:
         def frame_batch(msg_type: int, body: Body, topic: str) -> list[bytes]:
+            self._check_sender(route, channel)
             now = self.wall_clock()
             frames = channel.seal_body(msg_type, body, topic=topic, now=now)
             # Handshake frames a due rekey produces go out before this batch; the batch is
@@ -258,9 +276,22 @@ class _SecureSocket:
             return frames
 
         def send(frames: Sequence[Buffer]) -> None:
+            self._check_sender(route, channel)  # a batch kept from before a reconnect
             self._transmit(route, frames)
 
         return BatchingSender(send, self.table.codec, frame_batch=frame_batch, **options)
+
+    def _check_sender(self, route: bytes, channel: SecureChannel) -> None:
+        """Refuse to seal or send for a session that is over: a sender taken before the peer
+        reconnected would seal under the dead session, and the peer would drop every batch
+        (``wrong_session``) while flush() reported success."""
+        self._check_open()
+        if self.table.channels.get(route) is not channel:
+            raise ConnectError(
+                "the session this sender was made for has ended (the peer reconnected or "
+                "was dropped): take a new batching_sender()",
+                reason="session_ended",
+            )
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -338,8 +369,8 @@ class SecureRouter(_SecureSocket):
             send_timeout=send_timeout,
         )
 
-    def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        send_frames(self.socket, [route, *frames])
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        send_frames(self.socket, [route, *frames], timeout=None if wait else 0)
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
         return raw[0], raw[1:]
@@ -358,7 +389,8 @@ class SecureRouter(_SecureSocket):
         msg_type: int = MessageType.DATA,
         topic: str = "",
     ) -> None:
-        """Send several payloads as one batch frame: one AEAD call, one socket send."""
+        """Send several payloads as one batch frame: one AEAD call, one socket send. An error
+        (:class:`SendTimeout` when the peer's queue stays full) means nothing was queued."""
         self._check_open()
         route = self.table.route_of(agent_id)
         channel = self.table.channels.get(route) if route is not None else None
@@ -373,7 +405,9 @@ class SecureRouter(_SecureSocket):
     def batching_sender(self, agent_id: str, **options: Any) -> BatchingSender:
         """A :class:`BatchingSender` whose batches are encrypted for ``agent_id`` (options:
         ``max_items``, ``max_bytes``, ``max_delay``). Call its ``on_timer`` from your loop and
-        ``close`` it to flush; :meth:`pump` still has to run for rekeys to complete."""
+        ``close`` it to flush; :meth:`pump` still has to run for rekeys to complete. Once
+        that session ends (the peer reconnected), the sender raises :class:`ConnectError`
+        (``session_ended``): take a new one."""
         route = self.table.route_of(agent_id)
         channel = self.table.channels.get(route) if route is not None else None
         if route is None or channel is None:
@@ -405,6 +439,11 @@ class SecureDealer(_SecureSocket):
         check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
+        # Queue nothing without a connection: handshake retries made while the router is down
+        # would all arrive when it comes up, spend its per-connection handshake budget and get
+        # the live INIT refused (rate_limited). Each connection starts its handshake instead
+        # (_on_extra). inproc ignores this (its pipe exists from connect on).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         # Connection events tell us when a reconnect needs a new handshake, and when the
         # connection is down (see ``established``).
         self._monitor = sock.get_monitor_socket(
@@ -427,6 +466,11 @@ class SecureDealer(_SecureSocket):
         self.peer: str | None = None
         self.reconnects = 0
         self._connections = 0
+        #: A handshake frame could not be queued (no connection yet, or a full queue): the
+        #: next connection starts a fresh handshake rather than wait for the retry timer.
+        self._handshake_lost = False
+        #: inproc has no connection events: its pipe is up from connect() on.
+        self._always_linked = endpoint.startswith("inproc:")
         #: The connection dropped and has not come back yet.
         self.disconnected = False
         try:
@@ -437,7 +481,7 @@ class SecureDealer(_SecureSocket):
         self.endpoint = endpoint
         # Sent now, it waits in the connection's pipe until the transport is up (inproc has
         # no transport handshake to wait for, and no monitor events).
-        self._transmit(
+        self._transmit_reply(
             _DEALER_ROUTE,
             self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
         )
@@ -448,8 +492,8 @@ class SecureDealer(_SecureSocket):
                 self.close()  # a dealer that never came up must not keep its sockets
                 raise
 
-    def _transmit(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        send_frames(self.socket, frames)
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        send_frames(self.socket, frames, timeout=None if wait else 0)
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
         return _DEALER_ROUTE, raw
@@ -464,22 +508,37 @@ class SecureDealer(_SecureSocket):
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                # Whatever is sent now waits in ZeroMQ for the reconnect, sealed for a session
-                # a restarted router will not know: it would be lost without a word. Sends
-                # fail instead until a new session is up (callers may hold and resend).
+                # Whatever is sent now would be sealed for a session a restarted router will
+                # not know: it would be lost without a word. Sends fail instead until a new
+                # session is up (callers may hold and resend).
                 self.disconnected = True
                 continue
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.disconnected = False
                 self._connections += 1
                 self.reconnects = self._connections - 1
-                if self._connections == 1:
+                channel = self.table.channels.get(_DEALER_ROUTE)
+                if self._connections == 1 and (
+                    not self._handshake_lost or (channel is not None and channel.established)
+                ):
                     continue  # the first connection carries the INIT sent at construction
                 # A reconnect: whatever session the router had went with the old connection.
+                # Or the first connection, whose INIT was not queued before it came up (the
+                # router started after us, or the transport was still connecting).
                 frames = self.table.connect(
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
                 )
-                self._transmit(_DEALER_ROUTE, frames)
+                self._transmit_reply(_DEALER_ROUTE, frames)
+
+    def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
+        self._handshake_lost = False  # the latest handshake frame is what counts
+        super()._transmit_reply(route, frames)
+
+    def _reply_dropped(self) -> None:
+        self._handshake_lost = True
+        if (self._connections or self._always_linked) and not self.disconnected:
+            # Without a connection there is nothing to count: IMMEDIATE refuses every send.
+            super()._reply_dropped()
 
     def close(self) -> None:
         if not self._closed:
@@ -492,12 +551,21 @@ class SecureDealer(_SecureSocket):
             if isinstance(event, Established) and event.epoch == 0:
                 self.peer = event.agent_id
 
+    def _check_sender(self, route: bytes, channel: SecureChannel) -> None:
+        if self.disconnected:
+            raise ConnectError(
+                f"the connection to {self.endpoint} is down; once it is back "
+                "(wait_established()), take a new batching_sender()",
+                reason="link_down",
+            )
+        super()._check_sender(route, channel)
+
     def _timers(self) -> None:
         super()._timers()
         if _DEALER_ROUTE not in self.table.channels and not self._closed:
             # The channel closed itself (too many refused frames) or its handshake was
             # abandoned: start a new session rather than stay silent.
-            self._transmit(
+            self._transmit_reply(
                 _DEALER_ROUTE,
                 self.table.connect(
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
@@ -534,7 +602,8 @@ class SecureDealer(_SecureSocket):
     def send_many(
         self, payloads: Sequence[object], *, msg_type: int = MessageType.DATA, topic: str = ""
     ) -> None:
-        """Send several payloads as one batch frame: one AEAD call, one socket send."""
+        """Send several payloads as one batch frame: one AEAD call, one socket send. An error
+        (:class:`SendTimeout` when the router's queue stays full) means nothing was queued."""
         self._check_open()
         if self.disconnected:
             raise ConnectError(
@@ -549,8 +618,9 @@ class SecureDealer(_SecureSocket):
 
     def batching_sender(self, **options: Any) -> BatchingSender:
         """A :class:`BatchingSender` whose batches are encrypted for the router (options:
-        ``max_items``, ``max_bytes``, ``max_delay``). A reconnect makes a new session: take a
-        new sender after it."""
+        ``max_items``, ``max_bytes``, ``max_delay``). A reconnect makes a new session: once the
+        connection drops, this sender raises :class:`ConnectError` (``link_down``, then
+        ``session_ended``); take a new sender after :meth:`wait_established`."""
         self._check_open()
         channel = self.table.channels.get(_DEALER_ROUTE)
         if channel is None or not channel.established:

@@ -11,7 +11,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from zmqcomm.crypto.session import RekeyPolicy
-from zmqcomm.errors import ConnectError, TransportError, UnknownPeerError
+from zmqcomm.errors import (
+    ConnectError,
+    ReceiveTimeout,
+    SendTimeout,
+    TransportError,
+    UnknownPeerError,
+)
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
@@ -218,7 +224,7 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten_not_raised(
 
         # Whether libzmq has torn down the route by the time the router answers is a race;
         # when it has, a ROUTER_MANDATORY send fails like this.
-        def route_gone(route: bytes, frames: object) -> None:
+        def route_gone(route: bytes, frames: object, **_: object) -> None:
             raise TransportError("no connected peer has that routing id", reason="unroutable")
 
         monkeypatch.setattr(router, "_transmit", route_gone)
@@ -233,3 +239,191 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten_not_raised(
             establish(router, dealer)
             dealer.send("back")
             assert router.receive(timeout=5).message.payload == "back"
+
+
+def test_a_peer_that_stops_reading_never_stalls_the_pump(cast: Cast) -> None:
+    """An established peer floods rekey INITs and never reads. The router's REPLYs fill that
+    peer's queue; pump() drops them (counted) instead of blocking for send_timeout and
+    raising SendTimeout to whoever pumps, and goes on serving the other peers."""
+    endpoint = f"inproc://stall-{next(_inproc_names)}"
+    cast.bob_trust.add(cast.mallory.public, roles=["server"])
+    with (
+        SecureRouter(
+            endpoint,
+            identity=cast.bob,
+            trust=cast.bob_trust,
+            options=SocketOptions(send_hwm=1),
+            send_timeout=0.05,  # the old code raised after this long
+        ) as router,
+        SecureDealer(
+            endpoint,
+            identity=cast.alice,
+            trust=cast.alice_trust,
+            options=SocketOptions(receive_hwm=1),
+            connect_timeout=None,
+        ) as staller,
+    ):
+        establish(router, staller)
+        channel = staller.table.channels[b""]
+        session = channel.session
+        assert session is not None
+        for _ in range(200):
+            init = channel._initiate(
+                session.session_id, session.epoch + 1, now=time.time(), delay=2.0
+            )
+            staller.socket.send_multipart(init)  # and never reads
+            router.pump(0.01)
+            if router.statistics()["rejected"].get("reply_queue_full"):
+                break
+        assert router.statistics()["rejected"]["reply_queue_full"] >= 1
+        with SecureDealer(
+            endpoint, identity=cast.mallory, trust=cast.alice_trust, connect_timeout=None
+        ) as other:
+            establish(router, other)
+            other.send("served")
+            assert router.receive(timeout=5).message.payload == "served"
+
+
+def test_send_raises_only_when_its_message_was_not_queued(cast: Cast) -> None:
+    """The message-count rekey starts right after the send that reaches the count. When that
+    send took the last slot of the queue, its INIT does not fit: the send must still return
+    (its message is queued, a retry would duplicate it) and the INIT is left to the
+    handshake's retry timer."""
+    router_options = SocketOptions(receive_hwm=5)
+    dealer_options = SocketOptions(send_hwm=5)
+
+    @contextlib.contextmanager
+    def pair(policy: RekeyPolicy | None) -> Iterator[tuple[SecureRouter, SecureDealer]]:
+        endpoint = f"inproc://dup-{next(_inproc_names)}"
+        with (
+            SecureRouter(
+                endpoint,
+                identity=cast.bob,
+                trust=cast.bob_trust,
+                options=router_options,
+                policy=policy,
+            ) as router,
+            SecureDealer(
+                endpoint,
+                identity=cast.alice,
+                trust=cast.alice_trust,
+                options=dealer_options,
+                policy=policy,
+                send_timeout=0.05,
+                connect_timeout=None,
+            ) as dealer,
+        ):
+            establish(router, dealer)
+            router.pump(0.0)  # the CONFIRM's answer, if any: the pipe starts empty
+            yield router, dealer
+
+    with pair(None) as (_, dealer):  # how many messages fit while the router does not read
+        capacity = 0
+        with pytest.raises(SendTimeout):
+            while capacity < 1000:
+                dealer.send(capacity)
+                capacity += 1
+    assert 1 < capacity < 1000
+    with pair(RekeyPolicy(max_messages=capacity, jitter=0.0)) as (router, dealer):
+        for n in range(capacity):
+            dealer.send(n)  # the last one fills the queue and starts the rekey
+        assert dealer.statistics()["rejected"]["reply_queue_full"] == 1
+        got = [router.receive(timeout=5).message.payload for _ in range(capacity)]
+        assert got == list(range(capacity))
+
+
+def test_a_batching_sender_from_before_a_reconnect_refuses_to_send(
+    cast: Cast, short_dir: str
+) -> None:
+    """A sender seals under the session it was taken for. Once the connection drops, and after
+    the dealer's new session is up, it raises ConnectError instead of sealing under the dead
+    session (the restarted router would drop every batch while flush() reported success)."""
+    endpoint = f"ipc://{short_dir}/stale.sock"
+    options = SocketOptions(linger=0, reconnect_interval=0.05, reconnect_interval_max=0.2)
+    router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, options=options)
+    dealer = SecureDealer(
+        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
+    )
+    try:
+        establish(router, dealer)
+        sender = dealer.batching_sender(max_delay=10.0)
+        sender.send(MessageType.DATA, "before")
+        assert sender.flush() == 1
+        assert router.receive(timeout=5).message.payloads == ["before"]
+        router.close()
+        deadline = dealer.clock() + 10
+        while not dealer.disconnected:
+            assert dealer.clock() < deadline, "the dealer never saw the disconnect"
+            dealer.pump(0.05)
+        sender.send(MessageType.DATA, "while down")
+        with pytest.raises(ConnectError) as down:
+            sender.flush()
+        assert down.value.reason == "link_down"
+        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, options=options)
+        deadline = dealer.clock() + 10
+        while dealer.reconnects < 1 or not dealer.established or not router.peers:
+            assert dealer.clock() < deadline, "the dealer never re-handshook"
+            dealer.pump(0.05)
+            router.pump(0.0)
+        sender.send(MessageType.DATA, "after")
+        with pytest.raises(ConnectError) as ended:
+            sender.flush()
+        assert ended.value.reason == "session_ended"
+        fresh = dealer.batching_sender(max_delay=10.0)
+        fresh.send(MessageType.DATA, "fresh")
+        assert fresh.flush() == 1
+        assert router.receive(timeout=5).message.payloads == ["fresh"]
+        assert router.table.rejected == {}
+    finally:
+        dealer.close()
+        router.close()
+
+
+def test_receive_with_no_timeout_left_returns_a_message_already_waiting(cast: Cast) -> None:
+    endpoint = f"inproc://zero-{next(_inproc_names)}"
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router,
+        SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        dealer.send({"n": 1})
+        assert router.socket.poll(5000)  # the message waits in the router's socket
+        assert router.receive(timeout=0).message.payload == {"n": 1}
+        with pytest.raises(ReceiveTimeout):
+            router.receive(timeout=0)
+
+
+def test_a_dealer_started_before_its_router_handshakes_once_it_is_up(
+    cast: Cast, short_dir: str
+) -> None:
+    """Handshake retries made while the router is down are not queued for it: when it comes up
+    it sees one live INIT, not a burst of stale ones that spend its per-connection budget and
+    get the live one refused (rate_limited), which left the session waiting for the next retry
+    (up to 30 s). The dealer's clock runs fast: minutes of retries while the router is down."""
+    endpoint = f"ipc://{short_dir}/late.sock"
+    options = SocketOptions(reconnect_interval=0.05, reconnect_interval_max=0.1)
+    offset = [0.0]
+    with SecureDealer(
+        endpoint,
+        identity=cast.alice,
+        trust=cast.alice_trust,
+        options=options,
+        connect_timeout=None,
+        wall_clock=lambda: time.time() + offset[0],
+    ) as dealer:
+        for _ in range(12):  # retries at 2, 4, 8, 16, 30, 30, ... s
+            offset[0] += 31.0
+            dealer.pump(0.01)
+        with SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router:
+            deadline = router.clock() + 10
+            while not (dealer.established and router.peers) and not router.table.rejected:
+                assert router.clock() < deadline, "no session and nothing refused"
+                router.pump(0.01)
+                dealer.pump(0.01)
+            assert router.table.rejected == {}
+            assert dealer.table.rejected == {}
+            assert router.table.handshakes == 1
+            dealer.send("up")
+            assert router.receive(timeout=5).message.payload == "up"
