@@ -60,6 +60,7 @@ from zmqcomm.transport.sockets import (
     send_frames,
 )
 from zmqcomm.wire import Body, MessageType, WireCodec
+from zmqcomm.wire.header import peek_type
 from zmqcomm.wire.payload import Buffer
 
 Clock = Callable[[], float]
@@ -173,9 +174,15 @@ class _SecureSocket:
         ``reply_queue_full`` in :attr:`ChannelTable.rejected`: blocking for ``send_timeout``
         would stall everyone this socket serves, and the handshake's initiator retries on its
         timer."""
+        # Except a FINISH: its sender uses the new keys from now on, and a peer that never
+        # got it would refuse (drop) all that follows, unseen. It waits for room like data
+        # (SendTimeout out of pump() if the peer never reads: loud, not silent).
+        finish = bool(frames) and peek_type(frames[0]) == MessageType.HANDSHAKE_FINISH
         try:
-            self._transmit(route, frames, wait=False)
+            self._transmit(route, frames, wait=finish)
         except (QueueFullError, SendTimeout):
+            if finish:
+                raise
             self._reply_dropped()
         except TransportError as exc:
             if exc.reason != "unroutable":

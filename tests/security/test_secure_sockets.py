@@ -13,6 +13,7 @@ import pytest
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.errors import (
     ConnectError,
+    QueueFullError,
     ReceiveTimeout,
     SendTimeout,
     TransportError,
@@ -21,6 +22,7 @@ from zmqcomm.errors import (
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
+from zmqcomm.wire.header import pack_header
 
 from .conftest import Cast, establish
 
@@ -365,8 +367,9 @@ def test_a_batching_sender_from_before_a_reconnect_refuses_to_send(
             assert dealer.clock() < deadline, "the dealer never re-handshook"
             dealer.pump(0.05)
             router.pump(0.0)
-        sender.send(MessageType.DATA, "after")
         with pytest.raises(ConnectError) as ended:
+            # The batch kept from the failed flush goes first, so send() itself may raise.
+            sender.send(MessageType.DATA, "after")
             sender.flush()
         assert ended.value.reason == "session_ended"
         fresh = dealer.batching_sender(max_delay=10.0)
@@ -427,3 +430,25 @@ def test_a_dealer_started_before_its_router_handshakes_once_it_is_up(
             assert router.table.handshakes == 1
             dealer.send("up")
             assert router.receive(timeout=5).message.payload == "up"
+
+
+def test_a_finish_that_cannot_be_queued_is_an_error_not_a_silent_drop(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Handshake answers that cannot be queued are dropped (their initiator retries), but
+    # the FINISH switches its sender to the new keys: dropped, the peer would refuse all
+    # that follows without anyone seeing it.
+    with SecureRouter(
+        f"inproc://finish-{next(_inproc_names)}", identity=cast.bob, trust=cast.bob_trust
+    ) as router:
+
+        def full(route: bytes, frames: object, *, wait: bool = True) -> None:
+            raise QueueFullError("the peer's queue is full")
+
+        monkeypatch.setattr(router, "_transmit", full)
+        reply = pack_header(MessageType.HANDSHAKE_REPLY, 0, b"", 0)
+        router._transmit_reply(b"route", [reply])
+        assert router.table.rejected["reply_queue_full"] == 1
+        finish = pack_header(MessageType.HANDSHAKE_FINISH, 0, b"", 0)
+        with pytest.raises(QueueFullError):
+            router._transmit_reply(b"route", [finish])
