@@ -548,9 +548,15 @@ class SecureDealer(_SecureSocket):
             super()._reply_dropped()
 
     def close(self) -> None:
-        if not self._closed:
-            self.socket.disable_monitor()
-        super().close()
+        try:
+            if not self._closed:
+                # Raises ContextTerminated once term() has begun: the socket must still be
+                # closed, or term() waits for it for ever.
+                self.socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        finally:
+            super().close()
 
     def _handle(self, route: bytes, events: list[Event]) -> None:
         super()._handle(route, events)

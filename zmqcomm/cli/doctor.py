@@ -20,6 +20,7 @@ import zstandard
 
 from zmqcomm import __version__
 from zmqcomm.errors import ZmqCommError
+from zmqcomm.quantiles import nearest_rank
 from zmqcomm.transport.endpoints import ipc_temporary_directory
 from zmqcomm.transport.sockets import SocketOptions, bind, connect, open_socket, shared_context
 from zmqcomm.wire import MessageType, WireCodec
@@ -143,7 +144,7 @@ def round_trip(endpoint: str, *, count: int, timeout: float) -> RoundTripReport:
         server.close(linger=0)
         client.close(linger=0)
     micros = sorted(sample * 1e6 for sample in samples)
-    p99 = micros[min(len(micros) - 1, int(len(micros) * 0.99))]
+    p99 = nearest_rank(micros, 0.99)  # int(n * 0.99) was the maximum for n <= 100
     return RoundTripReport(
         transport, bound, True, count, round(statistics.median(micros), 1), round(p99, 1)
     )

@@ -75,7 +75,7 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
         if not peer_to_peer:
             broker = _start_broker(directory, endpoint)
             processes.append(broker)
-            endpoint = _wait_for_endpoint(directory, broker)
+            endpoint = _wait_for_endpoint(directory, broker, kept=options.keep is not None)
         ids = [member.agent_id for member in members]
         settings = []
         for index, member in enumerate(members):
@@ -107,13 +107,16 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
             write_json(directory / ENDPOINTS_FILE, listed)
         (directory / GO_FILE).touch()
         started = time.monotonic()
-        _progress(settings, processes, options, started, out)
+        # In p2p mode there is no broker: every process is an agent.
+        agents = processes if peer_to_peer else processes[1:]
+        _progress(settings, processes, options, started, out, agents=agents)
         results = [read_json(agent.result_path) for agent in settings]
         missing = [
             agent.name for agent, result in zip(settings, results, strict=True) if result is None
         ]
         if missing:
-            raise TransportError(f"agents {', '.join(missing)} wrote no result; see {directory}")
+            where = directory if options.keep is not None else "rerun with --keep DIR"
+            raise TransportError(f"agents {', '.join(missing)} wrote no result; see {where}")
         broker_stats = {} if peer_to_peer else read_json(directory / "data" / "stats.json") or {}
         return summarize([r for r in results if r is not None], broker_stats, options)
     finally:
@@ -153,7 +156,7 @@ def _start_broker(directory: Path, endpoint: str) -> subprocess.Popen[bytes]:
     return _start(arguments, directory)
 
 
-def _wait_for_endpoint(directory: Path, broker: subprocess.Popen[bytes]) -> str:
+def _wait_for_endpoint(directory: Path, broker: subprocess.Popen[bytes], *, kept: bool) -> str:
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         stats = read_json(directory / "data" / "stats.json")
@@ -162,7 +165,9 @@ def _wait_for_endpoint(directory: Path, broker: subprocess.Popen[bytes]) -> str:
             if isinstance(endpoints, list) and endpoints:
                 return str(endpoints[0])
         if broker.poll() is not None:
-            raise TransportError(f"the broker exited ({broker.returncode}); see {directory}/logs")
+            # Without --keep the directory is removed on the way out: pointing at it would not help.
+            where = f"see {directory}/logs" if kept else "rerun with --keep DIR for its logs"
+            raise TransportError(f"the broker exited ({broker.returncode}); {where}")
         time.sleep(0.05)
     raise TransportError(f"the broker did not start within {_START_TIMEOUT} s")
 
@@ -195,8 +200,11 @@ def _progress(
     options: SwarmOptions,
     started: float,
     out: TextIO,
+    *,
+    agents: list[subprocess.Popen[bytes]],
 ) -> None:
-    agents = processes[1:]
+    """Report progress until every agent process has ended (``processes`` includes the
+    broker, which must stay alive meanwhile)."""
     deadline = started + options.duration + 90.0
     while any(process.poll() is None for process in agents):
         statuses = [read_json(agent.status_path) or {} for agent in settings]
