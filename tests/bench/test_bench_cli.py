@@ -363,3 +363,30 @@ def test_a_failing_section_is_recorded_and_the_others_still_written(
     assert outcome.results["sections"]["bad"]["error"] == "the peer process exited with 1"
     assert "**Failed**: the peer process exited with 1" in (out / "results.md").read_text()
     assert json.loads((out / "results.json").read_text())["sections"]["good"]["n"] == 7
+
+
+def test_a_run_into_an_old_directory_leaves_no_stale_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier run's plots stayed beside new results written without plots.
+    module = types.ModuleType("zc_bench_test_only")
+    module.NAME, module.TITLE = "only", "Only"  # type: ignore[attr-defined]
+    module.run = lambda context: {"title": "Only", "n": 1}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(runner, "SECTIONS", {"only": "zc_bench_test_only"})
+    out = tmp_path / "out"
+    out.mkdir()
+    for old in ("throughput.png", "latency.png"):
+        (out / old).write_bytes(b"an earlier run's plot")
+    run_benchmarks(BenchSettings(), out, progress=Progress(quiet=True), plots=False)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+
+
+def test_the_module_entry_point_reports_a_bad_out_directory_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["--only", "gossip", "--quick", "--out", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("zmqcomm bench: error:") and err.count("\n") == 1

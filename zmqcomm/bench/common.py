@@ -32,6 +32,9 @@ from zmqcomm.wire import CompressionConfig, WireCodec
 DEEP = SocketOptions(send_hwm=100_000, receive_hwm=100_000)
 #: How long any receive in a benchmark waits before the run is declared failed.
 RECEIVE_TIMEOUT = 60.0
+#: How long a worker's socket may take to deliver what it queued when it closes: bounded, so a
+#: worker whose receiver is gone (an interrupted run) still ends.
+WORKER_LINGER_MS = int(RECEIVE_TIMEOUT * 1000)
 #: Modules the worker processes need, imported once in the fork server.
 _PRELOAD = ["zmq", "zmqcomm.bench.stream", "zmqcomm.bench.roundtrip", "zmqcomm.secure"]
 
@@ -181,6 +184,7 @@ class Peer:
             self._thread.start()
         else:
             self._process = worker_context().Process(target=target, args=args, daemon=True)
+            _LIVE_PEERS.add(self)  # before start(): an interrupt inside it is still cleaned up
             self._process.start()
 
     def join(self, timeout: float = 30.0) -> None:
@@ -195,6 +199,7 @@ class Peer:
                 )
             return
         self._process.join(timeout)
+        _LIVE_PEERS.discard(self)
         if self._process.is_alive():
             self._process.kill()
             self._process.join(5)
@@ -211,9 +216,21 @@ class Peer:
             raise BenchError(f"the benchmark peer process exited with {self._process.exitcode}")
 
     def kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
+        _LIVE_PEERS.discard(self)
+        if self._process is not None and self._process.pid is not None and self._process.is_alive():
             self._process.kill()
             self._process.join(5)
+
+
+#: Worker processes started and not yet killed: an interrupt can come between a worker's
+#: start and the line that would have kept its Peer, and it must not outlive the run.
+_LIVE_PEERS: set[Peer] = set()
+
+
+def kill_all_peers() -> None:
+    """Kill every worker process still running (the harness's last word on the way out)."""
+    for peer in list(_LIVE_PEERS):
+        peer.kill()
 
 
 def wait_readable(sock: zmq.Socket[Any], peer: Peer, timeout: float = RECEIVE_TIMEOUT) -> None:

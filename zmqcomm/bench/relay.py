@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from zmqcomm.bench.common import RECEIVE_TIMEOUT, BenchError, worker_context
+from zmqcomm.bench.common import RECEIVE_TIMEOUT, WORKER_LINGER_MS, BenchError, worker_context
 from zmqcomm.bench.fleet import agent_identity, broker_identity, fleet
 from zmqcomm.bench.harness import BenchContext
 from zmqcomm.bench.stats import alternating, median, ratio
@@ -45,7 +45,7 @@ def _raw_relay(endpoint: str, count: int, ready: Any) -> None:
     for _ in range(count):
         source, *rest = recv()
         send([rest[0], source, rest[1]])
-    sock.close(linger=-1)
+    sock.close(linger=WORKER_LINGER_MS)
     context.term()
 
 
@@ -59,7 +59,7 @@ def _raw_sender(endpoint: str, count: int, size: int) -> None:
     send = sock.send_multipart
     for _ in range(count):
         send([b"receiver", payload])
-    sock.close(linger=-1)
+    sock.close(linger=WORKER_LINGER_MS)
     context.term()
 
 

@@ -17,6 +17,7 @@ import zmq
 
 from zmqcomm.bench.common import (
     RECEIVE_TIMEOUT,
+    WORKER_LINGER_MS,
     BenchError,
     Job,
     Peer,
@@ -66,7 +67,7 @@ def echo_peer(job: Job, shared: zmq.Context[Any] | None) -> None:
         else:
             for _ in range(trips):
                 sock.send(sock.recv(copy=False), copy=False)
-        sock.close(linger=-1)
+        sock.close(linger=WORKER_LINGER_MS)
     if shared is None:
         context.term()  # a worker exits without exit handlers: deliver the last reply first
 

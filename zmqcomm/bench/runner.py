@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from zmqcomm.bench.common import kill_all_peers
 from zmqcomm.bench.harness import BenchContext, Progress
 from zmqcomm.bench.plots import plot_latency, plot_throughput
 from zmqcomm.bench.report import build_results, to_markdown, write_json
@@ -47,6 +48,10 @@ class BenchOutcome:
         """Sections that could not be measured (their error is in the results)."""
         sections = self.results["sections"]
         return [name for name, data in sections.items() if data.get("status") == "failed"]
+
+
+#: Plot files a run writes (not when interrupted, nor with plots off).
+_PLOTS = ("throughput.png", "latency.png")
 
 
 def section_modules(names: tuple[str, ...]) -> list[ModuleType]:
@@ -89,6 +94,8 @@ def run_benchmarks(
     modules = section_modules(settings.sections)
     progress = progress if progress is not None else Progress()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in _PLOTS:  # an earlier run's plots beside these results would misinform
+        (out / stale).unlink(missing_ok=True)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     meta: dict[str, Any] = {
@@ -118,6 +125,7 @@ def run_benchmarks(
         interrupted = True
         raise
     finally:
+        kill_all_peers()  # workers an interrupt caught between start and bookkeeping
         # Removed however the run ends: it holds ipc sockets and the throw-away keys.
         shutil.rmtree(workdir, ignore_errors=True)
         if interrupted:

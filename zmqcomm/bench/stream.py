@@ -23,6 +23,7 @@ import zmq
 from zmqcomm.bench.common import (
     DEEP,
     RECEIVE_TIMEOUT,
+    WORKER_LINGER_MS,
     BenchError,
     Job,
     Peer,
@@ -80,7 +81,7 @@ def stream_sender(job: Job, shared: zmq.Context[Any] | None = None) -> None:
         send, copy = sock.send, size < ZERO_COPY_FROM
         for message in payload_stream(pool, count):
             send(message, copy=copy)
-    sock.close(linger=-1)  # deliver everything before leaving
+    sock.close(linger=WORKER_LINGER_MS)  # deliver everything before leaving
     if shared is None:
         context.term()
 

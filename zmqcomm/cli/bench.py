@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZmqCommError as exc:
         print(f"zmqcomm bench: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # --out, as the zmqcomm front end reports it
+        print(f"zmqcomm bench: error: {exc}; check the path and its permissions", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
