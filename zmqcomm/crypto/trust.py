@@ -51,8 +51,15 @@ from zmqcomm.crypto.keys import (
     is_agent_id,
     load_public_document,
     public_file_bytes,
+    signature_valid,
 )
-from zmqcomm.errors import AuthenticationError, KeyFileError, UnknownPeerError, UsageError
+from zmqcomm.errors import (
+    AuthenticationError,
+    KeyFileError,
+    SecurityError,
+    UnknownPeerError,
+    UsageError,
+)
 
 REVOKED_DIR = "revoked"
 REVOKED_SUFFIX = ".revoked"
@@ -351,6 +358,16 @@ class TrustStore:
         except UsageError as exc:
             raise UnknownPeerError("malformed sender id", reason="unknown_peer") from exc
         return self.lookup(agent_id, now=now)
+
+    def signed_by(self, agent_id: str, material: bytes, signature: bytes, *, now: float) -> bool:
+        """Whether ``agent_id``, trusted at ``now`` (not unknown, revoked or expired), made
+        ``signature`` over ``material``; asked on every message, so a revocation counts at
+        the next one."""
+        try:
+            key = self.lookup(agent_id, now=now).verify_key
+        except SecurityError:
+            return False
+        return signature_valid(key, material, signature)
 
     def check_certificate(self, certificate: Certificate, *, now: float) -> TrustEntry:
         """Accept a peer's certificate from a handshake, or raise.

@@ -166,13 +166,9 @@ def trust_verifier(trust: TrustStore) -> Verifier:
     so no cache of ours may outlive a revocation)."""
 
     def verify(origin: Any, material: bytes, signature: bytes) -> bool:
-        if not isinstance(origin, str):
-            return False
-        try:
-            key = trust.lookup(origin, now=time.time()).verify_key
-        except SecurityError:
-            return False
-        return signature_valid(key, material, signature)
+        return isinstance(origin, str) and trust.signed_by(
+            origin, material, signature, now=time.time()
+        )
 
     return verify
 

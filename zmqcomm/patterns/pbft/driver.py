@@ -44,13 +44,12 @@ import zmq
 from zmqcomm.actions import Send
 from zmqcomm.crypto.audit import REJECT, AuditLog, BaseAuditLog
 from zmqcomm.crypto.channel import TrustChecker
-from zmqcomm.crypto.keys import Identity, load_identity, signature_valid
+from zmqcomm.crypto.keys import Identity, load_identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     CorruptStoreError,
     RemoteProtocolError,
-    SecurityError,
     StoreError,
     UsageError,
     ZmqCommError,
@@ -444,13 +443,11 @@ def client_verifier(trust: TrustStore) -> ClientVerifier:
 
     def verify(client: Hashable, material: bytes, signature: bytes) -> bool:
         agent = client_agent(client)
-        if agent is None or not isinstance(signature, bytes):
-            return False
-        try:
-            key = trust.lookup(agent, now=time.time()).verify_key
-        except SecurityError:
-            return False
-        return signature_valid(key, material, signature)
+        return (
+            agent is not None
+            and isinstance(signature, bytes)
+            and trust.signed_by(agent, material, signature, now=time.time())
+        )
 
     return verify
 
