@@ -5,6 +5,7 @@ Each test names a rule a second review found broken; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 import time
@@ -92,35 +93,37 @@ def test_an_untrusted_id_cannot_graft_ihave_or_iwant_its_way_into_the_traffic(
         agent.close()
 
 
-def test_a_trusted_grafter_is_still_learned(
-    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
-) -> None:
+@contextlib.contextmanager
+def _grafted(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, audit: MemoryAuditLog | None = None
+) -> Iterator[tuple[GossipAgent, zmq.Socket[bytes], Identity]]:
+    """Alice's agent, and Bob (both trusted) grafted onto its mesh through a raw dealer."""
     alice, bob = Identity.generate("alice"), Identity.generate("bob")
     store.add(alice.public)
     store.add(bob.public)
-    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, context=context)
-    dealer = _dealer(context, bob.agent_id, agent.endpoint)
-    try:
-        dealer.send(encode_frame([Graft()]))
-        assert _step_until(agent, lambda: bob.agent_id in agent.node.peers)
-        assert "untrusted_control" not in agent.statistics()["drops"]
-    finally:
-        dealer.close(0)
-        agent.close()
-
-
-def test_a_peer_revoked_after_it_joined_is_dropped_at_the_next_heartbeat(
-    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
-) -> None:
-    alice, bob = Identity.generate("alice"), Identity.generate("bob")
-    store.add(alice.public)
-    store.add(bob.public)
-    audit = MemoryAuditLog()
     agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
     dealer = _dealer(context, bob.agent_id, agent.endpoint)
     try:
         dealer.send(encode_frame([Graft()]))
         assert _step_until(agent, lambda: bob.agent_id in agent.node.peers)
+        yield agent, dealer, bob
+    finally:
+        dealer.close(0)
+        agent.close()
+
+
+def test_a_trusted_grafter_is_still_learned(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
+) -> None:
+    with _grafted(context, store) as (agent, _, _):
+        assert "untrusted_control" not in agent.statistics()["drops"]
+
+
+def test_a_peer_revoked_after_it_joined_is_dropped_at_the_next_heartbeat(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
+) -> None:
+    audit = MemoryAuditLog()
+    with _grafted(context, store, audit) as (agent, dealer, bob):
         store.revoke(bob.agent_id)
         assert _step_until(agent, lambda: bob.agent_id not in agent.node.peers)
         assert audit.events("reject", reason="peer_untrusted")
@@ -130,9 +133,6 @@ def test_a_peer_revoked_after_it_joined_is_dropped_at_the_next_heartbeat(
         while dealer.poll(0):  # what was sent before the revocation may still be queued
             frame = decode_frame(dealer.recv())
             assert not any(getattr(m, "payload", b"") == b"after the revocation" for m in frame)
-    finally:
-        dealer.close(0)
-        agent.close()
 
 
 def test_a_revoked_origin_is_refused_on_its_next_message(store: TrustStore) -> None:
