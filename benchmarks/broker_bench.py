@@ -10,12 +10,13 @@ A thin front end to the harness (``zmqcomm bench --only relay memory``;
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zmqcomm.bench.runner import print_table
 from zmqcomm.bench.settings import BenchSettings
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=300_000, help="relayed messages per run")
     parser.add_argument("--rounds", type=int, default=3)
@@ -30,8 +31,8 @@ def main() -> None:
         relay_count=args.count,
         connections=args.agents,
     )
-    print_table(settings)
+    return print_table(settings)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

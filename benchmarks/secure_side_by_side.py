@@ -11,12 +11,13 @@ prints the Markdown tables.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zmqcomm.bench.runner import print_table
 from zmqcomm.bench.settings import BenchSettings
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transport", choices=("inproc", "ipc", "tcp"), default="ipc")
     parser.add_argument("--size", type=int, default=64, help="message size in bytes")
@@ -40,8 +41,8 @@ def main() -> None:
         trips_large=args.trips,
         trips_huge=args.trips,
     )
-    print_table(settings)
+    return print_table(settings)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

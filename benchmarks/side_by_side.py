@@ -11,12 +11,13 @@ between two processes, runs alternating raw and zmqcomm plain; prints the Markdo
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zmqcomm.bench.runner import print_table
 from zmqcomm.bench.settings import BenchSettings
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transport", choices=("inproc", "ipc", "tcp"), default="ipc")
     parser.add_argument("--size", type=int, default=64, help="message size in bytes")
@@ -36,8 +37,8 @@ def main() -> None:
         stream_max_count=args.count,
         stream_min_count=args.count,
     )
-    print_table(settings)
+    return print_table(settings)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

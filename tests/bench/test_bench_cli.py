@@ -390,3 +390,18 @@ def test_the_module_entry_point_reports_a_bad_out_directory_in_one_line(
     assert main(["--only", "gossip", "--quick", "--out", str(blocker / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("zmqcomm bench: error:") and err.count("\n") == 1
+
+
+def test_the_single_purpose_scripts_exit_1_when_a_section_failed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # benchmarks/*.py printed "**Failed**" in the table and exited 0.
+    def failing(context: Any) -> dict[str, Any]:
+        raise BenchError("no message from the benchmark peer within 60.0 s")
+
+    module = types.ModuleType("zc_bench_test_failing")
+    module.NAME, module.TITLE, module.run = "failing", "Failing", failing  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(runner, "SECTIONS", {"failing": "zc_bench_test_failing"})
+    assert runner.print_table(BenchSettings()) == 1
+    assert "**Failed**" in capsys.readouterr().out

@@ -165,9 +165,11 @@ def _write(
     return BenchOutcome(results, out, files)
 
 
-def print_table(settings: BenchSettings) -> None:
+def print_table(settings: BenchSettings) -> int:
     """Run ``settings`` with a progress line and print the Markdown tables (no files kept):
-    what the single-purpose scripts in benchmarks/ do."""
+    what the single-purpose scripts in benchmarks/ do. Returns their exit status: 1 if a
+    section failed (its error is in the table), else 0."""
     with tempfile.TemporaryDirectory(prefix="zcb-out-") as out:
-        run_benchmarks(settings, Path(out), progress=Progress(), plots=False)
+        outcome = run_benchmarks(settings, Path(out), progress=Progress(), plots=False)
         print((Path(out) / "results.md").read_text())
+    return 1 if outcome.failed else 0
