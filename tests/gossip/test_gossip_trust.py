@@ -8,8 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,6 +33,8 @@ from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig, tcp_endpoint, trust_verifier
 from zmqcomm.patterns.gossip.scoring import ScoreParams
 
+from .support import raw_dealer, step_until
+
 
 @pytest.fixture
 def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
@@ -48,23 +49,6 @@ def store() -> Iterator[TrustStore]:
         yield TrustStore(directory)
 
 
-def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], rid: str, endpoint: str) -> zmq.Socket[bytes]:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, rid.encode())
-    sock.connect(endpoint)
-    return sock
-
-
-def _step_until(agent: GossipAgent, done: Callable[[], bool], timeout: float = 4.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        agent.step(0.02)
-    return True
-
-
 @pytest.mark.parametrize("revoked", [False, True], ids=["stranger", "revoked"])
 def test_an_untrusted_id_cannot_graft_ihave_or_iwant_its_way_into_the_traffic(
     context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, revoked: bool
@@ -76,11 +60,11 @@ def test_an_untrusted_id_cannot_graft_ihave_or_iwant_its_way_into_the_traffic(
         store.revoke(other.agent_id)
     audit = MemoryAuditLog()
     agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
-    evil = _dealer(context, other.agent_id, agent.endpoint)
+    evil = raw_dealer(context, other.agent_id, agent.endpoint)
     try:
         mid = agent.publish(b"cached for repair")
         evil.send(encode_frame([Graft(), IHave((bytes(16),)), IWant((mid,))]))
-        assert _step_until(agent, lambda: agent.counters["received_items"] == 3)
+        assert step_until(agent, lambda: agent.counters["received_items"] == 3)
         assert other.agent_id not in agent.node.peers
         assert agent.statistics()["drops"]["untrusted_control"] == 3
         assert audit.events("reject", reason="untrusted_control")
@@ -102,10 +86,10 @@ def _grafted(
     store.add(alice.public)
     store.add(bob.public)
     agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
-    dealer = _dealer(context, bob.agent_id, agent.endpoint)
+    dealer = raw_dealer(context, bob.agent_id, agent.endpoint)
     try:
         dealer.send(encode_frame([Graft()]))
-        assert _step_until(agent, lambda: bob.agent_id in agent.node.peers)
+        assert step_until(agent, lambda: bob.agent_id in agent.node.peers)
         yield agent, dealer, bob
     finally:
         dealer.close(0)
@@ -125,7 +109,7 @@ def test_a_peer_revoked_after_it_joined_is_dropped_at_the_next_heartbeat(
     audit = MemoryAuditLog()
     with _grafted(context, store, audit) as (agent, dealer, bob):
         store.revoke(bob.agent_id)
-        assert _step_until(agent, lambda: bob.agent_id not in agent.node.peers)
+        assert step_until(agent, lambda: bob.agent_id not in agent.node.peers)
         assert audit.events("reject", reason="peer_untrusted")
         agent.publish(b"after the revocation")
         agent.flush()
@@ -187,12 +171,12 @@ def test_a_peer_that_does_not_keep_its_ihave_promises_loses_score(
         config=GossipConfig(heartbeat=0.05),
         context=context,
     )
-    dealer = _dealer(context, liar, agent.endpoint)
+    dealer = raw_dealer(context, liar, agent.endpoint)
     try:
         rng = random.Random(8)
         ids = tuple(rng.randbytes(16) for _ in range(64))
         dealer.send(encode_frame([IHave(ids)]))
-        assert _step_until(
+        assert step_until(
             agent, lambda: agent.scores.peer_counters(liar).get("broken_promises") == 64
         )
         assert agent.scores.score(liar, now=agent._clock()) < 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import zmq
@@ -24,6 +24,8 @@ from zmqcomm.patterns.gossip.codec import (
     encode_item,
 )
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig
+
+from .support import raw_dealer, step_until
 
 #: A peer that asks by IWant (a trusted id: strangers' IWants are refused).
 ASKER = agent_id_from_sender(random.Random(3).randbytes(16))
@@ -42,15 +44,6 @@ def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx.term()
 
 
-def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], rid: str, endpoint: str) -> zmq.Socket[bytes]:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 2000)  # every receive in a test has a timeout
-    sock.setsockopt(zmq.ROUTING_ID, rid.encode())
-    sock.connect(endpoint)
-    return sock
-
-
 def test_no_queue_is_kept_for_transient_senders(context: zmq.Context[zmq.Socket[bytes]]) -> None:
     rng = random.Random(7)
     rids = [agent_id_from_sender(rng.randbytes(16)) for _ in range(60)]
@@ -58,7 +51,7 @@ def test_no_queue_is_kept_for_transient_senders(context: zmq.Context[zmq.Socket[
         Identity.generate("victim"), "tcp://127.0.0.1:*", verify_keys=known(*rids), context=context
     )
     try:
-        dealers = [_dealer(context, rid, agent.endpoint) for rid in rids]
+        dealers = [raw_dealer(context, rid, agent.endpoint) for rid in rids]
         for dealer in dealers:
             dealer.send(encode_frame([IHave((rng.randbytes(16),))]))
         answered = 0
@@ -103,7 +96,7 @@ def test_iwant_replies_cost_is_bounded_by_the_queue(
         asker = ASKER
         frame = encode_frame([IWant((mid,) * 64) for _ in range(20)])
         assert len(frame) < 32 * 1024
-        dealer = _dealer(context, asker, agent.endpoint)
+        dealer = raw_dealer(context, asker, agent.endpoint)
         dealer.send(frame)
         deadline = time.monotonic() + 4.0
         while agent.counters["received_frames"] == 0 and time.monotonic() < deadline:
@@ -134,15 +127,6 @@ def test_graft_learning_survives_removed_grafters() -> None:
     assert "late-joiner" in node.peers
 
 
-def _step_until(agent: GossipAgent, done: Callable[[], bool], timeout: float = 4.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        agent.step(0.02)
-    return True
-
-
 def test_a_repair_that_cannot_fit_the_queue_is_never_packed(
     context: zmq.Context[zmq.Socket[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,9 +147,9 @@ def test_a_repair_that_cannot_fit_the_queue_is_never_packed(
             return encode_item(message, limits)
 
         monkeypatch.setattr(driver_module, "encode_item", counting)
-        dealer = _dealer(context, agent_id_from_sender(bytes(16)), agent.endpoint)
+        dealer = raw_dealer(context, agent_id_from_sender(bytes(16)), agent.endpoint)
         dealer.send(encode_frame([IWant((mid,))]))
-        assert _step_until(agent, lambda: agent.counters["received_items"] == 1)
+        assert step_until(agent, lambda: agent.counters["received_items"] == 1)
         dealer.close(0)
         assert calls[0] == 0
         assert agent.statistics()["drops"].get("full_repair") == 1
@@ -188,14 +172,14 @@ def test_a_gone_grafter_is_forgotten_but_a_configured_peer_is_kept(
         configured = Identity.generate("absent").agent_id
         agent.add_peer(configured, "tcp://127.0.0.1:1")  # nobody listens there
         grafter = agent_id_from_sender(bytes(range(16)))
-        dealer = _dealer(context, grafter, agent.endpoint)
+        dealer = raw_dealer(context, grafter, agent.endpoint)
         dealer.send(encode_frame([Graft()]))
-        assert _step_until(agent, lambda: grafter in agent.node.peers)
+        assert step_until(agent, lambda: grafter in agent.node.peers)
         dealer.close(0)
         agent.publish(b"anyone there?")
-        assert _step_until(agent, lambda: grafter not in agent.node.peers)
+        assert step_until(agent, lambda: grafter not in agent.node.peers)
         assert grafter not in agent.queues
-        assert _step_until(
+        assert step_until(
             agent, lambda: any(k.startswith("unreachable_") for k in agent.statistics()["drops"])
         )
         assert configured in agent.node.peers  # configured: only its queue went
@@ -214,9 +198,9 @@ def test_graylisted_sender_is_dropped_before_its_frames_are_looked_at(
         for _ in range(10):
             agent.scores.invalid(sender, "test", now=time.monotonic())
         assert agent.scores.is_graylisted(sender)
-        dealer = _dealer(context, sender, agent.endpoint)
+        dealer = raw_dealer(context, sender, agent.endpoint)
         dealer.send_multipart([b"three", b"part", b"frame"])
-        assert _step_until(agent, lambda: agent.counters["received_frames"] == 1)
+        assert step_until(agent, lambda: agent.counters["received_frames"] == 1)
         dealer.close(0)
         drops = agent.statistics()["drops"]
         assert drops.get("graylisted") == 1 and "bad_frames" not in drops
@@ -238,14 +222,14 @@ def test_bad_routing_id_audit_lines_are_rate_limited(
         context=context,
     )
     try:
-        dealer = _dealer(context, "not-an-agent-id", agent.endpoint)
+        dealer = raw_dealer(context, "not-an-agent-id", agent.endpoint)
         for _ in range(5):
             dealer.send(encode_frame([IHave(())]))
-        assert _step_until(agent, lambda: agent.counters["received_frames"] == 5)
+        assert step_until(agent, lambda: agent.counters["received_frames"] == 5)
         assert len(audit.events("reject", reason="bad_routing_id")) == 1
         clock[0] += 1.5
         dealer.send(encode_frame([IHave(())]))
-        assert _step_until(agent, lambda: agent.counters["received_frames"] == 6)
+        assert step_until(agent, lambda: agent.counters["received_frames"] == 6)
         dealer.close(0)
         assert len(audit.events("reject", reason="bad_routing_id")) == 2
         assert agent.statistics()["drops"]["bad_routing_id"] == 6  # every one counted
