@@ -7,7 +7,7 @@ import base64
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +148,18 @@ def _handshake(
 
 def _epochs(events: list[Event]) -> list[int]:
     return [event.epoch for event in events if isinstance(event, Established)]
+
+
+def _rekey_from_the_client(link: Duplex, client: SecureChannel, *, epochs: Iterable[int]) -> None:
+    """For each epoch: one message that hits the client's rekey count, its INIT, and the
+    rekey run to the end (both sides reach that epoch)."""
+    for epoch in epochs:
+        link.to_right.append(client.seal(MessageType.DATA, epoch, now=T0))
+        (start,) = client.on_timer(now=T0)
+        assert isinstance(start, Transmit)
+        link.to_right.append(start.frames)
+        got_client, got_table = link.pump()
+        assert _epochs(got_client) == _epochs(got_table) == [epoch]
 
 
 def _payloads(events: list[Event]) -> list[object]:
@@ -561,13 +573,7 @@ def test_an_established_peer_rekeys_without_spending_handshake_tokens(world: Wor
     )
     _handshake(table, b"alice", client)
     link = _duplex(table, b"alice", client, T0)
-    for epoch in (1, 2):
-        link.to_right.append(client.seal(MessageType.DATA, epoch, now=T0))
-        (start,) = client.on_timer(now=T0)
-        assert isinstance(start, Transmit)
-        link.to_right.append(start.frames)
-        got_client, got_table = link.pump()
-        assert _epochs(got_client) == _epochs(got_table) == [epoch]
+    _rekey_from_the_client(link, client, epochs=(1, 2))
     assert table.rekeys == 2 and not table.rejected
     assert [r["epoch"] for r in world.audit.events("rekey")] == [1, 2]
     # A new connection on another route still pays: its one token is there, then none.
@@ -627,13 +633,7 @@ def test_completed_rekeys_give_their_token_back(world: World) -> None:
     )
     _handshake(table, b"alice", client)
     link = _duplex(table, b"alice", client, T0)
-    for epoch in range(1, 6):
-        link.to_right.append(client.seal(MessageType.DATA, epoch, now=T0))
-        (start,) = client.on_timer(now=T0)
-        assert isinstance(start, Transmit)
-        link.to_right.append(start.frames)
-        got_client, got_table = link.pump()
-        assert _epochs(got_client) == _epochs(got_table) == [epoch]
+    _rekey_from_the_client(link, client, epochs=range(1, 6))
     assert table.rekeys == 5 and not table.rejected
 
 
