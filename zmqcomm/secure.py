@@ -26,7 +26,7 @@ import zmq
 from zmq.backend import zmq_poll
 from zmq.utils.monitor import parse_monitor_message
 
-from zmqcomm.checks import check_seconds, check_timeout
+from zmqcomm.checks import check_count, check_seconds, check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel import (
     Delivered,
@@ -69,6 +69,10 @@ _DEALER_ROUTE = b""
 _MAX_BURST = 10_000
 #: Granularity of handshake retries, rekey timers and key expiry.
 _TIMER_TICK = 0.005
+#: Deliveries a secure socket holds for its caller before pump() stops reading. Past it,
+#: what arrives waits in ZeroMQ's queues, whose high-water marks (10,000 by default too) push
+#: back on the senders: a fast peer cannot grow this process without bound.
+DEFAULT_MAX_INBOX = 10_000
 
 
 # Plain ints: pyzmq turns enum arguments and results into enum members, which costs
@@ -111,7 +115,9 @@ class _SecureSocket:
         wall_clock: Clock,
         random_bytes: Callable[[int], bytes],
         send_timeout: float | None,
+        max_inbox: int,
     ) -> None:
+        check_count(max_inbox, "max_inbox", minimum=1)
         self.socket = sock
         #: Monotonic, for waits and timeouts; ``wall_clock`` (epoch seconds) is what the
         #: security core gets as ``now``: certificates, trust entries and audit lines are
@@ -132,6 +138,9 @@ class _SecureSocket:
             limits=limits,
         )
         self.inbox: deque[Delivered] = deque()
+        self.max_inbox = max_inbox
+        #: Pumps that left frames unread because the inbox held ``max_inbox`` deliveries.
+        self.inbox_full = 0
         #: New sessions (a peer connected or reconnected), for drivers that track peers.
         self.joined: deque[Established] = deque(maxlen=100_000)
         self.sent = 0
@@ -200,10 +209,17 @@ class _SecureSocket:
         self._check_open()
         handled = 0
         sock = self.socket
+        inbox, room = self.inbox, self.max_inbox
+        if len(inbox) >= room:
+            # The caller is behind: what arrives stays in ZeroMQ's bounded queues (handshake
+            # frames too, until the caller takes some deliveries). Waiting would only delay it.
+            self.inbox_full += 1
+            self._timers()
+            return 0
         # Drain while libzmq says a message is waiting: cheaper than a NOBLOCK recv raising
         # zmq.Again at the end of every burst.
         ready = _wait_readable(sock, timeout)
-        while ready and handled < _MAX_BURST:
+        while ready and handled < _MAX_BURST and len(inbox) < room:
             raw = sock.recv_multipart(_NOBLOCK)
             handled += 1
             route, frames = self._route_and_frames(raw)
@@ -310,6 +326,7 @@ class _SecureSocket:
             "handshakes": self.table.handshakes,
             "rekeys": self.table.rekeys,
             "gone": self.gone,
+            "inbox_full": self.inbox_full,
             "rejected": dict(self.table.rejected),
         }
 
@@ -354,6 +371,7 @@ class SecureRouter(_SecureSocket):
         wall_clock: Clock = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
         send_timeout: float | None = 1.0,
+        max_inbox: int = DEFAULT_MAX_INBOX,
     ) -> None:
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.ROUTER, options.with_changes(router_mandatory=True), context=context)
@@ -374,6 +392,7 @@ class SecureRouter(_SecureSocket):
             wall_clock=wall_clock,
             random_bytes=random_bytes,
             send_timeout=send_timeout,
+            max_inbox=max_inbox,
         )
 
     def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
@@ -442,6 +461,7 @@ class SecureDealer(_SecureSocket):
         random_bytes: Callable[[int], bytes] = os.urandom,
         send_timeout: float | None = 1.0,
         connect_timeout: float | None = 5.0,
+        max_inbox: int = DEFAULT_MAX_INBOX,
     ) -> None:
         check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
@@ -468,6 +488,7 @@ class SecureDealer(_SecureSocket):
             wall_clock=wall_clock,
             random_bytes=random_bytes,
             send_timeout=send_timeout,
+            max_inbox=max_inbox,
         )
         self.expect_peer = expect_peer
         self.peer: str | None = None

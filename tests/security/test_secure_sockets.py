@@ -7,10 +7,12 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ConnectError,
     QueueFullError,
@@ -18,6 +20,7 @@ from zmqcomm.errors import (
     SendTimeout,
     TransportError,
     UnknownPeerError,
+    UsageError,
 )
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
@@ -453,3 +456,50 @@ def test_a_finish_that_cannot_be_queued_is_an_error_not_a_silent_drop(
         with pytest.raises(QueueFullError):
             router._transmit_reply(b"route", [finish])
 
+
+def test_a_full_inbox_leaves_the_rest_in_zeromq_and_loses_nothing(
+    cast: Cast, tmp_path: Path
+) -> None:
+    """A caller that pumps but does not take its deliveries holds at most ``max_inbox`` of
+    them in Python; the rest wait in ZeroMQ's bounded queues and come out, in order, once it
+    takes some. A new peer's handshake waits there too and completes afterwards."""
+    endpoint = f"inproc://full-{next(_inproc_names)}"
+    cast.bob_trust.add(cast.mallory.public, roles=["agent"])
+    mallory_trust = TrustStore(tmp_path / "mallory-trust")
+    mallory_trust.add(cast.bob.public, roles=["server"])
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, max_inbox=5) as router,
+        SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        for n in range(40):
+            dealer.send(n)
+        deadline = time.monotonic() + 5
+        while len(router.inbox) < 5 and time.monotonic() < deadline:
+            router.pump(0.01)
+        with SecureDealer(
+            endpoint, identity=cast.mallory, trust=mallory_trust, connect_timeout=None
+        ) as late:
+            for _ in range(10):
+                router.pump(0.01)
+                late.pump(0.01)
+            assert len(router.inbox) == 5
+            assert router.statistics()["inbox_full"] > 0
+            assert not late.established  # its INIT waits behind alice's messages
+            got = [router.receive(timeout=5).message.payload for _ in range(40)]
+            assert got == list(range(40))
+            establish(router, late)
+            assert sorted(router.peers) == sorted([cast.alice.agent_id, cast.mallory.agent_id])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_max_inbox_must_be_a_positive_whole_number(cast: Cast, bad: object) -> None:
+    with pytest.raises(UsageError, match="max_inbox"):
+        SecureRouter(
+            f"inproc://bad-{next(_inproc_names)}",
+            identity=cast.bob,
+            trust=cast.bob_trust,
+            max_inbox=bad,  # type: ignore[arg-type]
+        )
