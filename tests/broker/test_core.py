@@ -229,6 +229,29 @@ def test_mail_for_an_agent_that_cannot_collect_it_is_refused(tmp_path: Path) -> 
     assert [s.msg_type for s in sends] == [MessageType.MAIL_ACCEPTED]
 
 
+def test_mail_stored_for_an_agent_revoked_later_is_dropped_at_the_next_sweep(
+    tmp_path: Path,
+) -> None:
+    audit = MemoryAuditLog()
+    mailbox = Mailbox(tmp_path / "mail.sqlite3")
+    trusted = {ALICE, BOB, CAROL}
+    core = BrokerCore(mailbox=mailbox, audit=audit, can_collect=lambda agent, now: agent in trusted)
+    core.connected(ALICE, ["agent"], now=NOW)
+    for blob in (b"one", b"two"):
+        core.handle(ALICE, MessageType.MAIL, CAROL, blob, now=NOW)
+    core.handle(ALICE, MessageType.MAIL, BOB, b"kept", now=NOW)
+    assert core.expire_mail(now=NOW + 1, max_age=60) == 0  # all still collectable
+    trusted.discard(CAROL)  # revoked: it can never connect to take its mail
+    assert core.expire_mail(now=NOW + 2, max_age=60) == 2
+    assert mailbox.count(CAROL) == 0 and mailbox.count(BOB) == 1
+    assert mailbox.statistics()["recipients"] == 1
+    assert core.statistics()["mail_uncollectable"] == 2
+    assert core.statistics()["mail_expired"] == 0
+    (line,) = audit.events("mail_dropped")
+    assert line["peer"] == CAROL and line["messages"] == 2
+    assert line["reason"] == "recipient_untrusted"
+
+
 def _batch_and_one_more(tmp_path: Path) -> tuple[BrokerCore, list[Send]]:
     """A core with CAROL connected and handed a full batch of mail, one more waiting (the
     oldest stored a minute before the rest)."""

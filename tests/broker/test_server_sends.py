@@ -253,21 +253,24 @@ def test_a_bye_from_a_replaced_connection_keeps_the_new_session(setup: Setup) ->
 def test_the_broker_expires_mail_older_than_a_week() -> None:
     directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
     identity = Identity.generate("broker")
-    alice, bob = (Identity.generate(name).agent_id for name in ("alice", "bob"))
+    alice, bob_identity = (Identity.generate(name) for name in ("alice", "bob"))
+    bob = bob_identity.agent_id
+    trust = TrustStore(directory / "trust")
+    trust.add(bob_identity.public, roles=["agent"])  # mail for an untrusted id would be swept
     clock = [1_800_000_000.0]
     try:
         with Broker(
             [f"ipc://{directory}/b.sock"],
             identity=identity,
-            trust=TrustStore(directory / "trust"),
+            trust=trust,
             data=directory / "data",
             clock=lambda: clock[0],
             wall_clock=lambda: clock[0],
         ) as broker:
             mailbox = broker.mailbox
             assert mailbox is not None
-            mailbox.put(bob, alice, b"sealed", now=clock[0])
-            mailbox.put(bob, alice, b"sealed later", now=clock[0] + 2 * DAY)
+            mailbox.put(bob, alice.agent_id, b"sealed", now=clock[0])
+            mailbox.put(bob, alice.agent_id, b"sealed later", now=clock[0] + 2 * DAY)
             broker.step(0)
             assert mailbox.count(bob) == 2
             clock[0] += 8 * DAY  # the first is past the default TTL, the second is not

@@ -47,6 +47,10 @@ class MailStore(Protocol):
 
     def expire(self, *, now: float, max_age: float) -> int: ...
 
+    def recipients(self) -> list[str]: ...
+
+    def discard(self, recipient: str) -> int: ...
+
 
 @dataclass(frozen=True)
 class Send:
@@ -108,6 +112,8 @@ class BrokerCore:
         self.routed = 0
         self.stored = 0
         self.expired = 0
+        #: Mail deleted because its recipient could no longer collect it.
+        self.uncollectable = 0
 
     # -- membership --------------------------------------------------------------------------
 
@@ -199,13 +205,30 @@ class BrokerCore:
 
     def expire_mail(self, *, now: float, max_age: float) -> int:
         """Delete mail stored more than ``max_age`` seconds ago (its recipient never came for
-        it): counted and audited. Returns how many."""
+        it), and mail whose recipient can no longer collect it (revoked, or its trust
+        expired since the mail came): counted and audited. Returns how many."""
         if self.mailbox is None:
             return 0
         expired = self.mailbox.expire(now=now, max_age=max_age)
         if expired:
             self.expired += expired
             self.audit.record("mail_expired", now=now, messages=expired, max_age=max_age)
+        if self.can_collect is not None:
+            for recipient in self.mailbox.recipients():
+                if self.can_collect(recipient, now):
+                    continue
+                # It cannot connect again to take it: free the space rather than keep it
+                # for the whole time to live.
+                dropped = self.mailbox.discard(recipient)
+                self.uncollectable += dropped
+                expired += dropped
+                self.audit.record(
+                    "mail_dropped",
+                    now=now,
+                    peer=recipient,
+                    reason="recipient_untrusted",
+                    messages=dropped,
+                )
         return expired
 
     # -- messages ----------------------------------------------------------------------------
@@ -352,6 +375,7 @@ class BrokerCore:
             "routed": self.routed,
             "stored": self.stored,
             "mail_expired": self.expired,
+            "mail_uncollectable": self.uncollectable,
             "mail_waiting": self.mailbox.count() if self.mailbox is not None else 0,
             "rejected": dict(self.rejected),
         }

@@ -308,6 +308,17 @@ class Mailbox:
         with self._connection(write=True) as db:
             return db.execute("DELETE FROM message WHERE stored_at < ?", (cutoff,)).rowcount
 
+    def recipients(self) -> list[str]:
+        """The recipients that have messages stored."""
+        with self._connection() as db:
+            return [row[0] for row in db.execute("SELECT recipient FROM mailbox")]
+
+    def discard(self, recipient: str) -> int:
+        """Delete every message stored for ``recipient``; how many."""
+        recipient = _check_agent("recipient", recipient)
+        with self._connection(write=True) as db:
+            return db.execute("DELETE FROM message WHERE recipient = ?", (recipient,)).rowcount
+
     def statistics(self) -> dict[str, int]:
         """``messages``, ``bytes`` and ``recipients`` currently stored."""
         with self._connection() as db:
