@@ -51,6 +51,8 @@ class MailStore(Protocol):
 
     def discard(self, recipient: str) -> int: ...
 
+    def stored_ids(self, recipient: str, ids: Iterable[int]) -> set[int]: ...
+
 
 @dataclass(frozen=True)
 class Send:
@@ -229,7 +231,21 @@ class BrokerCore:
                     reason="recipient_untrusted",
                     messages=dropped,
                 )
+        if expired:
+            self._release_deleted_mail()
         return expired
+
+    def _release_deleted_mail(self) -> None:
+        """Handed-over mail deleted before its ack frees its slot now: an agent that never
+        acknowledges it must not keep the slot until it reconnects."""
+        assert self.mailbox is not None
+        for name, state in self.agents.items():
+            if not state.mail_in_flight:
+                continue
+            still = self.mailbox.stored_ids(name, state.mail_in_flight)
+            if still != state.mail_in_flight:
+                state.mail_in_flight = still
+                state.mail_retry = True  # retry_mail() fills the freed slots
 
     # -- messages ----------------------------------------------------------------------------
 

@@ -274,6 +274,17 @@ class Mailbox:
             ).fetchall()
         return [StoredMessage(*row) for row in rows]
 
+    def stored_ids(self, recipient: str, ids: Iterable[int]) -> set[int]:
+        """Those of ``ids`` still stored for ``recipient`` (not acknowledged nor expired)."""
+        recipient = _check_agent("recipient", recipient)
+        wanted = [_check_count("id", n, 0) for n in ids]
+        if not wanted:
+            return set()
+        marks = ",".join("?" * len(wanted))
+        query = f"SELECT id FROM message WHERE recipient = ? AND id IN ({marks})"
+        with self._connection() as db:
+            return {row[0] for row in db.execute(query, (recipient, *wanted))}
+
     def ack(self, recipient: str, message_id: int) -> bool:
         """Delete message ``message_id`` if it is ``recipient``'s; whether anything was deleted."""
         _check_agent("recipient", recipient)
