@@ -452,4 +452,3 @@ def test_a_finish_that_cannot_be_queued_is_an_error_not_a_silent_drop(
         finish = pack_header(MessageType.HANDSHAKE_FINISH, 0, b"", 0)
         with pytest.raises(QueueFullError):
             router._transmit_reply(b"route", [finish])
-
