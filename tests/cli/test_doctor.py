@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from zmqcomm.cli.doctor import latency_micros
 from zmqcomm.cli.main import main
 
 
@@ -80,3 +81,11 @@ def test_the_installed_entry_point_runs() -> None:
     )
     assert result.returncode == 0
     assert "examples:" in result.stdout
+
+
+def test_doctor_p99_of_100_round_trips_is_the_99th_not_the_slowest() -> None:
+    # micros[int(n * 0.99)] named the maximum for up to 100 samples: one slow round trip
+    # (here the 100 µs one) became the p99.
+    samples = [micros * 1e-6 for micros in (*range(51, 101), *range(1, 51))]  # not in order
+    assert latency_micros(samples) == (50.5, 99.0)
+    assert latency_micros([5e-6]) == (5.0, 5.0)

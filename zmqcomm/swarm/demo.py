@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from zmqcomm.errors import TransportError, UsageError
 from zmqcomm.swarm.agent import ENDPOINTS_FILE, GO_FILE
@@ -26,6 +27,7 @@ from zmqcomm.swarm.layout import AgentSettings, create, read_json, write_json
 from zmqcomm.swarm.report import summarize
 
 _START_TIMEOUT = 60.0
+_P = TypeVar("_P")
 
 
 @dataclass
@@ -107,8 +109,7 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
             write_json(directory / ENDPOINTS_FILE, listed)
         (directory / GO_FILE).touch()
         started = time.monotonic()
-        # In p2p mode there is no broker: every process is an agent.
-        agents = processes if peer_to_peer else processes[1:]
+        agents = agent_processes(processes, peer_to_peer=peer_to_peer)
         _progress(settings, processes, options, started, out, agents=agents)
         results = [read_json(agent.result_path) for agent in settings]
         missing = [
@@ -130,6 +131,16 @@ def run_swarm(options: SwarmOptions, *, out: TextIO = sys.stdout) -> dict[str, A
                 process.kill()
         if options.keep is None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def agent_processes(processes: Sequence[_P], *, peer_to_peer: bool) -> list[_P]:
+    """The agents among a run's ``processes``, whose end the orchestrator waits for.
+
+    With a broker it was started first and comes first; in p2p mode there is none and every
+    process is an agent (taking the first for the broker skipped agent-0: a slower agent-0
+    was still running when its result was read, and failed the run).
+    """
+    return list(processes) if peer_to_peer else list(processes[1:])
 
 
 def _endpoint(directory: Path, name: str, transport: str) -> str:
