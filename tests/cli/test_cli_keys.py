@@ -12,15 +12,16 @@ from nacl.pwhash import argon2id
 
 from zmqcomm.cli import keys as cli_keys
 from zmqcomm.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from zmqcomm.crypto import keys
-from zmqcomm.crypto.keys import Identity, load_identity, load_public, public_file_bytes
+from zmqcomm.crypto import key_files
+from zmqcomm.crypto.key_files import load_identity, load_public, public_file_bytes
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 
 
 @pytest.fixture(autouse=True)
 def _cheap_kdf_and_no_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(keys, "DEFAULT_OPSLIMIT", argon2id.OPSLIMIT_MIN)
-    monkeypatch.setattr(keys, "DEFAULT_MEMLIMIT", argon2id.MEMLIMIT_MIN)
+    monkeypatch.setattr(key_files, "DEFAULT_OPSLIMIT", argon2id.OPSLIMIT_MIN)
+    monkeypatch.setattr(key_files, "DEFAULT_MEMLIMIT", argon2id.MEMLIMIT_MIN)
     monkeypatch.delenv(cli_keys.PASSPHRASE_ENV, raising=False)
     yield
 
@@ -185,7 +186,7 @@ def test_keyinfo_secret_file_checks_everything(
 def test_keyinfo_asks_for_the_passphrase_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    key_files.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
     shown = _prompts(monkeypatch, "pw")
     assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_OK
     assert len(shown) == 1
@@ -195,7 +196,7 @@ def test_keyinfo_asks_for_the_passphrase_once(
 def test_keyinfo_wrong_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    key_files.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
     monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "nope")
     assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_USAGE
     assert "wrong passphrase" in capsys.readouterr().err
@@ -204,7 +205,7 @@ def test_keyinfo_wrong_passphrase(
 def test_keyinfo_with_an_empty_passphrase_says_the_file_needs_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    key_files.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
     _prompts(monkeypatch, "")  # Enter pressed at the prompt
     assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_USAGE
     err = capsys.readouterr().err
@@ -214,7 +215,7 @@ def test_keyinfo_with_an_empty_passphrase_says_the_file_needs_one(
 def test_keyinfo_public_only_skips_the_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keys.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    key_files.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
     shown = _prompts(monkeypatch)
     assert main(["keyinfo", str(tmp_path / "alice.key"), "--public-only"]) == EXIT_OK
     assert shown == [] and "not checked" in capsys.readouterr().out
@@ -252,7 +253,7 @@ def test_keyinfo_on_a_certificate_expiring_past_what_gmtime_can_show(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
 ) -> None:
     far = 2**62  # valid: a certificate expiry may be anything below 2**63
-    keys.save_identity(Identity.generate("far", cert_expires=far), tmp_path)
+    key_files.save_identity(Identity.generate("far", cert_expires=far), tmp_path)
     path = tmp_path / f"far{suffix}"
     assert main(["keyinfo", str(path), "--public-only"]) == EXIT_OK
     out = capsys.readouterr().out

@@ -18,7 +18,14 @@ from nacl.bindings import crypto_scalarmult_base
 from nacl.pwhash import argon2id
 from nacl.signing import SigningKey
 
-from zmqcomm.crypto import keys
+from zmqcomm.crypto import key_files
+from zmqcomm.crypto.key_files import (
+    inspect_secret_file,
+    key_file_kind,
+    load_identity,
+    load_public,
+    save_identity,
+)
 from zmqcomm.crypto.keys import (
     CERT_TAG,
     Certificate,
@@ -26,12 +33,7 @@ from zmqcomm.crypto.keys import (
     agent_id,
     agent_id_from_sender,
     check_name,
-    inspect_secret_file,
     is_agent_id,
-    key_file_kind,
-    load_identity,
-    load_public,
-    save_identity,
     sender_from_agent_id,
     sender_id,
     verify_signature,
@@ -280,10 +282,10 @@ def test_an_existing_public_file_alone_blocks_and_leaves_no_secret(tmp_path: Pat
 
 def test_atomic_write_is_exclusive(tmp_path: Path) -> None:
     target = tmp_path / "f"
-    keys.atomic_write(target, b"one", mode=0o600, replace=False)
+    key_files.atomic_write(target, b"one", mode=0o600, replace=False)
     with pytest.raises(KeyFileError):
-        keys.atomic_write(target, b"two", mode=0o600, replace=False)
-    keys.atomic_write(target, b"two", mode=0o600, replace=True)
+        key_files.atomic_write(target, b"two", mode=0o600, replace=False)
+    key_files.atomic_write(target, b"two", mode=0o600, replace=True)
     assert target.read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["f"]
 
@@ -304,7 +306,7 @@ def test_atomic_write_shows_the_whole_file_or_nothing(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", watching_fsync)
-    keys.atomic_write(target, b"data", mode=mode, replace=replace)
+    key_files.atomic_write(target, b"data", mode=mode, replace=replace)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert target.read_bytes() == b"data"
     if mode == 0o600:
@@ -328,7 +330,7 @@ def test_a_writer_dying_midway_leaves_no_empty_file_under_the_final_name(
 
     monkeypatch.setattr(os, "fsync", die)
     with pytest.raises(_Crash):
-        keys.atomic_write(tmp_path / "f", b"data", mode=0o644, replace=False)
+        key_files.atomic_write(tmp_path / "f", b"data", mode=0o644, replace=False)
     with pytest.raises(_Crash):
         save_identity(ident, tmp_path)
     monkeypatch.undo()
@@ -385,10 +387,10 @@ def test_passphrase_round_trip(tmp_path: Path, ident: Identity) -> None:
 def test_default_kdf_limits_are_moderate_and_patchable(
     tmp_path: Path, ident: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert keys.DEFAULT_OPSLIMIT == argon2id.OPSLIMIT_MODERATE
-    assert keys.DEFAULT_MEMLIMIT == argon2id.MEMLIMIT_MODERATE
-    monkeypatch.setattr(keys, "DEFAULT_OPSLIMIT", argon2id.OPSLIMIT_MIN)
-    monkeypatch.setattr(keys, "DEFAULT_MEMLIMIT", argon2id.MEMLIMIT_MIN)
+    assert key_files.DEFAULT_OPSLIMIT == argon2id.OPSLIMIT_MODERATE
+    assert key_files.DEFAULT_MEMLIMIT == argon2id.MEMLIMIT_MODERATE
+    monkeypatch.setattr(key_files, "DEFAULT_OPSLIMIT", argon2id.OPSLIMIT_MIN)
+    monkeypatch.setattr(key_files, "DEFAULT_MEMLIMIT", argon2id.MEMLIMIT_MIN)
     paths = save_identity(ident, tmp_path, passphrase="p")
     assert json.loads(paths.secret.read_text())["kdf"]["memlimit"] == argon2id.MEMLIMIT_MIN
 

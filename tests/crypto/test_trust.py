@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from zmqcomm.crypto.keys import Identity, PublicIdentity, save_identity
+from zmqcomm.crypto.key_files import save_identity
+from zmqcomm.crypto.keys import Identity, PublicIdentity
 from zmqcomm.crypto.trust import TrustStore, _stat_key, format_time, parse_time
 from zmqcomm.errors import AuthenticationError, KeyFileError, UnknownPeerError, UsageError
 

@@ -21,7 +21,8 @@ import pytest
 from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.audit import MemoryAuditLog
-from zmqcomm.crypto.keys import Identity, PublicIdentity, public_file_bytes
+from zmqcomm.crypto.key_files import public_file_bytes
+from zmqcomm.crypto.keys import Identity, PublicIdentity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.node import Node
 

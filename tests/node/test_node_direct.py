@@ -270,7 +270,7 @@ def test_a_send_while_the_listener_is_down_fails_instead_of_vanishing(
     # dropped it unread: lost, and the sender never knew.
     alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
     bob.stop()
-    link = alice._dealers[bob.agent_id]
+    link = alice._direct.dealers[bob.agent_id]
     pump_until([alice], lambda: not link.established, what="the link seen down")
     with pytest.raises(ConnectError, match="is down") as caught:
         alice.send(bob.agent_id, "while down")
@@ -287,7 +287,7 @@ def test_connecting_again_to_the_same_agent_replaces_the_first_link(
     bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Endpoints
 ) -> None:
     alice, bob, bob_endpoint = linked(bus, make_node, spawn_node, ipc_endpoint)
-    first = alice._dealers[bob.agent_id]
+    first = alice._direct.dealers[bob.agent_id]
     before = alice.statistics()
     assert alice.connect(bob_endpoint, timeout=5) == bob.agent_id
     assert first.socket.closed  # not left open and unpumped

@@ -257,7 +257,7 @@ def test_designated_repliers_or_all_of_them_over_real_sockets(
 _LOADGEN = textwrap.dedent(
     """
     import json, sys
-    from zmqcomm.crypto.keys import load_identity
+    from zmqcomm.crypto.key_files import load_identity
     from zmqcomm.crypto.trust import TrustStore
     from zmqcomm.patterns.pbft.loadgen import LoadGenerator
     info = json.loads(sys.argv[1])

@@ -15,7 +15,8 @@ from typing import Any
 
 import zmq
 
-from zmqcomm.crypto.keys import Identity, load_identity, save_identity
+from zmqcomm.crypto.key_files import load_identity, save_identity
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ZmqCommError
 from zmqcomm.transport import SocketOptions

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zmqcomm.crypto.keys import Identity, load_identity
+from zmqcomm.crypto.key_files import load_identity
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.swarm.layout import create
 

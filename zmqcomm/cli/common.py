@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from zmqcomm.cli.keys import PASSPHRASE_ENV
-from zmqcomm.crypto.keys import Identity, inspect_secret_file, load_identity
+from zmqcomm.crypto.key_files import inspect_secret_file, load_identity
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
 

@@ -10,16 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmqcomm.crypto.keys import (
-    Certificate,
-    Identity,
-    PublicIdentity,
+from zmqcomm.crypto.key_files import (
     inspect_secret_file,
     key_file_kind,
     load_identity,
     load_public_document,
     save_identity,
 )
+from zmqcomm.crypto.keys import Certificate, Identity, PublicIdentity
 from zmqcomm.errors import AuthenticationError, UsageError
 
 #: Scripts set this instead of typing the passphrase (it is read only with --passphrase, or

@@ -1,6 +1,6 @@
 """The trust store: which identities we talk to, with which roles, until when.
 
-A trust store is a directory of ``.pub`` files (the format of :mod:`zmqcomm.crypto.keys`), each
+A trust store is a directory of ``.pub`` files (the format of :mod:`zmqcomm.crypto.key_files`), each
 optionally carrying three more fields::
 
     "roles": ["worker", "sensor"],        # role names for the access policy (default none)
@@ -42,15 +42,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from zmqcomm.crypto.keys import (
+from zmqcomm.crypto.key_files import (
     PUBLIC_SUFFIX,
+    atomic_write,
+    load_public_document,
+    public_file_bytes,
+)
+from zmqcomm.crypto.keys import (
     Certificate,
     PublicIdentity,
     agent_id_from_sender,
-    atomic_write,
     is_agent_id,
-    load_public_document,
-    public_file_bytes,
     signature_valid,
 )
 from zmqcomm.errors import (

@@ -44,16 +44,15 @@ from zmqcomm.errors import (
     RequestTimeout,
     SecurityError,
     TransportError,
-    UnknownPeerError,
     UsageError,
-    ZmqCommError,
 )
 from zmqcomm.node import aio
 from zmqcomm.node.broker_topics import BrokerTopics
+from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.messages import Incoming, unwrap, wrap
 from zmqcomm.node.requests import Requests
-from zmqcomm.node.statistics import gather_statistics, table_counts
+from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
@@ -119,21 +118,17 @@ class Node:
         #: If set, called for each REQUEST as it arrives; its result is the reply.
         self.request_handler: Handler | None = None
         self._closed = False
-        self._dealers: dict[str, SecureDealer] = {}
-        #: What links closed before the node did had counted, so statistics() keeps it.
-        self._retired: Counter[str] = Counter()
-        self._router: SecureRouter | None = None
         self._broker: SecureDealer | None = None
-        self._poller: SecurePoller[SecureRouter | SecureDealer] = SecurePoller([], clock=clock)
+        self._poller: SecurePoller[Link] = SecurePoller([], clock=clock)
         self._tunnels: Tunnels | None = None
         self._last_hop = clock()
         self._topics: Topics | None = None
         self._broker_topics: BrokerTopics | None = None
         self._direct_topics = DirectTopics(policy)
+        self._direct = DirectLinks(self._poller, self._direct_topics)
         try:
             if bind is not None:
-                self._router = SecureRouter(bind, **self._link_options())
-                self._poller.add(self._router)
+                self._direct.listen(SecureRouter(bind, **self._link_options()))
             if broker is not None:
                 self._tunnels = Tunnels(
                     identity=identity,
@@ -177,7 +172,8 @@ class Node:
     @property
     def endpoint(self) -> str | None:
         """Where this node accepts direct connections (with ``bind=``)."""
-        return self._router.endpoint if self._router is not None else None
+        router = self._direct.router
+        return router.endpoint if router is not None else None
 
     def _link_options(self) -> dict[str, Any]:
         """What every secure socket of this node is made with."""
@@ -217,19 +213,12 @@ class Node:
         except BaseException:
             dealer.close()  # not yet one of our links: nothing else would ever close it
             raise
-        assert dealer.peer is not None
-        replaced = self._dealers.get(dealer.peer)
-        if replaced is not None:  # a new link to the same agent takes the old one's place
-            self._poller.remove(replaced)
-            replaced.close()
-            self._retire(replaced)
-        self._dealers[dealer.peer] = dealer
-        self._poller.add(dealer)
-        self._greet(dealer.peer)
+        peer = self._direct.adopt(dealer)
+        self._greet(peer)
         # What came in behind the handshake (the peer's subscriptions, its first messages)
         # is in the dealer's inbox already, where no poll will report it.
         self._take(dealer)
-        return dealer.peer
+        return peer
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -254,14 +243,8 @@ class Node:
         socket send for all of them, which is how small messages go fast."""
         self._check_open()
         self._check_recipient(peer)
-        direct = self._direct_link(peer)
-        if direct is not None:
-            link, agent = direct
-            if isinstance(link, SecureRouter):
-                with self._forgetting(link, agent):
-                    link.send_many(agent, list(payloads), msg_type=MessageType.DATA, topic=topic)
-            else:
-                link.send_many(list(payloads), msg_type=MessageType.DATA, topic=topic)
+        if self._direct.send_many(peer, payloads, topic=topic):
+            self.counters["sent"] += len(payloads)
         elif self._tunnels is not None:
             dropped = self._tunnels.dropped["queue_full"]
             self._to_broker(
@@ -270,10 +253,8 @@ class Node:
                 )
             )
             self.counters["sent"] += len(payloads) - (self._tunnels.dropped["queue_full"] - dropped)
-            return
         else:
-            raise self._no_link(peer)
-        self.counters["sent"] += len(payloads)
+            raise self._direct.missing(peer)
 
     def request(self, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
         """Send a request and wait for the reply's payload (RequestTimeout after ``timeout``)."""
@@ -374,16 +355,10 @@ class Node:
         self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
 
     def _to_each(self, peers: Sequence[str], kind: int, payload: object, topic: str) -> None:
-        """Send to several direct peers: one that left is skipped (counted and audited), and
-        forgotten once no link to it is left, never an error that robs the others."""
-        for peer in peers:
-            try:
-                self._send(peer, kind, payload, topic=topic)
-            except (TransportError, UnknownPeerError) as exc:
-                self._reject(peer, exc)
-                # A dialled link that is down comes back by itself: keep what it subscribed.
-                if self._direct_link(peer) is None and peer not in self._dealers:
-                    self._direct_topics.forget(peer)
+        """Send to several direct peers, skipping (and rejecting) any that left."""
+        self._direct.to_each(
+            peers, lambda peer: self._send(peer, kind, payload, topic=topic), self._reject
+        )
 
     def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
         """A send the node makes on its own (an automatic reply, a subscription) inside
@@ -404,56 +379,18 @@ class Node:
     ) -> None:
         self._check_open()
         inner = wrap(kind, payload, request_id)
-        direct = self._direct_link(peer)
-        if direct is not None:
-            link, agent = direct
-            if isinstance(link, SecureRouter):
-                with self._forgetting(link, agent):
-                    link.send(agent, inner, msg_type=kind, topic=topic)
-            else:
-                link.send(inner, msg_type=kind, topic=topic)
+        if self._direct.send(peer, inner, kind=kind, topic=topic):
+            self.counters["sent"] += 1
         elif self._tunnels is not None:
             dropped = self._tunnels.dropped["queue_full"]
             self._to_broker(
                 self._tunnels.send(peer, kind, inner, topic=topic, now=self.wall_clock())
             )
-            if self._tunnels.dropped["queue_full"] > dropped:
-                return  # on_full="drop": counted as dropped, not as sent
+            # on_full="drop": counted as dropped, not as sent
+            if self._tunnels.dropped["queue_full"] == dropped:
+                self.counters["sent"] += 1
         else:
-            raise self._no_link(peer)
-        self.counters["sent"] += 1
-
-    @contextlib.contextmanager
-    def _forgetting(self, router: SecureRouter, peer: str) -> Iterator[None]:
-        """A send on our router that finds the peer gone drops its session and its
-        subscriptions (the router would otherwise list it, and fail on it, forever)."""
-        try:
-            yield
-        except TransportError as exc:
-            route = router.table.route_of(peer)
-            if exc.reason == "unroutable" and route is not None:
-                router.table.drop(route)
-                router.gone += 1
-                self._direct_topics.forget(peer)
-            raise
-
-    def _no_link(self, peer: str) -> ZmqCommError:
-        dealer = self._dealers.get(peer)
-        if dealer is not None and not dealer.established:
-            return ConnectError(
-                f"the link to {peer} is down or still setting up its session; it reconnects "
-                "by itself: send again once it is back",
-                reason="link_down",
-            )
-        return UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
-
-    def _direct_link(self, peer: str) -> tuple[SecureRouter | SecureDealer, str] | None:
-        dealer = self._dealers.get(peer)
-        if dealer is not None and dealer.established:
-            return dealer, peer
-        if self._router is not None and self._router.table.route_of(peer) is not None:
-            return self._router, peer
-        return None
+            raise self._direct.missing(peer)
 
     def _to_broker(self, messages: list[HopMessage]) -> None:
         for message in messages:
@@ -470,10 +407,8 @@ class Node:
         """The node's ZeroMQ sockets (for an event loop to watch)."""
         return [link.socket for link in self._links()]
 
-    def _links(self) -> list[SecureRouter | SecureDealer]:
-        links: list[SecureRouter | SecureDealer] = list(self._dealers.values())
-        if self._router is not None:
-            links.append(self._router)
+    def _links(self) -> list[Link]:
+        links = self._direct.links()
         if self._broker is not None:
             links.append(self._broker)
         return links
@@ -488,9 +423,10 @@ class Node:
                 continue
             handled += link.pump(0.0)
             self._take(link)
-        if self._router is not None:
-            while self._router.joined:
-                self._greet(self._router.joined.popleft().agent_id)
+        router = self._direct.router
+        if router is not None:
+            while router.joined:
+                self._greet(router.joined.popleft().agent_id)
         broker = self._broker
         if broker is not None and broker.established and self.clock() - self._last_hop >= KEEPALIVE:
             self._hop(None, MessageType.PING)  # so the broker knows we are still here
@@ -500,7 +436,7 @@ class Node:
                 self._to_broker(self._tunnels.on_timer(now=self.wall_clock()))
         return handled
 
-    def _take(self, link: SecureRouter | SecureDealer) -> None:
+    def _take(self, link: Link) -> None:
         while link.inbox:
             delivered = link.inbox.popleft()
             if link is self._broker:
@@ -508,8 +444,8 @@ class Node:
             else:
                 self._from_peer(link, delivered)
 
-    def _from_peer(self, link: SecureRouter | SecureDealer, delivered: Delivered) -> None:
-        roles = self._roles_of(link, delivered.agent_id)
+    def _from_peer(self, link: Link, delivered: Delivered) -> None:
+        roles = self._direct.roles_of(link, delivered.agent_id)
         header = delivered.message.header
         for payload in delivered.message.payloads:
             try:
@@ -530,12 +466,6 @@ class Node:
                 self._reject(delivered.agent_id, exc)
                 continue
             self._deliver(incoming)
-
-    def _roles_of(self, link: SecureRouter | SecureDealer, agent: str) -> frozenset[str]:
-        channel = link.table.channel_to(agent) if isinstance(link, SecureRouter) else None
-        if channel is None:
-            channel = link.table.channels.get(b"")
-        return channel.peer.roles if channel is not None and channel.peer else frozenset()
 
     def _from_broker(self, delivered: Delivered) -> None:
         assert self._tunnels is not None
@@ -621,24 +551,17 @@ class Node:
     @property
     def peers(self) -> list[str]:
         """Agents with a direct session to this node."""
-        found = set(self._dealers)
-        if self._router is not None:
-            found.update(self._router.peers)
-        return sorted(found)
-
-    def _retire(self, link: SecureDealer) -> None:
-        self._retired.update(table_counts(link.table))
+        return self._direct.peers
 
     def statistics(self) -> dict[str, Any]:
-        links = [*self._dealers.values(), self._router, self._broker]
-        tables = [link.table for link in links if link is not None]
+        tables = [link.table for link in self._links()]
         if self._tunnels is not None:
             tables.append(self._tunnels.table)
         return gather_statistics(
             agent_id=self.agent_id,
             tables=tables,
             counters=self.counters,
-            retired=self._retired,
+            retired=self._direct.retired,
             tunnels=self._tunnels,
             topics=self._topics,
         )
@@ -663,9 +586,9 @@ class Node:
                     self._hop(None, MessageType.BYE)
         finally:
             self._closed = True
-            for link in (*self._dealers.values(), self._router, self._broker):
-                if link is not None:
-                    link.close()
+            self._direct.close()
+            if self._broker is not None:
+                self._broker.close()
 
     # -- asyncio -----------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from zmqcomm.crypto.keys import Identity, save_identity
+from zmqcomm.crypto.key_files import save_identity
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 
 POLICY = """\

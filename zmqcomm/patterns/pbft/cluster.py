@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from zmqcomm.checks import check_seconds
-from zmqcomm.crypto.keys import Identity, save_identity
+from zmqcomm.crypto.key_files import save_identity
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.config import ReplicaConfig, ReplicaEntry

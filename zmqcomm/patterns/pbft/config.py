@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zmqcomm.crypto.keys import PublicIdentity, load_public
+from zmqcomm.crypto.key_files import load_public
+from zmqcomm.crypto.keys import PublicIdentity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.normal import MAX_BATCH_BYTES, MAX_REQUEST_BYTES
 from zmqcomm.patterns.pbft.quorum import Quorum

@@ -44,7 +44,8 @@ import zmq
 from zmqcomm.actions import Send
 from zmqcomm.crypto.audit import REJECT, AuditLog, BaseAuditLog
 from zmqcomm.crypto.channel import TrustChecker
-from zmqcomm.crypto.keys import Identity, load_identity
+from zmqcomm.crypto.key_files import load_identity
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
