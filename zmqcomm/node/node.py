@@ -50,6 +50,7 @@ from zmqcomm.node import aio
 from zmqcomm.node.broker_topics import BrokerTopics
 from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
+from zmqcomm.node.hop_outbox import HopOutbox
 from zmqcomm.node.messages import Incoming, unwrap, wrap
 from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
@@ -121,7 +122,11 @@ class Node:
         self._broker: SecureDealer | None = None
         self._poller: SecurePoller[Link] = SecurePoller([], clock=clock)
         self._tunnels: Tunnels | None = None
-        self._last_hop = clock()
+        #: What waits for the broker link (None in direct mode).
+        self._outbox: HopOutbox | None = None
+        #: Topics subscribed through the broker: said again on every new hop session, since
+        #: a restarted broker (or one that counted us gone) knows none of them.
+        self._broker_subscriptions: set[str] = set()
         self._topics: Topics | None = None
         self._broker_topics: BrokerTopics | None = None
         self._direct_topics = DirectTopics(policy)
@@ -156,6 +161,7 @@ class Node:
                 self._broker = SecureDealer(
                     broker, connect_timeout=connect_timeout, **self._link_options()
                 )
+                self._outbox = HopOutbox(self._broker, clock=clock)
                 self._poller.add(self._broker)
         except BaseException:
             self.close(timeout=0)
@@ -246,6 +252,7 @@ class Node:
         if self._direct.send_many(peer, payloads, topic=topic):
             self.counters["sent"] += len(payloads)
         elif self._tunnels is not None:
+            self._check_broker_room()
             dropped = self._tunnels.dropped["queue_full"]
             self._to_broker(
                 self._tunnels.send_many(
@@ -314,6 +321,7 @@ class Node:
         signed), or directly to the connected peers that subscribed to it."""
         self._check_open()
         if self._topics is not None and self._broker is not None:
+            self._check_broker_room()
             self._hop(self._topics.publish(topic, payload), MessageType.PUBLISH, topic)
         else:
             self._to_each(
@@ -334,6 +342,10 @@ class Node:
         # later, in the greeting of every peer that connects.
         _check_topic(topic)
         if self._broker is not None:
+            if kind == MessageType.SUBSCRIBE:
+                self._broker_subscriptions.add(topic)
+            else:
+                self._broker_subscriptions.discard(topic)
             self._hop(None, kind, topic)
             return
         if kind == MessageType.SUBSCRIBE:
@@ -382,6 +394,7 @@ class Node:
         if self._direct.send(peer, inner, kind=kind, topic=topic):
             self.counters["sent"] += 1
         elif self._tunnels is not None:
+            self._check_broker_room()
             dropped = self._tunnels.dropped["queue_full"]
             self._to_broker(
                 self._tunnels.send(peer, kind, inner, topic=topic, now=self.wall_clock())
@@ -393,13 +406,19 @@ class Node:
             raise self._direct.missing(peer)
 
     def _to_broker(self, messages: list[HopMessage]) -> None:
-        for message in messages:
-            self._hop(message.payload, message.msg_type, message.topic)
+        """Send through the broker, or hold while its link is down or full (never raises
+        for the link's sake: the tunnels already counted these as sent)."""
+        assert self._outbox is not None
+        self._outbox.put(messages)
 
     def _hop(self, payload: object, msg_type: int, topic: str = "") -> None:
-        assert self._broker is not None
-        self._broker.send(payload, msg_type=msg_type, topic=topic)
-        self._last_hop = self.clock()
+        self._to_broker([HopMessage(msg_type, payload, topic)])
+
+    def _check_broker_room(self) -> None:
+        """QueueFullError, before anything is sealed or counted, while the broker link holds
+        as many messages as it may."""
+        assert self._outbox is not None
+        self._outbox.check_room()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -427,9 +446,19 @@ class Node:
         if router is not None:
             while router.joined:
                 self._greet(router.joined.popleft().agent_id)
-        broker = self._broker
-        if broker is not None and broker.established and self.clock() - self._last_hop >= KEEPALIVE:
-            self._hop(None, MessageType.PING)  # so the broker knows we are still here
+        broker, outbox = self._broker, self._outbox
+        if broker is not None and outbox is not None:
+            if broker.joined:  # a new hop session: the broker knows none of our topics
+                broker.joined.clear()
+                self._to_broker(
+                    [
+                        HopMessage(MessageType.SUBSCRIBE, None, topic)
+                        for topic in sorted(self._broker_subscriptions)
+                    ]
+                )
+            outbox.flush()
+            if broker.established and self.clock() - outbox.last_sent >= KEEPALIVE:
+                self._hop(None, MessageType.PING)  # so the broker knows we are still here
         if self._tunnels is not None and self._broker is not None:
             deadline = self._tunnels.next_deadline()
             if deadline is not None and self.wall_clock() >= deadline:
@@ -480,9 +509,18 @@ class Node:
             except (RemoteProtocolError, SecurityError) as exc:
                 self._reject(delivered.agent_id, exc)
                 continue
-            self._to_broker(out)
-            for item in incoming:
-                self._deliver(item)
+            try:
+                # Delivered before the mail acknowledgements in ``out`` go: acknowledged mail
+                # is deleted by the broker, and marked seen here.
+                for item in incoming:
+                    if item.kind == MessageType.PUBLISH:
+                        # Publications come from the broker's fan-out, which checked the
+                        # publisher's right to the topic; one sent to us alone did not pass.
+                        self._reject(item.sender, RemoteProtocolError("stray", reason="bad_type"))
+                        continue
+                    self._deliver(item)
+            finally:
+                self._to_broker(out)
 
     def _deliver(self, incoming: Incoming) -> None:
         if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
@@ -564,6 +602,7 @@ class Node:
             retired=self._direct.retired,
             tunnels=self._tunnels,
             topics=self._topics,
+            outbox=self._outbox,
         )
 
     def _check_open(self) -> None:
@@ -576,16 +615,22 @@ class Node:
             return
         check_timeout(timeout, "close timeout", allow_none=False)
         deadline = self.clock() + timeout
+        outbox = self._outbox
         try:
-            while self._tunnels is not None and self._tunnels.queued() and self.clock() < deadline:
+            while self.clock() < deadline and (
+                (self._tunnels is not None and self._tunnels.queued())
+                or (outbox is not None and len(outbox))
+            ):
                 self.pump(0.01)
-            if self._broker is not None and self._broker.established:
+            if self._broker is not None and self._broker.established and not outbox:
                 # The broker forgets us now, not in 30 s; if the BYE cannot go, its idle
                 # timeout covers it.
                 with contextlib.suppress(TransportError):
-                    self._hop(None, MessageType.BYE)
+                    self._broker.send(None, msg_type=MessageType.BYE)
         finally:
             self._closed = True
+            if outbox is not None:
+                outbox.discard()  # counted in statistics()["dropped"]
             self._direct.close()
             if self._broker is not None:
                 self._broker.close()

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from zmqcomm.crypto.channel_table import ChannelTable
+from zmqcomm.node.hop_outbox import HopOutbox
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import Tunnels
 
@@ -33,6 +34,7 @@ def gather_statistics(
     retired: Mapping[str, int],
     tunnels: Tunnels | None,
     topics: Topics | None,
+    outbox: HopOutbox | None = None,
 ) -> dict[str, Any]:
     """The statistics dictionary (``counters`` holds ``rejected:<reason>`` entries too)."""
     tables = list(tables)
@@ -52,20 +54,25 @@ def gather_statistics(
         "sent": counters.get("sent", 0),
         "received": counters.get("received", 0),
         "queued": tunnels.queued() if tunnels is not None else 0,
+        "waiting_for_broker": len(outbox) if outbox is not None else 0,
         "mailed": tunnels.mailed if tunnels is not None else 0,
         "mail_stored": tunnels.mail_stored if tunnels is not None else 0,
         "resent": tunnels.resent if tunnels is not None else 0,
         "last_error": tunnels.last_error if tunnels is not None else None,
-        "dropped": _dropped(tunnels, topics),
+        "dropped": _dropped(tunnels, topics, outbox),
         "handshakes": sum(table.handshakes for table in tables) + retired.get("handshakes", 0),
         "rekeys": sum(table.rekeys for table in tables) + retired.get("rekeys", 0),
         "rejected": dict(rejected),
     }
 
 
-def _dropped(tunnels: Tunnels | None, topics: Topics | None) -> dict[str, int]:
+def _dropped(
+    tunnels: Tunnels | None, topics: Topics | None, outbox: HopOutbox | None
+) -> dict[str, int]:
     """Messages and publications given up, by reason (queue_full, key_refused, ...)."""
     dropped: Counter[str] = Counter()
+    if outbox is not None:
+        dropped.update(outbox.dropped)
     if tunnels is not None:
         dropped.update(tunnels.dropped)
     if topics is not None:

@@ -1,0 +1,99 @@
+"""What a node sends through its broker, held in order while the link cannot take it.
+
+Every message a node gives its broker (tunnelled frames, mail and its acknowledgements,
+subscriptions, publications, key requests) passes through one bounded queue. It leaves as
+soon as the broker link has a session and room; while the link is down (the broker
+restarts) or full, it waits here instead of raising out of ``pump()`` after the tunnels
+already counted it as sent, which lost it. End-to-end frames stay valid across a new hop
+session, so nothing needs sealing again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+
+import zmq
+
+from zmqcomm.errors import ConnectError, QueueFullError, SendTimeout, ZmqCommError
+from zmqcomm.node.tunnel import HopMessage
+from zmqcomm.secure import SecureDealer
+
+#: Messages held for the broker at most; beyond it a send from the application raises
+#: QueueFullError and the node's own messages (retried by their timers) are dropped.
+MAX_HELD = 10_000
+
+
+class HopOutbox:
+    """An ordered, bounded queue in front of the node's broker dealer."""
+
+    def __init__(
+        self, dealer: SecureDealer, *, clock: Callable[[], float], max_held: int = MAX_HELD
+    ) -> None:
+        self.dealer = dealer
+        self.clock = clock
+        self.max_held = max_held
+        self._held: deque[HopMessage] = deque()
+        #: When something last left for the broker (the keepalive counts from it).
+        self.last_sent = clock()
+        #: Node messages given up because the queue was full, by kind.
+        self.dropped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def check_room(self, count: int = 1) -> None:
+        """Raise QueueFullError unless ``count`` more messages fit (checked before an
+        application send touches any state, so a refusal leaves nothing half done)."""
+        if len(self._held) + count > self.max_held:
+            raise QueueFullError(
+                f"{len(self._held)} messages already wait for the broker link (it is down or "
+                "slow); keep pumping until it is back, or send later"
+            )
+
+    def put(self, messages: Sequence[HopMessage]) -> None:
+        """Queue ``messages`` and send what the link takes now. Never raises for the link's
+        sake (what does not fit is dropped and counted); a message the link can never carry
+        (too large, say) raises LocalProtocolError when nothing waits before it."""
+        for message in messages:
+            if not self._held and self._send_now(message):
+                continue
+            if len(self._held) >= self.max_held:
+                self.dropped["hop_queue_full"] += 1
+                continue
+            self._held.append(message)
+        self.flush()
+
+    def flush(self) -> int:
+        """Send held messages, oldest first, while the link has a session and room; how many
+        left."""
+        held, sent = self._held, 0
+        while held:
+            try:
+                if not self._send_now(held[0]):
+                    break  # down or full: try again at the next pump
+                sent += 1
+            except ZmqCommError:
+                self.dropped["hop_unsendable"] += 1  # it would block the rest for ever
+            held.popleft()
+        return sent
+
+    def _send_now(self, message: HopMessage) -> bool:
+        """Send if the link can take it now; False when it is down or full."""
+        dealer = self.dealer
+        if not dealer.established or not dealer.socket.poll(0, zmq.POLLOUT):
+            return False
+        try:
+            dealer.send(message.payload, msg_type=message.msg_type, topic=message.topic)
+        except (ConnectError, SendTimeout, QueueFullError):
+            return False  # it went down or filled up since the poll
+        self.last_sent = self.clock()
+        return True
+
+    def discard(self) -> int:
+        """Give up what is held (the node closes); how many."""
+        count = len(self._held)
+        self._held.clear()
+        if count:
+            self.dropped["unsent_at_close"] += count
+        return count
