@@ -15,6 +15,7 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ConnectError,
+    LocalProtocolError,
     QueueFullError,
     ReceiveTimeout,
     SendTimeout,
@@ -24,7 +25,7 @@ from zmqcomm.errors import (
 )
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
-from zmqcomm.wire import MessageType
+from zmqcomm.wire import CompressionConfig, Limits, MessageType, WireCodec
 from zmqcomm.wire.header import pack_header
 
 from .conftest import Cast, establish
@@ -503,3 +504,29 @@ def test_max_inbox_must_be_a_positive_whole_number(cast: Cast, bad: object) -> N
             trust=cast.bob_trust,
             max_inbox=bad,  # type: ignore[arg-type]
         )
+
+
+def test_a_message_the_peer_would_drop_for_its_size_is_refused_at_send(cast: Cast) -> None:
+    """The body fits ``max_body_size`` but the sealed frame (header, tag) would exceed
+    ``max_frame_size``: send() raises, spends no counter, and the next message goes."""
+    limits = Limits(max_body_size=1 << 20, max_frame_size=1 << 20)
+    endpoint = f"inproc://limits-{next(_inproc_names)}"
+    with (
+        SecureRouter(
+            endpoint, identity=cast.bob, trust=cast.bob_trust, codec=WireCodec(limits=limits)
+        ) as router,
+        SecureDealer(
+            endpoint,
+            identity=cast.alice,
+            trust=cast.alice_trust,
+            codec=WireCodec(limits=limits, compression=CompressionConfig(enabled=False)),
+            connect_timeout=None,
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        with pytest.raises(LocalProtocolError, match="max_frame_size"):
+            dealer.send(b"x" * ((1 << 20) - 30))
+        dealer.send("next")
+        assert router.receive(timeout=5).message.payload == "next"
+        assert dealer.statistics()["sent"] == 1
+        assert router.table.rejected == {}

@@ -53,6 +53,8 @@ class SecureCodec:
         )
 
     def seal(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[bytes]:
+        # Before a counter is spent or a byte encrypted: what the peer would drop, unseen.
+        self.codec.check_outgoing(len(body.data) + TAG_SIZE, body.out_of_band, topic=topic)
         epoch, counter = self.session.allocate(now=now)
         # Plain ints: IntFlag arithmetic costs microseconds on this path.
         flags = int(body.flags) | _ENCRYPTED

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from zmqcomm.checks import check_seconds
 from zmqcomm.errors import ClosedError
 from zmqcomm.wire import ANONYMOUS, BatchBuilder, Body, WireCodec
-from zmqcomm.wire.batch import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS
+from zmqcomm.wire.batch import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, BatchOverflow
 from zmqcomm.wire.payload import Buffer
 
 SendFrames = Callable[[Sequence[Buffer]], object]
@@ -83,9 +83,16 @@ class BatchingSender:
         if key != self._key and len(self._builder):
             self.flush()
         self._key = key
+        try:
+            full = self._builder.add(payload)
+        except BatchOverflow:
+            self.flush()
+            full = self._builder.add(payload)
+        # Only once something is queued: a refused payload must not leave a deadline behind
+        # (next_deadline() would stay in the past and a driver loop would spin).
         if self._first_queued_at is None:
             self._first_queued_at = self._clock()
-        if self._builder.add(payload):
+        if full:
             self.flush()
 
     def flush(self) -> int:

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from zmqcomm.errors import LocalProtocolError, UsageError
 from zmqcomm.wire.codec import Body, WireCodec
+from zmqcomm.wire.header import HEADER_LEN
 from zmqcomm.wire.payload import PayloadPacker
 
 DEFAULT_MAX_ITEMS = 1024
 DEFAULT_MAX_BYTES = 256 * 1024
+#: The largest msgpack array header (0xdd + u32): what a batch adds to its items.
+_ARRAY_HEADER_MAX = 5
+#: Header, longest topic and AEAD tag around a body.
+_FRAME_OVERHEAD_MAX = HEADER_LEN + 255 + 16
+
+
+class BatchOverflow(LocalProtocolError):
+    """The payload does not fit in the queued batch: take() it, then add the payload again."""
 
 
 class BatchBuilder:
@@ -44,6 +53,12 @@ class BatchBuilder:
         self._packer = PayloadPacker(oob_threshold=codec.oob_threshold)
         self._items: list[bytes] = []
         self._size = 0
+        limits = codec.limits
+        # Checked uncompressed (compression may only shrink a body): with the header, the
+        # longest topic and the AEAD tag it must fit max_frame_size too, or framing would
+        # fail once the batch was taken.
+        self._cap = min(limits.max_body_size, limits.max_frame_size - _FRAME_OVERHEAD_MAX)
+        self._max_arrays = limits.max_extra_frames
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,15 +69,57 @@ class BatchBuilder:
         return self._size
 
     def add(self, payload: object) -> bool:
-        """Pack and queue one payload; True when the batch is full."""
+        """Pack and queue one payload; True when the batch is full.
+
+        Raises LocalProtocolError, queueing nothing, for a payload no receiver would accept
+        even alone, and :class:`BatchOverflow`, queueing nothing, when the payload fits alone
+        but not with what is queued: take() the batch, then add it again."""
+        out_of_band = self._packer.out_of_band
+        mark = len(out_of_band)
         packed = self._packer.pack(payload)
-        self._items.append(packed)
-        self._size += len(packed)
-        return len(self._items) >= self.max_items or self._size >= self.max_bytes
+        size = len(packed) + _ARRAY_HEADER_MAX
+        arrays = len(out_of_band) - mark
+        extra = 0
+        if arrays:  # rare: checked apart, so plain payloads pay nothing for it
+            sizes = [memoryview(b).nbytes for b in out_of_band[mark:]]
+            limits = self.codec.limits
+            if arrays > limits.max_extra_frames or max(sizes) > limits.max_extra_frame_size:
+                del out_of_band[mark:]
+                raise LocalProtocolError(
+                    f"payload with {arrays} out-of-band arrays (largest {max(sizes)} bytes) "
+                    "exceeds the receiver's limits even alone (Limits.max_extra_frames, "
+                    "max_extra_frame_size)"
+                )
+            extra = sum(sizes)
+            if self._items and len(out_of_band) > limits.max_extra_frames:
+                del out_of_band[mark:]
+                raise BatchOverflow("take() the queued batch first, then add this payload again")
+        if size > self._cap:
+            del out_of_band[mark:]
+            raise LocalProtocolError(
+                f"payload of {len(packed)} bytes exceeds what one message may carry "
+                f"({self._cap} bytes: Limits.max_body_size and max_frame_size); send large "
+                "arrays as numpy (out of band) or raise the limits on both sides"
+            )
+        if self._size + size > self._cap and self._items:
+            del out_of_band[mark:]
+            raise BatchOverflow("take() the queued batch first, then add this payload again")
+        items = self._items
+        items.append(packed)
+        # Out-of-band bytes count too: a batch of large arrays must leave by size as well.
+        self._size += len(packed) + extra
+        return (
+            len(items) >= self.max_items
+            or self._size >= self.max_bytes
+            or (arrays > 0 and len(out_of_band) >= self._max_arrays)
+        )
 
     def take(self) -> Body:
         """The batch body of everything queued; the builder starts empty again."""
         if not self._items:
             raise LocalProtocolError("nothing to take: the batch is empty")
-        items, self._items, self._size = self._items, [], 0
-        return self.codec.build_batch_body(items, self._packer.take_out_of_band())
+        # Build first: if the body is refused (too large), the items stay queued.
+        body = self.codec.build_batch_body(self._items, self._packer.out_of_band)
+        self._items, self._size = [], 0
+        self._packer.take_out_of_band()
+        return body

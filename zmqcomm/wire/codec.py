@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from zmqcomm.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from zmqcomm.wire.compression import BodyCompressor, CompressionConfig
-from zmqcomm.wire.header import ANONYMOUS, Header, pack_header, parse_header
+from zmqcomm.wire.header import ANONYMOUS, HEADER_LEN, Header, pack_header, parse_header
 from zmqcomm.wire.limits import DEFAULT_LIMITS, Limits
 from zmqcomm.wire.message_types import Flags
 from zmqcomm.wire.payload import OOB_THRESHOLD, Buffer, PayloadPacker, PayloadUnpacker
@@ -89,7 +89,11 @@ class WireCodec:
 
     def build_batch_of(self, payloads: Sequence[object]) -> Body:
         """Encode several payloads into one batch body."""
-        packed = [self._packer.pack(payload) for payload in payloads]
+        try:
+            packed = [self._packer.pack(payload) for payload in payloads]
+        except BaseException:
+            self._packer.take_out_of_band()  # earlier items' arrays: not for the next message
+            raise
         return self.build_batch_body(packed, self._packer.take_out_of_band())
 
     def build_batch_body(
@@ -124,6 +128,7 @@ class WireCodec:
             data = body
         if out_of_band:
             flags |= Flags.OUT_OF_BAND
+        self.check_outgoing(len(data), out_of_band, topic=topic)
         head = self.header_bytes(
             msg_type,
             flags,
@@ -134,14 +139,33 @@ class WireCodec:
             epoch=epoch,
             counter=counter,
         )
-        first = head + data
-        if len(first) > self.limits.max_frame_size:
+        return [head + data, *out_of_band]
+
+    def check_outgoing(
+        self, body_len: int, out_of_band: Sequence[Buffer] = (), *, topic: str = ""
+    ) -> None:
+        """Refuse, before anything is copied or encrypted, a message the receiving side (same
+        :class:`Limits`) would drop: ``body_len`` is the body as it goes on the wire (with
+        the AEAD tag when sealed)."""
+        limits = self.limits
+        size = HEADER_LEN + len(topic.encode("utf-8")) + body_len
+        if size > limits.max_frame_size:
             raise LocalProtocolError(
-                f"message of {len(first)} bytes exceeds max_frame_size "
-                f"({self.limits.max_frame_size}); send large arrays as numpy (out of band) "
+                f"message of {size} bytes exceeds max_frame_size "
+                f"({limits.max_frame_size}); send large arrays as numpy (out of band) "
                 "or raise Limits.max_frame_size on both sides"
             )
-        return [first, *out_of_band]
+        if len(out_of_band) > limits.max_extra_frames:
+            raise LocalProtocolError(
+                f"message carries {len(out_of_band)} out-of-band arrays; receivers accept at "
+                f"most {limits.max_extra_frames} (Limits.max_extra_frames): send fewer per message"
+            )
+        for extra in out_of_band:
+            if memoryview(extra).nbytes > limits.max_extra_frame_size:
+                raise LocalProtocolError(
+                    f"an out-of-band array of {memoryview(extra).nbytes} bytes exceeds "
+                    f"max_extra_frame_size ({limits.max_extra_frame_size})"
+                )
 
     def header_bytes(
         self,

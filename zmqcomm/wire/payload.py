@@ -70,13 +70,16 @@ class PayloadPacker:
 
     def pack(self, payload: object) -> bytes:
         """Pack one payload; LocalProtocolError if it is not a msgpack value."""
+        mark = len(self.out_of_band)
         try:
             data: bytes = self._packer.pack(payload)
         except LocalProtocolError:
             self._packer.reset()
+            del self.out_of_band[mark:]  # arrays of the refused payload must not go out
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
+            del self.out_of_band[mark:]
             raise LocalProtocolError(
                 f"cannot encode payload: {exc}. Payloads must be msgpack values "
                 "(None, bool, int, float, str, bytes, list, dict, aware datetime, numpy array)"
