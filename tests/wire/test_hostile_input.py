@@ -161,6 +161,20 @@ def test_batch_declaring_more_items_than_the_limit() -> None:
     assert caught.value.reason in {"batch_too_large", "limit_exceeded"}
 
 
+@pytest.mark.parametrize("header", [b"\xdc\x00\x04", b"\xdd\x00\x0f\x42\x40"])
+def test_a_batch_count_over_the_limit_is_refused_before_any_item_is_decoded(
+    header: bytes,
+) -> None:
+    """The array header alone decides: a frame declaring a million empty items cost about a
+    second of CPU when the count was only looked at after decoding them all. Here the items
+    are not even there: only a check made before decoding says batch_too_large."""
+    strict = WireCodec(limits=Limits(max_batch_items=3))
+    frames = strict.assemble(MessageType.DATA, header + b"\x80", flags=Flags.BATCH)
+    with pytest.raises(RemoteProtocolError) as caught:
+        strict.decode(frames)
+    assert caught.value.reason == "batch_too_large"
+
+
 @pytest.mark.parametrize("seconds", [2**62, -(2**62)])
 def test_a_timestamp_out_of_range_leaves_nothing_behind_for_the_next_body(seconds: int) -> None:
     # msgpack raised OverflowError building the datetime; it was not turned into a protocol
