@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from zmqcomm.errors import NotPermittedError, RemoteProtocolError, SecurityError
+from zmqcomm.errors import (
+    NotPermittedError,
+    QueueFullError,
+    RemoteProtocolError,
+    SecurityError,
+)
 from zmqcomm.node.messages import Incoming
 from zmqcomm.node.topics import Topics, refusal
 from zmqcomm.node.tunnel import HopMessage, Tunnels
@@ -72,4 +77,12 @@ class BrokerTopics:
             self._reject(incoming.sender, exc)
 
     def _send(self, peer: str, kind: int, payload: object) -> None:
-        self._to_broker(self.tunnels.send(peer, kind, payload, topic="", now=self._wall_clock()))
+        try:
+            out = self.tunnels.send(peer, kind, payload, topic="", now=self._wall_clock())
+        except QueueFullError as exc:
+            # A publisher that never completes our handshake, yet publishes under ever new
+            # key ids, fills the queue towards it: a refusal here, never an error out of
+            # pump() for the peer's sake.
+            self._reject(peer, exc)
+            return
+        self._to_broker(out)

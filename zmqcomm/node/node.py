@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from zmqcomm.access import Policy
-from zmqcomm.checks import check_timeout
+from zmqcomm.checks import check_count, check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Delivered
 from zmqcomm.crypto.keys import Identity, sender_from_agent_id
@@ -55,8 +55,8 @@ from zmqcomm.node.messages import Incoming, unwrap, wrap
 from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
-from zmqcomm.node.tunnel import HopMessage, Tunnels
-from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.node.tunnel import MAIL_MAX_AGE, HopMessage, Tunnels
+from zmqcomm.secure import DEFAULT_MAX_INBOX, SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.endpoints import unresolved_host_hint
@@ -79,7 +79,11 @@ class Node:
     - ``rekey``: the session rekey policy (default: 1,000,000 messages or 24 hours).
     - ``max_queue``, ``on_full``: messages held per peer while its session is set up; when
       full, ``"raise"`` (QueueFullError) or ``"drop"`` (counted in ``statistics()``).
-    - ``mail``: turn messages for offline peers into sealed mail the broker stores.
+    - ``mail``: turn messages for offline peers into sealed mail the broker stores;
+      ``mail_max_age``: older mail is refused (match a broker whose ``mail_ttl`` is longer
+      than its 7-day default).
+    - ``max_inbox``: messages held for the application; at that many, :meth:`pump` reads
+      no more (ZeroMQ's queues then push back on the senders) unless a request waits.
     - ``connect_timeout``: how long the constructor waits for the broker session.
     """
 
@@ -99,6 +103,8 @@ class Node:
         max_queue: int = 10_000,
         on_full: str = "raise",
         mail: bool = True,
+        mail_max_age: float = MAIL_MAX_AGE,
+        max_inbox: int = DEFAULT_MAX_INBOX,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,7 +120,8 @@ class Node:
         self._context = context
         self._rekey = rekey
         self.inbox: deque[Incoming] = deque()
-        self._requests = Requests()
+        self.max_inbox = check_count(max_inbox, "max_inbox", minimum=1)
+        self._requests = Requests(first_id=1 + int.from_bytes(os.urandom(4), "big"))
         self.counters: Counter[str] = Counter()
         #: If set, called for each REQUEST as it arrives; its result is the reply.
         self.request_handler: Handler | None = None
@@ -146,6 +153,7 @@ class Node:
                     max_queue=max_queue,
                     on_full=on_full,
                     mail=mail,
+                    mail_max_age=mail_max_age,
                 )
                 self._topics = Topics(
                     identity=identity, trust=trust, random_bytes=os.urandom, policy=policy
@@ -437,11 +445,15 @@ class Node:
         ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
         self._check_open()
         handled = 0
-        for link in self._poller.wait(timeout):
-            if link.closed:  # replaced by a connect() from a handler during this pump
-                continue
-            handled += link.pump(0.0)
-            self._take(link)
+        if len(self.inbox) < self.max_inbox or self._requests.waiting:
+            # A waiting request reads on past the bound: its reply may sit behind messages.
+            for link in self._poller.wait(timeout):
+                if link.closed:  # replaced by a connect() from a handler during this pump
+                    continue
+                handled += link.pump(0.0)
+                self._take(link)
+        else:
+            self.counters["inbox_full"] += 1  # the application is behind: leave it in ZeroMQ
         router = self._direct.router
         if router is not None:
             while router.joined:

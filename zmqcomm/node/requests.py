@@ -1,7 +1,9 @@
 """Requests a node sent and waits on (pure): their ids, who may answer, replies not taken.
 
-Request ids are a counter, so another peer can guess them: a reply counts only if it comes
-from the agent the request went to, and only once. A reply nobody waits for any more (its
+Request ids count up from a random start (given by the node: this module stays pure), so a
+node restarted does not reuse its earlier life's ids, whose replies may still be about (in
+mail, say). Another peer can still guess them: a reply counts only if it comes from the
+agent the request went to, and only once. A reply nobody waits for any more (its
 request timed out or was abandoned) is late.
 """
 
@@ -16,12 +18,12 @@ from zmqcomm.node.messages import Incoming
 class Requests:
     """The requests in flight, and the replies that arrived for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_id: int = 1) -> None:
         #: Request id -> the agent asked: only that agent's reply answers it.
         self.waiting: dict[int, str] = {}
         #: Request id -> its reply, until taken.
         self.replies: dict[int, Incoming] = {}
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)
 
     def start(self, peer: str) -> int:
         """A new request id, waiting for ``peer``'s reply."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zmqcomm.access import Policy
+from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel import Delivered, Established, Event, Transmit
 from zmqcomm.crypto.channel_table import ChannelTable
@@ -53,8 +54,27 @@ def _frame_key(frame: bytes) -> tuple[int, int, int]:
     return header.session, header.epoch, header.counter
 
 
+#: Handshake and session control types (0x40-0x7f): not application messages.
+_SECURITY_TYPES = (0x40, 0x7F)
+
+
+def _is_sealed_data(frames: object) -> bool:
+    """Whether bounced ``frames`` are an application message (not a handshake frame)."""
+    if not isinstance(frames, list) or not frames or not isinstance(frames[0], bytes):
+        return False
+    try:
+        header, _ = parse_header(memoryview(frames[0]))
+    except RemoteProtocolError:
+        return False
+    return not _SECURITY_TYPES[0] <= header.type <= _SECURITY_TYPES[1]
+
+
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
 _SEEN_MAIL = 100_000
+#: Mail older than this is refused: the broker's default time to live (7 days) and a day of
+#: clock skew. Whoever holds a mailbox (a broker, a copy of its database) cannot hand a
+#: restarted node, which forgot the ids it saw, mail from longer ago.
+MAIL_MAX_AGE = 8 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,7 @@ class Tunnels:
         max_queue: int = 10_000,
         on_full: str = "raise",
         mail: bool = True,
+        mail_max_age: float = MAIL_MAX_AGE,
     ) -> None:
         if on_full not in ("raise", "drop"):
             raise UsageError(f"on_full is 'raise' or 'drop', got {on_full!r}")
@@ -103,6 +124,7 @@ class Tunnels:
         self.audit = self.table.audit
         self.max_queue = max_queue
         self.mail = mail
+        self.mail_max_age = check_seconds(mail_max_age, "mail_max_age", allow_zero=False)
         self._random = random_bytes
         self._queues: dict[str, deque[_Item]] = {}
         self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
@@ -325,7 +347,14 @@ class Tunnels:
         # Only this frame is known lost: a broker bounces one message for a slow consumer and
         # delivers the next. Each lost frame comes back on its own, so the others are
         # remembered until then (mailing them now would deliver them twice).
-        lost = self._recover(peer, frames, and_after=False) or []
+        lost = self._recover(peer, frames, and_after=False)
+        if lost is None:
+            lost = []
+            if _is_sealed_data(frames):
+                # A message sent too long ago to be remembered: it cannot be sent again.
+                # (A bounced handshake frame is normal: the peer is offline.)
+                self.dropped["bounced_unknown"] += 1
+                self.audit.record("reject", now=now, peer=peer, reason="bounced_unknown")
         self.table.drop(peer.encode())
         queue = deque(lost)
         queue.extend(self._queues.pop(peer, deque()))
@@ -374,7 +403,7 @@ class Tunnels:
         ack = HopMessage(MessageType.MAIL_ACK, stored_id)
         peer = sender  # the broker's word, until the signature proves who sent it
         try:
-            opened = open_sealed(blob, recipient=self.identity, now=now)
+            opened = open_sealed(blob, recipient=self.identity, now=now, max_age=self.mail_max_age)
             peer = opened.agent_id
             entry = self.trust.check_certificate(opened.sender_certificate, now=now)
             inner = self.codec.decode([opened.message])
