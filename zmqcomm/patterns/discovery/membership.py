@@ -39,13 +39,12 @@ sends it one bare PING (no piggybacked updates, so no larger than the news that 
 and admits it when its ACK comes back from the announced address. A record's host must be
 an IP literal of the node's own family, neither unspecified nor multicast, and loopback if
 and only if the node's own address is (``bad_address``): a node on loopback never sends
-anywhere else. Every dropped input is counted in :attr:`Membership.dropped` by reason and
-never changes state.
+anywhere else (these address checks live in :mod:`.membership_addresses`). Every dropped
+input is counted in :attr:`Membership.dropped` by reason and never changes state.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -57,6 +56,7 @@ from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.discovery import membership_wire as wire
 from zmqcomm.patterns.discovery.beacon import TrustLookup
+from zmqcomm.patterns.discovery.membership_addresses import in_scope, same_address, scope_of
 from zmqcomm.patterns.discovery.membership_config import (
     CONFIRMATIONS,
     MemberInfo,
@@ -150,7 +150,7 @@ class Membership:
         self._trust = trust
         self._rng = rng
         self.address: Address = (address[0], int(address[1]))
-        self._scope = _scope(self.address[0])
+        self._scope = scope_of(self.address[0])
         self.seeds = [(host, int(port)) for host, port in seeds]
         self._ports = tuple(ports)
         if not 0 <= incarnation <= wire.MAX_INCARNATION:
@@ -245,7 +245,7 @@ class Membership:
         # After the signatures, so that a forgery counts as one and this reason is exact.
         # Every kind: an ACK, SYNC or PING_REQ would otherwise admit its sender as a member
         # at whatever address its record names.
-        if origin.agent_id not in self._members and not _same_address(sender, origin.address):
+        if origin.agent_id not in self._members and not same_address(sender, origin.address):
             self.dropped["address_mismatch"] += 1
             return []
         out: list[Output] = []
@@ -686,7 +686,7 @@ class Membership:
         """Trusted signer, an address in our scope, and a valid self-signature (skipped for a
         record we already hold)."""
         agent_id = record.agent_id
-        if agent_id != self.agent_id and not _in_scope(record.host, self._scope):
+        if agent_id != self.agent_id and not in_scope(record.host, self._scope):
             self.dropped["bad_address"] += 1
             return False
         if self._trust is not None:
@@ -708,51 +708,3 @@ class Membership:
             self.dropped["bad_signature"] += 1
             return False
         return True
-
-
-def _same_address(sender: object, address: Address) -> bool:
-    """Whether the transport address ``sender`` is ``address`` (IP literals compared by
-    value, so ``::1`` matches ``0:0:0:0:0:0:0:1``)."""
-    if not isinstance(sender, tuple) or len(sender) != 2:
-        return False
-    return sender[1] == address[1] and _host_key(sender[0]) == _host_key(address[0])
-
-
-_Scope = tuple[int, bool] | None
-
-
-def _scope(host: str) -> _Scope:
-    """The node's own scope: IP version and whether it is loopback; None when its host is
-    not an IP literal (a name, in a simulation), which then restricts only the family."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return (ip.version, ip.is_loopback)
-
-
-def _in_scope(host: str, scope: _Scope) -> bool:
-    """Whether a node at ``scope`` may send to a member at ``host``: an IP literal that is
-    neither unspecified, multicast, reserved nor IPv4-mapped, of the same version, loopback
-    iff the node is."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved:  # 240/4, the broadcast
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return False  # ::ffff:127.0.0.1 is loopback in disguise
-    if scope is None:
-        return True
-    version, loopback = scope
-    return ip.version == version and ip.is_loopback == loopback
-
-
-def _host_key(host: object) -> object:
-    try:
-        return ipaddress.ip_address(str(host))
-    except ValueError:  # not an IP literal (simulated nodes may use names): compare as is
-        return host
