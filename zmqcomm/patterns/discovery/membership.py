@@ -48,7 +48,6 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from zmqcomm.actions import Send
@@ -66,63 +65,13 @@ from zmqcomm.patterns.discovery.membership_config import (
     Verifier,
     ed25519_verify,
 )
+from zmqcomm.patterns.discovery.membership_state import Member, Probe, Relay, Stranger, Suspicion
 from zmqcomm.patterns.discovery.membership_wire import Address, Packet, Record, Update
 from zmqcomm.patterns.discovery.peers import ENTER, EVASIVE, EXPIRED, PeerEvent
 from zmqcomm.patterns.discovery.peers import LEAVE as LEAVE_EVENT
 
-
-@dataclass(slots=True)
-class _Member:
-    record: Record
-    suspect: bool = False
-
-
-@dataclass(slots=True)
-class _Probe:
-    target: str
-    target_sid: bytes
-    seq: int
-    ping_deadline: float
-    acked: bool = False
-    indirect: bool = False
-
-
-@dataclass(slots=True)
-class _Suspicion:
-    """Lifeguard-style: the timeout starts at ``high`` and falls towards ``low`` as
-    independent members confirm the suspicion (log-scaled, full drop at CONFIRMATIONS)."""
-
-    start: float
-    low: float
-    high: float
-    confirmers: set[str]
-
-    @property
-    def deadline(self) -> float:
-        fraction = math.log(len(self.confirmers) + 1) / math.log(CONFIRMATIONS + 1)
-        return self.start + max(self.low, self.high - (self.high - self.low) * fraction)
-
-
-@dataclass(slots=True)
-class _Stranger:
-    """A member announced by someone else, not yet heard from at its own address."""
-
-    record: Record
-    next_ping: float
-    pings: int = 0
-
-
 #: Bare PINGs sent to a stranger announced by gossip before giving it up (loss tolerance).
 VERIFY_PINGS = 3
-
-
-@dataclass(slots=True)
-class _Relay:
-    requester: Address
-    their_seq: int
-    target_sid: bytes
-    expires: float
-
 
 Output = Send | PeerEvent
 
@@ -163,17 +112,17 @@ class Membership:
         self.dropped: Counter[str] = Counter()
         #: What happened, for tests and operators (probes, acks, suspicions, refutations...).
         self.stats: Counter[str] = Counter()
-        self._members: dict[str, _Member] = {}
-        self._suspects: dict[str, _Suspicion] = {}
+        self._members: dict[str, Member] = {}
+        self._suspects: dict[str, Suspicion] = {}
         self._dead: OrderedDict[str, Update] = OrderedDict()  # DEAD or LEAVE, bounded
         # One update per member, dead member and self: the bound holds against floods.
         self._queue = wire.UpdateQueue(self.config.max_members + self.config.max_dead + 1)
         self._order: list[str] = []
         self._order_index = 0
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
+        self._probe: Probe | None = None
+        self._relays: dict[int, Relay] = {}
         # Strangers learnt from gossip, pinged and admitted when they ACK.
-        self._verifying: dict[str, _Stranger] = {}
+        self._verifying: dict[str, Stranger] = {}
         self._seq = 0
         self._ticks = 0
         self._started = False
@@ -339,7 +288,7 @@ class Membership:
             member = self._members[target]
             seq = self._next_seq()
             sid = member.record.sender_id
-            self._probe = _Probe(target, sid, seq, now + self.config.ping_timeout)
+            self._probe = Probe(target, sid, seq, now + self.config.ping_timeout)
             self.stats["probes"] += 1
             out.append(self._packet(wire.PING, seq, sid, member.record))
         every = self.config.sync_every
@@ -362,7 +311,7 @@ class Membership:
             self._order_index = 0
         return None
 
-    def _indirect(self, probe: _Probe) -> list[Output]:
+    def _indirect(self, probe: Probe) -> list[Output]:
         probe.indirect = True
         target = self._members.get(probe.target)
         if target is None:
@@ -409,7 +358,7 @@ class Membership:
             return []
         seq = self._next_seq()
         expires = now + self.config.period
-        self._relays[seq] = _Relay(packet.sender.address, packet.seq, target.sender_id, expires)
+        self._relays[seq] = Relay(packet.sender.address, packet.seq, target.sender_id, expires)
         # Bare to a node we do not know: a PING_REQ must not buy a bigger datagram elsewhere.
         bare = target.agent_id not in self._members
         return [self._packet(wire.PING, seq, target.sender_id, target, bare=bare)]
@@ -505,7 +454,7 @@ class Membership:
         if len(self._verifying) >= self.config.max_relays:
             self.dropped["verifications_full"] += 1
             return []
-        self._verifying[agent_id] = _Stranger(record, now)
+        self._verifying[agent_id] = Stranger(record, now)
         return self._ping_strangers(now)
 
     def _ping_strangers(self, now: float) -> list[Output]:
@@ -533,7 +482,7 @@ class Membership:
         agent_id = record.agent_id
         self._verifying.pop(agent_id, None)
         self._dead.pop(agent_id, None)
-        self._members[agent_id] = _Member(record)
+        self._members[agent_id] = Member(record)
         # Randomized round-robin: a newcomer goes to a random place in the rest of the round.
         self._order.insert(self._rng.randrange(self._order_index, len(self._order) + 1), agent_id)
         self._enqueue(Update(wire.ALIVE, record))
@@ -558,14 +507,14 @@ class Membership:
         member.suspect = True
         low = self._suspicion_timeout()
         high = low * self.config.suspicion_max_mult
-        self._suspects[agent_id] = _Suspicion(now, low, high, {claimer} if claimer else set())
+        self._suspects[agent_id] = Suspicion(now, low, high, {claimer} if claimer else set())
         if was_suspect:
             return []  # a newer incarnation, suspected again: no second EVASIVE
         self.stats["suspected"] += 1
         self._enqueue(Update(wire.SUSPECT, member.record))
         return [PeerEvent(EVASIVE, agent_id, member.record.host, member.record.ports)]
 
-    def _clear_suspicion(self, agent_id: str, member: _Member) -> None:
+    def _clear_suspicion(self, agent_id: str, member: Member) -> None:
         if member.suspect:
             member.suspect = False
             self._suspects.pop(agent_id, None)
@@ -581,7 +530,7 @@ class Membership:
         self._remember(Update(wire.DEAD, member.record))
         return [PeerEvent(EXPIRED, agent_id, member.record.host, member.record.ports)]
 
-    def _on_leave(self, update: Update, member: _Member | None) -> list[Output]:
+    def _on_leave(self, update: Update, member: Member | None) -> list[Output]:
         record = update.record
         if member is not None:
             if record.incarnation < member.record.incarnation:
