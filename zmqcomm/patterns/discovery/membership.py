@@ -39,17 +39,15 @@ sends it one bare PING (no piggybacked updates, so no larger than the news that 
 and admits it when its ACK comes back from the announced address. A record's host must be
 an IP literal of the node's own family, neither unspecified nor multicast, and loopback if
 and only if the node's own address is (``bad_address``): a node on loopback never sends
-anywhere else. Every dropped input is counted in :attr:`Membership.dropped` by reason and
-never changes state.
+anywhere else (these address checks live in :mod:`.membership_addresses`). Every dropped
+input is counted in :attr:`Membership.dropped` by reason and never changes state.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from zmqcomm.actions import Send
@@ -57,6 +55,7 @@ from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.discovery import membership_wire as wire
 from zmqcomm.patterns.discovery.beacon import TrustLookup
+from zmqcomm.patterns.discovery.membership_addresses import in_scope, same_address, scope_of
 from zmqcomm.patterns.discovery.membership_config import (
     CONFIRMATIONS,
     MemberInfo,
@@ -66,63 +65,13 @@ from zmqcomm.patterns.discovery.membership_config import (
     Verifier,
     ed25519_verify,
 )
+from zmqcomm.patterns.discovery.membership_state import Member, Probe, Relay, Stranger, Suspicion
 from zmqcomm.patterns.discovery.membership_wire import Address, Packet, Record, Update
 from zmqcomm.patterns.discovery.peers import ENTER, EVASIVE, EXPIRED, PeerEvent
 from zmqcomm.patterns.discovery.peers import LEAVE as LEAVE_EVENT
 
-
-@dataclass(slots=True)
-class _Member:
-    record: Record
-    suspect: bool = False
-
-
-@dataclass(slots=True)
-class _Probe:
-    target: str
-    target_sid: bytes
-    seq: int
-    ping_deadline: float
-    acked: bool = False
-    indirect: bool = False
-
-
-@dataclass(slots=True)
-class _Suspicion:
-    """Lifeguard-style: the timeout starts at ``high`` and falls towards ``low`` as
-    independent members confirm the suspicion (log-scaled, full drop at CONFIRMATIONS)."""
-
-    start: float
-    low: float
-    high: float
-    confirmers: set[str]
-
-    @property
-    def deadline(self) -> float:
-        fraction = math.log(len(self.confirmers) + 1) / math.log(CONFIRMATIONS + 1)
-        return self.start + max(self.low, self.high - (self.high - self.low) * fraction)
-
-
-@dataclass(slots=True)
-class _Stranger:
-    """A member announced by someone else, not yet heard from at its own address."""
-
-    record: Record
-    next_ping: float
-    pings: int = 0
-
-
 #: Bare PINGs sent to a stranger announced by gossip before giving it up (loss tolerance).
 VERIFY_PINGS = 3
-
-
-@dataclass(slots=True)
-class _Relay:
-    requester: Address
-    their_seq: int
-    target_sid: bytes
-    expires: float
-
 
 Output = Send | PeerEvent
 
@@ -150,7 +99,7 @@ class Membership:
         self._trust = trust
         self._rng = rng
         self.address: Address = (address[0], int(address[1]))
-        self._scope = _scope(self.address[0])
+        self._scope = scope_of(self.address[0])
         self.seeds = [(host, int(port)) for host, port in seeds]
         self._ports = tuple(ports)
         if not 0 <= incarnation <= wire.MAX_INCARNATION:
@@ -163,17 +112,17 @@ class Membership:
         self.dropped: Counter[str] = Counter()
         #: What happened, for tests and operators (probes, acks, suspicions, refutations...).
         self.stats: Counter[str] = Counter()
-        self._members: dict[str, _Member] = {}
-        self._suspects: dict[str, _Suspicion] = {}
+        self._members: dict[str, Member] = {}
+        self._suspects: dict[str, Suspicion] = {}
         self._dead: OrderedDict[str, Update] = OrderedDict()  # DEAD or LEAVE, bounded
         # One update per member, dead member and self: the bound holds against floods.
         self._queue = wire.UpdateQueue(self.config.max_members + self.config.max_dead + 1)
         self._order: list[str] = []
         self._order_index = 0
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
+        self._probe: Probe | None = None
+        self._relays: dict[int, Relay] = {}
         # Strangers learnt from gossip, pinged and admitted when they ACK.
-        self._verifying: dict[str, _Stranger] = {}
+        self._verifying: dict[str, Stranger] = {}
         self._seq = 0
         self._ticks = 0
         self._started = False
@@ -245,7 +194,7 @@ class Membership:
         # After the signatures, so that a forgery counts as one and this reason is exact.
         # Every kind: an ACK, SYNC or PING_REQ would otherwise admit its sender as a member
         # at whatever address its record names.
-        if origin.agent_id not in self._members and not _same_address(sender, origin.address):
+        if origin.agent_id not in self._members and not same_address(sender, origin.address):
             self.dropped["address_mismatch"] += 1
             return []
         out: list[Output] = []
@@ -339,7 +288,7 @@ class Membership:
             member = self._members[target]
             seq = self._next_seq()
             sid = member.record.sender_id
-            self._probe = _Probe(target, sid, seq, now + self.config.ping_timeout)
+            self._probe = Probe(target, sid, seq, now + self.config.ping_timeout)
             self.stats["probes"] += 1
             out.append(self._packet(wire.PING, seq, sid, member.record))
         every = self.config.sync_every
@@ -362,7 +311,7 @@ class Membership:
             self._order_index = 0
         return None
 
-    def _indirect(self, probe: _Probe) -> list[Output]:
+    def _indirect(self, probe: Probe) -> list[Output]:
         probe.indirect = True
         target = self._members.get(probe.target)
         if target is None:
@@ -409,7 +358,7 @@ class Membership:
             return []
         seq = self._next_seq()
         expires = now + self.config.period
-        self._relays[seq] = _Relay(packet.sender.address, packet.seq, target.sender_id, expires)
+        self._relays[seq] = Relay(packet.sender.address, packet.seq, target.sender_id, expires)
         # Bare to a node we do not know: a PING_REQ must not buy a bigger datagram elsewhere.
         bare = target.agent_id not in self._members
         return [self._packet(wire.PING, seq, target.sender_id, target, bare=bare)]
@@ -505,7 +454,7 @@ class Membership:
         if len(self._verifying) >= self.config.max_relays:
             self.dropped["verifications_full"] += 1
             return []
-        self._verifying[agent_id] = _Stranger(record, now)
+        self._verifying[agent_id] = Stranger(record, now)
         return self._ping_strangers(now)
 
     def _ping_strangers(self, now: float) -> list[Output]:
@@ -533,7 +482,7 @@ class Membership:
         agent_id = record.agent_id
         self._verifying.pop(agent_id, None)
         self._dead.pop(agent_id, None)
-        self._members[agent_id] = _Member(record)
+        self._members[agent_id] = Member(record)
         # Randomized round-robin: a newcomer goes to a random place in the rest of the round.
         self._order.insert(self._rng.randrange(self._order_index, len(self._order) + 1), agent_id)
         self._enqueue(Update(wire.ALIVE, record))
@@ -558,14 +507,14 @@ class Membership:
         member.suspect = True
         low = self._suspicion_timeout()
         high = low * self.config.suspicion_max_mult
-        self._suspects[agent_id] = _Suspicion(now, low, high, {claimer} if claimer else set())
+        self._suspects[agent_id] = Suspicion(now, low, high, {claimer} if claimer else set())
         if was_suspect:
             return []  # a newer incarnation, suspected again: no second EVASIVE
         self.stats["suspected"] += 1
         self._enqueue(Update(wire.SUSPECT, member.record))
         return [PeerEvent(EVASIVE, agent_id, member.record.host, member.record.ports)]
 
-    def _clear_suspicion(self, agent_id: str, member: _Member) -> None:
+    def _clear_suspicion(self, agent_id: str, member: Member) -> None:
         if member.suspect:
             member.suspect = False
             self._suspects.pop(agent_id, None)
@@ -581,7 +530,7 @@ class Membership:
         self._remember(Update(wire.DEAD, member.record))
         return [PeerEvent(EXPIRED, agent_id, member.record.host, member.record.ports)]
 
-    def _on_leave(self, update: Update, member: _Member | None) -> list[Output]:
+    def _on_leave(self, update: Update, member: Member | None) -> list[Output]:
         record = update.record
         if member is not None:
             if record.incarnation < member.record.incarnation:
@@ -686,7 +635,7 @@ class Membership:
         """Trusted signer, an address in our scope, and a valid self-signature (skipped for a
         record we already hold)."""
         agent_id = record.agent_id
-        if agent_id != self.agent_id and not _in_scope(record.host, self._scope):
+        if agent_id != self.agent_id and not in_scope(record.host, self._scope):
             self.dropped["bad_address"] += 1
             return False
         if self._trust is not None:
@@ -708,51 +657,3 @@ class Membership:
             self.dropped["bad_signature"] += 1
             return False
         return True
-
-
-def _same_address(sender: object, address: Address) -> bool:
-    """Whether the transport address ``sender`` is ``address`` (IP literals compared by
-    value, so ``::1`` matches ``0:0:0:0:0:0:0:1``)."""
-    if not isinstance(sender, tuple) or len(sender) != 2:
-        return False
-    return sender[1] == address[1] and _host_key(sender[0]) == _host_key(address[0])
-
-
-_Scope = tuple[int, bool] | None
-
-
-def _scope(host: str) -> _Scope:
-    """The node's own scope: IP version and whether it is loopback; None when its host is
-    not an IP literal (a name, in a simulation), which then restricts only the family."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return (ip.version, ip.is_loopback)
-
-
-def _in_scope(host: str, scope: _Scope) -> bool:
-    """Whether a node at ``scope`` may send to a member at ``host``: an IP literal that is
-    neither unspecified, multicast, reserved nor IPv4-mapped, of the same version, loopback
-    iff the node is."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved:  # 240/4, the broadcast
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return False  # ::ffff:127.0.0.1 is loopback in disguise
-    if scope is None:
-        return True
-    version, loopback = scope
-    return ip.version == version and ip.is_loopback == loopback
-
-
-def _host_key(host: object) -> object:
-    try:
-        return ipaddress.ip_address(str(host))
-    except ValueError:  # not an IP literal (simulated nodes may use names): compare as is
-        return host

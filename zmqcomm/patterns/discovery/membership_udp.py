@@ -24,7 +24,8 @@ from zmqcomm.actions import Send
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.discovery.beacon import TrustedKey, TrustLookup
-from zmqcomm.patterns.discovery.membership import Membership, Output, _in_scope, _scope
+from zmqcomm.patterns.discovery.membership import Membership, Output
+from zmqcomm.patterns.discovery.membership_addresses import in_scope, scope_of
 from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_wire import (
     MAX_DATAGRAM,
@@ -131,9 +132,9 @@ class MembershipService:
         if isinstance(given, str | bytes):
             raise UsageError(f"seeds must be a list of (IP, port) pairs, got {given!r}")
         checked_seeds = [_check_address(s, "a seed", allow_port_zero=False) for s in seeds]
-        scope = _scope(advertised)
+        scope = scope_of(advertised)
         for seed_host, seed_port in checked_seeds:
-            if not _in_scope(seed_host, scope):
+            if not in_scope(seed_host, scope):
                 raise UsageError(
                     f"seed {seed_host}:{seed_port} is out of reach from {advertised} "
                     "(another IP family, or loopback on one side only)"
