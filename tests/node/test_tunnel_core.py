@@ -114,3 +114,47 @@ def test_a_message_mail_cannot_carry_is_dropped_and_the_others_are_mailed(
     got = flow(agents, [(alice_id, hop) for hop in out])
     assert [(m.payload, m.via) for m in got] == [("one", "mail"), ("two", "mail")]
     assert alice.dropped == {"unmailable": 1} and alice.queued() == 0
+
+
+def test_a_bounce_of_a_message_too_old_to_resend_is_counted(
+    agents: dict[str, Tunnels],
+) -> None:
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    # Before any session, the INIT bounces (bob is offline): normal, the message is mailed.
+    [init] = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, init.payload, bob_id), now=NOW)
+    assert [hop.msg_type for hop in out] == [MessageType.MAIL]
+    assert alice.dropped == {}
+    opening = alice.send(bob_id, MessageType.DATA, "m1", topic="", now=NOW)
+    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == ["m1"]
+    [bounced] = alice.send(bob_id, MessageType.DATA, "victim", topic="", now=NOW)
+    for n in range(4100):  # a busy sender: the bounce comes after it forgot the frame
+        alice.send(bob_id, MessageType.DATA, n, topic="", now=NOW)
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, bounced.payload, bob_id), now=NOW)
+    assert out == []
+    assert alice.dropped == {"bounced_unknown": 1}
+
+
+def test_mail_older_than_its_maximum_age_is_refused(tmp_path: Path) -> None:
+    alice, dave = Identity.generate("alice"), Identity.generate("dave")
+    trusts = {}
+    for me, other in ((alice, dave), (dave, alice)):
+        trusts[me.name] = TrustStore(tmp_path / me.name)
+        trusts[me.name].add(other.public, roles=["agent"])
+    sender = Tunnels(identity=alice, trust=trusts["alice"], random_bytes=os.urandom, now=NOW)
+    reader = Tunnels(
+        identity=dave, trust=trusts["dave"], random_bytes=os.urandom, now=NOW, mail_max_age=3600
+    )
+    public = trusts["alice"].lookup(dave.agent_id, now=NOW).public
+    for age, expected in ((3000, ["mail"]), (4000, [])):
+        mail = sender.mail_message(
+            dave.agent_id, public, MessageType.DATA, "mail", topic="", now=NOW - age
+        )
+        stored = [next(_stored_ids), mail.payload]
+        out, incoming = reader.on_hop(
+            message(MessageType.MAIL_DELIVER, stored, alice.agent_id), now=NOW
+        )
+        assert [m.payload for m in incoming] == expected
+        assert [hop.msg_type for hop in out] == [MessageType.MAIL_ACK]  # deleted either way
+    assert reader.table.rejected == {"sealed_expired": 1}

@@ -445,8 +445,11 @@ class Node:
         ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
         self._check_open()
         handled = 0
-        if len(self.inbox) < self.max_inbox or self._requests.waiting:
-            # A waiting request reads on past the bound: its reply may sit behind messages.
+        if self._has_room():
+            for link in self._links():
+                if link.inbox:  # left behind when the inbox last filled up: no poll shows it
+                    self._take(link)
+        if self._has_room():
             for link in self._poller.wait(timeout):
                 if link.closed:  # replaced by a connect() from a handler during this pump
                     continue
@@ -477,8 +480,15 @@ class Node:
                 self._to_broker(self._tunnels.on_timer(now=self.wall_clock()))
         return handled
 
+    def _has_room(self) -> bool:
+        """Whether to read more: the inbox is below its bound, or a request waits (its reply
+        may sit behind the messages the application has not taken yet)."""
+        return len(self.inbox) < self.max_inbox or bool(self._requests.waiting)
+
     def _take(self, link: Link) -> None:
-        while link.inbox:
+        # What stays in the link's inbox is taken once there is room (its own bound then
+        # stops it reading, and ZeroMQ's queues push back on the sender).
+        while link.inbox and self._has_room():
             delivered = link.inbox.popleft()
             if link is self._broker:
                 self._from_broker(delivered)
