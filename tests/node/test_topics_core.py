@@ -132,6 +132,29 @@ def test_held_publications_are_bounded_and_asked_for_once(
     assert theirs.dropped["key_pending"] == 10
 
 
+def test_held_publications_are_bounded_in_bytes_across_keys(
+    pair: tuple[Topics, Topics, Identity, Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher that never answers key requests holds at most MAX_HELD_BYTES of a
+    subscriber's memory, whatever the count bound would allow; a key that comes frees it."""
+    mine, theirs, publisher, subscriber = pair
+    monkeypatch.setattr(topics, "MAX_HELD_BYTES", 10_000)
+    asks = []
+    for topic in ("news/a", "news/b"):
+        for _ in range(20):
+            body = mine.publish(topic, b"x" * 1000)
+            new, _ = theirs.on_publication(topic, [publisher.agent_id, body], now=NOW)
+            asks += [request for _, request in new]
+    assert theirs._held_bytes <= 10_000
+    held = sum(len(queue) for queue in theirs._pending.values())
+    assert held < 40 and held + theirs.dropped["key_pending"] == 40
+    answer = mine.grant(subscriber.agent_id, frozenset({"reader"}), asks[0])
+    opened = theirs.on_key(publisher.agent_id, answer, now=NOW)
+    assert opened and theirs._held_bytes == sum(
+        len(body[2]) for queue in theirs._pending.values() for body in queue
+    )
+
+
 @pytest.mark.parametrize(
     "payload",
     [None, [], ["x"], ["x", [1, 2, 3]], [7, [1, 2, b"", b""]], ["x", [2**40, 0, b"", b""]]],

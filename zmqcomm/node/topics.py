@@ -45,6 +45,9 @@ _TAG = b"zmqcomm/1 publish"
 MAX_HELD = 1000
 #: Keys asked for and not answered yet; past this, the oldest is given up (with what it held).
 MAX_PENDING = 64
+#: Bytes of publications held over all keys on the way: a publisher that never answers key
+#: requests must not fill a subscriber's memory (64 keys x 1,000 frames could be terabytes).
+MAX_HELD_BYTES = 64 * 1024 * 1024
 KEY_SIZE = 32
 #: Publishers' topic keys kept (each with its replay window, about 3 KB); past this, the
 #: least recently used is forgotten and its next publication asks for it again.
@@ -105,6 +108,10 @@ def _nonce(sequence: int) -> bytes:
     return bytes(4) + sequence.to_bytes(8, "little")
 
 
+def _held_size(held: deque[list[Any]]) -> int:
+    return sum(len(body[2]) for body in held)
+
+
 class Topics:
     """Our publications and our subscriptions."""
 
@@ -132,6 +139,8 @@ class Topics:
         #: Keys asked for, and the publications held for each: one slot never crowds out
         #: another (a key refused or never answered holds up only its own topic).
         self._pending: OrderedDict[_Slot, deque[list[Any]]] = OrderedDict()
+        #: Sealed bytes of the publications in ``_pending``.
+        self._held_bytes = 0
         #: Publications dropped, by reason.
         self.dropped: Counter[str] = Counter()
         self.forgotten_keys = 0
@@ -209,11 +218,14 @@ class Topics:
             asks.append((publisher, [topic, key_id]))
             while len(self._pending) > MAX_PENDING:
                 _, given_up = self._pending.popitem(last=False)
+                self._held_bytes -= _held_size(given_up)
                 self.dropped["key_pending"] += len(given_up)
-        if len(held) >= MAX_HELD:
+        size = len(body[2])
+        if len(held) >= MAX_HELD or self._held_bytes + size > MAX_HELD_BYTES:
             self.dropped["key_pending"] += 1
         else:
             held.append(body)
+            self._held_bytes += size
         return asks
 
     def _open(
@@ -244,6 +256,7 @@ class Topics:
             raise RemoteProtocolError("a topic key not asked for", reason="unsolicited_key")
         roles = self.trust.lookup(publisher, now=now).roles
         held = self._pending.pop(slot)
+        self._held_bytes -= _held_size(held)
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             self.dropped["key_refused"] += len(held)
             self._refused[slot] = now + REFUSED_FOR
