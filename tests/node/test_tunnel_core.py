@@ -11,6 +11,7 @@ import pytest
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import LocalProtocolError
+from zmqcomm.node import tunnel
 from zmqcomm.node.messages import Incoming
 from zmqcomm.node.tunnel import HopMessage, Tunnels
 from zmqcomm.wire import Message, MessageType, WireCodec
@@ -158,3 +159,23 @@ def test_mail_older_than_its_maximum_age_is_refused(tmp_path: Path) -> None:
         assert [m.payload for m in incoming] == expected
         assert [hop.msg_type for hop in out] == [MessageType.MAIL_ACK]  # deleted either way
     assert reader.table.rejected == {"sealed_expired": 1}
+
+
+def test_messages_kept_for_a_resend_are_bounded_in_bytes(
+    agents: dict[str, Tunnels], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tunnel, "_RECENT_BYTES", 10_000)
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
+    flow(agents, [(alice_id, hop) for hop in opening])
+    sent = [
+        alice.send(bob_id, MessageType.DATA, bytes([n]) * 1000, topic="", now=NOW)[0]
+        for n in range(50)
+    ]
+    assert alice._recent_bytes[bob_id] <= 10_000
+    # The oldest were forgotten to stay within the bound; the latest can still be resent.
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, sent[0].payload, bob_id), now=NOW)
+    assert out == [] and alice.dropped["bounced_unknown"] == 1
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, sent[-1].payload, bob_id), now=NOW)
+    assert [hop.msg_type for hop in out] == [MessageType.MAIL]

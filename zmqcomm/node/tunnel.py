@@ -43,8 +43,10 @@ from zmqcomm.wire.header import parse_header, peek_type
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 _INIT = int(MessageType.HANDSHAKE_INIT)
-#: Session frames remembered per peer, to send again if they bounce.
+#: Session frames remembered per peer, to send again if they bounce, and their bytes at most
+#: (the payloads are kept alive: 4,096 messages of 1 MiB would be 4 GiB per peer).
 _RECENT = 4096
+_RECENT_BYTES = 64 * 1024 * 1024
 #: A message as the application gave it: (kind, payload, topic).
 _Item = tuple[int, object, str]
 
@@ -137,7 +139,9 @@ class Tunnels:
         self.resent = 0
         #: The broker's last word on something it would not take (a full mailbox, say).
         self.last_error: str | None = None
-        self._recent: dict[str, OrderedDict[tuple[int, int, int], list[_Item]]] = {}
+        #: Per peer: frame key -> (the messages in that frame, the frame's size in bytes).
+        self._recent: dict[str, OrderedDict[tuple[int, int, int], tuple[list[_Item], int]]] = {}
+        self._recent_bytes: Counter[str] = Counter()
         self._reset_sent: dict[str, float] = {}
 
     # -- sending -----------------------------------------------------------------------------
@@ -202,9 +206,12 @@ class Tunnels:
         """Keep what went out on a session for a while: if the broker bounces it (the peer
         left) or the peer no longer knows the session (it restarted), it is sent again."""
         recent = self._recent.setdefault(peer, OrderedDict())
-        recent[_frame_key(bytes(frames[0]))] = items
-        while len(recent) > _RECENT:
-            recent.popitem(last=False)
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        recent[_frame_key(bytes(frames[0]))] = (items, size)
+        self._recent_bytes[peer] += size
+        while len(recent) > _RECENT or self._recent_bytes[peer] > _RECENT_BYTES:
+            _, (_, forgotten) = recent.popitem(last=False)
+            self._recent_bytes[peer] -= forgotten
 
     def _recover(self, peer: str, frames: object, *, and_after: bool) -> list[_Item] | None:
         """The messages of frames we sent to ``peer`` and got back, and with ``and_after``
@@ -219,12 +226,16 @@ class Tunnels:
         if recent is None or key not in recent:
             return None
         if not and_after:
-            return recent.pop(key)
+            items, size = recent.pop(key)
+            self._recent_bytes[peer] -= size
+            return items
         keys = list(recent)
         lost: list[_Item] = []
         for lost_key in keys[keys.index(key) :]:
             if lost_key[0] == key[0]:
-                lost += recent.pop(lost_key)
+                items, size = recent.pop(lost_key)
+                self._recent_bytes[peer] -= size
+                lost += items
         return lost
 
     def _after_send(self, peer: str, now: float) -> list[HopMessage]:
@@ -330,6 +341,7 @@ class Tunnels:
             return []  # not frames we sent lately: nothing to redo
         self.table.drop(peer.encode())
         self._recent.pop(peer, None)
+        self._recent_bytes.pop(peer, None)
         queue = self._queues.setdefault(peer, deque())
         queue.extendleft(reversed(lost))
         self.resent += len(lost)
