@@ -29,6 +29,8 @@ def as_broker(sender: str, hop: HopMessage) -> tuple[str, Message] | None:
     """What a broker hands on for ``hop`` from ``sender``: (recipient, message), or None."""
     if hop.msg_type == MessageType.FORWARD:
         return hop.topic, message(MessageType.DELIVER, hop.payload, sender)
+    if hop.msg_type == MessageType.SESSION_RESET:
+        return hop.topic, message(MessageType.SESSION_RESET, hop.payload, sender)
     if hop.msg_type == MessageType.MAIL:
         stored = [next(_stored_ids), hop.payload]
         return hop.topic, message(MessageType.MAIL_DELIVER, stored, sender)
@@ -179,3 +181,33 @@ def test_messages_kept_for_a_resend_are_bounded_in_bytes(
     assert out == [] and alice.dropped["bounced_unknown"] == 1
     out, _ = alice.on_hop(message(MessageType.UNREACHABLE, sent[-1].payload, bob_id), now=NOW)
     assert [hop.msg_type for hop in out] == [MessageType.MAIL]
+
+
+def test_a_message_on_the_old_session_is_resent_when_the_restarted_peer_spoke_first(
+    agents: dict[str, Tunnels], tmp_path: Path
+) -> None:
+    """Bob restarts and opens a new session to alice; alice's next message, still on the
+    old session, crosses bob's INIT at the broker. Bob, holding only his own handshake,
+    answers SESSION_RESET, and alice sends it again over the new session."""
+    alice_id, bob_id = agents
+    alice, bob = agents[alice_id], agents[bob_id]
+    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
+    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == ["m0"]
+    agents[bob_id] = reborn = Tunnels(
+        identity=bob.identity, trust=bob.trust, random_bytes=os.urandom, now=NOW
+    )
+    bob_init = [
+        (bob_id, h) for h in reborn.send(alice_id, MessageType.DATA, "hi", topic="", now=NOW)
+    ]
+    alice_m1 = [
+        (alice_id, h) for h in alice.send(bob_id, MessageType.DATA, "m1", topic="", now=NOW)
+    ]
+    delivered = flow(agents, alice_m1 + bob_init)
+    delivered += flow(
+        agents,
+        [(alice_id, h) for h in alice.on_timer(now=NOW + 10)]
+        + [(bob_id, h) for h in reborn.on_timer(now=NOW + 10)],
+    )
+    assert sorted((m.sender, m.payload) for m in delivered) == sorted(
+        [(bob_id, "hi"), (alice_id, "m1")]
+    )

@@ -22,7 +22,7 @@ from typing import Any
 from zmqcomm.access import Policy
 from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import BaseAuditLog
-from zmqcomm.crypto.channel import Delivered, Established, Event, Transmit
+from zmqcomm.crypto.channel import Delivered, Established, Event, SecureChannel, Transmit
 from zmqcomm.crypto.channel_table import ChannelTable
 from zmqcomm.crypto.handshake import RandomBytes
 from zmqcomm.crypto.keys import Identity
@@ -39,7 +39,7 @@ from zmqcomm.errors import (
 )
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
-from zmqcomm.wire.header import parse_header, peek_type
+from zmqcomm.wire.header import parse_header
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 _INIT = int(MessageType.HANDSHAKE_INIT)
@@ -58,6 +58,17 @@ def _frame_key(frame: bytes) -> tuple[int, int, int]:
 
 #: Handshake and session control types (0x40-0x7f): not application messages.
 _SECURITY_TYPES = (0x40, 0x7F)
+
+
+def _foreign_session(channel: SecureChannel | None, frame: bytes) -> bool:
+    """Whether ``frame`` is data under a session we do not hold with its sender (no channel,
+    a handshake of our own still under way, or another session). Handshake frames are the
+    channel's business."""
+    header, _ = parse_header(memoryview(frame))
+    if _SECURITY_TYPES[0] <= header.type <= _SECURITY_TYPES[1]:
+        return channel is None and header.type != _INIT
+    session = channel.session if channel is not None else None
+    return session is None or header.session != session.session_id
 
 
 def _is_sealed_data(frames: object) -> bool:
@@ -287,9 +298,10 @@ class Tunnels:
         ):
             raise RemoteProtocolError("DELIVER without frames", reason="bad_deliver")
         route = sender.encode()
-        if route not in self.table.channels and peek_type(frames[0]) != _INIT:
-            # A session we do not have (we restarted): tell the sender, at most once a
-            # second, so it sends again over a new session instead of into the void.
+        if _foreign_session(self.table.channels.get(route), frames[0]):
+            # A session we do not have (we restarted, and may already be handshaking anew):
+            # tell the sender, at most once a second, so it sends again over a new session
+            # instead of into the void.
             self.table.receive(route, frames, now=now)  # refused, counted and audited
             if now - self._reset_sent.get(sender, -math.inf) < 1.0:
                 return [], []
