@@ -309,3 +309,38 @@ def test_a_key_the_policy_refuses_is_answered_so_the_asker_drops_what_it_held(
     assert [request for _, request in asks] == [ask]
     with pytest.raises(RemoteProtocolError):  # nothing to answer a malformed request with
         topics.refusal(["secret/x"])
+
+
+def test_a_revocation_retires_the_topic_key_so_the_revoked_agent_reads_no_more(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    """The broker may still fan out to an agent the publisher revoked, and that agent holds
+    the key: the publisher's next publication is under a new key, granted only to whom it
+    still trusts (a revoked agent has no session to ask over)."""
+    mine, theirs, publisher, subscriber = pair
+    assert _key_exchange(
+        mine, theirs, publisher, subscriber, "news/a", mine.publish("news/a", 1)
+    ) == [1]
+    _, opened = theirs.on_publication(
+        "news/a", [publisher.agent_id, mine.publish("news/a", 2)], now=NOW
+    )
+    assert [m.payload for m in opened] == [2]  # the same key: opens at once
+    mine.trust.revoke(subscriber.agent_id)
+    asks, opened = theirs.on_publication(
+        "news/a", [publisher.agent_id, mine.publish("news/a", 3)], now=NOW
+    )
+    assert opened == [] and len(asks) == 1  # a new key: the old one opens nothing
+
+
+def test_a_topic_key_ages_out_and_the_previous_one_is_still_granted(
+    pair: tuple[Topics, Topics, Identity, Identity],
+) -> None:
+    mine, theirs, publisher, subscriber = pair
+    first = mine.publish("news/a", 1, now=NOW)
+    assert mine.publish("news/a", 2, now=NOW + topics.KEY_LIFETIME - 1)[0] == first[0]
+    later = mine.publish("news/a", 3, now=NOW + topics.KEY_LIFETIME)
+    assert later[0] != first[0]
+    # A publication sealed under the previous key, still on its way, opens for a subscriber
+    # the policy lets in.
+    assert _key_exchange(mine, theirs, publisher, subscriber, "news/a", first) == [1]
+    assert _key_exchange(mine, theirs, publisher, subscriber, "news/a", later) == [3]

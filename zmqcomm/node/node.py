@@ -330,7 +330,8 @@ class Node:
         self._check_open()
         if self._topics is not None and self._broker is not None:
             self._check_broker_room()
-            self._hop(self._topics.publish(topic, payload), MessageType.PUBLISH, topic)
+            sealed = self._topics.publish(topic, payload, now=self.wall_clock())
+            self._hop(sealed, MessageType.PUBLISH, topic)
         else:
             self._to_each(
                 self._direct_topics.subscribers(topic), MessageType.PUBLISH, payload, topic

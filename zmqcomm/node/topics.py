@@ -49,6 +49,9 @@ MAX_PENDING = 64
 #: requests must not fill a subscriber's memory (64 keys x 1,000 frames could be terabytes).
 MAX_HELD_BYTES = 64 * 1024 * 1024
 KEY_SIZE = 32
+#: Seconds a publisher keeps a topic key before it makes a new one: an agent whose right to
+#: the topic ended (a policy change, an entry removed) stops reading within this time.
+KEY_LIFETIME = 3600.0
 #: Publishers' topic keys kept (each with its replay window, about 3 KB); past this, the
 #: least recently used is forgotten and its next publication asks for it again.
 MAX_KEYS = 4096
@@ -70,6 +73,10 @@ _Slot = tuple[str, str, int]
 class _Published:
     key_id: int
     key: bytes
+    #: The trust store's revocations when the key was made: a new revocation retires it.
+    revoked: frozenset[str]
+    #: When it was made (None: no time given, it ages out never).
+    made_at: float | None
     sequence: int = 0
 
 
@@ -130,6 +137,8 @@ class Topics:
         self.codec = codec if codec is not None else WireCodec()
         self._random = random_bytes
         self._mine: dict[str, _Published] = {}
+        #: Each topic's previous key, granted still for publications sealed under it.
+        self._retired: dict[str, _Published] = {}
         #: Keys learnt from publishers' answers, least recently used first.
         self._keys: OrderedDict[_Slot, _Subscribed] = OrderedDict()
         #: Forgotten keys -> the highest sequence number seen under them.
@@ -147,12 +156,26 @@ class Topics:
 
     # -- publishing --------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: object) -> list[object]:
-        """The PUBLISH payload for the broker: ``[key_id, sequence, ciphertext, signature]``."""
+    def publish(self, topic: str, payload: object, *, now: float | None = None) -> list[object]:
+        """The PUBLISH payload for the broker: ``[key_id, sequence, ciphertext, signature]``.
+
+        The topic's key is replaced by a new one once an agent is revoked in the trust store
+        (the broker may still fan out to it, and it holds the old key) and, given ``now``,
+        once the key is :data:`KEY_LIFETIME` seconds old. Subscribers ask for the new key,
+        which the publisher grants only to those it still trusts and the policy lets in."""
         mine = self._mine.get(topic)
-        if mine is None:
+        revoked = self.trust.revoked()
+        if (
+            mine is None
+            or (mine.revoked is not revoked and mine.revoked != revoked)
+            or (now is not None and mine.made_at is not None and now - mine.made_at >= KEY_LIFETIME)
+        ):
             key_id = int.from_bytes(self._random(4), "big")
-            mine = self._mine[topic] = _Published(key_id, self._random(KEY_SIZE))
+            if mine is not None:
+                # Still granted (to whom the checks let in) for what is on its way under it.
+                self._retired[topic] = mine
+            mine = _Published(key_id, self._random(KEY_SIZE), revoked, now)
+            self._mine[topic] = mine
         sequence = mine.sequence
         mine.sequence += 1
         frames = self.codec.encode(MessageType.PUBLISH, payload, topic=topic)
@@ -173,10 +196,10 @@ class Topics:
         topic, key_id = _key_request(request)
         if self.policy is not None:
             self.policy.check_subscribe(asker, roles, topic)
-        mine = self._mine.get(topic)
-        if mine is None or mine.key_id != key_id:
-            return refusal(request)
-        return [topic, key_id, mine.key]
+        for mine in (self._mine.get(topic), self._retired.get(topic)):
+            if mine is not None and mine.key_id == key_id:
+                return [topic, key_id, mine.key]
+        return refusal(request)
 
     # -- subscribing -------------------------------------------------------------------------
 
