@@ -77,3 +77,13 @@ def test_request_ids_do_not_start_at_one(
         firsts.add(node._requests.start(bus.id("bob")))
         node.close(timeout=0)
     assert 1 not in firsts and len(firsts) == 3  # a restarted node reuses no old ids
+
+
+def test_messages_still_waiting_for_a_session_at_close_are_counted(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    make_node(bus.agents["bob"], bus.trust("bob"), broker=broker.endpoint)  # never pumps
+    alice.send(bus.id("bob"), "never answered")
+    alice.close(timeout=0.2)
+    assert alice.statistics()["dropped"] == {"unsent_at_close": 1}

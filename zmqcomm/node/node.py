@@ -654,6 +654,9 @@ class Node:
             self._closed = True
             if outbox is not None:
                 outbox.discard()  # counted in statistics()["dropped"]
+            if self._tunnels is not None and self._tunnels.queued():
+                # Still waiting for a session when the time ran out: counted, not vanished.
+                self._tunnels.dropped["unsent_at_close"] += self._tunnels.queued()
             self._direct.close()
             if self._broker is not None:
                 self._broker.close()
