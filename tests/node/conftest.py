@@ -123,10 +123,14 @@ class BrokerFactory:
         identity: Identity | None = None,
         policy: Policy | None = None,
         data: bool = True,
+        data_dir: Path | None = None,
     ) -> BrokerThread:
+        """``data_dir``: an earlier broker's (give its endpoint too) to start it again with
+        the mail it stored; by default each broker gets a directory of its own."""
         audit = MemoryAuditLog()
         index = len(self.started)
-        data_dir = self.data_root / f"broker-data-{index}" if data else None
+        if data_dir is None and data:
+            data_dir = self.data_root / f"broker-data-{index}"
 
         def make() -> Broker:
             return Broker(
