@@ -79,28 +79,27 @@ class DirectLinks:
 
     def send(self, peer: str, inner: object, *, kind: int, topic: str) -> bool:
         """Send over the direct link to ``peer``; False if there is none."""
-        direct = self.find(peer)
-        if direct is None:
-            return False
-        link, agent = direct
-        if isinstance(link, SecureRouter):
-            with self._forgetting(link, agent):
-                link.send(agent, inner, msg_type=kind, topic=topic)
-        else:
-            link.send(inner, msg_type=kind, topic=topic)
-        return True
+        return self.send_many(peer, [inner], kind=kind, topic=topic)
 
-    def send_many(self, peer: str, payloads: Sequence[object], *, topic: str) -> bool:
-        """Send DATA messages to ``peer`` as one batch; False if there is no direct link."""
+    def send_many(
+        self,
+        peer: str,
+        payloads: Sequence[object],
+        *,
+        kind: int = MessageType.DATA,
+        topic: str,
+    ) -> bool:
+        """Send to ``peer`` as one frame (a batch when there are several); False if there is
+        no direct link."""
         direct = self.find(peer)
         if direct is None:
             return False
         link, agent = direct
         if isinstance(link, SecureRouter):
             with self._forgetting(link, agent):
-                link.send_many(agent, list(payloads), msg_type=MessageType.DATA, topic=topic)
+                link.send_many(agent, list(payloads), msg_type=kind, topic=topic)
         else:
-            link.send_many(list(payloads), msg_type=MessageType.DATA, topic=topic)
+            link.send_many(list(payloads), msg_type=kind, topic=topic)
         return True
 
     def to_each(self, peers: Sequence[str], send: Callable[[str], None], reject: Reject) -> None:
