@@ -24,9 +24,13 @@ from zmqcomm.checks import check_seconds
 from zmqcomm.crypto import aead
 from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.errors import AuthenticationError, ReplayError, SecurityError, UsageError
+from zmqcomm.wire.payload import OOB_THRESHOLD
 
 KEY_SIZE = 32
 TAG_SIZE = 16
+#: Bodies and arrays at least this large are encrypted straight into their frame; below it
+#: ``head + encrypt()`` is as fast or faster. The same 64 KiB where out-of-band arrays start.
+IN_PLACE_MIN = OOB_THRESHOLD
 _U32 = 2**32
 #: Message counters are 64-bit (the nonce and the wire header carry a u64).
 _COUNTER_LIMIT = 2**64
@@ -157,6 +161,25 @@ class Session:
                 "the session rekeyed since this counter was allocated", reason="stale_epoch"
             )
         return aead.encrypt(state.key, nonce(counter, frame), associated, plaintext)
+
+    def encrypt_into(
+        self,
+        epoch: int,
+        counter: int,
+        associated: bytes,
+        plaintext: aead.Buffer,
+        out: bytearray | memoryview,
+        *,
+        frame: int = 0,
+    ) -> None:
+        """:meth:`encrypt` writing ciphertext + tag into ``out`` (exactly that long), reading
+        ``plaintext`` in place: no copy of a large body or array."""
+        state = self._send
+        if epoch != state.epoch:
+            raise SecurityError(
+                "the session rekeyed since this counter was allocated", reason="stale_epoch"
+            )
+        aead.encrypt_into(state.key, nonce(counter, frame), associated, plaintext, out)
 
     def needs_rekey(self, *, now: float) -> bool:
         state = self._send
