@@ -101,6 +101,26 @@ def test_a_large_out_of_band_array_is_sealed_from_the_callers_memory(
         got["big"].flags.writeable = True
 
 
+def test_large_frames_open_where_they_were_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = _pair(compression=False)
+    payload = {"a": np.ones(MiB // 8), "pad": b"p" * MiB}
+    frames = [bytes(f) for f in a.encode(MessageType.DATA, payload, now=0)]
+    small = a.encode(MessageType.DATA, b"x" * 64, now=0)
+    in_place = _record(monkeypatch, "decrypt_buffer")
+    copying = _record(monkeypatch, "decrypt")
+    got = b.decode(frames, now=0).payload
+    assert np.array_equal(got["a"], payload["a"]) and got["pad"] == payload["pad"]
+    # The ciphertext went to libsodium as views of the received frames, not copies.
+    sources = [args[3] for args in in_place]
+    assert [type(s) for s in sources] == [memoryview, bytes]
+    assert sources[0].obj is frames[0] and sources[1] is frames[1]
+    assert not copying
+    # A small one takes the copying path, faster for it.
+    in_place.clear()
+    assert b.decode(small, now=0).payload == b"x" * 64
+    assert len(copying) == 1 and not in_place
+
+
 def test_a_tampered_large_frame_is_refused_and_spends_no_counter() -> None:
     a, b = _pair(compression=False)
     array = np.arange(MiB // 8, dtype=np.float64)

@@ -98,11 +98,15 @@ class SecureCodec:
                 frames.append(sealed)
         return frames
 
-    def open(self, frames: Sequence[Buffer], *, now: float) -> tuple[Header, bytes, list[bytes]]:
+    def open(
+        self, frames: Sequence[Buffer], *, now: float
+    ) -> tuple[Header, bytes | bytearray, list[bytes | bytearray]]:
         """Check and decrypt; returns the header, the plaintext body and the extra frames."""
         return self.open_parsed(self.codec.parse(frames), now=now)
 
-    def open_parsed(self, parsed: ParsedFrame, *, now: float) -> tuple[Header, bytes, list[bytes]]:
+    def open_parsed(
+        self, parsed: ParsedFrame, *, now: float
+    ) -> tuple[Header, bytes | bytearray, list[bytes | bytearray]]:
         """:meth:`open` for frames the caller already parsed (no second parse)."""
         header = parsed.header
         if not header.is_encrypted:
@@ -114,15 +118,16 @@ class SecureCodec:
         associated = bytes(parsed.associated_data)
         last = len(parsed.extra_frames)
         # Every frame must open before the counter is recorded (accept only on the last).
+        # Large ciphertexts are read where they were received: no copy of them first.
         body = self.session.decrypt(
-            header.epoch, header.counter, associated, bytes(parsed.body), now=now, accept=last == 0
+            header.epoch, header.counter, associated, parsed.body, now=now, accept=last == 0
         )
         extras = [
             self.session.decrypt(
                 header.epoch,
                 header.counter,
                 associated,
-                bytes(extra),
+                extra,
                 now=now,
                 frame=index,
                 accept=index == last,
