@@ -39,6 +39,7 @@ from zmqcomm.errors import (
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
 from zmqcomm.wire.header import parse_header, peek_type
+from zmqcomm.wire.payload import Buffer
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 _INIT = int(MessageType.HANDSHAKE_INIT)
@@ -48,7 +49,7 @@ _RECENT = 4096
 _Item = tuple[int, object, str]
 
 
-def _frame_key(frame: bytes) -> tuple[int, int, int]:
+def _frame_key(frame: Buffer) -> tuple[int, int, int]:
     header, _ = parse_header(memoryview(frame))
     return header.session, header.epoch, header.counter
 
@@ -180,7 +181,7 @@ class Tunnels:
         """Keep what went out on a session for a while: if the broker bounces it (the peer
         left) or the peer no longer knows the session (it restarted), it is sent again."""
         recent = self._recent.setdefault(peer, OrderedDict())
-        recent[_frame_key(bytes(frames[0]))] = items
+        recent[_frame_key(frames[0])] = items  # the key only: no copy of a large frame
         while len(recent) > _RECENT:
             recent.popitem(last=False)
 
@@ -212,7 +213,10 @@ class Tunnels:
         return self._transmit(peer, channel.on_timer(now=now))
 
     def _forward(self, peer: str, frames: Sequence[Any]) -> HopMessage:
-        return HopMessage(MessageType.FORWARD, [bytes(frame) for frame in frames], peer)
+        # Sealed frames (bytes, or bytearrays nothing writes to again) go as they are; a view
+        # is copied, as what it shows could change while the hop message waits.
+        kept = [f if isinstance(f, bytes | bytearray) else bytes(f) for f in frames]
+        return HopMessage(MessageType.FORWARD, kept, peer)
 
     def _transmit(self, peer: str, events: list[Event]) -> list[HopMessage]:
         return [self._forward(peer, e.frames) for e in events if isinstance(e, Transmit)]
