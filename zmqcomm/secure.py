@@ -37,6 +37,7 @@ from zmqcomm.crypto.channel import (
     TrustChecker,
 )
 from zmqcomm.crypto.channel_table import ChannelTable, HandshakeLimits
+from zmqcomm.crypto.envelope import Sealed
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.errors import (
@@ -288,7 +289,7 @@ class _SecureSocket:
     def _batching_sender(
         self, route: bytes, channel: SecureChannel, **options: Any
     ) -> BatchingSender:
-        def frame_batch(msg_type: int, body: Body, topic: str) -> list[bytes]:
+        def frame_batch(msg_type: int, body: Body, topic: str) -> list[Sealed]:
             self._check_sender(route, channel)
             now = self.wall_clock()
             frames = channel.seal_body(msg_type, body, topic=topic, now=now)

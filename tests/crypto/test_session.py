@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,22 +114,33 @@ def test_plaintext_and_other_sessions_are_refused() -> None:
     assert caught.value.reason == "wrong_session"
 
 
-def test_a_batch_is_one_aead_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_aead_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Patch both ways of encrypting; the list names each call made."""
+    calls: list[str] = []
+    for name in ("encrypt", "encrypt_into"):
+        real = getattr(aead, name)
+
+        def counting(*args: object, _real: Any = real, _name: str = name) -> object:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(aead, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("items", [500, 2])
+def test_a_batch_is_one_aead_call(monkeypatch: pytest.MonkeyPatch, items: int) -> None:
+    # 500 small items: one call of encrypt; 2 items of 40 KB (over 64 KiB together): one
+    # call of encrypt_into, straight into the frame.
     a, b = _pair()
-    calls = []
-    real = aead.encrypt
-
-    def counting(*args: bytes) -> bytes:
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(aead, "encrypt", counting)
+    calls = _count_aead_calls(monkeypatch)
     builder = BatchBuilder(a.codec)
-    for index in range(500):
-        builder.add({"n": index})
+    payloads = [{"n": i, "pad": os.urandom(40_000 if items == 2 else 1)} for i in range(items)]
+    for payload in payloads:
+        builder.add(payload)
     frames = a.seal(MessageType.DATA, builder.take(), now=0)
-    assert len(calls) == 1
-    assert b.decode(frames, now=0).payloads == [{"n": i} for i in range(500)]
+    assert calls == ["encrypt" if items == 500 else "encrypt_into"]
+    assert b.decode(frames, now=0).payloads == payloads
 
 
 def test_out_of_band_tensors_are_encrypted_too() -> None:

@@ -6,6 +6,7 @@ import itertools
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from zmqcomm.crypto.keys import Identity
@@ -211,3 +212,29 @@ def test_a_message_on_the_old_session_is_resent_when_the_restarted_peer_spoke_fi
     assert sorted((m.sender, m.payload) for m in delivered) == sorted(
         [(bob_id, "hi"), (alice_id, "m1")]
     )
+
+
+def test_a_large_message_is_forwarded_uncopied_and_recovered_when_it_bounces(
+    agents: dict[str, Tunnels],
+) -> None:
+    alice_id, bob_id = agents
+    alice = agents[alice_id]
+    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
+    assert flow(agents, [(alice_id, hop) for hop in opening])
+    big, array = os.urandom(1 << 20), np.arange(1 << 16, dtype=np.float64)
+    forward = alice.send(bob_id, MessageType.DATA, {"b": big, "a": array}, topic="", now=NOW)[0]
+    # The sealed frames themselves (written in place), not copies of them.
+    assert [type(frame) for frame in forward.payload] == [bytearray, bytearray]
+    sealed = [bytes(frame) for frame in forward.payload]
+    (got,) = flow(agents, [(alice_id, forward)])
+    assert got.payload["b"] == big and np.array_equal(got.payload["a"], array)
+    assert [bytes(frame) for frame in forward.payload] == sealed  # nothing wrote to them
+    # A bounced large frame is still recognised and its message sent again, by mail (which
+    # carries up to 1 MiB).
+    half = big[: 1 << 19]
+    bounced = alice.send(bob_id, MessageType.DATA, half, topic="", now=NOW)[0]
+    assert type(bounced.payload[0]) is bytearray
+    out, _ = alice.on_hop(message(MessageType.UNREACHABLE, bounced.payload, bob_id), now=NOW)
+    assert [(m.payload, m.via) for m in flow(agents, [(alice_id, hop) for hop in out])] == [
+        (half, "mail")
+    ]

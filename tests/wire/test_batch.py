@@ -50,3 +50,25 @@ def test_empty_take_and_bad_settings() -> None:
         BatchBuilder(codec, max_items=0)
     with pytest.raises(UsageError, match="decoder limit"):
         BatchBuilder(WireCodec(limits=Limits(max_batch_items=10)), max_items=11)
+
+
+def test_a_batch_of_one_leaves_as_a_plain_message_with_its_arrays() -> None:
+    codec = WireCodec(oob_threshold=64)
+    builder = BatchBuilder(codec)
+    array = np.arange(64, dtype=np.int64)
+    builder.add({"t": array, "n": 1})
+    body = builder.take()
+    frames = codec.assemble(MessageType.DATA, body)
+    assert len(frames) == 2
+    message = codec.decode([bytes(f) for f in frames])
+    assert not message.header.is_batch
+    assert np.array_equal(message.payload["t"], array) and message.payload["n"] == 1
+    # The body is the packed payload itself: nothing joined around it.
+    assert body.data == codec.build_body({"t": array, "n": 1}).data
+    # Two or more still make a batch, and the array went with the first message: not kept.
+    builder.add("a")
+    builder.add("b")
+    frames = codec.assemble(MessageType.DATA, builder.take())
+    assert len(frames) == 1
+    message = codec.decode(frames)
+    assert message.header.is_batch and message.payloads == ["a", "b"]

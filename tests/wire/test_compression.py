@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import msgpack
 import pytest
 import zstandard
 
@@ -107,4 +108,55 @@ def test_a_frame_without_a_declared_size_must_fill_the_body_alone() -> None:
         frame = codec.assemble(MessageType.DATA, first + extra, flags=parsed.header.flags)
         with pytest.raises(RemoteProtocolError) as caught:
             codec.decode(frame)
+        assert caught.value.reason == "bad_compression", name
+
+
+def _declared_frame(payload: bytes) -> tuple[bytes, int]:
+    """A zstd frame of the packed payload and where its 4-byte declared size sits."""
+    frame = zstandard.ZstdCompressor().compress(msgpack.packb(payload))
+    descriptor = frame[4]
+    assert descriptor >> 6 == 2 and descriptor & 3 == 0  # 4-byte size, no dictionary id
+    return frame, 5 if descriptor & 0x20 else 6  # a window byte unless single-segment
+
+
+def test_a_frame_that_declares_its_size_must_fill_the_body_alone_and_match_it() -> None:
+    # Such frames are decoded in one call into one buffer of the declared size: zstd itself
+    # must refuse anything else in the body and a size that does not match the content.
+    codec = WireCodec()
+    flags = codec.parse(codec.encode(MessageType.DATA, TEXT)).header.flags
+    payload = os.urandom(1 << 19) + bytes(1 << 19)
+    frame, at = _declared_frame(payload)
+    size = int.from_bytes(frame[at : at + 4], "little")
+    assert size == zstandard.frame_content_size(frame) == len(payload) + 5
+    assert codec.decode(codec.assemble(MessageType.DATA, frame, flags=flags)).payload == payload
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"junk"
+    cases = {
+        "declared": frame + zstandard.ZstdCompressor().compress(b"more"),
+        "streamed": frame + zstandard.ZstdCompressor(write_content_size=False).compress(b"m"),
+        "skippable": frame + skippable,
+        "one byte": frame + b"\x00",
+        "truncated": frame[: len(frame) // 2],
+        "declares less": frame[:at] + (size - 1).to_bytes(4, "little") + frame[at + 4 :],
+        "declares more": frame[:at] + (size + 1).to_bytes(4, "little") + frame[at + 4 :],
+    }
+    for name, bad in cases.items():
+        with pytest.raises(RemoteProtocolError) as caught:
+            codec.decode(codec.assemble(MessageType.DATA, bad, flags=flags))
+        assert caught.value.reason == "bad_compression", name
+
+
+def test_a_frame_that_declares_nothing_to_decode_must_still_fill_the_body_alone() -> None:
+    # python-zstandard's one-shot decoder returns b"" for a declared size of 0 without
+    # reading on: such frames take the checked path.
+    codec = WireCodec()
+    flags = codec.parse(codec.encode(MessageType.DATA, TEXT)).header.flags
+    empty = zstandard.ZstdCompressor().compress(b"")
+    assert zstandard.frame_content_size(empty) == 0
+    for name, bad in {
+        "frame": empty + zstandard.ZstdCompressor().compress(b"\xc0"),
+        "bytes": empty + b"\xc0",
+        "header only": empty[:6],
+    }.items():
+        with pytest.raises(RemoteProtocolError) as caught:
+            codec.decode(codec.assemble(MessageType.DATA, bad, flags=flags))
         assert caught.value.reason == "bad_compression", name

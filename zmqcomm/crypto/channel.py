@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from zmqcomm.crypto.envelope import SecureCodec
+from zmqcomm.crypto.envelope import Sealed, SecureCodec
 from zmqcomm.crypto.handshake import (
     CertificateChecker,
     Handshake,
@@ -352,17 +352,17 @@ class SecureChannel:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def seal(self, msg_type: int, payload: object, *, topic: str = "", now: float) -> list[bytes]:
+    def seal(self, msg_type: int, payload: object, *, topic: str = "", now: float) -> list[Sealed]:
         """Encrypt one message for the peer."""
         return self._codec_for_send(now).encode(msg_type, payload, topic=topic, now=now)
 
-    def seal_body(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[bytes]:
+    def seal_body(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[Sealed]:
         """Encrypt a body built by the codec (a batch from a BatchingSender, say)."""
         return self._codec_for_send(now).seal(msg_type, body, topic=topic, now=now)
 
     def seal_many(
         self, msg_type: int, payloads: Sequence[object], *, topic: str = "", now: float
-    ) -> list[bytes]:
+    ) -> list[Sealed]:
         """Encrypt several payloads as one batch frame (one AEAD call)."""
         secure = self._codec_for_send(now)
         return secure.seal(msg_type, self.codec.build_batch_of(payloads), topic=topic, now=now)

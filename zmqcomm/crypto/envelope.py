@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from zmqcomm.crypto.session import TAG_SIZE, Session
+from zmqcomm.crypto.session import IN_PLACE_MIN, TAG_SIZE, Session
 from zmqcomm.errors import AuthenticationError
 from zmqcomm.wire import ANONYMOUS, Body, Flags, Message, WireCodec
 from zmqcomm.wire.codec import ParsedFrame
@@ -23,6 +23,10 @@ from zmqcomm.wire.payload import Buffer
 
 _ENCRYPTED = int(Flags.ENCRYPTED)
 _OUT_OF_BAND = int(Flags.OUT_OF_BAND)
+
+#: A sealed frame: bytes, or a bytearray for a body or array of at least IN_PLACE_MIN bytes
+#: (written in place; nothing changes it once it is returned).
+Sealed = bytes | bytearray
 
 
 class SecureCodec:
@@ -35,7 +39,9 @@ class SecureCodec:
         self.codec = codec if codec is not None else WireCodec()
         self.sender = sender
 
-    def encode(self, msg_type: int, payload: object, *, topic: str = "", now: float) -> list[bytes]:
+    def encode(
+        self, msg_type: int, payload: object, *, topic: str = "", now: float
+    ) -> list[Sealed]:
         return self.seal(msg_type, self.codec.build_body(payload), topic=topic, now=now)
 
     def encode_batch(
@@ -46,13 +52,13 @@ class SecureCodec:
         *,
         topic: str = "",
         now: float,
-    ) -> list[bytes]:
+    ) -> list[Sealed]:
         """Seal a batch from payloads packed with a PayloadPacker: one AEAD call for all."""
         return self.seal(
             msg_type, self.codec.build_batch_body(packed, out_of_band), topic=topic, now=now
         )
 
-    def seal(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[bytes]:
+    def seal(self, msg_type: int, body: Body, *, topic: str = "", now: float) -> list[Sealed]:
         # Before a counter is spent or a byte encrypted: what the peer would drop, unseen.
         self.codec.check_outgoing(len(body.data) + TAG_SIZE, body.out_of_band, topic=topic)
         epoch, counter = self.session.allocate(now=now)
@@ -70,16 +76,37 @@ class SecureCodec:
             epoch=epoch,
             counter=counter,
         )
-        frames = [head + self.session.encrypt(epoch, counter, head, body.data)]
+        session = self.session
+        data = body.data
+        frames: list[Sealed]
+        if len(data) < IN_PLACE_MIN:
+            frames = [head + session.encrypt(epoch, counter, head, data)]
+        else:
+            # One buffer, ciphertext written after the clear header: no ciphertext copy and
+            # no concatenation (each a fresh 1 MiB buffer for a 1 MiB body).
+            first = bytearray(len(head) + len(data) + TAG_SIZE)
+            first[: len(head)] = head
+            session.encrypt_into(epoch, counter, head, data, memoryview(first)[len(head) :])
+            frames = [first]
         for index, extra in enumerate(body.out_of_band, start=1):
-            frames.append(self.session.encrypt(epoch, counter, head, bytes(extra), frame=index))
+            size = memoryview(extra).nbytes
+            if size < IN_PLACE_MIN:
+                frames.append(session.encrypt(epoch, counter, head, bytes(extra), frame=index))
+            else:  # read in place: the caller's array is not copied first
+                sealed = bytearray(size + TAG_SIZE)
+                session.encrypt_into(epoch, counter, head, extra, sealed, frame=index)
+                frames.append(sealed)
         return frames
 
-    def open(self, frames: Sequence[Buffer], *, now: float) -> tuple[Header, bytes, list[bytes]]:
+    def open(
+        self, frames: Sequence[Buffer], *, now: float
+    ) -> tuple[Header, bytes | bytearray, list[bytes | bytearray]]:
         """Check and decrypt; returns the header, the plaintext body and the extra frames."""
         return self.open_parsed(self.codec.parse(frames), now=now)
 
-    def open_parsed(self, parsed: ParsedFrame, *, now: float) -> tuple[Header, bytes, list[bytes]]:
+    def open_parsed(
+        self, parsed: ParsedFrame, *, now: float
+    ) -> tuple[Header, bytes | bytearray, list[bytes | bytearray]]:
         """:meth:`open` for frames the caller already parsed (no second parse)."""
         header = parsed.header
         if not header.is_encrypted:
@@ -91,15 +118,16 @@ class SecureCodec:
         associated = bytes(parsed.associated_data)
         last = len(parsed.extra_frames)
         # Every frame must open before the counter is recorded (accept only on the last).
+        # Large ciphertexts are read where they were received: no copy of them first.
         body = self.session.decrypt(
-            header.epoch, header.counter, associated, bytes(parsed.body), now=now, accept=last == 0
+            header.epoch, header.counter, associated, parsed.body, now=now, accept=last == 0
         )
         extras = [
             self.session.decrypt(
                 header.epoch,
                 header.counter,
                 associated,
-                bytes(extra),
+                extra,
                 now=now,
                 frame=index,
                 accept=index == last,

@@ -24,9 +24,14 @@ from zmqcomm.checks import check_seconds
 from zmqcomm.crypto import aead
 from zmqcomm.crypto.replay import ReplayWindow
 from zmqcomm.errors import AuthenticationError, ReplayError, SecurityError, UsageError
+from zmqcomm.wire.payload import OOB_THRESHOLD
 
 KEY_SIZE = 32
 TAG_SIZE = 16
+#: Bodies and arrays at least this large are encrypted straight into their frame and opened
+#: from the received buffer; below it copying is faster (a 64 B message opens 0.2 us sooner
+#: by copy and seals as fast). The same 64 KiB where out-of-band arrays start.
+IN_PLACE_MIN = OOB_THRESHOLD
 _U32 = 2**32
 #: Message counters are 64-bit (the nonce and the wire header carry a u64).
 _COUNTER_LIMIT = 2**64
@@ -158,6 +163,25 @@ class Session:
             )
         return aead.encrypt(state.key, nonce(counter, frame), associated, plaintext)
 
+    def encrypt_into(
+        self,
+        epoch: int,
+        counter: int,
+        associated: bytes,
+        plaintext: aead.Buffer,
+        out: bytearray | memoryview,
+        *,
+        frame: int = 0,
+    ) -> None:
+        """:meth:`encrypt` writing ciphertext + tag into ``out`` (exactly that long), reading
+        ``plaintext`` in place: no copy of a large body or array."""
+        state = self._send
+        if epoch != state.epoch:
+            raise SecurityError(
+                "the session rekeyed since this counter was allocated", reason="stale_epoch"
+            )
+        aead.encrypt_into(state.key, nonce(counter, frame), associated, plaintext, out)
+
     def needs_rekey(self, *, now: float) -> bool:
         state = self._send
         return state.sent >= self._soft_messages or now - state.started >= self._soft_age
@@ -173,13 +197,16 @@ class Session:
         epoch: int,
         counter: int,
         associated: bytes,
-        ciphertext: bytes,
+        ciphertext: aead.Buffer,
         *,
         now: float,
         frame: int = 0,
         accept: bool = True,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """Open a message; replay is checked before and recorded only after the tag verifies.
+
+        ``ciphertext`` (a byte buffer) is read in place from IN_PLACE_MIN bytes: a view of a
+        large received frame needs no copy, and its plaintext comes back as a bytearray.
 
         For a message of several frames, pass ``accept=False`` for all but the last, so the
         counter is recorded once every frame has opened.
@@ -191,7 +218,12 @@ class Session:
             )
         if not state.window.check(counter):
             raise ReplayError(f"message {counter} of epoch {epoch} was replayed or is too old")
-        plaintext = aead.decrypt(state.key, nonce(counter, frame), associated, ciphertext)
+        iv = nonce(counter, frame)
+        plaintext: bytes | bytearray | None
+        if len(ciphertext) < IN_PLACE_MIN:
+            plaintext = aead.decrypt(state.key, iv, associated, bytes(ciphertext))
+        else:
+            plaintext = aead.decrypt_buffer(state.key, iv, associated, ciphertext)
         if plaintext is None:
             raise AuthenticationError("message failed authentication", reason="bad_tag")
         if accept:

@@ -40,6 +40,7 @@ from zmqcomm.errors import (
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
 from zmqcomm.wire.header import parse_header
+from zmqcomm.wire.payload import Buffer
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 _INIT = int(MessageType.HANDSHAKE_INIT)
@@ -51,7 +52,7 @@ _RECENT_BYTES = 64 * 1024 * 1024
 _Item = tuple[int, object, str]
 
 
-def _frame_key(frame: bytes) -> tuple[int, int, int]:
+def _frame_key(frame: Buffer) -> tuple[int, int, int]:
     header, _ = parse_header(memoryview(frame))
     return header.session, header.epoch, header.counter
 
@@ -218,7 +219,7 @@ class Tunnels:
         left) or the peer no longer knows the session (it restarted), it is sent again."""
         recent = self._recent.setdefault(peer, OrderedDict())
         size = sum(memoryview(frame).nbytes for frame in frames)
-        recent[_frame_key(bytes(frames[0]))] = (items, size)
+        recent[_frame_key(frames[0])] = (items, size)  # the key only: no copy of a large frame
         self._recent_bytes[peer] += size
         while len(recent) > _RECENT or self._recent_bytes[peer] > _RECENT_BYTES:
             _, (_, forgotten) = recent.popitem(last=False)
@@ -256,7 +257,10 @@ class Tunnels:
         return self._transmit(peer, channel.on_timer(now=now))
 
     def _forward(self, peer: str, frames: Sequence[Any]) -> HopMessage:
-        return HopMessage(MessageType.FORWARD, [bytes(frame) for frame in frames], peer)
+        # Sealed frames (bytes, or bytearrays nothing writes to again) go as they are; a view
+        # is copied, as what it shows could change while the hop message waits.
+        kept = [f if isinstance(f, bytes | bytearray) else bytes(f) for f in frames]
+        return HopMessage(MessageType.FORWARD, kept, peer)
 
     def _transmit(self, peer: str, events: list[Event]) -> list[HopMessage]:
         return [self._forward(peer, e.frames) for e in events if isinstance(e, Transmit)]

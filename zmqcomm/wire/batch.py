@@ -4,7 +4,8 @@ One batch frame carries many payloads of the same type, topic and sender in one 
 so the per-message costs of a send, a header and (with the security layer) an AEAD call are
 paid once per batch. Payloads are packed as they arrive, so the builder always knows the exact
 body size and a payload that cannot be encoded fails at :meth:`BatchBuilder.add`, in the
-caller's hands, not later inside a flush.
+caller's hands, not later inside a flush. A batch of one payload leaves as a plain message
+(no BATCH flag): read through ``Message.payloads`` it is the same.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class BatchBuilder:
     """Packs payloads one by one and hands out a batch body when asked.
 
     ``add`` returns True once the batch reached ``max_items`` or ``max_bytes``: time to
-    :meth:`take`. A single payload larger than ``max_bytes`` still forms a batch of its own.
+    :meth:`take`. A single payload larger than ``max_bytes`` still leaves on its own.
     """
 
     def __init__(
@@ -115,11 +116,17 @@ class BatchBuilder:
         )
 
     def take(self) -> Body:
-        """The batch body of everything queued; the builder starts empty again."""
+        """The batch body of everything queued (a plain body for a single payload); the
+        builder starts empty again."""
         if not self._items:
             raise LocalProtocolError("nothing to take: the batch is empty")
         # Build first: if the body is refused (too large), the items stay queued.
-        body = self.codec.build_batch_body(self._items, self._packer.out_of_band)
+        if len(self._items) == 1:
+            # A batch of one goes as a plain message: no array-header join (a whole copy of a
+            # large body), and the receiver takes the flat path with no structure walk.
+            body = self.codec.build_packed_body(self._items[0], self._packer.out_of_band)
+        else:
+            body = self.codec.build_batch_body(self._items, self._packer.out_of_band)
         self._items, self._size = [], 0
         self._packer.take_out_of_band()
         return body

@@ -87,6 +87,11 @@ class WireCodec:
         data = self._packer.pack(payload)
         return self._finish_body(data, Flags.NONE, self._packer.take_out_of_band())
 
+    def build_packed_body(self, packed: bytes, out_of_band: Sequence[memoryview] = ()) -> Body:
+        """A single (non-batch) body from a payload already packed by a :class:`PayloadPacker`
+        (``out_of_band``: the buffers that packer collected for it)."""
+        return self._finish_body(packed, Flags.NONE, list(out_of_band))
+
     def build_batch_of(self, payloads: Sequence[object]) -> Body:
         """Encode several payloads into one batch body."""
         try:

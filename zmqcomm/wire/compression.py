@@ -74,8 +74,10 @@ class BodyCompressor:
                 reason="decompressed_too_large",
             )
         try:
-            if declared >= 0:
+            if declared > 0:
                 return self._decompress_declared(data)
+            if declared == 0:
+                return self._decompress_checked(data)
             return self._decompress_streamed(data, limit)
         except zstandard.ZstdError as exc:
             raise RemoteProtocolError(
@@ -83,7 +85,16 @@ class BodyCompressor:
             ) from exc
 
     def _decompress_declared(self, data: Buffer) -> bytes:
-        # The declared size is within the limit and zstd refuses output beyond it.
+        # The declared size is within the limit: one allocation of exactly that size (the
+        # stream object grows its output in chunks and joins them: a second 1 MiB copy).
+        # zstd refuses output beyond the declared size and output short of it, a truncated
+        # frame, and (allow_extra_data=False) any byte after the frame. Not for a declared
+        # size of 0: python-zstandard then returns b"" without reading the rest.
+        out: bytes = self._decompressor.decompress(data, allow_extra_data=False)
+        return out
+
+    def _decompress_checked(self, data: Buffer) -> bytes:
+        # The stream object sees whether this one frame fills the body whatever it declares.
         stream = self._decompressor.decompressobj()
         out: bytes = stream.decompress(data)
         if not stream.eof:
@@ -107,4 +118,4 @@ class BodyCompressor:
         # Then decode it for real, now known to stay within the limit, in a way that sees
         # whether this one frame fills the body: the reader stops at the first frame's end
         # and would let more frames, or any bytes, follow it unread.
-        return self._decompress_declared(data)
+        return self._decompress_checked(data)

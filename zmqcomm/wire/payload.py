@@ -335,4 +335,6 @@ class PayloadUnpacker:
                 f"bytes, got {len(raw)}",
                 reason="bad_array",
             )
+        if type(raw) is not bytes:  # a decrypted frame is a bytearray: still read-only
+            raw = memoryview(raw).toreadonly()
         return _np.frombuffer(raw, dtype=dtype).reshape(shape)
