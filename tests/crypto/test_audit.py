@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import threading
 from enum import IntEnum
@@ -246,3 +247,29 @@ def test_streams_are_flushed_not_closed_and_closed_logs_refuse() -> None:
 def test_an_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         AuditLog(tmp_path / "missing-dir" / "audit.log")
+
+
+def test_a_sink_that_cannot_write_counts_the_failure_and_never_raises() -> None:
+    """Records are made while refusing a peer's frame, inside pump(): a full disk must not
+    turn a peer's garbage into an exception that stops the node."""
+    log = AuditLog("/dev/full")
+    log.record("reject", now=1.0, peer="x", reason="bad_tag")
+    log.record("reject", now=2.0, peer="x", reason="bad_tag")
+    assert log.write_errors == 2
+    assert log.last_error is not None and "No space left" in log.last_error
+    log.close()
+
+
+def test_a_rotation_that_fails_keeps_the_log_usable(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    log = AuditLog(directory / "audit.log", max_bytes=200)
+    shutil.rmtree(directory)  # rename and reopen now fail
+    for _ in range(5):
+        log.record("reject", now=1.0, reason="y" * 100)  # none raises
+    assert log.write_errors >= 1
+    directory.mkdir()  # the directory is back: rotation works again
+    for _ in range(5):
+        log.record("reject", now=2.0, reason="z" * 100)
+    log.close()
+    assert (directory / "audit.log").exists()

@@ -246,6 +246,8 @@ class Broker:
             "handshakes": router["handshakes"],
             "rekeys": router["rekeys"],
             "rejected_sessions": router["rejected"],
+            # Audit lines a failing sink (a full disk) could not write: never an error.
+            "audit_write_errors": getattr(self.core.audit, "write_errors", 0),
             "pid": os.getpid(),
             "updated": self.wall_clock(),
         }

@@ -247,4 +247,6 @@ def _stats(settings: dict[str, Any], *, as_json: bool) -> int:
     print(f"  handshakes       {stats.get('handshakes')}, rekeys {stats.get('rekeys')}")
     rejected = {**stats.get("rejected", {}), **stats.get("rejected_sessions", {})}
     print(f"  rejected         {json.dumps(rejected) if rejected else 'none'}")
+    if stats.get("audit_write_errors"):
+        print(f"  audit lines lost {stats['audit_write_errors']} (is the disk full?)")
     return 0

@@ -223,6 +223,10 @@ class AuditLog(BaseAuditLog):
         self.backups = backups
         self._lock = threading.Lock()
         self._closed = False
+        #: Lines that could not be written (a full disk, say), and the last such error:
+        #: a failing sink never raises into the code that records.
+        self.write_errors = 0
+        self.last_error: str | None = None
         self.path: Path | None
         if isinstance(target, (str, os.PathLike)):
             self.path = Path(target)
@@ -253,31 +257,54 @@ class AuditLog(BaseAuditLog):
         with self._lock:
             if self._closed:
                 raise ClosedError("the audit log is closed")
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            # Records are made while refusing a peer's frame, inside pump(): a full disk or
+            # a lost file must not let any peer's garbage stop the node. Counted instead.
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+                return
             self._size += len(line) + 1
             if self.max_bytes is not None and self._size >= self.max_bytes:
                 self._rotate()
 
+    def _failed(self, exc: Exception) -> None:
+        self.write_errors += 1
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.last_error = f"{type(exc).__name__}: {detail}"
+
     def _rotate(self) -> None:
         assert self.path is not None  # rotation is refused for streams in __init__
+        # Renamed and reopened before the old stream is let go: if any step fails (a full
+        # disk, a removed directory, no file descriptors), writing goes on where it was.
+        try:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            if self.path.exists():  # gone (removed by hand, say): start a new one
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            stream = self._open(self.path)
+        except (OSError, UsageError) as exc:
+            self._failed(exc)
+            self._size = 0  # try again after another max_bytes, not on every line
+            return
         self._stream.close()
-        for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._stream = self._open(self.path)
+        self._stream = stream
         self._size = 0
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                if self._owned:
-                    self._stream.close()
-                else:
-                    self._stream.flush()
+                try:
+                    if self._owned:
+                        self._stream.close()
+                    else:
+                        self._stream.flush()
+                except (OSError, ValueError) as exc:  # what is buffered cannot be written
+                    self._failed(exc)
 
     def __repr__(self) -> str:
         where = str(self.path) if self.path is not None else "stream"
