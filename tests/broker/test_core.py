@@ -84,6 +84,15 @@ def test_policy_denials_are_refused_counted_and_audited(core: BrokerCore) -> Non
     assert [r["peer"] for r in audit.events("reject", reason="denied")] == [CAROL, ALICE]
 
 
+def test_roles_updated_after_connecting_decide_the_next_message(core: BrokerCore) -> None:
+    assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) != []
+    core.update_roles(ALICE, frozenset({"listener"}))  # demoted in the trust store
+    assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) == []
+    assert core.rejected["denied"] == 1
+    core.update_roles(CAROL, frozenset({"agent"}))  # not connected: nothing to update
+    assert CAROL not in core.agents
+
+
 def test_rate_limit_per_identity(core: BrokerCore) -> None:
     results = [core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) for _ in range(8)]
     assert sum(1 for r in results if r) == 5  # burst 5, then refused

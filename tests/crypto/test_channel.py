@@ -236,6 +236,20 @@ def test_data_round_trip_carries_payload_topic_type_and_authenticated_sender(
     assert back.message.payload == "ack"
 
 
+def test_roles_edited_in_the_trust_store_count_from_the_next_message(peers: Peers) -> None:
+    """A peer demoted by its trust entry loses its old roles on its next message, as a
+    revoked one loses its session: not only at the next handshake, a day later."""
+    a, b = peers.channels()
+    link, _, _ = _connect(a, b)
+    assert b.peer is not None and b.peer.roles == frozenset({"worker"})
+    TrustStore(peers.bob_trust.directory).add(peers.alice.public, ["observer"])
+    later = T0 + 5  # past the store's watch interval
+    link.send(a, a.seal(MessageType.DATA, "after", now=later))
+    _, got_b = link.pump(later)
+    assert _payloads(got_b) == ["after"]
+    assert b.peer.roles == frozenset({"observer"})
+
+
 def test_seal_many_round_trip_is_one_batch_frame(peers: Peers) -> None:
     a, b = peers.channels()
     _connect(a, b)

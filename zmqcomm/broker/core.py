@@ -138,6 +138,12 @@ class BrokerCore:
         self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
         return self._mail_for(agent)
 
+    def update_roles(self, agent: str, roles: frozenset[str]) -> None:
+        """The agent's roles as the trust store has them now (edited since it connected)."""
+        state = self.agents.get(agent)
+        if state is not None:
+            state.roles = roles
+
     def disconnected(self, agent: str) -> None:
         self.agents.pop(agent, None)
         self._idle.pop(agent, None)

@@ -153,6 +153,9 @@ class Broker:
                 self._send(
                     self.core.connected(agent, roles, now=now, resumed=True, session=header.session)
                 )
+            else:
+                # Roles edited in the trust store count from the agent's next message.
+                self.core.update_roles(agent, self._roles(agent))
             for payload in delivered.message.payloads:
                 sends = self.core.handle(
                     agent, header.type, header.topic, payload, now=now, session=header.session

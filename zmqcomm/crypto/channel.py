@@ -216,8 +216,9 @@ class SecureChannel:
             )
         if header.sender != self._peer_sender:
             raise AuthenticationError("frame names another sender", reason="wrong_sender")
-        # Revocation and trust expiry bite on the next message, not the next handshake.
-        self.trust.lookup(peer.agent_id, now=now)
+        # Revocation and trust expiry bite on the next message, not the next handshake; so do
+        # edited roles (the agent id is the key's fingerprint: the entry is the same key's).
+        self.peer = self.trust.lookup(peer.agent_id, now=now)
 
     def _receive_security(self, parsed: ParsedFrame, *, now: float) -> list[Event]:
         header = parsed.header
@@ -372,7 +373,7 @@ class SecureChannel:
             raise SecurityError("the channel is closed", reason="channel_closed")
         if self.secure is None or self.peer is None or self._unconfirmed is not None:
             raise SecurityError("no session with this peer yet", reason="no_session")
-        self.trust.lookup(self.peer.agent_id, now=now)
+        self.peer = self.trust.lookup(self.peer.agent_id, now=now)  # current roles too
         return self.secure
 
     # -- timers ------------------------------------------------------------------------------
