@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zmqcomm.crypto.key_files import save_identity
+from zmqcomm.crypto.key_files import public_file_bytes, save_identity
 from zmqcomm.crypto.keys import Identity, PublicIdentity
 from zmqcomm.crypto.trust import TrustStore, _stat_key, format_time, parse_time
 from zmqcomm.errors import AuthenticationError, KeyFileError, UnknownPeerError, UsageError
@@ -519,3 +519,33 @@ def test_repr_names_the_directory(store: TrustStore) -> None:
 
 def test_public_identity_equality_is_by_content(alice: Identity) -> None:
     assert PublicIdentity("alice", alice.certificate) == alice.public
+
+
+def test_a_key_file_caught_half_copied_is_read_once_it_is_complete(tmp_path: Path) -> None:
+    """cp creates the file, then writes it: a scan in between sees a bad file. The directory
+    does not change when the write completes, yet the entry must come."""
+    alice = Identity.generate("alice")
+    store = TrustStore(tmp_path / "t")
+    target = store.directory / "alice.pub"
+    with open(target, "wb") as handle:
+        with pytest.raises(UnknownPeerError):
+            store.lookup(alice.agent_id, now=1000.0)  # scanned while still empty
+        assert target in store.problems
+        handle.write(public_file_bytes(alice.public, roles=["agent"], expires=None))
+    assert store.lookup(alice.agent_id, now=1002.0).roles == frozenset({"agent"})
+    assert store.problems == {}
+
+
+def test_a_key_file_caught_half_rewritten_in_place_comes_back(tmp_path: Path) -> None:
+    alice = Identity.generate("alice")
+    store = TrustStore(tmp_path / "t")
+    entry = store.add(alice.public, roles=["agent"])
+    store.lookup(alice.agent_id, now=1000.0)
+    data = public_file_bytes(alice.public, roles=["agent", "admin"], expires=None)
+    with open(entry.path, "wb") as handle:  # an editor, or cat > file
+        handle.write(data[:10])
+        handle.flush()
+        with pytest.raises(UnknownPeerError):
+            store.lookup(alice.agent_id, now=1002.0)  # scanned mid-write
+        handle.write(data[10:])
+    assert store.lookup(alice.agent_id, now=1004.0).roles == frozenset({"agent", "admin"})

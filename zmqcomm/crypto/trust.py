@@ -212,6 +212,9 @@ class TrustStore:
         self._stamps: dict[str, _StatKey] = {}
         self._revoked: frozenset[str] = frozenset()
         self._snapshot: tuple[_StatKey, _StatKey] = (None, None)
+        #: Files skipped as bad, and their stat then: a file caught half written (a copy, an
+        #: editor's save) is read again once it changes, though the directory did not.
+        self._problem_stamps: dict[str, _StatKey] = {}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -235,6 +238,7 @@ class TrustStore:
         entries: dict[str, TrustEntry] = {}
         stamps: dict[str, _StatKey] = {}
         problems: dict[Path, str] = {}
+        problem_stamps: dict[str, _StatKey] = {}
         for path in sorted(self.directory.glob("*" + PUBLIC_SUFFIX)):
             if path.name.startswith("."):  # temporary files of atomic writes
                 continue
@@ -250,6 +254,7 @@ class TrustStore:
                 if strict:
                     raise
                 problems[path] = str(exc)
+                problem_stamps[str(path)] = stamp
                 continue
             entries[entry.agent_id] = entry
             stamps[entry.agent_id] = stamp
@@ -263,6 +268,7 @@ class TrustStore:
         self._revoked = revoked
         self._snapshot = snapshot
         self.problems = problems
+        self._problem_stamps = problem_stamps
 
     @staticmethod
     def _list(directory: Path) -> list[Path]:
@@ -313,7 +319,9 @@ class TrustStore:
             if now is not None:
                 self._checked_at = self._revocations_checked_at = now
             snapshot = (_stat_key(directory), _stat_key(revoked))
-        if snapshot != self._snapshot:
+        if snapshot != self._snapshot or (
+            full and any(_stat_key(p) != stamp for p, stamp in self._problem_stamps.items())
+        ):
             self._load(strict=False)
         return full
 
