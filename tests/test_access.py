@@ -165,3 +165,33 @@ def test_an_infinite_rate_never_limits_even_at_one_instant() -> None:
     assert all(bucket.take(now=0.0) for _ in range(5))
     unlimited = TokenBucket(rate=math.inf, burst=math.inf, now=0.0)
     assert unlimited.full_at() == 0.0
+
+
+def test_a_clock_stepped_back_delays_no_refill_beyond_the_step() -> None:
+    """A wall clock stepped back an hour (NTP) must not stop refills for an hour."""
+    bucket = TokenBucket(rate=1.0, burst=2, now=10_000.0)
+    assert bucket.take(now=10_000.0) and bucket.take(now=10_000.0)
+    assert not bucket.take(now=6_400.0)  # the step itself adds nothing
+    assert bucket.take(now=6_401.0)  # a second after it, a token is back
+
+
+def test_several_roles_get_one_roles_rate_and_burst_together() -> None:
+    policy = Policy.from_toml(
+        """
+[roles.slow]
+send = ["DATA"]
+rate = 500.0
+burst = 1
+[roles.bursty]
+send = ["DATA"]
+rate = 0.001
+burst = 100000
+"""
+    )
+    decision = policy.decide(frozenset({"slow", "bursty"}))
+    assert (decision.rate, decision.burst) == (500.0, 1.0)  # never 500/s with 100,000 at once
+
+
+def test_a_number_too_large_for_a_float_is_a_clear_error() -> None:
+    with pytest.raises(UsageError, match="rate is too large"):
+        Policy.from_toml("[roles.r]\nsend = []\nrate = " + "9" * 400)

@@ -23,6 +23,9 @@ Policy file (TOML)::
     subscribe = ["tasks/*", "status"]
     rate = 500.0
     burst = 1000
+
+An identity with several roles may do what any of them grants, at the rate and burst of the
+role with the highest rate.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class TokenBucket:
         elapsed = now - self._stamp
         if elapsed > 0:
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._stamp = now
+        elif elapsed < 0:
+            # The clock was stepped back (NTP on a wall clock): no refill for the step, but
+            # count from the new time, or nothing would refill until it passed the old one.
             self._stamp = now
         if self._tokens >= cost:
             self._tokens -= cost
@@ -224,15 +231,22 @@ class Policy:
         if cached is not None:
             return cached
         grants = [self.roles[name] for name in sorted(key) if name in self.roles]
-        rates = [g.rate for g in grants if g.rate is not None]
-        bursts = [g.burst for g in grants if g.burst is not None]
+        # Several roles: the limit of the most generous one, rate and burst together (the
+        # best of each taken apart could give a pair no role grants).
+        limited = [(g.rate, g.burst) for g in grants if g.rate is not None]
+        if limited:
+            rate, best_burst = max(limited, key=lambda pair: (pair[0], pair[1] or 0))
+            burst = best_burst if best_burst is not None else self.burst
+        else:
+            rate = self.rate
+            burst = max((g.burst for g in grants if g.burst is not None), default=self.burst)
         decision = Decision(
             send=frozenset().union(*(g.send for g in grants)),
             send_any=any(g.send_any for g in grants),
             publish=tuple(p for g in grants for p in g.publish),
             subscribe=tuple(p for g in grants for p in g.subscribe),
-            rate=max(rates) if rates else self.rate,
-            burst=max(bursts) if bursts else self.burst,
+            rate=rate,
+            burst=burst,
         )
         self._cache[key] = decision
         return decision
@@ -298,7 +312,10 @@ def _number(table: Mapping[str, Any], name: str, default: float, where: str) -> 
     ):
         wanted = "a number >= 1" if burst else "a positive number"
         raise UsageError(f"{where}: {name} must be {wanted}, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # TOML takes integers of any size
+        raise UsageError(f"{where}: {name} is too large, got {str(value)[:20]}...") from None
 
 
 def _strings(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
