@@ -13,6 +13,7 @@ from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ReceiveTimeout
+from zmqcomm.node import aio
 
 from .support import serving, trusting_node
 
@@ -59,3 +60,32 @@ def test_async_request_reply_and_iteration(
     replies, seen = asyncio.run(scenario())
     assert replies == [{"echo": 0}, {"echo": 1}, {"echo": 2}]
     assert seen == ["one-way"]
+
+
+def test_a_task_that_stops_waiting_leaves_the_others_their_wake_up(
+    broker_endpoint: tuple[str, list[Identity], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks await the same node; one gives up. The other must still be woken by the
+    node's sockets, not only by its own timeout (readers are per descriptor, not per task)."""
+    endpoint, (broker_id, alice, bob), directory = broker_endpoint
+    monkeypatch.setattr(aio, "_TICK", 30.0)  # no tick to hide a lost wake-up
+
+    async def scenario() -> bool:
+        async with (
+            trusting_node(alice, [broker_id, bob], directory, endpoint) as a,
+            trusting_node(bob, [broker_id, alice], directory, endpoint) as b,
+        ):
+            b.pump(0.0)
+            leaving = asyncio.create_task(aio.wait_for_input(b, 30.0))
+            staying = asyncio.create_task(aio.wait_for_input(b, 30.0))
+            await asyncio.sleep(0.05)
+            leaving.cancel()
+            await asyncio.sleep(0.05)
+            a.send(bob.agent_id, "wake up")
+            try:
+                await asyncio.wait_for(staying, 5.0)
+            except TimeoutError:
+                return False
+            return True
+
+    assert asyncio.run(scenario())

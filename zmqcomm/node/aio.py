@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,19 +27,42 @@ if TYPE_CHECKING:
 _TICK = 0.05
 
 
+class _Waiters:
+    """The tasks waiting on one node's sockets. One reader per descriptor wakes them all:
+    ``add_reader`` replaces a reader already on that descriptor, and a task's
+    ``remove_reader`` removed another's, so per-task readers stole each other's wake-ups."""
+
+    def __init__(self) -> None:
+        self.events: set[asyncio.Event] = set()
+        self.descriptors: list[int] = []
+
+    def wake(self) -> None:
+        for event in self.events:
+            event.set()
+
+
+_waiting: weakref.WeakKeyDictionary[Node, _Waiters] = weakref.WeakKeyDictionary()
+
+
 async def wait_for_input(node: Node, timeout: float) -> None:
     """Return when one of the node's sockets may have input, or after ``timeout``."""
     loop = asyncio.get_running_loop()
+    waiters = _waiting.setdefault(node, _Waiters())
     ready = asyncio.Event()
-    descriptors = [int(sock.getsockopt(zmq.FD)) for sock in node.sockets()]
-    for descriptor in descriptors:
-        loop.add_reader(descriptor, ready.set)
+    if not waiters.events:
+        waiters.descriptors = [int(sock.getsockopt(zmq.FD)) for sock in node.sockets()]
+        for descriptor in waiters.descriptors:
+            loop.add_reader(descriptor, waiters.wake)
+    waiters.events.add(ready)
     try:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ready.wait(), max(0.0, min(timeout, _TICK)))
     finally:
-        for descriptor in descriptors:
-            loop.remove_reader(descriptor)
+        waiters.events.discard(ready)
+        if not waiters.events:
+            for descriptor in waiters.descriptors:
+                loop.remove_reader(descriptor)
+            waiters.descriptors = []
 
 
 async def areceive(node: Node, timeout: float | None = None) -> Incoming:
