@@ -78,7 +78,8 @@ class BatchingSender:
         """Queue one payload; may send a batch (the previous one, or this one when full)."""
         if self._closed:
             raise ClosedError("this sender is closed; create a new one to send again")
-        self._send_held()
+        if self._pending is not None or self._unframed is not None:
+            self._send_held()
         key = (msg_type, topic)
         if key != self._key and len(self._builder):
             self.flush()

@@ -10,6 +10,8 @@ caller's hands, not later inside a flush. A batch of one payload leaves as a pla
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from zmqcomm.errors import LocalProtocolError, UsageError
 from zmqcomm.wire.codec import Body, WireCodec
 from zmqcomm.wire.header import HEADER_LEN
@@ -75,45 +77,59 @@ class BatchBuilder:
         Raises LocalProtocolError, queueing nothing, for a payload no receiver would accept
         even alone, and :class:`BatchOverflow`, queueing nothing, when the payload fits alone
         but not with what is queued: take() the batch, then add it again."""
+        # This runs for every message of a stream: the common case (no arrays, room left)
+        # is kept to a few operations; the rest is in _add_arrays and _refuse.
+        packer = self._packer
+        mark = len(packer.out_of_band)
+        packed = packer.pack(payload)
+        if len(packer.out_of_band) != mark:
+            return self._add_arrays(packed, mark)
+        size = self._size + len(packed)
+        if size + _ARRAY_HEADER_MAX > self._cap:
+            self._refuse(packed, mark)
+        items = self._items
+        items.append(packed)
+        self._size = size
+        return len(items) >= self.max_items or size >= self.max_bytes
+
+    def _add_arrays(self, packed: bytes, mark: int) -> bool:
+        """:meth:`add` for a payload that put arrays out of band."""
         out_of_band = self._packer.out_of_band
-        mark = len(out_of_band)
-        packed = self._packer.pack(payload)
-        size = len(packed) + _ARRAY_HEADER_MAX
-        arrays = len(out_of_band) - mark
-        extra = 0
-        if arrays:  # rare: checked apart, so plain payloads pay nothing for it
-            sizes = [memoryview(b).nbytes for b in out_of_band[mark:]]
-            limits = self.codec.limits
-            if arrays > limits.max_extra_frames or max(sizes) > limits.max_extra_frame_size:
-                del out_of_band[mark:]
-                raise LocalProtocolError(
-                    f"payload with {arrays} out-of-band arrays (largest {max(sizes)} bytes) "
-                    "exceeds the receiver's limits even alone (Limits.max_extra_frames, "
-                    "max_extra_frame_size)"
-                )
-            extra = sum(sizes)
-            if self._items and len(out_of_band) > limits.max_extra_frames:
-                del out_of_band[mark:]
-                raise BatchOverflow("take() the queued batch first, then add this payload again")
-        if size > self._cap:
+        limits = self.codec.limits
+        sizes = [memoryview(b).nbytes for b in out_of_band[mark:]]
+        if len(sizes) > limits.max_extra_frames or max(sizes) > limits.max_extra_frame_size:
             del out_of_band[mark:]
+            raise LocalProtocolError(
+                f"payload with {len(sizes)} out-of-band arrays (largest {max(sizes)} bytes) "
+                "exceeds the receiver's limits even alone (Limits.max_extra_frames, "
+                "max_extra_frame_size)"
+            )
+        if self._items and len(out_of_band) > limits.max_extra_frames:
+            del out_of_band[mark:]
+            raise BatchOverflow("take() the queued batch first, then add this payload again")
+        # Array bytes count towards max_bytes (a batch of large arrays leaves by size too).
+        size = self._size + len(packed) + sum(sizes)
+        if size + _ARRAY_HEADER_MAX > self._cap:
+            self._refuse(packed, mark)
+        self._items.append(packed)
+        self._size = size
+        return (
+            len(self._items) >= self.max_items
+            or size >= self.max_bytes
+            or len(out_of_band) >= limits.max_extra_frames
+        )
+
+    def _refuse(self, packed: bytes, mark: int) -> NoReturn:
+        """Undo the payload's arrays; LocalProtocolError if it cannot go even alone, else
+        BatchOverflow (it fits in a batch of its own)."""
+        del self._packer.out_of_band[mark:]
+        if not self._items or len(packed) + _ARRAY_HEADER_MAX > self._cap:
             raise LocalProtocolError(
                 f"payload of {len(packed)} bytes exceeds what one message may carry "
                 f"({self._cap} bytes: Limits.max_body_size and max_frame_size); send large "
                 "arrays as numpy (out of band) or raise the limits on both sides"
             )
-        if self._size + size > self._cap and self._items:
-            del out_of_band[mark:]
-            raise BatchOverflow("take() the queued batch first, then add this payload again")
-        items = self._items
-        items.append(packed)
-        # Out-of-band bytes count too: a batch of large arrays must leave by size as well.
-        self._size += len(packed) + extra
-        return (
-            len(items) >= self.max_items
-            or self._size >= self.max_bytes
-            or (arrays > 0 and len(out_of_band) >= self._max_arrays)
-        )
+        raise BatchOverflow("take() the queued batch first, then add this payload again")
 
     def take(self) -> Body:
         """The batch body of everything queued (a plain body for a single payload); the
