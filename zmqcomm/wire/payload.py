@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import msgpack
 
@@ -85,6 +85,18 @@ class PayloadPacker:
                 "(None, bool, int, float, str, bytes, list, dict, aware datetime, numpy array)"
             ) from exc
         return data
+
+    def unchecked(self) -> Callable[[object], bytes]:
+        """msgpack's own ``pack``, for a caller packing many small payloads (a batch
+        builder): on any error it must call :meth:`pack_failed`, then :meth:`pack` again
+        for the typed error."""
+        return cast("Callable[[object], bytes]", self._packer.pack)
+
+    def pack_failed(self, mark: int) -> None:
+        """Forget a failed pack: the packer's half-written buffer and the arrays it collected
+        since ``out_of_band`` held ``mark`` buffers."""
+        self._packer.reset()
+        del self.out_of_band[mark:]
 
     def array_header(self, count: int) -> bytes:
         data: bytes = self._ext_packer.pack_array_header(count)
