@@ -80,6 +80,7 @@ DEFAULT_MAX_INBOX = 10_000
 # microseconds on a path that runs for every message.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
@@ -606,6 +607,10 @@ class SecureDealer(_SecureSocket):
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
                 ),
             )
+
+    def writable(self) -> bool:
+        """Whether a send would be queued at once (the connection has room), without waiting."""
+        return bool(zmq_poll([(self.socket, _POLLOUT)], 0))
 
     @property
     def established(self) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-import zmq
 
 from zmqcomm.errors import ConnectError, LocalProtocolError, QueueFullError
 from zmqcomm.node.hop_outbox import HopOutbox
@@ -15,28 +14,22 @@ from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType, WireCodec
 
 
-class FakeSocket:
-    def __init__(self) -> None:
-        #: Whether the link has room (POLLOUT).
-        self.room = True
-
-    def poll(self, timeout: int, flags: int) -> int:
-        assert (timeout, flags) == (0, zmq.POLLOUT)  # the outbox never waits
-        return zmq.POLLOUT if self.room else 0
-
-
 class FakeDealer:
-    """What HopOutbox uses of a SecureDealer: ``established``, ``socket.poll`` and ``send``,
+    """What HopOutbox uses of a SecureDealer: ``established``, ``writable()`` and ``send``,
     which encodes with the real codec (so it refuses what a real link refuses)."""
 
     def __init__(self) -> None:
         self.established = True
-        self.socket = FakeSocket()
+        #: Whether the link has room (what ``writable()`` says).
+        self.room = True
         self.codec = WireCodec()
         #: ``(msg_type, payload, topic)`` as sent.
         self.sent: list[tuple[int, object, str]] = []
         #: Raised by the next send (after the poll said yes), then cleared.
         self.fail_next: Exception | None = None
+
+    def writable(self) -> bool:
+        return self.room
 
     def send(self, payload: object, *, msg_type: int, topic: str = "") -> None:
         if self.fail_next is not None:
@@ -102,11 +95,11 @@ def test_held_while_the_link_has_no_session_then_sent_in_order() -> None:
 
 def test_held_while_the_link_is_full_or_drops_during_the_send() -> None:
     outbox, dealer, _ = make()
-    dealer.socket.room = False
+    dealer.room = False
     outbox.put([forward("a")])
     assert dealer.sent == [] and len(outbox) == 1
 
-    dealer.socket.room = True
+    dealer.room = True
     dealer.fail_next = ConnectError("down since the poll", reason="link_down")
     assert outbox.flush() == 0
     assert len(outbox) == 1  # kept, not dropped

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
-import zmq
-
 from zmqcomm.errors import ConnectError, QueueFullError, SendTimeout, ZmqCommError
 from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.secure import SecureDealer
@@ -81,7 +79,7 @@ class HopOutbox:
     def _send_now(self, message: HopMessage) -> bool:
         """Send if the link can take it now; False when it is down or full."""
         dealer = self.dealer
-        if not dealer.established or not dealer.socket.poll(0, zmq.POLLOUT):
+        if not dealer.established or not dealer.writable():
             return False
         try:
             dealer.send(message.payload, msg_type=message.msg_type, topic=message.topic)
