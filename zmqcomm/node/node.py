@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from zmqcomm.access import Policy
-from zmqcomm.checks import check_count, check_timeout
+from zmqcomm.checks import check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Delivered
 from zmqcomm.crypto.keys import Identity, sender_from_agent_id
@@ -56,7 +56,7 @@ from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import MAIL_MAX_AGE, HopMessage, Tunnels
-from zmqcomm.secure import DEFAULT_MAX_INBOX, SecureDealer, SecureRouter
+from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.endpoints import unresolved_host_hint
@@ -82,8 +82,6 @@ class Node:
     - ``mail``: turn messages for offline peers into sealed mail the broker stores;
       ``mail_max_age``: older mail is refused (match a broker whose ``mail_ttl`` is longer
       than its 7-day default).
-    - ``max_inbox``: messages held for the application; at that many, :meth:`pump` reads
-      no more (ZeroMQ's queues then push back on the senders) unless a request waits.
     - ``connect_timeout``: how long the constructor waits for the broker session.
     """
 
@@ -104,7 +102,6 @@ class Node:
         on_full: str = "raise",
         mail: bool = True,
         mail_max_age: float = MAIL_MAX_AGE,
-        max_inbox: int = DEFAULT_MAX_INBOX,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -120,7 +117,6 @@ class Node:
         self._context = context
         self._rekey = rekey
         self.inbox: deque[Incoming] = deque()
-        self.max_inbox = check_count(max_inbox, "max_inbox", minimum=1)
         self._requests = Requests(first_id=1 + int.from_bytes(os.urandom(4), "big"))
         self.counters: Counter[str] = Counter()
         #: If set, called for each REQUEST as it arrives; its result is the reply.
@@ -446,18 +442,15 @@ class Node:
         ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
         self._check_open()
         handled = 0
-        if self._has_room():
-            for link in self._links():
-                if link.inbox:  # left behind when the inbox last filled up: no poll shows it
-                    self._take(link)
-        if self._has_room():
-            for link in self._poller.wait(timeout):
-                if link.closed:  # replaced by a connect() from a handler during this pump
-                    continue
-                handled += link.pump(0.0)
-                self._take(link)
-        else:
-            self.counters["inbox_full"] += 1  # the application is behind: leave it in ZeroMQ
+        # Everything that arrives is read and handled: the broker link carries the tunnels'
+        # handshakes, key answers and mail behind application messages, so leaving it
+        # unread to bound the inbox would stall the node's own traffic (and hide a broker
+        # restart). The application bounds the inbox by taking what it holds.
+        for link in self._poller.wait(timeout):
+            if link.closed:  # replaced by a connect() from a handler during this pump
+                continue
+            handled += link.pump(0.0)
+            self._take(link)
         router = self._direct.router
         if router is not None:
             while router.joined:
@@ -481,15 +474,8 @@ class Node:
                 self._to_broker(self._tunnels.on_timer(now=self.wall_clock()))
         return handled
 
-    def _has_room(self) -> bool:
-        """Whether to read more: the inbox is below its bound, or a request waits (its reply
-        may sit behind the messages the application has not taken yet)."""
-        return len(self.inbox) < self.max_inbox or bool(self._requests.waiting)
-
     def _take(self, link: Link) -> None:
-        # What stays in the link's inbox is taken once there is room (its own bound then
-        # stops it reading, and ZeroMQ's queues push back on the sender).
-        while link.inbox and self._has_room():
+        while link.inbox:
             delivered = link.inbox.popleft()
             if link is self._broker:
                 self._from_broker(delivered)

@@ -55,7 +55,6 @@ def gather_statistics(
         "received": counters.get("received", 0),
         "queued": tunnels.queued() if tunnels is not None else 0,
         "waiting_for_broker": len(outbox) if outbox is not None else 0,
-        "inbox_full": counters.get("inbox_full", 0),
         "mailed": tunnels.mailed if tunnels is not None else 0,
         "mail_stored": tunnels.mail_stored if tunnels is not None else 0,
         "resent": tunnels.resent if tunnels is not None else 0,
