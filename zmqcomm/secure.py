@@ -214,9 +214,13 @@ class _SecureSocket:
         inbox, room = self.inbox, self.max_inbox
         if len(inbox) >= room:
             # The caller is behind: what arrives stays in ZeroMQ's bounded queues (handshake
-            # frames too, until the caller takes some deliveries). Waiting would only delay it.
+            # frames too, until the caller takes some deliveries). Timers and connection
+            # events still run; the wait still happens, so a loop that pumps without taking
+            # does not spin.
             self.inbox_full += 1
             self._timers()
+            if timeout > 0:
+                time.sleep(timeout)
             return 0
         # Drain while libzmq says a message is waiting: cheaper than a NOBLOCK recv raising
         # zmq.Again at the end of every burst.

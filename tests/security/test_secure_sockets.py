@@ -557,3 +557,28 @@ def test_a_message_the_peer_would_drop_for_its_size_is_refused_at_send(cast: Cas
         assert router.receive(timeout=5).message.payload == "next"
         assert dealer.statistics()["sent"] == 1
         assert router.table.rejected == {}
+
+
+def test_a_pump_with_a_full_inbox_still_waits_its_timeout(cast: Cast) -> None:
+    """Nothing can be read, but a loop of pump(timeout) that does not take deliveries must
+    not spin: the wait is kept."""
+    endpoint = f"inproc://full-wait-{next(_inproc_names)}"
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, max_inbox=1) as router,
+        SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        dealer.send(1)
+        dealer.send(2)
+        deadline = time.monotonic() + 5
+        while not router.inbox and time.monotonic() < deadline:
+            router.pump(0.01)
+        pumps = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 0.2:
+            router.pump(0.05)
+            pumps += 1
+        assert pumps <= 5  # about 0.2 / 0.05; a spinning pump makes thousands
+        assert [router.receive(timeout=5).message.payload for _ in range(2)] == [1, 2]
