@@ -243,14 +243,14 @@ def test_mail_stored_for_an_agent_revoked_later_is_dropped_at_the_next_sweep(
 ) -> None:
     audit = MemoryAuditLog()
     mailbox = Mailbox(tmp_path / "mail.sqlite3")
-    trusted = {ALICE, BOB, CAROL}
-    core = BrokerCore(mailbox=mailbox, audit=audit, can_collect=lambda agent, now: agent in trusted)
+    revoked: set[str] = set()
+    core = BrokerCore(mailbox=mailbox, audit=audit, revoked=lambda agent, now: agent in revoked)
     core.connected(ALICE, ["agent"], now=NOW)
     for blob in (b"one", b"two"):
         core.handle(ALICE, MessageType.MAIL, CAROL, blob, now=NOW)
     core.handle(ALICE, MessageType.MAIL, BOB, b"kept", now=NOW)
     assert core.expire_mail(now=NOW + 1, max_age=60) == 0  # all still collectable
-    trusted.discard(CAROL)  # revoked: it can never connect to take its mail
+    revoked.add(CAROL)  # it can never connect to take its mail
     assert core.expire_mail(now=NOW + 2, max_age=60) == 2
     assert mailbox.count(CAROL) == 0 and mailbox.count(BOB) == 1
     assert mailbox.statistics()["recipients"] == 1
@@ -258,7 +258,7 @@ def test_mail_stored_for_an_agent_revoked_later_is_dropped_at_the_next_sweep(
     assert core.statistics()["mail_expired"] == 0
     (line,) = audit.events("mail_dropped")
     assert line["peer"] == CAROL and line["messages"] == 2
-    assert line["reason"] == "recipient_untrusted"
+    assert line["reason"] == "recipient_revoked"
 
 
 def _batch_and_one_more(tmp_path: Path) -> tuple[BrokerCore, list[Send]]:

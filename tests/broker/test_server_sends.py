@@ -327,3 +327,33 @@ def test_the_broker_takes_mail_only_for_agents_its_trust_store_lets_in() -> None
                 assert sends[0].msg_type == answer
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_mail_sweep_deletes_only_for_a_revocation_not_a_key_file_caught_mid_write() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-bs-", dir="/tmp"))
+    alice, bob = Identity.generate("alice"), Identity.generate("bob")
+    trust = TrustStore(directory / "trust", watch_interval=0.0)
+    trust.add(alice.public, roles=["agent"])
+    trust.add(bob.public, roles=["agent"])
+    now = 1_800_000_000.0
+    try:
+        with Broker(
+            [f"ipc://{directory}/b.sock"],
+            identity=Identity.generate("broker"),
+            trust=trust,
+            data=directory / "data",
+        ) as broker:
+            mailbox = broker.mailbox
+            assert mailbox is not None
+            for recipient in (alice, bob):
+                mailbox.put(recipient.agent_id, bob.agent_id, b"sealed", now=now)
+            path = trust.lookup(alice.agent_id, now=now).path
+            whole = path.read_bytes()
+            path.write_bytes(whole[: len(whole) // 2])  # an editor's save, caught half way
+            trust.revoke(bob.agent_id)
+            broker.core.expire_mail(now=now + 10, max_age=7 * DAY)
+            path.write_bytes(whole)
+            assert mailbox.count(alice.agent_id) == 1  # absent for a moment: kept
+            assert mailbox.count(bob.agent_id) == 0  # revoked: gone
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -92,6 +92,7 @@ class BrokerCore:
         burst: float | None = None,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         can_collect: Callable[[str, float], bool] | None = None,
+        revoked: Callable[[str, float], bool] | None = None,
     ) -> None:
         """``can_collect(agent, now)``: whether ``agent`` could ever connect to collect its
         mail (the driver asks its trust store); None takes mail for any agent id."""
@@ -101,6 +102,10 @@ class BrokerCore:
             )
         self.max_subscriptions = max_subscriptions
         self.can_collect = can_collect
+        #: ``revoked(agent, now)``: whether ``agent`` was revoked, so that its stored mail
+        #: can go. Only a positive verdict deletes mail: an agent merely missing from the
+        #: trust store may be a key file being rewritten.
+        self.revoked = revoked
         self.policy = policy
         self.mailbox = mailbox
         self.audit = audit if audit is not None else NullAuditLog()
@@ -213,17 +218,17 @@ class BrokerCore:
 
     def expire_mail(self, *, now: float, max_age: float) -> int:
         """Delete mail stored more than ``max_age`` seconds ago (its recipient never came for
-        it), and mail whose recipient can no longer collect it (revoked, or its trust
-        expired since the mail came): counted and audited. Returns how many."""
+        it), and mail whose recipient was revoked since (it can never collect it): counted and
+        audited. Returns how many."""
         if self.mailbox is None:
             return 0
         expired = self.mailbox.expire(now=now, max_age=max_age)
         if expired:
             self.expired += expired
             self.audit.record("mail_expired", now=now, messages=expired, max_age=max_age)
-        if self.can_collect is not None:
+        if self.revoked is not None:
             for recipient in self.mailbox.recipients():
-                if self.can_collect(recipient, now):
+                if not self.revoked(recipient, now):
                     continue
                 # It cannot connect again to take it: free the space rather than keep it
                 # for the whole time to live.
@@ -234,7 +239,7 @@ class BrokerCore:
                     "mail_dropped",
                     now=now,
                     peer=recipient,
-                    reason="recipient_untrusted",
+                    reason="recipient_revoked",
                     messages=dropped,
                 )
         if expired:

@@ -87,6 +87,7 @@ class Broker:
             audit=audit,
             max_subscriptions=max_subscriptions,
             can_collect=self._can_collect,
+            revoked=self._revoked,
         )
         self.data = Path(data) if data is not None else None
         self.mailbox = (
@@ -208,6 +209,14 @@ class Broker:
     def _bounce(self, send: Send) -> None:
         if send.msg_type == MessageType.DELIVER:
             self._send([Send(send.topic, MessageType.UNREACHABLE, send.payload, send.to)])
+
+    def _revoked(self, agent: str, now: float) -> bool:
+        """Whether ``agent`` was revoked (not merely absent, or expired: both may change)."""
+        try:
+            self.trust.lookup(agent, now=now)
+        except UnknownPeerError as exc:
+            return exc.reason == "revoked"
+        return False
 
     def _can_collect(self, agent: str, now: float) -> bool:
         """Whether ``agent`` could connect now: trusted, not revoked, not expired (under
