@@ -99,3 +99,16 @@ def test_a_plain_frame_over_the_limits_is_refused_before_it_is_assembled() -> No
     big_codec = WireCodec(oob_threshold=1)
     with pytest.raises(LocalProtocolError, match="max_extra_frames"):
         big_codec.encode(DATA, arrays)
+
+
+def test_an_array_larger_than_the_body_limit_still_goes_out_of_band() -> None:
+    """Arrays travel in frames of their own (max_extra_frame_size): only the packed items
+    count against the body limit."""
+    limits = Limits(max_body_size=1 << 20, max_frame_size=1 << 20)
+    codec = WireCodec(limits=limits, compression=CompressionConfig(enabled=False))
+    sender, sent = _sender(codec, max_bytes=8 << 20)
+    array = np.arange(1 << 18, dtype=np.float64)  # 2 MiB, over the 1 MiB body limit
+    sender.send(DATA, {"a": array})
+    sender.close()
+    [got] = _decoded(WireCodec(limits=limits), sent)
+    assert isinstance(got, dict) and np.array_equal(got["a"], array)

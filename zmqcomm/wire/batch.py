@@ -57,6 +57,8 @@ class BatchBuilder:
         self._pack = self._packer.unchecked()  # one Python call less per message
         self._items: list[bytes] = []
         self._size = 0
+        #: Bytes of the packed items alone: what the body limit is about.
+        self._body = 0
         limits = codec.limits
         # Checked uncompressed (compression may only shrink a body): with the header, the
         # longest topic and the AEAD tag it must fit max_frame_size too, or framing would
@@ -89,13 +91,14 @@ class BatchBuilder:
             packed = packer.pack(payload)  # raises the typed error (LocalProtocolError)
         if len(packer.out_of_band) != mark:
             return self._add_arrays(packed, mark)
-        size = self._size + len(packed)
-        if size + _ARRAY_HEADER_MAX > self._cap:
+        body = self._body + len(packed)
+        if body + _ARRAY_HEADER_MAX > self._cap:
             self._refuse(packed, mark)
         items = self._items
         items.append(packed)
-        self._size = size
-        return len(items) >= self.max_items or size >= self.max_bytes
+        self._body = body
+        self._size += len(packed)
+        return len(items) >= self.max_items or self._size >= self.max_bytes
 
     def _add_arrays(self, packed: bytes, mark: int) -> bool:
         """:meth:`add` for a payload that put arrays out of band."""
@@ -112,11 +115,14 @@ class BatchBuilder:
         if self._items and len(out_of_band) > limits.max_extra_frames:
             del out_of_band[mark:]
             raise BatchOverflow("take() the queued batch first, then add this payload again")
-        # Array bytes count towards max_bytes (a batch of large arrays leaves by size too).
-        size = self._size + len(packed) + sum(sizes)
-        if size + _ARRAY_HEADER_MAX > self._cap:
+        # Arrays travel in frames of their own: the body limit is for the packed items only,
+        # but array bytes count towards max_bytes (a batch of large arrays leaves by size).
+        body = self._body + len(packed)
+        if body + _ARRAY_HEADER_MAX > self._cap:
             self._refuse(packed, mark)
         self._items.append(packed)
+        self._body = body
+        size = self._size + len(packed) + sum(sizes)
         self._size = size
         return (
             len(self._items) >= self.max_items
@@ -148,6 +154,6 @@ class BatchBuilder:
             body = self.codec.build_packed_body(self._items[0], self._packer.out_of_band)
         else:
             body = self.codec.build_batch_body(self._items, self._packer.out_of_band)
-        self._items, self._size = [], 0
+        self._items, self._size, self._body = [], 0, 0
         self._packer.take_out_of_band()
         return body
