@@ -157,6 +157,16 @@ def test_an_unsendable_message_with_nothing_before_it_raises_at_once() -> None:
     assert payloads(dealer) == ["b"]
 
 
+def test_an_unsendable_message_among_others_does_not_take_them_with_it() -> None:
+    """The tunnels gave several messages at once (a FORWARD and a rekey frame, say): the
+    others go, the bad one is counted, and its error is raised once they have."""
+    outbox, dealer, _ = make()
+    with pytest.raises(LocalProtocolError):
+        outbox.put([forward("a"), forward(object()), forward("c")])
+    assert payloads(dealer) == ["a", "c"]
+    assert outbox.dropped == {"hop_unsendable": 1}
+
+
 def test_discard_gives_up_what_is_held_and_counts_it_unsent_at_close() -> None:
     outbox, dealer, _ = make()
     dealer.established = False

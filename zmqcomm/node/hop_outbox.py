@@ -52,15 +52,25 @@ class HopOutbox:
     def put(self, messages: Sequence[HopMessage]) -> None:
         """Queue ``messages`` and send what the link takes now. Never raises for the link's
         sake (what does not fit is dropped and counted); a message the link can never carry
-        (too large, say) raises LocalProtocolError when nothing waits before it."""
+        (too large, say) is dropped and counted, the others still go, and then its
+        LocalProtocolError is raised when nothing waited before it."""
+        refused: ZmqCommError | None = None
         for message in messages:
-            if not self._held and self._send_now(message):
-                continue
+            if not self._held:
+                try:
+                    if self._send_now(message):
+                        continue
+                except ZmqCommError as exc:
+                    self.dropped["hop_unsendable"] += 1
+                    refused = refused or exc
+                    continue
             if len(self._held) >= self.max_held:
                 self.dropped["hop_queue_full"] += 1
                 continue
             self._held.append(message)
         self.flush()
+        if refused is not None:
+            raise refused
 
     def flush(self) -> int:
         """Send held messages, oldest first, while the link has a session and room; how many

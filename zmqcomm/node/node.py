@@ -45,6 +45,7 @@ from zmqcomm.errors import (
     SecurityError,
     TransportError,
     UsageError,
+    ZmqCommError,
 )
 from zmqcomm.node import aio
 from zmqcomm.node.broker_topics import BrokerTopics
@@ -634,7 +635,7 @@ class Node:
             if self._broker is not None and self._broker.established and not outbox:
                 # The broker forgets us now, not in 30 s; if the BYE cannot go, its idle
                 # timeout covers it.
-                with contextlib.suppress(TransportError):
+                with contextlib.suppress(ZmqCommError):  # a link down, or past its key limit
                     self._broker.send(None, msg_type=MessageType.BYE)
         finally:
             self._closed = True

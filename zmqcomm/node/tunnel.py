@@ -83,6 +83,10 @@ def _is_sealed_data(frames: object) -> bool:
     return not _SECURITY_TYPES[0] <= header.type <= _SECURITY_TYPES[1]
 
 
+#: Peers whose last SESSION_RESET time is kept (for its once-a-second limit).
+_RESETS_REMEMBERED = 4096
+
+
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
 _SEEN_MAIL = 100_000
 #: Mail older than this is refused: the broker's default time to live (7 days) and a day of
@@ -154,7 +158,7 @@ class Tunnels:
         #: Per peer: frame key -> (the messages in that frame, the frame's size in bytes).
         self._recent: dict[str, OrderedDict[tuple[int, int, int], tuple[list[_Item], int]]] = {}
         self._recent_bytes: Counter[str] = Counter()
-        self._reset_sent: dict[str, float] = {}
+        self._reset_sent: OrderedDict[str, float] = OrderedDict()
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -310,6 +314,9 @@ class Tunnels:
             if now - self._reset_sent.get(sender, -math.inf) < 1.0:
                 return [], []
             self._reset_sent[sender] = now
+            self._reset_sent.move_to_end(sender)
+            while len(self._reset_sent) > _RESETS_REMEMBERED:
+                self._reset_sent.popitem(last=False)
             return [HopMessage(MessageType.SESSION_RESET, frames[:1], sender)], []
         events = self.table.receive(route, frames, now=now)
         out: list[HopMessage] = self._transmit(sender, events)
