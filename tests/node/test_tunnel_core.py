@@ -52,6 +52,13 @@ def flow(agents: dict[str, Tunnels], hops: list[tuple[str, HopMessage]]) -> list
     return delivered
 
 
+def open_session(agents: dict[str, Tunnels], text: str = "m0") -> None:
+    """Alice's first message to bob sets up their session and arrives."""
+    alice_id, bob_id = agents
+    opening = agents[alice_id].send(bob_id, MessageType.DATA, text, topic="", now=NOW)
+    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == [text]
+
+
 @pytest.fixture
 def agents(tmp_path: Path) -> dict[str, Tunnels]:
     identities = [Identity.generate("alice"), Identity.generate("bob")]
@@ -70,8 +77,7 @@ def test_a_bounce_for_a_slow_consumer_mails_only_the_bounced_message(
 ) -> None:
     alice_id, bob_id = agents
     alice = agents[alice_id]
-    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
-    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == ["m0"]
+    open_session(agents)
 
     [first, second, third] = [
         alice.send(bob_id, MessageType.DATA, text, topic="", now=NOW)[0]
@@ -130,8 +136,7 @@ def test_a_bounce_of_a_message_too_old_to_resend_is_counted(
     out, _ = alice.on_hop(message(MessageType.UNREACHABLE, init.payload, bob_id), now=NOW)
     assert [hop.msg_type for hop in out] == [MessageType.MAIL]
     assert alice.dropped == {}
-    opening = alice.send(bob_id, MessageType.DATA, "m1", topic="", now=NOW)
-    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == ["m1"]
+    open_session(agents, "m1")
     [bounced] = alice.send(bob_id, MessageType.DATA, "victim", topic="", now=NOW)
     for n in range(4100):  # a busy sender: the bounce comes after it forgot the frame
         alice.send(bob_id, MessageType.DATA, n, topic="", now=NOW)
@@ -170,8 +175,7 @@ def test_messages_kept_for_a_resend_are_bounded_in_bytes(
     monkeypatch.setattr(tunnel, "_RECENT_BYTES", 10_000)
     alice_id, bob_id = agents
     alice = agents[alice_id]
-    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
-    flow(agents, [(alice_id, hop) for hop in opening])
+    open_session(agents)
     sent = [
         alice.send(bob_id, MessageType.DATA, bytes([n]) * 1000, topic="", now=NOW)[0]
         for n in range(50)
@@ -192,8 +196,7 @@ def test_a_message_on_the_old_session_is_resent_when_the_restarted_peer_spoke_fi
     answers SESSION_RESET, and alice sends it again over the new session."""
     alice_id, bob_id = agents
     alice, bob = agents[alice_id], agents[bob_id]
-    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
-    assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == ["m0"]
+    open_session(agents)
     agents[bob_id] = reborn = Tunnels(
         identity=bob.identity, trust=bob.trust, random_bytes=os.urandom, now=NOW
     )
@@ -219,8 +222,7 @@ def test_a_large_message_is_forwarded_uncopied_and_recovered_when_it_bounces(
 ) -> None:
     alice_id, bob_id = agents
     alice = agents[alice_id]
-    opening = alice.send(bob_id, MessageType.DATA, "m0", topic="", now=NOW)
-    assert flow(agents, [(alice_id, hop) for hop in opening])
+    open_session(agents)
     big, array = os.urandom(1 << 20), np.arange(1 << 16, dtype=np.float64)
     forward = alice.send(bob_id, MessageType.DATA, {"b": big, "a": array}, topic="", now=NOW)[0]
     # The sealed frames themselves (written in place), not copies of them.

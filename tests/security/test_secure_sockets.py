@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +34,25 @@ from zmqcomm.wire.header import pack_header
 from .conftest import Cast, establish
 
 _inproc_names = itertools.count()
+
+
+@contextlib.contextmanager
+def _session(
+    cast: Cast, endpoint: str, *, router: dict[str, Any] | None = None, **dealer: Any
+) -> Iterator[tuple[SecureRouter, SecureDealer]]:
+    """Bob's router and alice's dealer on ``endpoint``, with a session between them."""
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, **(router or {})) as bound,
+        SecureDealer(
+            bound.endpoint,
+            identity=cast.alice,
+            trust=cast.alice_trust,
+            connect_timeout=None,
+            **dealer,
+        ) as dialled,
+    ):
+        establish(bound, dialled)
+        yield bound, dialled
 
 
 def test_messages_flow_both_ways_on_every_transport(cast: Cast, endpoint: str) -> None:
@@ -61,13 +81,7 @@ def test_large_messages_and_arrays_cross_every_transport(cast: Cast, endpoint: s
     whatever the path, each arrives whole, and so does the next one sealed after it."""
     big = os.urandom(1 << 20)
     array = np.arange(1 << 17, dtype=np.float32)
-    with (
-        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router,
-        SecureDealer(
-            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
-        ) as dealer,
-    ):
-        establish(router, dealer)
+    with _session(cast, endpoint) as (router, dealer):
         dealer.send({"b": big, "a": array})
         dealer.send_many([big[:70_000], big[70_000:]])
         sender = dealer.batching_sender(max_delay=10.0)
@@ -537,20 +551,12 @@ def test_a_message_the_peer_would_drop_for_its_size_is_refused_at_send(cast: Cas
     """The body fits ``max_body_size`` but the sealed frame (header, tag) would exceed
     ``max_frame_size``: send() raises, spends no counter, and the next message goes."""
     limits = Limits(max_body_size=1 << 20, max_frame_size=1 << 20)
-    endpoint = f"inproc://limits-{next(_inproc_names)}"
-    with (
-        SecureRouter(
-            endpoint, identity=cast.bob, trust=cast.bob_trust, codec=WireCodec(limits=limits)
-        ) as router,
-        SecureDealer(
-            endpoint,
-            identity=cast.alice,
-            trust=cast.alice_trust,
-            codec=WireCodec(limits=limits, compression=CompressionConfig(enabled=False)),
-            connect_timeout=None,
-        ) as dealer,
-    ):
-        establish(router, dealer)
+    with _session(
+        cast,
+        f"inproc://limits-{next(_inproc_names)}",
+        router={"codec": WireCodec(limits=limits)},
+        codec=WireCodec(limits=limits, compression=CompressionConfig(enabled=False)),
+    ) as (router, dealer):
         with pytest.raises(LocalProtocolError, match="max_frame_size"):
             dealer.send(b"x" * ((1 << 20) - 30))
         dealer.send("next")
@@ -562,14 +568,10 @@ def test_a_message_the_peer_would_drop_for_its_size_is_refused_at_send(cast: Cas
 def test_a_pump_with_a_full_inbox_still_waits_its_timeout(cast: Cast) -> None:
     """Nothing can be read, but a loop of pump(timeout) that does not take deliveries must
     not spin: the wait is kept."""
-    endpoint = f"inproc://full-wait-{next(_inproc_names)}"
-    with (
-        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust, max_inbox=1) as router,
-        SecureDealer(
-            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
-        ) as dealer,
+    with _session(cast, f"inproc://full-wait-{next(_inproc_names)}", router={"max_inbox": 1}) as (
+        router,
+        dealer,
     ):
-        establish(router, dealer)
         dealer.send(1)
         dealer.send(2)
         deadline = time.monotonic() + 5
