@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from zmqcomm.errors import ConnectError, LocalProtocolError, QueueFullError
+from zmqcomm.errors import ConnectError, LocalProtocolError, QueueFullError, SecurityError
 from zmqcomm.node.hop_outbox import HopOutbox
 from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.secure import SecureDealer
@@ -106,6 +106,16 @@ def test_held_while_the_link_is_full_or_drops_during_the_send() -> None:
 
     assert outbox.flush() == 1
     assert payloads(dealer) == ["a"] and outbox.dropped == {}
+
+
+def test_a_hop_session_past_its_key_limit_holds_messages_until_it_rekeys() -> None:
+    """The session refuses to seal until its rekey completes: a passing state of the link,
+    not a message that can never go. Nothing is dropped."""
+    outbox, dealer, _ = make()
+    dealer.fail_next = SecurityError("rekey first", reason="rekey_required")
+    outbox.put([forward("a"), forward("b")])  # "a" is refused once, held, then sent
+    assert payloads(dealer) == ["a", "b"]
+    assert len(outbox) == 0 and outbox.dropped == {}
 
 
 def test_check_room_raises_queue_full_at_max_held() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
-from zmqcomm.errors import ConnectError, QueueFullError, SendTimeout, ZmqCommError
+from zmqcomm.errors import LocalProtocolError, QueueFullError, ZmqCommError
 from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.secure import SecureDealer
 
@@ -54,13 +54,13 @@ class HopOutbox:
         sake (what does not fit is dropped and counted); a message the link can never carry
         (too large, say) is dropped and counted, the others still go, and then its
         LocalProtocolError is raised when nothing waited before it."""
-        refused: ZmqCommError | None = None
+        refused: LocalProtocolError | None = None
         for message in messages:
             if not self._held:
                 try:
                     if self._send_now(message):
                         continue
-                except ZmqCommError as exc:
+                except LocalProtocolError as exc:
                     self.dropped["hop_unsendable"] += 1
                     refused = refused or exc
                     continue
@@ -81,20 +81,24 @@ class HopOutbox:
                 if not self._send_now(held[0]):
                     break  # down or full: try again at the next pump
                 sent += 1
-            except ZmqCommError:
+            except LocalProtocolError:
                 self.dropped["hop_unsendable"] += 1  # it would block the rest for ever
             held.popleft()
         return sent
 
     def _send_now(self, message: HopMessage) -> bool:
-        """Send if the link can take it now; False when it is down or full."""
+        """Send if the link can take it now; False when it cannot (down, full, its session
+        past its key limit until the rekey completes). LocalProtocolError when the message
+        itself can never go (too large)."""
         dealer = self.dealer
         if not dealer.established or not dealer.writable():
             return False
         try:
             dealer.send(message.payload, msg_type=message.msg_type, topic=message.topic)
-        except (ConnectError, SendTimeout, QueueFullError):
-            return False  # it went down or filled up since the poll
+        except LocalProtocolError:
+            raise
+        except ZmqCommError:
+            return False  # it went down, filled up or must rekey first: try again later
         self.last_sent = self.clock()
         return True
 
