@@ -89,3 +89,35 @@ def test_a_task_that_stops_waiting_leaves_the_others_their_wake_up(
             return True
 
     assert asyncio.run(scenario())
+
+
+def test_closing_under_asyncio_lets_other_tasks_run(
+    broker_endpoint: tuple[str, list[Identity], Path],
+) -> None:
+    """A node closing with a message still waiting for a session waits for it up to its
+    timeout; under asyncio that wait must not block the other tasks of the loop."""
+    endpoint, (broker_id, alice, bob), directory = broker_endpoint
+
+    async def scenario() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticking() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(ticking())
+        b = trusting_node(bob, [broker_id, alice], directory, endpoint)  # never pumped
+        a = trusting_node(alice, [broker_id, bob], directory, endpoint)
+        a.send(bob.agent_id, "bob never answers: this waits for a session")
+        assert a.unsent() == 1
+        before = ticks
+        await a.aclose(timeout=0.3)
+        ticker.cancel()
+        b.close(timeout=0)
+        assert a.closed and a.statistics()["dropped"] == {"unsent_at_close": 1}
+        return before, ticks
+
+    before, after = asyncio.run(scenario())
+    assert after - before >= 5  # a blocking close lets the ticker run not once

@@ -88,6 +88,17 @@ async def amessages(node: Node, timeout: float | None = None) -> AsyncIterator[I
             return
 
 
+async def aclose(node: Node, timeout: float) -> None:
+    """Like :meth:`Node.close`: wait (awaiting, not blocking) up to ``timeout`` for what is
+    queued to go, then close."""
+    check_timeout(timeout, "close timeout", allow_none=False)
+    deadline = node.clock() + timeout
+    while not node.closed and node.unsent() and node.clock() < deadline:
+        node.pump(0.0)
+        await wait_for_input(node, deadline - node.clock())
+    node.close(timeout=0)
+
+
 async def arequest(node: Node, peer: str, payload: object, *, timeout: float = 5.0) -> Any:
     """Like :meth:`Node.request`, letting other tasks run while it waits."""
     check_timeout(timeout, "request timeout", allow_none=False)

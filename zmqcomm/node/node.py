@@ -627,10 +627,7 @@ class Node:
         deadline = self.clock() + timeout
         outbox = self._outbox
         try:
-            while self.clock() < deadline and (
-                (self._tunnels is not None and self._tunnels.queued())
-                or (outbox is not None and len(outbox))
-            ):
+            while self.clock() < deadline and self.unsent():
                 self.pump(0.01)
             if self._broker is not None and self._broker.established and not outbox:
                 # The broker forgets us now, not in 30 s; if the BYE cannot go, its idle
@@ -647,6 +644,16 @@ class Node:
             self._direct.close()
             if self._broker is not None:
                 self._broker.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def unsent(self) -> int:
+        """Messages accepted and not yet handed to ZeroMQ: waiting for a peer's session, or
+        for the broker link (what :meth:`close` waits for)."""
+        queued = self._tunnels.queued() if self._tunnels is not None else 0
+        return queued + (len(self._outbox) if self._outbox is not None else 0)
 
     # -- asyncio -----------------------------------------------------------------------------
 
@@ -665,8 +672,12 @@ class Node:
     async def __aenter__(self) -> Node:
         return self
 
+    async def aclose(self, *, timeout: float = 2.0) -> None:
+        """Like :meth:`close`, letting other tasks run while it waits for what is queued."""
+        await aio.aclose(self, timeout)
+
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+        await self.aclose()
 
     def __enter__(self) -> Node:
         return self
