@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
+from zmqcomm.errors import LocalProtocolError
 from zmqcomm.node import Node
+from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.wire import MessageType
 
 from .conftest import Bus
@@ -53,3 +57,21 @@ def test_messages_still_waiting_for_a_session_at_close_are_counted(
     alice.send(bus.id("bob"), "never answered")
     alice.close(timeout=0.2)
     assert alice.statistics()["dropped"] == {"unsent_at_close": 1}
+
+
+def test_what_the_node_sends_on_its_own_never_raises_out_of_pump(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks, handshake frames, key answers, resubscriptions: a hop message the link can never
+    carry is counted and audited inside pump(); only the application's own send raises."""
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    assert alice._outbox is not None
+
+    def refuse(messages: object) -> None:
+        raise LocalProtocolError("too large for the hop", reason="frame_too_large")
+
+    monkeypatch.setattr(alice._outbox, "put", refuse)
+    alice._to_broker_quietly([HopMessage(MessageType.SUBSCRIBE, None, "news")])
+    assert alice.statistics()["rejected"] == {"frame_too_large": 1}
+    with pytest.raises(LocalProtocolError):
+        alice.send(bus.id("bob"), "an application send says so")

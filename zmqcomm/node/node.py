@@ -39,6 +39,7 @@ from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     ConnectError,
+    LocalProtocolError,
     ReceiveTimeout,
     RemoteProtocolError,
     RequestTimeout,
@@ -158,7 +159,7 @@ class Node:
                 self._broker_topics = BrokerTopics(
                     self._topics,
                     self._tunnels,
-                    to_broker=self._to_broker,
+                    to_broker=self._to_broker_quietly,
                     deliver=self._deliver,
                     reject=self._reject,
                     wall_clock=wall_clock,
@@ -413,9 +414,18 @@ class Node:
 
     def _to_broker(self, messages: list[HopMessage]) -> None:
         """Send through the broker, or hold while its link is down or full (never raises
-        for the link's sake: the tunnels already counted these as sent)."""
+        for the link's sake: the tunnels already counted these as sent). A message the link
+        can never carry raises LocalProtocolError, for the application's own sends."""
         assert self._outbox is not None
         self._outbox.put(messages)
+
+    def _to_broker_quietly(self, messages: list[HopMessage]) -> None:
+        """:meth:`_to_broker` for what the node sends on its own inside pump(): a message
+        that can never go is counted (hop_unsendable) and audited, not raised."""
+        try:
+            self._to_broker(messages)
+        except LocalProtocolError as exc:
+            self._reject("broker", exc)
 
     def _hop(self, payload: object, msg_type: int, topic: str = "") -> None:
         self._to_broker([HopMessage(msg_type, payload, topic)])
@@ -460,7 +470,7 @@ class Node:
         if broker is not None and outbox is not None:
             if broker.joined:  # a new hop session: the broker knows none of our topics
                 broker.joined.clear()
-                self._to_broker(
+                self._to_broker_quietly(
                     [
                         HopMessage(MessageType.SUBSCRIBE, None, topic)
                         for topic in sorted(self._broker_subscriptions)
@@ -472,7 +482,7 @@ class Node:
         if self._tunnels is not None and self._broker is not None:
             deadline = self._tunnels.next_deadline()
             if deadline is not None and self.wall_clock() >= deadline:
-                self._to_broker(self._tunnels.on_timer(now=self.wall_clock()))
+                self._to_broker_quietly(self._tunnels.on_timer(now=self.wall_clock()))
         return handled
 
     def _take(self, link: Link) -> None:
@@ -530,7 +540,7 @@ class Node:
                         continue
                     self._deliver(item)
             finally:
-                self._to_broker(out)
+                self._to_broker_quietly(out)
 
     def _deliver(self, incoming: Incoming) -> None:
         if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
