@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from zmqcomm.bench import runner
+from zmqcomm.bench import plots, runner
 from zmqcomm.bench.common import BenchError
 from zmqcomm.bench.harness import Progress
 from zmqcomm.bench.plots import plot_latency, plot_throughput
@@ -405,3 +405,18 @@ def test_the_single_purpose_scripts_exit_1_when_a_section_failed(
     monkeypatch.setattr(runner, "SECTIONS", {"failing": "zc_bench_test_failing"})
     assert runner.print_table(BenchSettings()) == 1
     assert "**Failed**" in capsys.readouterr().out
+
+
+def test_without_matplotlib_the_run_stops_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after every section has run: the plots are checked for first."""
+
+    def missing() -> Any:
+        raise UsageError("the plots need matplotlib: pip install 'zmqcomm[bench]'")
+
+    monkeypatch.setattr(plots, "_pyplot", missing)
+    monkeypatch.setattr(runner, "run_benchmarks", lambda *a, **k: pytest.fail("it ran"))
+    assert main(["--only", "gossip", "--quick", "--out", str(tmp_path / "out")]) == 2
+    assert "matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -189,3 +189,16 @@ def test_discard_gives_up_what_is_held_and_counts_it_unsent_at_close() -> None:
 
     dealer.established = True
     assert outbox.flush() == 0 and dealer.sent == []  # nothing left to send
+
+
+def test_put_first_goes_ahead_of_a_full_queue_and_is_never_dropped() -> None:
+    """A new hop session's resubscriptions must not be lost to a queue full of messages
+    held through the outage."""
+    outbox, dealer, _ = make(max_held=2)
+    dealer.established = False
+    outbox.put([forward("a"), forward("b")])
+    outbox.put_first([HopMessage(MessageType.SUBSCRIBE, None, "x")])
+    assert len(outbox) == 3 and outbox.dropped == {}
+    dealer.established = True
+    outbox.flush()
+    assert payloads(dealer) == [None, "a", "b"]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from zmqcomm.errors import LocalProtocolError
+from zmqcomm.errors import LocalProtocolError, QueueFullError
 from zmqcomm.node import Node
 from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.wire import MessageType
@@ -75,3 +75,13 @@ def test_what_the_node_sends_on_its_own_never_raises_out_of_pump(
     assert alice.statistics()["rejected"] == {"frame_too_large": 1}
     with pytest.raises(LocalProtocolError):
         alice.send(bus.id("bob"), "an application send says so")
+
+
+def test_a_subscription_the_broker_queue_cannot_take_is_refused_not_dropped(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    assert alice._outbox is not None
+    alice._outbox.max_held = 0  # as full as it gets
+    with pytest.raises(QueueFullError):
+        alice.subscribe("news")

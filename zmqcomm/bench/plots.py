@@ -25,6 +25,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def check_available() -> None:
+    """UsageError now, not after a long run, when the plots cannot be drawn."""
+    _pyplot()
+
+
 def _colour(mode: str) -> str:
     # The same colour for a mode in every panel, whichever modes a panel lacks.
     return f"C{MODES.index(mode)}"

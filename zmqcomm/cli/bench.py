@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from zmqcomm.bench import plots
 from zmqcomm.bench.harness import Progress
 from zmqcomm.bench.runner import SECTIONS, default_out_dir, run_benchmarks
 from zmqcomm.bench.settings import TRANSPORTS, BenchSettings, parse_size
@@ -94,6 +95,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if not args.no_plots:
+        plots.check_available()  # before the run, not after minutes of it
     out = Path(args.out) if args.out else default_out_dir()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")

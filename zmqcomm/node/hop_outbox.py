@@ -72,6 +72,12 @@ class HopOutbox:
         if refused is not None:
             raise refused
 
+    def put_first(self, messages: Sequence[HopMessage]) -> None:
+        """Queue ``messages`` ahead of everything held, whatever the bound (they are few and
+        must not be lost: a new hop session's resubscriptions), and send what the link takes."""
+        self._held.extendleft(reversed(messages))
+        self.flush()
+
     def flush(self) -> int:
         """Send held messages, oldest first, while the link has a session and room; how many
         left."""

@@ -349,6 +349,7 @@ class Node:
         # later, in the greeting of every peer that connects.
         _check_topic(topic)
         if self._broker is not None:
+            self._check_broker_room()  # dropped for a full queue, it would vanish unseen
             if kind == MessageType.SUBSCRIBE:
                 self._broker_subscriptions.add(topic)
             else:
@@ -470,7 +471,8 @@ class Node:
         if broker is not None and outbox is not None:
             if broker.joined:  # a new hop session: the broker knows none of our topics
                 broker.joined.clear()
-                self._to_broker_quietly(
+                # First in line and never dropped: a full queue must not lose them.
+                outbox.put_first(
                     [
                         HopMessage(MessageType.SUBSCRIBE, None, topic)
                         for topic in sorted(self._broker_subscriptions)
