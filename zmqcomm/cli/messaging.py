@@ -35,7 +35,9 @@ peer connects; through a broker without a mailbox, send exits 1 and says so.
 examples:
   zmqcomm request bob '{"op": "status"}' --broker ipc:///tmp/zc/broker.sock --keys keys \\
       --trust trust --timeout 5
-Prints the reply as JSON; exits 1 if none comes in time.
+Prints the reply as JSON; exits 1 if none comes in time. The peer must answer requests: a
+Node with request_handler set, or one running node.run(handler). zmqcomm sub prints a
+request it receives but does not answer it.
 """,
     "pub": """\
 examples:
@@ -46,7 +48,8 @@ examples:
 examples:
   zmqcomm sub 'swarm/*' --broker ipc:///tmp/zc/broker.sock --keys keys --trust trust
   zmqcomm sub swarm/news --count 10 --timeout 30 ...   stop after 10, or 30 s of silence
-Prints one JSON object per publication (from, topic, payload); also prints direct messages.
+Prints one JSON object per publication (from, topic, payload); also prints direct messages,
+requests included (printed, not answered: answer them from a Node).
 """,
 }
 
