@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from zmqcomm.errors import RemoteProtocolError
+from zmqcomm.errors import RemoteProtocolError, UsageError
 from zmqcomm.wire import MessageType
+from zmqcomm.wire.header import MAX_TOPIC_LEN
 
 #: Inner message types agents exchange (the node handles topic keys and subscriptions).
 APPLICATION_TYPES = frozenset(
@@ -77,3 +78,15 @@ def unwrap(
             raise RemoteProtocolError("a request or reply without its id", reason="bad_request")
         return Incoming(sender, kind, payload[1], topic, payload[0], via, roles)
     return Incoming(sender, kind, payload, topic, None, via, roles)
+
+
+def check_topic(topic: object) -> None:
+    """UsageError unless ``topic`` is a str the wire header can carry."""
+    try:
+        size = len(topic.encode("utf-8")) if isinstance(topic, str) else None
+    except UnicodeEncodeError:  # a lone surrogate
+        size = None
+    if size is None or size > MAX_TOPIC_LEN:
+        raise UsageError(
+            f"a topic is a string of at most {MAX_TOPIC_LEN} bytes of UTF-8, got {topic!r:.80}"
+        )

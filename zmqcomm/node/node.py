@@ -53,7 +53,7 @@ from zmqcomm.node.broker_topics import BrokerTopics
 from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.hop_outbox import HopOutbox
-from zmqcomm.node.messages import Incoming, unwrap, wrap
+from zmqcomm.node.messages import Incoming, check_topic, unwrap, wrap
 from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
@@ -64,7 +64,6 @@ from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.endpoints import unresolved_host_hint
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
-from zmqcomm.wire.header import MAX_TOPIC_LEN
 
 Handler = Callable[[Incoming], object]
 #: Seconds of silence towards the broker after which a node sends PING.
@@ -347,7 +346,7 @@ class Node:
         self._check_open()
         # Checked before it is stored: a topic the header cannot carry would otherwise fail
         # later, in the greeting of every peer that connects.
-        _check_topic(topic)
+        check_topic(topic)
         if self._broker is not None:
             self._check_broker_room()  # dropped for a full queue, it would vanish unseen
             if kind == MessageType.SUBSCRIBE:
@@ -696,14 +695,3 @@ class Node:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_topic(topic: object) -> None:
-    try:
-        size = len(topic.encode("utf-8")) if isinstance(topic, str) else None
-    except UnicodeEncodeError:  # a lone surrogate
-        size = None
-    if size is None or size > MAX_TOPIC_LEN:
-        raise UsageError(
-            f"a topic is a string of at most {MAX_TOPIC_LEN} bytes of UTF-8, got {topic!r:.80}"
-        )
