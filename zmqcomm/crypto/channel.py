@@ -43,11 +43,9 @@ from zmqcomm.errors import (
 from zmqcomm.wire import ANONYMOUS, Body, Flags, Message, MessageType, WireCodec
 from zmqcomm.wire.codec import ParsedFrame
 from zmqcomm.wire.header import Header
+from zmqcomm.wire.message_types import FIRST_SECURITY_TYPE, LAST_SECURITY_TYPE
 from zmqcomm.wire.payload import Buffer
 
-#: The message types this layer owns (docs/protocol.md section 10); any other type is data.
-_FIRST_SECURITY_TYPE = 0x40
-_LAST_SECURITY_TYPE = 0x7F
 _ENCRYPTED = int(Flags.ENCRYPTED)
 _MAX_RETRY_DELAY = 30.0
 
@@ -195,7 +193,8 @@ class SecureChannel:
         parsed = self.codec.parse(frames)
         header = parsed.header
         msg_type = header.type
-        if _FIRST_SECURITY_TYPE <= msg_type <= _LAST_SECURITY_TYPE:
+        # The types this layer owns (docs/protocol.md section 10); any other type is data.
+        if FIRST_SECURITY_TYPE <= msg_type <= LAST_SECURITY_TYPE:
             return self._receive_security(parsed, now=now)
         # Everything else is data under the session: the common case, checked with plain
         # ints (an IntEnum comparison costs several times more, on every message).

@@ -40,6 +40,7 @@ from zmqcomm.errors import (
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
 from zmqcomm.wire.header import parse_header
+from zmqcomm.wire.message_types import FIRST_SECURITY_TYPE, LAST_SECURITY_TYPE
 from zmqcomm.wire.payload import Buffer
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
@@ -57,16 +58,12 @@ def _frame_key(frame: Buffer) -> tuple[int, int, int]:
     return header.session, header.epoch, header.counter
 
 
-#: Handshake and session control types (0x40-0x7f): not application messages.
-_SECURITY_TYPES = (0x40, 0x7F)
-
-
 def _foreign_session(channel: SecureChannel | None, frame: bytes) -> bool:
     """Whether ``frame`` is data under a session we do not hold with its sender (no channel,
     a handshake of our own still under way, or another session). Handshake frames are the
     channel's business."""
     header, _ = parse_header(memoryview(frame))
-    if _SECURITY_TYPES[0] <= header.type <= _SECURITY_TYPES[1]:
+    if FIRST_SECURITY_TYPE <= header.type <= LAST_SECURITY_TYPE:
         return channel is None and header.type != _INIT
     session = channel.session if channel is not None else None
     return session is None or header.session != session.session_id
@@ -80,7 +77,7 @@ def _is_sealed_data(frames: object) -> bool:
         header, _ = parse_header(memoryview(frames[0]))
     except RemoteProtocolError:
         return False
-    return not _SECURITY_TYPES[0] <= header.type <= _SECURITY_TYPES[1]
+    return not FIRST_SECURITY_TYPE <= header.type <= LAST_SECURITY_TYPE
 
 
 #: Peers whose last SESSION_RESET time is kept (for its once-a-second limit).

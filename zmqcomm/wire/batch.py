@@ -64,7 +64,6 @@ class BatchBuilder:
         # longest topic and the AEAD tag it must fit max_frame_size too, or framing would
         # fail once the batch was taken.
         self._cap = min(limits.max_body_size, limits.max_frame_size - _FRAME_OVERHEAD_MAX)
-        self._max_arrays = limits.max_extra_frames
 
     def __len__(self) -> int:
         return len(self._items)

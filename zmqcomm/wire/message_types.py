@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import enum
 
+#: The security range (handshake, rekey, close) as plain ints: checked on every message, where
+#: an IntEnum comparison costs several times more.
+FIRST_SECURITY_TYPE = 0x40
+LAST_SECURITY_TYPE = 0x7F
+
 
 class MessageType(enum.IntEnum):
     """The one-byte message type in every header.

@@ -74,12 +74,10 @@ class PayloadPacker:
         try:
             data: bytes = self._packer.pack(payload)
         except LocalProtocolError:
-            self._packer.reset()
-            del self.out_of_band[mark:]  # arrays of the refused payload must not go out
+            self.pack_failed(mark)  # arrays of the refused payload must not go out
             raise
         except (TypeError, ValueError, OverflowError) as exc:
-            self._packer.reset()
-            del self.out_of_band[mark:]
+            self.pack_failed(mark)
             raise LocalProtocolError(
                 f"cannot encode payload: {exc}. Payloads must be msgpack values "
                 "(None, bool, int, float, str, bytes, list, dict, aware datetime, numpy array)"
