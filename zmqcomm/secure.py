@@ -151,6 +151,9 @@ class _SecureSocket:
         self.gone = 0
         self._closed = False
         self._next_timer_check = -1.0
+        #: What a waiting pump polls when there are side sockets (set by subclasses that have
+        #: some); empty: it polls the socket alone, the cheaper call.
+        self._side_waits: list[tuple[zmq.Socket[Any], int]] = []
 
     # -- the pump ----------------------------------------------------------------------------
 
@@ -224,7 +227,10 @@ class _SecureSocket:
             return 0
         # Drain while libzmq says a message is waiting: cheaper than a NOBLOCK recv raising
         # zmq.Again at the end of every burst.
-        ready = _wait_readable(sock, timeout)
+        if timeout > 0 and self._side_waits:
+            ready = self._wait_any(timeout)
+        else:
+            ready = _wait_readable(sock, timeout)
         while ready and handled < _MAX_BURST and len(inbox) < room:
             raw = sock.recv_multipart(_NOBLOCK)
             handled += 1
@@ -234,6 +240,18 @@ class _SecureSocket:
         self._timers()
         return handled
 
+    def _wait_any(self, timeout: float) -> bool:
+        """Wait on the socket and the side sockets together; handle side events at once (a
+        connection event starts a handshake: waiting the pump's timeout first would add it to
+        every connect). Returns whether the socket itself has a message."""
+        readable = False
+        for sock, _ in zmq_poll(self._side_waits, poll_ms(timeout)):
+            if sock is self.socket:
+                readable = True
+            else:
+                self._on_extra(sock)
+        return readable
+
     def _timers(self) -> None:
         tick = self.clock()
         # The table's deadline scan is O(peers): look again only every _TIMER_TICK.
@@ -241,8 +259,8 @@ class _SecureSocket:
             return
         self._next_timer_check = tick + _TIMER_TICK
         for extra in self._extra_sockets():
-            # Side sockets (connection events) are looked at on timer ticks, never waited
-            # on: waits are short (receive() pumps at least every 0.1 s).
+            # Side sockets (connection events) are also looked at on timer ticks: a pump that
+            # does not wait (timeout 0) sees them here.
             if _readable(extra):
                 self._on_extra(extra)
         now = self.wall_clock()
@@ -496,6 +514,7 @@ class SecureDealer(_SecureSocket):
             send_timeout=send_timeout,
             max_inbox=max_inbox,
         )
+        self._side_waits = [(sock, _POLLIN), (self._monitor, _POLLIN)]
         self.expect_peer = expect_peer
         self.peer: str | None = None
         self.reconnects = 0

@@ -164,7 +164,13 @@ def test_garbage_client_leaves_the_cluster_running(cluster: LocalCluster) -> Non
     finally:
         for dealer in dealers:
             dealer.close()
+
+    def refreshed(replica: int) -> bool:  # status.json is rewritten every 0.25 s
+        status = cluster.status(replica)
+        return status is not None and status["executed"] >= 200
+
     for replica in range(N):
+        wait_for(lambda r=replica: refreshed(r), 10, f"replica {replica}'s status", cluster)
         status = cluster.status(replica)
         assert status is not None
         drops = status["drops"]

@@ -477,6 +477,28 @@ def test_a_dealer_started_before_its_router_handshakes_once_it_is_up(
             assert router.receive(timeout=5).message.payload == "up"
 
 
+def test_a_waiting_pump_wakes_for_the_connection_and_starts_the_handshake(
+    cast: Cast, short_dir: str
+) -> None:
+    """The dealer's INIT goes out when its connection comes up (a monitor event). A pump that
+    waits for data must wake for that event: it used to sleep out its whole timeout first, and
+    every connect took at least 50 ms (wait_established pumps 0.05 s at a time). The bound
+    below is far from both: the connect takes milliseconds, the old wait was 10 s."""
+    endpoint = f"ipc://{short_dir}/wake.sock"
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router,
+        SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        started = time.monotonic()
+        while not router.socket.poll(0):
+            dealer.pump(10.0)
+            assert time.monotonic() - started < 5, "the INIT waited for the pump's timeout"
+        establish(router, dealer)
+        assert dealer.table.rejected == {}
+
+
 def test_a_finish_that_cannot_be_queued_is_an_error_not_a_silent_drop(
     cast: Cast, monkeypatch: pytest.MonkeyPatch
 ) -> None:
