@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import zmq
+
 from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker
 from zmqcomm.errors import ZmqCommError
@@ -363,3 +365,23 @@ def test_pump_does_not_raise_while_the_broker_is_down(
     settle([alice, bob], 0.2)
     assert payloads(bob) == ["queued"]
     assert alice.statistics()["dropped"] == {}
+
+
+# -- 12. close() with the broker gone --------------------------------------------------------
+
+
+def test_close_does_not_wait_to_say_goodbye_to_a_broker_that_is_gone(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    """The BYE is a courtesy (the broker's idle timeout covers a node that never says it).
+    With the broker gone and the node not yet aware of it (it has not pumped since), the BYE
+    has no connection to queue on: close() used to block for the link's send timeout, a
+    second per node with the default, here made 20 s so that a wait cannot pass unseen."""
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    hop_dealer(alice).socket.setsockopt(zmq.SNDTIMEO, 20_000)
+    broker.stop()
+    time.sleep(0.2)  # the connection is gone; alice does not pump, so it still looks up
+    started = time.monotonic()
+    alice.close(timeout=0)
+    assert time.monotonic() - started < 10
+    assert alice.closed

@@ -640,9 +640,11 @@ class Node:
         try:
             while self.clock() < deadline and self.unsent():
                 self.pump(0.01)
-            if self._broker is not None and self._broker.established and not outbox:
-                # The broker forgets us now, not in 30 s; if the BYE cannot go, its idle
-                # timeout covers it.
+            broker = self._broker
+            if broker is not None and broker.established and not outbox and broker.writable():
+                # The broker forgets us now, not in 30 s; if the BYE cannot go at once (a
+                # broker gone: no connection to queue on), its idle timeout covers it. Waiting
+                # send_timeout for it made close(timeout=0) take a second.
                 with contextlib.suppress(ZmqCommError):  # a link down, or past its key limit
                     self._broker.send(None, msg_type=MessageType.BYE)
         finally:
