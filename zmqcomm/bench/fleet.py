@@ -23,7 +23,14 @@ def broker_identity(directory: str) -> tuple[Identity, TrustStore]:
     return load_identity(base / "keys" / "broker.key"), TrustStore(base / "trust" / "broker")
 
 
-def agent_identity(directory: str, index: int) -> tuple[Identity, TrustStore]:
-    base = Path(directory)
-    identity = load_identity(base / "keys" / f"agent-{index}.key")
-    return identity, TrustStore(base / "trust" / "agents")
+def agent_trust(directory: str) -> TrustStore:
+    """The agents' trust store (the broker and every agent). Loading it checks every entry's
+    signature: a process that runs many agents loads it once and shares it."""
+    return TrustStore(Path(directory) / "trust" / "agents")
+
+
+def agent_identity(
+    directory: str, index: int, trust: TrustStore | None = None
+) -> tuple[Identity, TrustStore]:
+    identity = load_identity(Path(directory) / "keys" / f"agent-{index}.key")
+    return identity, agent_trust(directory) if trust is None else trust
