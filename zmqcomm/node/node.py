@@ -646,7 +646,7 @@ class Node:
                 # broker gone: no connection to queue on), its idle timeout covers it. Waiting
                 # send_timeout for it made close(timeout=0) take a second.
                 with contextlib.suppress(ZmqCommError):  # a link down, or past its key limit
-                    self._broker.send(None, msg_type=MessageType.BYE)
+                    broker.send(None, msg_type=MessageType.BYE)
         finally:
             self._closed = True
             if outbox is not None:
