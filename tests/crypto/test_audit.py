@@ -249,6 +249,37 @@ def test_an_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
         AuditLog(tmp_path / "missing-dir" / "audit.log")
 
 
+def test_a_symbolic_link_where_the_log_goes_is_refused(tmp_path: Path) -> None:
+    """A link planted in a shared directory would have the trail appended to the file it
+    names (another user's, or one the node must not touch)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    link = tmp_path / "audit.log"
+    link.symlink_to(victim)
+    with pytest.raises(UsageError, match="symbolic link"):
+        AuditLog(link)
+    assert victim.read_text() == "untouched\n"
+
+
+def test_a_log_others_can_write_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_text("")
+    path.chmod(0o662)
+    with pytest.raises(UsageError, match=f"chmod 600 {path}"):
+        AuditLog(path)
+    path.chmod(0o644)  # readable by others: allowed (the trail holds no key material)
+    with AuditLog(path) as log:
+        log.record("handshake", now=NOW)
+    assert len(_lines(path)) == 1
+
+
+def test_a_pipe_is_refused_rather_than_left_to_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match=r"not a regular file|cannot open"):
+        AuditLog(fifo)  # with no reader: refused at once, never a hang
+
+
 def test_a_sink_that_cannot_write_counts_the_failure_and_never_raises() -> None:
     """Records are made while refusing a peer's frame, inside pump(): a full disk must not
     turn a peer's garbage into an exception that stops the node."""

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -203,6 +204,22 @@ class MemoryAuditLog(BaseAuditLog):
             ]
 
 
+def _check_audit_file(path: Path, status: os.stat_result) -> None:
+    if stat.S_ISCHR(status.st_mode):
+        return  # a terminal, /dev/null: what the user asked for
+    if not stat.S_ISREG(status.st_mode):
+        raise UsageError(
+            f"audit log {path} is not a regular file (a pipe's reader could stall the node "
+            "on every line): give a file path, or pass an open stream to AuditLog"
+        )
+    if status.st_mode & 0o022:
+        raise UsageError(
+            f"audit log {path} is writable by group or others (mode "
+            f"{stat.S_IMODE(status.st_mode):o}): they could forge or erase its lines; "
+            f"fix it with: chmod 600 {path}"
+        )
+
+
 class AuditLog(BaseAuditLog):
     """JSON lines to a file (created 0600, appended to) or to an open text stream.
 
@@ -242,10 +259,24 @@ class AuditLog(BaseAuditLog):
 
     @staticmethod
     def _open(path: Path) -> TextIO:
+        # O_NOFOLLOW: a link planted where the log goes (a shared directory) would have the
+        # trail appended to whatever file it names. O_NONBLOCK: opening a pipe with no reader
+        # must fail, not hang; it is refused below anyway.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(path, flags, 0o600)
         except OSError as exc:
+            if os.path.islink(path):
+                raise UsageError(
+                    f"audit log {path} is a symbolic link: give the path of the file itself"
+                ) from exc
             raise UsageError(f"cannot open audit log {path}: {exc.strerror}") from exc
+        try:
+            _check_audit_file(path, os.fstat(fd))
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
     def _current_size(self) -> int:
