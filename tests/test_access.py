@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from zmqcomm.access import Policy, RateLimiter, TokenBucket, topic_matches
+from zmqcomm.broker.server import Broker
+from zmqcomm.crypto.channel_table import HandshakeLimits
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import NotPermittedError, UsageError
+from zmqcomm.node import Node
 from zmqcomm.wire import MessageType
 
 POLICY = """
@@ -195,3 +200,36 @@ burst = 100000
 def test_a_number_too_large_for_a_float_is_a_clear_error() -> None:
     with pytest.raises(UsageError, match="rate is too large"):
         Policy.from_toml("[roles.r]\nsend = []\nrate = " + "9" * 400)
+
+
+def test_the_unauthenticated_section_sets_the_handshake_bucket_per_connection() -> None:
+    """It was parsed and then used by nothing: a policy that asked for fewer handshakes per
+    connection got the built-in 2 per second, burst 8."""
+    defaults = HandshakeLimits()
+    assert defaults.with_policy(None) == defaults
+    assert defaults.with_policy(Policy.from_toml("")) == defaults
+    strict = HandshakeLimits(rate=50.0).with_policy(
+        Policy.from_toml("[unauthenticated]\nrate = 0.5\nburst = 1")
+    )
+    assert (strict.per_route_rate, strict.per_route_burst, strict.rate) == (0.5, 1.0, 50.0)
+    burst_only = defaults.with_policy(Policy.from_toml("[unauthenticated]\nburst = 3"))
+    assert (burst_only.per_route_rate, burst_only.per_route_burst) == (defaults.per_route_rate, 3)
+
+
+def test_a_broker_and_a_listening_node_take_the_policy_handshake_bucket(tmp_path: Path) -> None:
+    policy = Policy.from_toml("[unauthenticated]\nrate = 0.5\nburst = 1")
+    identity = Identity.generate("server")
+    trust = TrustStore(tmp_path / "trust")
+    broker = Broker([f"ipc://{tmp_path}/b.sock"], identity=identity, trust=trust, policy=policy)
+    node = Node(identity, trust, bind=f"ipc://{tmp_path}/n.sock", policy=policy)
+    try:
+        routers = [broker.router, node._direct.router]
+        for router in routers:
+            assert router is not None
+            assert (router.table.limits.per_route_rate, router.table.limits.per_route_burst) == (
+                0.5,
+                1.0,
+            )
+    finally:
+        node.close(timeout=0)
+        broker.close()

@@ -13,9 +13,9 @@ Policy file (TOML)::
     rate = 1000.0                  # messages per second, sustained
     burst = 2000                   # messages allowed at once
 
-    [unauthenticated]              # before a handshake completes, per source
-    rate = 20.0                    # handshake attempts per second
-    burst = 40
+    [unauthenticated]              # optional; handshakes before authentication, per
+    rate = 2.0                     # connection (default 2 per second, burst 8), on the
+    burst = 8                      # routers of a broker or node made with this policy
 
     [roles.worker]
     send = ["DATA", "REQUEST", "REPLY"]      # MessageType names, or "*"
@@ -179,8 +179,10 @@ class Policy:
     roles: Mapping[str, RoleGrant] = field(default_factory=dict)
     rate: float = 1000.0
     burst: float = 2000.0
-    unauthenticated_rate: float = 20.0
-    unauthenticated_burst: float = 40.0
+    #: The per-connection handshake bucket (``HandshakeLimits.per_route_rate/_burst``);
+    #: None keeps that default.
+    unauthenticated_rate: float | None = None
+    unauthenticated_burst: float | None = None
     _cache: dict[frozenset[str], Decision] = field(default_factory=dict, repr=False)
 
     # -- loading ---------------------------------------------------------------------------
@@ -218,8 +220,8 @@ class Policy:
             roles=roles,
             rate=_number(limits, "rate", 1000.0, f"{source} [limits]"),
             burst=_number(limits, "burst", 2000.0, f"{source} [limits]"),
-            unauthenticated_rate=_number(unauth, "rate", 20.0, f"{source} [unauthenticated]"),
-            unauthenticated_burst=_number(unauth, "burst", 40.0, f"{source} [unauthenticated]"),
+            unauthenticated_rate=_optional_number(unauth, "rate", f"{source} [unauthenticated]"),
+            unauthenticated_burst=_optional_number(unauth, "burst", f"{source} [unauthenticated]"),
         )
 
     # -- decisions -------------------------------------------------------------------------
@@ -316,6 +318,10 @@ def _number(table: Mapping[str, Any], name: str, default: float, where: str) -> 
         return float(value)
     except OverflowError:  # TOML takes integers of any size
         raise UsageError(f"{where}: {name} is too large, got {str(value)[:20]}...") from None
+
+
+def _optional_number(table: Mapping[str, Any], name: str, where: str) -> float | None:
+    return _number(table, name, 1.0, where) if name in table else None
 
 
 def _strings(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:

@@ -102,7 +102,7 @@ class Broker:
                 identity=identity,
                 trust=trust,
                 audit=audit,
-                limits=limits,
+                limits=(limits or HandshakeLimits()).with_policy(policy),
                 options=options,
                 context=context,
                 clock=clock,

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from zmqcomm.access import RateLimiter, TokenBucket
+from zmqcomm.access import Policy, RateLimiter, TokenBucket
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Established, Event, SecureChannel, TrustChecker
 from zmqcomm.crypto.handshake import RandomBytes
@@ -56,6 +56,18 @@ class HandshakeLimits:
     rekey_burst: float = 4.0
     #: Unfinished handshakes held at once; the oldest is dropped past this.
     max_pending: int = 1024
+
+    def with_policy(self, policy: Policy | None) -> HandshakeLimits:
+        """These limits, with the per-connection bucket a policy's ``[unauthenticated]``
+        section sets (unchanged where it is silent)."""
+        if policy is None:
+            return self
+        rate, burst = policy.unauthenticated_rate, policy.unauthenticated_burst
+        return replace(
+            self,
+            per_route_rate=self.per_route_rate if rate is None else rate,
+            per_route_burst=self.per_route_burst if burst is None else burst,
+        )
 
     def __post_init__(self) -> None:
         if self.max_pending < 1:

@@ -33,6 +33,7 @@ from zmqcomm.access import Policy
 from zmqcomm.checks import check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.channel import Delivered
+from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity, sender_from_agent_id
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
@@ -75,7 +76,8 @@ class Node:
 
     - ``identity``, ``trust``: who we are, and whom we accept (with their roles).
     - ``broker``: the broker's endpoint; or ``bind``: an endpoint to accept direct peers on.
-    - ``policy``: what each role may send us (default: every trusted peer may do anything).
+    - ``policy``: what each role may send us (default: every trusted peer may do anything);
+      its ``[unauthenticated]`` section sets the handshakes allowed per connection on ``bind``.
     - ``audit``: where rejections, handshakes and rekeys are written (default: nowhere).
     - ``rekey``: the session rekey policy (default: 1,000,000 messages or 24 hours).
     - ``max_queue``, ``on_full``: messages held per peer while its session is set up; when
@@ -137,7 +139,8 @@ class Node:
         self._direct = DirectLinks(self._poller, self._direct_topics)
         try:
             if bind is not None:
-                self._direct.listen(SecureRouter(bind, **self._link_options()))
+                limits = HandshakeLimits().with_policy(policy)
+                self._direct.listen(SecureRouter(bind, limits=limits, **self._link_options()))
             if broker is not None:
                 self._tunnels = Tunnels(
                     identity=identity,
