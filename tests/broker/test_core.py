@@ -86,11 +86,57 @@ def test_policy_denials_are_refused_counted_and_audited(core: BrokerCore) -> Non
 
 def test_roles_updated_after_connecting_decide_the_next_message(core: BrokerCore) -> None:
     assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) != []
-    core.update_roles(ALICE, frozenset({"listener"}))  # demoted in the trust store
+    core.update_roles(ALICE, frozenset({"listener"}), now=NOW)  # demoted in the trust store
     assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) == []
     assert core.rejected["denied"] == 1
-    core.update_roles(CAROL, frozenset({"agent"}))  # not connected: nothing to update
+    core.update_roles(CAROL, frozenset({"agent"}), now=NOW)  # not connected: nothing to update
     assert CAROL not in core.agents
+
+
+def _subscribers_of(core: BrokerCore, topic: str) -> list[str]:
+    return [s.to for s in core.handle(ALICE, MessageType.PUBLISH, topic, ["ct"], now=NOW)]
+
+
+def test_a_demoted_agent_loses_the_subscriptions_its_new_roles_forbid(core: BrokerCore) -> None:
+    """Roles are re-read on each message; a subscription made under the old roles used to
+    go on receiving (ciphertext, but also who publishes what and when)."""
+    core.handle(BOB, MessageType.SUBSCRIBE, "news/*", None, now=NOW)
+    assert _subscribers_of(core, "news/a") == [BOB]
+    core.update_roles(BOB, frozenset({"observer"}), now=NOW)  # a role with no grants
+    assert _subscribers_of(core, "news/b") == []
+    audit = core.audit
+    assert isinstance(audit, MemoryAuditLog)
+    assert [r["peer"] for r in audit.events("reject", reason="subscription_ended")] == [BOB]
+
+
+def test_a_reloaded_policy_decides_the_next_message_and_ends_what_it_forbids(
+    core: BrokerCore,
+) -> None:
+    core.connected(CAROL, ["listener"], now=NOW)
+    core.handle(BOB, MessageType.SUBSCRIBE, "news/*", None, now=NOW)
+    core.handle(CAROL, MessageType.SUBSCRIBE, "news/sport", None, now=NOW)
+    core.expire_idle(now=NOW + 100, max_idle=50)  # both idle: their subscriptions kept aside
+    core.connected(ALICE, ["agent"], now=NOW + 100, resumed=True)
+    core.set_policy(
+        Policy.from_toml(
+            """
+[roles.agent]
+send = ["FORWARD", "PUBLISH"]
+publish = ["news/*"]
+subscribe = ["news/local"]
+
+[roles.listener]
+subscribe = ["news/*"]
+"""
+        ),
+        now=NOW + 100,
+    )
+    core.connected(BOB, ["agent"], now=NOW + 100, resumed=True)
+    assert core.agents[BOB].subscriptions == set()  # "news/*" is more than news/local
+    assert core.handle(BOB, MessageType.SUBSCRIBE, "news/local", None, now=NOW + 100) == []
+    assert core.rejected["denied"] == 1  # SUBSCRIBE is no longer a type agents may send
+    core.connected(CAROL, ["listener"], now=NOW + 100, resumed=True)
+    assert core.agents[CAROL].subscriptions == {"news/sport"}  # still allowed, kept while idle
 
 
 def test_rate_limit_per_identity(core: BrokerCore) -> None:

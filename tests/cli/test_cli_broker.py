@@ -628,3 +628,60 @@ def test_agents_count_drops_when_an_agent_leaves(
     finally:
         _close(node)
     broker.wait_stats(lambda stats: stats["agents"] == 0, timeout=4.0)
+
+
+# -- policy reload -----------------------------------------------------------------------------
+
+ALLOW_ALL = '[roles.agent]\nsend = ["*"]\npublish = ["*"]\nsubscribe = ["*"]\n'
+NO_FORWARDING = '[roles.agent]\nsend = ["MAIL"]\n'
+
+
+def _next_message(receiver: Node, sender: Node) -> Incoming:
+    """Pump both (the tunnel's handshake needs the sender too) until one message is in."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not receiver.inbox:
+        assert time.monotonic() < deadline, "nothing arrived"
+        sender.pump(0.01)
+        receiver.pump(0.01)
+    return receiver.receive(timeout=0)
+
+
+def _wait_log(broker: Running, event: str) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        found = [line for line in broker.log_events() if line["event"] == event]
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    pytest.fail(f"no {event} in the broker's log:\n{broker.err()}")
+
+
+def test_sighup_reloads_the_policy_and_a_file_that_does_not_load_keeps_the_old(
+    setup: Setup, start_broker: Callable[..., Running]
+) -> None:
+    policy = setup.directory / "reload.toml"
+    policy.write_text(ALLOW_ALL)
+    broker = start_broker("--policy", str(policy))
+    alice, bob = setup.node(0), setup.node(1)
+    try:
+        alice.send(bob.agent_id, "before")
+        assert _next_message(bob, alice).payload == "before"
+
+        policy.write_text("[roles.agent\nsend = oops")
+        broker.process.send_signal(signal.SIGHUP)
+        failed = _wait_log(broker, "policy_reload_failed")
+        assert "not valid TOML" in failed["error"]
+        alice.send(bob.agent_id, "old policy still in force")
+        assert _next_message(bob, alice).payload == "old policy still in force"
+
+        policy.write_text(NO_FORWARDING)
+        broker.process.send_signal(signal.SIGHUP)
+        _wait_log(broker, "policy_reloaded")
+        alice.send(bob.agent_id, "refused")
+        alice.pump(0.1)
+        broker.wait_stats(lambda stats: stats["rejected"].get("denied", 0) >= 1)
+        bob.pump(0.1)
+        assert not bob.inbox
+    finally:
+        _close(alice, bob)
+    assert broker.stop() == 0

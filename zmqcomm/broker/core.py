@@ -143,11 +143,28 @@ class BrokerCore:
         self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
         return self._mail_for(agent)
 
-    def update_roles(self, agent: str, roles: frozenset[str]) -> None:
-        """The agent's roles as the trust store has them now (edited since it connected)."""
+    def update_roles(self, agent: str, roles: frozenset[str], *, now: float) -> None:
+        """The agent's roles as the trust store has them now (edited since it connected):
+        subscriptions its new roles no longer allow end."""
         state = self.agents.get(agent)
-        if state is not None:
+        if state is not None and state.roles != roles:
             state.roles = roles
+            self._prune_subscriptions(agent, state, now=now)
+
+    def set_policy(self, policy: Policy | None, *, now: float) -> None:
+        """Put ``policy`` in force (a reload): it decides every message from now on, and
+        subscriptions it does not allow end now, not when their agents reconnect."""
+        self.policy = policy
+        for name, state in [*self.agents.items(), *self._idle.items()]:
+            self._prune_subscriptions(name, state, now=now)
+
+    def _prune_subscriptions(self, agent: str, state: _Agent, *, now: float) -> None:
+        if self.policy is None:
+            return
+        for topic in sorted(state.subscriptions):
+            if not self.policy.may_subscribe(state.roles, topic):
+                state.subscriptions.discard(topic)
+                self.refuse(agent, "subscription_ended", now=now, topic=topic)
 
     def disconnected(self, agent: str) -> None:
         self.agents.pop(agent, None)

@@ -156,7 +156,7 @@ class Broker:
                 )
             else:
                 # Roles edited in the trust store count from the agent's next message.
-                self.core.update_roles(agent, self._roles(agent))
+                self.core.update_roles(agent, self._roles(agent), now=now)
             for payload in delivered.message.payloads:
                 sends = self.core.handle(
                     agent, header.type, header.topic, payload, now=now, session=header.session
@@ -244,6 +244,13 @@ class Broker:
     def stop(self) -> None:
         """Ask :meth:`serve` to return after the current step (safe from a signal handler)."""
         self._stopping = True
+
+    def set_policy(self, policy: Policy | None) -> None:
+        """Put a new role policy in force (None: every trusted agent may do anything): it
+        decides every message from now on, and subscriptions it no longer allows end at once
+        (audited as ``subscription_ended``). Its ``[unauthenticated]`` handshake bucket
+        counts only from a restart: the router's buckets are made when it binds."""
+        self.core.set_policy(policy, now=self.wall_clock())
 
     # -- statistics --------------------------------------------------------------------------
 

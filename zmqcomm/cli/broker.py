@@ -34,7 +34,10 @@ examples:
   zmqcomm broker stats --data data
       connected agents, messages routed, mail waiting, rejections (--json for scripts)
 
-Stops cleanly on SIGTERM or SIGINT (Ctrl-C). Logs are JSON lines on stderr.
+Stops cleanly on SIGTERM or SIGINT (Ctrl-C). SIGHUP reads --policy again: the new policy
+decides every message from then on and ends subscriptions it no longer allows; a file that
+does not load is logged and the old policy stays. Trust store edits need no signal: they
+count from each agent's next message. Logs are JSON lines on stderr.
 """
 
 _PATHS = ("bind", "keys", "name", "trust", "policy", "data", "audit")
@@ -177,13 +180,16 @@ def run(args: argparse.Namespace) -> int:
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: broker.stop())
+    reloader = _PolicyReloader(broker, settings.get("policy"), log)
+    signal.signal(signal.SIGHUP, lambda *_: reloader.request())
     log.info(
         json.dumps(
             {"event": "started", "agent_id": identity.agent_id, "endpoints": broker.endpoints}
         )
     )
     try:
-        broker.serve(until=_PeriodicLog(broker, log, every=10.0))
+        periodic = _PeriodicLog(broker, log, every=10.0)
+        broker.serve(until=lambda: reloader() or periodic())
     finally:
         stats = broker.statistics()
         broker.close()
@@ -191,6 +197,36 @@ def run(args: argparse.Namespace) -> int:
             audit.close()
         log.info(json.dumps({"event": "stopped", **_summary(stats)}))
     return 0
+
+
+class _PolicyReloader:
+    """Reads the policy file again when asked (SIGHUP), in the serve loop, not in the signal
+    handler: the broker's state is only touched between steps."""
+
+    def __init__(self, broker: Broker, path: str | None, log: logging.Logger) -> None:
+        self.broker, self.path, self.log = broker, path, log
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        if not self.requested:
+            return False
+        self.requested = False
+        if self.path is None:
+            self.log.info(json.dumps({"event": "policy_not_reloaded", "why": "no --policy given"}))
+            return False
+        try:
+            policy = Policy.load(self.path)
+        except UsageError as exc:
+            self.log.error(
+                json.dumps({"event": "policy_reload_failed", "error": str(exc), "kept": "old"})
+            )
+            return False
+        self.broker.set_policy(policy)
+        self.log.info(json.dumps({"event": "policy_reloaded", "path": str(self.path)}))
+        return False  # never stops the loop
 
 
 class _PeriodicLog:
