@@ -151,6 +151,11 @@ class _SecureSocket:
         self.gone = 0
         self._closed = False
         self._next_timer_check = -1.0
+        #: Rekey FINISH frames that found the peer's queue full, per route, oldest first,
+        #: with the channel (session) they belong to.
+        self._held_finish: dict[bytes, tuple[SecureChannel | None, list[Sequence[Buffer]]]] = {}
+        #: How many FINISH frames had to be held for want of room.
+        self.finish_held = 0
         #: What a waiting pump polls when there are side sockets (set by subclasses that have
         #: some); empty: it polls the socket alone, the cheaper call.
         self._side_waits: list[tuple[zmq.Socket[Any], int]] = []
@@ -189,20 +194,61 @@ class _SecureSocket:
         would stall everyone this socket serves, and the handshake's initiator retries on its
         timer."""
         # Except a FINISH: its sender uses the new keys from now on, and a peer that never
-        # got it would refuse (drop) all that follows, unseen. It waits for room like data
-        # (SendTimeout out of pump() if the peer never reads: loud, not silent).
+        # got it would refuse (drop) all that follows, unseen. One that finds no room is
+        # held, and goes before the next data to that peer (_transmit_data): it used to wait
+        # for room here and raise SendTimeout out of pump(), which stopped a whole broker
+        # for one slow agent.
         finish = bool(frames) and peek_type(frames[0]) == MessageType.HANDSHAKE_FINISH
+        if finish and route in self._held_finish:
+            self._held_finish[route][1].append(frames)  # behind the one already waiting
+            return
         try:
-            self._transmit(route, frames, wait=finish)
+            self._transmit(route, frames, wait=False)
         except (QueueFullError, SendTimeout):
             if finish:
-                raise
-            self._reply_dropped()
+                self._held_finish[route] = (self.table.channels.get(route), [frames])
+                self.finish_held += 1
+            else:
+                self._reply_dropped()
         except TransportError as exc:
             if exc.reason != "unroutable":
                 raise
-            self.table.drop(route)
-            self.gone += 1
+            self._forget_route(route)
+
+    def _forget_route(self, route: bytes) -> None:
+        self.table.drop(route)
+        self._held_finish.pop(route, None)
+        self.gone += 1
+
+    def _transmit_data(self, route: bytes, frames: Sequence[Buffer]) -> None:
+        """Send data (waiting for room as ``send_timeout`` says), after any FINISH held for
+        ``route``: the data is sealed under the keys that FINISH puts in force at the peer."""
+        if self._held_finish and route in self._held_finish:
+            self._release_finish(route, wait=True)
+        self._transmit(route, frames)
+
+    def _release_finish(self, route: bytes, *, wait: bool) -> None:
+        """Send what is held for ``route``, oldest first; raises (QueueFullError,
+        SendTimeout, TransportError) with the rest still held."""
+        held = self._held_finish[route][1]
+        while held:
+            self._transmit(route, held[0], wait=wait)
+            held.pop(0)
+        del self._held_finish[route]
+
+    def _release_held_finishes(self) -> None:
+        for route, (channel, _) in list(self._held_finish.items()):
+            if self.table.channels.get(route) is not channel:
+                del self._held_finish[route]  # the session it belonged to is gone
+                continue
+            try:
+                self._release_finish(route, wait=False)
+            except (QueueFullError, SendTimeout):
+                continue  # still no room: next tick
+            except TransportError as exc:
+                if exc.reason != "unroutable":
+                    raise
+                self._forget_route(route)
 
     def _reply_dropped(self) -> None:
         self.table.rejected["reply_queue_full"] += 1
@@ -258,6 +304,8 @@ class _SecureSocket:
         if tick < self._next_timer_check:
             return
         self._next_timer_check = tick + _TIMER_TICK
+        if self._held_finish:
+            self._release_held_finishes()
         for extra in self._extra_sockets():
             # Side sockets (connection events) are also looked at on timer ticks: a pump that
             # does not wait (timeout 0) sees them here.
@@ -300,7 +348,7 @@ class _SecureSocket:
             frames = channel.seal(msg_type, payloads[0], topic=topic, now=now)
         else:
             frames = channel.seal_many(msg_type, payloads, topic=topic, now=now)
-        self._transmit(route, frames)
+        self._transmit_data(route, frames)
         self.sent += len(payloads)
         # The message-count rekey trigger: a few comparisons, so check on every send. The data
         # send above decides the outcome: its message is queued, so nothing after it may
@@ -324,7 +372,7 @@ class _SecureSocket:
 
         def send(frames: Sequence[Buffer]) -> None:
             self._check_sender(route, channel)  # a batch kept from before a reconnect
-            self._transmit(route, frames)
+            self._transmit_data(route, frames)
 
         return BatchingSender(send, self.table.codec, frame_batch=frame_batch, **options)
 
@@ -351,6 +399,7 @@ class _SecureSocket:
             "rekeys": self.table.rekeys,
             "gone": self.gone,
             "inbox_full": self.inbox_full,
+            "finish_held": self.finish_held,
             "rejected": dict(self.table.rejected),
         }
 

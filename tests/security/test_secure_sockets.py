@@ -19,7 +19,6 @@ from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ConnectError,
     LocalProtocolError,
-    QueueFullError,
     ReceiveTimeout,
     SendTimeout,
     TransportError,
@@ -29,7 +28,6 @@ from zmqcomm.errors import (
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import CompressionConfig, Limits, MessageType, WireCodec
-from zmqcomm.wire.header import pack_header
 
 from .conftest import Cast, establish
 
@@ -499,26 +497,59 @@ def test_a_waiting_pump_wakes_for_the_connection_and_starts_the_handshake(
         assert dealer.table.rejected == {}
 
 
-def test_a_finish_that_cannot_be_queued_is_an_error_not_a_silent_drop(
-    cast: Cast, monkeypatch: pytest.MonkeyPatch
+def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
+    cast: Cast,
 ) -> None:
-    # Handshake answers that cannot be queued are dropped (their initiator retries), but
-    # the FINISH switches its sender to the new keys: dropped, the peer would refuse all
-    # that follows without anyone seeing it.
-    with SecureRouter(
-        f"inproc://finish-{next(_inproc_names)}", identity=cast.bob, trust=cast.bob_trust
-    ) as router:
-
-        def full(route: bytes, frames: object, *, wait: bool = True) -> None:
-            raise QueueFullError("the peer's queue is full")
-
-        monkeypatch.setattr(router, "_transmit", full)
-        reply = pack_header(MessageType.HANDSHAKE_REPLY, 0, b"", 0)
-        router._transmit_reply(b"route", [reply])
-        assert router.table.rejected["reply_queue_full"] == 1
-        finish = pack_header(MessageType.HANDSHAKE_FINISH, 0, b"", 0)
-        with pytest.raises(QueueFullError):
-            router._transmit_reply(b"route", [finish])
+    """The FINISH of a rekey the router started switches it to the new keys: dropped, the
+    peer would refuse all that follows, unseen. It used to wait for room and raise out of
+    pump(): with send_timeout=0 (the broker's), one agent with a full queue at that moment
+    stopped the broker. Now it is held, and sent before the next data to that peer."""
+    small = SocketOptions(send_hwm=20, receive_hwm=20)
+    with _session(
+        cast,
+        f"inproc://finish-{next(_inproc_names)}",
+        router={
+            "options": small,
+            "send_timeout": 0.0,
+            "policy": RekeyPolicy(max_messages=30, jitter=0.0),
+        },
+        options=small,
+    ) as (router, dealer):
+        alice = cast.alice.agent_id
+        for index in range(30):  # the 30th send starts the router's rekey (its INIT)
+            router.send(alice, index)
+        deadline = time.monotonic() + 5
+        while not router.socket.poll(0):  # the dealer takes the data and the INIT, answers
+            assert time.monotonic() < deadline, "no REPLY from the dealer"
+            dealer.pump(0.01)
+        filled = 0
+        with pytest.raises(SendTimeout):  # send_timeout 0: no waiting
+            while True:  # the dealer's queue fills up under the old keys
+                router.send(alice, f"fill {filled}")
+                filled += 1
+        router.pump(0.05)  # the REPLY comes in: its FINISH finds no room
+        assert router.statistics()["finish_held"] == 1
+        with pytest.raises(SendTimeout):
+            router.send(alice, "no room yet")  # nothing may overtake the FINISH
+        received: list[object] = []
+        deadline = time.monotonic() + 10
+        while len(received) < 30 + filled:
+            assert time.monotonic() < deadline, f"{len(received)} of {30 + filled} arrived"
+            dealer.pump(0.01)
+            router.pump(0.0)
+            received += [p for d in dealer.inbox for p in d.message.payloads]
+            dealer.inbox.clear()
+        for index in range(10):
+            router.send(alice, f"after {index}")
+        while len(received) < 40 + filled:
+            assert time.monotonic() < deadline, "data under the new keys was lost"
+            dealer.pump(0.01)
+            router.pump(0.0)
+            received += [p for d in dealer.inbox for p in d.message.payloads]
+            dealer.inbox.clear()
+        assert received[-10:] == [f"after {index}" for index in range(10)]
+        assert router.table.rekeys == 1
+        assert dealer.table.rejected == {}
 
 
 def test_a_full_inbox_leaves_the_rest_in_zeromq_and_loses_nothing(
