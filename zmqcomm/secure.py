@@ -220,12 +220,13 @@ class _SecureSocket:
         self._held_finish.pop(route, None)
         self.gone += 1
 
-    def _transmit_data(self, route: bytes, frames: Sequence[Buffer]) -> None:
-        """Send data (waiting for room as ``send_timeout`` says), after any FINISH held for
-        ``route``: the data is sealed under the keys that FINISH puts in force at the peer."""
+    def _transmit_data(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        """Send data (waiting for room as ``send_timeout`` says, or not at all), after any
+        FINISH held for ``route``: the data is sealed under the keys that FINISH puts in
+        force at the peer."""
         if self._held_finish and route in self._held_finish:
-            self._release_finish(route, wait=True)
-        self._transmit(route, frames)
+            self._release_finish(route, wait=wait)
+        self._transmit(route, frames, wait=wait)
 
     def _release_finish(self, route: bytes, *, wait: bool) -> None:
         """Send what is held for ``route``, oldest first; raises (QueueFullError,
@@ -342,13 +343,15 @@ class _SecureSocket:
         payloads: Sequence[object],
         msg_type: int,
         topic: str,
+        *,
+        wait: bool = True,
     ) -> None:
         now = self.wall_clock()
         if len(payloads) == 1:
             frames = channel.seal(msg_type, payloads[0], topic=topic, now=now)
         else:
             frames = channel.seal_many(msg_type, payloads, topic=topic, now=now)
-        self._transmit_data(route, frames)
+        self._transmit_data(route, frames, wait=wait)
         self.sent += len(payloads)
         # The message-count rekey trigger: a few comparisons, so check on every send. The data
         # send above decides the outcome: its message is queued, so nothing after it may
@@ -475,10 +478,16 @@ class SecureRouter(_SecureSocket):
         return raw[0], raw[1:]
 
     def send(
-        self, agent_id: str, payload: object, *, msg_type: int = MessageType.DATA, topic: str = ""
+        self,
+        agent_id: str,
+        payload: object,
+        *,
+        msg_type: int = MessageType.DATA,
+        topic: str = "",
+        wait: bool = True,
     ) -> None:
         """Encrypt ``payload`` for the connected agent ``agent_id`` and send it."""
-        self.send_many(agent_id, [payload], msg_type=msg_type, topic=topic)
+        self.send_many(agent_id, [payload], msg_type=msg_type, topic=topic, wait=wait)
 
     def send_many(
         self,
@@ -487,15 +496,17 @@ class SecureRouter(_SecureSocket):
         *,
         msg_type: int = MessageType.DATA,
         topic: str = "",
+        wait: bool = True,
     ) -> None:
         """Send several payloads as one batch frame: one AEAD call, one socket send. An error
-        (:class:`SendTimeout` when the peer's queue stays full) means nothing was queued."""
+        (:class:`SendTimeout` when the peer's queue stays full for ``send_timeout``, or at
+        once :class:`QueueFullError` with ``wait=False``) means nothing was queued."""
         self._check_open()
         route = self.table.route_of(agent_id)
         channel = self.table.channels.get(route) if route is not None else None
         if route is None or channel is None:
             raise UnknownPeerError(f"no session with {agent_id}: it has not connected")
-        self._send_on(route, channel, payloads, msg_type, topic)
+        self._send_on(route, channel, payloads, msg_type, topic, wait=wait)
 
     @property
     def peers(self) -> list[str]:
@@ -595,6 +606,22 @@ class SecureDealer(_SecureSocket):
                 raise
 
     def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        if wait:
+            try:
+                send_frames(self.socket, frames, timeout=0)
+                return
+            except QueueFullError:
+                # No room. With IMMEDIATE a connection that just dropped looks the same, and
+                # waiting send_timeout on it would only end in SendTimeout: look at the
+                # connection events first (they are otherwise read on a pump).
+                connections = self._connections
+                self._on_extra(self._monitor)
+                if self.disconnected or self._connections != connections:
+                    raise ConnectError(
+                        f"the connection to {self.endpoint} dropped; it comes back by itself: "
+                        "send again once established (wait_established())",
+                        reason="link_down",
+                    ) from None
         send_frames(self.socket, frames, timeout=None if wait else 0)
 
     def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
@@ -708,14 +735,28 @@ class SecureDealer(_SecureSocket):
         assert self.peer is not None
         return self.peer
 
-    def send(self, payload: object, *, msg_type: int = MessageType.DATA, topic: str = "") -> None:
-        self.send_many([payload], msg_type=msg_type, topic=topic)
+    def send(
+        self,
+        payload: object,
+        *,
+        msg_type: int = MessageType.DATA,
+        topic: str = "",
+        wait: bool = True,
+    ) -> None:
+        self.send_many([payload], msg_type=msg_type, topic=topic, wait=wait)
 
     def send_many(
-        self, payloads: Sequence[object], *, msg_type: int = MessageType.DATA, topic: str = ""
+        self,
+        payloads: Sequence[object],
+        *,
+        msg_type: int = MessageType.DATA,
+        topic: str = "",
+        wait: bool = True,
     ) -> None:
         """Send several payloads as one batch frame: one AEAD call, one socket send. An error
-        (:class:`SendTimeout` when the router's queue stays full) means nothing was queued."""
+        (:class:`SendTimeout` when the router's queue stays full for ``send_timeout``, at
+        once :class:`QueueFullError` with ``wait=False``, :class:`ConnectError` when the
+        connection is down) means nothing was queued."""
         self._check_open()
         if self.disconnected:
             raise ConnectError(
@@ -726,7 +767,7 @@ class SecureDealer(_SecureSocket):
         channel = self.table.channels.get(_DEALER_ROUTE)
         if channel is None or not channel.established:
             raise ConnectError("no session with the router yet: call wait_established()")
-        self._send_on(_DEALER_ROUTE, channel, payloads, msg_type, topic)
+        self._send_on(_DEALER_ROUTE, channel, payloads, msg_type, topic, wait=wait)
 
     def batching_sender(self, **options: Any) -> BatchingSender:
         """A :class:`BatchingSender` whose batches are encrypted for the router (options:

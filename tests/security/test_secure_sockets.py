@@ -497,6 +497,28 @@ def test_a_waiting_pump_wakes_for_the_connection_and_starts_the_handshake(
         assert dealer.table.rejected == {}
 
 
+def test_a_send_after_the_connection_dropped_says_so_at_once(cast: Cast, short_dir: str) -> None:
+    """The dealer learns of a dropped connection from its monitor, read on a pump. A send
+    before that pump found no pipe (IMMEDIATE) and waited its whole send_timeout (here made
+    20 s), then raised SendTimeout; it now looks at the connection events first."""
+    endpoint = f"ipc://{short_dir}/dropped.sock"
+    router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+    with SecureDealer(
+        endpoint,
+        identity=cast.alice,
+        trust=cast.alice_trust,
+        connect_timeout=None,
+        send_timeout=20.0,
+    ) as dealer:
+        establish(router, dealer)
+        router.close()
+        time.sleep(0.2)  # the connection is gone; the dealer has not pumped since
+        with pytest.raises(ConnectError) as caught:
+            dealer.send("lost")
+        assert caught.value.reason == "link_down"
+        assert dealer.statistics()["sent"] == 0
+
+
 def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
     cast: Cast,
 ) -> None:
