@@ -26,6 +26,7 @@ from zmqcomm.errors import (
 )
 from zmqcomm.node import Incoming, Node, direct_topics
 from zmqcomm.secure import SecureDealer
+from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import MessageType
 
 from .conftest import Bus
@@ -619,3 +620,34 @@ def test_subscriptions_per_peer_are_capped_counted_and_audited(
     bob.call(lambda node: node.subscribe("t/4"))
     pump_until([alice], lambda: alice.subscribers("t/4") == [bob.agent_id], what="t/4 taken")
     assert alice.subscribers("t/0") == []
+
+
+def test_a_peer_that_does_not_read_its_replies_holds_up_no_one(
+    bus: Bus, make_node: MakeNode, ipc_endpoint: Callable[[str], str]
+) -> None:
+    """Automatic replies (and publications, subscriptions) go out from inside pump(): they
+    used to wait send_timeout (1 s) each for a peer whose queue was full, so a peer that
+    sent requests and never read the answers stalled the node for everyone else. They
+    never wait now: such a reply is dropped and counted (queue_full)."""
+    small = SocketOptions(send_hwm=10, receive_hwm=10)
+    endpoint = ipc_endpoint("slow")
+    server = make_node(bus.agents["alice"], bus.trust("alice"), bind=endpoint, options=small)
+    server.request_handler = echo
+    with SecureDealer(
+        endpoint,
+        identity=bus.agents["dave"],
+        trust=bus.trust("dave"),
+        options=small,
+        connect_timeout=None,
+    ) as greedy:
+        pump_until([server], lambda: greedy.pump(0.01) >= 0 and greedy.established)
+        for index in range(60):
+            greedy.send([index + 1, "x"], msg_type=MessageType.REQUEST)  # never reads
+        deadline = time.monotonic() + 30
+        while server.statistics()["rejected"].get("queue_full", 0) == 0:
+            assert time.monotonic() < deadline, server.statistics()["rejected"]
+            server.pump(0.01)
+        settle([server], 0.2)
+        rejected = server.statistics()["rejected"]
+        assert "send_timeout" not in rejected, rejected
+        assert rejected["queue_full"] >= 1

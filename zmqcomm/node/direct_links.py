@@ -77,9 +77,10 @@ class DirectLinks:
             return self.router, peer
         return None
 
-    def send(self, peer: str, inner: object, *, kind: int, topic: str) -> bool:
-        """Send over the direct link to ``peer``; False if there is none."""
-        return self.send_many(peer, [inner], kind=kind, topic=topic)
+    def send(self, peer: str, inner: object, *, kind: int, topic: str, wait: bool = True) -> bool:
+        """Send over the direct link to ``peer``; False if there is none. ``wait=False``:
+        QueueFullError at once, rather than waiting for room, when the peer does not read."""
+        return self.send_many(peer, [inner], kind=kind, topic=topic, wait=wait)
 
     def send_many(
         self,
@@ -88,6 +89,7 @@ class DirectLinks:
         *,
         kind: int = MessageType.DATA,
         topic: str,
+        wait: bool = True,
     ) -> bool:
         """Send to ``peer`` as one frame (a batch when there are several); False if there is
         no direct link."""
@@ -97,9 +99,9 @@ class DirectLinks:
         link, agent = direct
         if isinstance(link, SecureRouter):
             with self._forgetting(link, agent):
-                link.send_many(agent, list(payloads), msg_type=kind, topic=topic)
+                link.send_many(agent, list(payloads), msg_type=kind, topic=topic, wait=wait)
         else:
-            link.send_many(list(payloads), msg_type=kind, topic=topic)
+            link.send_many(list(payloads), msg_type=kind, topic=topic, wait=wait)
         return True
 
     def to_each(self, peers: Sequence[str], send: Callable[[str], None], reject: Reject) -> None:

@@ -318,9 +318,14 @@ class Node:
 
     def reply(self, request: Incoming, payload: object) -> None:
         """Answer a request received from a peer."""
+        self._reply(request, payload, wait=True)
+
+    def _reply(self, request: Incoming, payload: object, *, wait: bool) -> None:
         if not request.is_request or request.request_id is None:
             raise UsageError("reply() answers a REQUEST; this message is not one")
-        self._send(request.sender, MessageType.REPLY, payload, request_id=request.request_id)
+        self._send(
+            request.sender, MessageType.REPLY, payload, request_id=request.request_id, wait=wait
+        )
 
     # -- topics ------------------------------------------------------------------------------
 
@@ -374,17 +379,21 @@ class Node:
             self._send_quietly(peer, functools.partial(self._subscribe_peer, peer, topic))
 
     def _subscribe_peer(self, peer: str, topic: str) -> None:
-        self._send(peer, MessageType.SUBSCRIBE, None, topic=topic)
+        self._send(peer, MessageType.SUBSCRIBE, None, topic=topic, wait=False)
 
     def _to_each(self, peers: Sequence[str], kind: int, payload: object, topic: str) -> None:
-        """Send to several direct peers, skipping (and rejecting) any that left."""
+        """Send to several direct peers, skipping (and rejecting) any that left or whose
+        queue is full: one that does not read must not hold up the others."""
         self._direct.to_each(
-            peers, lambda peer: self._send(peer, kind, payload, topic=topic), self._reject
+            peers,
+            lambda peer: self._send(peer, kind, payload, topic=topic, wait=False),
+            self._reject,
         )
 
     def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
         """A send the node makes on its own (an automatic reply, a subscription) inside
-        pump(): a peer that left meanwhile must not turn into an exception for the caller."""
+        pump(): a peer that left meanwhile, or does not read (these sends never wait for
+        room), must not turn into an exception for the caller."""
         try:
             send()
         except TransportError as exc:
@@ -398,10 +407,11 @@ class Node:
         *,
         topic: str = "",
         request_id: int | None = None,
+        wait: bool = True,
     ) -> None:
         self._check_open()
         inner = wrap(kind, payload, request_id)
-        if self._direct.send(peer, inner, kind=kind, topic=topic):
+        if self._direct.send(peer, inner, kind=kind, topic=topic, wait=wait):
             self.counters["sent"] += 1
         elif self._tunnels is not None:
             self._check_broker_room()
@@ -561,7 +571,7 @@ class Node:
             # Answered at once, even while this node waits in request(): two nodes that
             # request from each other at the same moment do not deadlock.
             answer = self.request_handler(incoming)
-            self._send_quietly(incoming.sender, lambda: self.reply(incoming, answer))
+            self._send_quietly(incoming.sender, lambda: self._reply(incoming, answer, wait=False))
             return
         if incoming.kind == MessageType.REPLY:
             try:
