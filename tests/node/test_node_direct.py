@@ -651,3 +651,17 @@ def test_a_peer_that_does_not_read_its_replies_holds_up_no_one(
         rejected = server.statistics()["rejected"]
         assert "send_timeout" not in rejected, rejected
         assert rejected["queue_full"] >= 1
+
+
+def test_receive_with_no_time_left_returns_a_message_already_waiting(
+    bus: Bus, make_node: MakeNode, spawn_node: SpawnNode, ipc_endpoint: Callable[[str], str]
+) -> None:
+    """receive(0) raised before it pumped, so a message waiting in a socket was never
+    returned (and messages(timeout=0) yielded nothing)."""
+    alice, bob, _ = linked(bus, make_node, spawn_node, ipc_endpoint)
+    bob.call(lambda node: node.send(alice.agent_id, "waiting"))
+    first = alice._direct.dealers[bob.agent_id]
+    assert first.socket.poll(5000)  # in alice's socket, not yet read
+    assert alice.receive(timeout=0).payload == "waiting"
+    with pytest.raises(ReceiveTimeout):
+        alice.receive(timeout=0)

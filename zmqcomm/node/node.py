@@ -222,8 +222,10 @@ class Node:
                         "node listening there, and do both trust stores list each other?)"
                         f"{unresolved_host_hint(endpoint)}"
                     )
-                self.pump(0.01)  # may raise: a request handler's error comes out here
-                dealer.pump(0.01)
+                # Our other links are only looked at (no wait): the new dealer is not in the
+                # poller yet, and waiting on them added 10 ms to each handshake step.
+                self.pump(0.0)  # may raise: a request handler's error comes out here
+                dealer.pump(min(0.01, max(deadline - self.clock(), 0.0)))
         except BaseException:
             dealer.close()  # not yet one of our links: nothing else would ever close it
             raise
@@ -593,9 +595,11 @@ class Node:
         deadline = None if timeout is None else self.clock() + timeout
         while not self.inbox:
             left = 0.1 if deadline is None else deadline - self.clock()
-            if left <= 0:
+            # Pumped at least once, even with no time left: receive(0) returns a message
+            # that is already waiting in a socket.
+            self.pump(min(max(left, 0.0), 0.1))
+            if not self.inbox and deadline is not None and self.clock() >= deadline:
                 raise ReceiveTimeout(f"no message within {timeout} s")
-            self.pump(min(left, 0.1))
         return self.inbox.popleft()
 
     def messages(self, timeout: float | None = None) -> Iterator[Incoming]:
