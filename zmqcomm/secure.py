@@ -175,6 +175,18 @@ class _SecureSocket:
     def _on_extra(self, sock: zmq.Socket[Any]) -> None:
         raise NotImplementedError
 
+    def side_sockets(self) -> list[zmq.Socket[Any]]:
+        """Sockets besides :attr:`socket` that a caller waiting on several secure sockets
+        should wake for (a dealer's connection events); hand a readable one to
+        :meth:`on_side_ready`. A pump also looks at them, on its timer ticks."""
+        return self._extra_sockets()
+
+    def on_side_ready(self, side: zmq.Socket[Any]) -> None:
+        """Handle what waits on ``side`` (one of :meth:`side_sockets`): a reconnect starts
+        its handshake now. Nothing once closed."""
+        if not self._closed:
+            self._on_extra(side)
+
     def _handle(self, route: bytes, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Transmit):

@@ -454,8 +454,9 @@ class Node:
     # -- receiving ---------------------------------------------------------------------------
 
     def sockets(self) -> list[zmq.Socket[Any]]:
-        """The node's ZeroMQ sockets (for an event loop to watch)."""
-        return [link.socket for link in self._links()]
+        """The node's ZeroMQ sockets (for an event loop to watch), connection monitors
+        included: a reconnect needs a pump as much as a message does."""
+        return [sock for link in self._links() for sock in (link.socket, *link.side_sockets())]
 
     def _links(self) -> list[Link]:
         links = self._direct.links()
