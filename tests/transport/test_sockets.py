@@ -111,6 +111,15 @@ def test_full_queue_with_a_timeout_raises_send_timeout(make_socket: MakeSocket) 
     assert isinstance(caught.value, TimeoutError)
 
 
+def test_a_timeout_for_one_send_leaves_the_sockets_own_in_place(make_socket: MakeSocket) -> None:
+    """It used to be reset to -1 (block for ever) after the call."""
+    client = make_socket(zmq.DEALER, send_hwm=1)
+    client.setsockopt(zmq.SNDTIMEO, 200)
+    with pytest.raises(SendTimeout):
+        send_frames(client, [b"m"], timeout=0.05)
+    assert client.getsockopt(zmq.SNDTIMEO) == 200
+
+
 def test_send_timeout_of_nan_is_refused_and_sends_nothing(
     make_socket: MakeSocket, endpoint: str
 ) -> None:

@@ -230,6 +230,9 @@ def send_frames(
         check_timeout(timeout, "send timeout")  # NaN would otherwise pass as "never block"
     if timeout is None or timeout > 0:
         if timeout is not None:
+            # Put back afterwards: the socket's own send timeout (a SecureDealer's
+            # send_timeout) must outlive one call that asked for another.
+            previous = sock.getsockopt(zmq.SNDTIMEO)
             sock.setsockopt(zmq.SNDTIMEO, poll_ms(timeout))
         try:
             _send_parts(sock, frames, 0)
@@ -243,7 +246,7 @@ def send_frames(
             raise translate_zmq_error(exc, "send") from exc
         finally:
             if timeout is not None:
-                sock.setsockopt(zmq.SNDTIMEO, -1)
+                sock.setsockopt(zmq.SNDTIMEO, previous)
         return
     try:
         _send_parts(sock, frames, _NOBLOCK)
