@@ -357,3 +357,20 @@ def test_the_mail_sweep_deletes_only_for_a_revocation_not_a_key_file_caught_mid_
             assert mailbox.count(bob.agent_id) == 0  # revoked: gone
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_two_brokers_cannot_share_a_data_directory(tmp_path: Path) -> None:
+    """They would share one mailbox and overwrite each other's stats.json."""
+    directory = Path(tempfile.mkdtemp(prefix="zc-lock-", dir="/tmp"))  # short ipc paths
+    identity = Identity.generate("broker")
+    trust = TrustStore(tmp_path / "trust")
+    data = tmp_path / "data"
+    try:
+        first = Broker([f"ipc://{directory}/1.sock"], identity=identity, trust=trust, data=data)
+        with pytest.raises(UsageError, match="in use by another broker"):
+            Broker([f"ipc://{directory}/2.sock"], identity=identity, trust=trust, data=data)
+        first.close()
+        with Broker([f"ipc://{directory}/2.sock"], identity=identity, trust=trust, data=data):
+            pass  # free again once the first is closed
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

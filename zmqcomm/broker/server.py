@@ -25,6 +25,7 @@ from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.data_lock import lock_data_directory
 from zmqcomm.errors import (
     CorruptStoreError,
     LocalProtocolError,
@@ -41,6 +42,8 @@ from zmqcomm.wire import MessageType
 
 STATS_FILE = "stats.json"
 MAILBOX_FILE = "mailbox.sqlite3"
+#: Locked (flock) by the broker process that runs on the data directory.
+LOCK_FILE = "broker.lock"
 _STATS_INTERVAL = 1.0
 #: Nodes PING every 10 s when idle: three missed pings and an agent counts as gone.
 IDLE_TIMEOUT = 30.0
@@ -90,11 +93,22 @@ class Broker:
             revoked=self._revoked,
         )
         self.data = Path(data) if data is not None else None
-        self.mailbox = (
-            Mailbox(self.data / MAILBOX_FILE, **(mailbox_limits or {}))
+        # Two brokers on one directory would share a mailbox and overwrite each other's
+        # stats.json: the second is refused before it opens anything.
+        self._lock = (
+            lock_data_directory(self.data, lock_file=LOCK_FILE, owner="broker")
             if self.data is not None
             else None
         )
+        try:
+            self.mailbox = (
+                Mailbox(self.data / MAILBOX_FILE, **(mailbox_limits or {}))
+                if self.data is not None
+                else None
+            )
+        except BaseException:
+            self._unlock()
+            raise
         core.mailbox = self.mailbox
         try:
             self.router = SecureRouter(
@@ -112,6 +126,7 @@ class Broker:
         except BaseException:
             if self.mailbox is not None:
                 self.mailbox.close()  # an address in use must not leave the database open
+            self._unlock()
             raise
         self.endpoints = [self.router.endpoint]
         try:
@@ -301,6 +316,12 @@ class Broker:
         self.router.close()
         if self.mailbox is not None:
             self.mailbox.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
 
     def __enter__(self) -> Broker:
         return self

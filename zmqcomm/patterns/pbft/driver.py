@@ -27,7 +27,6 @@ the loop and never reach the replica.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -47,6 +46,7 @@ from zmqcomm.crypto.channel import TrustChecker
 from zmqcomm.crypto.key_files import load_identity
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.data_lock import lock_data_directory
 from zmqcomm.errors import (
     ClosedError,
     CorruptStoreError,
@@ -487,16 +487,7 @@ def build_replica(
 def _lock_data_directory(data: Path) -> IO[bytes]:
     """An exclusive lock on ``data``, held while the replica runs: two replicas on one store
     (two configurations naming the same directory) would mix their votes."""
-    lock = open(data / LOCK_FILE, "ab")  # noqa: SIM115 - held until the replica stops
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        lock.close()
-        raise UsageError(
-            f"{data} is in use by another replica process (it holds {LOCK_FILE}): give each "
-            "replica its own data directory"
-        ) from exc
-    return lock
+    return lock_data_directory(data, lock_file=LOCK_FILE, owner="replica")
 
 
 def _run_locked(
