@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -330,3 +333,24 @@ def test_keygen_into_a_directory_it_cannot_make_fails_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("zmqcomm keygen: error: ") and err.count("\n") == 1
     assert str(blocker) in err
+
+
+def test_a_reader_that_went_away_is_not_an_error(tmp_path: Path) -> None:
+    """``zmqcomm keyinfo ... --json | head -1`` printed 'error: [Errno 32] Broken pipe;
+    check the path and its permissions' and exited 1 when head left first."""
+    key = tmp_path / "alice.key"
+    assert main(["keygen", "alice", "--dir", str(tmp_path)]) == EXIT_OK
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "zmqcomm.cli.main", "keyinfo", str(key), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (EXIT_OK, "")

@@ -18,7 +18,9 @@ def _pyplot() -> Any:
     try:
         import matplotlib  # noqa: PLC0415 - optional, and slow to import
     except ImportError as exc:
-        raise UsageError(f"the plots need matplotlib: {INSTALL_HINT}") from exc
+        raise UsageError(
+            f"the plots need matplotlib: {INSTALL_HINT}, or run with --no-plots"
+        ) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 

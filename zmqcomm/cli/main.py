@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage (argparse's conventio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zmqcomm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``zmqcomm keyinfo --json | head -1``): not an error of
+        # ours. Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UsageError as exc:
         print(f"zmqcomm {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

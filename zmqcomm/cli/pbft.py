@@ -18,7 +18,9 @@ EXAMPLES = """\
 examples:
   zmqcomm pbft local                              4 replicas on ipc, 10000 operations
   zmqcomm pbft local --replicas 7 --ops 20000 --batch 512
-  zmqcomm pbft local --kill-primary-at 1.5        SIGKILL the primary mid-load: a view change
+  zmqcomm pbft local --ops 50000 --kill-primary-at 1.5
+                                                  SIGKILL the primary mid-load: a view change
+                                                  (enough operations to outlast 1.5 s)
   zmqcomm pbft local --clients 1 --ops 500        latency at light load (one op at a time)
   zmqcomm pbft local --json                       the summary as JSON (progress on stderr)
   zmqcomm pbft replica --config replica-0.toml    one replica of a multi-host cluster
@@ -31,7 +33,7 @@ LOCAL_EXAMPLES = """\
 examples:
   zmqcomm pbft local --replicas 4 --ops 10000
   zmqcomm pbft local --transport tcp --batch 64 --clients 64
-  zmqcomm pbft local --kill-primary-at 2 --json
+  zmqcomm pbft local --ops 50000 --kill-primary-at 2 --json
 
 Every replica is its own process with a throw-away identity, an SQLite store and an
 encrypted, authenticated session with every other replica and with the load generator.

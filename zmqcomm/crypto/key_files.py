@@ -201,7 +201,9 @@ def save_identity(
     if not force:
         for path in (paths.secret, paths.public):
             if os.path.lexists(path):
-                raise KeyFileError(f"{path} already exists; use --force (force=True) to replace it")
+                raise KeyFileError(
+                    f"{path} already exists; replace it with --force (force=True from Python)"
+                )
     secret_doc = {
         "format": SECRET_FORMAT,
         "version": FILE_VERSION,

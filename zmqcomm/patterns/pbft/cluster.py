@@ -358,6 +358,11 @@ def run_local(options: LocalOptions, *, progress: IO[str] | None = None) -> dict
             options, load, report, [cluster.status(r) for r in range(options.replicas)]
         )
         summary["killed"] = killed.get("replica")
+        if options.kill_primary_at is not None and not killed:
+            say(
+                f"the load ended before --kill-primary-at {options.kill_primary_at:g} s: "
+                "nothing was killed; give more --ops"
+            )
         used = [b - a for a, b in zip(cpu_before, cpu_after, strict=True) if a is not None and b]
         if report.ops and used and options.kill_primary_at is None:
             # CPU time the replicas spent per operation: what the work costs, whatever share
