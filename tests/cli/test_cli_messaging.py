@@ -225,7 +225,7 @@ def _bad_usage(swarm: Swarm) -> dict[str, tuple[list[str], str]]:
         "unknown peer name": (["send", "carol", "x", *args], "neither an agent id nor a name"),
         "zero timeout": (["request", "agent-1", "x", *args, "--timeout", "0"], "--timeout"),
         "zero count": (["sub", "t", *args, "--count", "0"], "--count"),
-        "no key": (["pub", "t", "x", *swarm.args("nobody")], "no identity at"),
+        "no key": (["pub", "t", "x", *swarm.args("nobody")], "holds: agent-0, agent-1"),
     }
 
 

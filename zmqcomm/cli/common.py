@@ -27,6 +27,14 @@ def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
     """``keys/NAME.key``, with the passphrase from the environment when it is protected."""
     path = Path(keys) / f"{name}.key"
     if not path.exists():
+        others = sorted(p.stem for p in Path(keys).glob("*.key")) if Path(keys).is_dir() else []
+        if others:
+            # Most often a forgotten --name (its default is a placeholder): say what is there.
+            shown = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+            raise UsageError(
+                f"no identity at {path}; {keys} holds: {shown}. Pick one with --name NAME, "
+                f"or create {name} with 'zmqcomm keygen {name} --dir {keys}'"
+            )
         raise UsageError(
             f"no identity at {path}: create one with 'zmqcomm keygen {name} --dir {keys}'"
         )
