@@ -166,6 +166,17 @@ def test_send_to_an_offline_agent_through_a_broker_without_mail_fails(
     assert "Traceback" not in result.stderr
     assert "is offline and the message was not kept" in result.stderr
     assert "no mailbox" in result.stderr
+    assert "started with --data" in result.stderr  # the one case where it helps
+
+
+def test_a_peer_missing_from_our_own_trust_store_is_named_as_the_problem(swarm: Swarm) -> None:
+    """It used to fail later with a wrong guess: 'offline ... use a broker started with
+    --data' (the broker had --data) or 'is the peer known?'."""
+    stranger = Identity.generate("stranger").agent_id
+    result = zmqcomm("send", stranger, "hello", *swarm.args())
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"{stranger} is not in the trust store" in result.stderr
+    assert "--data" not in result.stderr
 
 
 def test_request_prints_the_reply(swarm: Swarm) -> None:

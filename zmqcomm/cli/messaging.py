@@ -135,9 +135,17 @@ def _node(args: argparse.Namespace) -> Node:
 
 
 def _peer(trust_dir: str, peer: str) -> str:
+    entries = open_trust_store(trust_dir).entries()
     if is_agent_id(peer):
+        if not any(entry.agent_id == peer for entry in entries):
+            # Its handshake would be refused and no mail could be sealed for it: the
+            # message could only fail later, with a wrong guess at why.
+            raise UsageError(
+                f"{peer} is not in the trust store {trust_dir}: copy its .pub file there "
+                "(a peer must be trusted both ways to get a message)"
+            )
         return peer
-    for entry in open_trust_store(trust_dir).entries():
+    for entry in entries:
         if entry.name == peer:
             return entry.agent_id
     raise UsageError(f"{peer!r} is neither an agent id nor a name in the trust store {trust_dir}")
@@ -185,9 +193,12 @@ def _check_delivered(node: Node, peer: str) -> None:
     lost = sum(stats["dropped"].get(reason, 0) for reason in ("mail_refused", "unreachable"))
     if lost:
         why = stats["last_error"] or "the broker has no route to it"
+        # Only a broker without a mailbox is helped by --data; a full mailbox or a
+        # recipient the broker does not trust is not.
+        data_hint = ", or use a broker started with --data" if "no mailbox" in why else ""
         raise TransportError(
             f"{peer} is offline and the message was not kept ({why}); "
-            "send it again when the peer is online, or use a broker started with --data"
+            f"send it again when the peer is online{data_hint}"
         )
 
 
