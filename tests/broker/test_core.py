@@ -74,10 +74,21 @@ def test_publications_fan_out_to_matching_subscribers_only(core: BrokerCore) -> 
     assert sends == [Send(BOB, MessageType.PUBLISH, [ALICE, ["ct"]], "news/today")]
 
 
-def test_policy_denials_are_refused_counted_and_audited(core: BrokerCore) -> None:
+def test_policy_denials_are_refused_counted_audited_and_answered(core: BrokerCore) -> None:
+    """The sender is told (an ERROR with the reason): only its owner can fix its roles, and
+    a refusal it never heard of looked like success."""
     core.connected(CAROL, ["listener"], now=NOW)
-    assert core.handle(CAROL, MessageType.FORWARD, BOB, [b"x"], now=NOW) == []
-    assert core.handle(ALICE, MessageType.PUBLISH, "secret/x", ["ct"], now=NOW) == []
+    assert core.handle(CAROL, MessageType.FORWARD, BOB, [b"x"], now=NOW) == [
+        Send(CAROL, MessageType.ERROR, {"reason": "denied", "type": MessageType.FORWARD}, BOB)
+    ]
+    assert core.handle(ALICE, MessageType.PUBLISH, "secret/x", ["ct"], now=NOW) == [
+        Send(
+            ALICE,
+            MessageType.ERROR,
+            {"reason": "denied", "type": MessageType.PUBLISH},
+            "secret/x",
+        )
+    ]
     assert core.rejected["denied"] == 2
     audit = core.audit
     assert isinstance(audit, MemoryAuditLog)
@@ -87,7 +98,9 @@ def test_policy_denials_are_refused_counted_and_audited(core: BrokerCore) -> Non
 def test_roles_updated_after_connecting_decide_the_next_message(core: BrokerCore) -> None:
     assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) != []
     core.update_roles(ALICE, frozenset({"listener"}), now=NOW)  # demoted in the trust store
-    assert core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW) == []
+    assert [s.msg_type for s in core.handle(ALICE, MessageType.FORWARD, BOB, [b"x"], now=NOW)] == [
+        MessageType.ERROR
+    ]
     assert core.rejected["denied"] == 1
     core.update_roles(CAROL, frozenset({"agent"}), now=NOW)  # not connected: nothing to update
     assert CAROL not in core.agents
@@ -133,7 +146,8 @@ subscribe = ["news/*"]
     )
     core.connected(BOB, ["agent"], now=NOW + 100, resumed=True)
     assert core.agents[BOB].subscriptions == set()  # "news/*" is more than news/local
-    assert core.handle(BOB, MessageType.SUBSCRIBE, "news/local", None, now=NOW + 100) == []
+    refused = core.handle(BOB, MessageType.SUBSCRIBE, "news/local", None, now=NOW + 100)
+    assert [s.msg_type for s in refused] == [MessageType.ERROR]
     assert core.rejected["denied"] == 1  # SUBSCRIBE is no longer a type agents may send
     core.connected(CAROL, ["listener"], now=NOW + 100, resumed=True)
     assert core.agents[CAROL].subscriptions == {"news/sport"}  # still allowed, kept while idle
@@ -160,7 +174,9 @@ def test_rate_limit_per_identity(core: BrokerCore) -> None:
 def test_malformed_requests_are_refused_without_raising(
     core: BrokerCore, msg_type: int, topic: str, payload: object, reason: str
 ) -> None:
-    assert core.handle(ALICE, msg_type, topic, payload, now=NOW) == []
+    answers = core.handle(ALICE, msg_type, topic, payload, now=NOW)
+    # Garbage gets no answer (traffic an attacker would cause); a denial does.
+    assert [a.msg_type for a in answers] == ([MessageType.ERROR] if reason == "denied" else [])
     assert core.rejected[reason] == 1
 
 
@@ -220,8 +236,16 @@ def test_subscriptions_beyond_the_limit_are_refused_counted_and_audited() -> Non
     core = BrokerCore(audit=audit, max_subscriptions=2)  # no policy: no rate limit either
     core.connected(ALICE, ["agent"], now=NOW)
     core.connected(BOB, ["agent"], now=NOW)
-    for topic in ("news/a", "news/b", "news/a", "news/c"):  # a repeat takes no more room
+    for topic in ("news/a", "news/b", "news/a"):  # a repeat takes no more room
         assert core.handle(BOB, MessageType.SUBSCRIBE, topic, None, now=NOW) == []
+    assert core.handle(BOB, MessageType.SUBSCRIBE, "news/c", None, now=NOW) == [
+        Send(
+            BOB,
+            MessageType.ERROR,
+            {"reason": "too_many_topics", "type": MessageType.SUBSCRIBE},
+            "news/c",
+        )
+    ]
     assert core.agents[BOB].subscriptions == {"news/a", "news/b"}
     assert core.rejected["too_many_topics"] == 1
     assert [r["topic"] for r in audit.events("reject", reason="too_many_topics")] == ["news/c"]

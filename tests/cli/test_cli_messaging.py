@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
@@ -51,7 +52,7 @@ class Swarm:
         return Node(self.agents[index], trust, broker=self.endpoint, connect_timeout=10.0)
 
 
-def _start(swarm_dir: Path, *, mailbox: bool) -> Iterator[Swarm]:
+def _start(swarm_dir: Path, *, mailbox: bool, policy: bool = False) -> Iterator[Swarm]:
     broker_identity, agents = layout.create(swarm_dir, 2)
     endpoint = f"ipc://{swarm_dir}/b.sock"
     stop = threading.Event()
@@ -65,6 +66,7 @@ def _start(swarm_dir: Path, *, mailbox: bool) -> Iterator[Swarm]:
                 identity=broker_identity,
                 trust=TrustStore(swarm_dir / "trust" / "broker"),
                 data=swarm_dir / "data" if mailbox else None,
+                policy=Policy.load(swarm_dir / "policy.toml") if policy else None,
             )
         except BaseException as exc:
             failure.append(exc)
@@ -105,6 +107,12 @@ def swarm(directory: Path) -> Iterator[Swarm]:
 @pytest.fixture
 def swarm_without_mail(directory: Path) -> Iterator[Swarm]:
     yield from _start(directory, mailbox=False)
+
+
+@pytest.fixture
+def swarm_with_policy(directory: Path) -> Iterator[Swarm]:
+    """The broker enforces the swarm's policy: agents may use swarm/* topics only."""
+    yield from _start(directory, mailbox=True, policy=True)
 
 
 def zmqcomm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -273,3 +281,27 @@ def test_help_explains_the_options_and_shows_an_example(command: str) -> None:
     assert explained[command] in text
     assert "encrypted end to end" in text
     assert f"zmqcomm {command} " in text  # an example line
+
+
+@pytest.mark.parametrize(
+    ("command", "refused"),
+    [
+        (["sub", "other/*", "--timeout", "10"], "SUBSCRIBE 'other/*': denied"),
+        (["pub", "other/news", "hi"], "PUBLISH 'other/news': denied"),
+    ],
+)
+def test_what_the_brokers_policy_refuses_is_said_and_exits_1(
+    swarm_with_policy: Swarm, command: list[str], refused: str
+) -> None:
+    """Both used to exit 0 and print nothing: the refusal showed only in the broker's
+    statistics and audit trail."""
+    result = zmqcomm(*command, *swarm_with_policy.args())
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"the broker refused {refused}" in result.stderr
+    assert "--policy" in result.stderr
+    assert result.stdout == ""
+
+
+def test_what_the_policy_allows_still_exits_0(swarm_with_policy: Swarm) -> None:
+    result = zmqcomm("pub", "swarm/news", "hi", *swarm_with_policy.args())
+    assert result.returncode == 0, result.stderr

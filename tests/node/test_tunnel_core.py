@@ -11,7 +11,7 @@ import pytest
 
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import LocalProtocolError
+from zmqcomm.errors import LocalProtocolError, RemoteProtocolError
 from zmqcomm.node import tunnel
 from zmqcomm.node.messages import Incoming
 from zmqcomm.node.tunnel import HopMessage, Tunnels
@@ -240,3 +240,27 @@ def test_a_large_message_is_forwarded_uncopied_and_recovered_when_it_bounces(
     assert [(m.payload, m.via) for m in flow(agents, [(alice_id, hop) for hop in out])] == [
         (half, "mail")
     ]
+
+
+def test_a_refusal_from_the_broker_is_counted_and_kept_as_the_last_error(
+    agents: dict[str, Tunnels],
+) -> None:
+    alice = next(iter(agents.values()))
+    refusal = {"reason": "denied", "type": int(MessageType.SUBSCRIBE)}
+    assert alice.on_hop(message(MessageType.ERROR, refusal, "other/*"), now=NOW) == ([], [])
+    assert alice.refused_by_broker == {"denied": 1}
+    assert alice.last_error == "the broker refused SUBSCRIBE 'other/*': denied"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, "denied", {"reason": "denied"}, {"reason": 7, "type": 2}, {"reason": "", "type": 2}],
+)
+def test_a_malformed_refusal_is_refused_and_changes_nothing(
+    agents: dict[str, Tunnels], answer: object
+) -> None:
+    alice = next(iter(agents.values()))
+    with pytest.raises(RemoteProtocolError) as caught:
+        alice.on_hop(message(MessageType.ERROR, answer, "t"), now=NOW)
+    assert caught.value.reason == "bad_error"
+    assert alice.refused_by_broker == {} and alice.last_error is None

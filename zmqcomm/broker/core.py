@@ -79,6 +79,16 @@ class _Agent:
     session: int = 0
 
 
+#: Refusals the sender is told of (an ERROR with the reason): what its owner must change.
+#: Garbage and rate limits are not answered: an answer would be traffic an attacker causes.
+_ANSWERED = frozenset({"too_many_topics"})
+
+
+def _refusal(agent: str, reason: str, msg_type: int, topic: str) -> Send:
+    """The ERROR that tells ``agent`` why its message was refused."""
+    return Send(agent, MessageType.ERROR, {"reason": reason, "type": int(msg_type)}, topic)
+
+
 class BrokerCore:
     """Routing, fan-out, mailboxes and the checks in front of them."""
 
@@ -307,9 +317,13 @@ class BrokerCore:
             state.received += 1
             return self._route(agent, state, msg_type, topic, payload, now=now, session=session)
         except NotPermittedError:
-            return self.refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
+            self.refuse(agent, "denied", now=now, msg_type=msg_type, topic=topic)
+            return [_refusal(agent, "denied", msg_type, topic)]
         except RemoteProtocolError as exc:
-            return self.refuse(agent, exc.reason, now=now, msg_type=msg_type, topic=topic)
+            self.refuse(agent, exc.reason, now=now, msg_type=msg_type, topic=topic)
+            if exc.reason in _ANSWERED:
+                return [_refusal(agent, exc.reason, msg_type, topic)]
+            return []
 
     def _route(
         self,

@@ -12,7 +12,7 @@ from zmqcomm.access import Policy
 from zmqcomm.checks import check_count, check_seconds
 from zmqcomm.cli.common import load_node_identity, open_trust_store
 from zmqcomm.crypto.keys import is_agent_id
-from zmqcomm.errors import ReceiveTimeout, TransportError, UsageError
+from zmqcomm.errors import NotPermittedError, ReceiveTimeout, TransportError, UsageError
 from zmqcomm.node import Incoming, Node
 from zmqcomm.wire import MessageType
 
@@ -202,11 +202,23 @@ def _check_delivered(node: Node, peer: str) -> None:
         )
 
 
+def _check_not_refused(node: Node) -> None:
+    """The broker answers a message its policy refuses (or a subscription past its limit):
+    say so and exit 1, rather than leave as if it had gone through."""
+    stats = node.statistics()
+    if stats["refused_by_broker"]:
+        raise NotPermittedError(
+            f"{stats['last_error']}; ask the broker's operator for a role that allows it "
+            "(its --policy file, and your roles in its trust store)"
+        )
+
+
 def run_send(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
     with _node(args) as node:
         node.send(peer, _message(args.message))
         _flush(node, args.timeout)
+        _check_not_refused(node)
         _check_delivered(node, peer)
     return 0
 
@@ -226,6 +238,7 @@ def run_pub(args: argparse.Namespace) -> int:
         end = time.monotonic() + min(args.timeout, 1.0)
         while time.monotonic() < end:
             node.pump(0.01)
+        _check_not_refused(node)
     return 0
 
 
@@ -233,11 +246,17 @@ def run_sub(args: argparse.Namespace) -> int:
     with _node(args) as node:
         node.subscribe(args.topic)
         seen = 0
+        quiet_since = time.monotonic()
+        # Short waits, so that a subscription the broker refused is said within 0.5 s.
         while args.count is None or seen < args.count:
             try:
-                message = node.receive(timeout=args.timeout)
+                message = node.receive(timeout=min(args.timeout, 0.5))
             except ReceiveTimeout:
-                break
+                _check_not_refused(node)
+                if time.monotonic() - quiet_since >= args.timeout:
+                    break
+                continue
+            quiet_since = time.monotonic()
             seen += 1
             print(json.dumps(_describe(message)), flush=True)
     return 0

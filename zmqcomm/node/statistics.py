@@ -59,6 +59,7 @@ def gather_statistics(
         "mail_stored": tunnels.mail_stored if tunnels is not None else 0,
         "resent": tunnels.resent if tunnels is not None else 0,
         "last_error": tunnels.last_error if tunnels is not None else None,
+        "refused_by_broker": dict(tunnels.refused_by_broker) if tunnels is not None else {},
         "dropped": _dropped(tunnels, topics, outbox),
         "handshakes": sum(table.handshakes for table in tables) + retired.get("handshakes", 0),
         "rekeys": sum(table.rekeys for table in tables) + retired.get("rekeys", 0),

@@ -152,6 +152,8 @@ class Tunnels:
         self.resent = 0
         #: The broker's last word on something it would not take (a full mailbox, say).
         self.last_error: str | None = None
+        #: Our messages the broker refused (an ERROR came back), by its reason.
+        self.refused_by_broker: Counter[str] = Counter()
         #: Per peer: frame key -> (the messages in that frame, the frame's size in bytes).
         self._recent: dict[str, OrderedDict[tuple[int, int, int], tuple[list[_Item], int]]] = {}
         self._recent_bytes: Counter[str] = Counter()
@@ -291,7 +293,28 @@ class Tunnels:
         if kind == MessageType.MAIL_ACCEPTED:
             self.mail_stored += 1
             return [], []
+        if kind == MessageType.ERROR:
+            self._on_refused(topic, message.payload, now=now)
+            return [], []
         raise RemoteProtocolError(f"unexpected broker message {kind:#04x}", reason="bad_type")
+
+    def _on_refused(self, topic: str, answer: object, *, now: float) -> None:
+        """The broker refused one of our messages (its policy, a limit): counted by reason
+        and kept as the last error, since only our owner can change what caused it."""
+        if (
+            not isinstance(answer, dict)
+            or not isinstance(reason := answer.get("reason"), str)
+            or type(kind := answer.get("type")) is not int
+            or not 0 < len(reason) <= 64
+        ):
+            raise RemoteProtocolError("ERROR without a reason and type", reason="bad_error")
+        try:
+            name = MessageType(kind).name
+        except ValueError:
+            name = f"type {kind:#04x}"
+        self.refused_by_broker[reason] += 1
+        self.last_error = f"the broker refused {name} {topic!r}: {reason}"
+        self.audit.record("reject", now=now, reason="broker_refused", refused=reason, type=kind)
 
     def _on_deliver(
         self, sender: str, frames: object, *, now: float
