@@ -558,7 +558,10 @@ class SecureDealer(_SecureSocket):
         send_timeout: float | None = 1.0,
         connect_timeout: float | None = 5.0,
         max_inbox: int = DEFAULT_MAX_INBOX,
+        peer_label: str = "router",
     ) -> None:
+        """``peer_label``: what to call the other end in error messages ("broker")."""
+        self.peer_label = peer_label
         check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
@@ -737,15 +740,28 @@ class SecureDealer(_SecureSocket):
         while not self.established:
             left = deadline - self.clock()
             if left <= 0:
-                rejected = dict(self.table.rejected)
                 raise ConnectError(
-                    f"no authenticated session with {self.endpoint} within {timeout} s "
-                    f"(is the router running, and does it trust this identity? refused here: "
-                    f"{rejected or 'nothing'}){unresolved_host_hint(self.endpoint)}"
+                    f"no authenticated session with the {self.peer_label} at {self.endpoint} "
+                    f"within {timeout} s: {self._why_no_session()}"
+                    f"{unresolved_host_hint(self.endpoint)}"
                 )
             self.pump(min(left, 0.05))
         assert self.peer is not None
         return self.peer
+
+    def _why_no_session(self) -> str:
+        rejected = dict(self.table.rejected)
+        if "unknown_peer" in rejected:
+            return (
+                f"this side refused the {self.peer_label}'s key (not in this trust store: "
+                f"copy the {self.peer_label}'s .pub file into it); refused here: {rejected}"
+            )
+        if rejected:
+            return f"refused here: {rejected}"
+        return (
+            f"nothing was refused here: is the {self.peer_label} running, and does its trust "
+            f"store hold this identity's .pub ({self.table.identity.agent_id})?"
+        )
 
     def send(
         self,

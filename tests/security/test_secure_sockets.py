@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
@@ -659,3 +660,42 @@ def test_a_pump_with_a_full_inbox_still_waits_its_timeout(cast: Cast) -> None:
             pumps += 1
         assert pumps <= 5  # about 0.2 / 0.05; a spinning pump makes thousands
         assert [router.receive(timeout=5).message.payload for _ in range(2)] == [1, 2]
+
+
+def test_a_session_that_never_comes_says_which_side_refused(
+    cast: Cast, short_dir: str, tmp_path: Path
+) -> None:
+    endpoint = f"ipc://{short_dir}/why.sock"
+    with SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router:
+        serving = threading.Event()
+
+        def serve() -> None:
+            while not serving.is_set():
+                router.pump(0.01)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            # Alice does not trust bob's key: the refusal is hers, and she is told so.
+            with pytest.raises(ConnectError) as caught:
+                SecureDealer(
+                    endpoint,
+                    identity=cast.alice,
+                    trust=TrustStore(tmp_path / "empty"),
+                    connect_timeout=1.0,
+                    peer_label="broker",
+                )
+            message = str(caught.value)
+            assert "this side refused the broker's key" in message
+            assert "copy the broker's .pub" in message
+            # Carol is not in bob's trust store: nothing refused here, and she is asked
+            # whether the other end lists her key.
+            carol = Identity.generate("carol")
+            with pytest.raises(ConnectError) as caught:
+                SecureDealer(endpoint, identity=carol, trust=cast.alice_trust, connect_timeout=1.0)
+            assert f"does its trust store hold this identity's .pub ({carol.agent_id})" in str(
+                caught.value
+            )
+        finally:
+            serving.set()
+            thread.join()

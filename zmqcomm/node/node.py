@@ -167,7 +167,10 @@ class Node:
                     wall_clock=wall_clock,
                 )
                 self._broker = SecureDealer(
-                    broker, connect_timeout=connect_timeout, **self._link_options()
+                    broker,
+                    connect_timeout=connect_timeout,
+                    peer_label="broker",
+                    **self._link_options(),
                 )
                 self._outbox = HopOutbox(self._broker, clock=clock)
                 self._poller.add(self._broker)
