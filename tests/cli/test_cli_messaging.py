@@ -208,6 +208,14 @@ def test_request_without_an_answer_exits_1(swarm: Swarm) -> None:
     assert out == ""
 
 
+def test_a_request_to_an_offline_agent_says_it_was_kept_as_mail(swarm: Swarm) -> None:
+    result = zmqcomm("request", "agent-1", "hi", *swarm.args(), "--timeout", "1")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "is offline, and the broker keeps the request as mail" in result.stderr
+    with swarm.node(1) as bob:
+        assert [m.payload for m in bob.messages(timeout=3.0)] == ["hi"]
+
+
 def test_sub_prints_what_pub_publishes(swarm: Swarm) -> None:
     subscriber = subprocess.Popen(
         [*COMMAND, "sub", "news/*", *swarm.args("agent-1"), "--count", "1", "--timeout", "20"],

@@ -12,7 +12,13 @@ from zmqcomm.access import Policy
 from zmqcomm.checks import check_count, check_seconds
 from zmqcomm.cli.common import load_node_identity, open_trust_store
 from zmqcomm.crypto.keys import is_agent_id
-from zmqcomm.errors import NotPermittedError, ReceiveTimeout, TransportError, UsageError
+from zmqcomm.errors import (
+    NotPermittedError,
+    ReceiveTimeout,
+    RequestTimeout,
+    TransportError,
+    UsageError,
+)
 from zmqcomm.node import Incoming, Node
 from zmqcomm.wire import MessageType
 
@@ -226,7 +232,17 @@ def run_send(args: argparse.Namespace) -> int:
 def run_request(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
     with _node(args) as node:
-        reply = node.request(peer, _message(args.message), timeout=args.timeout)
+        try:
+            reply = node.request(peer, _message(args.message), timeout=args.timeout)
+        except RequestTimeout as exc:
+            _check_not_refused(node)
+            if node.statistics()["mail_stored"]:
+                raise RequestTimeout(
+                    f"no reply within {args.timeout} s: {peer} is offline, and the broker "
+                    "keeps the request as mail until it connects (its reply will find no "
+                    "one waiting here; send it again later, or use a longer --timeout)"
+                ) from exc
+            raise
     print(json.dumps(_printable(reply)))
     return 0
 
