@@ -85,7 +85,9 @@ def register(commands: Any) -> None:
         )
         if name in ("send", "request"):
             parser.add_argument(
-                "peer", metavar="PEER", help="an agent id, or the name of a .pub file in --trust"
+                "peer",
+                metavar="PEER",
+                help="an agent id, or the name recorded in a .pub file in --trust (its 'name')",
             )
         elif name == "pub":
             parser.add_argument("topic", metavar="TOPIC", help="the topic, e.g. swarm/news")
