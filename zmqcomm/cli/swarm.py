@@ -60,7 +60,9 @@ def register(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--rekey-every", type=int, default=defaults.rekey_every, metavar="N",
-        help="rekey each session after N frames (500), to show rotation under load",
+        help="rekey each session after N frames (500), to show rotation under load; in p2p "
+        "mode each session carries only its pair's share, so the defaults rotate none: "
+        "lower N (e.g. 50)",
     )  # fmt: skip
     parser.add_argument(
         "--keep", metavar="DIR", help="keep the run's files in DIR (a new or empty directory)"
