@@ -240,7 +240,7 @@ def test_untrusted_dealer_gets_no_session_and_is_audited(cast: Cast, short_dir: 
         )
         pumping.start()
         try:
-            with pytest.raises(ConnectError, match="does it trust this identity"):
+            with pytest.raises(ConnectError, match="does its trust store hold this identity"):
                 SecureDealer(
                     router.endpoint,
                     identity=cast.mallory,
