@@ -528,6 +528,7 @@ def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
     pump(): with send_timeout=0 (the broker's), one agent with a full queue at that moment
     stopped the broker. Now it is held, and sent before the next data to that peer."""
     small = SocketOptions(send_hwm=20, receive_hwm=20)
+    offset = [0.0]
     with _session(
         cast,
         f"inproc://finish-{next(_inproc_names)}",
@@ -537,6 +538,7 @@ def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
             "policy": RekeyPolicy(max_messages=30, jitter=0.0),
         },
         options=small,
+        wall_clock=lambda: time.time() + offset[0],
     ) as (router, dealer):
         alice = cast.alice.agent_id
         for index in range(30):  # the 30th send starts the router's rekey (its INIT)
@@ -554,6 +556,11 @@ def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
         assert router.statistics()["finish_held"] == 1
         with pytest.raises(SendTimeout):
             router.send(alice, "no room yet")  # nothing may overtake the FINISH
+        # The dealer answered the rekey and waits for its FINISH longer than its handshake
+        # timeout: it used to forget the rekey then, and refuse the FINISH and everything
+        # sealed after it, for good.
+        offset[0] += 60.0
+        assert dealer.table.on_timer(now=dealer.wall_clock()) == []
         received: list[object] = []
         deadline = time.monotonic() + 10
         while len(received) < 30 + filled:

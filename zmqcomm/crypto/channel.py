@@ -19,6 +19,7 @@ replayed or forged handshake message can cost the responder one DH, never the se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -403,7 +404,14 @@ class SecureChannel:
                 return []
             handshake = pending.handshake
             if not handshake.initiator:
-                self._pending = None  # the initiator retries; we just forget
+                if handshake.epoch and self.session is not None:
+                    # A rekey we answered. Its initiator switched keys as it sent the
+                    # FINISH, which may wait behind a full queue (or a long backlog): were it
+                    # forgotten, that FINISH and all sealed after it would be refused for
+                    # good. Kept (one per channel) until the FINISH or a newer INIT comes.
+                    self._pending = _Pending(handshake, math.inf, pending.delay)
+                    return []
+                self._pending = None  # a new session: the initiator retries; we just forget
                 return []
             delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
             # A new session retries under a fresh id: the responder may already hold the old
