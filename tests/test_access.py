@@ -113,6 +113,14 @@ def test_bad_policy_files_say_what_to_fix(text: str, hint: str) -> None:
     assert "p.toml" in str(caught.value)
 
 
+def test_a_policy_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    """It raised UnicodeDecodeError, which a broker's SIGHUP reload did not catch."""
+    path = tmp_path / "policy.toml"
+    path.write_bytes("# caf\u00e9\n[limits]\nrate = 5.0\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="not UTF-8"):
+        Policy.load(path)
+
+
 def test_load_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(POLICY)

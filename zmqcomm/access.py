@@ -194,6 +194,8 @@ class Policy:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read policy file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"policy file {path} is not UTF-8 text: {exc.reason}") from exc
         return cls.from_toml(text, source=str(path))
 
     @classmethod

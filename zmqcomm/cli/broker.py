@@ -219,7 +219,7 @@ class _PolicyReloader:
             return False
         try:
             policy = Policy.load(self.path)
-        except UsageError as exc:
+        except Exception as exc:  # whatever the file holds, a reload never stops the broker
             self.log.error(
                 json.dumps({"event": "policy_reload_failed", "error": str(exc), "kept": "old"})
             )
