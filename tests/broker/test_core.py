@@ -122,6 +122,15 @@ def test_a_demoted_agent_loses_the_subscriptions_its_new_roles_forbid(core: Brok
     assert [r["peer"] for r in audit.events("reject", reason="subscription_ended")] == [BOB]
 
 
+def test_an_idle_agent_back_with_fewer_roles_keeps_only_what_they_allow(core: BrokerCore) -> None:
+    core.handle(BOB, MessageType.SUBSCRIBE, "news/*", None, now=NOW)
+    core.expire_idle(now=NOW + 100, max_idle=50)
+    core.connected(BOB, ["observer"], now=NOW + 100, resumed=True)  # demoted while idle
+    assert core.agents[BOB].subscriptions == set()
+    core.connected(ALICE, ["agent"], now=NOW + 100, resumed=True)
+    assert _subscribers_of(core, "news/a") == []
+
+
 def test_a_reloaded_policy_decides_the_next_message_and_ends_what_it_forbids(
     core: BrokerCore,
 ) -> None:

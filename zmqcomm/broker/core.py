@@ -150,7 +150,10 @@ class BrokerCore:
         subscriptions it made on that session (it has no reason to make them again)."""
         idle = self._idle.pop(agent, None)
         subscriptions = idle.subscriptions if resumed and idle is not None else set()
-        self.agents[agent] = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
+        state = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
+        self.agents[agent] = state
+        if subscriptions:  # its roles may have changed while it was idle
+            self._prune_subscriptions(agent, state, now=now)
         return self._mail_for(agent)
 
     def update_roles(self, agent: str, roles: frozenset[str], *, now: float) -> None:
