@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from zmqcomm.access import Policy
 from zmqcomm.broker.mailbox import Mailbox
 from zmqcomm.broker.server import Broker
 from zmqcomm.crypto.audit import MemoryAuditLog
@@ -373,4 +374,37 @@ def test_two_brokers_cannot_share_a_data_directory(tmp_path: Path) -> None:
         with Broker([f"ipc://{directory}/2.sock"], identity=identity, trust=trust, data=data):
             pass  # free again once the first is closed
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_batch_of_refused_payloads_gets_one_answer(tmp_path: Path) -> None:
+    """Each refused payload of a batch was answered with its own ERROR: one small frame of
+    2000 denied payloads came back as 2000 frames (found by the final review)."""
+    directory = Path(tempfile.mkdtemp(prefix="zc-err-", dir="/tmp"))
+    broker_identity, alice = Identity.generate("broker"), Identity.generate("alice")
+    broker_trust = TrustStore(tmp_path / "broker-trust")
+    broker_trust.add(alice.public, roles=["observer"])
+    alice_trust = TrustStore(tmp_path / "alice-trust")
+    alice_trust.add(broker_identity.public, roles=["broker"])
+    policy = Policy.from_toml('[roles.observer]\nsend = ["DATA"]\n')
+    broker = Broker(
+        [f"ipc://{directory}/b.sock"], identity=broker_identity, trust=broker_trust, policy=policy
+    )
+    try:
+        dealer = _connect(broker, alice, alice_trust)
+        try:
+            dealer.send_many([None] * 50, msg_type=MessageType.PUBLISH, topic="t")
+            _step_until(broker, lambda: broker.core.rejected["denied"] == 50)
+            answers = []
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                broker.step(0.01)
+                dealer.pump(0.01)
+                answers += [d.message.header.type for d in dealer.inbox]
+                dealer.inbox.clear()
+            assert answers == [MessageType.ERROR]
+        finally:
+            dealer.close()
+    finally:
+        broker.close()
         shutil.rmtree(directory, ignore_errors=True)

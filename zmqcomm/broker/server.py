@@ -172,10 +172,17 @@ class Broker:
             else:
                 # Roles edited in the trust store count from the agent's next message.
                 self.core.update_roles(agent, self._roles(agent), now=now)
+            answered = False
             for payload in delivered.message.payloads:
                 sends = self.core.handle(
                     agent, header.type, header.topic, payload, now=now, session=header.session
                 )
+                if sends and sends[0].msg_type == MessageType.ERROR:
+                    # One refusal answer per frame: a batch of refused payloads must not
+                    # turn into as many answers (each is counted and audited anyway).
+                    if answered:
+                        continue
+                    answered = True
                 self._send(sends)
             # Unless the BYE came from a connection the agent has since replaced (this step
             # took in its new session first): the route now is the new connection's.
@@ -199,6 +206,8 @@ class Broker:
             try:
                 self.router.send(send.to, send.payload, msg_type=send.msg_type, topic=send.topic)
             except (SendTimeout, QueueFullError):
+                if send.msg_type == MessageType.ERROR:
+                    continue  # a refusal answer for an agent that does not read: let it go
                 # A slow consumer: its queue is at the high-water mark. Never wait on one
                 # agent (every other would wait too): bounce, and the sender mails it.
                 self._count_undelivered(send, "slow_consumer")
