@@ -4,6 +4,7 @@ what one step does with events of two connections of the same agent."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -407,4 +408,23 @@ def test_a_batch_of_refused_payloads_gets_one_answer(tmp_path: Path) -> None:
             dealer.close()
     finally:
         broker.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_close_whose_last_stats_write_fails_still_lets_everything_go(tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="zc-close-", dir="/tmp"))
+    identity = Identity.generate("broker")
+    trust = TrustStore(tmp_path / "trust")
+    data = tmp_path / "data"
+    try:
+        broker = Broker([f"ipc://{directory}/1.sock"], identity=identity, trust=trust, data=data)
+        blocker = data / f".stats.json.{os.getpid()}"  # where the last stats write goes
+        blocker.mkdir()
+        with pytest.raises(OSError):
+            broker.close()
+        blocker.rmdir()
+        assert broker.router.closed
+        with Broker([f"ipc://{directory}/2.sock"], identity=identity, trust=trust, data=data):
+            pass  # the data directory's lock was let go
+    finally:
         shutil.rmtree(directory, ignore_errors=True)

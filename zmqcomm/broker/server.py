@@ -320,12 +320,16 @@ class Broker:
         os.replace(temporary, path)
 
     def close(self) -> None:
-        if self.data is not None and hasattr(self, "core"):
-            self.write_stats()
-        self.router.close()
-        if self.mailbox is not None:
-            self.mailbox.close()
-        self._unlock()
+        try:
+            if self.data is not None and hasattr(self, "core"):
+                self.write_stats()
+        finally:  # a last stats write that fails (a full disk) must not keep the rest open
+            try:
+                self.router.close()
+                if self.mailbox is not None:
+                    self.mailbox.close()
+            finally:
+                self._unlock()
 
     def _unlock(self) -> None:
         if self._lock is not None:
