@@ -372,7 +372,9 @@ class Node:
             self._direct_topics.mine.add(topic)
         else:
             self._direct_topics.mine.discard(topic)
-        self._to_each(self.peers, kind, None, topic)
+        # Waits for room (send_timeout) like the caller's own sends: a subscription is state
+        # the peer must get, unlike one copy of a publication.
+        self._to_each(self.peers, kind, None, topic, wait=True)
 
     def subscribers(self, topic: str) -> list[str]:
         """Direct peers that subscribed to ``topic`` (through a broker, only it knows)."""
@@ -386,12 +388,14 @@ class Node:
     def _subscribe_peer(self, peer: str, topic: str) -> None:
         self._send(peer, MessageType.SUBSCRIBE, None, topic=topic, wait=False)
 
-    def _to_each(self, peers: Sequence[str], kind: int, payload: object, topic: str) -> None:
+    def _to_each(
+        self, peers: Sequence[str], kind: int, payload: object, topic: str, *, wait: bool = False
+    ) -> None:
         """Send to several direct peers, skipping (and rejecting) any that left or whose
-        queue is full: one that does not read must not hold up the others."""
+        queue is full: by default one that does not read must not hold up the others."""
         self._direct.to_each(
             peers,
-            lambda peer: self._send(peer, kind, payload, topic=topic, wait=False),
+            lambda peer: self._send(peer, kind, payload, topic=topic, wait=wait),
             self._reject,
         )
 
