@@ -211,7 +211,7 @@ class _SecureSocket:
         # for room here and raise SendTimeout out of pump(), which stopped a whole broker
         # for one slow agent.
         finish = bool(frames) and peek_type(frames[0]) == MessageType.HANDSHAKE_FINISH
-        if finish and route in self._held_finish:
+        if finish and self._current_held(route):
             self._held_finish[route][1].append(frames)  # behind the one already waiting
             return
         try:
@@ -236,9 +236,20 @@ class _SecureSocket:
         """Send data (waiting for room as ``send_timeout`` says, or not at all), after any
         FINISH held for ``route``: the data is sealed under the keys that FINISH puts in
         force at the peer."""
-        if self._held_finish and route in self._held_finish:
+        if self._held_finish and self._current_held(route):
             self._release_finish(route, wait=wait)
         self._transmit(route, frames, wait=wait)
+
+    def _current_held(self, route: bytes) -> bool:
+        """Whether FINISH frames of the route's current session are held; those of a
+        session since replaced (a reconnect) are dropped here, never to be sent."""
+        held = self._held_finish.get(route)
+        if held is None:
+            return False
+        if held[0] is self.table.channels.get(route):
+            return True
+        del self._held_finish[route]
+        return False
 
     def _release_finish(self, route: bytes, *, wait: bool) -> None:
         """Send what is held for ``route``, oldest first; raises (QueueFullError,

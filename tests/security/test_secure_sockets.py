@@ -29,6 +29,7 @@ from zmqcomm.errors import (
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import CompressionConfig, Limits, MessageType, WireCodec
+from zmqcomm.wire.header import pack_header
 
 from .conftest import Cast, establish
 
@@ -518,6 +519,18 @@ def test_a_send_after_the_connection_dropped_says_so_at_once(cast: Cast, short_d
             dealer.send("lost")
         assert caught.value.reason == "link_down"
         assert dealer.statistics()["sent"] == 0
+
+
+def test_a_finish_held_for_a_session_since_replaced_is_dropped_not_sent(cast: Cast) -> None:
+    """After a reconnect the route has a new session: a FINISH still held for the old one
+    must not go out first (the router would refuse it), nor hold up the new one's."""
+    with _session(cast, f"inproc://stale-finish-{next(_inproc_names)}") as (router, dealer):
+        stale = pack_header(MessageType.HANDSHAKE_FINISH, 0, b"", 0)
+        dealer._held_finish[b""] = (None, [[stale]])  # held for a channel that is gone
+        dealer.send("new session data")
+        assert router.receive(timeout=5).message.payload == "new session data"
+        assert dealer._held_finish == {}
+        assert router.table.rejected == {}
 
 
 def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
