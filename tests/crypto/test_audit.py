@@ -273,6 +273,27 @@ def test_a_log_others_can_write_is_refused_with_the_fix(tmp_path: Path) -> None:
     assert len(_lines(path)) == 1
 
 
+def test_a_log_with_another_name_elsewhere_is_refused(tmp_path: Path) -> None:
+    """O_NOFOLLOW does not see hard links: the lines would also land in the other file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    victim.chmod(0o600)
+    os.link(victim, tmp_path / "audit.log")
+    with pytest.raises(UsageError, match="hard links"):
+        AuditLog(tmp_path / "audit.log")
+    assert victim.read_text() == "untouched\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_log_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_text("")
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)  # nobody
+    with pytest.raises(UsageError, match="belongs to another user"):
+        AuditLog(path)
+
+
 def test_a_pipe_is_refused_rather_than_left_to_block(tmp_path: Path) -> None:
     fifo = tmp_path / "audit.fifo"
     os.mkfifo(fifo)

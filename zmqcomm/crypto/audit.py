@@ -212,6 +212,16 @@ def _check_audit_file(path: Path, status: os.stat_result) -> None:
             f"audit log {path} is not a regular file (a pipe's reader could stall the node "
             "on every line): give a file path, or pass an open stream to AuditLog"
         )
+    if status.st_uid != os.geteuid():
+        raise UsageError(
+            f"audit log {path} belongs to another user (uid {status.st_uid}), who could forge "
+            "or erase its lines: remove it, or give a path in a directory only you can write"
+        )
+    if status.st_nlink > 1:
+        raise UsageError(
+            f"audit log {path} has {status.st_nlink} hard links: the trail would also land in "
+            "another file; give a path of its own"
+        )
     if status.st_mode & 0o022:
         raise UsageError(
             f"audit log {path} is writable by group or others (mode "
