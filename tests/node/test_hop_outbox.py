@@ -31,7 +31,8 @@ class FakeDealer:
     def writable(self) -> bool:
         return self.room
 
-    def send(self, payload: object, *, msg_type: int, topic: str = "") -> None:
+    def send(self, payload: object, *, msg_type: int, topic: str = "", wait: bool = True) -> None:
+        assert not wait, "the outbox never waits for room inside a pump"
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error

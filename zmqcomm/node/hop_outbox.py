@@ -100,7 +100,9 @@ class HopOutbox:
         if not dealer.established or not dealer.writable():
             return False
         try:
-            dealer.send(message.payload, msg_type=message.msg_type, topic=message.topic)
+            # Never waits: writable() saw room for one frame, but a held rekey FINISH may
+            # take it first.
+            dealer.send(message.payload, msg_type=message.msg_type, topic=message.topic, wait=False)
         except LocalProtocolError:
             raise
         except ZmqCommError:
