@@ -827,3 +827,42 @@ def test_consecutive_bad_frames_close_the_channel_and_a_good_one_resets_the_coun
             attempt()
         assert _reason(closed) == "channel_closed"
     assert b.on_timer(now=T0 + 1e6) == []
+
+
+def test_a_late_finish_still_completes_the_rekey_it_answers(peers: Peers) -> None:
+    """The FINISH can wait behind a full queue for longer than the handshake timeout, and
+    its initiator already seals under the new keys: the answering side must still take it
+    (it used to forget the rekey after 2 s and refuse all that followed, for good)."""
+    a, b = peers.channels(policy=RekeyPolicy(max_messages=2, jitter=0.0))
+    link, _, _ = _connect(a, b)
+    for _ in range(2):
+        link.send(a, a.seal(MessageType.DATA, "x", now=T0 + 1))
+    (start,) = a.on_timer(now=T0 + 1)
+    assert isinstance(start, Transmit)
+    link.send(a, start.frames)
+    while link.to_b:  # bob answers the INIT; alice's FINISH and her next data wait
+        link.deliver(b, T0 + 1)
+    link.deliver(a, T0 + 1)  # alice takes the REPLY: FINISH queued, she is on epoch 1
+    link.send(a, a.seal(MessageType.DATA, "under the new keys", now=T0 + 1))
+    late = T0 + 1 + 10 * b.handshake_timeout
+    assert b.on_timer(now=late) == [] and b.handshaking  # still waiting for that FINISH
+    _, got_b = link.pump(late)
+    assert _payloads(_delivered(got_b)) == ["under the new keys"]
+    assert b.session is not None and b.session.epoch == 1
+
+
+def test_an_answered_rekey_that_never_finishes_does_not_hold_off_our_own(peers: Peers) -> None:
+    """Kept for a late FINISH, but not for ever: an INIT someone injected would otherwise
+    stop this side's own rekeys."""
+    policy = RekeyPolicy(max_age=100.0, jitter=0.0)
+    a, b = peers.channels(policy=policy)
+    link, _, _ = _connect(a, b, now=T0)
+    # An INIT for the next epoch, answered by bob, whose FINISH never comes.
+    intruder, _ = peers.channels(policy=policy)
+    assert a.session is not None
+    forged = intruder._initiate(a.session.session_id, 1, now=T0 + 1, delay=2.0)
+    assert link.queue(b, b.receive(forged, now=T0 + 1)) == []  # its REPLY goes to alice
+    assert b.handshaking
+    assert b.on_timer(now=T0 + 50) == []  # before bob's own rekey: still kept
+    (own,) = b.on_timer(now=T0 + 100)  # bob's own rekey by age is due: it goes ahead
+    assert isinstance(own, Transmit) and _type(own.frames) == INIT

@@ -19,7 +19,6 @@ replayed or forged handshake message can cost the responder one DH, never the se
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -404,21 +403,28 @@ class SecureChannel:
                 return []
             handshake = pending.handshake
             if not handshake.initiator:
-                if handshake.epoch and self.session is not None:
+                self._pending = None
+                session = self.session
+                if not handshake.epoch or session is None:
+                    return []  # a new session: the initiator retries; we just forget
+                if not session.needs_rekey(now=now):
                     # A rekey we answered. Its initiator switched keys as it sent the
                     # FINISH, which may wait behind a full queue (or a long backlog): were it
                     # forgotten, that FINISH and all sealed after it would be refused for
-                    # good. Kept (one per channel) until the FINISH or a newer INIT comes.
-                    self._pending = _Pending(handshake, math.inf, pending.delay)
+                    # good. Kept (one per channel) until the FINISH or a newer INIT comes,
+                    # or until our own rekey falls due: an INIT someone injected must not
+                    # hold off our rekeys for ever.
+                    self._pending = _Pending(handshake, now + pending.delay, pending.delay)
                     return []
-                self._pending = None  # a new session: the initiator retries; we just forget
-                return []
-            delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
-            # A new session retries under a fresh id: the responder may already hold the old
-            # one (only our CONFIRM went missing), and would take a repeat for a replay.
-            session_id = handshake.session_id if handshake.epoch else self._new_session_id()
-            frames = self._initiate(session_id, handshake.epoch, now=now, delay=delay)
-            return [Transmit(frames)]
+                # Our own rekey is due: it replaces the one that never finished (below).
+            else:
+                delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
+                # A new session retries under a fresh id: the responder may already hold the
+                # old one (only our CONFIRM went missing), and would take a repeat for a
+                # replay.
+                session_id = handshake.session_id if handshake.epoch else self._new_session_id()
+                frames = self._initiate(session_id, handshake.epoch, now=now, delay=delay)
+                return [Transmit(frames)]
         session = self.session
         if session is None:
             return []
