@@ -866,3 +866,34 @@ def test_an_answered_rekey_that_never_finishes_does_not_hold_off_our_own(peers: 
     assert b.on_timer(now=T0 + 50) == []  # before bob's own rekey: still kept
     (own,) = b.on_timer(now=T0 + 100)  # bob's own rekey by age is due: it goes ahead
     assert isinstance(own, Transmit) and _type(own.frames) == INIT
+
+
+def test_a_late_finish_completes_its_rekey_even_once_our_own_rekey_is_due(
+    peers: Peers,
+) -> None:
+    """Bob's own rekey falls due while alice's FINISH is late: his rekey goes ahead, and the
+    answered one is set aside rather than dropped, so the FINISH still completes it (the
+    final review: dropped, it and all alice sealed after it were refused, and bob's own
+    INIT for the same epoch was refused at alice as a replay, for good)."""
+    a, b = peers.channels(policy=RekeyPolicy(max_messages=3, jitter=0.0))
+    link, _, _ = _connect(a, b)
+    now = T0 + 1
+    for _ in range(3):
+        link.send(a, a.seal(MessageType.DATA, "x", now=now))
+    for _ in range(3):
+        link.send(b, b.seal(MessageType.DATA, "y", now=now))  # bob's own rekey is due
+    link.pump(now)
+    (start,) = a.on_timer(now=now)
+    assert isinstance(start, Transmit)
+    link.send(a, start.frames)
+    link.deliver(b, now)  # bob answers
+    link.deliver(a, now)  # alice takes the REPLY: FINISH queued, she is on epoch 1
+    link.send(a, a.seal(MessageType.DATA, "under the new keys", now=now))
+    late = now + 2 * b.handshake_timeout
+    (own,) = b.on_timer(now=late)  # bob's own rekey goes ahead
+    assert isinstance(own, Transmit) and _type(own.frames) == INIT
+    while link.to_b:
+        got = link.deliver(b, late)
+    assert b.session is not None and b.session.epoch == 1
+    assert _payloads(_delivered(got)) == ["under the new keys"]
+    assert not b.handshaking  # his own INIT for epoch 1 is moot: alice refuses it as a replay

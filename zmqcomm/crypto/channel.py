@@ -121,6 +121,9 @@ class SecureChannel:
         self.peer: PeerInfo | None = None
         self._peer_sender = ANONYMOUS
         self._pending: _Pending | None = None
+        #: A rekey we answered, set aside when our own rekey fell due before its FINISH
+        #: came: its initiator may already seal under it, so a late FINISH still completes it.
+        self._answered: Handshake | None = None
         #: The initiator's Established, held back until the responder's CONFIRM opens.
         self._unconfirmed: Established | None = None
         #: Consecutive refused frames; the channel closes itself at ``max_failures``.
@@ -305,7 +308,17 @@ class SecureChannel:
         return [Transmit(frames), established]
 
     def _on_finish(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
-        handshake = self._expect_pending(session_id, epoch, initiator=False)
+        answered = self._answered
+        if (
+            answered is not None
+            and epoch
+            and answered.session_id == session_id
+            and answered.epoch == epoch
+            and not answered.complete
+        ):
+            handshake = answered
+        else:
+            handshake = self._expect_pending(session_id, epoch, initiator=False)
         result = handshake.accept(body, now=now)
         established = self._install(result, session_id, epoch, now=now)
         if epoch:
@@ -333,6 +346,7 @@ class SecureChannel:
     ) -> Established:
         self._pending = None
         self._unconfirmed = None
+        self._answered = None
         jitter = int.from_bytes(self._random(2), "big") / 65536
         if epoch and self.session is not None:
             self.session.install(result.send_key, result.receive_key, now=now, jitter=jitter)
@@ -416,7 +430,9 @@ class SecureChannel:
                     # hold off our rekeys for ever.
                     self._pending = _Pending(handshake, now + pending.delay, pending.delay)
                     return []
-                # Our own rekey is due: it replaces the one that never finished (below).
+                # Our own rekey is due: it goes ahead (below); the answered one is set
+                # aside, so that its FINISH, if it was only late, still completes it.
+                self._answered = handshake
             else:
                 delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
                 # A new session retries under a fresh id: the responder may already hold the
