@@ -112,6 +112,8 @@ def reconnects(directory: Path, count: int) -> list[float]:
                 )
             else:
                 while not node.statistics()["handshakes"] > attempt:
+                    if time.perf_counter() - started > 30:
+                        raise SystemExit("the node did not reconnect within 30 s")
                     node.pump(0.05)
                 samples.append(time.perf_counter() - started)
             serving.stop()
