@@ -15,6 +15,7 @@ clock and the OS random source, and watches for reconnects so the dealer re-hand
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -49,6 +50,7 @@ from zmqcomm.errors import (
     TransportError,
     UnknownPeerError,
 )
+from zmqcomm.held_finishes import HeldFinishes
 from zmqcomm.transport.batching import BatchingSender
 from zmqcomm.transport.endpoints import unresolved_host_hint
 from zmqcomm.transport.sockets import (
@@ -151,11 +153,8 @@ class _SecureSocket:
         self.gone = 0
         self._closed = False
         self._next_timer_check = -1.0
-        #: Rekey FINISH frames that found the peer's queue full, per route, oldest first,
-        #: with the channel (session) they belong to.
-        self._held_finish: dict[bytes, tuple[SecureChannel | None, list[Sequence[Buffer]]]] = {}
-        #: How many FINISH frames had to be held for want of room.
-        self.finish_held = 0
+        #: Rekey FINISH frames that found the peer's queue full (zmqcomm.held_finishes).
+        self._finishes = HeldFinishes()
         #: What a waiting pump polls when there are side sockets (set by subclasses that have
         #: some); empty: it polls the socket alone, the cheaper call.
         self._side_waits: list[tuple[zmq.Socket[Any], int]] = []
@@ -211,15 +210,15 @@ class _SecureSocket:
         # for room here and raise SendTimeout out of pump(), which stopped a whole broker
         # for one slow agent.
         finish = bool(frames) and peek_type(frames[0]) == MessageType.HANDSHAKE_FINISH
-        if finish and self._current_held(route):
-            self._held_finish[route][1].append(frames)  # behind the one already waiting
+        session = self.table.channels.get(route)
+        if finish and self._finishes.waiting(route, session):
+            self._finishes.hold(route, session, frames)  # behind the one already waiting
             return
         try:
             self._transmit(route, frames, wait=False)
         except (QueueFullError, SendTimeout):
             if finish:
-                self._held_finish[route] = (self.table.channels.get(route), [frames])
-                self.finish_held += 1
+                self._finishes.hold(route, session, frames)
             else:
                 self._reply_dropped()
         except TransportError as exc:
@@ -229,44 +228,24 @@ class _SecureSocket:
 
     def _forget_route(self, route: bytes) -> None:
         self.table.drop(route)
-        self._held_finish.pop(route, None)
+        self._finishes.forget(route)
         self.gone += 1
 
     def _transmit_data(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
         """Send data (waiting for room as ``send_timeout`` says, or not at all), after any
         FINISH held for ``route``: the data is sealed under the keys that FINISH puts in
         force at the peer."""
-        if self._held_finish and self._current_held(route):
-            self._release_finish(route, wait=wait)
+        finishes = self._finishes
+        if finishes and finishes.waiting(route, self.table.channels.get(route)):
+            finishes.release(route, functools.partial(self._transmit, route, wait=wait))
         self._transmit(route, frames, wait=wait)
 
-    def _current_held(self, route: bytes) -> bool:
-        """Whether FINISH frames of the route's current session are held; those of a
-        session since replaced (a reconnect) are dropped here, never to be sent."""
-        held = self._held_finish.get(route)
-        if held is None:
-            return False
-        if held[0] is self.table.channels.get(route):
-            return True
-        del self._held_finish[route]
-        return False
-
-    def _release_finish(self, route: bytes, *, wait: bool) -> None:
-        """Send what is held for ``route``, oldest first; raises (QueueFullError,
-        SendTimeout, TransportError) with the rest still held."""
-        held = self._held_finish[route][1]
-        while held:
-            self._transmit(route, held[0], wait=wait)
-            held.pop(0)
-        del self._held_finish[route]
-
     def _release_held_finishes(self) -> None:
-        for route, (channel, _) in list(self._held_finish.items()):
-            if self.table.channels.get(route) is not channel:
-                del self._held_finish[route]  # the session it belonged to is gone
-                continue
+        for route in self._finishes.routes():
+            if not self._finishes.waiting(route, self.table.channels.get(route)):
+                continue  # the session it belonged to is gone: dropped
             try:
-                self._release_finish(route, wait=False)
+                self._finishes.release(route, functools.partial(self._transmit, route, wait=False))
             except (QueueFullError, SendTimeout):
                 continue  # still no room: next tick
             except TransportError as exc:
@@ -328,7 +307,7 @@ class _SecureSocket:
         if tick < self._next_timer_check:
             return
         self._next_timer_check = tick + _TIMER_TICK
-        if self._held_finish:
+        if self._finishes:
             self._release_held_finishes()
         for extra in self._extra_sockets():
             # Side sockets (connection events) are also looked at on timer ticks: a pump that
@@ -425,7 +404,7 @@ class _SecureSocket:
             "rekeys": self.table.rekeys,
             "gone": self.gone,
             "inbox_full": self.inbox_full,
-            "finish_held": self.finish_held,
+            "finish_held": self._finishes.held,
             "rejected": dict(self.table.rejected),
         }
 

@@ -528,10 +528,10 @@ def test_a_finish_held_for_a_session_since_replaced_is_dropped_not_sent(cast: Ca
     must not go out first (the router would refuse it), nor hold up the new one's."""
     with _session(cast, f"inproc://stale-finish-{next(_inproc_names)}") as (router, dealer):
         stale = pack_header(MessageType.HANDSHAKE_FINISH, 0, b"", 0)
-        dealer._held_finish[b""] = (None, [[stale]])  # held for a channel that is gone
+        dealer._finishes.hold(b"", None, [stale])  # held for a channel that is gone
         dealer.send("new session data")
         assert router.receive(timeout=5).message.payload == "new session data"
-        assert dealer._held_finish == {}
+        assert not dealer._finishes
         assert router.table.rejected == {}
 
 
