@@ -501,6 +501,8 @@ def test_a_connect_cut_short_by_a_handler_error_closes_its_new_link(
     carol = spawn_node(bus.agents["carol"], bus.trust("carol"), bind=ipc_endpoint("carol"))
     wait_for(carol.submit(lambda node: node.connect(endpoint, timeout=5)), [alice])
     carol.submit(lambda node: node.start_request(alice.agent_id, "hi"))
+    router = alice._direct.router
+    assert router is not None and router.socket.poll(5000)  # the request waits for a pump
     with pytest.raises(RuntimeError, match="request handler"):
         alice.connect(bob.call(lambda node: node.endpoint), timeout=5)  # its pump meets it
     alice_links = [d for d in made if d.table.identity is bus.agents["alice"]]
