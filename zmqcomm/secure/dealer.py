@@ -1,0 +1,315 @@
+"""The secure socket that connects: a DEALER with one session to one router, which starts
+a new handshake when its connection comes back (:mod:`zmqcomm.secure` has the overview)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+from zmq.backend import zmq_poll
+from zmq.utils.monitor import parse_monitor_message
+
+from zmqcomm.checks import check_timeout
+from zmqcomm.crypto.audit import BaseAuditLog
+from zmqcomm.crypto.channel import Established, Event, SecureChannel, TrustChecker
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.errors import ConnectError, QueueFullError
+from zmqcomm.secure.base import (
+    _POLLIN,
+    _POLLOUT,
+    DEFAULT_MAX_INBOX,
+    Clock,
+    _check_send_timeout,
+    _SecureSocket,
+)
+from zmqcomm.transport.batching import BatchingSender
+from zmqcomm.transport.endpoints import unresolved_host_hint
+from zmqcomm.transport.sockets import (
+    DEFAULT_SOCKET_OPTIONS,
+    SocketOptions,
+    connect,
+    open_socket,
+    send_frames,
+)
+from zmqcomm.wire import MessageType, WireCodec
+from zmqcomm.wire.payload import Buffer
+
+#: A dealer has one peer: its channel's key in the table.
+_DEALER_ROUTE = b""
+
+
+class SecureDealer(_SecureSocket):
+    """Connects to one :class:`SecureRouter` and keeps a session with it across reconnects."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        identity: Identity,
+        trust: TrustChecker,
+        expect_peer: str | None = None,
+        audit: BaseAuditLog | None = None,
+        codec: WireCodec | None = None,
+        policy: RekeyPolicy | None = None,
+        options: SocketOptions = DEFAULT_SOCKET_OPTIONS,
+        context: zmq.Context[Any] | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        send_timeout: float | None = 1.0,
+        connect_timeout: float | None = 5.0,
+        max_inbox: int = DEFAULT_MAX_INBOX,
+        peer_label: str = "router",
+    ) -> None:
+        """``peer_label``: what to call the other end in error messages ("broker")."""
+        self.peer_label = peer_label
+        check_timeout(connect_timeout, "connect_timeout")
+        _check_send_timeout(send_timeout)
+        sock = open_socket(zmq.DEALER, options, context=context)
+        # Queue nothing without a connection: handshake retries made while the router is down
+        # would all arrive when it comes up, spend its per-connection handshake budget and get
+        # the live INIT refused (rate_limited). Each connection starts its handshake instead
+        # (_on_extra). inproc ignores this (its pipe exists from connect on).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        # Connection events tell us when a reconnect needs a new handshake, and when the
+        # connection is down (see ``established``).
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        super().__init__(
+            sock,
+            identity=identity,
+            trust=trust,
+            audit=audit,
+            codec=codec,
+            policy=policy,
+            limits=None,
+            clock=clock,
+            wall_clock=wall_clock,
+            random_bytes=random_bytes,
+            send_timeout=send_timeout,
+            max_inbox=max_inbox,
+        )
+        self._side_waits = [(sock, _POLLIN), (self._monitor, _POLLIN)]
+        self.expect_peer = expect_peer
+        self.peer: str | None = None
+        self.reconnects = 0
+        self._connections = 0
+        #: A handshake frame could not be queued (no connection yet, or a full queue): the
+        #: next connection starts a fresh handshake rather than wait for the retry timer.
+        self._handshake_lost = False
+        #: inproc has no connection events: its pipe is up from connect() on.
+        self._always_linked = endpoint.startswith("inproc:")
+        #: The connection dropped and has not come back yet.
+        self.disconnected = False
+        try:
+            connect(sock, endpoint)
+        except BaseException:
+            self.close()
+            raise
+        self.endpoint = endpoint
+        # Sent now, it waits in the connection's pipe until the transport is up (inproc has
+        # no transport handshake to wait for, and no monitor events).
+        self._transmit_reply(
+            _DEALER_ROUTE,
+            self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
+        )
+        if connect_timeout is not None:
+            try:
+                self.wait_established(connect_timeout)
+            except BaseException:
+                self.close()  # a dealer that never came up must not keep its sockets
+                raise
+
+    def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
+        if wait:
+            try:
+                send_frames(self.socket, frames, timeout=0)
+                return
+            except QueueFullError:
+                # No room. With IMMEDIATE a connection that just dropped looks the same, and
+                # waiting send_timeout on it would only end in SendTimeout: look at the
+                # connection events first (they are otherwise read on a pump).
+                connections = self._connections
+                self._on_extra(self._monitor)
+                if self.disconnected or self._connections != connections:
+                    raise ConnectError(
+                        f"the connection to {self.endpoint} dropped; it comes back by itself: "
+                        "send again once established (wait_established())",
+                        reason="link_down",
+                    ) from None
+        send_frames(self.socket, frames, timeout=None if wait else 0)
+
+    def _route_and_frames(self, raw: list[bytes]) -> tuple[bytes, list[bytes]]:
+        return _DEALER_ROUTE, raw
+
+    def _extra_sockets(self) -> list[zmq.Socket[Any]]:
+        return [self._monitor]
+
+    def _on_extra(self, sock: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                # Whatever is sent now would be sealed for a session a restarted router will
+                # not know: it would be lost without a word. Sends fail instead until a new
+                # session is up (callers may hold and resend).
+                self.disconnected = True
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.disconnected = False
+                self._connections += 1
+                self.reconnects = self._connections - 1
+                channel = self.table.channels.get(_DEALER_ROUTE)
+                if self._connections == 1 and (
+                    not self._handshake_lost or (channel is not None and channel.established)
+                ):
+                    continue  # the first connection carries the INIT sent at construction
+                # A reconnect: whatever session the router had went with the old connection.
+                # Or the first connection, whose INIT was not queued before it came up (the
+                # router started after us, or the transport was still connecting).
+                frames = self.table.connect(
+                    _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
+                )
+                self._transmit_reply(_DEALER_ROUTE, frames)
+
+    def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
+        self._handshake_lost = False  # the latest handshake frame is what counts
+        super()._transmit_reply(route, frames)
+
+    def _reply_dropped(self) -> None:
+        self._handshake_lost = True
+        if (self._connections or self._always_linked) and not self.disconnected:
+            # Without a connection there is nothing to count: IMMEDIATE refuses every send.
+            super()._reply_dropped()
+
+    def close(self) -> None:
+        try:
+            if not self._closed:
+                # Raises ContextTerminated once term() has begun: the socket must still be
+                # closed, or term() waits for it for ever.
+                self.socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        finally:
+            super().close()
+
+    def _handle(self, route: bytes, events: list[Event]) -> None:
+        super()._handle(route, events)
+        for event in events:
+            if isinstance(event, Established) and event.epoch == 0:
+                self.peer = event.agent_id
+
+    def _check_sender(self, route: bytes, channel: SecureChannel) -> None:
+        if self.disconnected:
+            raise ConnectError(
+                f"the connection to {self.endpoint} is down; once it is back "
+                "(wait_established()), take a new batching_sender()",
+                reason="link_down",
+            )
+        super()._check_sender(route, channel)
+
+    def _timers(self) -> None:
+        super()._timers()
+        if _DEALER_ROUTE not in self.table.channels and not self._closed:
+            # The channel closed itself (too many refused frames) or its handshake was
+            # abandoned: start a new session rather than stay silent.
+            self._transmit_reply(
+                _DEALER_ROUTE,
+                self.table.connect(
+                    _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
+                ),
+            )
+
+    def writable(self) -> bool:
+        """Whether a send would be queued at once (the connection has room), without waiting."""
+        return bool(zmq_poll([(self.socket, _POLLOUT)], 0))
+
+    @property
+    def established(self) -> bool:
+        """A session is up and its connection is not known to be down."""
+        channel = self.table.channels.get(_DEALER_ROUTE)
+        return channel is not None and channel.established and not self.disconnected
+
+    def wait_established(self, timeout: float | None) -> str:
+        """Pump until the session is up (None: however long it takes); returns the router's
+        agent id."""
+        check_timeout(timeout, "connect timeout")
+        deadline = math.inf if timeout is None else self.clock() + timeout
+        while not self.established:
+            left = deadline - self.clock()
+            if left <= 0:
+                raise ConnectError(
+                    f"no authenticated session with the {self.peer_label} at {self.endpoint} "
+                    f"within {timeout} s: {self._why_no_session()}"
+                    f"{unresolved_host_hint(self.endpoint)}"
+                )
+            self.pump(min(left, 0.05))
+        assert self.peer is not None
+        return self.peer
+
+    def _why_no_session(self) -> str:
+        rejected = dict(self.table.rejected)
+        if "unknown_peer" in rejected:
+            return (
+                f"this side refused the {self.peer_label}'s key (not in this trust store: "
+                f"copy the {self.peer_label}'s .pub file into it); refused here: {rejected}"
+            )
+        if rejected:
+            return f"refused here: {rejected}"
+        return (
+            f"nothing was refused here: is the {self.peer_label} running, and does its trust "
+            f"store hold this identity's .pub ({self.table.identity.agent_id})?"
+        )
+
+    def send(
+        self,
+        payload: object,
+        *,
+        msg_type: int = MessageType.DATA,
+        topic: str = "",
+        wait: bool = True,
+    ) -> None:
+        self.send_many([payload], msg_type=msg_type, topic=topic, wait=wait)
+
+    def send_many(
+        self,
+        payloads: Sequence[object],
+        *,
+        msg_type: int = MessageType.DATA,
+        topic: str = "",
+        wait: bool = True,
+    ) -> None:
+        """Send several payloads as one batch frame: one AEAD call, one socket send. An error
+        (:class:`SendTimeout` when the router's queue stays full for ``send_timeout``, at
+        once :class:`QueueFullError` with ``wait=False``, :class:`ConnectError` when the
+        connection is down) means nothing was queued."""
+        self._check_open()
+        if self.disconnected:
+            raise ConnectError(
+                f"the connection to {self.endpoint} is down; it comes back by itself: send "
+                "again once established (wait_established())",
+                reason="link_down",
+            )
+        channel = self.table.channels.get(_DEALER_ROUTE)
+        if channel is None or not channel.established:
+            raise ConnectError("no session with the router yet: call wait_established()")
+        self._send_on(_DEALER_ROUTE, channel, payloads, msg_type, topic, wait=wait)
+
+    def batching_sender(self, **options: Any) -> BatchingSender:
+        """A :class:`BatchingSender` whose batches are encrypted for the router (options:
+        ``max_items``, ``max_bytes``, ``max_delay``). A reconnect makes a new session: once the
+        connection drops, this sender raises :class:`ConnectError` (``link_down``, then
+        ``session_ended``); take a new sender after :meth:`wait_established`."""
+        self._check_open()
+        channel = self.table.channels.get(_DEALER_ROUTE)
+        if channel is None or not channel.established:
+            raise ConnectError("no session with the router yet: call wait_established()")
+        return self._batching_sender(_DEALER_ROUTE, channel, **options)
