@@ -63,6 +63,7 @@ from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
 from zmqcomm.transport.endpoints import unresolved_host_hint
+from zmqcomm.transport.inbox import take_next
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
 
@@ -599,16 +600,7 @@ class Node:
 
     def receive(self, timeout: float | None = None) -> Incoming:
         """The next message from a peer (ReceiveTimeout after ``timeout``; None waits)."""
-        check_timeout(timeout, "receive timeout")
-        deadline = None if timeout is None else self.clock() + timeout
-        while not self.inbox:
-            left = 0.1 if deadline is None else deadline - self.clock()
-            # Pumped at least once, even with no time left: receive(0) returns a message
-            # that is already waiting in a socket.
-            self.pump(min(max(left, 0.0), 0.1))
-            if not self.inbox and deadline is not None and self.clock() >= deadline:
-                raise ReceiveTimeout(f"no message within {timeout} s")
-        return self.inbox.popleft()
+        return take_next(self.inbox, self.pump, self.clock, timeout, what="message")
 
     def messages(self, timeout: float | None = None) -> Iterator[Incoming]:
         """Messages as they come; ends when none arrives within ``timeout`` (None: never)."""

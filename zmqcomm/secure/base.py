@@ -13,7 +13,7 @@ from typing import Any, cast
 import zmq
 from zmq.backend import zmq_poll
 
-from zmqcomm.checks import check_count, check_seconds, check_timeout
+from zmqcomm.checks import check_count, check_seconds
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel import (
     Delivered,
@@ -31,12 +31,12 @@ from zmqcomm.errors import (
     ClosedError,
     ConnectError,
     QueueFullError,
-    ReceiveTimeout,
     SendTimeout,
     TransportError,
 )
 from zmqcomm.secure.held_finishes import HeldFinishes
 from zmqcomm.transport.batching import BatchingSender
+from zmqcomm.transport.inbox import take_next
 from zmqcomm.transport.sockets import (
     poll_ms,
 )
@@ -299,19 +299,10 @@ class _SecureSocket:
 
     def receive(self, timeout: float | None = None) -> Delivered:
         """The next authenticated message, waiting up to ``timeout`` s (None: forever)."""
-        check_timeout(timeout, "receive timeout")
-        deadline = None if timeout is None else self.clock() + timeout
-        while not self.inbox:
-            left = 0.1 if deadline is None else deadline - self.clock()
-            # Pump at least once, even with no time left: receive(timeout=0) returns a message
-            # that is already waiting. pump() drains the whole burst even once a message is
-            # in: frames behind it (rekey handshakes, data under a key in its grace period)
-            # must not wait for the caller's next receive(), which may come after that key
-            # expired.
-            self.pump(min(max(left, 0.0), 0.1))
-            if not self.inbox and deadline is not None and self.clock() >= deadline:
-                raise ReceiveTimeout(f"no authenticated message within {timeout} s")
-        return self.inbox.popleft()
+        # pump() drains the whole burst even once a message is in: frames behind it (rekey
+        # handshakes, data under a key in its grace period) must not wait for the caller's
+        # next receive(), which may come after that key expired.
+        return take_next(self.inbox, self.pump, self.clock, timeout, what="authenticated message")
 
     # -- sending -----------------------------------------------------------------------------
 
