@@ -46,7 +46,11 @@ def mallory() -> Identity:
 def full(alice: Identity) -> bytes:
     """The largest valid beacon: 8 ports and the static key."""
     return encode_beacon(
-        alice, sequence=7, ports=[1, 2, 3, 4, 5, 6, 7, 65535], with_static_key=True
+        alice,
+        sequence=7,
+        ports=[1, 2, 3, 4, 5, 6, 7, 65535],
+        incarnation=0x0123456789ABCDEF,
+        with_static_key=True,
     )
 
 
@@ -63,35 +67,42 @@ def test_round_trip_without_static_key(alice: Identity) -> None:
 
 
 def test_round_trip_with_static_key(alice: Identity) -> None:
-    data = encode_beacon(alice, sequence=2**64 - 1, ports=[], with_static_key=True)
+    data = encode_beacon(
+        alice, sequence=2**64 - 1, ports=[], incarnation=2**64 - 1, with_static_key=True
+    )
     beacon = decode_beacon(bytearray(data))
     assert beacon.static_key == alice.static_keypair.public
     assert beacon.sequence == 2**64 - 1
+    assert beacon.incarnation == 2**64 - 1
     assert beacon.ports == ()
     assert decode_beacon(memoryview(data)) == beacon
 
 
 def test_byte_layout_matches_the_documented_table(alice: Identity, full: bytes) -> None:
-    assert len(full) == MAX_BEACON_LEN == 174
+    assert len(full) == MAX_BEACON_LEN == 182
+    assert MIN_BEACON_LEN == 134
     assert full[:3] == b"ZCB"
-    assert full[3] == 2
+    assert full[3] == 3
     assert full[4] == 0x01
     assert (
         full[5:21] == alice.sender_id == hashlib.blake2b(alice.verify_key, digest_size=16).digest()
     )
-    assert struct.unpack(">Q", full[21:29]) == (7,)
-    assert full[29] == 8
-    assert struct.unpack(">8H", full[30:46]) == (1, 2, 3, 4, 5, 6, 7, 65535)
-    assert full[46:78] == alice.static_keypair.public
-    assert full[78:110] == alice.verify_key
+    assert struct.unpack(">Q", full[21:29]) == (0x0123456789ABCDEF,)
+    assert struct.unpack(">Q", full[29:37]) == (7,)
+    assert full[37] == 8
+    assert struct.unpack(">8H", full[38:54]) == (1, 2, 3, 4, 5, 6, 7, 65535)
+    assert full[54:86] == alice.static_keypair.public
+    assert full[86:118] == alice.verify_key
     # The tag is signed but not sent.
     assert BEACON_TAG not in full
-    assert full[110:] == alice.sign(BEACON_TAG + full[:110])
+    assert full[118:] == alice.sign(BEACON_TAG + full[:118])
 
 
-def test_a_version_1_beacon_is_refused(full: bytes) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_version_1_and_2_beacons_are_refused(full: bytes, version: int) -> None:
     # v1 had a u32 sequence that restarted with the agent: tables guessed restarts wrongly.
-    old = full[:3] + b"\x01" + full[4:]
+    # v2 had no incarnation: a restart with the clock behind its earlier life went unheard.
+    old = full[:3] + bytes([version]) + full[4:]
     with pytest.raises(BeaconError) as info:
         decode_beacon(old)
     assert _reason(info) == "unsupported_version"
@@ -121,14 +132,15 @@ def test_every_bit_flip_is_refused(full: bytes, alice: Identity) -> None:
     ("mutate", "reason"),
     [
         (lambda b: b"XCB" + b[3:], "bad_magic"),
-        (lambda b: b[:3] + b"\x03" + b[4:], "unsupported_version"),
+        (lambda b: b[:3] + b"\x04" + b[4:], "unsupported_version"),
         (lambda b: b[:4] + b"\x03" + b[5:], "unknown_flags"),
         (lambda b: b[:4] + b"\x00" + b[5:], "bad_length"),
-        (lambda b: b[:29] + b"\x09" + b[30:], "bad_length"),
-        (lambda b: b[:30] + b"\x00\x00" + b[32:], "bad_port"),
+        (lambda b: b[:37] + b"\x09" + b[38:], "bad_length"),
+        (lambda b: b[:38] + b"\x00\x00" + b[40:], "bad_port"),
         (lambda b: b[:5] + bytes(16) + b[21:], "sender_mismatch"),
         (lambda b: b[:-1] + bytes([b[-1] ^ 0x40]), "bad_signature"),
-        (lambda b: b[:21] + (8).to_bytes(8, "big") + b[29:], "bad_signature"),
+        (lambda b: b[:21] + (8).to_bytes(8, "big") + b[29:], "bad_signature"),  # incarnation
+        (lambda b: b[:29] + (8).to_bytes(8, "big") + b[37:], "bad_signature"),  # sequence
     ],
 )
 def test_each_check_has_its_reason(full: bytes, mutate: object, reason: str) -> None:
@@ -147,7 +159,7 @@ def test_random_garbage_raises_only_zmqcomm_errors(full: bytes) -> None:
     # Garbage that passes the cheap checks reaches the deeper ones.
     for _ in range(1000):
         count = rng.randint(0, 9)
-        head = b"ZCB\x01" + bytes([rng.choice([0, 1, 2])]) + rng.randbytes(20) + bytes([count])
+        head = b"ZCB\x03" + bytes([rng.choice([0, 1, 2])]) + rng.randbytes(32) + bytes([count])
         data = head + rng.randbytes(rng.randint(0, MAX_BEACON_LEN - len(head)))
         with pytest.raises(ZmqCommError):
             decode_beacon(data)
@@ -168,7 +180,7 @@ def test_zyre_beacon_is_refused_as_bad_magic() -> None:
 def test_oversize_refused_before_parsing() -> None:
     # Perfectly valid-looking head, but too long: the size check fires first.
     with pytest.raises(BeaconError) as info:
-        decode_beacon(b"ZCB\x01\x00" + bytes(MAX_BEACON_LEN))
+        decode_beacon(b"ZCB\x03\x00" + bytes(MAX_BEACON_LEN))
     assert _reason(info) == "beacon_size"
     with pytest.raises(BeaconError) as info:
         decode_beacon(bytes(65_507))
@@ -242,6 +254,9 @@ def test_non_bytes_input_is_a_usage_error() -> None:
         {"sequence": 1, "ports": [65536]},
         {"sequence": 1, "ports": [True]},
         {"sequence": 1, "ports": list(range(1, 10))},
+        {"sequence": 1, "ports": [], "incarnation": -1},
+        {"sequence": 1, "ports": [], "incarnation": 2**64},
+        {"sequence": 1, "ports": [], "incarnation": 1.0},
     ],
 )
 def test_encode_refuses_bad_arguments(alice: Identity, kwargs: dict[str, object]) -> None:

@@ -1,4 +1,4 @@
-"""UDP discovery beacons, format v2: a small signed datagram saying "this agent, these ports".
+"""UDP discovery beacons, format v3: a small signed datagram saying "this agent, these ports".
 
 Pure (sans-I/O): no sockets, clocks or randomness; the caller sends and receives datagrams.
 All integers are big-endian.
@@ -7,28 +7,32 @@ All integers are big-endian.
 Offset   Size        Field
 =======  ==========  ================================================================
 0        3           magic ``b"ZCB"`` (a Zyre beacon starts ``b"ZRE"`` and is refused)
-3        1           version, u8 = 2
+3        1           version, u8 = 3
 4        1           flags, u8: bit 0 = X25519 static key present; other bits must be 0
 5        16          sender id: BLAKE2b-128 of the Ed25519 verify key
-21       8           sequence, u64: strictly increasing per agent, across restarts too
-29       1           port count ``n``, u8, 0..8
-30       2 * n       ports, u16 each, nonzero (the agent's TCP ports)
-30+2n    0 or 32     X25519 static public key, present iff flag bit 0 is set
+21       8           incarnation, u64: random, drawn once per life of the sending process
+29       8           sequence, u64: wall-clock microseconds, strictly increasing per incarnation
+37       1           port count ``n``, u8, 0..8
+38       2 * n       ports, u16 each, nonzero (the agent's TCP ports)
+38+2n    0 or 32     X25519 static public key, present iff flag bit 0 is set
 ...      32          Ed25519 verify key
 ...      64          Ed25519 signature over ``b"zmqcomm/1 beacon"`` + every byte before it
 =======  ==========  ================================================================
 
-Sizes: 126 bytes at least (no ports, no static key), 174 at most (8 ports and the key). The
+Sizes: 134 bytes at least (no ports, no static key), 182 at most (8 ports and the key). The
 domain tag is signed but not sent, so a beacon signature is never valid as any other
 zmqcomm signature, nor the other way round.
 
 Version 1 had a u32 sequence that restarted at 1 with the agent, so a table could not tell a
 restart from a replay: it guessed from the size of the drop, and guessed wrong both ways (a
 young agent's restart was ignored, old beacons replayed after a big enough gap were taken).
-:class:`~zmqcomm.patterns.discovery.udp.BeaconService` numbers beacons with the
-microseconds of its wall clock (one more than the last when the clock is slower), so a
-restarted agent carries on above its earlier beacons and a table accepts only newer ones.
-Version 1 beacons are refused (``unsupported_version``).
+Version 2 numbered beacons by wall-clock microseconds only, so an agent restarted with its
+clock behind its earlier life's last beacon went unheard until the clock passed that point.
+:class:`~zmqcomm.patterns.discovery.udp.BeaconService` draws a random incarnation when it
+starts and numbers beacons with the microseconds of its wall clock (one more than the last
+when the clock is slower); a table takes a new incarnation when its number is fresh by the
+table's own clock (see :mod:`zmqcomm.patterns.discovery.peers`). Versions 1 and 2 are refused
+(``unsupported_version``).
 
 :func:`decode_beacon` checks cheapest first and raises :class:`BeaconError` (a
 :class:`~zmqcomm.errors.RemoteProtocolError`) with one ``reason`` per failure, in this order:
@@ -39,8 +43,9 @@ With a trust store it then looks the agent up (its :class:`~zmqcomm.errors.Unkno
 propagates) and refuses a key that differs from the trusted one (``key_changed``).
 
 A valid signature proves who made the beacon, not when: beacons can be replayed, so the
-sequence number (see :mod:`zmqcomm.patterns.discovery.peers`) and the handshake that follows
-discovery are what stop stale or replayed announcements from doing harm.
+incarnation and sequence number (see :mod:`zmqcomm.patterns.discovery.peers`) and the
+handshake that follows discovery are what stop stale or replayed announcements from doing
+harm.
 """
 
 from __future__ import annotations
@@ -63,18 +68,19 @@ from zmqcomm.crypto.keys import (
 from zmqcomm.errors import AuthenticationError, RemoteProtocolError, UsageError
 
 MAGIC = b"ZCB"
-VERSION = 2
+VERSION = 3
 FLAG_STATIC_KEY = 0x01
 KNOWN_FLAGS = FLAG_STATIC_KEY
 MAX_PORTS = 8
-MAX_SEQUENCE = 2**64 - 1
+MAX_SEQUENCE = MAX_INCARNATION = 2**64 - 1
 #: Prefixed to the signed bytes, never sent: domain separation from every other signature.
 BEACON_TAG = b"zmqcomm/1 beacon"
 
-_HEAD = struct.Struct(">3sBB16sQB")  # magic, version, flags, sender id, sequence, port count
-HEAD_LEN = _HEAD.size  # 30
-MIN_BEACON_LEN = HEAD_LEN + KEY_LEN + SIGNATURE_LEN  # 126
-MAX_BEACON_LEN = HEAD_LEN + 2 * MAX_PORTS + KEY_LEN + KEY_LEN + SIGNATURE_LEN  # 174
+# magic, version, flags, sender id, incarnation, sequence, port count
+_HEAD = struct.Struct(">3sBB16sQQB")
+HEAD_LEN = _HEAD.size  # 38
+MIN_BEACON_LEN = HEAD_LEN + KEY_LEN + SIGNATURE_LEN  # 134
+MAX_BEACON_LEN = HEAD_LEN + 2 * MAX_PORTS + KEY_LEN + KEY_LEN + SIGNATURE_LEN  # 182
 
 
 class BeaconError(RemoteProtocolError):
@@ -116,6 +122,12 @@ def _check_ports(ports: Sequence[int]) -> tuple[int, ...]:
     return checked
 
 
+def _check_u64(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_SEQUENCE:
+        raise UsageError(f"a beacon {what} is a u64 (0..{MAX_SEQUENCE}), got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Beacon:
     """A decoded (and, from :func:`decode_beacon`, verified) beacon."""
@@ -125,6 +137,8 @@ class Beacon:
     ports: tuple[int, ...]
     verify_key: bytes
     static_key: bytes | None = None
+    #: Random per life of the sender; 0 in hand-built beacons that do not care.
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         # Built by hand in tests and simulators too: keep impossible beacons out of the table.
@@ -132,8 +146,8 @@ class Beacon:
             raise UsageError("a beacon's sender id is 16 bytes and its verify key 32")
         if self.static_key is not None and len(self.static_key) != KEY_LEN:
             raise UsageError("a beacon's static key is 32 bytes")
-        if type(self.sequence) is not int or not 0 <= self.sequence <= MAX_SEQUENCE:
-            raise UsageError(f"a beacon sequence is a u64, got {self.sequence!r}")
+        _check_u64(self.sequence, "sequence")
+        _check_u64(self.incarnation, "incarnation")
         object.__setattr__(self, "ports", _check_ports(self.ports))
 
     @property
@@ -146,15 +160,22 @@ def encode_beacon(
     *,
     sequence: int,
     ports: Sequence[int],
+    incarnation: int = 0,
     with_static_key: bool = False,
 ) -> bytes:
-    """A signed beacon datagram for ``identity``; :class:`UsageError` on bad arguments."""
-    if type(sequence) is not int or not 0 <= sequence <= MAX_SEQUENCE:
-        raise UsageError(f"a beacon sequence is a u64 (0..{MAX_SEQUENCE}), got {sequence!r}")
+    """A signed beacon datagram for ``identity``; :class:`UsageError` on bad arguments.
+
+    A sender draws ``incarnation`` at random once per life (a constant one, such as the
+    default 0, makes every restart look like the same life: the table then needs a sequence
+    above all earlier ones, the version 2 rule).
+    """
+    _check_u64(sequence, "sequence")
+    _check_u64(incarnation, "incarnation")
     checked = _check_ports(ports)
     flags = FLAG_STATIC_KEY if with_static_key else 0
+    head = (MAGIC, VERSION, flags, identity.sender_id, incarnation, sequence, len(checked))
     parts = [
-        _HEAD.pack(MAGIC, VERSION, flags, identity.sender_id, sequence, len(checked)),
+        _HEAD.pack(*head),
         struct.pack(f">{len(checked)}H", *checked),
     ]
     if with_static_key:
@@ -187,7 +208,7 @@ def decode_beacon(
             f"a beacon is {MIN_BEACON_LEN}..{MAX_BEACON_LEN} bytes", reason="beacon_size"
         )
     data = bytes(datagram)
-    magic, version, flags, sender, sequence, count = _HEAD.unpack_from(data)
+    magic, version, flags, sender, incarnation, sequence, count = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise BeaconError("not a zmqcomm beacon", reason="bad_magic")
     if version != VERSION:
@@ -221,7 +242,7 @@ def decode_beacon(
         verify_signature(verify_key, BEACON_TAG + data[:offset], data[offset:])
     except AuthenticationError as exc:
         raise BeaconAuthenticationError("bad beacon signature", reason="bad_signature") from exc
-    beacon = Beacon(sender, sequence, ports, verify_key, static_key)
+    beacon = Beacon(sender, sequence, ports, verify_key, static_key, incarnation)
     if trust is not None and now is not None:  # now is required with trust (checked above)
         entry = trust.lookup(beacon.agent_id, now=now)  # UnknownPeerError propagates
         if not hmac.compare_digest(bytes(entry.verify_key), verify_key):
