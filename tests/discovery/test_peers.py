@@ -8,13 +8,24 @@ import pytest
 
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.discovery import Beacon, PeerEvent, PeerTable
+from zmqcomm.patterns.discovery.peers import MAX_INCARNATIONS
 
 T0 = 1000.0
 
 
-def _beacon(n: int, sequence: int = 1, ports: tuple[int, ...] = (5555,)) -> Beacon:
+def _beacon(
+    n: int, sequence: int = 1, ports: tuple[int, ...] = (5555,), incarnation: int = 0
+) -> Beacon:
     # Unsigned, built by hand: the table trusts decode_beacon to have verified it.
-    return Beacon(n.to_bytes(16, "big"), sequence, ports, bytes(32))
+    return Beacon(n.to_bytes(16, "big"), sequence, ports, bytes(32), incarnation=incarnation)
+
+
+WALL = 1_800_000_000.0  # the receiver's wall clock, seconds since the epoch
+
+
+def _us(wall: float) -> int:
+    """A sequence number as a sender whose wall clock reads ``wall`` makes it."""
+    return int(wall * 1_000_000)
 
 
 def _kinds(events: list[PeerEvent]) -> list[str]:
@@ -184,6 +195,10 @@ def test_next_deadline() -> None:
         {"max_peers": 0},
         {"max_peers": 1.5},
         {"evasive_after": "5"},
+        {"restart_window": 0},
+        {"restart_window": -1},
+        {"restart_window": float("inf")},
+        {"restart_window": "10"},
     ],
 )
 def test_bad_configuration_is_refused(kwargs: dict[str, object]) -> None:
@@ -236,3 +251,153 @@ def test_random_schedules_keep_the_event_invariants(seed: int) -> None:
         assert counts.get(kind, 0) > 0, f"the schedule never produced {kind}"
     assert table.stale > 0
     assert counts.get("ENTER", 0) >= counts.get("EXPIRED", 0) + counts.get("LEAVE", 0)
+
+
+# -- incarnations: a restart is heard at once, whatever the sender's clock did -----------------
+
+
+def test_a_restart_with_its_clock_behind_is_heard_at_once() -> None:
+    # Version 2 numbered beacons by wall clock alone: an agent restarted with its clock
+    # behind its earlier life's last beacon was `stale` until its clock passed that point.
+    table = PeerTable()
+    table.observe(_beacon(1, _us(WALL + 60), (7000,), incarnation=1), "a", now=T0, wall=WALL)
+    table.observe(_beacon(1, _us(WALL + 61), (7000,), incarnation=1), "a", now=T0 + 1, wall=WALL)
+    # It restarts, its clock now right (a minute behind its earlier life): a new incarnation.
+    fresh = _beacon(1, _us(WALL + 2), (7001,), incarnation=2)
+    assert table.observe(fresh, "b", now=T0 + 2, wall=WALL + 2) == []  # no event: never gone
+    (info,) = table.peers
+    assert (info.address, info.ports, info.state, info.last_seen) == ("b", (7001,), "ALIVE", T0 + 2)
+    assert (table.restarts, table.stale, table.not_fresh) == (1, 0, 0)
+    # Its next beacons are its current incarnation's: taken while they go up.
+    assert (
+        table.observe(_beacon(1, _us(WALL + 3), (7002,), 2), "b", now=T0 + 3, wall=WALL + 3) == []
+    )
+    assert table.peers[0].ports == (7002,)
+    assert table.restarts == 1
+    assert _kinds(table.on_timer(now=T0 + 7)) == []  # heard at T0 + 3: not evasive yet
+
+
+def test_a_restart_after_expiry_is_a_new_enter_even_with_its_clock_behind() -> None:
+    table = PeerTable()
+    table.observe(_beacon(1, _us(WALL + 60), incarnation=1), "a", now=T0, wall=WALL)
+    assert _kinds(table.on_timer(now=T0 + 30)) == ["EXPIRED"]
+    back = _beacon(1, _us(WALL + 31), incarnation=2)
+    assert _kinds(table.observe(back, "a", now=T0 + 31, wall=WALL + 31)) == ["ENTER"]
+    assert (table.restarts, table.stale, table.not_fresh) == (1, 0, 0)
+
+
+def test_earlier_lives_replayed_later_are_refused() -> None:
+    table = PeerTable(restart_window=10)
+    old = [_beacon(1, _us(WALL + t), (7000,), incarnation=1) for t in range(5)]
+    for t, beacon in enumerate(old[:3]):  # old[3:] were sent but never reached this table
+        table.observe(beacon, "a", now=T0 + t, wall=WALL + t)
+    table.observe(_beacon(1, _us(WALL + 3), (7001,), incarnation=2), "b", now=T0 + 3, wall=WALL + 3)
+    # What the table took from the earlier life is never taken again, however fresh.
+    assert table.observe(old[2], "evil", now=T0 + 4, wall=WALL + 4) == []
+    assert (table.stale, table.not_fresh) == (1, 0)
+    # What it never took (numbered above all it took, too), replayed more than
+    # restart_window after it was sent: refused.
+    assert table.observe(old[4], "evil", now=T0 + 15, wall=WALL + 14.001) == []
+    assert (table.stale, table.not_fresh) == (1, 1)
+    # A life it never heard of at all, as long after: refused too.
+    unknown = _beacon(1, _us(WALL), (6666,), incarnation=3)
+    assert table.observe(unknown, "evil", now=T0 + 15, wall=WALL + 10.5) == []
+    assert (table.stale, table.not_fresh) == (1, 2)
+    (info,) = table.peers
+    assert (info.address, info.ports, info.last_seen) == ("b", (7001,), T0 + 3)
+    assert _kinds(table.on_timer(now=T0 + 8)) == ["EVASIVE"]  # nothing above kept it alive
+    # An earlier life replayed after expiry does not bring the peer back.
+    assert _kinds(table.on_timer(now=T0 + 33)) == ["EXPIRED"]
+    assert table.observe(old[3], "evil", now=T0 + 40, wall=WALL + 40) == []
+    assert table.not_fresh == 3 and len(table) == 0
+
+
+def test_the_residual_risk_is_bounded_by_the_restart_window() -> None:
+    # Documented: a beacon of an earlier life that the table never took, replayed within
+    # restart_window of its sending, is taken; the live incarnation's next beacon wins back.
+    table = PeerTable(restart_window=10)
+    missed = _beacon(1, _us(WALL + 1), (7000,), incarnation=1)
+    table.observe(_beacon(1, _us(WALL), (7000,), incarnation=1), "a", now=T0, wall=WALL)
+    table.observe(_beacon(1, _us(WALL + 2), (7001,), incarnation=2), "b", now=T0 + 2, wall=WALL + 2)
+    assert table.observe(missed, "evil", now=T0 + 3, wall=WALL + 3) == []
+    assert table.peers[0].address == "evil"
+    table.observe(_beacon(1, _us(WALL + 4), (7001,), incarnation=2), "b", now=T0 + 4, wall=WALL + 4)
+    assert (table.peers[0].address, table.peers[0].ports) == ("b", (7001,))
+    # And the same replay twice is stale: each unseen beacon serves at most once.
+    assert table.observe(missed, "evil", now=T0 + 5, wall=WALL + 5) == []
+    assert (table.stale, table.restarts, table.peers[0].address) == (1, 3, "b")
+
+
+def test_without_a_wall_clock_a_restart_must_be_numbered_above_all_earlier() -> None:
+    table = PeerTable()
+    table.observe(_beacon(1, 100, incarnation=1), "a", now=T0)
+    assert table.observe(_beacon(1, 50, incarnation=2), "b", now=T0 + 1) == []
+    assert (table.not_fresh, table.peers[0].address) == (1, "a")
+    assert table.observe(_beacon(1, 101, incarnation=2), "b", now=T0 + 2) == []
+    assert (table.restarts, table.peers[0].address) == (1, "b")
+
+
+def test_a_restart_on_a_skewed_clock_is_heard_when_numbered_above_all_earlier() -> None:
+    # A sender an hour ahead of this table: its new life is not fresh here, but above its
+    # earlier one, as every restart was under version 2.
+    table = PeerTable(restart_window=10)
+    table.observe(_beacon(1, _us(WALL + 3600), incarnation=1), "a", now=T0, wall=WALL)
+    restart = _beacon(1, _us(WALL + 3605), incarnation=2)
+    assert table.observe(restart, "b", now=T0 + 5, wall=WALL + 5) == []
+    assert (table.restarts, table.peers[0].address) == (1, "b")
+    # Restarted again with its clock set back an hour, but still far off: not fresh.
+    behind = _beacon(1, _us(WALL - 3600), incarnation=3)
+    assert table.observe(behind, "c", now=T0 + 6, wall=WALL + 6) == []
+    assert (table.not_fresh, table.peers[0].address) == (1, "b")
+
+
+def test_the_memory_of_incarnations_is_bounded() -> None:
+    table = PeerTable(restart_window=10)
+    firsts = [_beacon(1, _us(WALL + n), incarnation=100 + n) for n in range(10)]
+    for n, beacon in enumerate(firsts):
+        table.observe(beacon, f"h{n}", now=T0 + n, wall=WALL + n)
+    assert table.restarts == 9
+    assert len(table._peers[firsts[0].agent_id].lives.last) == MAX_INCARNATIONS
+    # The remembered ones are stale however fresh; a forgotten one is refused once not fresh.
+    assert (
+        table.observe(firsts[9 - MAX_INCARNATIONS + 1], "evil", now=T0 + 10, wall=WALL + 10) == []
+    )
+    assert table.observe(firsts[0], "evil", now=T0 + 10, wall=WALL + 10.5) == []
+    assert (table.stale, table.not_fresh, table.peers[0].address) == (1, 1, "h9")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_restarts_are_heard_and_replays_older_than_the_window_never(seed: int) -> None:
+    # One agent beacons every second and restarts now and then with its clock anywhere within
+    # half the window of the table's (behind its earlier life half the time). An attacker
+    # replays any beacon it ever sent. Every genuine beacon is taken; a replay is taken only
+    # if its number is within the window of the table's clock, and never changes the peer
+    # for longer than until the next genuine beacon.
+    rng = random.Random(seed)
+    window = 10.0
+    table = PeerTable(restart_window=window, evasive_after=5, expired_after=30)
+    sent: list[Beacon] = []
+    incarnation, offset, sequence = rng.getrandbits(64), 0.0, 0
+    behind = 0
+    for t in range(300):
+        now, wall = T0 + t, WALL + t
+        if rng.random() < 0.1:  # a restart
+            incarnation = rng.getrandbits(64)
+            new_offset = rng.uniform(-window / 2, window / 2)
+            behind += new_offset < offset
+            offset, sequence = new_offset, 0
+        sequence = max(sequence + 1, _us(wall + offset))
+        genuine = _beacon(1, sequence, (t % 60000 + 1,), incarnation)
+        sent.append(genuine)
+        events = table.observe(genuine, "live", now=now, wall=wall)
+        assert _kinds(events) == ([] if t else ["ENTER"])
+        assert (table.peers[0].address, table.peers[0].ports) == ("live", genuine.ports)
+        for replay in rng.sample(sent, min(3, len(sent))):
+            dropped = table.stale + table.not_fresh
+            assert table.observe(replay, "evil", now=now, wall=wall) == []
+            if table.stale + table.not_fresh == dropped:  # taken
+                assert abs(replay.sequence / 1e6 - wall) <= window
+                assert replay.incarnation != incarnation  # the live life's are all taken
+            assert len(table) == 1
+    assert behind > 0, "the schedule never restarted with the clock behind"
+    assert table.stale > 0 and table.not_fresh + table.stale >= 600

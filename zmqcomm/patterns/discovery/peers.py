@@ -8,13 +8,36 @@ silent for ``evasive_after`` seconds (heard again, it is simply alive again, no 
 then exactly one of ``EXPIRED`` (silent for ``expired_after``, removed) or ``LEAVE`` (an
 explicit goodbye, removed). A later beacon starts a new ``ENTER``.
 
-A beacon whose sequence is not newer than the last one accepted from that peer is dropped and
-counted in ``stale``: a replay or a reordered datagram must not keep a dead peer alive or
-move it to another address. Senders number beacons upward across restarts (wall-clock
-microseconds, see :mod:`zmqcomm.patterns.discovery.beacon`), so a restart needs no guess.
-The last sequence of a peer that expired or left is remembered too (the most recent
-``max_peers`` of them): an old beacon replayed after it is gone does not bring it back.
-New peers beyond ``max_peers`` are ignored and counted in ``ignored``.
+Senders draw a random incarnation per life and number its beacons upward with wall-clock
+microseconds (see :mod:`zmqcomm.patterns.discovery.beacon`). The table keeps, per agent, the
+last sequence it took from each of its ``MAX_INCARNATIONS`` most recent incarnations, and
+takes a beacon only if
+
+- its sequence is above the last one taken from that incarnation (else ``stale``: a replay
+  or a reordered datagram must not keep a dead peer alive or move it to another address);
+- and, when its incarnation is not the agent's current one (a restart, or a switch back to
+  an earlier life), its sequence is within ``restart_window`` seconds of the table's own
+  wall clock, ``wall`` (else ``not_fresh``). An incarnation the table never took a beacon
+  from is also taken when numbered above every beacon taken from the agent, as version 2
+  took every restart: so a sender whose clock is off by more than the window is still
+  heard after a restart, as long as its clock moved on.
+
+So a restarted agent is heard at once even when its clock is now behind its earlier life's
+last beacon, while a beacon of an earlier life replayed more than ``restart_window`` after
+it was sent is refused. The remaining risks, both bounded: a beacon of an earlier life that
+this table never took, replayed within ``restart_window`` of its sending, is taken once and
+moves the peer back to that life's address and ports until the live incarnation's next
+beacon (which is then fresh, so it is taken back); and a beacon of a life this table never
+heard at all, numbered above everything it took from the agent, is taken whatever its age,
+as under version 2. Beacons only say where to connect; the handshake that follows
+authenticates the peer again. Forgetting the oldest incarnation of an agent reopens only its
+last ``restart_window`` seconds of beacons, and only after ``MAX_INCARNATIONS`` later ones.
+The first beacon of an agent the table knows nothing of is taken whatever its number: there
+is nothing to compare it with.
+
+What the table knows of a peer that expired or left is remembered too (the most recent
+``max_peers`` of them): an old beacon replayed after it is gone does not bring it back. New
+peers beyond ``max_peers`` are ignored and counted in ``ignored``.
 """
 
 from __future__ import annotations
@@ -26,7 +49,7 @@ from typing import Literal
 
 from zmqcomm.checks import check_seconds
 from zmqcomm.errors import UsageError
-from zmqcomm.patterns.discovery.beacon import Beacon
+from zmqcomm.patterns.discovery.beacon import Beacon, BeaconError
 
 EventKind = Literal["ENTER", "EVASIVE", "EXPIRED", "LEAVE"]
 PeerState = Literal["ALIVE", "EVASIVE"]
@@ -34,6 +57,52 @@ ENTER: EventKind = "ENTER"
 EVASIVE: EventKind = "EVASIVE"
 EXPIRED: EventKind = "EXPIRED"
 LEAVE: EventKind = "LEAVE"
+#: Incarnations remembered per agent, the current one included.
+MAX_INCARNATIONS = 4
+DEFAULT_RESTART_WINDOW = 10.0
+
+
+class StaleBeaconError(BeaconError):
+    """A verified beacon the table refuses: ``stale`` or ``not_fresh`` (module docstring)."""
+
+    reason = "stale"
+
+
+class _Lives:
+    """What the table took from one agent: the last sequence of each recent incarnation."""
+
+    def __init__(self, beacon: Beacon) -> None:
+        #: incarnation -> last sequence taken, least recently taken first: the current is last.
+        self.last: OrderedDict[int, int] = OrderedDict({beacon.incarnation: beacon.sequence})
+        #: The highest sequence taken from the agent, in any incarnation.
+        self.high = beacon.sequence
+
+    @property
+    def current(self) -> int:
+        return next(reversed(self.last))
+
+    def check(self, beacon: Beacon, wall: float | None, window: float) -> None:
+        """Raise :class:`StaleBeaconError` unless ``beacon`` may be taken."""
+        taken = self.last.get(beacon.incarnation)
+        if taken is not None and beacon.sequence <= taken:
+            raise StaleBeaconError("not newer than its incarnation's last", reason="stale")
+        if beacon.incarnation == self.current:
+            return
+        if taken is None and beacon.sequence > self.high:
+            return  # a life never taken, numbered above all: a clock that moved on (the v2 rule)
+        # Another life, new or earlier. Its sequence is its sender's wall clock.
+        if wall is None or abs(beacon.sequence / 1_000_000 - wall) > window:
+            raise StaleBeaconError("another incarnation, not fresh", reason="not_fresh")
+
+    def take(self, beacon: Beacon) -> bool:
+        """Record ``beacon`` (checked); ``True`` if it changed the current incarnation."""
+        restart = beacon.incarnation != self.current
+        self.last[beacon.incarnation] = beacon.sequence
+        self.last.move_to_end(beacon.incarnation)
+        self.high = max(self.high, beacon.sequence)
+        while len(self.last) > MAX_INCARNATIONS:
+            self.last.popitem(last=False)
+        return restart
 
 
 @dataclass(frozen=True)
@@ -61,7 +130,7 @@ class PeerInfo:
 class _Peer:
     address: str
     ports: tuple[int, ...]
-    sequence: int
+    lives: _Lives
     last_seen: float
     state: PeerState = "ALIVE"
 
@@ -75,6 +144,7 @@ class PeerTable:
         evasive_after: float = 5.0,
         expired_after: float = 30.0,
         max_peers: int = 10_000,
+        restart_window: float = DEFAULT_RESTART_WINDOW,
     ) -> None:
         self.evasive_after = check_seconds(evasive_after, "evasive_after", allow_zero=False)
         self.expired_after = check_seconds(expired_after, "expired_after", allow_zero=False)
@@ -85,14 +155,21 @@ class PeerTable:
         if type(max_peers) is not int or max_peers < 1:
             raise UsageError(f"max_peers must be a positive int, got {max_peers!r}")
         self.max_peers = max_peers
+        self.restart_window = check_seconds(
+            restart_window, "restart_window", allow_zero=False, maximum=3600
+        )
         #: Beacons dropped because their sequence was not newer (replays, reordering).
         self.stale = 0
+        #: Beacons of another incarnation dropped as neither fresh nor above all earlier ones.
+        self.not_fresh = 0
+        #: Beacons taken that changed a known agent's incarnation (it restarted).
+        self.restarts = 0
         #: Beacons from new peers dropped because the table was full.
         self.ignored = 0
         # Ordered by last_seen, oldest first: timers look only at the front of the table.
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
-        #: Peers that expired or left -> their last sequence, oldest first.
-        self._gone: OrderedDict[str, int] = OrderedDict()
+        #: Peers that expired or left -> what was taken from them, oldest first.
+        self._gone: OrderedDict[str, _Lives] = OrderedDict()
         self._latest = -math.inf
 
     def _clock(self, now: float) -> float:
@@ -100,27 +177,42 @@ class PeerTable:
         self._latest = max(self._latest, float(now))
         return self._latest
 
-    def observe(self, beacon: Beacon, address: str, *, now: float) -> list[PeerEvent]:
-        """Record a verified beacon heard from ``address``; ``[ENTER]`` for a new peer."""
+    def observe(
+        self, beacon: Beacon, address: str, *, now: float, wall: float | None = None
+    ) -> list[PeerEvent]:
+        """Record a verified beacon heard from ``address``; ``[ENTER]`` for a new peer.
+
+        ``now`` is the monotonic clock of the timers; ``wall`` is the receiver's wall clock
+        (seconds since the epoch), which a restarted agent's first beacons are compared with.
+        Without it a restart is taken only when numbered above every earlier beacon.
+        """
         now = self._clock(now)
         agent_id = beacon.agent_id
         peer = self._peers.get(agent_id)
-        if peer is None:
-            if beacon.sequence <= self._gone.get(agent_id, -1):
-                self.stale += 1  # a beacon of its earlier life, replayed
+        lives = peer.lives if peer is not None else self._gone.get(agent_id)
+        if lives is not None:
+            try:
+                lives.check(beacon, wall, self.restart_window)
+            except StaleBeaconError as exc:  # a replay, a reordering, or a badly skewed clock
+                if exc.reason == "not_fresh":
+                    self.not_fresh += 1
+                else:
+                    self.stale += 1
                 return []
+        if peer is None:
             if len(self._peers) >= self.max_peers:
                 self.ignored += 1  # a flood of fresh identities must not grow us unbounded
                 return []
-            self._gone.pop(agent_id, None)
-            self._peers[agent_id] = _Peer(address, beacon.ports, beacon.sequence, now)
+            if lives is None:
+                lives = _Lives(beacon)
+            else:
+                del self._gone[agent_id]
+                self.restarts += lives.take(beacon)
+            self._peers[agent_id] = _Peer(address, beacon.ports, lives, now)
             return [PeerEvent(ENTER, agent_id, address, beacon.ports)]
-        if beacon.sequence <= peer.sequence:
-            self.stale += 1
-            return []
+        self.restarts += peer.lives.take(beacon)
         peer.address = address
         peer.ports = beacon.ports
-        peer.sequence = beacon.sequence
         peer.last_seen = now
         peer.state = "ALIVE"  # back from EVASIVE silently: it was never reported gone
         self._peers.move_to_end(agent_id)
@@ -136,7 +228,7 @@ class PeerTable:
         return [PeerEvent(LEAVE, agent_id, peer.address, peer.ports)]
 
     def _forget(self, agent_id: str, peer: _Peer) -> None:
-        self._gone[agent_id] = peer.sequence
+        self._gone[agent_id] = peer.lives
         self._gone.move_to_end(agent_id)
         while len(self._gone) > self.max_peers:
             self._gone.popitem(last=False)
