@@ -11,7 +11,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -295,6 +295,46 @@ def test_beacons_are_numbered_upward_across_restarts(identities: list[Identity],
     assert first[1] == first[0] + 1000 and first[2] == first[1] + 1
     restarted = sequences([10.0])  # restarted once the clock is past its earlier life
     assert restarted[0] > first[-1]
+
+
+def test_a_restart_with_the_wall_clock_set_back_is_heard_at_once(
+    identities: list[Identity], port: int
+) -> None:
+    # Version 2 numbered beacons by wall clock alone: b's second life, its clock a minute
+    # behind its first life's beacons, was dropped as stale until its clock caught up.
+    a, b, _ = identities
+    wall = [1_800_000_000.0]  # one wall clock for everyone: a's, and b's second life's
+    table = PeerTable()
+    sa = BeaconService(a, port=port, interval=INTERVAL, table=table, wall_clock=lambda: wall[0])
+    try:
+
+        def run_until(done: Callable[[], bool], sb: BeaconService) -> list[PeerEvent]:
+            events: list[PeerEvent] = []
+            for _ in range(400):  # a bounded number of reads, no timing
+                sb.step(0.0)
+                events += sa.step(0.01)
+                if done():
+                    break
+            return events
+
+        def ahead() -> float:  # the first life's clock: a minute ahead
+            return wall[0] + 60.0
+
+        with BeaconService(b, port=port, interval=INTERVAL, ports=(7000,), wall_clock=ahead) as sb1:
+            first = run_until(lambda: b.agent_id in table, sb1)
+        assert [(e.kind, e.agent_id, e.ports) for e in first] == [("ENTER", b.agent_id, (7000,))]
+        # Restarted at once, its clock now right: a minute behind its first life's beacons.
+        with BeaconService(
+            b, port=port, interval=INTERVAL, ports=(7001,), wall_clock=lambda: wall[0]
+        ) as sb2:
+            second = run_until(lambda: table.peers[0].ports == (7001,), sb2)
+        assert second == []  # no EXPIRED, no second ENTER: it never went away
+        assert table.peers[0].ports == (7001,)
+        assert table.peers[0].state == "ALIVE"
+        assert sb1.incarnation != sb2.incarnation
+        assert sa.dropped == Counter()
+    finally:
+        sa.close()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ keeps beaconing and never hard-codes an errno.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import select
 import socket
 import time
@@ -98,6 +99,8 @@ class BeaconService:
         self.dropped: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.sent = 0
+        #: Random, new with every BeaconService: receivers tell a restart from a replay by it.
+        self.incarnation = secrets.randbits(64)
         self._sequence = 0
         self._next_beacon = 0.0
         self._sockets: list[tuple[socket.socket, str]] = []
@@ -148,11 +151,16 @@ class BeaconService:
 
     def _beacon(self) -> None:
         self._next_beacon = self.clock() + self.interval
-        # Wall-clock microseconds, so that a restarted agent carries on above the beacons
-        # of its earlier life (a table takes only newer ones); +1 if the clock is behind.
+        # Wall-clock microseconds: receivers take the first beacons of a new incarnation
+        # when this is close to their own clock. Strictly increasing: +1 if the clock is behind.
         now_us = int(self.wall_clock() * 1_000_000)
         self._sequence = min(max(self._sequence + 1, now_us), MAX_SEQUENCE)
-        datagram = encode_beacon(self.identity, sequence=self._sequence, ports=self.ports)
+        datagram = encode_beacon(
+            self.identity,
+            sequence=self._sequence,
+            ports=self.ports,
+            incarnation=self.incarnation,
+        )
         for sock, target in self._sockets:
             try:
                 sock.sendto(datagram, (target, self.port))
@@ -172,12 +180,13 @@ class BeaconService:
                 break
             if datagram[_SENDER] == self.identity.sender_id:
                 continue  # our own, looped back: not a peer, and not worth a signature check
+            wall = self.wall_clock()
             try:
-                beacon = decode_beacon(datagram, trust=self.trust, now=self.wall_clock())
+                beacon = decode_beacon(datagram, trust=self.trust, now=wall)
             except ZmqCommError as exc:
                 self.dropped[getattr(exc, "reason", "error")] += 1
                 continue
-            events += self.table.observe(beacon, host, now=self.clock())
+            events += self.table.observe(beacon, host, now=self.clock(), wall=wall)
         return events
 
     def close(self) -> None:
