@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError, ZmqCommError
@@ -334,6 +335,56 @@ def test_a_restart_with_the_wall_clock_set_back_is_heard_at_once(
         assert sb1.incarnation != sb2.incarnation
         assert sa.dropped == Counter()
     finally:
+        sa.close()
+
+
+def test_replayed_earlier_lives_are_dropped_counted_and_audited(
+    identities: list[Identity], port: int
+) -> None:
+    # An attacker on the host replays b's beacons, signed and valid, over loopback.
+    a, b, _ = identities
+    wall = [1_800_000_000.0]
+    table = PeerTable(restart_window=10)
+    audit = MemoryAuditLog()
+    sa = BeaconService(
+        a, port=port, interval=INTERVAL, table=table, wall_clock=lambda: wall[0], audit=audit
+    )
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+
+    def deliver(incarnation: int, at: float, ports: tuple[int, ...]) -> list[PeerEvent]:
+        datagram = encode_beacon(
+            b, sequence=int(at * 1_000_000), ports=ports, incarnation=incarnation
+        )
+        sender.sendto(datagram, (BROADCAST, port))
+        counts = (table.stale, table.not_fresh, len(table.peers), table.restarts)
+        events: list[PeerEvent] = []
+        for _ in range(400):  # until the table took or refused it: a bounded number of reads
+            events += sa.step(0.01)
+            if (table.stale, table.not_fresh, len(table.peers), table.restarts) != counts:
+                break
+            if table.peers and table.peers[0].ports == ports:
+                break
+        return events
+
+    try:
+        w = wall[0]
+        assert [e.kind for e in deliver(1, w + 60, (7000,))] == ["ENTER"]  # a clock ahead
+        assert deliver(2, w, (7001,)) == []  # restarted, clock set right: heard at once
+        assert (table.restarts, table.peers[0].ports) == (1, (7001,))
+        assert deliver(1, w + 60, (6666,)) == []  # the first life's beacon again
+        wall[0] += 30
+        assert deliver(1, w + 61, (6666,)) == []  # a first-life beacon never heard: 31 s off
+        assert deliver(3, w + 2, (6666,)) == []  # a life never heard, 28 s old
+        assert (table.stale, table.not_fresh, table.restarts) == (1, 2, 1)
+        assert table.peers[0].ports == (7001,)
+        assert sa.dropped == Counter()  # all were valid beacons: the table refused them
+        assert [(r["reason"], r["peer"], r["pattern"]) for r in audit.events("reject")] == [
+            ("stale", b.agent_id, "beacon"),
+            ("not_fresh", b.agent_id, "beacon"),
+        ]  # the second not_fresh within the second: one line per peer and reason per second
+    finally:
+        sender.close()
         sa.close()
 
 

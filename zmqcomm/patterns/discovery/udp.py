@@ -6,7 +6,10 @@ hears it; nothing leaves the machine. Other interfaces are used only when named,
 broadcast address from netifaces. One socket per interface, bound to that interface's
 broadcast address, so a node never hears beacons from interfaces it was not asked to use.
 
-Bad datagrams are dropped and counted by reason. Sending or receiving errors (an interface
+Bad datagrams are dropped and counted by reason in ``dropped``; beacons the peer table
+refuses (``stale``, ``not_fresh``, ``table_full``) are counted by the table. With an audit
+log, every drop also writes a ``reject`` line (at most one per peer and reason per second).
+Sending or receiving errors (an interface
 that went down, a buffer full) are counted and retried on the next interval: the service
 keeps beaconing and never hard-codes an errno.
 """
@@ -24,6 +27,7 @@ from collections.abc import Callable, Sequence
 import netifaces
 
 from zmqcomm.checks import check_seconds
+from zmqcomm.crypto.audit import REJECT, BaseAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.discovery.beacon import (
@@ -40,6 +44,7 @@ _SENDER = slice(5, 21)
 DEFAULT_PORT = 5670  # Zyre's default beacon port; our magic differs, so the two never mix
 DEFAULT_INTERVAL = 1.0
 LOOPBACK = "lo"
+_AUDIT_EVERY = 1.0  # seconds between two audit lines of one peer and reason
 
 
 def broadcast_address(interface: str) -> str:
@@ -73,6 +78,7 @@ class BeaconService:
         table: PeerTable | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        audit: BaseAuditLog | None = None,
     ) -> None:
         # A finite number of seconds in (0, 60]: not "1", not True, not NaN.
         interval = check_seconds(interval, "the beacon interval", allow_zero=False, maximum=60)
@@ -96,6 +102,8 @@ class BeaconService:
         self.table = table if table is not None else PeerTable()
         self.clock = clock
         self.wall_clock = wall_clock
+        self.audit = audit
+        self._audited: dict[tuple[str, str], float] = {}
         self.dropped: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.sent = 0
@@ -184,10 +192,34 @@ class BeaconService:
             try:
                 beacon = decode_beacon(datagram, trust=self.trust, now=wall)
             except ZmqCommError as exc:
-                self.dropped[getattr(exc, "reason", "error")] += 1
+                reason = getattr(exc, "reason", "error")
+                self.dropped[reason] += 1
+                self._audit(None, reason, host)
                 continue
-            events += self.table.observe(beacon, host, now=self.clock(), wall=wall)
+            table = self.table
+            before = (table.stale, table.not_fresh, table.ignored)
+            events += table.observe(beacon, host, now=self.clock(), wall=wall)
+            after = (table.stale, table.not_fresh, table.ignored)
+            reasons = ("stale", "not_fresh", "table_full")
+            for reason, old, new in zip(reasons, before, after, strict=True):
+                if new != old:
+                    self._audit(beacon.agent_id, reason, host)
         return events
+
+    def _audit(self, agent: str | None, reason: str, host: str) -> None:
+        if self.audit is None:
+            return
+        now = self.clock()
+        key = (agent or host, reason)
+        last = self._audited.get(key)
+        if last is not None and now - last < _AUDIT_EVERY:
+            return  # a flood of junk stays cheap: one line per peer and reason per second
+        if len(self._audited) >= 10_000:
+            self._audited.clear()
+        self._audited[key] = now
+        self.audit.record(
+            REJECT, now=self.wall_clock(), peer=agent, reason=reason, pattern="beacon", host=host
+        )
 
     def close(self) -> None:
         for sock, _ in self._sockets:
