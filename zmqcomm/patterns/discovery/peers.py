@@ -24,7 +24,7 @@ takes a beacon only if
 
 So a restarted agent is heard at once even when its clock is now behind its earlier life's
 last beacon, while a beacon of an earlier life replayed more than ``restart_window`` after
-it was sent is refused. The remaining risks, both bounded: a beacon of an earlier life that
+it was sent is refused. The remaining risks: a beacon of an earlier life that
 this table never took, replayed within ``restart_window`` of its sending, is taken once and
 moves the peer back to that life's address and ports until the live incarnation's next
 beacon (which is then fresh, so it is taken back); and a beacon of a life this table never
