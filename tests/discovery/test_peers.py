@@ -333,6 +333,9 @@ def test_without_a_wall_clock_a_restart_must_be_numbered_above_all_earlier() -> 
     table.observe(_beacon(1, 100, incarnation=1), "a", now=T0)
     assert table.observe(_beacon(1, 50, incarnation=2), "b", now=T0 + 1) == []
     assert (table.not_fresh, table.peers[0].address) == (1, "a")
+    # Nor with a broken one.
+    assert table.observe(_beacon(1, 50, incarnation=2), "b", now=T0 + 1, wall=float("nan")) == []
+    assert (table.not_fresh, table.peers[0].address) == (2, "a")
     assert table.observe(_beacon(1, 101, incarnation=2), "b", now=T0 + 2) == []
     assert (table.restarts, table.peers[0].address) == (1, "b")
 

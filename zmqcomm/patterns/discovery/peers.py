@@ -90,8 +90,9 @@ class _Lives:
             return
         if taken is None and beacon.sequence > self.high:
             return  # a life never taken, numbered above all: a clock that moved on (the v2 rule)
-        # Another life, new or earlier. Its sequence is its sender's wall clock.
-        if wall is None or abs(beacon.sequence / 1_000_000 - wall) > window:
+        # Another life, new or earlier. Its sequence is its sender's wall clock. Written so
+        # that a NaN wall clock refuses rather than takes.
+        if wall is None or not abs(beacon.sequence / 1_000_000 - wall) <= window:
             raise StaleBeaconError("another incarnation, not fresh", reason="not_fresh")
 
     def take(self, beacon: Beacon) -> bool:
