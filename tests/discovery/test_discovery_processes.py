@@ -141,6 +141,8 @@ def test_twenty_processes_on_loopback_find_each_other() -> None:
         assert summary["agent_id"] == me
         assert {p["agent_id"] for p in summary["peers"]} == ids - {me}
         assert summary["dropped"] == {}
+        # Every process is one life: nothing refused as another life's, no restart taken.
+        assert (summary["not_fresh"], summary["restarts"]) == (0, 0)
         assert summary["errors"] == {}
 
 

@@ -198,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
             ],
             "beacons_sent": service.sent,
             "dropped": dict(service.dropped),
+            # Verified beacons the peer table refused, and restarts it took.
+            "stale": service.table.stale,
+            "not_fresh": service.table.not_fresh,
+            "restarts": service.table.restarts,
             "errors": dict(service.errors),
         }  # fmt: skip
         if args.json:
