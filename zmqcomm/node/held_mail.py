@@ -27,6 +27,7 @@ import hashlib
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from zmqcomm.checks import check_count
 
@@ -88,15 +89,15 @@ class HeldMail:
 
     def hold(
         self, blob: bytes, sender: str, reason: str, *, now: float, generation: int
-    ) -> tuple[bool, list[HeldLetter]]:
-        """Keep ``blob``: returns whether it is held now (False: too large for the bound,
-        or disabled) and the letters pushed out to make room, oldest first. A blob held
-        already stays as it is (True, nothing pushed out)."""
+    ) -> tuple[Literal["held", "again", "refused"], list[HeldLetter]]:
+        """Keep ``blob``. Returns ``"held"``, ``"again"`` (this blob is held already: it
+        stays as it is) or ``"refused"`` (the hold is off, or the blob alone exceeds its
+        bytes), and the letters pushed out to make room, oldest first."""
         key = _digest(blob)
         if key in self._letters:
-            return True, []
+            return "again", []
         if not self.enabled or len(blob) > self.max_bytes:
-            return False, []
+            return "refused", []
         self._letters[key] = HeldLetter(blob, sender, reason, now)
         self.bytes += len(blob)
         self.kept += 1
@@ -110,7 +111,7 @@ class HeldMail:
         self._next_round = min(self._next_round, now + RETRY_FIRST)
         if self._generation is None:
             self._generation = generation
-        return True, evicted
+        return "held", evicted
 
     def deadline(self, generation: int) -> float | None:
         """When :meth:`due` next has letters (``-inf``: now), None while nothing is held."""

@@ -487,7 +487,7 @@ class Tunnels:
         opened = self._open_mail(blob, sender, now=now)
         if isinstance(opened, _Unopened):
             if opened.reason in PASSING:
-                self._hold(blob, sender, opened, now=now)
+                self._hold(blob, opened, now=now)
             else:
                 self._refuse(opened.peer, opened.error, now=now)
             return [ack], []
@@ -530,15 +530,18 @@ class Tunnels:
             self._seen_mail.popitem(last=False)
         return [incoming]
 
-    def _hold(self, blob: bytes, sender: str, unopened: _Unopened, *, now: float) -> None:
+    def _hold(self, blob: bytes, unopened: _Unopened, *, now: float) -> None:
+        # Kept with the best word on its sender: the signature's, if it got that far.
         held, evicted = self.held_mail.hold(
-            blob, sender, unopened.reason, now=now, generation=self.trust.generation
+            blob, unopened.peer, unopened.reason, now=now, generation=self.trust.generation
         )
         for letter in evicted:
             self._give_up(letter, now=now)
-        if not held:
+        if held == "again":
+            return  # a copy the broker handed over again: held and audited once
+        if held == "refused":
             if self.held_mail.enabled:  # larger than the whole hold
-                self._give_up(HeldLetter(blob, sender, unopened.reason, now), now=now)
+                self._give_up(HeldLetter(blob, unopened.peer, unopened.reason, now), now=now)
             else:
                 self._refuse(unopened.peer, unopened.error, now=now)
             return
