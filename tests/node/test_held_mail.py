@@ -126,6 +126,22 @@ def test_held_mail_is_delivered_once_however_often_the_broker_hands_it_over(
     assert acked(out) and incoming == [] and len(pair.reader.held_mail) == 0
 
 
+def test_held_mail_handed_over_again_after_the_sender_is_trusted_is_delivered_once(
+    pair: Pair,
+) -> None:
+    blob = pair.mail("one copy")
+    pair.deliver(blob)
+    pair.trust_alice()
+    # The broker hands the same mail over again before the hold's next try: it opens now.
+    out, incoming = pair.deliver(blob)
+    assert acked(out) and payloads(incoming) == ["one copy"]
+    # The held copy then opens too, and is known by its mail id.
+    assert pair.reader.retry_held_mail(now=NOW) == []
+    assert len(pair.reader.held_mail) == 0 and pair.reader.held_mail.released == 0
+    [line] = pair.audit.events("mail_released")
+    assert line["repeat"] is True
+
+
 def test_mail_dated_ahead_of_our_clock_waits_until_the_clock_catches_up(pair: Pair) -> None:
     pair.trust_alice()
     out, incoming = pair.deliver(pair.mail("early", now=NOW + 1000), now=NOW)

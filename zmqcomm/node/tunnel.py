@@ -573,15 +573,17 @@ class Tunnels:
                 self.held_mail.release(key, delivered=False)
                 self._refuse(opened.peer, opened.error, now=now)
                 continue
-            self.held_mail.release(key, delivered=True)
+            fresh = self._once(*opened)  # empty if a copy was delivered meanwhile
+            self.held_mail.release(key, delivered=bool(fresh))
             self.audit.record(
                 "mail_released",
                 now=now,
                 peer=opened[1].sender,
                 reason=letter.reason,
                 held_for=max(now - letter.held_at, 0.0),
+                repeat=not fresh,
             )
-            delivered += self._once(*opened)
+            delivered += fresh
         return delivered
 
     # -- timers ------------------------------------------------------------------------------
