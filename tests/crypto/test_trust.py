@@ -78,6 +78,33 @@ def test_add_again_updates_roles_in_place(store: TrustStore, alice: Identity) ->
     assert sorted(os.listdir(store.directory)) == [first.path.name]
 
 
+def test_generation_goes_up_on_every_change_and_only_then(
+    store: TrustStore, alice: Identity, tmp_path: Path
+) -> None:
+    seen = [store.generation]
+
+    def changed() -> bool:
+        seen.append(store.generation)
+        return seen[-1] > seen[-2]
+
+    with pytest.raises(UnknownPeerError):
+        store.lookup(alice.agent_id, now=NOW)
+    assert not changed()
+    store.add(alice.public)
+    assert changed()
+    store.lookup(alice.agent_id, now=NOW)
+    assert not changed()
+    store.revoke(alice.agent_id)
+    assert changed()
+    store.reload()
+    assert changed()
+    # Another process writes a key file: seen at the next full check.
+    bob = Identity.generate("bob")
+    (store.directory / f"{bob.agent_id}.pub").write_bytes(public_file_bytes(bob.public))
+    store.lookup(bob.agent_id, now=NOW + 10)
+    assert changed()
+
+
 def test_unknown_peer(store: TrustStore, alice: Identity) -> None:
     with pytest.raises(UnknownPeerError) as info:
         store.lookup(alice.agent_id, now=NOW)

@@ -226,6 +226,55 @@ def test_mail_from_a_revoked_sender_is_refused_and_acknowledged(
     assert line["peer"] == bus.id("alice")
 
 
+def test_mail_from_a_sender_not_yet_trusted_waits_at_the_recipient_until_it_is(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    alice.send(dave_id, "before dave knew alice")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="stored mail")
+    dave_trust = bus.trust("dave")
+    assert dave_trust.remove(bus.id("alice"))  # not revoked: simply not known yet
+    audit = MemoryAuditLog()
+    dave = make_node(bus.agents["dave"], dave_trust, broker=broker.endpoint, audit=audit)
+    # Acknowledged (the broker's slot is free) and held, not lost.
+    pump_until(
+        [dave],
+        lambda: mail_waiting(broker) == 0 and dave.statistics()["mail_held"] == 1,
+        what="mail acknowledged and held",
+    )
+    assert not dave.inbox and dave.statistics()["rejected"] == {}
+    assert [line["reason"] for line in audit.events("mail_held")] == ["unknown_peer"]
+
+    dave_trust.add(bus.agents["alice"].public, roles=["agent"])
+    pump_until([dave], lambda: bool(dave.inbox), what="held mail delivered")
+    settle([dave], 0.05)
+    assert [(m.payload, m.via, m.sender) for m in dave.inbox] == [
+        ("before dave knew alice", "mail", bus.id("alice"))
+    ]
+    stats = dave.statistics()
+    assert (stats["mail_held"], stats["mail_held_total"], stats["mail_released"]) == (0, 1, 1)
+    assert stats["received"] == 1 and stats["dropped"] == {}
+
+
+def test_held_mail_still_held_at_close_is_counted_as_dropped(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    alice.send(dave_id, "never trusted")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="stored mail")
+    dave_trust = bus.trust("dave")
+    dave_trust.remove(bus.id("alice"))
+    dave = make_node(bus.agents["dave"], dave_trust, broker=broker.endpoint)
+    pump_until([dave], lambda: dave.statistics()["mail_held"] == 1, what="mail held")
+    held_bytes = dave.statistics()["mail_held_bytes"]
+    assert held_bytes > len("never trusted")
+    dave.close()
+    stats = dave.statistics()
+    assert stats["mail_held"] == 0 and stats["dropped"] == {"held_at_close": 1}
+
+
 def test_malformed_mail_is_refused_acknowledged_and_does_not_block_the_next(
     bus: Bus, broker: BrokerThread, make_node: MakeNode
 ) -> None:

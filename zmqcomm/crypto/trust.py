@@ -21,7 +21,8 @@ peer's file catches removal even when the directory's timestamp is too coarse to
 The ``revoked/`` directory is looked at again after ``revocation_interval`` (1 ms by default):
 lookups run on every message sent and received, and a ``stat`` costs 1-4 us, as much as the
 cipher on a small message. With ``watch=False`` only this object's own changes and
-:meth:`reload` count.
+:meth:`reload` count. :attr:`TrustStore.generation` goes up whenever the entries were
+(re)loaded or changed, so a caller can tell cheaply that something may now be trusted.
 
 Time comes in as ``now`` (epoch seconds): no hidden clock, so tests and the simulator use fake
 time.
@@ -215,6 +216,10 @@ class TrustStore:
         #: Files skipped as bad, and their stat then: a file caught half written (a copy, an
         #: editor's save) is read again once it changes, though the directory did not.
         self._problem_stamps: dict[str, _StatKey] = {}
+        #: Goes up each time the entries may have changed (a reload, an add, a revocation,
+        #: a pin): whoever holds something a change could settle (mail from a sender not yet
+        #: trusted, say) compares it with the value it last saw instead of polling the files.
+        self.generation = 0
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -269,6 +274,7 @@ class TrustStore:
         self._snapshot = snapshot
         self.problems = problems
         self._problem_stamps = problem_stamps
+        self.generation += 1
 
     @staticmethod
     def _list(directory: Path) -> list[Path]:
@@ -516,6 +522,7 @@ class TrustStore:
                 self._entries[agent_id] = self._read_entry(path)
                 self._stamps[agent_id] = _stat_key(path)
                 self._snapshot = (_stat_key(directory), self._snapshot[1])
+                self.generation += 1
             return self._entries[agent_id]
 
     def revoke(self, agent_id: str) -> bool:

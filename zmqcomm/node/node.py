@@ -53,6 +53,7 @@ from zmqcomm.node import aio
 from zmqcomm.node.broker_topics import BrokerTopics
 from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
+from zmqcomm.node.held_mail import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_BYTES
 from zmqcomm.node.hop_outbox import HopOutbox
 from zmqcomm.node.messages import Incoming, check_topic, unwrap, wrap
 from zmqcomm.node.requests import Requests
@@ -85,7 +86,9 @@ class Node:
       full, ``"raise"`` (QueueFullError) or ``"drop"`` (counted in ``statistics()``).
     - ``mail``: turn messages for offline peers into sealed mail the broker stores;
       ``mail_max_age``: older mail is refused (match a broker whose ``mail_ttl`` is longer
-      than its 7-day default).
+      than its 7-day default). ``max_held_mail``, ``max_held_mail_bytes``: mail that cannot
+      be opened yet (its sender is not trusted yet, its clock runs ahead) is acknowledged
+      and held, up to this many pieces and bytes, and opened again later (0: dropped).
     - ``connect_timeout``: how long the constructor waits for the broker session.
     """
 
@@ -106,6 +109,8 @@ class Node:
         on_full: str = "raise",
         mail: bool = True,
         mail_max_age: float = MAIL_MAX_AGE,
+        max_held_mail: int = DEFAULT_MAX_HELD,
+        max_held_mail_bytes: int = DEFAULT_MAX_HELD_BYTES,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -155,6 +160,8 @@ class Node:
                     on_full=on_full,
                     mail=mail,
                     mail_max_age=mail_max_age,
+                    max_held_mail=max_held_mail,
+                    max_held_mail_bytes=max_held_mail_bytes,
                 )
                 self._topics = Topics(
                     identity=identity, trust=trust, random_bytes=os.urandom, policy=policy
@@ -506,8 +513,13 @@ class Node:
                 self._hop(None, MessageType.PING)  # so the broker knows we are still here
         if self._tunnels is not None and self._broker is not None:
             deadline = self._tunnels.next_deadline()
-            if deadline is not None and self.wall_clock() >= deadline:
-                self._to_broker_quietly(self._tunnels.on_timer(now=self.wall_clock()))
+            now = self.wall_clock()
+            if deadline is not None and now >= deadline:
+                self._to_broker_quietly(self._tunnels.on_timer(now=now))
+                # Mail held because it could not be opened yet: acknowledged long ago, so
+                # what opens now goes the way of any other mail, once.
+                for item in self._tunnels.retry_held_mail(now=now):
+                    self._deliver_mail(item)
         return handled
 
     def _take(self, link: Link) -> None:
@@ -558,14 +570,18 @@ class Node:
                 # Delivered before the mail acknowledgements in ``out`` go: acknowledged mail
                 # is deleted by the broker, and marked seen here.
                 for item in incoming:
-                    if item.kind == MessageType.PUBLISH:
-                        # Publications come from the broker's fan-out, which checked the
-                        # publisher's right to the topic; one sent to us alone did not pass.
-                        self._reject(item.sender, RemoteProtocolError("stray", reason="bad_type"))
-                        continue
-                    self._deliver(item)
+                    self._deliver_mail(item)
             finally:
                 self._to_broker_quietly(out)
+
+    def _deliver_mail(self, item: Incoming) -> None:
+        """Deliver what came through the broker's tunnels (a session or mail)."""
+        if item.kind == MessageType.PUBLISH:
+            # Publications come from the broker's fan-out, which checked the publisher's
+            # right to the topic; one sent to us alone did not pass.
+            self._reject(item.sender, RemoteProtocolError("stray", reason="bad_type"))
+            return
+        self._deliver(item)
 
     def _deliver(self, incoming: Incoming) -> None:
         if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
@@ -671,6 +687,11 @@ class Node:
             if self._tunnels is not None and self._tunnels.queued():
                 # Still waiting for a session when the time ran out: counted, not vanished.
                 self._tunnels.dropped["unsent_at_close"] += self._tunnels.queued()
+            if self._tunnels is not None:
+                # Held mail lives in memory (the broker deleted it when we acknowledged it).
+                held = self._tunnels.held_mail.clear()
+                if held:
+                    self._tunnels.dropped["held_at_close"] += held
             self._direct.close()
             if self._broker is not None:
                 self._broker.close()

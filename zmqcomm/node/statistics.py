@@ -57,6 +57,12 @@ def gather_statistics(
         "waiting_for_broker": len(outbox) if outbox is not None else 0,
         "mailed": tunnels.mailed if tunnels is not None else 0,
         "mail_stored": tunnels.mail_stored if tunnels is not None else 0,
+        # Mail acknowledged but not opened yet (its sender not trusted yet, say), and its
+        # bytes; held_total: held since the start; released: opened and delivered later.
+        "mail_held": len(tunnels.held_mail) if tunnels is not None else 0,
+        "mail_held_bytes": tunnels.held_mail.bytes if tunnels is not None else 0,
+        "mail_held_total": tunnels.held_mail.kept if tunnels is not None else 0,
+        "mail_released": tunnels.held_mail.released if tunnels is not None else 0,
         "resent": tunnels.resent if tunnels is not None else 0,
         "last_error": tunnels.last_error if tunnels is not None else None,
         "refused_by_broker": dict(tunnels.refused_by_broker) if tunnels is not None else {},

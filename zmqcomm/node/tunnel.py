@@ -8,7 +8,9 @@ that clear topic and never holds a key that opens the inner frames.
 Messages to a peer wait in a bounded queue while its session is set up. When the broker
 answers UNREACHABLE (the peer is offline), queued messages become sealed mail (SealedBox to
 the peer's key, signed by us), which the broker stores durably and delivers when the peer
-connects; the peer acknowledges each piece of mail and drops repeats by id.
+connects; the peer acknowledges each piece of mail and drops repeats by id. Mail that
+cannot be opened yet for a passing reason (its sender is not trusted yet, say) is kept in a
+bounded hold and opened again later (:mod:`zmqcomm.node.held_mail`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ from zmqcomm.errors import (
     SecurityError,
     UnknownPeerError,
     UsageError,
+)
+from zmqcomm.node.held_mail import (
+    DEFAULT_MAX_HELD,
+    DEFAULT_MAX_HELD_BYTES,
+    PASSING,
+    HeldLetter,
+    HeldMail,
 )
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
@@ -93,6 +102,18 @@ MAIL_MAX_AGE = 8 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
+class _Unopened:
+    """Why a piece of mail did not open: the error, and who sent it as far as we know."""
+
+    peer: str
+    error: RemoteProtocolError | SecurityError
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason
+
+
+@dataclass(frozen=True)
 class HopMessage:
     """A message for the broker, to be sealed under the hop session."""
 
@@ -119,6 +140,8 @@ class Tunnels:
         on_full: str = "raise",
         mail: bool = True,
         mail_max_age: float = MAIL_MAX_AGE,
+        max_held_mail: int = DEFAULT_MAX_HELD,
+        max_held_mail_bytes: int = DEFAULT_MAX_HELD_BYTES,
     ) -> None:
         if on_full not in ("raise", "drop"):
             raise UsageError(f"on_full is 'raise' or 'drop', got {on_full!r}")
@@ -143,6 +166,8 @@ class Tunnels:
         self._random = random_bytes
         self._queues: dict[str, deque[_Item]] = {}
         self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
+        #: Mail acknowledged but not opened yet, for a passing reason (0 turns it off).
+        self.held_mail = HeldMail(max_count=max_held_mail, max_bytes=max_held_mail_bytes)
         self.dropped: Counter[str] = Counter()
         self.mailed = 0
         #: Mail the broker confirmed it stored (MAIL_ACCEPTED); the rest of ``mailed`` is
@@ -455,7 +480,23 @@ class Tunnels:
         ):
             raise RemoteProtocolError("MAIL_DELIVER without id and blob", reason="bad_mail")
         stored_id, blob = payload
+        # Acknowledged whatever happens next, so the broker deletes it: unacked, it would
+        # come back on every connect and take one of our mailbox's slots for good. Mail that
+        # may open later is kept here instead (the hold), the rest is dropped.
         ack = HopMessage(MessageType.MAIL_ACK, stored_id)
+        opened = self._open_mail(blob, sender, now=now)
+        if isinstance(opened, _Unopened):
+            if opened.reason in PASSING:
+                self._hold(blob, opened, now=now)
+            else:
+                self._refuse(opened.peer, opened.error, now=now)
+            return [ack], []
+        return [ack], self._once(*opened)
+
+    def _open_mail(
+        self, blob: bytes, sender: str, *, now: float
+    ) -> tuple[bytes, Incoming] | _Unopened:
+        """Open, check and unwrap one piece of mail: its mail id and message, or why not."""
         peer = sender  # the broker's word, until the signature proves who sent it
         try:
             opened = open_sealed(blob, recipient=self.identity, now=now, max_age=self.mail_max_age)
@@ -476,23 +517,90 @@ class Tunnels:
             )
             self._check_policy(incoming)
         except (RemoteProtocolError, SecurityError) as exc:
-            # Bad mail never gets better: acknowledge it so the broker deletes it (unacked,
-            # it would come back on every connect).
-            self._refuse(peer, exc, now=now)
-            return [ack], []
+            return _Unopened(peer, exc)
+        return mail_id, incoming
+
+    def _once(self, mail_id: bytes, incoming: Incoming) -> list[Incoming]:
+        """``incoming`` unless its mail id was delivered before (a broker may hand the same
+        mail over twice, once held and once not)."""
         if mail_id in self._seen_mail:
-            return [ack], []  # delivered before; acknowledge again, deliver once
+            return []  # delivered before; acknowledged again, delivered once
         self._seen_mail[mail_id] = None
         while len(self._seen_mail) > _SEEN_MAIL:
             self._seen_mail.popitem(last=False)
-        return [ack], [incoming]
+        return [incoming]
+
+    def _hold(self, blob: bytes, unopened: _Unopened, *, now: float) -> None:
+        # Kept with the best word on its sender: the signature's, if it got that far.
+        held, evicted = self.held_mail.hold(
+            blob, unopened.peer, unopened.reason, now=now, generation=self.trust.generation
+        )
+        for letter in evicted:
+            self._give_up(letter, now=now)
+        if held == "again":
+            return  # a copy the broker handed over again: held and audited once
+        if held == "refused":
+            if self.held_mail.enabled:  # larger than the whole hold
+                self._give_up(HeldLetter(blob, unopened.peer, unopened.reason, now), now=now)
+            else:
+                self._refuse(unopened.peer, unopened.error, now=now)
+            return
+        self.audit.record("mail_held", now=now, peer=unopened.peer, reason=unopened.reason)
+
+    def _give_up(self, letter: HeldLetter, *, now: float) -> None:
+        """Held mail pushed out by newer mail: lost, so counted and audited."""
+        self.dropped["held_mail_overflow"] += 1
+        self.audit.record(
+            "reject",
+            now=now,
+            peer=letter.sender,
+            reason="held_mail_overflow",
+            waited=letter.reason,
+            held_for=max(now - letter.held_at, 0.0),
+        )
+
+    def retry_held_mail(self, *, now: float) -> list[Incoming]:
+        """Open held mail again, if it is due (:meth:`next_deadline`): what opens now is
+        returned for delivery (once per mail id), what fails for good is dropped (counted
+        and audited by reason), the rest waits for the next round."""
+        delivered: list[Incoming] = []
+        for key, letter in self.held_mail.due(now=now, generation=self.trust.generation):
+            opened = self._open_mail(letter.blob, letter.sender, now=now)
+            if isinstance(opened, _Unopened):
+                if opened.reason in PASSING:
+                    self.held_mail.update(key, opened.reason)
+                    continue
+                self.held_mail.release(key, delivered=False)
+                self._refuse(opened.peer, opened.error, now=now)
+                continue
+            fresh = self._once(*opened)  # empty if a copy was delivered meanwhile
+            self.held_mail.release(key, delivered=bool(fresh))
+            self.audit.record(
+                "mail_released",
+                now=now,
+                peer=opened[1].sender,
+                reason=letter.reason,
+                held_for=max(now - letter.held_at, 0.0),
+                repeat=not fresh,
+            )
+            delivered += fresh
+        return delivered
 
     # -- timers ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` (and :meth:`retry_held_mail`) next want to run."""
         if self._orphans():
             return 0.0  # queued messages and no handshake under way: due at once
-        return self.table.next_deadline()
+        deadlines = [
+            d
+            for d in (
+                self.table.next_deadline(),
+                self.held_mail.deadline(self.trust.generation),
+            )
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
 
     def on_timer(self, *, now: float) -> list[HopMessage]:
         out = []

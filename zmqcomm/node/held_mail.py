@@ -1,0 +1,177 @@
+"""Sealed mail a node acknowledged but could not open yet, kept to try again (pure).
+
+A node acknowledges every piece of mail the broker hands it, so that the broker frees the
+slot: unacknowledged mail would come back on every connect, and a sender the broker trusts
+could fill the recipient's mailbox with mail it never takes. Mail that fails for a reason
+that never gets better (a bad seal or signature, another recipient, too old) is dropped.
+Mail that fails for a *passing* reason (see :data:`PASSING`: the sender is not in our trust
+store yet, its trust expired and may be renewed, it is dated ahead of our clock) would be
+lost with it; it waits here instead, bounded in count and bytes (the oldest given up first),
+and is opened again:
+
+- at once when the trust store's generation changes (something was added or reloaded);
+- otherwise on a schedule: one second after mail was last held, then twice as long after
+  each round that left mail here, up to :data:`RETRY_MAX` seconds between rounds.
+
+A round opens at most :data:`RETRY_BATCH` pieces per call, so a full hold never stalls a
+pump. Mail stays until it opens, fails for good (its age passes ``mail_max_age``, its
+sender is revoked) or is pushed out by newer mail; it lives in memory only, like the ids of
+the mail already seen, so a node that stops loses it (counted as ``held_at_close``).
+
+Pure: no clocks or I/O; time comes in as ``now`` and the trust store's state as an int.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zmqcomm.checks import check_count
+
+#: Reasons a piece of mail can fail now and open later. ``revoked``, ``denied`` (the
+#: policy) and ``key_changed`` are decisions, not accidents of timing: such mail is dropped.
+PASSING = frozenset(
+    {
+        "unknown_peer",  # the sender is not in our trust store (yet)
+        "trust_expired",  # our trust in the sender ran out; the entry may be renewed
+        "sealed_from_future",  # dated ahead of our clock by more than the skew allowed
+        "key_file",  # trust-on-first-use could not write the sender's pin
+    }
+)
+DEFAULT_MAX_HELD = 1000
+DEFAULT_MAX_HELD_BYTES = 16 * 1024 * 1024
+#: Seconds from holding mail to its first retry, and the most between two rounds.
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+#: Pieces opened again per call at most (each costs an X25519 and an Ed25519 operation).
+RETRY_BATCH = 64
+
+
+@dataclass(frozen=True)
+class HeldLetter:
+    """One piece of sealed mail, still sealed."""
+
+    blob: bytes = field(repr=False)  # never in logs or tracebacks
+    sender: str  # who the broker says sent it (proved only once it opens)
+    reason: str  # why it did not open the last time
+    held_at: float
+
+
+class HeldMail:
+    """Mail waiting to be opened again; see the module doc."""
+
+    def __init__(
+        self, *, max_count: int = DEFAULT_MAX_HELD, max_bytes: int = DEFAULT_MAX_HELD_BYTES
+    ) -> None:
+        self.max_count = check_count(max_count, "max_held_mail")
+        self.max_bytes = check_count(max_bytes, "max_held_mail_bytes")
+        #: Digest of the blob -> the letter, oldest first. A redelivered copy (the broker
+        #: crashed before our acknowledgement counted) is the same blob: held once.
+        self._letters: OrderedDict[bytes, HeldLetter] = OrderedDict()
+        self.bytes = 0
+        #: Mail held since the start, and of it, what opened later and went on.
+        self.kept = 0
+        self.released = 0
+        self._round: deque[bytes] = deque()
+        self._next_round = math.inf
+        self._interval = RETRY_FIRST
+        self._generation: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._letters)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_count > 0 and self.max_bytes > 0
+
+    def hold(
+        self, blob: bytes, sender: str, reason: str, *, now: float, generation: int
+    ) -> tuple[Literal["held", "again", "refused"], list[HeldLetter]]:
+        """Keep ``blob``. Returns ``"held"``, ``"again"`` (this blob is held already: it
+        stays as it is) or ``"refused"`` (the hold is off, or the blob alone exceeds its
+        bytes), and the letters pushed out to make room, oldest first."""
+        key = _digest(blob)
+        if key in self._letters:
+            return "again", []
+        if not self.enabled or len(blob) > self.max_bytes:
+            return "refused", []
+        self._letters[key] = HeldLetter(blob, sender, reason, now)
+        self.bytes += len(blob)
+        self.kept += 1
+        evicted = []
+        while len(self._letters) > self.max_count or self.bytes > self.max_bytes:
+            _, letter = self._letters.popitem(last=False)
+            self.bytes -= len(letter.blob)
+            evicted.append(letter)
+        # New mail is tried soon; the trust store as it is now has been tried already.
+        self._interval = RETRY_FIRST
+        self._next_round = min(self._next_round, now + RETRY_FIRST)
+        if self._generation is None:
+            self._generation = generation
+        return "held", evicted
+
+    def deadline(self, generation: int) -> float | None:
+        """When :meth:`due` next has letters (``-inf``: now), None while nothing is held."""
+        if not self._letters:
+            return None
+        if self._round or generation != self._generation:
+            return -math.inf
+        return self._next_round
+
+    def due(self, *, now: float, generation: int) -> list[tuple[bytes, HeldLetter]]:
+        """The letters to try now, at most :data:`RETRY_BATCH`: each is then :meth:`release`\\ d
+        (opened, or failed for good) or left held for the next round."""
+        if not self._letters:
+            self._round.clear()
+            return []
+        if not self._round:
+            if generation == self._generation and now < self._next_round:
+                return []
+            self._generation = generation
+            self._round.extend(self._letters)
+        batch: list[tuple[bytes, HeldLetter]] = []
+        while self._round and len(batch) < RETRY_BATCH:
+            key = self._round.popleft()
+            letter = self._letters.get(key)
+            if letter is not None:
+                batch.append((key, letter))
+        if not self._round:  # the round ends with this batch: the next one waits longer
+            self._next_round = now + self._interval
+            self._interval = min(self._interval * 2, RETRY_MAX)
+        return batch
+
+    def release(self, key: bytes, *, delivered: bool) -> None:
+        """Forget a letter: it opened (``delivered``) or failed for good."""
+        letter = self._letters.pop(key, None)
+        if letter is None:
+            return
+        self.bytes -= len(letter.blob)
+        if delivered:
+            self.released += 1
+        if not self._letters:
+            self._next_round = math.inf
+            self._interval = RETRY_FIRST
+            self._generation = None
+
+    def update(self, key: bytes, reason: str) -> None:
+        """A retried letter failed again for a passing reason, maybe another one."""
+        letter = self._letters.get(key)
+        if letter is not None and letter.reason != reason:
+            self._letters[key] = HeldLetter(letter.blob, letter.sender, reason, letter.held_at)
+
+    def clear(self) -> int:
+        """Give up everything held (the node is closing); returns how many letters."""
+        count = len(self._letters)
+        self._letters.clear()
+        self._round.clear()
+        self.bytes = 0
+        self._next_round = math.inf
+        self._generation = None
+        return count
+
+
+def _digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
