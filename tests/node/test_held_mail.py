@@ -261,13 +261,43 @@ def test_retries_back_off_to_a_cap_and_come_at_once_when_the_trust_store_changes
     assert held.deadline(1) == now + RETRY_FIRST
 
 
+def test_newly_held_mail_schedules_only_itself() -> None:
+    """One new letter a second must not make the whole hold be tried every second."""
+    held = HeldMail()
+    held.hold(b"old", "alice", "unknown_peer", now=NOW, generation=0)
+    for at in (NOW + 1, NOW + 2, NOW + 4):  # tried and left held: it now waits 4 s
+        assert len(held.due(now=at, generation=0)) == 1
+    held.hold(b"new", "mallory", "unknown_peer", now=NOW + 5, generation=0)
+    assert held.deadline(0) == NOW + 6
+    [(_, letter)] = held.due(now=NOW + 6, generation=0)
+    assert letter.sender == "mallory"
+    assert held.deadline(0) == NOW + 7  # mallory's next try; alice's comes at NOW + 8
+    assert [letter.sender for _, letter in held.due(now=NOW + 7, generation=0)] == ["mallory"]
+    assert [letter.sender for _, letter in held.due(now=NOW + 8, generation=0)] == ["alice"]
+
+
+def test_a_trust_store_change_retries_only_what_it_can_settle_once_a_second() -> None:
+    held = HeldMail()
+    held.hold(b"unknown", "alice", "unknown_peer", now=NOW, generation=0)
+    held.hold(b"ahead", "bob", "sealed_from_future", now=NOW, generation=0)
+    assert held.deadline(1) == -math.inf
+    assert [letter.sender for _, letter in held.due(now=NOW, generation=1)] == ["alice"]
+    # Another change at once (a pin, a reload with a difference): no new round for a second.
+    assert held.deadline(2) == NOW + RETRY_FIRST
+    assert held.due(now=NOW + 0.5, generation=2) == []
+    assert [letter.sender for _, letter in held.due(now=NOW + RETRY_FIRST, generation=2)] == [
+        "alice",
+        "bob",  # bob's own schedule is due at the same time
+    ]
+
+
 def test_a_round_opens_a_bounded_batch_per_call() -> None:
     held = HeldMail()
     for n in range(RETRY_BATCH + 6):
         held.hold(n.to_bytes(4, "big"), "alice", "unknown_peer", now=NOW, generation=0)
     first = held.due(now=NOW + RETRY_FIRST, generation=0)
     assert len(first) == RETRY_BATCH
-    assert held.deadline(0) == -math.inf  # the round goes on at the next call
+    assert held.deadline(0) == NOW + RETRY_FIRST  # the other six are due still
     for key, _ in first:
         held.release(key, delivered=True)
     assert len(held.due(now=NOW + RETRY_FIRST, generation=0)) == 6

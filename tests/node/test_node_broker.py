@@ -257,6 +257,39 @@ def test_mail_from_a_sender_not_yet_trusted_waits_at_the_recipient_until_it_is(
     assert stats["received"] == 1 and stats["dropped"] == {}
 
 
+def test_held_mail_that_opens_survives_a_handler_that_raises(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    """Held mail that opens was acknowledged long ago and is marked seen: a request handler
+    raising on the first piece must leave the others for the next pump, not lose them."""
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    alice.start_request(dave_id, "a request")
+    alice.send(dave_id, "data 1")
+    alice.send(dave_id, "data 2")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 3, what="stored mail")
+    dave_trust = bus.trust("dave")
+    assert dave_trust.remove(bus.id("alice"))
+    dave = make_node(bus.agents["dave"], dave_trust, broker=broker.endpoint)
+
+    def handler(message: Incoming) -> object:
+        raise RuntimeError("a bug in the application's handler")
+
+    dave.request_handler = handler
+    pump_until([dave], lambda: dave.statistics()["mail_held"] == 3, what="mail held")
+    dave_trust.add(bus.agents["alice"].public, roles=["agent"])
+    raised = 0
+    deadline = time.monotonic() + 10
+    while len(dave.inbox) < 2 and time.monotonic() < deadline:
+        try:
+            dave.pump(0.01)
+        except RuntimeError:
+            raised += 1
+    assert raised == 1
+    assert sorted(m.payload for m in dave.inbox) == ["data 1", "data 2"]
+    assert dave.statistics()["mail_held"] == 0
+
+
 def test_held_mail_still_held_at_close_is_counted_as_dropped(
     bus: Bus, broker: BrokerThread, make_node: MakeNode
 ) -> None:

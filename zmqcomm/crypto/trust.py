@@ -21,8 +21,8 @@ peer's file catches removal even when the directory's timestamp is too coarse to
 The ``revoked/`` directory is looked at again after ``revocation_interval`` (1 ms by default):
 lookups run on every message sent and received, and a ``stat`` costs 1-4 us, as much as the
 cipher on a small message. With ``watch=False`` only this object's own changes and
-:meth:`reload` count. :attr:`TrustStore.generation` goes up whenever the entries were
-(re)loaded or changed, so a caller can tell cheaply that something may now be trusted.
+:meth:`reload` count. :attr:`TrustStore.generation` goes up whenever the entries or the
+revocations changed, so a caller can tell cheaply that something may now be trusted.
 
 Time comes in as ``now`` (epoch seconds): no hidden clock, so tests and the simulator use fake
 time.
@@ -216,9 +216,10 @@ class TrustStore:
         #: Files skipped as bad, and their stat then: a file caught half written (a copy, an
         #: editor's save) is read again once it changes, though the directory did not.
         self._problem_stamps: dict[str, _StatKey] = {}
-        #: Goes up each time the entries may have changed (a reload, an add, a revocation,
-        #: a pin): whoever holds something a change could settle (mail from a sender not yet
-        #: trusted, say) compares it with the value it last saw instead of polling the files.
+        #: Goes up each time the entries or revocations changed (a reload that found a
+        #: difference, an add, a revocation, a pin): whoever holds something a change could
+        #: settle (mail from a sender not yet trusted, say) compares it with the value it
+        #: last saw instead of polling the files.
         self.generation = 0
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -268,13 +269,17 @@ class TrustStore:
             for path in self._list(self.revoked_directory)
             if is_agent_id(path.name.split(".", 1)[0])
         )
-        self._entries = {aid: e for aid, e in entries.items() if aid not in revoked}
+        entries = {aid: e for aid, e in entries.items() if aid not in revoked}
+        # Only a real change counts: a reload that finds what we had (a bad pin file read
+        # again, say) must not make every holder of waiting mail retry it at once.
+        if entries != self._entries or revoked != self._revoked:
+            self.generation += 1
+        self._entries = entries
         self._stamps = stamps
         self._revoked = revoked
         self._snapshot = snapshot
         self.problems = problems
         self._problem_stamps = problem_stamps
-        self.generation += 1
 
     @staticmethod
     def _list(directory: Path) -> list[Path]:

@@ -9,14 +9,17 @@ store yet, its trust expired and may be renewed, it is dated ahead of our clock)
 lost with it; it waits here instead, bounded in count and bytes (the oldest given up first),
 and is opened again:
 
-- at once when the trust store's generation changes (something was added or reloaded);
-- otherwise on a schedule: one second after mail was last held, then twice as long after
-  each round that left mail here, up to :data:`RETRY_MAX` seconds between rounds.
+- on its own schedule: one second after it was held, then twice as long after each try
+  that left it here, up to :data:`RETRY_MAX` seconds between tries. Newly held mail
+  schedules only itself, so a sender cannot make the whole hold be tried again by sending;
+- sooner when the trust store's generation changes (something was added, revoked or
+  reloaded with a difference), if it waits for the trust store (:data:`TRUST_SETTLED`):
+  at most one such round per :data:`RETRY_FIRST` seconds.
 
-A round opens at most :data:`RETRY_BATCH` pieces per call, so a full hold never stalls a
-pump. Mail stays until it opens, fails for good (its age passes ``mail_max_age``, its
-sender is revoked) or is pushed out by newer mail; it lives in memory only, like the ids of
-the mail already seen, so a node that stops loses it (counted as ``held_at_close``).
+A call opens at most :data:`RETRY_BATCH` pieces, so a full hold never stalls a pump. Mail
+stays until it opens, fails for good (its age passes ``mail_max_age``, its sender is
+revoked) or is pushed out by newer mail; it lives in memory only, like the ids of the mail
+already seen, so a node that stops loses it (counted as ``held_at_close``).
 
 Pure: no clocks or I/O; time comes in as ``now`` and the trust store's state as an int.
 """
@@ -24,6 +27,7 @@ Pure: no clocks or I/O; time comes in as ``now`` and the trust store's state as 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -41,6 +45,8 @@ PASSING = frozenset(
         "key_file",  # trust-on-first-use could not write the sender's pin
     }
 )
+#: Of those, the reasons a change of the trust store can settle (not a clock running ahead).
+TRUST_SETTLED = frozenset({"unknown_peer", "trust_expired", "key_file"})
 DEFAULT_MAX_HELD = 1000
 DEFAULT_MAX_HELD_BYTES = 16 * 1024 * 1024
 #: Seconds from holding mail to its first retry, and the most between two rounds.
@@ -75,10 +81,16 @@ class HeldMail:
         #: Mail held since the start, and of it, what opened later and went on.
         self.kept = 0
         self.released = 0
+        #: Digest -> (next try, the wait after that one); the heap orders the next tries.
+        #: A heap entry whose time is no longer its letter's next try is stale and skipped.
+        self._plan: dict[bytes, tuple[float, float]] = {}
+        self._heap: list[tuple[float, bytes]] = []
+        #: Letters of a trust-store round still to be handed out (bounded batches).
         self._round: deque[bytes] = deque()
-        self._next_round = math.inf
-        self._interval = RETRY_FIRST
+        #: The trust store generation last tried against, and when a change of it may
+        #: start the next round.
         self._generation: int | None = None
+        self._generation_round_at = -math.inf
 
     def __len__(self) -> int:
         return len(self._letters)
@@ -101,59 +113,90 @@ class HeldMail:
         self._letters[key] = HeldLetter(blob, sender, reason, now)
         self.bytes += len(blob)
         self.kept += 1
+        self._schedule(key, now + RETRY_FIRST, RETRY_FIRST)
         evicted = []
         while len(self._letters) > self.max_count or self.bytes > self.max_bytes:
-            _, letter = self._letters.popitem(last=False)
+            old, letter = self._letters.popitem(last=False)
+            self._plan.pop(old, None)
             self.bytes -= len(letter.blob)
             evicted.append(letter)
-        # New mail is tried soon; the trust store as it is now has been tried already.
-        self._interval = RETRY_FIRST
-        self._next_round = min(self._next_round, now + RETRY_FIRST)
-        if self._generation is None:
+        if self._generation is None:  # the trust store as it is now has been tried
             self._generation = generation
         return "held", evicted
+
+    def _schedule(self, key: bytes, at: float, wait: float) -> None:
+        self._plan[key] = (at, wait)
+        heapq.heappush(self._heap, (at, key))
+        if len(self._heap) > 4 * len(self._plan) + 64:  # stale entries: rebuild
+            self._heap = [(at, k) for k, (at, _) in self._plan.items()]
+            heapq.heapify(self._heap)
+
+    def _next_scheduled(self) -> tuple[float, bytes] | None:
+        """The earliest live heap entry (stale ones on top are dropped on the way)."""
+        heap = self._heap
+        while heap:
+            at, key = heap[0]
+            plan = self._plan.get(key)
+            if plan is not None and plan[0] == at:
+                return at, key
+            heapq.heappop(heap)
+        return None
+
+    def _trust_round_due(self, generation: int, now: float) -> bool:
+        return generation != self._generation and now >= self._generation_round_at
 
     def deadline(self, generation: int) -> float | None:
         """When :meth:`due` next has letters (``-inf``: now), None while nothing is held."""
         if not self._letters:
             return None
-        if self._round or generation != self._generation:
+        if self._round:
             return -math.inf
-        return self._next_round
+        first = self._next_scheduled()
+        at = math.inf if first is None else first[0]
+        if generation != self._generation:
+            at = min(at, self._generation_round_at)
+        return at
 
     def due(self, *, now: float, generation: int) -> list[tuple[bytes, HeldLetter]]:
         """The letters to try now, at most :data:`RETRY_BATCH`: each is then :meth:`release`\\ d
-        (opened, or failed for good) or left held for the next round."""
+        (opened, or failed for good) or left held, to be tried again on its schedule."""
         if not self._letters:
             self._round.clear()
             return []
-        if not self._round:
-            if generation == self._generation and now < self._next_round:
-                return []
+        if not self._round and self._trust_round_due(generation, now):
             self._generation = generation
-            self._round.extend(self._letters)
-        batch: list[tuple[bytes, HeldLetter]] = []
+            self._generation_round_at = now + RETRY_FIRST
+            self._round.extend(
+                key for key, letter in self._letters.items() if letter.reason in TRUST_SETTLED
+            )
+        batch: dict[bytes, HeldLetter] = {}
         while self._round and len(batch) < RETRY_BATCH:
             key = self._round.popleft()
             letter = self._letters.get(key)
             if letter is not None:
-                batch.append((key, letter))
-        if not self._round:  # the round ends with this batch: the next one waits longer
-            self._next_round = now + self._interval
-            self._interval = min(self._interval * 2, RETRY_MAX)
-        return batch
+                batch[key] = letter
+        while len(batch) < RETRY_BATCH:
+            first = self._next_scheduled()
+            if first is None or first[0] > now:
+                break
+            heapq.heappop(self._heap)
+            batch[first[1]] = self._letters[first[1]]
+        for key in batch:  # tried now: the next try waits longer
+            wait = self._plan[key][1]
+            self._schedule(key, now + wait, min(wait * 2, RETRY_MAX))
+        return list(batch.items())
 
     def release(self, key: bytes, *, delivered: bool) -> None:
         """Forget a letter: it opened (``delivered``) or failed for good."""
         letter = self._letters.pop(key, None)
         if letter is None:
             return
+        self._plan.pop(key, None)
         self.bytes -= len(letter.blob)
         if delivered:
             self.released += 1
         if not self._letters:
-            self._next_round = math.inf
-            self._interval = RETRY_FIRST
+            self._heap.clear()
             self._generation = None
 
     def update(self, key: bytes, reason: str) -> None:
@@ -166,9 +209,10 @@ class HeldMail:
         """Give up everything held (the node is closing); returns how many letters."""
         count = len(self._letters)
         self._letters.clear()
+        self._plan.clear()
+        self._heap.clear()
         self._round.clear()
         self.bytes = 0
-        self._next_round = math.inf
         self._generation = None
         return count
 

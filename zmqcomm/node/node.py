@@ -134,6 +134,9 @@ class Node:
         self._broker: SecureDealer | None = None
         self._poller: SecurePoller[Link] = SecurePoller([], clock=clock)
         self._tunnels: Tunnels | None = None
+        #: Held mail that opened, not delivered yet: released from the hold and marked seen,
+        #: so a handler that raises must leave the rest here for the next pump.
+        self._opened_mail: deque[Incoming] = deque()
         #: What waits for the broker link (None in direct mode).
         self._outbox: HopOutbox | None = None
         #: Topics subscribed through the broker: said again on every new hop session, since
@@ -518,8 +521,9 @@ class Node:
                 self._to_broker_quietly(self._tunnels.on_timer(now=now))
                 # Mail held because it could not be opened yet: acknowledged long ago, so
                 # what opens now goes the way of any other mail, once.
-                for item in self._tunnels.retry_held_mail(now=now):
-                    self._deliver_mail(item)
+                self._opened_mail.extend(self._tunnels.retry_held_mail(now=now))
+        while self._opened_mail:
+            self._deliver_mail(self._opened_mail.popleft())
         return handled
 
     def _take(self, link: Link) -> None:
@@ -689,7 +693,8 @@ class Node:
                 self._tunnels.dropped["unsent_at_close"] += self._tunnels.queued()
             if self._tunnels is not None:
                 # Held mail lives in memory (the broker deleted it when we acknowledged it).
-                held = self._tunnels.held_mail.clear()
+                held = self._tunnels.held_mail.clear() + len(self._opened_mail)
+                self._opened_mail.clear()
                 if held:
                     self._tunnels.dropped["held_at_close"] += held
             self._direct.close()

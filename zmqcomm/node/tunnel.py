@@ -530,10 +530,14 @@ class Tunnels:
             self._seen_mail.popitem(last=False)
         return [incoming]
 
+    def _trust_generation(self) -> int:
+        # A stand-in trust object without one still gets the timed retries.
+        return int(getattr(self.trust, "generation", 0))
+
     def _hold(self, blob: bytes, unopened: _Unopened, *, now: float) -> None:
         # Kept with the best word on its sender: the signature's, if it got that far.
         held, evicted = self.held_mail.hold(
-            blob, unopened.peer, unopened.reason, now=now, generation=self.trust.generation
+            blob, unopened.peer, unopened.reason, now=now, generation=self._trust_generation()
         )
         for letter in evicted:
             self._give_up(letter, now=now)
@@ -564,7 +568,7 @@ class Tunnels:
         returned for delivery (once per mail id), what fails for good is dropped (counted
         and audited by reason), the rest waits for the next round."""
         delivered: list[Incoming] = []
-        for key, letter in self.held_mail.due(now=now, generation=self.trust.generation):
+        for key, letter in self.held_mail.due(now=now, generation=self._trust_generation()):
             opened = self._open_mail(letter.blob, letter.sender, now=now)
             if isinstance(opened, _Unopened):
                 if opened.reason in PASSING:
@@ -596,7 +600,7 @@ class Tunnels:
             d
             for d in (
                 self.table.next_deadline(),
-                self.held_mail.deadline(self.trust.generation),
+                self.held_mail.deadline(self._trust_generation()),
             )
             if d is not None
         ]
