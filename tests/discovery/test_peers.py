@@ -115,14 +115,32 @@ def test_a_restart_numbered_higher_is_taken_at_once() -> None:
 
 def test_old_beacons_replayed_after_expiry_do_not_bring_the_peer_back() -> None:
     table = PeerTable()
-    table.observe(_beacon(1, 10), "a", now=T0)
-    table.observe(_beacon(1, 11), "a", now=T0 + 1)
+    table.observe(_beacon(1, _us(WALL)), "a", now=T0)
+    table.observe(_beacon(1, _us(WALL + 1)), "a", now=T0 + 1)
     assert _kinds(table.on_timer(now=T0 + 40)) == ["EXPIRED"]
-    for sequence in (11, 10, 2):
-        assert table.observe(_beacon(1, sequence), "evil", now=T0 + 41) == []
+    for wall in (WALL + 1, WALL, WALL - 8):
+        assert table.observe(_beacon(1, _us(wall)), "evil", now=T0 + 41) == []
     assert table.stale == 3 and len(table) == 0
-    # Its next beacon (it came back) is a new ENTER.
-    assert _kinds(table.observe(_beacon(1, 12), "a", now=T0 + 42)) == ["ENTER"]
+    # Its next beacon (it came back; its clock moved on as ours did) is a new ENTER.
+    assert _kinds(table.observe(_beacon(1, _us(WALL + 42)), "a", now=T0 + 42)) == ["ENTER"]
+
+
+def test_a_recording_of_the_live_incarnation_replayed_later_is_refused() -> None:
+    """Beacons of the current life this table never took (sent during a partition, say)
+    are newer than its last, but their numbers lag our clock by the time since: replayed
+    long after they were sent, they must not bring a dead agent back at another address."""
+    table = PeerTable(restart_window=10)
+    table.observe(_beacon(1, _us(WALL)), "a", now=T0)
+    assert _kinds(table.on_timer(now=T0 + 40)) == ["EXPIRED"]
+    recorded = _beacon(1, _us(WALL + 5))  # sent 5 s in, never reached us
+    assert table.observe(recorded, "evil", now=T0 + 3600) == []
+    assert (table.not_fresh, len(table)) == (1, 0)
+    # A lag within the window is forgiven (delays, a slow clock): the agent is back ...
+    back = _beacon(1, _us(WALL + 3597))
+    assert _kinds(table.observe(back, "b", now=T0 + 3600)) == ["ENTER"]
+    # ... and, alive, is not moved by a recording older than the window either.
+    assert table.observe(_beacon(1, _us(WALL + 3598)), "evil", now=T0 + 3700) == []
+    assert table.peers[0].address == "b" and table.not_fresh == 2
 
 
 def test_the_memory_of_gone_peers_is_bounded() -> None:
@@ -147,7 +165,7 @@ def test_leave_emits_leave_and_removes() -> None:
     assert table.leave(beacon.agent_id, now=T0 + 2) == []
     assert table.on_timer(now=T0 + 100) == []
     # Heard again after the goodbye (a newer beacon): a new ENTER.
-    assert _kinds(table.observe(_beacon(1, 2), "a", now=T0 + 101)) == ["ENTER"]
+    assert _kinds(table.observe(_beacon(1, 1 + 101_000_000), "a", now=T0 + 101)) == ["ENTER"]
 
 
 def test_max_peers_bounds_the_table() -> None:
@@ -173,7 +191,7 @@ def test_next_deadline() -> None:
     assert table.next_deadline() == T0 + 7
     table.on_timer(now=T0 + 7)
     assert table.next_deadline() == T0 + 30
-    table.observe(_beacon(1, 2), "a", now=T0 + 20)  # back, newest in the table
+    table.observe(_beacon(1, 1 + 20_000_000), "a", now=T0 + 20)  # back, newest in the table
     assert table.next_deadline() == T0 + 25
     table.on_timer(now=T0 + 25)
     assert table.next_deadline() == T0 + 32

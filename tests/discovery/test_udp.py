@@ -388,6 +388,33 @@ def test_replayed_earlier_lives_are_dropped_counted_and_audited(
         sa.close()
 
 
+def test_a_flood_of_made_up_identities_costs_few_audit_lines(
+    identities: list[Identity], port: int
+) -> None:
+    # Without a trust store anyone can mint identities: each refused newcomer must not be
+    # its own audit line, since the agent id it carries is the sender's choice.
+    a = identities[0]
+    audit = MemoryAuditLog()
+    table = PeerTable(max_peers=1)
+    frozen = 1000.0  # one second of the service's clock, whatever the machine's speed
+    sa = BeaconService(a, port=port, interval=60, table=table, clock=lambda: frozen, audit=audit)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    try:
+        for n in range(12):
+            made_up = Identity.generate(f"made-up-{n}")
+            sender.sendto(encode_beacon(made_up, sequence=n + 1, ports=(1,)), (BROADCAST, port))
+        for _ in range(400):  # a bounded number of reads until all were handled
+            sa.step(0.01)
+            if table.ignored == 11:
+                break
+        assert (len(table), table.ignored) == (1, 11)
+        assert [r["reason"] for r in audit.events("reject")] == ["table_full"]
+    finally:
+        sender.close()
+        sa.close()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

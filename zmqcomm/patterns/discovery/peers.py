@@ -15,6 +15,9 @@ takes a beacon only if
 
 - its sequence is above the last one taken from that incarnation (else ``stale``: a replay
   or a reordered datagram must not keep a dead peer alive or move it to another address);
+- for the current incarnation, its sequence moved on from the last one taken by at least
+  the time our monotonic clock moved since, less ``restart_window`` (else ``not_fresh``: a
+  recording of beacons we missed, replayed later);
 - and, when its incarnation is not the agent's current one (a restart, or a switch back to
   an earlier life), its sequence is within ``restart_window`` seconds of the table's own
   wall clock, ``wall`` (else ``not_fresh``). An incarnation the table never took a beacon
@@ -71,22 +74,30 @@ class StaleBeaconError(BeaconError):
 class _Lives:
     """What the table took from one agent: the last sequence of each recent incarnation."""
 
-    def __init__(self, beacon: Beacon) -> None:
+    def __init__(self, beacon: Beacon, now: float) -> None:
         #: incarnation -> last sequence taken, least recently taken first: the current is last.
         self.last: OrderedDict[int, int] = OrderedDict({beacon.incarnation: beacon.sequence})
         #: The highest sequence taken from the agent, in any incarnation.
         self.high = beacon.sequence
+        #: When (our monotonic clock) the last beacon was taken.
+        self.taken_at = now
 
     @property
     def current(self) -> int:
         return next(reversed(self.last))
 
-    def check(self, beacon: Beacon, wall: float | None, window: float) -> None:
+    def check(self, beacon: Beacon, wall: float | None, window: float, now: float) -> None:
         """Raise :class:`StaleBeaconError` unless ``beacon`` may be taken."""
         taken = self.last.get(beacon.incarnation)
         if taken is not None and beacon.sequence <= taken:
             raise StaleBeaconError("not newer than its incarnation's last", reason="stale")
         if beacon.incarnation == self.current:
+            assert taken is not None  # the current incarnation is always remembered
+            # Its number is its sender's clock: since the last one taken it moved on about
+            # as far as ours did. A recording of it replayed later (after a partition, or
+            # after the agent died) did not, so it cannot bring the agent back for long.
+            if (beacon.sequence - taken) / 1_000_000 < (now - self.taken_at) - window:
+                raise StaleBeaconError("the live incarnation, not fresh", reason="not_fresh")
             return
         if taken is None and beacon.sequence > self.high:
             return  # a life never taken, numbered above all: a clock that moved on (the v2 rule)
@@ -95,9 +106,10 @@ class _Lives:
         if wall is None or not abs(beacon.sequence / 1_000_000 - wall) <= window:
             raise StaleBeaconError("another incarnation, not fresh", reason="not_fresh")
 
-    def take(self, beacon: Beacon) -> bool:
+    def take(self, beacon: Beacon, now: float) -> bool:
         """Record ``beacon`` (checked); ``True`` if it changed the current incarnation."""
         restart = beacon.incarnation != self.current
+        self.taken_at = now
         self.last[beacon.incarnation] = beacon.sequence
         self.last.move_to_end(beacon.incarnation)
         self.high = max(self.high, beacon.sequence)
@@ -193,7 +205,7 @@ class PeerTable:
         lives = peer.lives if peer is not None else self._gone.get(agent_id)
         if lives is not None:
             try:
-                lives.check(beacon, wall, self.restart_window)
+                lives.check(beacon, wall, self.restart_window, now)
             except StaleBeaconError as exc:  # a replay, a reordering, or a badly skewed clock
                 if exc.reason == "not_fresh":
                     self.not_fresh += 1
@@ -205,13 +217,13 @@ class PeerTable:
                 self.ignored += 1  # a flood of fresh identities must not grow us unbounded
                 return []
             if lives is None:
-                lives = _Lives(beacon)
+                lives = _Lives(beacon, now)
             else:
                 del self._gone[agent_id]
-                self.restarts += lives.take(beacon)
+                self.restarts += lives.take(beacon, now)
             self._peers[agent_id] = _Peer(address, beacon.ports, lives, now)
             return [PeerEvent(ENTER, agent_id, address, beacon.ports)]
-        self.restarts += peer.lives.take(beacon)
+        self.restarts += peer.lives.take(beacon, now)
         peer.address = address
         peer.ports = beacon.ports
         peer.last_seen = now

@@ -21,7 +21,7 @@ import secrets
 import select
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 
 import netifaces
@@ -45,6 +45,10 @@ DEFAULT_PORT = 5670  # Zyre's default beacon port; our magic differs, so the two
 DEFAULT_INTERVAL = 1.0
 LOOPBACK = "lo"
 _AUDIT_EVERY = 1.0  # seconds between two audit lines of one peer and reason
+#: Audit lines per second at most, whatever the keys: spoofed sources and made-up agent ids
+#: are unlimited, the log is not. What is not written is still counted.
+_AUDIT_PER_SECOND = 50
+_AUDIT_KEYS = 10_000
 
 
 def broadcast_address(interface: str) -> str:
@@ -103,7 +107,8 @@ class BeaconService:
         self.clock = clock
         self.wall_clock = wall_clock
         self.audit = audit
-        self._audited: dict[tuple[str, str], float] = {}
+        self._audited: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._audit_second = (-1.0, 0)  # (the second, lines written in it)
         self.dropped: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.sent = 0
@@ -203,7 +208,9 @@ class BeaconService:
             reasons = ("stale", "not_fresh", "table_full")
             for reason, old, new in zip(reasons, before, after, strict=True):
                 if new != old:
-                    self._audit(beacon.agent_id, reason, host)
+                    # A refused newcomer's id is its sender's choice: key it by host.
+                    agent = None if reason == "table_full" else beacon.agent_id
+                    self._audit(agent, reason, host)
         return events
 
     def _audit(self, agent: str | None, reason: str, host: str) -> None:
@@ -214,9 +221,16 @@ class BeaconService:
         last = self._audited.get(key)
         if last is not None and now - last < _AUDIT_EVERY:
             return  # a flood of junk stays cheap: one line per peer and reason per second
-        if len(self._audited) >= 10_000:
-            self._audited.clear()
+        second, written = self._audit_second
+        if now - second >= 1.0:
+            second, written = now, 0
+        if written >= _AUDIT_PER_SECOND:
+            return
+        self._audit_second = (second, written + 1)
         self._audited[key] = now
+        self._audited.move_to_end(key)
+        while len(self._audited) > _AUDIT_KEYS:
+            self._audited.popitem(last=False)
         self.audit.record(
             REJECT, now=self.wall_clock(), peer=agent, reason=reason, pattern="beacon", host=host
         )
