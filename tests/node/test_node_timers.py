@@ -15,8 +15,8 @@ import pytest
 
 from zmqcomm.node import Node, aio
 from zmqcomm.node.direct_links import Link
-from zmqcomm.node.hop_outbox import HELD_RETRY
-from zmqcomm.node.node import KEEPALIVE, TIMER_TICK
+from zmqcomm.node.hop_outbox import HELD_RETRY, KEEPALIVE
+from zmqcomm.node.node import TIMER_TICK
 
 from .conftest import Bus
 from .support import BrokerThread

@@ -24,6 +24,8 @@ MAX_HELD = 10_000
 #: rekey first), held messages are offered again this many seconds later: nothing wakes a
 #: poll when room comes back, and polling for room would spin while a rekey is due.
 HELD_RETRY = 0.005
+#: Seconds of silence towards the broker after which a node sends PING.
+KEEPALIVE = 10.0
 
 
 class HopOutbox:
@@ -101,12 +103,22 @@ class HopOutbox:
         return sent
 
     def next_deadline(self) -> float | None:
-        """When (on ``clock``) held messages want another :meth:`flush`: None when nothing
-        is held, or while the link has no session (its session coming up is input, which
-        wakes the node's pump anyway)."""
-        if not self._held or not self.dealer.established:
+        """When (on ``clock``) held messages want another :meth:`flush`, or else the
+        keepalive is due; None while the link has no session (its session coming up is
+        input, which wakes the node's pump anyway)."""
+        if not self.dealer.established:
             return None
-        return self._retry_at
+        return self._retry_at if self._held else self.last_sent + KEEPALIVE
+
+    def keepalive_due(self) -> bool:
+        """Whether the node should PING: a session, and nothing sent for KEEPALIVE seconds.
+        Not while messages are held: they end the silence when they leave, and a PING
+        queued behind them on every pump would pile up."""
+        return (
+            not self._held
+            and self.dealer.established
+            and self.clock() - self.last_sent >= KEEPALIVE
+        )
 
     def _send_now(self, message: HopMessage) -> bool:
         """Send if the link can take it now; False when it cannot (down, full, its session

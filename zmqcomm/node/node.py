@@ -70,8 +70,6 @@ from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
 
 Handler = Callable[[Incoming], object]
-#: Seconds of silence towards the broker after which a node sends PING.
-KEEPALIVE = 10.0
 #: After running its tunnels' timers, a node looks at them again no sooner than this: a
 #: deadline that its timer did not move must not make every pump return at once.
 TIMER_TICK = 0.005
@@ -501,12 +499,8 @@ class Node:
                 # Due again right after its timer ran (nothing moved it): wait a tick
                 # rather than return at once, again and again.
                 due = max(due, self._timers_ran + TIMER_TICK)
-        if outbox is not None and broker is not None:
-            retry = outbox.next_deadline()  # spaced by HELD_RETRY: no spin while full
-            if retry is not None:
-                due = min(due, retry)
-            elif broker.established:
-                due = min(due, outbox.last_sent + KEEPALIVE)
+        if outbox is not None and (retry := outbox.next_deadline()) is not None:
+            due = min(due, retry)  # held messages are spaced by HELD_RETRY: no spin
         return min(timeout, max(due - self.clock(), 0.0))
 
     def pump(self, timeout: float = 0.0) -> int:
@@ -540,9 +534,7 @@ class Node:
                     ]
                 )
             outbox.flush()
-            # Not while messages are held: they reset the silence when they leave, and a
-            # PING queued behind them on every pump would pile up.
-            if broker.established and not outbox and self.clock() - outbox.last_sent >= KEEPALIVE:
+            if outbox.keepalive_due():
                 self._hop(None, MessageType.PING)  # so the broker knows we are still here
         if self._tunnels is not None and self._broker is not None:
             deadline = self._tunnels.next_deadline()
