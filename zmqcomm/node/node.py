@@ -485,9 +485,9 @@ class Node:
 
     def wait_time(self, timeout: float) -> float:
         """How long a wait for input may last: ``timeout`` seconds, cut short to when the
-        node's own next timer is due (a tunnel's handshake retry or rekey, messages held for
-        the broker link, the keepalive), so that it runs on time rather than up to one
-        wait late. 0 when one is due now."""
+        node's own next timer is due (a tunnel's handshake retry or rekey, a retry of held
+        mail, messages held for the broker link, the keepalive), so that it runs on time
+        rather than up to one wait late. 0 when one is due now."""
         if timeout <= 0:
             return 0.0
         due = math.inf
