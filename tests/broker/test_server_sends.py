@@ -18,7 +18,7 @@ import pytest
 
 from zmqcomm.access import Policy
 from zmqcomm.broker.mailbox import Mailbox
-from zmqcomm.broker.server import Broker
+from zmqcomm.broker.server import Broker, read_stats
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
@@ -160,6 +160,26 @@ def test_a_slow_consumer_drop_is_audited(setup: Setup, monkeypatch: pytest.Monke
     setup.alice.send("x", msg_type=MessageType.PUBLISH, topic="t")
     _step_until(setup.broker, lambda: setup.broker.core.rejected["slow_consumer"] == 1)
     assert setup.audit.events("reject", reason="slow_consumer")
+
+
+def test_a_refusal_answer_that_finds_the_queue_full_is_counted_not_audited(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alice may no longer publish; her queue is full, so the ERROR telling her cannot go.
+    setup.broker.set_policy(Policy.from_toml('[roles.agent]\nsend = ["DATA"]\n'))
+    _refuse_sends(setup, monkeypatch, MessageType.ERROR, _FULL_QUEUE)
+    for _ in range(3):
+        setup.alice.send("x", msg_type=MessageType.PUBLISH, topic="t")
+    _step_until(setup.broker, lambda: setup.broker.core.rejected["denied"] == 3)
+    assert setup.broker.statistics()["error_answers_dropped"] == 3
+    # The refusals are audited; the answers let go are not (one line each would let an agent
+    # that does not read cost the broker a line per refused message).
+    alice_id = setup.agents["alice"].agent_id
+    about_alice = [e["reason"] for e in setup.audit.events("reject") if e["peer"] == alice_id]
+    assert about_alice == ["denied"] * 3
+    setup.broker.write_stats()
+    assert setup.broker.data is not None
+    assert read_stats(setup.broker.data)["error_answers_dropped"] == 3
 
 
 def test_mail_a_full_queue_refused_is_handed_over_once_there_is_room(

@@ -413,11 +413,13 @@ def test_broker_reports_stats_and_stops_on_sigterm(
     assert text.returncode == 0, text.stderr
     assert f"broker pid {broker.process.pid}" in text.stdout
     assert "agents connected 0" in text.stdout
+    assert "ERRORs dropped   0" in text.stdout
     assert setup.endpoint in text.stdout
     as_json = zmqcomm("broker", "stats", "--data", str(setup.data), "--json")
     assert as_json.returncode == 0, as_json.stderr
     report = json.loads(as_json.stdout)
     assert report["agents"] == 0 and report["pid"] == broker.process.pid
+    assert report["error_answers_dropped"] == 0
 
     node = setup.node(0)
     try:

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from zmqcomm.errors import ConnectError, LocalProtocolError, QueueFullError, SecurityError
-from zmqcomm.node.hop_outbox import HopOutbox
+from zmqcomm.node.hop_outbox import HELD_RETRY, KEEPALIVE, HopOutbox
 from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.secure import SecureDealer
 from zmqcomm.wire import MessageType, WireCodec
@@ -203,3 +203,36 @@ def test_put_first_goes_ahead_of_a_full_queue_and_is_never_dropped() -> None:
     dealer.established = True
     outbox.flush()
     assert payloads(dealer) == [None, "a", "b"]
+
+
+def test_next_deadline_is_a_retry_while_the_link_is_up_but_full() -> None:
+    outbox, dealer, clock = make()
+    assert outbox.next_deadline() == clock.now + KEEPALIVE  # nothing held: the keepalive
+    dealer.room = False
+    outbox.put([forward("a")])
+    assert outbox.next_deadline() == clock.now + HELD_RETRY
+    clock.now += 1.0
+    outbox.flush()  # still full: offered again a retry later, not at once
+    assert outbox.next_deadline() == clock.now + HELD_RETRY
+    dealer.established = False
+    # No session: its coming up is input that wakes the pump; no timer to spin on meanwhile.
+    assert outbox.next_deadline() is None
+    dealer.established = dealer.room = True
+    outbox.flush()
+    assert outbox.next_deadline() == clock.now + KEEPALIVE
+    assert payloads(dealer) == ["a"]
+
+
+def test_keepalive_is_due_after_a_silence_unless_messages_are_held() -> None:
+    outbox, dealer, clock = make()
+    clock.now += KEEPALIVE
+    assert outbox.keepalive_due()
+    dealer.room = False
+    outbox.put([forward("a")])
+    assert not outbox.keepalive_due()  # what is held ends the silence when it leaves
+    dealer.room = True
+    outbox.flush()
+    assert not outbox.keepalive_due()
+    dealer.established = False
+    clock.now += KEEPALIVE
+    assert not outbox.keepalive_due()  # no session to keep alive

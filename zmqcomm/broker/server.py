@@ -144,6 +144,8 @@ class Broker:
         self._next_expiry = 0.0
         self._previous: tuple[float, tuple[int, int, int]] | None = None
         self._stopping = False
+        #: ERROR answers (refusals) that found the agent's queue full and were let go.
+        self.error_answers_dropped = 0
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -207,7 +209,11 @@ class Broker:
                 self.router.send(send.to, send.payload, msg_type=send.msg_type, topic=send.topic)
             except (SendTimeout, QueueFullError):
                 if send.msg_type == MessageType.ERROR:
-                    continue  # a refusal answer for an agent that does not read: let it go
+                    # A refusal answer for an agent that does not read: let it go, counted.
+                    # Not audited: the refusal itself was, and an agent that floods refused
+                    # messages while it reads nothing must not cost an audit line for each.
+                    self.error_answers_dropped += 1
+                    continue
                 # A slow consumer: its queue is at the high-water mark. Never wait on one
                 # agent (every other would wait too): bounce, and the sender mails it.
                 self._count_undelivered(send, "slow_consumer")
@@ -289,6 +295,7 @@ class Broker:
             "handshakes": router["handshakes"],
             "rekeys": router["rekeys"],
             "rejected_sessions": router["rejected"],
+            "error_answers_dropped": self.error_answers_dropped,
             # Audit lines a failing sink (a full disk) could not write: never an error.
             "audit_write_errors": getattr(self.core.audit, "write_errors", 0),
             "pid": os.getpid(),

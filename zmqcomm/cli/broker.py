@@ -244,7 +244,15 @@ class _PeriodicLog:
 
 
 def _summary(stats: dict[str, Any]) -> dict[str, Any]:
-    keys = ("agents", "routed", "stored", "mail_waiting", "handshakes", "rejected")
+    keys = (
+        "agents",
+        "routed",
+        "stored",
+        "mail_waiting",
+        "handshakes",
+        "rejected",
+        "error_answers_dropped",
+    )
     return {key: stats.get(key) for key in keys}
 
 
@@ -283,6 +291,8 @@ def _stats(settings: dict[str, Any], *, as_json: bool) -> int:
     print(f"  handshakes       {stats.get('handshakes')}, rekeys {stats.get('rekeys')}")
     rejected = {**stats.get("rejected", {}), **stats.get("rejected_sessions", {})}
     print(f"  rejected         {json.dumps(rejected) if rejected else 'none'}")
+    # Refusal answers dropped for an agent whose queue was full (it does not read).
+    print(f"  ERRORs dropped   {stats.get('error_answers_dropped', 0)}")
     if stats.get("audit_write_errors"):
         print(f"  audit lines lost {stats['audit_write_errors']} (is the disk full?)")
     return 0

@@ -3,8 +3,8 @@
 The node's work still happens in :meth:`Node.pump`; these methods pump without blocking and,
 when nothing is ready, await the readiness of the node's ZeroMQ sockets (their ``zmq.FD``
 through the event loop), so other tasks run meanwhile. ZeroMQ's FD is edge-triggered, so
-every wait is preceded by a full drain and bounded by a short tick (timers, rekeys and mail
-need a turn even when no socket wakes us).
+every wait is preceded by a full drain and bounded by a short tick, and by the node's next
+own timer (timers, rekeys and mail need a turn even when no socket wakes us).
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ _waiting: weakref.WeakKeyDictionary[Node, _Waiters] = weakref.WeakKeyDictionary(
 
 
 async def wait_for_input(node: Node, timeout: float) -> None:
-    """Return when one of the node's sockets may have input, or after ``timeout``."""
+    """Return when one of the node's sockets may have input, after ``timeout``, or when one
+    of the node's own timers is due (:meth:`Node.wait_time`), whichever comes first."""
+    timeout = node.wait_time(min(timeout, _TICK))
     loop = asyncio.get_running_loop()
     waiters = _waiting.setdefault(node, _Waiters())
     ready = asyncio.Event()
@@ -56,7 +58,7 @@ async def wait_for_input(node: Node, timeout: float) -> None:
     waiters.events.add(ready)
     try:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ready.wait(), max(0.0, min(timeout, _TICK)))
+            await asyncio.wait_for(ready.wait(), timeout)
     finally:
         waiters.events.discard(ready)
         if not waiters.events:

@@ -20,6 +20,12 @@ from zmqcomm.secure import SecureDealer
 #: Messages held for the broker at most; beyond it a send from the application raises
 #: QueueFullError and the node's own messages (retried by their timers) are dropped.
 MAX_HELD = 10_000
+#: While the link is up but cannot take what is held (its queue is full, or its session must
+#: rekey first), held messages are offered again this many seconds later: nothing wakes a
+#: poll when room comes back, and polling for room would spin while a rekey is due.
+HELD_RETRY = 0.005
+#: Seconds of silence towards the broker after which a node sends PING.
+KEEPALIVE = 10.0
 
 
 class HopOutbox:
@@ -36,6 +42,8 @@ class HopOutbox:
         self.last_sent = clock()
         #: Node messages given up because the queue was full, by kind.
         self.dropped: Counter[str] = Counter()
+        #: When held messages are next offered to the link (see :meth:`next_deadline`).
+        self._retry_at = clock()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -90,7 +98,27 @@ class HopOutbox:
             except LocalProtocolError:
                 self.dropped["hop_unsendable"] += 1  # it would block the rest for ever
             held.popleft()
+        if held:
+            self._retry_at = self.clock() + HELD_RETRY
         return sent
+
+    def next_deadline(self) -> float | None:
+        """When (on ``clock``) held messages want another :meth:`flush`, or else the
+        keepalive is due; None while the link has no session (its session coming up is
+        input, which wakes the node's pump anyway)."""
+        if not self.dealer.established:
+            return None
+        return self._retry_at if self._held else self.last_sent + KEEPALIVE
+
+    def keepalive_due(self) -> bool:
+        """Whether the node should PING: a session, and nothing sent for KEEPALIVE seconds.
+        Not while messages are held: they end the silence when they leave, and a PING
+        queued behind them on every pump would pile up."""
+        return (
+            not self._held
+            and self.dealer.established
+            and self.clock() - self.last_sent >= KEEPALIVE
+        )
 
     def _send_now(self, message: HopMessage) -> bool:
         """Send if the link can take it now; False when it cannot (down, full, its session

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import time
 from collections import Counter, deque
@@ -69,8 +70,9 @@ from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
 
 Handler = Callable[[Incoming], object]
-#: Seconds of silence towards the broker after which a node sends PING.
-KEEPALIVE = 10.0
+#: After running its tunnels' timers, a node looks at them again no sooner than this: a
+#: deadline that its timer did not move must not make every pump return at once.
+TIMER_TICK = 0.005
 
 
 class Node:
@@ -131,6 +133,8 @@ class Node:
         #: If set, called for each REQUEST as it arrives; its result is the reply.
         self.request_handler: Handler | None = None
         self._closed = False
+        #: When (on ``clock``) the tunnels' timers last ran.
+        self._timers_ran = -math.inf
         self._broker: SecureDealer | None = None
         self._poller: SecurePoller[Link] = SecurePoller([], clock=clock)
         self._tunnels: Tunnels | None = None
@@ -482,16 +486,37 @@ class Node:
             links.append(self._broker)
         return links
 
+    def wait_time(self, timeout: float) -> float:
+        """How long a wait for input may last: ``timeout`` seconds, cut short to when the
+        node's own next timer is due (a tunnel's handshake retry or rekey, a retry of held
+        mail, messages held for the broker link, the keepalive), so that it runs on time
+        rather than up to one wait late. 0 when one is due now."""
+        if timeout <= 0:
+            return 0.0
+        due = math.inf
+        tunnels, outbox, broker = self._tunnels, self._outbox, self._broker
+        if tunnels is not None and broker is not None:
+            deadline = tunnels.next_deadline()  # on the wall clock
+            if deadline is not None:
+                due = self.clock() + (deadline - self.wall_clock())
+                # Due again right after its timer ran (nothing moved it): wait a tick
+                # rather than return at once, again and again.
+                due = max(due, self._timers_ran + TIMER_TICK)
+        if outbox is not None and (retry := outbox.next_deadline()) is not None:
+            due = min(due, retry)  # held messages are spaced by HELD_RETRY: no spin
+        return min(timeout, max(due - self.clock(), 0.0))
+
     def pump(self, timeout: float = 0.0) -> int:
         """Do pending work (handshakes, rekeys, mail, incoming messages), waiting up to
-        ``timeout`` seconds for input. Returns the number of ZeroMQ messages handled."""
+        ``timeout`` seconds for input, or less when one of the node's own timers is due
+        sooner (:meth:`wait_time`). Returns the number of ZeroMQ messages handled."""
         self._check_open()
         handled = 0
         # Everything that arrives is read and handled: the broker link carries the tunnels'
         # handshakes, key answers and mail behind application messages, so leaving it
         # unread to bound the inbox would stall the node's own traffic (and hide a broker
         # restart). The application bounds the inbox by taking what it holds.
-        for link in self._poller.wait(timeout):
+        for link in self._poller.wait(self.wait_time(timeout)):
             if link.closed:  # replaced by a connect() from a handler during this pump
                 continue
             handled += link.pump(0.0)
@@ -512,12 +537,13 @@ class Node:
                     ]
                 )
             outbox.flush()
-            if broker.established and self.clock() - outbox.last_sent >= KEEPALIVE:
+            if outbox.keepalive_due():
                 self._hop(None, MessageType.PING)  # so the broker knows we are still here
         if self._tunnels is not None and self._broker is not None:
             deadline = self._tunnels.next_deadline()
             now = self.wall_clock()
             if deadline is not None and now >= deadline:
+                self._timers_ran = self.clock()
                 self._to_broker_quietly(self._tunnels.on_timer(now=now))
                 # Mail held because it could not be opened yet: acknowledged long ago, so
                 # what opens now goes the way of any other mail, once.

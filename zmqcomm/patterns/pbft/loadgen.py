@@ -25,7 +25,7 @@ import zmq
 from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.channel import TrustChecker
 from zmqcomm.crypto.keys import Identity
-from zmqcomm.errors import RemoteProtocolError, UsageError, ZmqCommError
+from zmqcomm.errors import ConnectError, RemoteProtocolError, UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.client import Client, Result
 from zmqcomm.patterns.pbft.driver import group_sends
 from zmqcomm.patterns.pbft.messages import Reply, decode
@@ -33,6 +33,7 @@ from zmqcomm.patterns.pbft.statemachine import encode_op
 from zmqcomm.quantiles import nearest_rank
 from zmqcomm.secure import SecureDealer
 from zmqcomm.secure_poller import SecurePoller
+from zmqcomm.transport.endpoints import unresolved_host_hint
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 
 __all__ = ["LoadGenerator", "LoadReport", "percentile"]
@@ -93,6 +94,7 @@ class LoadGenerator:
         client signatures, ``client_signatures = true``)."""
         if clients < 1 or len(endpoints) != len(replica_agents):
             raise UsageError("need at least one client and one agent id per endpoint")
+        check_seconds(connect_timeout, "connect_timeout", allow_zero=False)
         self.n = len(endpoints)
         self.agent = identity.agent_id
         self.index = {agent: i for i, agent in enumerate(replica_agents)}
@@ -118,17 +120,37 @@ class LoadGenerator:
                         options=options,
                         context=context,
                         send_timeout=0.0,
-                        connect_timeout=None,
+                        connect_timeout=None,  # each sends its INIT now; none waits yet
                     )
                 )
-            deadline = time.monotonic() + connect_timeout
-            for dealer in self.dealers:
-                dealer.wait_established(max(0.01, deadline - time.monotonic()))
+            self._poller = SecurePoller(self.dealers)
+            self._wait_established(connect_timeout)
         except BaseException:
             self.close()
             raise
-        self._poller = SecurePoller(self.dealers)
         self.dropped: Counter[str] = Counter()
+
+    def _wait_established(self, connect_timeout: float) -> None:
+        """Pump every dealer together until all have a session, or ConnectError naming the
+        first replica (in order) that has none after ``connect_timeout`` s. One replica at a
+        time, the others' answers waited unread behind it: connecting took the sum of the
+        round trips, and one slow replica held up the rest."""
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            waiting = [dealer for dealer in self.dealers if not dealer.established]
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                break
+            for dealer in self._poller.wait(min(left, 0.05)):
+                dealer.pump(0.0)  # nothing else arrives before our first request
+        if waiting:
+            dealer = waiting[0]
+            # The dealer's own words (as its wait_established says them), for the whole wait.
+            raise ConnectError(
+                f"no authenticated session with the {dealer.peer_label} at {dealer.endpoint} "
+                f"within {connect_timeout} s: {dealer._why_no_session()}"
+                f"{unresolved_host_hint(dealer.endpoint)}"
+            )
 
     def run(
         self,
