@@ -201,6 +201,9 @@ class SecureLinks:
         self._last_tick = time.monotonic()
         #: When :meth:`tick` is due next (monotonic); None: to be worked out again.
         self._due: float | None = None
+        #: Each socket's next timer deadline (monotonic), and the sockets to look at again.
+        self._deadlines: dict[SecureRouter | SecureDealer, float | None] = {}
+        self._dirty: set[SecureRouter | SecureDealer] = {self.router}
 
     def _own(self, sock: SecureRouter | SecureDealer) -> None:
         self._owner[sock.socket] = sock
@@ -232,7 +235,7 @@ class SecureLinks:
         self._dialed[peer] = endpoint
         self._own(dealer)
         self.version += 1
-        self._due = None
+        self._touched(dealer)
 
     def hang_up(self, peer: str) -> None:
         self._dialed.pop(peer, None)
@@ -246,6 +249,8 @@ class SecureLinks:
         dealer.socket.setsockopt(zmq.LINGER, 0)
         dealer.close()
         self.version += 1
+        self._deadlines.pop(dealer, None)
+        self._dirty.discard(dealer)
         self._due = None
 
     # -- receiving ---------------------------------------------------------------------------
@@ -259,7 +264,7 @@ class SecureLinks:
         return self._pump(owner)
 
     def _pump(self, sock: SecureRouter | SecureDealer) -> list[Received]:
-        self._due = None
+        self._touched(sock)
         try:
             sock.pump(0.0)
         except ZmqCommError as exc:  # never out of step(): counted instead
@@ -275,19 +280,31 @@ class SecureLinks:
     def due_in(self) -> float | None:
         """Seconds until the secure sockets should be pumped for their timers (handshake
         retries, rekeys, key expiry; a dealer whose channel is gone starts a new one in a
-        pump). Cached until something touches the sockets: idle agents cost nothing."""
+        pump). Each socket's deadline is cached until that socket is pumped or sent on: an
+        idle agent costs a comparison, a busy one a look at the sockets it used."""
         now = time.monotonic()
         if self._due is None:
-            wall = time.time()
-            deadlines = [self.router.table.next_deadline()]
-            for dealer in self.dealers.values():
-                deadlines.append(dealer.table.next_deadline() if dealer.table.channels else wall)
+            if self._dirty:
+                wall = time.time()
+                for sock in self._dirty:
+                    if isinstance(sock, SecureDealer) and not sock.table.channels:
+                        deadline: float | None = now  # its session is gone: start a new one
+                    else:
+                        deadline = sock.table.next_deadline()
+                        if deadline is not None:
+                            deadline += now - wall  # wall clock -> monotonic
+                    self._deadlines[sock] = deadline
+                self._dirty.clear()
             due = self._last_tick + _IDLE_TICK
-            earliest = min((d for d in deadlines if d is not None), default=None)
+            earliest = min((d for d in self._deadlines.values() if d is not None), default=None)
             if earliest is not None:
-                due = min(due, max(now + earliest - wall, self._last_tick + _MIN_TICK))
+                due = min(due, max(earliest, self._last_tick + _MIN_TICK))
             self._due = due
         return max(0.0, self._due - now)
+
+    def _touched(self, sock: SecureRouter | SecureDealer) -> None:
+        self._dirty.add(sock)
+        self._due = None
 
     def tick(self) -> list[Received]:
         """Pump every secure socket (their timers run in a pump)."""
@@ -295,21 +312,21 @@ class SecureLinks:
         out = self._pump(self.router)
         for dealer in list(self.dealers.values()):
             out += self._pump(dealer)
-        self._due = None
         return out
 
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, peer: str, frame: bytes) -> str:
-        self._due = None  # a send may start a rekey
         dealer = self.dealers.get(peer)
         if dealer is not None and dealer.established:
+            self._touched(dealer)  # a send may start a rekey
             result = self._try(lambda: dealer.send(frame, wait=False))
             if result != UNREACHABLE:
                 return result
         router = self.router
         if router.table.route_of(peer) is None:
             return UNREACHABLE
+        self._touched(router)
         return self._try(lambda: router.send(peer, frame, wait=False))
 
     @staticmethod
@@ -357,3 +374,5 @@ class SecureLinks:
             sock.close()
         self.dealers.clear()
         self._owner.clear()
+        self._deadlines.clear()
+        self._dirty.clear()
