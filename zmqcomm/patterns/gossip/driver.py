@@ -1,5 +1,13 @@
 """Gossip over real ZeroMQ sockets: :class:`GossipAgent`, a thin loop around :class:`GossipNode`.
 
+Transport (:mod:`.links`). Given a :class:`TrustStore`, an agent runs over secure sessions by
+default: a :class:`~zmqcomm.secure.SecureRouter` bound as its inbox and a
+:class:`~zmqcomm.secure.SecureDealer` per dialed peer, expecting that peer's id. The sender of
+every frame is then the handshake-authenticated agent id and frames are encrypted per hop;
+what the sessions refuse is audited there and counted here as ``session_<reason>`` drops.
+With ``verify_keys`` (no trust store to run handshakes with) or ``secure=False`` it runs
+signed-only over the plain ROUTER pair described below.
+
 Why ROUTER and not PUB/SUB: gossip sends each message to a *chosen* mesh peer, IWant replies
 to one asker and Graft to one new mesh member. PUB cannot address one subscriber, misses what
 was sent before a SUB connected, and drops silently at the high-water mark. A ROUTER with
@@ -18,7 +26,7 @@ trials). With an inbox and an outbox no socket ever holds two connections to one
 send through the outbox to peers we dialed and through the inbox to peers that dialed us
 (a late joiner learned from its Graft), and read from both.
 
-Routing ids are *not* identities: every Publish is signed by its origin and verified (via the
+Signed-only, routing ids are *not* identities. Either way, every Publish is signed by its origin and verified (via the
 machine's ``verify`` callback, over a key mapping or a :class:`TrustStore`) before it is
 delivered or relayed. The routing id only names who to blame: peer input that is garbage,
 forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
@@ -30,9 +38,10 @@ revoked in the :class:`TrustStore`); from any other id they are dropped, counted
 Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
 reason in :meth:`GossipAgent.statistics` and, with an audit log, written as a ``reject`` line.
 
-Gossip payloads are signed, *not encrypted*: every mesh peer, and whoever can sniff the
+Signed-only, payloads are *not encrypted*: every mesh peer, and whoever can sniff the
 transport or connect under a trusted peer's routing id (routing ids are not authenticated),
-reads them. Encrypt confidential payloads at the application level or use Node topics.
+reads them. Secure, only trusted mesh peers read them (per hop, not end to end). Encrypt
+payloads meant for a few readers at the application level or use Node topics.
 
 :meth:`GossipAgent.publish` queues; :meth:`GossipAgent.step` (or :class:`GossipGroup.step`
 for many agents in one thread with one poller) receives, feeds the machine, fires its timer
