@@ -26,10 +26,10 @@ trials). With an inbox and an outbox no socket ever holds two connections to one
 send through the outbox to peers we dialed and through the inbox to peers that dialed us
 (a late joiner learned from its Graft), and read from both.
 
-Signed-only, routing ids are *not* identities. Either way, every Publish is signed by its origin and verified (via the
-machine's ``verify`` callback, over a key mapping or a :class:`TrustStore`) before it is
-delivered or relayed. The routing id only names who to blame: peer input that is garbage,
-forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
+Signed-only, routing ids are *not* identities. Either way, every Publish is signed by its
+origin and verified (via the machine's ``verify`` callback, over a key mapping or a
+:class:`TrustStore`) before it is delivered or relayed. The sender (session id or routing id)
+only names whom to blame: peer input that is garbage, forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
 below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
 while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
 are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
