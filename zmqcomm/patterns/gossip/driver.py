@@ -29,8 +29,8 @@ send through the outbox to peers we dialed and through the inbox to peers that d
 Signed-only, routing ids are *not* identities. Either way, every Publish is signed by its
 origin and verified (via the machine's ``verify`` callback, over a key mapping or a
 :class:`TrustStore`) before it is delivered or relayed. The sender (session id or routing id)
-only names whom to blame: peer input that is garbage, forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
-below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
+only names whom to blame: peer input that is garbage, forged, over the rate or needlessly
+duplicated lowers that peer's score (:mod:`.scoring`); below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
 while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
 are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
 revoked in the :class:`TrustStore`); from any other id they are dropped, counted
