@@ -30,7 +30,8 @@ Signed-only, routing ids are *not* identities. Either way, every Publish is sign
 origin and verified (via the machine's ``verify`` callback, over a key mapping or a
 :class:`TrustStore`) before it is delivered or relayed. The sender (session id or routing id)
 only names whom to blame: peer input that is garbage, forged, over the rate or needlessly
-duplicated lowers that peer's score (:mod:`.scoring`); below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
+duplicated lowers that peer's score (:mod:`.scoring`); below the threshold the peer is pruned
+from the mesh and its frames are dropped unread for a
 while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
 are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
 revoked in the :class:`TrustStore`); from any other id they are dropped, counted
