@@ -1,7 +1,8 @@
 """Gossip over real ipc sockets: coverage, forged messages, floods, late joiners, slow peers.
 
 Everything runs in one thread (a :class:`GossipGroup` with one poller); every wait is bounded
-by ``run_until(..., timeout=...)``.
+by ``run_until(..., timeout=...)``. Tests taking ``secure`` run twice: over secure sessions
+(a trust store listing everyone, the default then) and signed-only (``verify_keys``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import random
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,7 @@ import zmq
 
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ClosedError, TransportError, UsageError
 from zmqcomm.patterns.discovery.peers import ENTER, EXPIRED, PeerEvent
 from zmqcomm.patterns.gossip import IHave, Message, Publish, id_material
@@ -27,7 +29,10 @@ from zmqcomm.patterns.gossip.codec import encode_frame
 from zmqcomm.patterns.gossip.driver import Delivered, GossipAgent, GossipConfig
 from zmqcomm.patterns.gossip.group import GossipGroup
 from zmqcomm.patterns.gossip.scoring import ScoreParams
+from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.transport.sockets import SocketOptions
+
+from .support import secure_peer
 
 FAST = GossipConfig(heartbeat=0.05, unreachable_grace=1.0)
 
@@ -42,12 +47,18 @@ class Swarm:
         seed: int = 1,
         config: GossipConfig = FAST,
         audit: MemoryAuditLog | None = None,
+        secure: bool = False,
     ) -> None:
         self.directory = directory
         self.rng = random.Random(seed)
         self.config = config
         self.identities = [Identity.generate(f"a{i}") for i in range(n + 2)]
         self.keys = {ident.agent_id: ident.verify_key for ident in self.identities}
+        self.trust: TrustStore | None = None
+        if secure:
+            self.trust = TrustStore(f"{directory}/trust")
+            for ident in self.identities:
+                self.trust.add(ident.public)
         self.group = GossipGroup()
         self.agents: list[GossipAgent] = []
         self.got: dict[str, dict[bytes, Delivered]] = {}
@@ -62,7 +73,8 @@ class Swarm:
         agent = GossipAgent(
             self.identities[index],
             f"ipc://{self.directory}/{index}",
-            verify_keys=self.keys,
+            verify_keys=self.keys if self.trust is None else None,
+            trust=self.trust,
             config=config or self.config,
             rng=random.Random(index),
             audit=audit,
@@ -102,6 +114,34 @@ class Swarm:
         for agent, delivered in self.group.run_for(seconds):
             self.record(agent, delivered)
 
+    def connected(self, timeout: float = 10.0) -> bool:
+        """Run until every dialed secure session is up (at once when signed-only)."""
+
+        def up() -> bool:
+            if self.trust is None:
+                return True
+            return all(
+                a.statistics()["transport"].get("established", 0)
+                == a.statistics()["transport"]["dialed"]
+                for a in self.agents
+            )
+
+        return self.group.run_until(up, timeout=timeout, on_delivered=self.record)
+
+    def intruder(
+        self, sockets: list[Any], identity: Identity, victim: GossipAgent
+    ) -> Callable[[bytes], None]:
+        """A way to put frames in front of ``victim`` under ``identity`` without the driver:
+        a raw dealer claiming its routing id, or (secure) a session of its own."""
+        if self.trust is None:
+            return raw_dealer(sockets, identity, victim.endpoint).send
+        dealer = secure_peer(zmq.Context.instance(), identity, self.trust, victim.endpoint)
+        sockets.append(dealer)
+        assert self.group.run_until(
+            lambda: dealer.pump(0.0) >= 0 and dealer.established, timeout=5.0
+        )
+        return dealer.send
+
 
 @pytest.fixture
 def ipc_dir() -> Iterator[str]:
@@ -115,7 +155,10 @@ def raw_sockets() -> Iterator[list[zmq.Socket[Any]]]:
     sockets: list[zmq.Socket[Any]] = []
     yield sockets
     for sock in sockets:
-        sock.close(0)
+        if isinstance(sock, SecureDealer | SecureRouter):
+            sock.close()
+        else:
+            sock.close(0)
 
 
 def raw_dealer(
@@ -129,9 +172,17 @@ def raw_dealer(
     return sock
 
 
-def test_twenty_agents_reach_full_coverage_from_several_publishers(ipc_dir: str) -> None:
-    swarm = Swarm(ipc_dir, 20)
+@pytest.fixture(params=[False, True], ids=["plain", "secure"])
+def secure(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def test_twenty_agents_reach_full_coverage_from_several_publishers(
+    ipc_dir: str, secure: bool
+) -> None:
+    swarm = Swarm(ipc_dir, 20, secure=secure)
     try:
+        assert swarm.connected()
         swarm.settle(0.1)
         mids = {
             swarm.publish(swarm.agents[p], f"{p}:{k}".encode())
@@ -156,15 +207,16 @@ def test_twenty_agents_reach_full_coverage_from_several_publishers(ipc_dir: str)
 
 
 def test_forged_and_altered_messages_are_never_delivered_nor_forwarded(
-    ipc_dir: str, raw_sockets: list[zmq.Socket[Any]]
+    ipc_dir: str, raw_sockets: list[Any], secure: bool
 ) -> None:
     audit = MemoryAuditLog()
-    swarm = Swarm(ipc_dir, 6, peers=5, audit=audit)
+    swarm = Swarm(ipc_dir, 6, peers=5, audit=audit, secure=secure)
     try:
+        assert swarm.connected()
         swarm.settle(0.1)
         victim, origin = swarm.agents[0], swarm.identities[1]
         intruder = swarm.identities[-1]  # a valid agent id with a key everyone knows
-        sock = raw_dealer(raw_sockets, intruder, victim.endpoint)
+        send = swarm.intruder(raw_sockets, intruder, victim)
         genuine = Message(origin.agent_id, 0, b"genuine")
         signature = origin.sign(id_material(origin.agent_id, 0, b"genuine"))
         altered = Message(origin.agent_id, 0, b"ALTERED", 0, signature)
@@ -177,7 +229,7 @@ def test_forged_and_altered_messages_are_never_delivered_nor_forwarded(
             0,
             stranger.sign(id_material(stranger.agent_id, 0, b"forged")),
         )
-        sock.send(encode_frame([Publish(altered), Publish(unsigned), Publish(forged)]))
+        send(encode_frame([Publish(altered), Publish(unsigned), Publish(forged)]))
         swarm.settle(0.3)
         assert victim.statistics()["drops"].get("bad_signature") == 3
         for agent in swarm.agents:
@@ -189,7 +241,7 @@ def test_forged_and_altered_messages_are_never_delivered_nor_forwarded(
         assert victim.scores.score(intruder.agent_id, now=victim._clock()) < 0
         # The forged copy did not mark the id as seen: the real message still gets through.
         real = replace(genuine, signature=signature)
-        sock.send(encode_frame([Publish(real)]))
+        send(encode_frame([Publish(real)]))
         assert swarm.run_until_covered({real.id}, agents=[victim], timeout=5.0)
         assert swarm.got[victim.agent_id][real.id].payload == b"genuine"
     finally:
@@ -197,18 +249,19 @@ def test_forged_and_altered_messages_are_never_delivered_nor_forwarded(
 
 
 def test_flooding_raw_peer_is_rate_limited_and_graylisted_while_others_deliver(
-    ipc_dir: str, raw_sockets: list[zmq.Socket[Any]]
+    ipc_dir: str, raw_sockets: list[Any], secure: bool
 ) -> None:
     params = ScoreParams(rate=300.0, burst=300.0, flood_penalty=0.5, graylist_below=-50.0)
-    swarm = Swarm(ipc_dir, 8, peers=4, config=replace(FAST, scores=params))
+    swarm = Swarm(ipc_dir, 8, peers=4, config=replace(FAST, scores=params), secure=secure)
     try:
+        assert swarm.connected()
         swarm.settle(0.1)
         victim = swarm.agents[0]
         flooder = swarm.identities[-1]
-        sock = raw_dealer(raw_sockets, flooder, victim.endpoint)
+        send = swarm.intruder(raw_sockets, flooder, victim)
         rng = random.Random(5)
         for _ in range(1500):
-            sock.send(encode_frame([IHave((rng.randbytes(16),))]))
+            send(encode_frame([IHave((rng.randbytes(16),))]))
         mids = {swarm.publish(swarm.agents[i], b"during flood %d" % i) for i in (0, 3, 5)}
         assert swarm.run_until_covered(mids, timeout=10.0)
         swarm.group.run_until(lambda: victim.statistics()["received_frames"] >= 1500, timeout=5.0)
@@ -225,10 +278,11 @@ def test_flooding_raw_peer_is_rate_limited_and_graylisted_while_others_deliver(
         swarm.group.close()
 
 
-def test_late_joiner_gets_earlier_messages_by_repair(ipc_dir: str) -> None:
+def test_late_joiner_gets_earlier_messages_by_repair(ipc_dir: str, secure: bool) -> None:
     config = replace(FAST, history=40, gossip_windows=40)
-    swarm = Swarm(ipc_dir, 8, peers=4, config=config)
+    swarm = Swarm(ipc_dir, 8, peers=4, config=config, secure=secure)
     try:
+        assert swarm.connected()
         swarm.settle(0.1)
         mids = {swarm.publish(swarm.agents[i], b"before %d" % i) for i in range(3)}
         assert swarm.run_until_covered(mids, timeout=5.0)
@@ -247,7 +301,7 @@ def test_late_joiner_gets_earlier_messages_by_repair(ipc_dir: str) -> None:
 
 
 def test_slow_peer_does_not_block_others_and_drops_are_counted(
-    ipc_dir: str, raw_sockets: list[zmq.Socket[Any]]
+    ipc_dir: str, raw_sockets: list[Any], secure: bool
 ) -> None:
     config = replace(
         FAST,
@@ -257,17 +311,32 @@ def test_slow_peer_does_not_block_others_and_drops_are_counted(
         frame_bytes=4096,
         sockets=SocketOptions(send_hwm=8, linger=0),
     )
-    swarm = Swarm(ipc_dir, 4, peers=3, config=config)
+    swarm = Swarm(ipc_dir, 4, peers=3, config=config, secure=secure)
     try:
         slow_identity = swarm.identities[-1]
-        slow = zmq.Context.instance().socket(zmq.ROUTER)  # bound, never reads
-        slow.setsockopt(zmq.ROUTING_ID, slow_identity.agent_id.encode())
-        slow.setsockopt(zmq.RCVHWM, 8)
-        slow.setsockopt(zmq.LINGER, 0)
-        slow.bind(f"ipc://{ipc_dir}/slow")
-        raw_sockets.append(slow)
         publisher = swarm.agents[0]
-        publisher.add_peer(slow_identity.agent_id, f"ipc://{ipc_dir}/slow")
+        if swarm.trust is None:
+            slow = zmq.Context.instance().socket(zmq.ROUTER)  # bound, never reads
+            slow.setsockopt(zmq.ROUTING_ID, slow_identity.agent_id.encode())
+            slow.setsockopt(zmq.RCVHWM, 8)
+            slow.setsockopt(zmq.LINGER, 0)
+            slow.bind(f"ipc://{ipc_dir}/slow")
+            raw_sockets.append(slow)
+            publisher.add_peer(slow_identity.agent_id, f"ipc://{ipc_dir}/slow")
+        else:  # a session comes up, then the peer stops reading
+            router = SecureRouter(
+                f"ipc://{ipc_dir}/slow",
+                identity=slow_identity,
+                trust=swarm.trust,
+                options=SocketOptions(receive_hwm=8, linger=0),
+            )
+            raw_sockets.append(router)
+            publisher.add_peer(slow_identity.agent_id, f"ipc://{ipc_dir}/slow")
+            assert swarm.group.run_until(
+                lambda: router.pump(0.0) >= 0 and publisher.agent_id in router.peers,
+                timeout=5.0,
+            )
+        assert swarm.connected()
         swarm.settle(0.2)
         assert slow_identity.agent_id in publisher.node.mesh
         payload = b"x" * 1000
@@ -322,8 +391,8 @@ def test_peer_garbage_never_raises_and_is_counted(
         swarm.group.close()
 
 
-def test_discovery_events_add_and_remove_peers(ipc_dir: str) -> None:
-    swarm = Swarm(ipc_dir, 2, peers=0)
+def test_discovery_events_add_and_remove_peers(ipc_dir: str, secure: bool) -> None:
+    swarm = Swarm(ipc_dir, 2, peers=0, secure=secure)
     try:
         a, b = swarm.agents
         event = PeerEvent(ENTER, b.agent_id, "127.0.0.1", (1,))
@@ -334,6 +403,7 @@ def test_discovery_events_add_and_remove_peers(ipc_dir: str) -> None:
         assert swarm.run_until_covered({mid}, timeout=5.0)
         a.on_peer_event(PeerEvent(EXPIRED, b.agent_id, "127.0.0.1", (1,)))
         assert a.node.peers == []
+        assert a.statistics()["transport"]["dialed"] == 0  # secure: its dealer was closed
         swarm.publish(a, b"nobody hears")
         swarm.settle(0.1)
         assert swarm.counts[b.agent_id] == 1

@@ -32,8 +32,9 @@ from zmqcomm.patterns.gossip import (
 from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig, tcp_endpoint, trust_verifier
 from zmqcomm.patterns.gossip.scoring import ScoreParams
+from zmqcomm.secure import SecureDealer
 
-from .support import raw_dealer, step_until
+from .support import connect_secure, payloads_of, raw_dealer, secure_peer, step_until
 
 
 @pytest.fixture
@@ -59,7 +60,11 @@ def test_an_untrusted_id_cannot_graft_ihave_or_iwant_its_way_into_the_traffic(
         store.add(other.public)
         store.revoke(other.agent_id)
     audit = MemoryAuditLog()
-    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
+    # Signed-only transport: ids are claims, so the agent checks them (secure sessions refuse
+    # an untrusted or revoked key at the handshake: test_gossip_secure.py).
+    agent = GossipAgent(
+        alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context, secure=False
+    )
     evil = raw_dealer(context, other.agent_id, agent.endpoint)
     try:
         mid = agent.publish(b"cached for repair")
@@ -77,45 +82,83 @@ def test_an_untrusted_id_cannot_graft_ihave_or_iwant_its_way_into_the_traffic(
         agent.close()
 
 
+class _Bob:
+    """Bob's side of a link to Alice's agent: a raw dealer (signed-only) or a secure session."""
+
+    def __init__(self, sock: zmq.Socket[bytes] | SecureDealer) -> None:
+        self.sock = sock
+
+    def send(self, frame: bytes) -> None:
+        self.sock.send(frame)
+
+    def frames(self) -> list[bytes]:
+        if isinstance(self.sock, SecureDealer):
+            return payloads_of(self.sock)
+        out = []
+        while self.sock.poll(0):
+            out.append(self.sock.recv())
+        return out
+
+    def close(self) -> None:
+        if isinstance(self.sock, SecureDealer):
+            self.sock.close()
+        else:
+            self.sock.close(0)
+
+
 @contextlib.contextmanager
 def _grafted(
-    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, audit: MemoryAuditLog | None = None
-) -> Iterator[tuple[GossipAgent, zmq.Socket[bytes], Identity]]:
-    """Alice's agent, and Bob (both trusted) grafted onto its mesh through a raw dealer."""
+    context: zmq.Context[zmq.Socket[bytes]],
+    store: TrustStore,
+    audit: MemoryAuditLog | None = None,
+    *,
+    secure: bool,
+) -> Iterator[tuple[GossipAgent, _Bob, Identity]]:
+    """Alice's agent, and Bob (both trusted) grafted onto its mesh through a raw dealer or a
+    secure session of his own."""
     alice, bob = Identity.generate("alice"), Identity.generate("bob")
     store.add(alice.public)
     store.add(bob.public)
-    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context)
-    dealer = raw_dealer(context, bob.agent_id, agent.endpoint)
+    agent = GossipAgent(
+        alice, "tcp://127.0.0.1:*", trust=store, audit=audit, context=context, secure=secure
+    )
+    if secure:
+        dealer = _Bob(secure_peer(context, bob, store, agent.endpoint))
+    else:
+        dealer = _Bob(raw_dealer(context, bob.agent_id, agent.endpoint))
     try:
+        if isinstance(dealer.sock, SecureDealer):
+            assert connect_secure(agent, dealer.sock)
         dealer.send(encode_frame([Graft()]))
         assert step_until(agent, lambda: bob.agent_id in agent.node.peers)
         yield agent, dealer, bob
     finally:
-        dealer.close(0)
+        dealer.close()
         agent.close()
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
 def test_a_trusted_grafter_is_still_learned(
-    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, secure: bool
 ) -> None:
-    with _grafted(context, store) as (agent, _, _):
+    with _grafted(context, store, secure=secure) as (agent, _, _):
         assert "untrusted_control" not in agent.statistics()["drops"]
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
 def test_a_peer_revoked_after_it_joined_is_dropped_at_the_next_heartbeat(
-    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, secure: bool
 ) -> None:
     audit = MemoryAuditLog()
-    with _grafted(context, store, audit) as (agent, dealer, bob):
+    with _grafted(context, store, audit, secure=secure) as (agent, dealer, bob):
         store.revoke(bob.agent_id)
         assert step_until(agent, lambda: bob.agent_id not in agent.node.peers)
         assert audit.events("reject", reason="peer_untrusted")
         agent.publish(b"after the revocation")
         agent.flush()
         agent.step(0.05)
-        while dealer.poll(0):  # what was sent before the revocation may still be queued
-            frame = decode_frame(dealer.recv())
+        for raw in dealer.frames():  # what was sent before the revocation may still be queued
+            frame = decode_frame(raw)
             assert not any(getattr(m, "payload", b"") == b"after the revocation" for m in frame)
 
 

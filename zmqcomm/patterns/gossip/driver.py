@@ -1,5 +1,13 @@
 """Gossip over real ZeroMQ sockets: :class:`GossipAgent`, a thin loop around :class:`GossipNode`.
 
+Transport (:mod:`.links`). Given a :class:`TrustStore`, an agent runs over secure sessions by
+default: a :class:`~zmqcomm.secure.SecureRouter` bound as its inbox and a
+:class:`~zmqcomm.secure.SecureDealer` per dialed peer, expecting that peer's id. The sender of
+every frame is then the handshake-authenticated agent id and frames are encrypted per hop;
+what the sessions refuse is audited there and counted here as ``session_<reason>`` drops.
+With ``verify_keys`` (no trust store to run handshakes with) or ``secure=False`` it runs
+signed-only over the plain ROUTER pair described below.
+
 Why ROUTER and not PUB/SUB: gossip sends each message to a *chosen* mesh peer, IWant replies
 to one asker and Graft to one new mesh member. PUB cannot address one subscriber, misses what
 was sent before a SUB connected, and drops silently at the high-water mark. A ROUTER with
@@ -18,11 +26,12 @@ trials). With an inbox and an outbox no socket ever holds two connections to one
 send through the outbox to peers we dialed and through the inbox to peers that dialed us
 (a late joiner learned from its Graft), and read from both.
 
-Routing ids are *not* identities: every Publish is signed by its origin and verified (via the
-machine's ``verify`` callback, over a key mapping or a :class:`TrustStore`) before it is
-delivered or relayed. The routing id only names who to blame: peer input that is garbage,
-forged, over the rate or needlessly duplicated lowers that peer's score (:mod:`.scoring`);
-below the threshold the peer is pruned from the mesh and its frames are dropped unread for a
+Signed-only, routing ids are *not* identities. Either way, every Publish is signed by its
+origin and verified (via the machine's ``verify`` callback, over a key mapping or a
+:class:`TrustStore`) before it is delivered or relayed. The sender (session id or routing id)
+only names whom to blame: peer input that is garbage, forged, over the rate or needlessly
+duplicated lowers that peer's score (:mod:`.scoring`); below the threshold the peer is pruned
+from the mesh and its frames are dropped unread for a
 while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
 are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
 revoked in the :class:`TrustStore`); from any other id they are dropped, counted
@@ -30,9 +39,10 @@ revoked in the :class:`TrustStore`); from any other id they are dropped, counted
 Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
 reason in :meth:`GossipAgent.statistics` and, with an audit log, written as a ``reject`` line.
 
-Gossip payloads are signed, *not encrypted*: every mesh peer, and whoever can sniff the
+Signed-only, payloads are *not encrypted*: every mesh peer, and whoever can sniff the
 transport or connect under a trusted peer's routing id (routing ids are not authenticated),
-reads them. Encrypt confidential payloads at the application level or use Node topics.
+reads them. Secure, only trusted mesh peers read them (per hop, not end to end). Encrypt
+payloads meant for a few readers at the application level or use Node topics.
 
 :meth:`GossipAgent.publish` queues; :meth:`GossipAgent.step` (or :class:`GossipGroup.step`
 for many agents in one thread with one poller) receives, feeds the machine, fires its timer
@@ -41,7 +51,6 @@ and flushes the queues, coalescing each peer's items into frames.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import random
 import time
@@ -72,6 +81,13 @@ from zmqcomm.patterns.gossip.codec import (
     decode_frame,
     encode_item,
 )
+from zmqcomm.patterns.gossip.links import (
+    BLOCKED,
+    REFUSED,
+    SENT,
+    PlainLinks,
+    SecureLinks,
+)
 from zmqcomm.patterns.gossip.machine import (
     Deliver,
     GossipNode,
@@ -83,14 +99,7 @@ from zmqcomm.patterns.gossip.machine import (
 )
 from zmqcomm.patterns.gossip.queues import Priority, QueueSet
 from zmqcomm.patterns.gossip.scoring import PeerScores, Prune, Restore, ScoreParams
-from zmqcomm.transport.sockets import (
-    DEFAULT_SOCKET_OPTIONS,
-    SocketOptions,
-    bind,
-    connect,
-    open_socket,
-    poll_ms,
-)
+from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS, SocketOptions, poll_ms
 
 Clock = Callable[[], float]
 #: Items that make us send to, or keep track of, their sender: taken only from a trusted id.
@@ -219,11 +228,19 @@ class GossipAgent:
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
         context: zmq.Context[Any] | None = None,
+        secure: bool | None = None,
     ) -> None:
         if (verify_keys is None) == (trust is None):
             raise UsageError(
                 "give exactly one of verify_keys (agent id -> Ed25519 verify key) or trust "
                 "(a TrustStore): origin signatures are always checked"
+            )
+        if secure is None:
+            secure = trust is not None
+        elif secure and trust is None:
+            raise UsageError(
+                "secure=True needs trust (a TrustStore) to authenticate peers by handshake; "
+                "verify_keys only checks origin signatures (signed-only, secure=False)"
             )
         self.config = config or GossipConfig()
         self.identity = identity
@@ -269,21 +286,24 @@ class GossipAgent:
         self._audited_at: dict[str, float] = {}  # throttled reject reason -> last audit line
         self._retry_at: float | None = None
         # Sockets after the settings are checked: a bad one raises before anything is bound.
-        rid = self.agent_id.encode()
-        opened: list[zmq.Socket[Any]] = []
-        try:
-            self.inbox = self._router(rid, context)
-            opened.append(self.inbox)
-            self.outbox = self._router(rid, context)
-            opened.append(self.outbox)
-            self.endpoint = bind(self.inbox, endpoint)
-        except BaseException:
-            for sock in opened:  # e.g. the context's socket limit refused the outbox
-                sock.close(0)
-            raise
+        self.links: PlainLinks | SecureLinks
+        if secure:
+            assert trust is not None
+            self.links = SecureLinks(
+                identity,
+                endpoint,
+                trust=trust,
+                audit=audit,
+                options=c.sockets,
+                context=context,
+                max_burst=c.max_burst,
+            )
+        else:
+            self.links = PlainLinks(self.agent_id, endpoint, c.sockets, context, c.max_burst)
+        self.endpoint = self.links.endpoint
         self._poller = zmq.Poller()
-        for sock in self.sockets:
-            self._poller.register(sock, zmq.POLLIN)
+        self._polled: list[zmq.Socket[Any]] = []
+        self._polled_version = -1
         self._closed = False
         try:
             for agent_id, peer_endpoint in peer_items:
@@ -292,15 +312,21 @@ class GossipAgent:
             self.close()  # a refused peer entry must not leave the endpoint bound
             raise
 
-    def _router(self, rid: bytes, context: zmq.Context[Any] | None) -> zmq.Socket[Any]:
-        sock = open_socket(zmq.ROUTER, self.config.sockets, context=context)
-        sock.setsockopt(zmq.ROUTING_ID, rid)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        return sock
+    @property
+    def secure(self) -> bool:
+        """Whether frames travel in authenticated, encrypted sessions (else signed-only)."""
+        return self.links.secure
 
     @property
-    def sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
-        return (self.inbox, self.outbox)
+    def sockets(self) -> tuple[zmq.Socket[Any], ...]:
+        """The raw sockets to wait on for input (secure: a dealer per dialed peer and its
+        connection events too); changes when peers are dialed or hung up, see
+        :attr:`sockets_version`."""
+        return tuple(self.links.sockets())
+
+    @property
+    def sockets_version(self) -> int:
+        return self.links.version
 
     # -- membership --------------------------------------------------------------------------
 
@@ -312,27 +338,21 @@ class GossipAgent:
         if agent_id == self.agent_id:
             return
         self._known[agent_id] = endpoint
-        old = self._dialed.get(agent_id)
-        if old != endpoint:
-            if old is not None:
-                self._disconnect(old)
-            self._dialed[agent_id] = connect(self.outbox, endpoint)
+        if self._dialed.get(agent_id) != endpoint:
+            self._dialed.pop(agent_id, None)
+            self.links.dial(agent_id, endpoint)
+            self._dialed[agent_id] = endpoint
         if not self.scores.is_graylisted(agent_id):
             self.node.add_peer(agent_id)
 
     def remove_peer(self, agent_id: str, *, reason: str = "peer_removed") -> None:
         """Stop gossiping with ``agent_id``; what was queued for it is dropped (counted)."""
         self._known.pop(agent_id, None)
-        endpoint = self._dialed.pop(agent_id, None)
-        if endpoint is not None:
-            self._disconnect(endpoint)
+        if self._dialed.pop(agent_id, None) is not None:
+            self.links.hang_up(agent_id)  # secure: its dealer is closed, nothing is kept
         self.node.remove_peer(agent_id)
         self.queues.remove(agent_id, reason)
         self._unreachable_since.pop(agent_id, None)
-
-    def _disconnect(self, endpoint: str) -> None:
-        with contextlib.suppress(zmq.ZMQError):  # never fully connected: nothing to undo
-            self.outbox.disconnect(endpoint)
 
     def on_peer_event(
         self, event: PeerEvent, *, endpoint_for: Callable[[PeerEvent], str | None] = tcp_endpoint
@@ -381,14 +401,26 @@ class GossipAgent:
         if wait is not None:
             left = max(0.0, wait - now)
             timeout = left if timeout is None else min(timeout, left)
+        self._sync_poller()
         ready = dict(self._poller.poll(None if timeout is None else poll_ms(timeout)))
         out: list[Delivered] = []
         now = self._clock()
-        for sock in self.sockets:
+        for sock in self._polled:
             if sock in ready:
                 out += self.drain(sock, now)
         out += self.service(self._clock())
         return out
+
+    def _sync_poller(self) -> None:
+        """Wait on the sockets we have now (secure: dealers come and go with peers)."""
+        if self._polled_version == self.links.version:
+            return
+        for sock in self._polled:
+            self._poller.unregister(sock)
+        self._polled = self.links.sockets()
+        for sock in self._polled:
+            self._poller.register(sock, zmq.POLLIN)
+        self._polled_version = self.links.version
 
     def __iter__(self) -> Iterator[Delivered]:
         """Deliveries as they come (steps forever; stop by breaking out of the loop)."""
@@ -402,22 +434,26 @@ class GossipAgent:
 
     def wake_at(self) -> float | None:
         deadlines = [self.node.next_deadline(), self.scores.next_deadline(), self._retry_at]
+        links_due = self.links.due_in()
+        if links_due is not None:
+            deadlines.append(self._clock() + links_due)
         return min((d for d in deadlines if d is not None), default=None)
 
     def drain(self, sock: zmq.Socket[Any], now: float) -> list[Delivered]:
-        """Read up to ``max_burst`` frames from ``sock`` without blocking and handle them."""
+        """Read up to ``max_burst`` frames from ``sock`` (one of :attr:`sockets`) without
+        blocking and handle them."""
         out: list[Delivered] = []
-        for _ in range(self.config.max_burst):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                break
-            self._on_frames(frames, now, out)
+        for sender, parts in self.links.receive(sock):
+            self._on_frames(sender, parts, now, out)
         return out
 
     def service(self, now: float) -> list[Delivered]:
-        """Fire due timers and flush the queues."""
+        """Fire due timers (the secure sessions' too) and flush the queues."""
         out: list[Delivered] = []
+        links_due = self.links.due_in()
+        if links_due is not None and links_due <= 0.0:
+            for sender, parts in self.links.tick():
+                self._on_frames(sender, parts, now, out)
         deadline = self.node.next_deadline()
         if deadline is not None and deadline <= now:
             self._drop_untrusted_peers()  # each heartbeat, before the mesh is rebalanced
@@ -462,8 +498,11 @@ class GossipAgent:
             except SecurityError as exc:
                 if peer in self._known and exc.reason == "unknown_peer":
                     continue
-                self.remove_peer(peer, reason="peer_untrusted")
-                self._reject(peer, "peer_untrusted")
+                self._untrust(peer)
+
+    def _untrust(self, peer: str) -> None:
+        self.remove_peer(peer, reason="peer_untrusted")
+        self._reject(peer, "peer_untrusted")
 
     def _trusted(self, peer: str) -> bool:
         """Whether ``peer`` is an id the verifier knows (in ``verify_keys``, or trusted by the
@@ -478,23 +517,21 @@ class GossipAgent:
             return False
         return True
 
-    def _on_frames(self, frames: list[bytes], now: float, out: list[Delivered]) -> None:
+    def _on_frames(self, sender: str, parts: list[Any], now: float, out: list[Delivered]) -> None:
+        """One frame from ``sender``: the authenticated agent id (secure) or the claimed
+        routing id (plain); ``parts``: what came with it, one gossip frame if well formed."""
         self.counters["received_frames"] += 1
-        try:
-            sender = frames[0].decode("ascii")
-        except UnicodeDecodeError:
-            sender = ""
         if not is_agent_id(sender) or sender == self.agent_id:
             self._reject(None, "bad_routing_id")
             return
         if self.scores.is_graylisted(sender):
             self.drops["graylisted"] += 1  # no audit line: a flood must stay cheap to drop
             return
-        if len(frames) != 2:
+        if len(parts) != 1 or not isinstance(parts[0], bytes):
             self._penalise(sender, "bad_frames", now)
             return
         try:
-            messages = decode_frame(frames[1], self.config.limits)
+            messages = decode_frame(parts[0], self.config.limits)
         except RemoteProtocolError as exc:
             self._penalise(sender, "malformed_" + exc.reason, now)
             return
@@ -611,8 +648,8 @@ class GossipAgent:
             while queue:
                 items = queue.peek(max_bytes=c.frame_bytes, max_items=c.frame_items)
                 frame = build_frame(items)
-                result = self._send(str(peer), frame)
-                if result == "sent":
+                result = self.links.send(str(peer), frame)
+                if result == SENT:
                     queue.commit(len(items))
                     if not queue:  # drained: keep no queue for peers (or strangers) at rest
                         self.queues.discard_empty(peer)
@@ -620,8 +657,11 @@ class GossipAgent:
                     self.counters["sent_frames"] += 1
                     self.counters["sent_items"] += len(items)
                     continue
-                if result == "blocked":
+                if result == BLOCKED:
                     self.counters["hwm_blocked"] += 1
+                elif result == REFUSED:  # secure: the peer's key was revoked or expired
+                    self._untrust(str(peer))
+                    break
                 else:
                     since = self._unreachable_since.setdefault(str(peer), now)
                     if now - since >= c.unreachable_grace:
@@ -633,21 +673,6 @@ class GossipAgent:
                 self._retry_at = now + c.retry_interval
                 break
 
-    def _send(self, peer: str, frame: bytes) -> str:
-        rid = peer.encode()
-        socks = (self.outbox, self.inbox) if peer in self._dialed else (self.inbox,)
-        for sock in socks:
-            try:
-                sock.send_multipart((rid, frame), zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return "blocked"
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                continue
-            return "sent"
-        return "unreachable"
-
     # -- introspection and lifetime ----------------------------------------------------------
 
     def statistics(self) -> dict[str, Any]:
@@ -655,6 +680,9 @@ class GossipAgent:
         drops = Counter(self.drops)
         queue_stats = self.queues.statistics()
         drops.update(queue_stats["drops"])
+        # Secure: what the sessions refused (and audited), e.g. a handshake with an untrusted
+        # or unexpected peer, frames from a revoked one or from outside any session.
+        drops.update({f"session_{k}": v for k, v in self.links.rejected().items()})
         return {
             "agent_id": self.agent_id,
             "endpoint": self.endpoint,
@@ -667,6 +695,7 @@ class GossipAgent:
             "delivered": self.counters["delivered"],
             "hwm_blocked": self.counters["hwm_blocked"],
             "drops": dict(drops),
+            "transport": self.links.statistics(),
             "queues": queue_stats,
             "machine": dict(self.node.counters),
             "scoring": dict(self.scores.counters),
@@ -678,13 +707,14 @@ class GossipAgent:
             raise ClosedError("this gossip agent is closed")
 
     def close(self, linger: float | None = 0.0) -> None:
-        """Close both sockets; ``linger`` seconds to push out what libzmq still holds."""
+        """Close every socket; ``linger`` seconds to push out what libzmq still holds."""
         if self._closed:
             return
         self._closed = True
-        ms = None if linger is None else round(linger * 1000)
-        for sock in self.sockets:
-            sock.close(ms)
+        for sock in self._polled:
+            self._poller.unregister(sock)
+        self._polled = []
+        self.links.close(None if linger is None else round(linger * 1000))
 
     def __enter__(self) -> GossipAgent:
         return self

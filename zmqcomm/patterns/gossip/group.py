@@ -2,7 +2,9 @@
 
 For tests, benchmarks and simulations on real sockets: one poll wakes the group, only the
 agents whose sockets are ready are drained, then every agent fires its due timers and flushes
-its queues. Agents keep their own clocks; the group only decides how long to sleep.
+its queues. Agents keep their own clocks; the group only decides how long to sleep. A secure
+agent's sockets change as it dials and hangs up peers (a dealer each, with its connection
+events): the group registers them afresh whenever an agent's ``sockets_version`` moved.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class GossipGroup:
         self._clock = clock
         self._poller = zmq.Poller()
         self._owner: dict[Any, GossipAgent] = {}
+        #: Agent -> (the sockets_version registered, the sockets registered for it).
+        self._registered: dict[GossipAgent, tuple[int, tuple[Any, ...]]] = {}
         self.agents: list[GossipAgent] = []
         for agent in agents:
             self.add(agent)
@@ -36,18 +40,31 @@ class GossipGroup:
         if agent in self.agents:
             raise UsageError(f"{agent!r} is already in this group")
         self.agents.append(agent)
-        for sock in agent.sockets:
+        self._register(agent)
+
+    def _register(self, agent: GossipAgent) -> None:
+        self._unregister(agent)
+        socks = agent.sockets
+        for sock in socks:
             self._owner[sock] = agent
             self._poller.register(sock, zmq.POLLIN)
+        self._registered[agent] = (agent.sockets_version, socks)
 
-    def remove(self, agent: GossipAgent) -> None:
-        self.agents.remove(agent)
-        for sock in agent.sockets:
+    def _unregister(self, agent: GossipAgent) -> None:
+        _, socks = self._registered.pop(agent, (0, ()))
+        for sock in socks:
             self._poller.unregister(sock)
             del self._owner[sock]
 
+    def remove(self, agent: GossipAgent) -> None:
+        self.agents.remove(agent)
+        self._unregister(agent)
+
     def step(self, timeout: float = 0.0) -> list[tuple[GossipAgent, Delivered]]:
         """Wait at most ``timeout`` seconds (less if a timer is due) and run one round."""
+        for agent in self.agents:
+            if agent.sockets_version != self._registered[agent][0]:
+                self._register(agent)  # a peer dialed or hung up since the last round
         wakes = [w for w in (a.wake_at() for a in self.agents) if w is not None]
         if wakes:
             timeout = min(timeout, max(0.0, min(wakes) - self._clock()))
