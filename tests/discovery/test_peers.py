@@ -143,6 +143,20 @@ def test_a_recording_of_the_live_incarnation_replayed_later_is_refused() -> None
     assert table.peers[0].address == "b" and table.not_fresh == 2
 
 
+def test_a_live_peer_whose_clock_was_set_back_is_still_heard() -> None:
+    """Its numbers then lag our clock for good (a sender never numbers downwards), but they
+    are fresh by our wall clock: refusing them would leave it unheard until it restarts."""
+    table = PeerTable(restart_window=10)
+    table.observe(_beacon(1, _us(WALL + 20)), "a", now=T0, wall=WALL)  # its clock 20 s ahead
+    # Its clock set right, and a few beacons lost: the next lags ours by 15 s.
+    later = _beacon(1, _us(WALL + 20) + 1)
+    assert table.observe(later, "b", now=T0 + 15, wall=WALL + 15) == []
+    assert (table.not_fresh, table.peers[0].address) == (0, "b")
+    # Without our wall clock to judge by, a lag beyond the window is refused.
+    assert table.observe(_beacon(1, _us(WALL + 21)), "c", now=T0 + 30) == []
+    assert (table.not_fresh, table.peers[0].address) == (1, "b")
+
+
 def test_the_memory_of_gone_peers_is_bounded() -> None:
     table = PeerTable(max_peers=3)
     for n in range(10):

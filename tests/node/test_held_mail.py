@@ -291,6 +291,19 @@ def test_a_trust_store_change_retries_only_what_it_can_settle_once_a_second() ->
     ]
 
 
+def test_a_clock_set_back_neither_stops_the_schedule_nor_the_trust_rounds() -> None:
+    held = HeldMail()
+    held.hold(b"unknown", "alice", "unknown_peer", now=NOW, generation=0)
+    assert len(held.due(now=NOW, generation=1)) == 1  # a trust round: the next in 1 s
+    back = NOW - 3600  # then the wall clock is set back an hour
+    assert held.deadline(1, back) == back + RETRY_FIRST  # as far off as it was
+    assert held.due(now=back + 0.5, generation=1) == []
+    assert len(held.due(now=back + RETRY_FIRST, generation=1)) == 1  # its own schedule
+    # Another trust store change is tried a second after the last round, not an hour.
+    assert held.deadline(2, back + RETRY_FIRST) == back + RETRY_FIRST
+    assert len(held.due(now=back + RETRY_FIRST, generation=2)) == 1
+
+
 def test_a_round_opens_a_bounded_batch_per_call() -> None:
     held = HeldMail()
     for n in range(RETRY_BATCH + 6):

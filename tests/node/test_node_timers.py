@@ -92,7 +92,7 @@ def test_a_due_tunnel_timer_is_run_at_once_and_then_does_not_spin(
         return []  # a deadline its timer does not move
 
     past = frozen.wall() - 1.0
-    monkeypatch.setattr(node._tunnels, "next_deadline", lambda: past)
+    monkeypatch.setattr(node._tunnels, "next_deadline", lambda now=None: past)
     monkeypatch.setattr(node._tunnels, "on_timer", on_timer)
     node.pump(1.0)
     assert frozen.waits == [0.0]  # due: no wait, and the timer ran in that pump

@@ -133,6 +133,22 @@ def test_a_replica_that_never_answers_is_named_in_the_connect_error(replicas: Re
         thread.join()
 
 
+def test_every_replica_that_never_answers_is_named(replicas: Replicas) -> None:
+    silent = [replicas.endpoints[1], replicas.endpoints[3]]
+    stop = threading.Event()
+    thread = serve(replicas.routers, stop, lambda r: r in (1, 3))
+    try:
+        with pytest.raises(ConnectError) as info:
+            replicas.load(connect_timeout=0.5)
+    finally:
+        stop.set()
+        thread.join()
+    message = str(info.value)
+    assert message.startswith("no authenticated session with 2 of 4 replicas within 0.5 s: ")
+    assert [message.count(f"the router at {endpoint}: ") for endpoint in silent] == [1, 1]
+    assert replicas.endpoints[0] not in message and replicas.endpoints[2] not in message
+
+
 def test_a_connect_timeout_that_is_no_duration_is_refused_before_any_socket(
     replicas: Replicas,
 ) -> None:

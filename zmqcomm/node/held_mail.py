@@ -21,7 +21,9 @@ stays until it opens, fails for good (its age passes ``mail_max_age``, its sende
 revoked) or is pushed out by newer mail; it lives in memory only, like the ids of the mail
 already seen, so a node that stops loses it (counted as ``held_at_close``).
 
-Pure: no clocks or I/O; time comes in as ``now`` and the trust store's state as an int.
+Pure: no clocks or I/O; time comes in as ``now`` (the wall clock, as for the tunnels) and
+the trust store's state as an int. The schedule runs on the wall clock's forward steps only:
+stepped back, it carries on from where it was instead of waiting out the step.
 """
 
 from __future__ import annotations
@@ -91,6 +93,17 @@ class HeldMail:
         #: start the next round.
         self._generation: int | None = None
         self._generation_round_at = -math.inf
+        #: The schedule's time is ``now + _offset``; the offset grows by each backward step
+        #: of ``now`` seen, so that time never goes back (see :meth:`_time`).
+        self._offset = 0.0
+        self._last_now = -math.inf
+
+    def _time(self, now: float) -> float:
+        """The schedule's time at wall-clock ``now``."""
+        if now < self._last_now:  # the clock was set back: go on from where we were
+            self._offset += self._last_now - now
+        self._last_now = now
+        return now + self._offset
 
     def __len__(self) -> int:
         return len(self._letters)
@@ -113,7 +126,7 @@ class HeldMail:
         self._letters[key] = HeldLetter(blob, sender, reason, now)
         self.bytes += len(blob)
         self.kept += 1
-        self._schedule(key, now + RETRY_FIRST, RETRY_FIRST)
+        self._schedule(key, self._time(now) + RETRY_FIRST, RETRY_FIRST)
         evicted = []
         while len(self._letters) > self.max_count or self.bytes > self.max_bytes:
             old, letter = self._letters.popitem(last=False)
@@ -145,17 +158,20 @@ class HeldMail:
     def _trust_round_due(self, generation: int, now: float) -> bool:
         return generation != self._generation and now >= self._generation_round_at
 
-    def deadline(self, generation: int) -> float | None:
-        """When :meth:`due` next has letters (``-inf``: now), None while nothing is held."""
+    def deadline(self, generation: int, now: float | None = None) -> float | None:
+        """When (wall clock) :meth:`due` next has letters (``-inf``: now), None while nothing
+        is held. Give ``now`` so that a clock set back since the last call is seen."""
         if not self._letters:
             return None
+        if now is not None:
+            self._time(now)
         if self._round:
             return -math.inf
         first = self._next_scheduled()
         at = math.inf if first is None else first[0]
         if generation != self._generation:
             at = min(at, self._generation_round_at)
-        return at
+        return at - self._offset
 
     def due(self, *, now: float, generation: int) -> list[tuple[bytes, HeldLetter]]:
         """The letters to try now, at most :data:`RETRY_BATCH`: each is then :meth:`release`\\ d
@@ -163,6 +179,7 @@ class HeldMail:
         if not self._letters:
             self._round.clear()
             return []
+        now = self._time(now)
         if not self._round and self._trust_round_due(generation, now):
             self._generation = generation
             self._generation_round_at = now + RETRY_FIRST

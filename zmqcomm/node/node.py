@@ -491,14 +491,15 @@ class Node:
         node's own next timer is due (a tunnel's handshake retry or rekey, a retry of held
         mail, messages held for the broker link, the keepalive), so that it runs on time
         rather than up to one wait late. 0 when one is due now."""
-        if timeout <= 0:
+        if timeout <= 0 or self._opened_mail:  # opened mail a raising handler left behind
             return 0.0
         due = math.inf
         tunnels, outbox, broker = self._tunnels, self._outbox, self._broker
         if tunnels is not None and broker is not None:
-            deadline = tunnels.next_deadline()  # on the wall clock
+            wall = self.wall_clock()
+            deadline = tunnels.next_deadline(wall)  # on the wall clock
             if deadline is not None:
-                due = self.clock() + (deadline - self.wall_clock())
+                due = self.clock() + (deadline - wall)
                 # Due again right after its timer ran (nothing moved it): wait a tick
                 # rather than return at once, again and again.
                 due = max(due, self._timers_ran + TIMER_TICK)
@@ -540,8 +541,8 @@ class Node:
             if outbox.keepalive_due():
                 self._hop(None, MessageType.PING)  # so the broker knows we are still here
         if self._tunnels is not None and self._broker is not None:
-            deadline = self._tunnels.next_deadline()
             now = self.wall_clock()
+            deadline = self._tunnels.next_deadline(now)
             if deadline is not None and now >= deadline:
                 self._timers_ran = self.clock()
                 self._to_broker_quietly(self._tunnels.on_timer(now=now))

@@ -592,15 +592,16 @@ class Tunnels:
 
     # -- timers ------------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`on_timer` (and :meth:`retry_held_mail`) next want to run."""
+    def next_deadline(self, now: float | None = None) -> float | None:
+        """When :meth:`on_timer` (and :meth:`retry_held_mail`) next want to run; ``now`` lets
+        the held mail's schedule see a clock set back."""
         if self._orphans():
             return 0.0  # queued messages and no handshake under way: due at once
         deadlines = [
             d
             for d in (
                 self.table.next_deadline(),
-                self.held_mail.deadline(self._trust_generation()),
+                self.held_mail.deadline(self._trust_generation(), now),
             )
             if d is not None
         ]

@@ -248,14 +248,15 @@ class SecureDealer(_SecureSocket):
             if left <= 0:
                 raise ConnectError(
                     f"no authenticated session with the {self.peer_label} at {self.endpoint} "
-                    f"within {timeout} s: {self._why_no_session()}"
+                    f"within {timeout} s: {self.why_no_session()}"
                     f"{unresolved_host_hint(self.endpoint)}"
                 )
             self.pump(min(left, 0.05))
         assert self.peer is not None
         return self.peer
 
-    def _why_no_session(self) -> str:
+    def why_no_session(self) -> str:
+        """What this side knows of why there is no session yet, with what to check."""
         rejected = dict(self.table.rejected)
         if "unknown_peer" in rejected:
             return (

@@ -16,8 +16,9 @@ takes a beacon only if
 - its sequence is above the last one taken from that incarnation (else ``stale``: a replay
   or a reordered datagram must not keep a dead peer alive or move it to another address);
 - for the current incarnation, its sequence moved on from the last one taken by at least
-  the time our monotonic clock moved since, less ``restart_window`` (else ``not_fresh``: a
-  recording of beacons we missed, replayed later);
+  the time our monotonic clock moved since, less ``restart_window``, or is within
+  ``restart_window`` of our wall clock (else ``not_fresh``: a recording of beacons we
+  missed, replayed later);
 - and, when its incarnation is not the agent's current one (a restart, or a switch back to
   an earlier life), its sequence is within ``restart_window`` seconds of the table's own
   wall clock, ``wall`` (else ``not_fresh``). An incarnation the table never took a beacon
@@ -71,6 +72,12 @@ class StaleBeaconError(BeaconError):
     reason = "stale"
 
 
+def _fresh(beacon: Beacon, wall: float | None, window: float) -> bool:
+    """Whether ``beacon``'s number (its sender's wall clock) is within ``window`` seconds of
+    ours. Written so that a NaN wall clock is never fresh."""
+    return wall is not None and abs(beacon.sequence / 1_000_000 - wall) <= window
+
+
 class _Lives:
     """What the table took from one agent: the last sequence of each recent incarnation."""
 
@@ -96,14 +103,16 @@ class _Lives:
             # Its number is its sender's clock: since the last one taken it moved on about
             # as far as ours did. A recording of it replayed later (after a partition, or
             # after the agent died) did not, so it cannot bring the agent back for long.
-            if (beacon.sequence - taken) / 1_000_000 < (now - self.taken_at) - window:
+            # One that lags (its clock was set back or paused) is still taken when fresh by
+            # our wall clock, or that agent would stay unheard for good.
+            lag = (now - self.taken_at) - (beacon.sequence - taken) / 1_000_000
+            if lag > window and not _fresh(beacon, wall, window):
                 raise StaleBeaconError("the live incarnation, not fresh", reason="not_fresh")
             return
         if taken is None and beacon.sequence > self.high:
             return  # a life never taken, numbered above all: a clock that moved on (the v2 rule)
-        # Another life, new or earlier. Its sequence is its sender's wall clock. Written so
-        # that a NaN wall clock refuses rather than takes.
-        if wall is None or not abs(beacon.sequence / 1_000_000 - wall) <= window:
+        # Another life, new or earlier: taken only when fresh by our wall clock.
+        if not _fresh(beacon, wall, window):
             raise StaleBeaconError("another incarnation, not fresh", reason="not_fresh")
 
     def take(self, beacon: Beacon, now: float) -> bool:

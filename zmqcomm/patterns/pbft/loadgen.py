@@ -131,8 +131,8 @@ class LoadGenerator:
         self.dropped: Counter[str] = Counter()
 
     def _wait_established(self, connect_timeout: float) -> None:
-        """Pump every dealer together until all have a session, or ConnectError naming the
-        first replica (in order) that has none after ``connect_timeout`` s. One replica at a
+        """Pump every dealer together until all have a session, or ConnectError naming
+        every replica that has none after ``connect_timeout`` s. One replica at a
         time, the others' answers waited unread behind it: connecting took the sum of the
         round trips, and one slow replica held up the rest."""
         deadline = time.monotonic() + connect_timeout
@@ -143,14 +143,25 @@ class LoadGenerator:
                 break
             for dealer in self._poller.wait(min(left, 0.05)):
                 dealer.pump(0.0)  # nothing else arrives before our first request
-        if waiting:
-            dealer = waiting[0]
-            # The dealer's own words (as its wait_established says them), for the whole wait.
+        if not waiting:
+            return
+        # The dealers' own words (as their wait_established says them), for the whole wait.
+        if len(waiting) == 1:
+            [dealer] = waiting
             raise ConnectError(
                 f"no authenticated session with the {dealer.peer_label} at {dealer.endpoint} "
-                f"within {connect_timeout} s: {dealer._why_no_session()}"
+                f"within {connect_timeout} s: {dealer.why_no_session()}"
                 f"{unresolved_host_hint(dealer.endpoint)}"
             )
+        each = "; ".join(
+            f"the {d.peer_label} at {d.endpoint}: {d.why_no_session()}"
+            f"{unresolved_host_hint(d.endpoint)}"
+            for d in waiting
+        )
+        raise ConnectError(
+            f"no authenticated session with {len(waiting)} of {len(self.dealers)} replicas "
+            f"within {connect_timeout} s: {each}"
+        )
 
     def run(
         self,
