@@ -19,7 +19,6 @@ messages, pump, run): there is no background thread to race with. Keep calling o
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -41,17 +40,15 @@ from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     ConnectError,
-    LocalProtocolError,
     ReceiveTimeout,
     RemoteProtocolError,
     RequestTimeout,
     SecurityError,
     TransportError,
     UsageError,
-    ZmqCommError,
 )
 from zmqcomm.node import aio
-from zmqcomm.node.broker_topics import BrokerTopics
+from zmqcomm.node.broker_path import TIMER_TICK, BrokerPath
 from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.held_mail import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_BYTES
@@ -70,9 +67,8 @@ from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
 
 Handler = Callable[[Incoming], object]
-#: After running its tunnels' timers, a node looks at them again no sooner than this: a
-#: deadline that its timer did not move must not make every pump return at once.
-TIMER_TICK = 0.005
+# TIMER_TICK lives with the broker path's timers; named here too, where it always was.
+__all__ = ["TIMER_TICK", "Handler", "Node"]
 
 
 class Node:
@@ -133,21 +129,9 @@ class Node:
         #: If set, called for each REQUEST as it arrives; its result is the reply.
         self.request_handler: Handler | None = None
         self._closed = False
-        #: When (on ``clock``) the tunnels' timers last ran.
-        self._timers_ran = -math.inf
-        self._broker: SecureDealer | None = None
         self._poller: SecurePoller[Link] = SecurePoller([], clock=clock)
-        self._tunnels: Tunnels | None = None
-        #: Held mail that opened, not delivered yet: released from the hold and marked seen,
-        #: so a handler that raises must leave the rest here for the next pump.
-        self._opened_mail: deque[Incoming] = deque()
-        #: What waits for the broker link (None in direct mode).
-        self._outbox: HopOutbox | None = None
-        #: Topics subscribed through the broker: said again on every new hop session, since
-        #: a restarted broker (or one that counted us gone) knows none of them.
-        self._broker_subscriptions: set[str] = set()
-        self._topics: Topics | None = None
-        self._broker_topics: BrokerTopics | None = None
+        #: The broker link and all that travels over it (None in direct mode).
+        self._broker_path: BrokerPath | None = None
         self._direct_topics = DirectTopics(policy)
         self._direct = DirectLinks(self._poller, self._direct_topics)
         try:
@@ -155,11 +139,10 @@ class Node:
                 limits = HandshakeLimits().with_policy(policy)
                 self._direct.listen(SecureRouter(bind, limits=limits, **self._link_options()))
             if broker is not None:
-                self._tunnels = Tunnels(
+                self._broker_path = BrokerPath(
+                    broker,
                     identity=identity,
                     trust=trust,
-                    random_bytes=os.urandom,
-                    now=wall_clock(),
                     policy=policy,
                     audit=self.audit,
                     rekey=rekey,
@@ -169,32 +152,20 @@ class Node:
                     mail_max_age=mail_max_age,
                     max_held_mail=max_held_mail,
                     max_held_mail_bytes=max_held_mail_bytes,
-                )
-                self._topics = Topics(
-                    identity=identity, trust=trust, random_bytes=os.urandom, policy=policy
-                )
-                self._broker_topics = BrokerTopics(
-                    self._topics,
-                    self._tunnels,
-                    to_broker=self._to_broker_quietly,
+                    connect_timeout=connect_timeout,
+                    link_options=self._link_options(),
+                    clock=clock,
+                    wall_clock=wall_clock,
                     deliver=self._deliver,
                     reject=self._reject,
-                    wall_clock=wall_clock,
                 )
-                self._broker = SecureDealer(
-                    broker,
-                    connect_timeout=connect_timeout,
-                    peer_label="broker",
-                    **self._link_options(),
-                )
-                self._outbox = HopOutbox(self._broker, clock=clock)
-                self._poller.add(self._broker)
+                self._poller.add(self._broker_path.link)
         except BaseException:
             self.close(timeout=0)
             raise
 
     def __repr__(self) -> str:
-        mode = "broker" if self._broker is not None else "direct"
+        mode = "broker" if self._broker_path is not None else "direct"
         return f"Node({self.identity.agent_id!r}, {mode})"
 
     @property
@@ -219,6 +190,36 @@ class Node:
             "clock": self.clock,
             "wall_clock": self.wall_clock,
         }
+
+    # -- the broker path's parts, for statistics() and for tests that reach in -------------
+
+    @property
+    def _broker(self) -> SecureDealer | None:
+        return self._broker_path.link if self._broker_path is not None else None
+
+    @property
+    def _tunnels(self) -> Tunnels | None:
+        return self._broker_path.tunnels if self._broker_path is not None else None
+
+    @property
+    def _outbox(self) -> HopOutbox | None:
+        return self._broker_path.outbox if self._broker_path is not None else None
+
+    @property
+    def _topics(self) -> Topics | None:
+        return self._broker_path.topics if self._broker_path is not None else None
+
+    def _to_broker(self, messages: list[HopMessage]) -> None:
+        assert self._broker_path is not None
+        self._broker_path.to_broker(messages)
+
+    def _to_broker_quietly(self, messages: list[HopMessage]) -> None:
+        assert self._broker_path is not None
+        self._broker_path.to_broker_quietly(messages)
+
+    def _hop(self, payload: object, msg_type: int, topic: str = "") -> None:
+        assert self._broker_path is not None
+        self._broker_path.hop(payload, msg_type, topic)
 
     # -- direct links ------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Node:
     def _check_recipient(self, peer: object) -> None:
         """Through a broker, a message to a malformed id or to ourselves would wait for a
         session that never comes: refuse it now (UsageError)."""
-        if self._tunnels is None:
+        if self._broker_path is None:
             return  # direct only: an unknown peer raises UnknownPeerError anyway
         if not isinstance(peer, str):
             raise UsageError(f"a peer is an agent id (a str), got {peer!r:.80}")
@@ -279,15 +280,8 @@ class Node:
         self._check_recipient(peer)
         if self._direct.send_many(peer, payloads, topic=topic):
             self.counters["sent"] += len(payloads)
-        elif self._tunnels is not None:
-            self._check_broker_room()
-            dropped = self._tunnels.dropped["queue_full"]
-            self._to_broker(
-                self._tunnels.send_many(
-                    peer, MessageType.DATA, payloads, topic=topic, now=self.wall_clock()
-                )
-            )
-            self.counters["sent"] += len(payloads) - (self._tunnels.dropped["queue_full"] - dropped)
+        elif self._broker_path is not None:
+            self.counters["sent"] += self._broker_path.send_many(peer, payloads, topic=topic)
         else:
             raise self._direct.missing(peer)
 
@@ -353,10 +347,8 @@ class Node:
         """Publish on ``topic``: through the broker (encrypted under our topic key and
         signed), or directly to the connected peers that subscribed to it."""
         self._check_open()
-        if self._topics is not None and self._broker is not None:
-            self._check_broker_room()
-            sealed = self._topics.publish(topic, payload, now=self.wall_clock())
-            self._hop(sealed, MessageType.PUBLISH, topic)
+        if self._broker_path is not None:
+            self._broker_path.publish(topic, payload)
         else:
             self._to_each(
                 self._direct_topics.subscribers(topic), MessageType.PUBLISH, payload, topic
@@ -375,13 +367,8 @@ class Node:
         # Checked before it is stored: a topic the header cannot carry would otherwise fail
         # later, in the greeting of every peer that connects.
         check_topic(topic)
-        if self._broker is not None:
-            self._check_broker_room()  # dropped for a full queue, it would vanish unseen
-            if kind == MessageType.SUBSCRIBE:
-                self._broker_subscriptions.add(topic)
-            else:
-                self._broker_subscriptions.discard(topic)
-            self._hop(None, kind, topic)
+        if self._broker_path is not None:
+            self._broker_path.subscription(kind, topic)
             return
         if kind == MessageType.SUBSCRIBE:
             self._direct_topics.mine.add(topic)
@@ -437,41 +424,11 @@ class Node:
         inner = wrap(kind, payload, request_id)
         if self._direct.send(peer, inner, kind=kind, topic=topic, wait=wait):
             self.counters["sent"] += 1
-        elif self._tunnels is not None:
-            self._check_broker_room()
-            dropped = self._tunnels.dropped["queue_full"]
-            self._to_broker(
-                self._tunnels.send(peer, kind, inner, topic=topic, now=self.wall_clock())
-            )
-            # on_full="drop": counted as dropped, not as sent
-            if self._tunnels.dropped["queue_full"] == dropped:
-                self.counters["sent"] += 1
+        elif self._broker_path is not None:
+            if self._broker_path.send(peer, kind, inner, topic=topic):
+                self.counters["sent"] += 1  # on_full="drop": counted as dropped, not as sent
         else:
             raise self._direct.missing(peer)
-
-    def _to_broker(self, messages: list[HopMessage]) -> None:
-        """Send through the broker, or hold while its link is down or full (never raises
-        for the link's sake: the tunnels already counted these as sent). A message the link
-        can never carry raises LocalProtocolError, for the application's own sends."""
-        assert self._outbox is not None
-        self._outbox.put(messages)
-
-    def _to_broker_quietly(self, messages: list[HopMessage]) -> None:
-        """:meth:`_to_broker` for what the node sends on its own inside pump(): a message
-        that can never go is counted (hop_unsendable) and audited, not raised."""
-        try:
-            self._to_broker(messages)
-        except LocalProtocolError as exc:
-            self._reject("broker", exc)
-
-    def _hop(self, payload: object, msg_type: int, topic: str = "") -> None:
-        self._to_broker([HopMessage(msg_type, payload, topic)])
-
-    def _check_broker_room(self) -> None:
-        """QueueFullError, before anything is sealed or counted, while the broker link holds
-        as many messages as it may."""
-        assert self._outbox is not None
-        self._outbox.check_room()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -482,8 +439,8 @@ class Node:
 
     def _links(self) -> list[Link]:
         links = self._direct.links()
-        if self._broker is not None:
-            links.append(self._broker)
+        if self._broker_path is not None:
+            links.append(self._broker_path.link)
         return links
 
     def wait_time(self, timeout: float) -> float:
@@ -491,20 +448,9 @@ class Node:
         node's own next timer is due (a tunnel's handshake retry or rekey, a retry of held
         mail, messages held for the broker link, the keepalive), so that it runs on time
         rather than up to one wait late. 0 when one is due now."""
-        if timeout <= 0 or self._opened_mail:  # opened mail a raising handler left behind
+        if timeout <= 0:
             return 0.0
-        due = math.inf
-        tunnels, outbox, broker = self._tunnels, self._outbox, self._broker
-        if tunnels is not None and broker is not None:
-            wall = self.wall_clock()
-            deadline = tunnels.next_deadline(wall)  # on the wall clock
-            if deadline is not None:
-                due = self.clock() + (deadline - wall)
-                # Due again right after its timer ran (nothing moved it): wait a tick
-                # rather than return at once, again and again.
-                due = max(due, self._timers_ran + TIMER_TICK)
-        if outbox is not None and (retry := outbox.next_deadline()) is not None:
-            due = min(due, retry)  # held messages are spaced by HELD_RETRY: no spin
+        due = self._broker_path.next_due() if self._broker_path is not None else math.inf
         return min(timeout, max(due - self.clock(), 0.0))
 
     def pump(self, timeout: float = 0.0) -> int:
@@ -526,38 +472,15 @@ class Node:
         if router is not None:
             while router.joined:
                 self._greet(router.joined.popleft().agent_id)
-        broker, outbox = self._broker, self._outbox
-        if broker is not None and outbox is not None:
-            if broker.joined:  # a new hop session: the broker knows none of our topics
-                broker.joined.clear()
-                # First in line and never dropped: a full queue must not lose them.
-                outbox.put_first(
-                    [
-                        HopMessage(MessageType.SUBSCRIBE, None, topic)
-                        for topic in sorted(self._broker_subscriptions)
-                    ]
-                )
-            outbox.flush()
-            if outbox.keepalive_due():
-                self._hop(None, MessageType.PING)  # so the broker knows we are still here
-        if self._tunnels is not None and self._broker is not None:
-            now = self.wall_clock()
-            deadline = self._tunnels.next_deadline(now)
-            if deadline is not None and now >= deadline:
-                self._timers_ran = self.clock()
-                self._to_broker_quietly(self._tunnels.on_timer(now=now))
-                # Mail held because it could not be opened yet: acknowledged long ago, so
-                # what opens now goes the way of any other mail, once.
-                self._opened_mail.extend(self._tunnels.retry_held_mail(now=now))
-        while self._opened_mail:
-            self._deliver_mail(self._opened_mail.popleft())
+        if self._broker_path is not None:
+            self._broker_path.run_due()
         return handled
 
     def _take(self, link: Link) -> None:
         while link.inbox:
             delivered = link.inbox.popleft()
-            if link is self._broker:
-                self._from_broker(delivered)
+            if self._broker_path is not None and link is self._broker_path.link:
+                self._broker_path.on_input(delivered)
             else:
                 self._from_peer(link, delivered)
 
@@ -584,45 +507,15 @@ class Node:
                 continue
             self._deliver(incoming)
 
-    def _from_broker(self, delivered: Delivered) -> None:
-        assert self._tunnels is not None
-        for payload in delivered.message.payloads:
-            message = delivered.message._replace(payloads=[payload])
-            try:
-                if message.header.type == MessageType.PUBLISH:
-                    assert self._broker_topics is not None
-                    self._broker_topics.on_publication(message.header.topic, payload)
-                    continue
-                out, incoming = self._tunnels.on_hop(message, now=self.wall_clock())
-            except (RemoteProtocolError, SecurityError) as exc:
-                self._reject(delivered.agent_id, exc)
-                continue
-            try:
-                # Delivered before the mail acknowledgements in ``out`` go: acknowledged mail
-                # is deleted by the broker, and marked seen here.
-                for item in incoming:
-                    self._deliver_mail(item)
-            finally:
-                self._to_broker_quietly(out)
-
-    def _deliver_mail(self, item: Incoming) -> None:
-        """Deliver what came through the broker's tunnels (a session or mail)."""
-        if item.kind == MessageType.PUBLISH:
-            # Publications come from the broker's fan-out, which checked the publisher's
-            # right to the topic; one sent to us alone did not pass.
-            self._reject(item.sender, RemoteProtocolError("stray", reason="bad_type"))
-            return
-        self._deliver(item)
-
     def _deliver(self, incoming: Incoming) -> None:
         if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
             self._reject(incoming.sender, RemoteProtocolError("stray", reason="bad_type"))
             return
         if incoming.kind in (MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY):
-            if self._broker_topics is None:
+            if self._broker_path is None:
                 self._reject(incoming.sender, RemoteProtocolError("no topics", reason="bad_type"))
             else:
-                self._broker_topics.on_key_message(incoming)
+                self._broker_path.on_key_message(incoming)
             return
         self.counters["received"] += 1
         if incoming.kind == MessageType.REQUEST and self.request_handler is not None:
@@ -700,33 +593,17 @@ class Node:
             return
         check_timeout(timeout, "close timeout", allow_none=False)
         deadline = self.clock() + timeout
-        outbox = self._outbox
+        path = self._broker_path
         try:
             while self.clock() < deadline and self.unsent():
                 self.pump(0.01)
-            broker = self._broker
-            if broker is not None and broker.established and not outbox and broker.writable():
-                # The broker forgets us now, not in 30 s; if the BYE cannot go at once (a
-                # broker gone: no connection to queue on), its idle timeout covers it. Waiting
-                # send_timeout for it made close(timeout=0) take a second.
-                with contextlib.suppress(ZmqCommError):  # a link down, or past its key limit
-                    broker.send(None, msg_type=MessageType.BYE)
+            if path is not None:
+                path.say_goodbye()
         finally:
             self._closed = True
-            if outbox is not None:
-                outbox.discard()  # counted in statistics()["dropped"]
-            if self._tunnels is not None and self._tunnels.queued():
-                # Still waiting for a session when the time ran out: counted, not vanished.
-                self._tunnels.dropped["unsent_at_close"] += self._tunnels.queued()
-            if self._tunnels is not None:
-                # Held mail lives in memory (the broker deleted it when we acknowledged it).
-                held = self._tunnels.held_mail.clear() + len(self._opened_mail)
-                self._opened_mail.clear()
-                if held:
-                    self._tunnels.dropped["held_at_close"] += held
             self._direct.close()
-            if self._broker is not None:
-                self._broker.close()
+            if path is not None:
+                path.close()
 
     @property
     def closed(self) -> bool:
@@ -735,8 +612,7 @@ class Node:
     def unsent(self) -> int:
         """Messages accepted and not yet handed to ZeroMQ: waiting for a peer's session, or
         for the broker link (what :meth:`close` waits for)."""
-        queued = self._tunnels.queued() if self._tunnels is not None else 0
-        return queued + (len(self._outbox) if self._outbox is not None else 0)
+        return self._broker_path.unsent() if self._broker_path is not None else 0
 
     # -- asyncio -----------------------------------------------------------------------------
 
