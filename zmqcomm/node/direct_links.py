@@ -2,9 +2,11 @@
 
 There are two kinds: one router that accepts the peers who dial in (``bind=``), and one
 dealer per peer this node dialled itself (:meth:`Node.connect`). This module keeps them,
-finds the link to a given agent, sends over it, and cleans up after a peer that has gone:
-its session on the router and the subscriptions it had told us about. Waiting for a new
-dealer's handshake stays in the node, which pumps everything else meanwhile.
+finds the link to a given agent, sends over it, tells a new peer our subscriptions, checks
+what peers send (:meth:`DirectLinks.on_input`) before the node delivers it, and cleans up
+after a peer that has gone: its session on the router and the subscriptions it had told us
+about. It is the direct counterpart of :class:`BrokerPath`. Waiting for a new dealer's
+handshake stays in the node, which pumps everything else meanwhile.
 """
 
 from __future__ import annotations
@@ -12,23 +14,52 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
-from zmqcomm.errors import ConnectError, TransportError, UnknownPeerError, ZmqCommError
-from zmqcomm.node.direct_topics import DirectTopics
+from zmqcomm.access import Policy
+from zmqcomm.crypto.channel import Delivered
+from zmqcomm.errors import (
+    ConnectError,
+    RemoteProtocolError,
+    SecurityError,
+    TransportError,
+    UnknownPeerError,
+    ZmqCommError,
+)
+from zmqcomm.node.direct_topics import CONTROL, DirectTopics
+from zmqcomm.node.messages import Incoming, unwrap
 from zmqcomm.node.statistics import table_counts
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.wire import MessageType
 
 Link = SecureRouter | SecureDealer
-#: How the node counts and audits a refusal (here: a send to a peer that left).
+#: How the node counts and audits a refusal (a send to a peer that left, a message refused).
 Reject = Callable[[str, Exception], None]
+#: How the node hands a checked message on (to the application, a request handler, ...).
+Deliver = Callable[[Incoming], None]
+
+
+class Send(Protocol):
+    """How the node sends one message to a peer: counted, over whichever link reaches it."""
+
+    def __call__(
+        self, peer: str, kind: int, payload: object, *, topic: str = "", wait: bool = True
+    ) -> None: ...
 
 
 class DirectLinks:
     """The router accepting direct peers, if any, and the dealers this node dialled."""
 
-    def __init__(self, poller: SecurePoller[Link], topics: DirectTopics) -> None:
+    def __init__(
+        self,
+        poller: SecurePoller[Link],
+        topics: DirectTopics,
+        *,
+        send: Send,
+        deliver: Deliver,
+        reject: Reject,
+    ) -> None:
         self.router: SecureRouter | None = None
         #: Agent id -> the dealer we dialled it with (one per agent; a new one replaces it).
         self.dealers: dict[str, SecureDealer] = {}
@@ -36,6 +67,9 @@ class DirectLinks:
         self.retired: Counter[str] = Counter()
         self._poller = poller
         self._topics = topics
+        self._send = send
+        self._deliver = deliver
+        self._reject = reject
 
     def listen(self, router: SecureRouter) -> None:
         self.router = router
@@ -104,15 +138,49 @@ class DirectLinks:
             link.send_many(list(payloads), msg_type=kind, topic=topic, wait=wait)
         return True
 
-    def to_each(self, peers: Sequence[str], send: Callable[[str], None], reject: Reject) -> None:
-        """``send`` to several direct peers: one that left is skipped (``reject`` counts and
-        audits it), and forgotten once no link to it is left, never an error that robs the
-        others."""
+    def publish(self, topic: str, payload: object) -> None:
+        """Publish to the connected peers that subscribed to ``topic``."""
+        self.to_each(self._topics.subscribers(topic), MessageType.PUBLISH, payload, topic)
+
+    def subscription(self, kind: int, topic: str) -> None:
+        """Note a SUBSCRIBE or UNSUBSCRIBE of ours, and tell every connected peer."""
+        if kind == MessageType.SUBSCRIBE:
+            self._topics.mine.add(topic)
+        else:
+            self._topics.mine.discard(topic)
+        # Waits for room (send_timeout) like the caller's own sends: a subscription is state
+        # the peer must get, unlike one copy of a publication.
+        self.to_each(self.peers, kind, None, topic, wait=True)
+
+    def greet(self, peer: str) -> None:
+        """Tell a newly connected direct peer what we subscribe to."""
+        for topic in sorted(self._topics.mine):
+            # Sent inside pump(): a peer that left meanwhile, or does not read (this never
+            # waits for room), must not turn into an exception for the caller.
+            try:
+                self._send(peer, MessageType.SUBSCRIBE, None, topic=topic, wait=False)
+            except TransportError as exc:
+                self._reject(peer, exc)
+
+    def greet_newcomers(self) -> None:
+        """Greet the peers whose sessions on our router came up since the last pump."""
+        router = self.router
+        if router is not None:
+            while router.joined:
+                self.greet(router.joined.popleft().agent_id)
+
+    def to_each(
+        self, peers: Sequence[str], kind: int, payload: object, topic: str, *, wait: bool = False
+    ) -> None:
+        """Send to several direct peers, skipping any that left or whose queue is full (by
+        default one that does not read must not hold up the others): counted and audited
+        as a refusal, and a peer that left is forgotten once no link to it is left, never an
+        error that robs the others."""
         for peer in peers:
             try:
-                send(peer)
+                self._send(peer, kind, payload, topic=topic, wait=wait)
             except (TransportError, UnknownPeerError) as exc:
-                reject(peer, exc)
+                self._reject(peer, exc)
                 # A dialled link that is down comes back by itself: keep what it subscribed.
                 if self.find(peer) is None and peer not in self.dealers:
                     self._topics.forget(peer)
@@ -141,6 +209,30 @@ class DirectLinks:
                 reason="link_down",
             )
         return UnknownPeerError(f"no link to {peer}: connect() to it first, or use a broker")
+
+    def on_input(self, link: Link, delivered: Delivered, *, policy: Policy | None) -> None:
+        """What a direct peer sent: its subscriptions are noted, publications we no longer
+        subscribe to dropped, the rest checked against ``policy`` (the node's, as it is now)
+        and delivered; a refusal is rejected, and the next message looked at."""
+        roles = self.roles_of(link, delivered.agent_id)
+        header = delivered.message.header
+        for payload in delivered.message.payloads:
+            try:
+                incoming = unwrap(
+                    delivered.agent_id, header.type, payload, topic=header.topic, roles=roles
+                )
+                if incoming.kind in CONTROL:
+                    self._topics.on_control(incoming.sender, roles, incoming.kind, incoming.topic)
+                    continue
+                if incoming.kind == MessageType.PUBLISH:
+                    if not self._topics.accept(incoming.sender, roles, incoming.topic):
+                        continue  # sent before our unsubscribe arrived: not for us now
+                elif policy is not None:
+                    policy.check_send(incoming.sender, roles, incoming.kind)
+            except (RemoteProtocolError, SecurityError) as exc:
+                self._reject(delivered.agent_id, exc)
+                continue
+            self._deliver(incoming)
 
     @staticmethod
     def roles_of(link: Link, agent: str) -> frozenset[str]:

@@ -19,7 +19,6 @@ messages, pump, run): there is no background thread to race with. Keep calling o
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -32,7 +31,6 @@ import zmq
 from zmqcomm.access import Policy
 from zmqcomm.checks import check_timeout
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
-from zmqcomm.crypto.channel import Delivered
 from zmqcomm.crypto.channel_table import HandshakeLimits
 from zmqcomm.crypto.keys import Identity, sender_from_agent_id
 from zmqcomm.crypto.session import RekeyPolicy
@@ -43,7 +41,6 @@ from zmqcomm.errors import (
     ReceiveTimeout,
     RemoteProtocolError,
     RequestTimeout,
-    SecurityError,
     TransportError,
     UsageError,
 )
@@ -53,7 +50,7 @@ from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.held_mail import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_BYTES
 from zmqcomm.node.hop_outbox import HopOutbox
-from zmqcomm.node.messages import Incoming, check_topic, unwrap, wrap
+from zmqcomm.node.messages import Incoming, check_topic, wrap
 from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
@@ -133,7 +130,13 @@ class Node:
         #: The broker link and all that travels over it (None in direct mode).
         self._broker_path: BrokerPath | None = None
         self._direct_topics = DirectTopics(policy)
-        self._direct = DirectLinks(self._poller, self._direct_topics)
+        self._direct = DirectLinks(
+            self._poller,
+            self._direct_topics,
+            send=self._send,
+            deliver=self._deliver,
+            reject=self._reject,
+        )
         try:
             if bind is not None:
                 limits = HandshakeLimits().with_policy(policy)
@@ -249,7 +252,7 @@ class Node:
             dealer.close()  # not yet one of our links: nothing else would ever close it
             raise
         peer = self._direct.adopt(dealer)
-        self._greet(peer)
+        self._direct.greet(peer)
         # What came in behind the handshake (the peer's subscriptions, its first messages)
         # is in the dealer's inbox already, where no poll will report it.
         self._take(dealer)
@@ -350,9 +353,7 @@ class Node:
         if self._broker_path is not None:
             self._broker_path.publish(topic, payload)
         else:
-            self._to_each(
-                self._direct_topics.subscribers(topic), MessageType.PUBLISH, payload, topic
-            )
+            self._direct.publish(topic, payload)
         self.counters["published"] += 1
 
     def subscribe(self, topic: str) -> None:
@@ -369,40 +370,15 @@ class Node:
         check_topic(topic)
         if self._broker_path is not None:
             self._broker_path.subscription(kind, topic)
-            return
-        if kind == MessageType.SUBSCRIBE:
-            self._direct_topics.mine.add(topic)
         else:
-            self._direct_topics.mine.discard(topic)
-        # Waits for room (send_timeout) like the caller's own sends: a subscription is state
-        # the peer must get, unlike one copy of a publication.
-        self._to_each(self.peers, kind, None, topic, wait=True)
+            self._direct.subscription(kind, topic)
 
     def subscribers(self, topic: str) -> list[str]:
         """Direct peers that subscribed to ``topic`` (through a broker, only it knows)."""
         return self._direct_topics.subscribers(topic)
 
-    def _greet(self, peer: str) -> None:
-        """Tell a newly connected direct peer what we subscribe to."""
-        for topic in sorted(self._direct_topics.mine):
-            self._send_quietly(peer, functools.partial(self._subscribe_peer, peer, topic))
-
-    def _subscribe_peer(self, peer: str, topic: str) -> None:
-        self._send(peer, MessageType.SUBSCRIBE, None, topic=topic, wait=False)
-
-    def _to_each(
-        self, peers: Sequence[str], kind: int, payload: object, topic: str, *, wait: bool = False
-    ) -> None:
-        """Send to several direct peers, skipping (and rejecting) any that left or whose
-        queue is full: by default one that does not read must not hold up the others."""
-        self._direct.to_each(
-            peers,
-            lambda peer: self._send(peer, kind, payload, topic=topic, wait=wait),
-            self._reject,
-        )
-
     def _send_quietly(self, peer: str, send: Callable[[], None]) -> None:
-        """A send the node makes on its own (an automatic reply, a subscription) inside
+        """A send the node makes on its own (an automatic reply) inside
         pump(): a peer that left meanwhile, or does not read (these sends never wait for
         room), must not turn into an exception for the caller."""
         try:
@@ -468,10 +444,7 @@ class Node:
                 continue
             handled += link.pump(0.0)
             self._take(link)
-        router = self._direct.router
-        if router is not None:
-            while router.joined:
-                self._greet(router.joined.popleft().agent_id)
+        self._direct.greet_newcomers()
         if self._broker_path is not None:
             self._broker_path.run_due()
         return handled
@@ -482,30 +455,7 @@ class Node:
             if self._broker_path is not None and link is self._broker_path.link:
                 self._broker_path.on_input(delivered)
             else:
-                self._from_peer(link, delivered)
-
-    def _from_peer(self, link: Link, delivered: Delivered) -> None:
-        roles = self._direct.roles_of(link, delivered.agent_id)
-        header = delivered.message.header
-        for payload in delivered.message.payloads:
-            try:
-                incoming = unwrap(
-                    delivered.agent_id, header.type, payload, topic=header.topic, roles=roles
-                )
-                if incoming.kind in CONTROL:
-                    self._direct_topics.on_control(
-                        incoming.sender, roles, incoming.kind, incoming.topic
-                    )
-                    continue
-                if incoming.kind == MessageType.PUBLISH:
-                    if not self._direct_topics.accept(incoming.sender, roles, incoming.topic):
-                        continue  # sent before our unsubscribe arrived: not for us now
-                elif self.policy is not None:
-                    self.policy.check_send(incoming.sender, roles, incoming.kind)
-            except (RemoteProtocolError, SecurityError) as exc:
-                self._reject(delivered.agent_id, exc)
-                continue
-            self._deliver(incoming)
+                self._direct.on_input(link, delivered, policy=self.policy)
 
     def _deliver(self, incoming: Incoming) -> None:
         if incoming.kind in CONTROL:  # subscriptions travel to the broker, not between agents
