@@ -29,7 +29,9 @@ import functools
 import hashlib
 import json
 import multiprocessing as mp
+import queue
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.start()
         ready.wait(timeout=120)
         go.wait(timeout=180)
-        results = [out.get(timeout=args.timeout + args.messages / args.rate + 120) for _ in procs]
+        results = _collect(out, procs, args.timeout + args.messages / args.rate + 120)
         for p in procs:
             p.join(timeout=30)
     finally:
@@ -175,6 +177,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.terminate()
         shutil.rmtree(directory, ignore_errors=True)
     return summarise(args, results)
+
+
+def _collect(out: Any, procs: list[Any], seconds: float) -> list[dict[str, Any]]:
+    """Every worker's result; stops at once, saying which, when a worker died instead."""
+    results: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [(n, p.exitcode) for n, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(
+                    f"worker(s) died (rank, exit code): {dead}; see their output"
+                ) from None
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no result from every worker within {seconds:.0f} s") from None
+    return results
+
+
+def _raise_file_limit() -> None:
+    """A secure agent holds about five descriptors per dialed peer (a dealer socket, its
+    connection events and libzmq's own pair), so 25 agents of 8 peers each pass a soft limit
+    of 1024: lift it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
 
 
 def summarise(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -243,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         args.agents, args.procs, args.messages, args.rate = 30, 2, 50, 20.0
     if args.procs < 1 or args.agents < 2 or args.messages < 1:
         parser.error("need --procs >= 1, --agents >= 2, --messages >= 1")
+    _raise_file_limit()
     result = run(args)
     print(json.dumps(result, indent=2))
     if args.json:

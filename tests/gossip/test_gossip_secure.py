@@ -20,11 +20,12 @@ import zmq
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import UsageError
+from zmqcomm.errors import SecurityError, UsageError
 from zmqcomm.patterns.gossip import Graft, IWant, Message, Publish, id_material
 from zmqcomm.patterns.gossip.codec import encode_frame, encode_item
 from zmqcomm.patterns.gossip.driver import GossipAgent, GossipConfig
 from zmqcomm.patterns.gossip.group import GossipGroup
+from zmqcomm.patterns.gossip.links import UNREACHABLE, SecureLinks
 from zmqcomm.patterns.gossip.queues import Priority
 
 from .support import connect_secure, raw_dealer, secure_peer, step_until
@@ -282,3 +283,34 @@ def test_removing_peers_and_closing_leave_no_socket_behind(store: TrustStore) ->
     terminated.start()
     terminated.join(5.0)
     assert not terminated.is_alive()  # every socket was closed
+
+
+def test_a_session_that_refuses_to_send_is_replaced_and_its_peer_kept(
+    store: TrustStore, context: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal that is not about trust (a rekey overdue past the session's hard limit)
+    must not drop a trusted peer as untrusted: the dealer is dialed afresh instead."""
+    audit = MemoryAuditLog()
+    a, b = _pair(store, context, audit)
+    group = GossipGroup([a, b])
+    try:
+        a.add_peer(b.agent_id, b.endpoint)  # only Alice dials: her dealer is the one session
+        links = a.links
+        assert isinstance(links, SecureLinks)
+        assert group.run_until(lambda: links.dealers[b.agent_id].established, timeout=5.0)
+        stale = links.dealers[b.agent_id]
+
+        def overdue(*args: object, **kwargs: object) -> None:
+            raise SecurityError("past the hard rekey limit", reason="rekey_overdue")
+
+        monkeypatch.setattr(stale, "send", overdue)
+        assert links.send(b.agent_id, encode_frame([Graft()])) == UNREACHABLE
+        fresh = links.dealers[b.agent_id]
+        assert fresh is not stale and stale.closed
+        assert links.statistics()["session_resets"] == 1
+        mid = a.publish(b"after the reset")
+        assert group.run_until(lambda: any(d.message_id == mid for d in b.deliveries), timeout=5)
+        assert b.agent_id in a.node.peers
+        assert not audit.events("reject", reason="peer_untrusted")
+    finally:
+        group.close()

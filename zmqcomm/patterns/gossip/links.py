@@ -13,7 +13,9 @@ module docstring for why two sockets).
 
 Both report a send as :data:`SENT`, :data:`BLOCKED` (the peer's high-water mark: keep the
 frame queued), :data:`UNREACHABLE` (no connection or session now) or :data:`REFUSED` (the
-peer is no longer trusted: secure only), and never raise for a peer's sake.
+peer is no longer trusted: secure only), and never raise for a peer's sake. A session that
+refuses to send for another reason (its rekey overdue) is replaced: our dealer is dialed
+afresh, and the frame waits as for an unreachable peer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ SENT, BLOCKED, UNREACHABLE, REFUSED = "sent", "blocked", "unreachable", "refused
 Received = tuple[str, list[Any]]
 #: A secure channel error that means "no session now", not "this peer is not trusted".
 _NO_SESSION = frozenset({"channel_closed", "no_session"})
+#: The errors that mean the peer is not trusted now: only these drop it as untrusted.
+_UNTRUSTED = frozenset({"revoked", "trust_expired", "unknown_peer", "key_changed"})
+#: Any other refusal to send (a rekey overdue past the hard limit, say): the session is
+#: unusable but the peer trusted, so the dealer is replaced by a fresh one.
+_RESET = "reset"
 #: Secure sockets are pumped at least this often, whatever their deadlines say (held rekey
 #: FINISH frames wait for a pump's timer tick).
 _IDLE_TICK = 0.25
@@ -198,6 +205,8 @@ class SecureLinks:
         self._retired: Counter[str] = Counter()
         self._retired_handshakes = 0
         self.pump_errors: Counter[str] = Counter()
+        #: Dealers replaced because their session refused to send (a rekey overdue).
+        self.resets = 0
         self._last_tick = time.monotonic()
         #: When :meth:`tick` is due next (monotonic); None: to be worked out again.
         self._due: float | None = None
@@ -215,8 +224,9 @@ class SecureLinks:
 
     # -- membership --------------------------------------------------------------------------
 
-    def dial(self, peer: str, endpoint: str) -> None:
-        if self._dialed.get(peer) == endpoint:
+    def dial(self, peer: str, endpoint: str, *, again: bool = False) -> None:
+        """A dealer to ``peer`` at ``endpoint``; ``again``: a new one even if dialed there."""
+        if self._dialed.get(peer) == endpoint and not again:
             return
         self.hang_up(peer)
         dealer = SecureDealer(
@@ -321,13 +331,19 @@ class SecureLinks:
         if dealer is not None and dealer.established:
             self._touched(dealer)  # a send may start a rekey
             result = self._try(lambda: dealer.send(frame, wait=False))
+            if result == _RESET:
+                self.resets += 1
+                self.dial(peer, self._dialed[peer], again=True)
+                result = UNREACHABLE
             if result != UNREACHABLE:
                 return result
         router = self.router
         if router.table.route_of(peer) is None:
             return UNREACHABLE
         self._touched(router)
-        return self._try(lambda: router.send(peer, frame, wait=False))
+        result = self._try(lambda: router.send(peer, frame, wait=False))
+        # The peer's own dealer replaces a session it can no longer use; until then, wait.
+        return UNREACHABLE if result == _RESET else result
 
     @staticmethod
     def _try(send: Callable[[], None]) -> str:
@@ -336,7 +352,9 @@ class SecureLinks:
         except (QueueFullError, SendTimeout):
             return BLOCKED
         except SecurityError as exc:
-            return UNREACHABLE if exc.reason in _NO_SESSION else REFUSED
+            if exc.reason in _UNTRUSTED:
+                return REFUSED
+            return UNREACHABLE if exc.reason in _NO_SESSION else _RESET
         except TransportError:  # link_down, unroutable: the session went with its connection
             return UNREACHABLE
         return SENT
@@ -365,6 +383,7 @@ class SecureLinks:
             "rekeys": sum(s.table.rekeys for s in socks),
             "rejected": dict(self.rejected()),
             "pump_errors": dict(self.pump_errors),
+            "session_resets": self.resets,
         }
 
     def close(self, linger_ms: int | None) -> None:
