@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import selectors
 import socket
-import tempfile
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -31,19 +29,6 @@ from zmqcomm.patterns.gossip.queues import Priority
 from .support import connect_secure, raw_dealer, secure_peer, step_until
 
 FAST = GossipConfig(heartbeat=0.05, unreachable_grace=0.3)
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.term()
-
-
-@pytest.fixture
-def store() -> Iterator[TrustStore]:
-    with tempfile.TemporaryDirectory() as directory:
-        yield TrustStore(directory)
 
 
 class Relay:

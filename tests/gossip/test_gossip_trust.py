@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,19 +34,6 @@ from zmqcomm.patterns.gossip.scoring import ScoreParams
 from zmqcomm.secure import SecureDealer
 
 from .support import connect_secure, payloads_of, raw_dealer, secure_peer, step_until
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.term()
-
-
-@pytest.fixture
-def store() -> Iterator[TrustStore]:
-    with tempfile.TemporaryDirectory() as directory:
-        yield TrustStore(directory)
 
 
 @pytest.mark.parametrize("revoked", [False, True], ids=["stranger", "revoked"])
