@@ -6,38 +6,16 @@ default: a :class:`~zmqcomm.secure.SecureRouter` bound as its inbox and a
 every frame is then the handshake-authenticated agent id and frames are encrypted per hop;
 what the sessions refuse is audited there and counted here as ``session_<reason>`` drops.
 With ``verify_keys`` (no trust store to run handshakes with) or ``secure=False`` it runs
-signed-only over the plain ROUTER pair described below.
+signed-only over two plain ROUTER sockets (:mod:`.links` says why ROUTER, and why two).
 
-Why ROUTER and not PUB/SUB: gossip sends each message to a *chosen* mesh peer, IWant replies
-to one asker and Graft to one new mesh member. PUB cannot address one subscriber, misses what
-was sent before a SUB connected, and drops silently at the high-water mark. A ROUTER with
-``ROUTER_MANDATORY`` addresses a peer by routing id and *tells* us when it cannot deliver:
-``EHOSTUNREACH`` (not connected yet, or gone: the frame stays queued for ``unreachable_grace``
-seconds, then is dropped and counted ``unreachable``) or ``EAGAIN`` (the peer's high-water
-mark: the frame stays in our byte-bounded priority queue, which is the backpressure, and
-lower-priority items are evicted first when that fills up, see :mod:`.queues`).
-
-Why two ROUTER sockets per agent (``inbox`` bound, ``outbox`` dialing), both with
-``ROUTING_ID`` = the agent id: on a single ROUTER that both binds and dials, two peers that
-dial each other create two connections with the same routing id on each side; libzmq keeps
-the first one attached on each side and silently ignores frames arriving on the other, so
-when the two sides pick different connections every message is lost (measured: 18 of 20
-trials). With an inbox and an outbox no socket ever holds two connections to one peer. We
-send through the outbox to peers we dialed and through the inbox to peers that dialed us
-(a late joiner learned from its Graft), and read from both.
-
-Signed-only, routing ids are *not* identities. Either way, every Publish is signed by its
-origin and verified (via the machine's ``verify`` callback, over a key mapping or a
-:class:`TrustStore`) before it is delivered or relayed. The sender (session id or routing id)
-only names whom to blame: peer input that is garbage, forged, over the rate or needlessly
-duplicated lowers that peer's score (:mod:`.scoring`); below the threshold the peer is pruned
-from the mesh and its frames are dropped unread for a
-while. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
-are taken only from a routing id the verifier knows (in ``verify_keys``, or trusted and not
-revoked in the :class:`TrustStore`); from any other id they are dropped, counted
-``untrusted_control`` and audited, so a stranger cannot join the mesh and read the traffic.
-Nothing a peer sends raises out of :meth:`GossipAgent.step`: it is dropped, counted per
-reason in :meth:`GossipAgent.statistics` and, with an audit log, written as a ``reject`` line.
+Either way, every Publish is signed by its origin and verified before it is delivered or
+relayed, and control items are taken only from a sender the agent's keys know (:mod:`.peers`).
+The sender (session id or, signed-only, the claimed routing id) only names whom to blame:
+peer input that is garbage, forged, over the rate or needlessly duplicated lowers that peer's
+score (:mod:`.scoring`); below the threshold the peer is pruned from the mesh and its frames
+are dropped unread for a while. Nothing a peer sends raises out of :meth:`GossipAgent.step`:
+it is dropped, counted per reason in :meth:`GossipAgent.statistics` and, with an audit log,
+written as a ``reject`` line.
 
 Signed-only, payloads are *not encrypted*: every mesh peer, and whoever can sniff the
 transport or connect under a trusted peer's routing id (routing ids are not authenticated),
@@ -46,48 +24,35 @@ payloads meant for a few readers at the application level or use Node topics.
 
 :meth:`GossipAgent.publish` queues; :meth:`GossipAgent.step` (or :class:`GossipGroup.step`
 for many agents in one thread with one poller) receives, feeds the machine, fires its timer
-and flushes the queues, coalescing each peer's items into frames.
+and flushes the queues (:mod:`.outbox`), coalescing each peer's items into frames. The knobs
+are a :class:`GossipConfig` (:mod:`.config`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import REJECT, BaseAuditLog
-from zmqcomm.crypto.keys import Identity, is_agent_id, signature_valid
+from zmqcomm.crypto.keys import Identity, is_agent_id
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     ClosedError,
     LocalProtocolError,
     RemoteProtocolError,
-    SecurityError,
     UsageError,
     ZmqCommError,
 )
 from zmqcomm.patterns.discovery.peers import ENTER, EXPIRED, LEAVE, PeerEvent
-from zmqcomm.patterns.gossip.codec import (
-    DEFAULT_CODEC_LIMITS,
-    CodecLimits,
-    build_frame,
-    decode_frame,
-    encode_item,
-)
-from zmqcomm.patterns.gossip.links import (
-    BLOCKED,
-    REFUSED,
-    SENT,
-    PlainLinks,
-    SecureLinks,
-)
+from zmqcomm.patterns.gossip.codec import decode_frame, encode_item
+from zmqcomm.patterns.gossip.config import GossipConfig
+from zmqcomm.patterns.gossip.links import PlainLinks, SecureLinks
 from zmqcomm.patterns.gossip.machine import (
     Deliver,
     GossipNode,
@@ -95,20 +60,32 @@ from zmqcomm.patterns.gossip.machine import (
     IHave,
     IWant,
     Publish,
-    Verifier,
 )
-from zmqcomm.patterns.gossip.queues import Priority, QueueSet
-from zmqcomm.patterns.gossip.scoring import PeerScores, Prune, Restore, ScoreParams
-from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS, SocketOptions, poll_ms
+from zmqcomm.patterns.gossip.outbox import Outbox
+from zmqcomm.patterns.gossip.peers import (
+    PeerTrust,
+    mapping_verifier,
+    tcp_endpoint,
+    trust_verifier,
+)
+from zmqcomm.patterns.gossip.queues import Priority
+from zmqcomm.patterns.gossip.scoring import PeerScores, Prune, Restore
+from zmqcomm.transport.sockets import poll_ms
+
+__all__ = [
+    "Delivered",
+    "GossipAgent",
+    "GossipConfig",
+    "mapping_verifier",
+    "tcp_endpoint",
+    "trust_verifier",
+]
 
 Clock = Callable[[], float]
 #: Items that make us send to, or keep track of, their sender: taken only from a trusted id.
 _CONTROL = (Graft, IHave, IWant)
 #: Machine counters that mean "this sender misbehaved" (diffed around each on_message).
 _INVALID = ("bad_signature", "malformed", "too_many_hops")
-#: Encoded size of a Publish item beyond its payload and origin (msgpack headers, sequence,
-#: hops, a 64-byte signature), rounded up: enough to judge whether a reply fits a queue.
-_PUBLISH_OVERHEAD = 96
 #: Seconds between two audit lines for the same anonymous reject reason (a flood of bad
 #: routing ids is counted in full but must not fill the audit log).
 _AUDIT_INTERVAL = 1.0
@@ -125,91 +102,6 @@ class Delivered:
     hops: int
     sender: str | None
     at: float
-
-
-@dataclass(frozen=True)
-class GossipConfig:
-    """Knobs of a :class:`GossipAgent` (the machine's own are passed through)."""
-
-    degree: int = 6
-    degree_low: int = 4
-    degree_high: int = 12
-    heartbeat: float = 0.5
-    history: int = 5
-    gossip_windows: int = 3
-    #: Any other :class:`GossipNode` keyword (seen_ttl, max_hops, iwant_timeout, ...).
-    machine_options: Mapping[str, Any] = field(default_factory=dict)
-    #: Each peer's outgoing queue, in bytes of encoded items.
-    queue_bytes: int = 4 * 1024 * 1024
-    #: Largest frame we build (several items each); must fit the codec's max_frame_bytes.
-    frame_bytes: int = 256 * 1024
-    frame_items: int = 1024
-    #: How long frames for an unreachable peer (EHOSTUNREACH) are kept before being dropped.
-    unreachable_grace: float = 2.0
-    #: How soon to retry a peer that refused a frame (EAGAIN or EHOSTUNREACH).
-    retry_interval: float = 0.005
-    #: Most frames read from one socket per step, so one busy peer cannot starve the timer.
-    max_burst: int = 2000
-    #: How many recent deliveries :attr:`GossipAgent.deliveries` keeps.
-    keep_deliveries: int = 10_000
-    scores: ScoreParams = field(default_factory=ScoreParams)
-    limits: CodecLimits = DEFAULT_CODEC_LIMITS
-    sockets: SocketOptions = DEFAULT_SOCKET_OPTIONS
-
-    def __post_init__(self) -> None:
-        if self.frame_bytes + 16 > self.limits.max_frame_bytes:
-            raise UsageError("frame_bytes must leave room below limits.max_frame_bytes")
-        if self.limits.max_payload_bytes + 256 > self.limits.max_frame_bytes:
-            raise UsageError("limits.max_frame_bytes must hold one maximal payload")
-        if min(self.queue_bytes, self.frame_bytes, self.frame_items, self.max_burst) < 1:
-            raise UsageError("queue_bytes, frame_bytes, frame_items and max_burst must be >= 1")
-        # check_seconds refuses NaN and infinities, which plain comparisons let through.
-        check_seconds(self.heartbeat, "GossipConfig.heartbeat", allow_zero=False)
-        check_seconds(self.unreachable_grace, "GossipConfig.unreachable_grace")
-        check_seconds(self.retry_interval, "GossipConfig.retry_interval", allow_zero=False)
-
-
-def trust_verifier(trust: TrustStore) -> Verifier:
-    """A ``verify`` callback over a trust store, asked on every message: a revoked origin is
-    refused on its next message (:meth:`TrustStore.lookup` throttles its own ``stat`` calls,
-    so no cache of ours may outlive a revocation)."""
-
-    def verify(origin: Any, material: bytes, signature: bytes) -> bool:
-        return isinstance(origin, str) and trust.signed_by(
-            origin, material, signature, now=time.time()
-        )
-
-    return verify
-
-
-def mapping_verifier(keys: Mapping[str, bytes]) -> Verifier:
-    def verify(origin: Any, material: bytes, signature: bytes) -> bool:
-        key = keys.get(origin) if isinstance(origin, str) else None
-        return key is not None and signature_valid(key, material, signature)
-
-    return verify
-
-
-def tcp_endpoint(event: PeerEvent) -> str | None:
-    """Default endpoint of a discovered peer: its first advertised port over tcp.
-
-    The address comes from the peer's own record, so it must be an IP address literal (IPv6
-    is bracketed); a host name is never resolved and anything else gives None (no endpoint).
-    """
-    if not event.ports:
-        return None
-    port = event.ports[0]
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        return None
-    try:
-        address = ipaddress.ip_address(event.address)
-    except ValueError:  # a name, garbage, or not even a string
-        return None
-    if address.version == 6:
-        if address.scope_id is not None:  # fe80::1%eth0: names a local interface
-            return None
-        return f"tcp://[{address}]:{port}"
-    return f"tcp://{address}:{port}"
 
 
 class GossipAgent:
@@ -230,27 +122,14 @@ class GossipAgent:
         context: zmq.Context[Any] | None = None,
         secure: bool | None = None,
     ) -> None:
-        if (verify_keys is None) == (trust is None):
-            raise UsageError(
-                "give exactly one of verify_keys (agent id -> Ed25519 verify key) or trust "
-                "(a TrustStore): origin signatures are always checked"
-            )
-        if secure is None:
-            secure = trust is not None
-        elif secure and trust is None:
-            raise UsageError(
-                "secure=True needs trust (a TrustStore) to authenticate peers by handshake; "
-                "verify_keys only checks origin signatures (signed-only, secure=False)"
-            )
+        keys = PeerTrust(verify_keys, trust)
+        secure = keys.secure(secure)
         self.config = config or GossipConfig()
         self.identity = identity
         self.agent_id = identity.agent_id
         self.audit = audit
         self._clock = clock
-        verify = mapping_verifier(verify_keys) if verify_keys is not None else None
-        if trust is not None:
-            verify = trust_verifier(trust)
-        self._verify_keys, self._trust = verify_keys, trust
+        self._keys = keys
         self._dialed: dict[str, str] = {}
         self._known: dict[str, str] = {}
         peer_items = peers.items() if isinstance(peers, Mapping) else peers
@@ -266,7 +145,7 @@ class GossipAgent:
             self.agent_id,
             [],
             sign=identity.sign,
-            verify=verify,
+            verify=keys.verifier(),
             choose=rng.sample,
             now=clock(),
             degree=c.degree,
@@ -277,14 +156,11 @@ class GossipAgent:
             gossip_windows=c.gossip_windows,
             **options,
         )
-        self.queues = QueueSet(c.queue_bytes)
         self.scores = PeerScores(c.scores)
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.deliveries: deque[Delivered] = deque(maxlen=c.keep_deliveries)
-        self._unreachable_since: dict[str, float] = {}
         self._audited_at: dict[str, float] = {}  # throttled reject reason -> last audit line
-        self._retry_at: float | None = None
         # Sockets after the settings are checked: a bad one raises before anything is bound.
         self.links: PlainLinks | SecureLinks
         if secure:
@@ -301,6 +177,8 @@ class GossipAgent:
         else:
             self.links = PlainLinks(self.agent_id, endpoint, c.sockets, context, c.max_burst)
         self.endpoint = self.links.endpoint
+        self.outbox = Outbox(self.links, c, self.counters, refused=self._untrust, lost=self._lost)
+        self.queues = self.outbox.queues
         self._poller = zmq.Poller()
         self._polled: list[zmq.Socket[Any]] = []
         self._polled_version = -1
@@ -351,8 +229,7 @@ class GossipAgent:
         if self._dialed.pop(agent_id, None) is not None:
             self.links.hang_up(agent_id)  # secure: its dealer is closed, nothing is kept
         self.node.remove_peer(agent_id)
-        self.queues.remove(agent_id, reason)
-        self._unreachable_since.pop(agent_id, None)
+        self.outbox.forget(agent_id, reason)
 
     def on_peer_event(
         self, event: PeerEvent, *, endpoint_for: Callable[[PeerEvent], str | None] = tcp_endpoint
@@ -389,7 +266,7 @@ class GossipAgent:
         now = self._clock()
         mid, actions = self.node.publish(payload, now=now)
         self._perform(actions, None, Priority.OWN, now, [])
-        self._retry_at = now  # wake the loop to flush
+        self.outbox.retry_at = now  # wake the loop to flush
         return mid
 
     def step(self, timeout: float | None = 0.0) -> list[Delivered]:
@@ -428,12 +305,12 @@ class GossipAgent:
             yield from self.step(None)
 
     def flush(self) -> None:
-        self._flush(self._clock())
+        self.outbox.flush(self._clock())
 
     # -- the loop's parts (GossipGroup drives them directly) ---------------------------------
 
     def wake_at(self) -> float | None:
-        deadlines = [self.node.next_deadline(), self.scores.next_deadline(), self._retry_at]
+        deadlines = [self.node.next_deadline(), self.scores.next_deadline(), self.outbox.retry_at]
         links_due = self.links.due_in()
         if links_due is not None:
             deadlines.append(self._clock() + links_due)
@@ -464,7 +341,7 @@ class GossipAgent:
         if deadline is not None and deadline <= now:
             for restore in self.scores.on_timer(now=now):
                 self._restore(restore)
-        self._flush(now)
+        self.outbox.flush(now)
         return out
 
     # -- receiving ---------------------------------------------------------------------------
@@ -484,38 +361,18 @@ class GossipAgent:
         self.audit.record(REJECT, now=time.time(), peer=peer, reason=reason, pattern="gossip")
 
     def _drop_untrusted_peers(self) -> None:
-        """A peer revoked (or expired) since it joined stops getting our traffic: only its
-        new control items and publications were refused until now. A peer configured with
-        add_peer() that the store simply does not list is the caller's choice and stays; a
-        fixed ``verify_keys`` mapping never changes, so there is nothing to look at."""
-        if self._trust is None:
-            return
-        for peer in self.node.peers:
-            if not isinstance(peer, str):
-                continue
-            try:
-                self._trust.lookup(peer, now=time.time())
-            except SecurityError as exc:
-                if peer in self._known and exc.reason == "unknown_peer":
-                    continue
-                self._untrust(peer)
+        """A peer revoked (or expired) since it joined stops getting our traffic."""
+        for peer in self._keys.untrusted(self.node.peers, self._known):
+            self._untrust(peer)
 
     def _untrust(self, peer: str) -> None:
         self.remove_peer(peer, reason="peer_untrusted")
         self._reject(peer, "peer_untrusted")
 
-    def _trusted(self, peer: str) -> bool:
-        """Whether ``peer`` is an id the verifier knows (in ``verify_keys``, or trusted by the
-        trust store now: not unknown, revoked or expired). This is a check on the *claimed*
-        routing id only; see the module docstring."""
-        if self._verify_keys is not None:
-            return peer in self._verify_keys
-        assert self._trust is not None
-        try:
-            self._trust.lookup(peer, now=time.time())
-        except SecurityError:
-            return False
-        return True
+    def _lost(self, peer: str) -> None:
+        """``peer``'s frames were dropped after ``unreachable_grace``."""
+        if peer not in self._known:  # learned from a Graft, now gone
+            self.node.remove_peer(peer)
 
     def _on_frames(self, sender: str, parts: list[Any], now: float, out: list[Delivered]) -> None:
         """One frame from ``sender``: the authenticated agent id (secure) or the claimed
@@ -546,7 +403,7 @@ class GossipAgent:
         for message in messages:
             if isinstance(message, _CONTROL):
                 if trusted is None:
-                    trusted = self._trusted(sender)
+                    trusted = self._keys.trusted(sender)
                 if not trusted:
                     self._reject(sender, "untrusted_control", throttle=True)
                     continue
@@ -573,8 +430,7 @@ class GossipAgent:
         for prune in prunes:
             peer = str(prune.peer)
             self.node.remove_peer(peer)
-            self.queues.remove(peer, "graylisted")
-            self._unreachable_since.pop(peer, None)
+            self.outbox.forget(peer, "graylisted")
             self._reject(peer, "graylisted_peer")
 
     def _restore(self, restore: Restore) -> None:
@@ -620,14 +476,14 @@ class GossipAgent:
             else:
                 key = id(message)
             item = encoded.get(key)
-            if item is None and priority is Priority.REPAIR and isinstance(message, Publish):
-                # A repair evicts nothing: when it cannot fit, do not pack it at all.
-                m = message.message
-                size = len(m.payload) + len(str(m.origin)) + _PUBLISH_OVERHEAD
-                if size > self.queues.free_bytes(to):
-                    self.queues.refuse(to, Priority.REPAIR)
-                    self.counters["queue_refused"] += 1
-                    continue
+            # A repair evicts nothing: when it cannot fit, do not pack it at all.
+            if (
+                item is None
+                and priority is Priority.REPAIR
+                and isinstance(message, Publish)
+                and not self.outbox.room_for_repair(to, message.message)
+            ):
+                continue
             if item is None:
                 try:
                     item = encoded[key] = encode_item(message, self.config.limits)
@@ -635,43 +491,7 @@ class GossipAgent:
                     self.drops["unencodable"] += 1
                     continue
             cls = priority if isinstance(message, Publish) else Priority.CONTROL
-            if not self.queues.push(to, item, cls):
-                self.counters["queue_refused"] += 1
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def _flush(self, now: float) -> None:
-        self._retry_at = None
-        c = self.config
-        for peer in self.queues.pending():
-            queue = self.queues.get(peer)
-            while queue:
-                items = queue.peek(max_bytes=c.frame_bytes, max_items=c.frame_items)
-                frame = build_frame(items)
-                result = self.links.send(str(peer), frame)
-                if result == SENT:
-                    queue.commit(len(items))
-                    if not queue:  # drained: keep no queue for peers (or strangers) at rest
-                        self.queues.discard_empty(peer)
-                    self._unreachable_since.pop(str(peer), None)
-                    self.counters["sent_frames"] += 1
-                    self.counters["sent_items"] += len(items)
-                    continue
-                if result == BLOCKED:
-                    self.counters["hwm_blocked"] += 1
-                elif result == REFUSED:  # secure: the peer's key was revoked or expired
-                    self._untrust(str(peer))
-                    break
-                else:
-                    since = self._unreachable_since.setdefault(str(peer), now)
-                    if now - since >= c.unreachable_grace:
-                        self.queues.remove(peer, "unreachable")
-                        del self._unreachable_since[str(peer)]
-                        if str(peer) not in self._known:  # learned from a Graft, now gone
-                            self.node.remove_peer(str(peer))
-                        break
-                self._retry_at = now + c.retry_interval
-                break
+            self.outbox.push(to, item, cls)
 
     # -- introspection and lifetime ----------------------------------------------------------
 

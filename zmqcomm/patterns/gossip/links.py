@@ -8,8 +8,23 @@ the agent id its session's handshake proved, and a frame goes out on our dealer 
 if its session is up, else on the session the peer opened to our router.
 
 :class:`PlainLinks` (``verify_keys``, or ``secure=False``): two plain ROUTER sockets with
-``ROUTER_MANDATORY``, the sender being the claimed routing id (signed-only: see the driver's
-module docstring for why two sockets).
+``ROUTER_MANDATORY``, the sender being the claimed routing id (signed-only).
+
+Why ROUTER and not PUB/SUB: gossip sends each message to a *chosen* mesh peer, IWant replies
+to one asker and Graft to one new mesh member. PUB cannot address one subscriber, misses what
+was sent before a SUB connected, and drops silently at the high-water mark. A ROUTER with
+``ROUTER_MANDATORY`` addresses a peer by routing id and *tells* us when it cannot deliver:
+``EHOSTUNREACH`` (not connected yet, or gone) or ``EAGAIN`` (the peer's high-water mark);
+what the agent then does with the frame is :mod:`.outbox`'s business.
+
+Why two ROUTER sockets per agent (``inbox`` bound, ``outbox`` dialing), both with
+``ROUTING_ID`` = the agent id: on a single ROUTER that both binds and dials, two peers that
+dial each other create two connections with the same routing id on each side; libzmq keeps
+the first one attached on each side and silently ignores frames arriving on the other, so
+when the two sides pick different connections every message is lost (measured: 18 of 20
+trials). With an inbox and an outbox no socket ever holds two connections to one peer. We
+send through the outbox to peers we dialed and through the inbox to peers that dialed us
+(a late joiner learned from its Graft), and read from both.
 
 Both report a send as :data:`SENT`, :data:`BLOCKED` (the peer's high-water mark: keep the
 frame queued), :data:`UNREACHABLE` (no connection or session now) or :data:`REFUSED` (the
