@@ -9,7 +9,7 @@ With ``verify_keys`` (no trust store to run handshakes with) or ``secure=False``
 signed-only over two plain ROUTER sockets (:mod:`.links` says why ROUTER, and why two).
 
 Either way, every Publish is signed by its origin and verified before it is delivered or
-relayed, and control items are taken only from a sender the agent's keys know (:mod:`.peers`).
+relayed, and control items are taken only from a sender the agent's keys know (:mod:`.peer_trust`).
 The sender (session id or, signed-only, the claimed routing id) only names whom to blame:
 peer input that is garbage, forged, over the rate or needlessly duplicated lowers that peer's
 score (:mod:`.scoring`); below the threshold the peer is pruned from the mesh and its frames
@@ -62,7 +62,7 @@ from zmqcomm.patterns.gossip.machine import (
     Publish,
 )
 from zmqcomm.patterns.gossip.outbox import Outbox
-from zmqcomm.patterns.gossip.peers import (
+from zmqcomm.patterns.gossip.peer_trust import (
     PeerTrust,
     mapping_verifier,
     tcp_endpoint,
