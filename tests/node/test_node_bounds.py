@@ -31,7 +31,7 @@ def test_a_publisher_that_never_answers_cannot_make_a_subscriber_raise(
     for key_id in range(40):  # each publication under a key id never seen: a key request
         topics.publish("news", b"x")
         topics._mine["news"].key_id = key_id
-        mallory._hop(topics.publish("news", b"x"), MessageType.PUBLISH, "news")
+        mallory._broker_path.hop(topics.publish("news", b"x"), MessageType.PUBLISH, "news")
         assert mallory._broker is not None
         mallory._broker.pump(0)  # keeps its hop session; never answers bob's handshake
     settle([victim], 1.0)  # pump() must not raise QueueFullError for mallory's sake
@@ -71,7 +71,7 @@ def test_what_the_node_sends_on_its_own_never_raises_out_of_pump(
         raise LocalProtocolError("too large for the hop", reason="frame_too_large")
 
     monkeypatch.setattr(alice._outbox, "put", refuse)
-    alice._to_broker_quietly([HopMessage(MessageType.SUBSCRIBE, None, "news")])
+    alice._broker_path.to_broker_quietly([HopMessage(MessageType.SUBSCRIBE, None, "news")])
     assert alice.statistics()["rejected"] == {"frame_too_large": 1}
     with pytest.raises(LocalProtocolError):
         alice.send(bus.id("bob"), "an application send says so")

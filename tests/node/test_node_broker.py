@@ -322,7 +322,7 @@ def test_malformed_mail_is_refused_acknowledged_and_does_not_block_the_next(
     bad = alice._tunnels.mail_message(
         dave_id, public, MessageType.REQUEST, "no id", topic="", now=time.time()
     )
-    alice._hop(bad.payload, bad.msg_type, bad.topic)
+    alice._broker_path.hop(bad.payload, bad.msg_type, bad.topic)
     pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="bad mail stored")
     alice.send(dave_id, "good mail")
     pump_until([alice], lambda: mail_waiting(broker, dave_id) == 2, what="good mail stored")

@@ -289,7 +289,7 @@ def test_a_publication_sent_as_mail_is_refused(
         topic="ops/commands",
         now=time.time(),
     )
-    alice._to_broker([injected])
+    alice._broker_path.to_broker([injected])
     alice.send(dave_id, "after")  # dave is offline: mail too, stored behind it
     pump_until([alice], lambda: mail_stored(broker, dave_id) == 2, what="both stored")
 

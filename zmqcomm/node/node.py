@@ -54,7 +54,7 @@ from zmqcomm.node.messages import Incoming, check_topic, wrap
 from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
-from zmqcomm.node.tunnel import MAIL_MAX_AGE, HopMessage, Tunnels
+from zmqcomm.node.tunnel import MAIL_MAX_AGE, Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
@@ -211,18 +211,6 @@ class Node:
     @property
     def _topics(self) -> Topics | None:
         return self._broker_path.topics if self._broker_path is not None else None
-
-    def _to_broker(self, messages: list[HopMessage]) -> None:
-        assert self._broker_path is not None
-        self._broker_path.to_broker(messages)
-
-    def _to_broker_quietly(self, messages: list[HopMessage]) -> None:
-        assert self._broker_path is not None
-        self._broker_path.to_broker_quietly(messages)
-
-    def _hop(self, payload: object, msg_type: int, topic: str = "") -> None:
-        assert self._broker_path is not None
-        self._broker_path.hop(payload, msg_type, topic)
 
     # -- direct links ------------------------------------------------------------------------
 
