@@ -10,6 +10,7 @@ import pytest
 
 from zmqcomm.patterns.pbft import (
     Executed,
+    Prepare,
     PrePrepare,
     Request,
     StateSnapshot,
@@ -18,6 +19,7 @@ from zmqcomm.patterns.pbft import (
     encode_op,
     material,
 )
+from zmqcomm.patterns.pbft.messages import DOMAIN
 from zmqcomm.sim import LinkModel, Network, fixed, uniform
 
 from .harness import build
@@ -286,3 +288,59 @@ def test_a_request_over_the_size_limit_is_refused_and_a_large_batch_too() -> Non
     oversized = replace(oversized, signature=cluster.keys.signer(0)(material(oversized)))
     assert backup.on_message(0, oversized, now=cluster.sim.now) == []
     assert backup.rejected["batch_too_large"] == 1
+
+
+#: What the signed bytes of every PREPARE start with: the domain, then the kind.
+PREPARE_DOMAIN = DOMAIN + b"Prepare\x00"
+
+
+def _count_prepare_checks(cluster: Any) -> list[int]:
+    """Wrap every replica's verifier; the list counts, per replica, checks of PREPAREs."""
+    counts = [0] * cluster.n
+    for i in range(cluster.n):
+        replica = cluster.replica(i)
+        inner = replica.verify
+
+        def verify(sender: int, data: bytes, signature: bytes, i: int = i, inner: Any = inner):
+            if data.startswith(PREPARE_DOMAIN):
+                counts[i] += 1
+            return inner(sender, data, signature)
+
+        replica.verify = verify
+    return counts
+
+
+def test_a_prepare_after_the_certificate_is_complete_is_not_verified() -> None:
+    """n = 4, one request: each backup is prepared by its own PREPARE and one other, the
+    primary by two; the third PREPARE each receives changes nothing, so its signature is
+    not checked (old code: all 9 PREPAREs were verified)."""
+    cluster = build(4, seed=5, checkpoint_interval=64)
+    checks = _count_prepare_checks(cluster)
+    cluster.put("c0", "k", "v")
+    cluster.run_until_results(1, until=5.0)
+    cluster.sim.run(until=cluster.sim.now + 1.0)
+    assert sum(checks) == 5  # 9 prepares sent, 4 of them after a certificate
+    assert [cluster.replica(i).surplus_prepares for i in range(4)] == [1, 1, 1, 1]
+    for i in range(4):
+        entry = cluster.replica(i).log.entries[1]
+        assert entry.committed and len(cluster.replica(i).log.matching_prepares(entry, 0)) == 2
+        assert cluster.replica(i).rejected == {}
+    cluster.check_safety()
+
+
+def test_a_surplus_prepare_retransmitted_still_gets_our_echo() -> None:
+    """A replica retransmitting its PREPARE for an entry we committed gets our own messages
+    back, although its PREPARE came after our certificate and was never stored."""
+    cluster = build(4, seed=5, checkpoint_interval=64)
+    cluster.put("c0", "k", "v")
+    cluster.run_until_results(1, until=5.0)
+    backup = cluster.replica(1)
+    entry = backup.log.entries[1]
+    (late,) = [r for r in (2, 3) if r not in entry.prepares]
+    assert entry.pre_prepare is not None
+    prepare = Prepare(0, 1, entry.pre_prepare.digest, late)
+    prepare = replace(prepare, signature=cluster.keys.signer(late)(material(prepare)))
+    actions = backup.on_message(late, prepare, now=cluster.sim.now + 1.0)
+    echoed = [type(a.message).__name__ for a in actions if a.to == late]
+    assert echoed == ["Prepare", "Commit"]
+    assert late not in entry.prepares and backup.rejected == {}

@@ -364,6 +364,7 @@ class ReplicaDriver:
             "batches_sent": self.batches_sent,
             "store_commits": getattr(self.store, "commits", None),
             "rejected": dict(r.rejected),
+            "surplus_prepares": r.surplus_prepares,
             "drops": dict(self.drops),
             "session_rejects": _merge(
                 s.table.rejected for s in (self.router, *self.dealers.values())
