@@ -292,3 +292,24 @@ def test_rekey_policy_accepts_the_extremes_of_its_ranges() -> None:
     RekeyPolicy(max_messages=1, hard_max_messages=1)
     RekeyPolicy(max_messages=2**64 - 1, hard_max_messages=2**64 - 1)
     RekeyPolicy(jitter=0, grace_period=0)
+
+
+def test_superseded_keys_stay_open_while_expiry_is_paused_then_get_a_grace_period() -> None:
+    """A rekey's initiator whose FINISH waits for room pauses expiry: the peer still seals
+    under the previous epoch, however long the FINISH waits. Resumed, the previous key gets
+    a full grace period from then (not from the install)."""
+    policy = RekeyPolicy(jitter=0.0, grace_period=5.0)
+    a, b = _pair(policy=policy)
+    (a_send, a_recv), _ = _handshake_keys()
+    old_epoch = b.encode(MessageType.DATA, "under epoch 0", now=0.0)
+    later = b.encode(MessageType.DATA, "also epoch 0", now=0.0)
+    a.session.install(a_send, a_recv, now=1.0)
+    a.session.pause_expiry()
+    assert a.session.next_deadline() is None  # no timer to spin on while paused
+    a.session.on_timer(now=100.0)
+    assert a.decode(old_epoch, now=100.0).payload == "under epoch 0"
+    a.session.resume_expiry(now=100.0)
+    assert a.session.next_deadline() == 105.0
+    assert a.decode(later, now=104.0).payload == "also epoch 0"
+    a.session.on_timer(now=105.0)
+    assert a.session.open_epochs == [1]

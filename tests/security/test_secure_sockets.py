@@ -597,6 +597,65 @@ def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
         assert dealer.table.rejected == {}
 
 
+def test_the_peers_old_keys_stay_open_while_our_finish_waits(cast: Cast) -> None:
+    """The initiator of a rekey switches keys as its FINISH goes out; its peer seals under
+    the previous epoch until that FINISH reaches it. A FINISH held for want of room longer
+    than the grace period (30 s) used to let the previous receive key expire, and all the
+    peer sent meanwhile was refused (stale_epoch). The key now stays open until the FINISH
+    goes, and for a grace period from then."""
+    small = SocketOptions(send_hwm=20, receive_hwm=20)
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    policy = RekeyPolicy(max_messages=30, jitter=0.0)
+    with _session(
+        cast,
+        f"inproc://finish-grace-{next(_inproc_names)}",
+        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
+        options=small,
+        wall_clock=clock,
+    ) as (router, dealer):
+        alice = cast.alice.agent_id
+        for index in range(30):  # the 30th send starts the router's rekey (its INIT)
+            router.send(alice, index)
+        deadline = time.monotonic() + 5
+        while not router.socket.poll(0):  # the dealer takes the data and the INIT, answers
+            assert time.monotonic() < deadline, "no REPLY from the dealer"
+            dealer.pump(0.01)
+        with pytest.raises(SendTimeout):
+            while True:  # fill the dealer's queue under the old keys
+                router.send(alice, "fill")
+        router.pump(0.05)  # the REPLY comes in: its FINISH finds no room
+        assert router.statistics()["finish_held"] == 1
+        offset[0] += 60.0  # twice the grace period, the FINISH still held
+        dealer.send("sealed under the previous epoch")
+        assert router.receive(timeout=5).message.payload == "sealed under the previous epoch"
+        assert router.table.rejected == {}
+        # Once the FINISH goes, the previous key lives one grace period more, then goes.
+        route = router.table.route_of(alice)
+        assert route is not None
+        session = router.table.channels[route].session
+        assert session is not None and session.open_epochs == [0, 1]
+        while True:
+            dealer.pump(0.01)
+            dealer.inbox.clear()
+            try:
+                router.send(alice, "after")  # the held FINISH goes first
+                break
+            except SendTimeout:
+                assert time.monotonic() < deadline + 10, "the dealer never made room"
+        assert not router._finishes
+        offset[0] += 20.0
+        router.pump(0.0)
+        assert session.open_epochs == [0, 1]
+        offset[0] += 11.0
+        router._next_timer_check = -1.0  # let this pump's timers run at once
+        router.pump(0.0)
+        assert session.open_epochs == [1]
+
+
 def test_a_full_inbox_leaves_the_rest_in_zeromq_and_loses_nothing(
     cast: Cast, tmp_path: Path
 ) -> None:

@@ -189,19 +189,35 @@ class _SecureSocket:
         finish = bool(frames) and peek_type(frames[0]) == MessageType.HANDSHAKE_FINISH
         session = self.table.channels.get(route)
         if finish and self._finishes.waiting(route, session):
-            self._finishes.hold(route, session, frames)  # behind the one already waiting
+            self._hold_finish(route, session, frames)  # behind the one already waiting
             return
         try:
             self._transmit(route, frames, wait=False)
         except (QueueFullError, SendTimeout):
             if finish:
-                self._finishes.hold(route, session, frames)
+                self._hold_finish(route, session, frames)
             else:
                 self._reply_dropped()
         except TransportError as exc:
             if exc.reason != "unroutable":
                 raise
             self._forget_route(route)
+
+    def _hold_finish(
+        self, route: bytes, channel: SecureChannel | None, frames: Sequence[Buffer]
+    ) -> None:
+        self._finishes.hold(route, channel, frames)
+        if channel is not None and channel.session is not None:
+            # The peer seals under the previous epoch until this FINISH reaches it.
+            channel.session.pause_expiry()
+
+    def _release_finishes(self, route: bytes, *, wait: bool) -> None:
+        """Send the FINISH frames held for ``route`` (raising, with them still held, when
+        they cannot go); then the peer's previous keys get their grace period."""
+        self._finishes.release(route, functools.partial(self._transmit, route, wait=wait))
+        channel = self.table.channels.get(route)
+        if channel is not None and channel.session is not None:
+            channel.session.resume_expiry(now=self.wall_clock())
 
     def _forget_route(self, route: bytes) -> None:
         self.table.drop(route)
@@ -214,7 +230,7 @@ class _SecureSocket:
         force at the peer."""
         finishes = self._finishes
         if finishes and finishes.waiting(route, self.table.channels.get(route)):
-            finishes.release(route, functools.partial(self._transmit, route, wait=wait))
+            self._release_finishes(route, wait=wait)
         self._transmit(route, frames, wait=wait)
 
     def _release_held_finishes(self) -> None:
@@ -222,7 +238,7 @@ class _SecureSocket:
             if not self._finishes.waiting(route, self.table.channels.get(route)):
                 continue  # the session it belonged to is gone: dropped
             try:
-                self._finishes.release(route, functools.partial(self._transmit, route, wait=False))
+                self._release_finishes(route, wait=False)
             except (QueueFullError, SendTimeout):
                 continue  # still no room: next tick
             except TransportError as exc:

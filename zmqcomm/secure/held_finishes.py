@@ -6,7 +6,8 @@ that does not read would stall, or stop, a socket serving many). A secure socket
 here, per route and oldest first, with the session (channel) it belongs to; sends it
 before the next data to that route, which is sealed under the keys it puts in force, or on
 a later pump once there is room; and drops it, never to be sent, once its session has been
-replaced (a reconnect).
+replaced (a reconnect). While a FINISH waits, the socket pauses the expiry of the session's
+previous receive key (the peer seals under it until the FINISH arrives).
 """
 
 from __future__ import annotations
