@@ -28,6 +28,8 @@ class Entry:
     committed: bool = False
     #: When we last echoed our messages to each replica that retransmitted (see replica).
     echoed: dict[int, float] = field(default_factory=dict)
+    #: Replicas whose PREPARE came after our certificate (not checked, not kept).
+    surplus: set[int] = field(default_factory=set)
 
 
 class MessageLog:

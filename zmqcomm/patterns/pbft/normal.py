@@ -438,8 +438,13 @@ class ReplicaCore:
             # can change nothing, so we skip its signature check (an Ed25519 verify, the
             # dearest step per message: with n = 4 one in three prepares arrives after the
             # certificate) and do not store it. The sender is the authenticated session
-            # peer; if it is retransmitting, it still gets our echo.
+            # peer. Its first copy needs no answer (answering it would start an echo
+            # exchange in every run where messages arrive late); a repeat means it is
+            # retransmitting, and gets our echo as a stored duplicate would.
             self.surplus_prepares += 1
+            if sender not in entry.surplus:
+                entry.surplus.add(sender)
+                return []
             return self._echo(entry, sender, now)
         if not self.verify(sender, material(prepare), prepare.signature):
             return self._reject("bad_signature")
