@@ -294,18 +294,17 @@ def test_rekey_policy_accepts_the_extremes_of_its_ranges() -> None:
     RekeyPolicy(jitter=0, grace_period=0)
 
 
-def test_superseded_keys_stay_open_while_expiry_is_paused_then_get_a_grace_period() -> None:
-    """A rekey's initiator whose FINISH waits for room pauses expiry: the peer still seals
-    under the previous epoch, however long the FINISH waits. Resumed, the previous key gets
-    a full grace period from then (not from the install)."""
+def test_the_key_our_held_finish_supersedes_stays_open_then_gets_a_grace_period() -> None:
+    """A rekey's initiator whose FINISH waits for room pauses the expiry of the key it
+    superseded: the peer still seals under it, however long the FINISH waits. Resumed,
+    that key gets one grace period from then (not from the install)."""
     policy = RekeyPolicy(jitter=0.0, grace_period=5.0)
     a, b = _pair(policy=policy)
     (a_send, a_recv), _ = _handshake_keys()
     old_epoch = b.encode(MessageType.DATA, "under epoch 0", now=0.0)
     later = b.encode(MessageType.DATA, "also epoch 0", now=0.0)
     a.session.install(a_send, a_recv, now=1.0)
-    a.session.pause_expiry()
-    assert a.session.next_deadline() is None  # no timer to spin on while paused
+    a.session.pause_expiry(now=1.0)
     a.session.on_timer(now=100.0)
     assert a.decode(old_epoch, now=100.0).payload == "under epoch 0"
     a.session.resume_expiry(now=100.0)
@@ -313,3 +312,23 @@ def test_superseded_keys_stay_open_while_expiry_is_paused_then_get_a_grace_perio
     assert a.decode(later, now=104.0).payload == "also epoch 0"
     a.session.on_timer(now=105.0)
     assert a.session.open_epochs == [1]
+
+
+def test_a_paused_key_still_expires_at_the_hard_age_and_older_ones_are_not_revived() -> None:
+    """A peer that never reads keeps our FINISH held for ever: the key it seals under stays
+    open at most ``hard_max_age`` (the longest any key may be used). Only the epoch just
+    superseded is paused; an older one keeps its expiry."""
+    policy = RekeyPolicy(max_age=10.0, hard_max_age=20.0, jitter=0.0, grace_period=5.0)
+    a, b = _pair(policy=policy)
+    epoch_0 = b.encode(MessageType.DATA, "epoch 0", now=0.0)
+    keys_1, keys_2 = _handshake_keys()[0], _handshake_keys()[0]  # (send, receive) each
+    a.session.install(*keys_1, now=1.0)  # epoch 0 expires at 6
+    a.session.install(*keys_2, now=10.0)  # epoch 1 expires at 15
+    a.session.pause_expiry(now=10.0)  # epoch 1 now at 10 + 20
+    with pytest.raises(ReplayError):
+        a.decode(epoch_0, now=10.0)
+    assert a.session.next_deadline() == 6.0
+    a.session.on_timer(now=29.0)
+    assert a.session.open_epochs == [1, 2]
+    a.session.on_timer(now=30.0)
+    assert a.session.open_epochs == [2]

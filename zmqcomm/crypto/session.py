@@ -124,8 +124,8 @@ class Session:
         self._send = _SendState(epoch, b"", now)
         self._soft_messages = 0
         self._soft_age = 0.0
-        #: Superseded receive keys do not expire while set (see pause_expiry).
-        self._expiry_paused = False
+        #: The epoch whose receive key waits for our FINISH to go out (see pause_expiry).
+        self._paused_epoch: int | None = None
         self.rekeys = 0
         self._install(send_key, receive_key, epoch=epoch, now=now, jitter=jitter)
 
@@ -214,9 +214,7 @@ class Session:
         counter is recorded once every frame has opened.
         """
         state = self._receive.get(epoch)
-        if state is None or (
-            state.expires is not None and now >= state.expires and not self._expiry_paused
-        ):
+        if state is None or (state.expires is not None and now >= state.expires):
             raise ReplayError(
                 f"no key for epoch {epoch} (expired or never agreed)", reason="stale_epoch"
             )
@@ -252,33 +250,37 @@ class Session:
         self.rekeys += 1
         return epoch
 
-    def pause_expiry(self) -> None:
-        """Keep superseded receive keys open until :meth:`resume_expiry`.
+    def pause_expiry(self, *, now: float) -> None:
+        """Keep the receive key of the epoch before the current one open until
+        :meth:`resume_expiry`, for at most ``hard_max_age`` seconds.
 
         For the initiator of a rekey whose FINISH waits to be sent (the peer's queue is
         full): the peer switches keys only when that FINISH arrives, and seals under the
-        previous epoch until then. Were that key erased after ``grace_period`` regardless,
-        everything the peer sent after it would be refused."""
-        self._expiry_paused = True
+        previous epoch until then. Were that key erased ``grace_period`` after the switch
+        regardless, everything the peer sent meanwhile would be refused. Only that epoch:
+        older ones keep their expiry. The cap is the longest the peer may seal under one
+        key at all; a peer that never reads cannot keep it open longer."""
+        epoch = self.epoch - 1
+        state = self._receive.get(epoch)
+        if state is None or state.expires is None or self._paused_epoch == epoch:
+            return
+        self._paused_epoch = epoch
+        state.expires = max(state.expires, now + self.policy.hard_max_age)
 
     def resume_expiry(self, *, now: float) -> None:
-        """The FINISH went out: superseded keys get a full grace period from ``now``."""
-        if not self._expiry_paused:
-            return
-        self._expiry_paused = False
-        for state in self._receive.values():
-            if state.expires is not None:
-                state.expires = max(state.expires, now + self.policy.grace_period)
+        """The FINISH went out: the paused key gets one grace period from ``now``."""
+        epoch, self._paused_epoch = self._paused_epoch, None
+        state = None if epoch is None else self._receive.get(epoch)
+        if state is not None and state.expires is not None:
+            state.expires = min(state.expires, now + self.policy.grace_period)
 
     def next_deadline(self) -> float | None:
         """When a superseded receive key is due to be erased."""
-        if self._expiry_paused:
-            return None
         expiries = [s.expires for s in self._receive.values() if s.expires is not None]
         return min(expiries) if expiries else None
 
     def on_timer(self, *, now: float) -> None:
-        if len(self._receive) < 2 or self._expiry_paused:
+        if len(self._receive) < 2:
             return  # only the current key, which never expires (this runs on every send)
         for epoch in [
             e for e, s in self._receive.items() if s.expires is not None and now >= s.expires

@@ -209,7 +209,7 @@ class _SecureSocket:
         self._finishes.hold(route, channel, frames)
         if channel is not None and channel.session is not None:
             # The peer seals under the previous epoch until this FINISH reaches it.
-            channel.session.pause_expiry()
+            channel.session.pause_expiry(now=self.wall_clock())
 
     def _release_finishes(self, route: bytes, *, wait: bool) -> None:
         """Send the FINISH frames held for ``route`` (raising, with them still held, when
