@@ -18,8 +18,11 @@ and is opened again:
 
 A call opens at most :data:`RETRY_BATCH` pieces, so a full hold never stalls a pump. Mail
 stays until it opens, fails for good (its age passes ``mail_max_age``, its sender is
-revoked) or is pushed out by newer mail; it lives in memory only, like the ids of the mail
-already seen, so a node that stops loses it (counted as ``held_at_close``).
+revoked) or is pushed out by newer mail. It lives in memory, like the ids of the mail
+already seen, so a node that stops loses it (counted as ``held_at_close``), unless the node
+keeps a mail store: then every change to the hold and to the seen ids is also described by
+a record (:data:`MailChange`) that the driver writes to the store before anything else
+happens, and the hold is refilled from the store at start (:meth:`HeldMail.restore`).
 
 Pure: no clocks or I/O; time comes in as ``now`` (the wall clock, as for the tunnels) and
 the trust store's state as an int. The schedule runs on the wall clock's forward steps only:
@@ -68,6 +71,44 @@ class HeldLetter:
     held_at: float
 
 
+# -- what the driver writes to a mail store (records, no I/O) ----------------------------------
+
+
+@dataclass(frozen=True)
+class KeepLetter:
+    """A letter was held: keep it (its key is :func:`letter_key` of its blob)."""
+
+    key: bytes
+    letter: HeldLetter
+
+
+@dataclass(frozen=True)
+class DropLetter:
+    """A letter left the hold: it opened, failed for good or was pushed out."""
+
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Rewait:
+    """A held letter failed again, for another passing reason."""
+
+    key: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class MarkSeen:
+    """Mail with this id opened: refuse it again until it is older than ``mail_max_age``
+    (``sealed_at`` is its date), when its age alone gets it refused."""
+
+    mail_id: bytes
+    sealed_at: float
+
+
+MailChange = KeepLetter | DropLetter | Rewait | MarkSeen
+
+
 class HeldMail:
     """Mail waiting to be opened again; see the module doc."""
 
@@ -83,6 +124,8 @@ class HeldMail:
         #: Mail held since the start, and of it, what opened later and went on.
         self.kept = 0
         self.released = 0
+        #: Letters put back from a mail store at start (not counted in ``kept``).
+        self.restored = 0
         #: Digest -> (next try, the wait after that one); the heap orders the next tries.
         #: A heap entry whose time is no longer its letter's next try is stale and skipped.
         self._plan: dict[bytes, tuple[float, float]] = {}
@@ -118,24 +161,40 @@ class HeldMail:
         """Keep ``blob``. Returns ``"held"``, ``"again"`` (this blob is held already: it
         stays as it is) or ``"refused"`` (the hold is off, or the blob alone exceeds its
         bytes), and the letters pushed out to make room, oldest first."""
-        key = _digest(blob)
+        key = letter_key(blob)
         if key in self._letters:
             return "again", []
         if not self.enabled or len(blob) > self.max_bytes:
             return "refused", []
-        self._letters[key] = HeldLetter(blob, sender, reason, now)
-        self.bytes += len(blob)
         self.kept += 1
+        return "held", self._add(key, HeldLetter(blob, sender, reason, now), now, generation)
+
+    def restore(self, letter: HeldLetter, *, now: float, generation: int) -> list[HeldLetter]:
+        """Put back a letter held before a restart (from a mail store, oldest first): held
+        as it was, and first tried :data:`RETRY_FIRST` after ``now``; a restart is when the
+        trust store or the clock most likely changed. Returns the letters pushed out (the
+        hold may be smaller than it was), or ``[letter]`` itself if it cannot be held."""
+        key = letter_key(letter.blob)
+        if key in self._letters:
+            return []
+        if not self.enabled or len(letter.blob) > self.max_bytes:
+            return [letter]
+        self.restored += 1
+        return self._add(key, letter, now, generation)
+
+    def _add(self, key: bytes, letter: HeldLetter, now: float, generation: int) -> list[HeldLetter]:
+        self._letters[key] = letter
+        self.bytes += len(letter.blob)
         self._schedule(key, self._time(now) + RETRY_FIRST, RETRY_FIRST)
         evicted = []
         while len(self._letters) > self.max_count or self.bytes > self.max_bytes:
-            old, letter = self._letters.popitem(last=False)
+            old, gone = self._letters.popitem(last=False)
             self._plan.pop(old, None)
-            self.bytes -= len(letter.blob)
-            evicted.append(letter)
+            self.bytes -= len(gone.blob)
+            evicted.append(gone)
         if self._generation is None:  # the trust store as it is now has been tried
             self._generation = generation
-        return "held", evicted
+        return evicted
 
     def _schedule(self, key: bytes, at: float, wait: float) -> None:
         self._plan[key] = (at, wait)
@@ -216,11 +275,14 @@ class HeldMail:
             self._heap.clear()
             self._generation = None
 
-    def update(self, key: bytes, reason: str) -> None:
-        """A retried letter failed again for a passing reason, maybe another one."""
+    def update(self, key: bytes, reason: str) -> bool:
+        """A retried letter failed again for a passing reason, maybe another one; whether
+        the reason changed."""
         letter = self._letters.get(key)
-        if letter is not None and letter.reason != reason:
-            self._letters[key] = HeldLetter(letter.blob, letter.sender, reason, letter.held_at)
+        if letter is None or letter.reason == reason:
+            return False
+        self._letters[key] = HeldLetter(letter.blob, letter.sender, reason, letter.held_at)
+        return True
 
     def clear(self) -> int:
         """Give up everything held (the node is closing); returns how many letters."""
@@ -234,5 +296,6 @@ class HeldMail:
         return count
 
 
-def _digest(blob: bytes) -> bytes:
+def letter_key(blob: bytes) -> bytes:
+    """The key of a letter in the hold and in a mail store."""
     return hashlib.blake2b(blob, digest_size=16).digest()

@@ -10,7 +10,10 @@ answers UNREACHABLE (the peer is offline), queued messages become sealed mail (S
 the peer's key, signed by us), which the broker stores durably and delivers when the peer
 connects; the peer acknowledges each piece of mail and drops repeats by id. Mail that
 cannot be opened yet for a passing reason (its sender is not trusted yet, say) is kept in a
-bounded hold and opened again later (:mod:`zmqcomm.node.held_mail`).
+bounded hold and opened again later (:mod:`zmqcomm.node.held_mail`). With
+``record_mail=True`` every change to the hold and to the seen mail ids is also recorded
+(:meth:`Tunnels.take_mail_changes`), for the driver to write to a mail store before it
+delivers or acknowledges anything.
 """
 
 from __future__ import annotations
@@ -43,8 +46,14 @@ from zmqcomm.node.held_mail import (
     DEFAULT_MAX_HELD,
     DEFAULT_MAX_HELD_BYTES,
     PASSING,
+    DropLetter,
     HeldLetter,
     HeldMail,
+    KeepLetter,
+    MailChange,
+    MarkSeen,
+    Rewait,
+    letter_key,
 )
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
@@ -94,7 +103,7 @@ _RESETS_REMEMBERED = 4096
 
 
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
-_SEEN_MAIL = 100_000
+SEEN_MAIL = 100_000
 #: Mail older than this is refused: the broker's default time to live (7 days) and a day of
 #: clock skew. Whoever holds a mailbox (a broker, a copy of its database) cannot hand a
 #: restarted node, which forgot the ids it saw, mail from longer ago.
@@ -142,6 +151,7 @@ class Tunnels:
         mail_max_age: float = MAIL_MAX_AGE,
         max_held_mail: int = DEFAULT_MAX_HELD,
         max_held_mail_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        record_mail: bool = False,
     ) -> None:
         if on_full not in ("raise", "drop"):
             raise UsageError(f"on_full is 'raise' or 'drop', got {on_full!r}")
@@ -168,6 +178,12 @@ class Tunnels:
         self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
         #: Mail acknowledged but not opened yet, for a passing reason (0 turns it off).
         self.held_mail = HeldMail(max_count=max_held_mail, max_bytes=max_held_mail_bytes)
+        #: Changes to the hold and seen ids not yet taken by the driver (recorded only for a
+        #: mail store: without one nothing would take them).
+        self._record_mail = record_mail
+        self._mail_changes: list[MailChange] = []
+        #: Mail dropped because its id was seen already (a broker's redelivery or replay).
+        self.mail_repeats = 0
         self.dropped: Counter[str] = Counter()
         self.mailed = 0
         #: Mail the broker confirmed it stored (MAIL_ACCEPTED); the rest of ``mailed`` is
@@ -495,8 +511,9 @@ class Tunnels:
 
     def _open_mail(
         self, blob: bytes, sender: str, *, now: float
-    ) -> tuple[bytes, Incoming] | _Unopened:
-        """Open, check and unwrap one piece of mail: its mail id and message, or why not."""
+    ) -> tuple[bytes, Incoming, float] | _Unopened:
+        """Open, check and unwrap one piece of mail: its mail id, message and date, or why
+        not."""
         peer = sender  # the broker's word, until the signature proves who sent it
         try:
             opened = open_sealed(blob, recipient=self.identity, now=now, max_age=self.mail_max_age)
@@ -518,17 +535,45 @@ class Tunnels:
             self._check_policy(incoming)
         except (RemoteProtocolError, SecurityError) as exc:
             return _Unopened(peer, exc)
-        return mail_id, incoming
+        return mail_id, incoming, opened.created
 
-    def _once(self, mail_id: bytes, incoming: Incoming) -> list[Incoming]:
+    def _once(self, mail_id: bytes, incoming: Incoming, created: float) -> list[Incoming]:
         """``incoming`` unless its mail id was delivered before (a broker may hand the same
         mail over twice, once held and once not)."""
         if mail_id in self._seen_mail:
+            self.mail_repeats += 1
             return []  # delivered before; acknowledged again, delivered once
-        self._seen_mail[mail_id] = None
-        while len(self._seen_mail) > _SEEN_MAIL:
-            self._seen_mail.popitem(last=False)
+        self._remember_seen(mail_id)
+        self._record(MarkSeen(mail_id, created))
         return [incoming]
+
+    def _remember_seen(self, mail_id: bytes) -> None:
+        self._seen_mail[mail_id] = None
+        while len(self._seen_mail) > SEEN_MAIL:
+            self._seen_mail.popitem(last=False)
+
+    def _record(self, change: MailChange) -> None:
+        if self._record_mail:
+            self._mail_changes.append(change)
+
+    def take_mail_changes(self) -> list[MailChange]:
+        """What changed in the hold and the seen ids since the last call, in order."""
+        changes, self._mail_changes = self._mail_changes, []
+        return changes
+
+    def restore_mail(
+        self, letters: Sequence[HeldLetter], seen: Sequence[bytes], *, now: float
+    ) -> None:
+        """Put back what a mail store kept from before a restart: the seen ids (oldest
+        first) and the held letters (oldest first). Letters the hold has no room for now are
+        given up as overflow (counted, audited, and dropped from the store)."""
+        for mail_id in seen:
+            self._remember_seen(mail_id)
+        generation = self._trust_generation()
+        for letter in letters:
+            for gone in self.held_mail.restore(letter, now=now, generation=generation):
+                self._record(DropLetter(letter_key(gone.blob)))
+                self._give_up(gone, now=now)
 
     def _trust_generation(self) -> int:
         # A stand-in trust object without one still gets the timed retries.
@@ -540,7 +585,11 @@ class Tunnels:
             blob, unopened.peer, unopened.reason, now=now, generation=self._trust_generation()
         )
         for letter in evicted:
+            self._record(DropLetter(letter_key(letter.blob)))
             self._give_up(letter, now=now)
+        if held == "held":
+            letter = HeldLetter(blob, unopened.peer, unopened.reason, now)  # as held
+            self._record(KeepLetter(letter_key(blob), letter))
         if held == "again":
             return  # a copy the broker handed over again: held and audited once
         if held == "refused":
@@ -572,11 +621,15 @@ class Tunnels:
             opened = self._open_mail(letter.blob, letter.sender, now=now)
             if isinstance(opened, _Unopened):
                 if opened.reason in PASSING:
-                    self.held_mail.update(key, opened.reason)
+                    if self.held_mail.update(key, opened.reason):
+                        self._record(Rewait(key, opened.reason))
                     continue
                 self.held_mail.release(key, delivered=False)
+                self._record(DropLetter(key))
                 self._refuse(opened.peer, opened.error, now=now)
                 continue
+            # Dropped from the store in the same write that marks it seen (next, in _once).
+            self._record(DropLetter(key))
             fresh = self._once(*opened)  # empty if a copy was delivered meanwhile
             self.held_mail.release(key, delivered=bool(fresh))
             self.audit.record(

@@ -1,0 +1,89 @@
+"""What the tunnels record for a mail store: every change to the hold and the seen mail ids,
+in order, and nothing without a store; and what they do with a store's letters at a restart.
+
+The tunnel core is driven with fake time as in test_held_mail.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.node.held_mail import DropLetter, HeldLetter, KeepLetter, MarkSeen, Rewait, letter_key
+
+from .test_held_mail import NOW, Pair, acked, make_pair, payloads
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    return make_pair(tmp_path, record_mail=True)
+
+
+def test_the_tunnels_record_a_hold_and_its_release_with_the_seen_id(pair: Pair) -> None:
+    blob = pair.mail("held, then opened")
+    out, incoming = pair.deliver(blob)
+    assert acked(out) and incoming == []
+    [kept] = pair.reader.take_mail_changes()
+    assert isinstance(kept, KeepLetter) and kept.key == letter_key(blob)
+    assert (kept.letter.blob, kept.letter.reason) == (blob, "unknown_peer")
+    assert pair.reader.take_mail_changes() == []  # taken once
+
+    pair.trust_alice()
+    assert payloads(pair.reader.retry_held_mail(now=NOW)) == ["held, then opened"]
+    # Out of the hold and seen: one write, so a crash cannot keep one and lose the other.
+    dropped, seen = pair.reader.take_mail_changes()
+    assert dropped == DropLetter(letter_key(blob))
+    assert isinstance(seen, MarkSeen) and seen.sealed_at == NOW
+
+
+def test_the_tunnels_record_mail_that_opens_at_once_and_nothing_for_refused_mail(
+    pair: Pair, tmp_path: Path
+) -> None:
+    pair.trust_alice()
+    blob = pair.mail("at once")
+    out, incoming = pair.deliver(blob)
+    assert acked(out) and payloads(incoming) == ["at once"]
+    [seen] = pair.reader.take_mail_changes()
+    assert isinstance(seen, MarkSeen)
+    # A repeat is dropped by its id and changes nothing.
+    out, incoming = pair.deliver(blob)
+    assert acked(out) and incoming == [] and pair.reader.mail_repeats == 1
+    assert pair.reader.take_mail_changes() == []
+    # Mail sealed for someone else never opens: refused, not held, nothing to write.
+    other = make_pair(tmp_path / "other")
+    out, incoming = pair.deliver(other.mail("not for dave"))
+    assert acked(out) and incoming == [] and pair.reader.take_mail_changes() == []
+
+
+def test_a_changed_reason_is_recorded(pair: Pair) -> None:
+    pair.trust_alice()
+    blob = pair.mail("early", now=NOW + 1000)
+    pair.deliver(blob, now=NOW)
+    pair.reader.take_mail_changes()
+    assert pair.dave_trust.remove(pair.alice.agent_id)  # now it waits for the trust store
+    assert pair.reader.retry_held_mail(now=NOW + 900) == []
+    assert pair.reader.take_mail_changes() == [Rewait(letter_key(blob), "unknown_peer")]
+
+
+def test_without_a_store_nothing_is_recorded(tmp_path: Path) -> None:
+    plain = make_pair(tmp_path)
+    plain.deliver(plain.mail("held"))
+    assert len(plain.reader.held_mail) == 1 and plain.reader.take_mail_changes() == []
+
+
+def test_letters_the_smaller_hold_has_no_room_for_are_given_up_counted(
+    pair: Pair, tmp_path: Path
+) -> None:
+    letters = [
+        HeldLetter(pair.mail(f"m{n}"), pair.alice.agent_id, "unknown_peer", NOW + n)
+        for n in range(3)
+    ]
+    small = make_pair(tmp_path / "small", max_held_mail=2, record_mail=True)
+    small.reader.restore_mail(letters, [], now=NOW)
+    assert len(small.reader.held_mail) == 2
+    assert small.reader.dropped == {"held_mail_overflow": 1}
+    # The oldest goes, and goes from the file too.
+    assert small.reader.take_mail_changes() == [DropLetter(letter_key(letters[0].blob))]
+    [line] = small.audit.events("reject", reason="held_mail_overflow")
+    assert line["waited"] == "unknown_peer"
