@@ -7,6 +7,11 @@ keys (:class:`BrokerTopics`), the subscriptions said again on every new hop sess
 mail opened later, and the keepalive. The node hands it what the link delivered
 (:meth:`BrokerPath.on_input`) and, on every pump, lets it do what is due
 (:meth:`BrokerPath.run_due`); what is for the application comes back through ``deliver``.
+
+With a mail store (:mod:`zmqcomm.node.mail_store`), what the tunnels changed in the held mail
+and the seen mail ids is written to it before anything that depends on it happens: before
+the acknowledgements go (the broker deletes what we acknowledged), and before what opened is
+delivered (so that a restart cannot deliver it again).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import LocalProtocolError, RemoteProtocolError, SecurityError, ZmqCommError
 from zmqcomm.node.broker_topics import BrokerTopics, Deliver, Reject
 from zmqcomm.node.hop_outbox import HopOutbox
+from zmqcomm.node.mail_store import MailStore
 from zmqcomm.node.messages import Incoming
 from zmqcomm.node.topics import Topics
 from zmqcomm.node.tunnel import HopMessage, Tunnels
@@ -56,6 +62,7 @@ class BrokerPath:
         mail_max_age: float,
         max_held_mail: int,
         max_held_mail_bytes: int,
+        mail_store: str | os.PathLike[str] | None,
         connect_timeout: float,
         link_options: dict[str, Any],
         clock: Callable[[], float],
@@ -89,6 +96,7 @@ class BrokerPath:
             mail_max_age=mail_max_age,
             max_held_mail=max_held_mail,
             max_held_mail_bytes=max_held_mail_bytes,
+            record_mail=mail_store is not None,
         )
         self.topics = Topics(identity=identity, trust=trust, random_bytes=os.urandom, policy=policy)
         self._broker_topics = BrokerTopics(
@@ -99,10 +107,24 @@ class BrokerPath:
             reject=reject,
             wall_clock=wall_clock,
         )
-        # Last: it waits (up to connect_timeout) for the hop session, and owns a socket.
-        self.link = SecureDealer(
-            endpoint, connect_timeout=connect_timeout, peer_label="broker", **link_options
-        )
+        #: Where held mail and seen mail ids outlive the process (None: in memory only).
+        self.mail_store: MailStore | None = None
+        if mail_store is not None:
+            self.mail_store = MailStore(mail_store, mail_max_age=self.tunnels.mail_max_age)
+        try:
+            if self.mail_store is not None:
+                now = wall_clock()
+                letters, seen = self.mail_store.load(now=now)
+                self.tunnels.restore_mail(letters, seen, now=now)
+                self.save_mail()  # letters the hold had no room for left the file too
+            # Last: it waits (up to connect_timeout) for the hop session, and owns a socket.
+            self.link = SecureDealer(
+                endpoint, connect_timeout=connect_timeout, peer_label="broker", **link_options
+            )
+        except BaseException:
+            if self.mail_store is not None:
+                self.mail_store.close()  # its lock too: nobody else would release it
+            raise
         #: What waits for the broker link.
         self.outbox = HopOutbox(self.link, clock=clock)
 
@@ -172,8 +194,21 @@ class BrokerPath:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def save_mail(self) -> None:
+        """Write what the tunnels changed in the held mail and the seen ids to the mail store,
+        if there is one (StoreError if that fails: the node must be restarted)."""
+        if self.mail_store is not None:
+            self.mail_store.apply(self.tunnels.take_mail_changes(), now=self.wall_clock())
+
+    def check_store(self) -> None:
+        """StoreError once a write to the mail store failed: the tunnels' memory is ahead of
+        the file, so the node must stop (and be restarted) before it acknowledges more."""
+        if self.mail_store is not None:
+            self.mail_store.check()
+
     def on_input(self, delivered: Delivered) -> None:
         """What the broker link delivered: publications, tunnelled frames and mail."""
+        self.check_store()
         for payload in delivered.message.payloads:
             message = delivered.message._replace(payloads=[payload])
             try:
@@ -182,8 +217,11 @@ class BrokerPath:
                     continue
                 out, incoming = self.tunnels.on_hop(message, now=self.wall_clock())
             except (RemoteProtocolError, SecurityError) as exc:
-                self._reject(delivered.agent_id, exc)
+                self._reject(delivered.agent_id, exc)  # nothing changed: nothing to save
                 continue
+            # Held mail and seen ids on disk first: if this raises, nothing is delivered and
+            # no acknowledgement goes, so the broker keeps the mail and hands it over again.
+            self.save_mail()
             try:
                 # Delivered before the mail acknowledgements in ``out`` go: acknowledged mail
                 # is deleted by the broker, and marked seen here.
@@ -229,6 +267,7 @@ class BrokerPath:
         """The broker link's share of a pump, after its input was read: resubscribe on a new
         hop session, send what is held, keep the link alive, run the tunnels' timers, and
         deliver mail that opened."""
+        self.check_store()
         link, outbox = self.link, self.outbox
         if link.joined:  # a new hop session: the broker knows none of our topics
             link.joined.clear()
@@ -248,8 +287,11 @@ class BrokerPath:
             self.timers_ran = self.clock()
             self.to_broker_quietly(self.tunnels.on_timer(now=now))
             # Mail held because it could not be opened yet: acknowledged long ago, so
-            # what opens now goes the way of any other mail, once.
-            self.opened_mail.extend(self.tunnels.retry_held_mail(now=now))
+            # what opens now goes the way of any other mail, once (marked seen and out of
+            # the store before it is delivered).
+            opened = self.tunnels.retry_held_mail(now=now)
+            self.save_mail()
+            self.opened_mail.extend(opened)
         while self.opened_mail:
             self._deliver_mail(self.opened_mail.popleft())
 
@@ -271,9 +313,16 @@ class BrokerPath:
         if self.tunnels.queued():
             # Still waiting for a session when the time ran out: counted, not vanished.
             self.tunnels.dropped["unsent_at_close"] += self.tunnels.queued()
-        # Held mail lives in memory (the broker deleted it when we acknowledged it).
-        held = self.tunnels.held_mail.clear() + len(self.opened_mail)
+        # Held mail lives in memory (the broker deleted it when we acknowledged it), and in
+        # the mail store if there is one. Opened mail a raising handler left undelivered is
+        # out of both: lost either way.
+        held = self.tunnels.held_mail.clear()
+        lost = len(self.opened_mail) + (held if self.mail_store is None else 0)
         self.opened_mail.clear()
-        if held:
-            self.tunnels.dropped["held_at_close"] += held
-        self.link.close()
+        if lost:
+            self.tunnels.dropped["held_at_close"] += lost
+        try:
+            self.link.close()
+        finally:
+            if self.mail_store is not None:
+                self.mail_store.close()

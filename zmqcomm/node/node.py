@@ -84,6 +84,11 @@ class Node:
       than its 7-day default). ``max_held_mail``, ``max_held_mail_bytes``: mail that cannot
       be opened yet (its sender is not trusted yet, its clock runs ahead) is acknowledged
       and held, up to this many pieces and bytes, and opened again later (0: dropped).
+    - ``mail_store``: a file (SQLite, created 0600) where held mail and the ids of mail
+      already delivered outlive the process: a node restarted on it holds again what it
+      held and refuses mail it delivered before. Written before mail is acknowledged or
+      delivered; one node per file (locked). None (default): both live in memory only, and
+      held mail still held at ``close()`` is lost (``held_at_close``). Needs ``broker``.
     - ``connect_timeout``: how long the constructor waits for the broker session.
     """
 
@@ -106,11 +111,14 @@ class Node:
         mail_max_age: float = MAIL_MAX_AGE,
         max_held_mail: int = DEFAULT_MAX_HELD,
         max_held_mail_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        mail_store: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if broker is None and bind is None:
             raise UsageError("a node needs broker= (an endpoint) or bind= (to accept peers)")
+        if mail_store is not None and broker is None:
+            raise UsageError("mail_store keeps mail that came through a broker: give broker= too")
         self.identity = identity
         self.trust = trust
         self.policy = policy
@@ -155,6 +163,7 @@ class Node:
                     mail_max_age=mail_max_age,
                     max_held_mail=max_held_mail,
                     max_held_mail_bytes=max_held_mail_bytes,
+                    mail_store=mail_store,
                     connect_timeout=connect_timeout,
                     link_options=self._link_options(),
                     clock=clock,

@@ -63,6 +63,10 @@ def gather_statistics(
         "mail_held_bytes": tunnels.held_mail.bytes if tunnels is not None else 0,
         "mail_held_total": tunnels.held_mail.kept if tunnels is not None else 0,
         "mail_released": tunnels.held_mail.released if tunnels is not None else 0,
+        # Held pieces put back from the mail store at start, and mail dropped because its id
+        # was seen before (a broker handing it over again, or replaying it).
+        "mail_restored": tunnels.held_mail.restored if tunnels is not None else 0,
+        "mail_repeats": tunnels.mail_repeats if tunnels is not None else 0,
         "resent": tunnels.resent if tunnels is not None else 0,
         "last_error": tunnels.last_error if tunnels is not None else None,
         "refused_by_broker": dict(tunnels.refused_by_broker) if tunnels is not None else {},

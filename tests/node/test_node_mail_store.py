@@ -1,0 +1,226 @@
+"""A node with a mail store, through a real broker: held mail and seen mail ids outlive a
+close, a SIGKILL and a failed write, and a broker replaying delivered mail after a restart
+is refused. Without a store the memory-only behaviour stays as it was.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zmqcomm.crypto.key_files import save_identity
+from zmqcomm.errors import StoreError, UsageError
+from zmqcomm.node import Node
+
+from .conftest import Bus
+from .support import BrokerThread, pump_until, settle
+
+MakeNode = Callable[..., Node]
+
+
+def mail_waiting(broker: BrokerThread, recipient: str | None = None) -> int:
+    def count(b: Any) -> int:
+        return int(b.mailbox.count(recipient))
+
+    return broker.call(count)
+
+
+def mail_from_a_stranger(bus: Bus, broker: BrokerThread, make_node: MakeNode, text: str) -> None:
+    """Alice mails offline dave, who does not trust her (yet)."""
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    alice.send(bus.id("dave"), text)
+    pump_until([alice], lambda: mail_waiting(broker, bus.id("dave")) == 1, what="stored mail")
+    assert bus.trust("dave").remove(bus.id("alice"))
+
+
+def deliver_once_trusted(bus: Bus, dave: Node) -> list[object]:
+    """Dave comes to trust alice: what he held opens. Returns the payloads delivered."""
+    bus.trust("dave").add(bus.agents["alice"].public, roles=["agent"])
+    pump_until([dave], lambda: bool(dave.inbox), what="held mail delivered")
+    settle([dave], 0.1)
+    return [(m.payload, m.via) for m in dave.inbox]
+
+
+def test_held_mail_survives_a_close_and_is_delivered_once_after_the_restart(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    store = tmp_path / "dave" / "mail.sqlite3"
+    mail_from_a_stranger(bus, broker, make_node, "kept across a restart")
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until(
+        [dave],
+        lambda: mail_waiting(broker) == 0 and dave.statistics()["mail_held"] == 1,
+        what="mail acknowledged and held",
+    )
+    dave.close()
+    assert dave.statistics()["dropped"] == {}  # not lost at close: it is in the store
+
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    stats = again.statistics()
+    assert (stats["mail_held"], stats["mail_restored"]) == (1, 1)
+    assert deliver_once_trusted(bus, again) == [("kept across a restart", "mail")]
+    stats = again.statistics()
+    assert (stats["mail_held"], stats["mail_released"], stats["received"]) == (0, 1, 1)
+    again.close()
+    # Delivered, so gone from the file: a third start holds nothing.
+    third = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    assert third.statistics()["mail_held"] == 0
+    settle([third], 0.1)
+    assert not third.inbox
+
+
+_HOLD_THEN_WAIT = """
+import sys, time
+from zmqcomm.crypto.key_files import load_identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.node import Node
+key, trust, broker, store = sys.argv[1:]
+node = Node(load_identity(key), TrustStore(trust), broker=broker, mail_store=store)
+deadline = time.monotonic() + 20
+while node.statistics()["mail_held"] < 1 and time.monotonic() < deadline:
+    node.pump(0.01)
+print(node.statistics()["mail_held"], flush=True)
+while True:
+    node.pump(0.1)
+"""
+
+
+def test_held_mail_survives_a_sigkill(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    store = tmp_path / "dave" / "mail.sqlite3"
+    mail_from_a_stranger(bus, broker, make_node, "kept across a SIGKILL")
+    key = save_identity(bus.agents["dave"], tmp_path / "keys").secret
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _HOLD_THEN_WAIT,
+            str(key),
+            str(bus.trust("dave").directory),
+            broker.endpoint,
+            str(store),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "1"  # held, and so acknowledged
+        pump_until([], lambda: mail_waiting(broker) == 0, what="the broker deleting it")
+    finally:
+        child.send_signal(signal.SIGKILL)  # no close(), no goodbye
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    assert dave.statistics()["mail_restored"] == 1
+    assert deliver_once_trusted(bus, dave) == [("kept across a SIGKILL", "mail")]
+
+
+def replay_after_restart(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, **options: Any
+) -> Node:
+    """Dave gets alice's mail, stops; the broker hands the same mail to the restarted dave."""
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    alice.send(dave_id, "delivered before the restart")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="stored mail")
+    [stored] = broker.call(lambda b: b.mailbox.pending(dave_id))
+    dave = make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, **options)
+    pump_until([dave], lambda: bool(dave.inbox) and mail_waiting(broker) == 0, what="the mail")
+    assert [m.payload for m in dave.inbox] == ["delivered before the restart"]
+    dave.close()
+    # A broker (or whoever holds a copy of its database) hands the same mail over again.
+    broker.call(lambda b: b.mailbox.put(dave_id, stored.sender, stored.blob, now=time.time()))
+    again = make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, **options)
+    pump_until([again], lambda: mail_waiting(broker) == 0, what="the replay acknowledged")
+    settle([again], 0.1)
+    return again
+
+
+def test_mail_delivered_before_a_restart_is_refused_after_it(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    again = replay_after_restart(bus, broker, make_node, mail_store=tmp_path / "mail.sqlite3")
+    assert not again.inbox
+    stats = again.statistics()
+    assert (stats["received"], stats["mail_repeats"], stats["rejected"]) == (0, 1, {})
+
+
+def test_without_a_store_a_restarted_node_forgets_what_it_delivered(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode
+) -> None:
+    # The memory-only default, unchanged (mail_max_age bounds how old such a replay can be).
+    again = replay_after_restart(bus, broker, make_node)
+    assert [m.payload for m in again.inbox] == ["delivered before the restart"]
+
+
+def test_a_failed_write_stops_the_node_before_it_acknowledges_or_delivers(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    store = tmp_path / "mail.sqlite3"
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    alice.send(dave_id, "not lost to a full disk")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="stored mail")
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    assert dave._broker_path is not None and dave._broker_path.mail_store is not None
+    db = dave._broker_path.mail_store._db
+    assert db is not None
+    db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full disk
+    with pytest.raises(StoreError, match="restart the node"):
+        pump_until([dave], lambda: False, timeout=5.0)
+    # Neither delivered nor acknowledged: the broker still has it ...
+    settle([alice], 0.1)
+    assert not dave.inbox and mail_waiting(broker, dave_id) == 1
+    with pytest.raises(StoreError):  # ... and the node refuses to go on
+        dave.pump(0.05)
+    dave.close()
+    # Restarted, it gets the mail again, once.
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([again], lambda: bool(again.inbox) and mail_waiting(broker) == 0, what="the mail")
+    settle([again], 0.1)
+    assert [m.payload for m in again.inbox] == ["not lost to a full disk"]
+
+
+def test_two_nodes_cannot_share_a_store_and_a_store_needs_a_broker(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path, unique: Any
+) -> None:
+    store = tmp_path / "mail.sqlite3"
+    make_node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store)
+    with pytest.raises(UsageError, match="in use by another node"):
+        Node(bus.agents["bob"], bus.trust("bob"), broker=broker.endpoint, mail_store=store)
+    with pytest.raises(UsageError, match="give broker="):
+        Node(bus.agents["bob"], bus.trust("bob"), bind=unique("b"), mail_store=tmp_path / "b")
+
+
+def test_a_corrupt_store_stops_the_node_at_start_with_what_to_do(
+    bus: Bus, broker: BrokerThread, tmp_path: Path
+) -> None:
+    store = tmp_path / "mail.sqlite3"
+    store.write_bytes(b"not a database at all, whatever the name says" * 50)
+    with pytest.raises(UsageError, match=r"not a usable zmqcomm node mail store.*move the file"):
+        Node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store)
+    # The lock went with the refusal: a good file next time starts.
+    store.unlink()
+    Node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store).close()
