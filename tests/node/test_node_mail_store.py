@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from zmqcomm.crypto.key_files import save_identity
-from zmqcomm.errors import StoreError, UsageError
+from zmqcomm.errors import ConnectError, StoreError, UsageError
 from zmqcomm.node import Node
+from zmqcomm.node.tunnel import HopMessage
+from zmqcomm.wire import MessageType
 
 from .conftest import Bus
 from .support import BrokerThread, pump_until, settle
@@ -131,6 +133,81 @@ def test_held_mail_survives_a_sigkill(
     )
     assert dave.statistics()["mail_restored"] == 1
     assert deliver_once_trusted(bus, dave) == [("kept across a SIGKILL", "mail")]
+
+
+def drop_mail_acks(node: Node) -> None:
+    """Make ``node`` lose its mail acknowledgements, as if it died just before sending them."""
+    path = node._broker_path
+    assert path is not None
+    send = path.to_broker_quietly
+
+    def without_acks(messages: list[HopMessage]) -> None:
+        send([m for m in messages if m.msg_type != MessageType.MAIL_ACK])
+
+    path.to_broker_quietly = without_acks  # type: ignore[method-assign]
+
+
+def test_mail_delivered_just_before_a_crash_is_not_delivered_again(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    """The crash window after the write and before the ack: the broker hands the mail over
+    again, and the restarted node knows it (at most once)."""
+    store = tmp_path / "mail.sqlite3"
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    alice.send(bus.id("dave"), "exactly once")
+    pump_until([alice], lambda: mail_waiting(broker) == 1, what="stored mail")
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    drop_mail_acks(dave)
+    pump_until([dave], lambda: bool(dave.inbox), what="the mail")
+    dave.inbox.clear()  # the application took it
+    dave.close()
+    assert mail_waiting(broker) == 1  # never acknowledged
+
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([again], lambda: mail_waiting(broker) == 0, what="the copy acknowledged")
+    settle([again], 0.1)
+    assert not again.inbox and again.statistics()["mail_repeats"] == 1
+
+
+def test_mail_held_just_before_a_crash_is_held_once_and_delivered_once(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    store = tmp_path / "mail.sqlite3"
+    mail_from_a_stranger(bus, broker, make_node, "held once")
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    drop_mail_acks(dave)
+    pump_until([dave], lambda: dave.statistics()["mail_held"] == 1, what="mail held")
+    dave.close()
+    assert mail_waiting(broker) == 1  # never acknowledged
+
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([again], lambda: mail_waiting(broker) == 0, what="the copy acknowledged")
+    stats = again.statistics()
+    assert (stats["mail_restored"], stats["mail_held"], stats["mail_held_total"]) == (1, 1, 0)
+    assert deliver_once_trusted(bus, again) == [("held once", "mail")]
+
+
+def test_a_node_that_cannot_reach_its_broker_releases_its_store(
+    bus: Bus, tmp_path: Path, ipc_endpoint: Callable[[str], str]
+) -> None:
+    store = tmp_path / "mail.sqlite3"
+    for _ in range(2):  # the second attempt is not refused as "in use"
+        with pytest.raises(ConnectError):
+            Node(
+                bus.agents["dave"],
+                bus.trust("dave"),
+                broker=ipc_endpoint("nobody"),
+                mail_store=store,
+                connect_timeout=0.2,
+            )
 
 
 def replay_after_restart(
