@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from zmqcomm.errors import RemoteProtocolError
 from zmqcomm.node.held_mail import DropLetter, HeldLetter, KeepLetter, MarkSeen, Rewait, letter_key
+from zmqcomm.wire import MessageType, WireCodec
 
 from .test_held_mail import NOW, Pair, acked, make_pair, payloads
+
+_codec = WireCodec()
 
 
 @pytest.fixture
@@ -87,3 +91,15 @@ def test_letters_the_smaller_hold_has_no_room_for_are_given_up_counted(
     assert small.reader.take_mail_changes() == [DropLetter(letter_key(letters[0].blob))]
     [line] = small.audit.events("reject", reason="held_mail_overflow")
     assert line["waited"] == "unknown_peer"
+
+
+def test_malformed_mail_is_refused_as_before_and_records_nothing(pair: Pair) -> None:
+    # Garbage where the sealed blob goes: acknowledged, refused and counted, never kept.
+    out, incoming = pair.deliver(b"\x00not sealed mail at all" * 10)
+    assert acked(out) and incoming == []
+    assert sum(pair.reader.table.rejected.values()) == 1 and len(pair.reader.held_mail) == 0
+    # A MAIL_DELIVER without its id and blob raises (the driver counts it) and records nothing.
+    frames = _codec.encode(MessageType.MAIL_DELIVER, ["no id"], topic=pair.alice.agent_id)
+    with pytest.raises(RemoteProtocolError):
+        pair.reader.on_hop(_codec.decode(frames), now=NOW)
+    assert pair.reader.take_mail_changes() == []
