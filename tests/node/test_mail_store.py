@@ -123,6 +123,8 @@ def test_a_file_that_is_not_a_mail_store_is_refused_with_what_to_do(tmp_path: Pa
         MailStore(other, mail_max_age=MAIL_MAX_AGE)
     with pytest.raises(UsageError, match="is a directory"):
         MailStore(tmp_path, mail_max_age=MAIL_MAX_AGE)
+    with pytest.raises(UsageError, match="cannot lock the mail store"):
+        MailStore(garbage / "mail.sqlite3", mail_max_age=MAIL_MAX_AGE)  # under a file
     # Refused files leave their lock free.
     MailStore(tmp_path / "fresh.sqlite3", mail_max_age=MAIL_MAX_AGE).close()
 

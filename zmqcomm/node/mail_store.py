@@ -214,3 +214,5 @@ def _lock(path: Path) -> IO[bytes]:
             f"mail store {path} is in use by another node (it holds {path.name}.lock): give "
             "each node its own mail_store file"
         ) from exc
+    except OSError as exc:  # a directory we may not create or write in
+        raise UsageError(f"cannot lock the mail store {path}: {exc}") from exc
