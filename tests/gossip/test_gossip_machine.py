@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -314,3 +315,64 @@ def test_unanswered_iwants_are_broken_promises_of_the_peer_asked() -> None:
     # The liar's wants are released with the promises: it may be asked again, within its cap.
     more = tuple(rng.randbytes(16) for _ in range(50))
     assert sends(me.on_message("n1", IHave(more), now=1.0))
+
+
+# -- adoption: a node in no mesh --------------------------------------------------------------
+
+
+X = "n3"  # the node that no mesh ever picks (a late joiner whose Grafts came too late)
+
+
+def x_last(population: Sequence[Hashable], k: int) -> list[Hashable]:
+    """Picks X only when it must: with degree 2 of 3 other peers, no mesh ever takes X."""
+    return sorted(population, key=lambda peer: peer == X)[:k]
+
+
+def route(nodes: dict[str, GossipNode], sender: str, actions: list[Any], now: float) -> None:
+    """Deliver every Send at once (no latency, no loss), and what the receivers send back."""
+    pending = deque((sender, a) for a in actions if isinstance(a, Send))
+    while pending:
+        source, send = pending.popleft()
+        target = nodes.get(str(send.to))
+        if target is not None:
+            replies = target.on_message(source, send.message, now=now)
+            pending += ((str(send.to), a) for a in replies if isinstance(a, Send))
+
+
+def heartbeat(nodes: dict[str, GossipNode], now: float) -> None:
+    for name, gossip in nodes.items():
+        route(nodes, name, gossip.on_timer(now=now), now)
+
+
+def swarm() -> dict[str, GossipNode]:
+    names = ["n0", "n1", "n2", X]
+    return {
+        name: node(name, [p for p in names if p != name], choose=x_last, degree=2, degree_low=1)
+        for name in names
+    }
+
+
+def publish(nodes: dict[str, GossipNode], origin: str, payload: bytes, now: float) -> bytes:
+    mid, actions = nodes[origin].publish(payload, now=now)
+    route(nodes, origin, actions, now)
+    return mid
+
+
+def test_a_node_in_no_mesh_is_adopted_and_then_pushed_to_eagerly() -> None:
+    nodes = swarm()
+    x = nodes[X]
+    heartbeat(nodes, 1.0)  # meshes form and Grafts go out; none of them picks X
+    assert not any(X in nodes[p].mesh for p in ("n0", "n1", "n2"))
+    early = publish(nodes, "n0", b"before adoption", 1.5)
+    assert not x.has_seen(early)  # nobody pushes to X: it waits for the next heartbeat ...
+    heartbeat(nodes, 2.0)
+    assert x.has_seen(early) and x.counters["sent_iwant"] == 1  # ... and IHave/IWant
+    # Feeder-less for a whole heartbeat, X asked two peers to adopt it at that heartbeat.
+    late = publish(nodes, "n2", b"after adoption", 2.5)
+    assert x.has_seen(late)  # pushed in the same step (n2 -> n0 or n1 -> X) ...
+    assert x.counters["sent_iwant"] == 1  # ... not pulled
+    assert x.counters["sent_adopt"] == 2
+    assert sorted(p for p in ("n0", "n1", "n2") if X in nodes[p].mesh) == ["n0", "n1"]
+    assert sorted(x.fed_by) == ["n0", "n1"]  # type: ignore[type-var]
+    heartbeat(nodes, 3.0)
+    assert x.counters["sent_adopt"] == 2  # fed now: no more asking

@@ -169,6 +169,41 @@ def test_late_joiner_learns_through_graft_and_pulls_recent_messages() -> None:
     assert swarm.node(50).has_seen(mid)  # nobody knew node 50: Graft taught them
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_late_joiners_are_adopted_and_then_pushed_to_within_the_round(seed: int) -> None:
+    # Joiners graft existing nodes whose meshes are full already, so no mesh takes them in:
+    # they ask for adoption after a heartbeat without feeders, and from then on they get
+    # messages by eager push, not from IHave/IWant at the next heartbeat.
+    n, joiners = 100, range(100, 110)
+    swarm = build(n, seed, loss=0.0)
+    sim = swarm.sim
+    sim.run(until=2.5)  # meshes formed at t=1
+    rng = random.Random(seed)
+
+    def joiner(j: int, peers: list[int]) -> Callable[[], GossipNode]:
+        return lambda: GossipNode(
+            j, peers, sign=None, verify=None, choose=swarm.choose_rng.sample, now=sim.now
+        )
+
+    for j in joiners:
+        sim.add_node(j, joiner(j, rng.sample(range(n), 6)))  # knows 6 of the old nodes
+    sim.run(until=PUBLISH_AT + 5 * HEARTBEAT + 0.05)  # joiners' heartbeats at 3.5 and 4.5
+    published_at = sim.now  # just after the old nodes' heartbeat: the next is ~1 s away
+    swarm.publish(0, b"after the joiners came")
+    sim.run(until=published_at + 0.3 * HEARTBEAT)
+    [mid] = list(swarm.published)
+    everyone = [*range(n), *joiners]
+    assert all(swarm.node(i).has_seen(mid) for i in everyone)  # within the round
+    assert all(swarm.node(i).counters["sent_iwant"] == 0 for i in joiners)
+    assert all(swarm.node(i).fed_by for i in everyone)
+    duplicates = sum(swarm.node(i).counters["duplicates"] for i in everyone)
+    assert duplicates / len(everyone) <= DEGREE
+    adopted = sum(swarm.node(i).counters["adopted"] for i in everyone)
+    print(
+        f"\nlate joiners seed={seed}: adopted {adopted}, dup/node {duplicates / len(everyone):.2f}"
+    )
+
+
 # -- Byzantine ----------------------------------------------------------------------------
 
 

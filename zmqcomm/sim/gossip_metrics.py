@@ -196,7 +196,7 @@ class GossipMetrics:
     max_hops: int
     mean_hops: float
     duplicates_per_node_message: float
-    #: IHave + IWant + Graft messages sent, per node per published message.
+    #: IHave + IWant + Graft + Prune + Adopt messages sent, per node per published message.
     control_per_node_message: float
     bytes_per_node_second: float
     wall_seconds: float
@@ -266,7 +266,7 @@ def _metrics(
     hops = [h for copies in delivered for _, h in copies]
     sent = swarm.log.sent
     duplicates = sum(swarm.node(i).counters["duplicates"] for i in range(n))
-    control = sent["IHave"] + sent["IWant"] + sent["Graft"]
+    control = sum(sent[kind] for kind in ("IHave", "IWant", "Graft", "Prune", "Adopt"))
     return GossipMetrics(
         nodes=n,
         seed=seed,

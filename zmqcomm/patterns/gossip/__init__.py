@@ -1,12 +1,14 @@
 """Pure gossip (eager push over a mesh, lazy IHave/IWant repair): see :mod:`.machine`."""
 
 from zmqcomm.patterns.gossip.machine import (
+    Adopt,
     Deliver,
     GossipNode,
     Graft,
     IHave,
     IWant,
     Message,
+    Prune,
     Publish,
     ed25519_verifier,
     id_material,
@@ -14,12 +16,14 @@ from zmqcomm.patterns.gossip.machine import (
 )
 
 __all__ = [
+    "Adopt",
     "Deliver",
     "GossipNode",
     "Graft",
     "IHave",
     "IWant",
     "Message",
+    "Prune",
     "Publish",
     "ed25519_verifier",
     "id_material",

@@ -4,8 +4,21 @@ Sans-I/O: no sockets, clocks or randomness. Time comes in as ``now``; peer sampl
 injected ``choose(population, k) -> list`` (``random.Random(seed).sample`` in tests).
 
 Message kinds: :class:`Publish` (a full :class:`Message`), :class:`IHave` (ids this node has
-cached), :class:`IWant` (ids it asks for) and :class:`Graft` ("you are in my mesh": the
-receiver learns the sender as a peer, so a late joiner gets lazy repair).
+cached), :class:`IWant` (ids it asks for), :class:`Graft` ("you are in my mesh": the receiver
+learns the sender as a peer, so a late joiner gets lazy repair, and notes it as a *feeder*),
+:class:`Prune` ("you are no longer in my mesh") and :class:`Adopt` ("please put me in your
+mesh").
+
+The mesh is outbound: each node picks about ``degree`` peers to push to, and a Graft does not
+make the receiver push back (that would raise duplicates above ``degree`` per message). So a
+node whose Grafts arrive after its peers filled their meshes (a late joiner) would be in no
+one's mesh and get everything by IHave/IWant only, half a heartbeat late on average. Each node
+therefore tracks its feeders (``fed_by``, from Graft and Prune); when it has had fewer than
+``min_fed`` of them (default 2, at most its number of peers) for a whole heartbeat, it sends
+Adopt to that many peers not feeding it (not those asked at the heartbeat before). A receiver
+takes the sender into its mesh only while the mesh is below ``degree_high`` and answers
+Graft; otherwise it ignores the Adopt (``adopt_refused``). Mesh sizes stay within
+``degree_high`` whoever sends Adopts, and only underfed nodes ask, so duplicates barely move.
 
 A message id is BLAKE2b-128 of the id material (a domain tag, the origin, the sequence and
 the payload), always recomputed by the receiver. With ``sign``/``verify`` the origin signs
@@ -127,6 +140,16 @@ class Graft:
 
 
 @dataclass(frozen=True, slots=True)
+class Prune:
+    """The sender took the receiver out of its mesh."""
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """The sender asks the receiver to put it in its mesh (answered by Graft, or ignored)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Deliver:
     """Output record: hand ``message`` to the application (exactly once per id per TTL)."""
 
@@ -179,7 +202,7 @@ def _ids_ok(ids: Any) -> bool:
 class GossipNode:
     """One gossip participant; see the module docstring."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one assignment per piece of protocol state
         self,
         node_id: NodeId,
         peers: Sequence[NodeId],
@@ -209,6 +232,7 @@ class GossipNode:
         max_origins: int = 10_000,
         max_wants_per_peer: int | None = None,
         max_wanted: int | None = None,
+        min_fed: int | None = None,
     ) -> None:
         if not 0 <= degree_low <= degree <= degree_high:
             raise UsageError("gossip needs 0 <= degree_low <= degree <= degree_high")
@@ -220,6 +244,11 @@ class GossipNode:
             raise UsageError("gossip needs 1 <= gossip_windows <= history")
         if min(max_hops, max_ihave_ids, max_iwant_ids, max_seen) < 1 or max_peers < 0:
             raise UsageError("gossip limits must be positive")
+        # Default 2, so that one lost or silent feeder does not put us back on IHave/IWant;
+        # never more than our own degree (degree 0 is lazy pull only: no Adopt at all).
+        self.min_fed = min(2, degree) if min_fed is None else min_fed
+        if not 0 <= self.min_fed <= degree_high:
+            raise UsageError("gossip needs 0 <= min_fed <= degree_high")
         self.node_id = node_id
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
         self.heartbeat = heartbeat
@@ -265,6 +294,10 @@ class GossipNode:
         self._replies: Counter[NodeId] = Counter()  # IWant replies per peer this heartbeat
         self._mesh: dict[NodeId, None] = {}
         self._new_grafts: list[NodeId] = []
+        # Peers whose Graft says we are in their mesh (a subset of _peers, so capped with them).
+        self._fed_by: dict[NodeId, None] = {}
+        self._adopt_asked: dict[NodeId, None] = {}  # asked at the last heartbeat
+        self._was_underfed = False  # below min_fed at the last heartbeat
         self._graft()
         self._seen: dict[MessageId, float] = {}  # id -> expiry, in expiry order
         self._wanted: dict[MessageId, _Want] = {}
@@ -286,6 +319,11 @@ class GossipNode:
     def mesh(self) -> list[NodeId]:
         return list(self._mesh)
 
+    @property
+    def fed_by(self) -> list[NodeId]:
+        """Peers that told us (Graft) that we are in their mesh: they push to us eagerly."""
+        return list(self._fed_by)
+
     def has_seen(self, mid: MessageId) -> bool:
         return mid in self._seen
 
@@ -304,6 +342,8 @@ class GossipNode:
         self._peers.pop(peer, None)
         self._mesh.pop(peer, None)
         self._learned.pop(peer, None)
+        self._fed_by.pop(peer, None)
+        self._adopt_asked.pop(peer, None)
 
     # -- the application side ----------------------------------------------------------------
 
@@ -334,13 +374,16 @@ class GossipNode:
         if isinstance(message, IWant) and _ids_ok(message.ids):
             return self._on_iwant(sender, message.ids)
         if isinstance(message, Graft):
-            if sender not in self._peers and sender != self.node_id:
-                if len(self._learned) < self.max_peers:
-                    self._learned[sender] = None
-                    self._peers[sender] = None
-                else:
-                    self.counters["peers_ignored"] += 1
+            if self._learn(sender):
+                self._fed_by[sender] = None
             return []
+        if isinstance(message, Prune):
+            self.counters["received_prune"] += 1
+            self._fed_by.pop(sender, None)
+            return []
+        if isinstance(message, Adopt):
+            self.counters["received_adopt"] += 1
+            return self._on_adopt(sender)
         self.counters["malformed"] += 1
         return []
 
@@ -351,9 +394,10 @@ class GossipNode:
         self._next_heartbeat = now + self.heartbeat
         self._replies.clear()
         self._expire(now)
-        self._maintain_mesh()
+        actions += self._maintain_mesh()
         actions += [self._send(peer, Graft()) for peer in self._new_grafts]
         self._new_grafts = []
+        actions += self._ask_adoption()
         actions += self._gossip()
         self._windows.append([])
         while len(self._windows) > self.history:
@@ -521,14 +565,66 @@ class GossipNode:
                 self._mesh[peer] = None
                 self._new_grafts.append(peer)
 
-    def _maintain_mesh(self) -> None:
+    def _maintain_mesh(self) -> list[Any]:
+        """Refill below degree_low, trim above degree_high; Prune tells the trimmed peers (a
+        peer gone from ``_peers`` is not told: it is gone or not ours to talk to)."""
         for peer in [peer for peer in self._mesh if peer not in self._peers]:
             del self._mesh[peer]
         if len(self._mesh) < self.degree_low:
             self._graft()
         elif len(self._mesh) > self.degree_high:
-            for peer in self._choose(list(self._mesh), len(self._mesh) - self.degree):
+            trimmed = self._choose(list(self._mesh), len(self._mesh) - self.degree)
+            for peer in trimmed:
                 del self._mesh[peer]
+            return [self._send(peer, Prune()) for peer in trimmed]
+        return []
+
+    def _learn(self, sender: NodeId) -> bool:
+        """Whether ``sender`` is a peer now, learning it within ``max_peers`` if new."""
+        if sender == self.node_id:
+            return False
+        if sender not in self._peers:
+            if len(self._learned) >= self.max_peers:
+                self.counters["peers_ignored"] += 1
+                return False
+            self._learned[sender] = None
+            self._peers[sender] = None
+        return True
+
+    def _on_adopt(self, sender: NodeId) -> list[Any]:
+        """Take ``sender`` into the mesh if it has room below degree_high (so Adopts, from
+        anyone, never grow it past that); answer Graft, also to a member whose Graft was lost."""
+        if not self._learn(sender):
+            return []
+        if sender not in self._mesh:
+            if len(self._mesh) >= self.degree_high:
+                self.counters["adopt_refused"] += 1
+                return []
+            self._mesh[sender] = None
+            self.counters["adopted"] += 1
+        return [self._send(sender, Graft())]
+
+    def _ask_adoption(self) -> list[Any]:
+        """Ask peers that do not feed us to adopt us, when we have had fewer than min_fed
+        feeders for a whole heartbeat. The first heartbeat below it only notes the fact: at
+        a node's first heartbeat its peers' Grafts are still in flight, and asking then would
+        have every node of a swarm that starts together ask, growing every mesh."""
+        want = min(self.min_fed, len(self._peers))
+        underfed = len(self._fed_by) < want
+        ask = underfed and self._was_underfed
+        self._was_underfed = underfed
+        if not ask:
+            self._adopt_asked = {}
+            return []
+        # Skip the peers asked last time (a full mesh refuses silently): ask others first.
+        candidates = [
+            peer
+            for peer in self._peers
+            if peer not in self._fed_by and peer not in self._adopt_asked
+        ]
+        chosen = self._choose(candidates, min(want - len(self._fed_by), len(candidates)))
+        self._adopt_asked = dict.fromkeys(chosen)
+        return [self._send(peer, Adopt()) for peer in chosen]
 
     def _gossip(self) -> list[Any]:
         recent = list(self._windows)[-self.gossip_windows :]
