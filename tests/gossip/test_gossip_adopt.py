@@ -7,11 +7,17 @@ from collections.abc import Hashable
 from typing import Any
 
 import pytest
+import zmq
 
 from zmqcomm.actions import Send
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.gossip import Adopt, Graft, Prune
+from zmqcomm.patterns.gossip.codec import decode_frame, encode_frame
+from zmqcomm.patterns.gossip.driver import GossipAgent
 
+from .support import raw_dealer, step_until
 from .test_gossip_machine import node, sends
 
 X = "n3"
@@ -93,3 +99,34 @@ def test_min_fed_is_capped_by_peers_and_degree() -> None:
     with pytest.raises(UsageError):
         node(X, min_fed=-1)
 
+
+# -- the driver: the same trust rule as Graft -------------------------------------------------
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["stranger", "trusted"])
+def test_only_a_trusted_id_can_ask_an_agent_to_adopt_it(
+    context: zmq.Context[zmq.Socket[bytes]], store: TrustStore, trusted: bool
+) -> None:
+    alice, other = Identity.generate("alice"), Identity.generate("other")
+    store.add(alice.public)
+    if trusted:
+        store.add(other.public)
+    # Signed-only: routing ids are claims, so the agent checks them itself.
+    agent = GossipAgent(alice, "tcp://127.0.0.1:*", trust=store, context=context, secure=False)
+    asker = raw_dealer(context, other.agent_id, agent.endpoint)
+    try:
+        asker.send(encode_frame([Adopt(), Prune()]))
+        assert step_until(agent, lambda: agent.counters["received_items"] == 2)
+        drops = agent.statistics()["drops"]
+        if trusted:
+            assert agent.node.mesh == [other.agent_id] and "untrusted_control" not in drops
+            assert step_until(agent, lambda: asker.poll(0) != 0)
+            assert decode_frame(asker.recv()) == [Graft()]
+        else:
+            assert other.agent_id not in agent.node.peers and agent.node.mesh == []
+            assert drops["untrusted_control"] == 2
+            agent.step(0.05)
+            assert not asker.poll(0)
+    finally:
+        asker.close(0)
+        agent.close()

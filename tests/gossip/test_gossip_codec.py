@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqcomm.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
-from zmqcomm.patterns.gossip import Graft, IHave, IWant, Message, Publish
+from zmqcomm.patterns.gossip import Adopt, Graft, IHave, IWant, Message, Prune, Publish
 from zmqcomm.patterns.gossip.codec import (
     CodecLimits,
     build_frame,
@@ -31,6 +31,20 @@ def test_round_trip_of_every_kind_in_one_frame() -> None:
         Graft(),
     ]
     assert decode_frame(encode_frame(messages)) == messages
+
+
+def test_prune_and_adopt_are_bare_tags_4_and_5() -> None:
+    assert encode_item(Prune()) == msgpack.packb([4])
+    assert encode_item(Adopt()) == msgpack.packb([5])
+    messages = [Adopt(), Graft(), Prune(), IWant((ID,)), Adopt()]
+    assert decode_frame(encode_frame(messages)) == messages
+
+
+@pytest.mark.parametrize("item", [[4, 1], [5, None], [4, []], [5, 5], [6], [True], [4.0], [5.0]])
+def test_prune_and_adopt_with_anything_more_are_refused(item: list[object]) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_frame(frame([3], item))  # one bad item rejects the whole frame
+    assert info.value.reason == "bad_item"
 
 
 def test_frames_are_built_from_items_encoded_once() -> None:
@@ -110,7 +124,7 @@ def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
     except RemoteProtocolError as exc:
         assert exc.reason
         return
-    assert all(isinstance(m, (Publish, IHave, IWant, Graft)) for m in decoded)
+    assert all(isinstance(m, (Publish, IHave, IWant, Graft, Prune, Adopt)) for m in decoded)
 
 
 json_like = st.recursive(
@@ -126,7 +140,7 @@ json_like = st.recursive(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(json_like, max_size=5), st.sampled_from([0, 1, 2, 3]))
+@given(st.lists(json_like, max_size=5), st.sampled_from([0, 1, 2, 3, 4, 5]))
 def test_well_formed_msgpack_with_wrong_shapes_only_raises_protocol_errors(
     items: list[object], kind: int
 ) -> None:
@@ -135,4 +149,4 @@ def test_well_formed_msgpack_with_wrong_shapes_only_raises_protocol_errors(
         decoded = decode_frame(data)
     except RemoteProtocolError:
         return
-    assert all(isinstance(m, (Publish, IHave, IWant, Graft)) for m in decoded)
+    assert all(isinstance(m, (Publish, IHave, IWant, Graft, Prune, Adopt)) for m in decoded)

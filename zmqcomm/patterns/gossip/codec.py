@@ -7,6 +7,8 @@ version). Items are msgpack arrays whose first element says the kind::
     [1, [id: bin(16), ...]]                                                             IHave
     [2, [id: bin(16), ...]]                                                             IWant
     [3]                                                                                 Graft
+    [4]                                                                                 Prune
+    [5]                                                                                 Adopt
 
 Items are encoded once (:func:`encode_item`) and frames are built by concatenating encoded
 items behind an array header (:func:`build_frame`), so a message relayed to six mesh peers is
@@ -30,19 +32,24 @@ from zmqcomm.errors import LimitExceededError, LocalProtocolError, RemoteProtoco
 from zmqcomm.patterns.gossip.machine import (
     ID_LEN,
     MAX_SEQUENCE,
+    Adopt,
     Graft,
     IHave,
     IWant,
     Message,
+    Prune,
     Publish,
 )
 
 VERSION = 1
-PUBLISH, IHAVE, IWANT, GRAFT = 0, 1, 2, 3
+PUBLISH, IHAVE, IWANT, GRAFT, PRUNE, ADOPT = 0, 1, 2, 3, 4, 5
 SIGNATURE_LEN = 64
 MAX_HOPS = 0xFFFF
 
-GossipMessage = Publish | IHave | IWant | Graft
+GossipMessage = Publish | IHave | IWant | Graft | Prune | Adopt
+#: The kinds that carry nothing but their tag.
+_BARE: dict[type, int] = {Graft: GRAFT, Prune: PRUNE, Adopt: ADOPT}
+_BARE_KINDS: dict[int, GossipMessage] = {GRAFT: Graft(), PRUNE: Prune(), ADOPT: Adopt()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +94,8 @@ def encode_item(message: GossipMessage, limits: CodecLimits = DEFAULT_CODEC_LIMI
         if len(message.ids) > limits.max_ids:
             raise LocalProtocolError(f"at most {limits.max_ids} ids fit in one IHave/IWant")
         item = [IHAVE if isinstance(message, IHave) else IWANT, list(message.ids)]
-    elif isinstance(message, Graft):
-        item = [GRAFT]
+    elif type(message) in _BARE:
+        item = [_BARE[type(message)]]
     else:
         raise LocalProtocolError(f"cannot encode {type(message).__name__} as a gossip item")
     packed: bytes = _packer.pack(item)
@@ -174,6 +181,6 @@ def _decode_item(item: Any, limits: CodecLimits) -> GossipMessage:
     if kind in (IHAVE, IWANT) and len(item) == 2:
         ids = _ids(item[1], limits)
         return IHave(ids) if kind == IHAVE else IWant(ids)
-    if kind == GRAFT and len(item) == 1:
-        return Graft()
+    if kind in _BARE_KINDS and len(item) == 1:
+        return _BARE_KINDS[kind]
     raise _bad("bad_item", "unknown kind or wrong length")

@@ -54,6 +54,7 @@ from zmqcomm.patterns.gossip.codec import decode_frame, encode_item
 from zmqcomm.patterns.gossip.config import GossipConfig
 from zmqcomm.patterns.gossip.links import PlainLinks, SecureLinks
 from zmqcomm.patterns.gossip.machine import (
+    Adopt,
     Deliver,
     GossipNode,
     Graft,
@@ -61,6 +62,7 @@ from zmqcomm.patterns.gossip.machine import (
     IWant,
     Publish,
 )
+from zmqcomm.patterns.gossip.machine import Prune as MeshPrune  # scoring has its own Prune
 from zmqcomm.patterns.gossip.outbox import Outbox
 from zmqcomm.patterns.gossip.peer_trust import (
     PeerTrust,
@@ -83,7 +85,8 @@ __all__ = [
 
 Clock = Callable[[], float]
 #: Items that make us send to, or keep track of, their sender: taken only from a trusted id.
-_CONTROL = (Graft, IHave, IWant)
+#: Prune only drops state, but a forged one would make us ask for adoption: same rule.
+_CONTROL = (Graft, IHave, IWant, Adopt, MeshPrune)
 #: Machine counters that mean "this sender misbehaved" (diffed around each on_message).
 _INVALID = ("bad_signature", "malformed", "too_many_hops")
 #: Seconds between two audit lines for the same anonymous reject reason (a flood of bad

@@ -7,10 +7,11 @@ is signed by its origin and verified, through the machine's ``verify`` callback
 (:func:`mapping_verifier` or :func:`trust_verifier`), before it is delivered or relayed.
 
 Signed-only, routing ids are *not* identities, so the sender of a frame only names whom to
-blame. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant)
-are taken only from a sender :meth:`PeerTrust.trusted` knows (in ``verify_keys``, or trusted
-and not revoked in the trust store); from any other id the agent drops them, counted
-``untrusted_control`` and audited, so a stranger cannot join the mesh and read the traffic.
+blame. Control items that make us send to a peer or keep track of it (Graft, IHave, IWant,
+Adopt, and Prune, which would make us ask others to adopt us) are taken only from a sender
+:meth:`PeerTrust.trusted` knows (in ``verify_keys``, or trusted and not revoked in the trust
+store); from any other id the agent drops them, counted ``untrusted_control`` and audited, so
+a stranger cannot join the mesh and read the traffic.
 A peer revoked (or expired) after it joined is found by :meth:`PeerTrust.untrusted` on each
 heartbeat and dropped.
 """

@@ -3,7 +3,8 @@
 Pure: no sockets, no clock. A driver pushes encoded items (bytes) for a peer with a class,
 and later takes them in priority order to build frames:
 
-    CONTROL (IHave, IWant, Graft) > OWN (our publishes) > FORWARD (relays) > REPAIR (IWant replies)
+    CONTROL (IHave, IWant, Graft, Prune, Adopt) > OWN (our publishes) > FORWARD (relays)
+    > REPAIR (IWant replies)
 
 When a push does not fit, items of *strictly lower* classes are evicted, oldest first, until it
 does; a higher or equal class is never evicted for a lower one, so the new item is refused
