@@ -18,7 +18,8 @@ therefore tracks its feeders (``fed_by``, from Graft and Prune); when it has had
 Adopt to that many peers not feeding it (not those asked at the heartbeat before). A receiver
 takes the sender into its mesh only while the mesh is below ``degree_high`` and answers
 Graft; otherwise it ignores the Adopt (``adopt_refused``). Mesh sizes stay within
-``degree_high`` whoever sends Adopts, and only underfed nodes ask, so duplicates barely move.
+``degree_high`` whoever sends Adopts, and only underfed nodes ask, so the duplicates per node
+and message (about the mean mesh size less one) stay below ``degree`` in the simulator.
 
 A message id is BLAKE2b-128 of the id material (a domain tag, the origin, the sequence and
 the payload), always recomputed by the receiver. With ``sign``/``verify`` the origin signs
@@ -39,9 +40,9 @@ the seen-cache again. An origin must therefore number its messages upwards acros
 
 Memory is bounded: the seen-cache forgets ids after ``seen_ttl`` seconds (and keeps at most
 ``max_seen``), the replay windows are capped at ``max_origins``, the message cache keeps
-``history`` heartbeat windows, IHave/IWant lists are capped, peers learned from Graft are
-capped at ``max_peers`` (a removed one frees its slot) and IWant replies to one peer are
-capped at ``max_iwant_replies`` per heartbeat.
+``history`` heartbeat windows, IHave/IWant lists are capped, peers learned from Graft or
+Adopt are capped at ``max_peers`` (a removed one frees its slot), feeders are a subset of the
+peers, and IWant replies to one peer are capped at ``max_iwant_replies`` per heartbeat.
 
 Promises: an IHave promises that its sender will answer our IWant. The ids we asked one peer
 for and did not get yet are capped at ``max_wants_per_peer`` (beyond it that peer's IHaves
@@ -244,8 +245,8 @@ class GossipNode:
             raise UsageError("gossip needs 1 <= gossip_windows <= history")
         if min(max_hops, max_ihave_ids, max_iwant_ids, max_seen) < 1 or max_peers < 0:
             raise UsageError("gossip limits must be positive")
-        # Default 2, so that one lost or silent feeder does not put us back on IHave/IWant;
-        # never more than our own degree (degree 0 is lazy pull only: no Adopt at all).
+        # Default 2, so that one lost or silent feeder does not put us back on IHave/IWant
+        # (but at most degree: degree 0 means lazy pull only, so no Adopt at all).
         self.min_fed = min(2, degree) if min_fed is None else min_fed
         if not 0 <= self.min_fed <= degree_high:
             raise UsageError("gossip needs 0 <= min_fed <= degree_high")
