@@ -376,3 +376,29 @@ def test_a_node_in_no_mesh_is_adopted_and_then_pushed_to_eagerly() -> None:
     assert sorted(x.fed_by) == ["n0", "n1"]  # type: ignore[type-var]
     heartbeat(nodes, 3.0)
     assert x.counters["sent_adopt"] == 2  # fed now: no more asking
+
+
+def test_a_restarted_node_learns_its_feeders_from_their_pushes_and_asks_no_one() -> None:
+    """After a restart a node has no record of the Grafts its feeders sent long ago, while
+    they still push to it. A peer that pushes a new message unasked is a feeder: the node
+    does not ask for adoption it does not need (it used to, and every restart grew two
+    meshes by one for good)."""
+    nodes = swarm()
+    heartbeat(nodes, 1.0)
+    restarted = "n0"  # in the other nodes' meshes (x_last picks it)
+    feeders = sorted(p for p in ("n1", "n2", X) if restarted in nodes[p].mesh)
+    assert len(feeders) >= 2
+    nodes[restarted] = node(restarted, ["n1", "n2", X], choose=x_last, degree=2, degree_low=1)
+    for at, origin in ((1.5, "n1"), (2.5, "n2"), (3.5, "n1")):
+        publish(nodes, origin, f"from {origin} at {at}".encode(), at)
+        heartbeat(nodes, at + 0.5)
+    again = nodes[restarted]
+    assert len(again.fed_by) >= 2
+    assert again.counters["sent_adopt"] == 0
+    assert again.counters["sent_iwant"] == 0
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", True])
+def test_min_fed_must_be_a_whole_number(bad: object) -> None:
+    with pytest.raises(UsageError, match="min_fed"):
+        node("n0", ["n1"], min_fed=bad)

@@ -13,7 +13,8 @@ The mesh is outbound: each node picks about ``degree`` peers to push to, and a G
 make the receiver push back (that would raise duplicates above ``degree`` per message). So a
 node whose Grafts arrive after its peers filled their meshes (a late joiner) would be in no
 one's mesh and get everything by IHave/IWant only, half a heartbeat late on average. Each node
-therefore tracks its feeders (``fed_by``, from Graft and Prune); when it has had fewer than
+therefore tracks its feeders (``fed_by``: from Graft and Prune, and any peer that pushes it a
+new message it did not ask for); when it has had fewer than
 ``min_fed`` of them (default 2, at most its number of peers) for a whole heartbeat, it sends
 Adopt to that many peers not feeding it (not those asked at the heartbeat before). A receiver
 takes the sender into its mesh only while the mesh is below ``degree_high`` and answers
@@ -248,6 +249,8 @@ class GossipNode:
         # Default 2, so that one lost or silent feeder does not put us back on IHave/IWant
         # (but at most degree: degree 0 means lazy pull only, so no Adopt at all).
         self.min_fed = min(2, degree) if min_fed is None else min_fed
+        if isinstance(self.min_fed, bool) or not isinstance(self.min_fed, int):
+            raise UsageError(f"min_fed must be a whole number, got {self.min_fed!r}")
         if not 0 <= self.min_fed <= degree_high:
             raise UsageError("gossip needs 0 <= min_fed <= degree_high")
         self.node_id = node_id
@@ -467,6 +470,12 @@ class GossipNode:
             self.counters["bad_signature"] += 1
             return []
         self._record(message.origin, message.sequence)
+        want = self._wanted.get(mid)
+        if sender in self._peers and (want is None or want.asked != sender):
+            # Pushed to us unasked: the sender has us in its mesh, Graft or not. A node
+            # that restarted (its feeders' Grafts long gone) learns them so, and does not
+            # ask for adoption it does not need.
+            self._fed_by[sender] = None
         actions: list[Any] = [self._accept(mid, message, now)]
         if message.hops < self.max_hops:
             relayed = replace(message, hops=message.hops + 1)
