@@ -6,10 +6,12 @@ The tunnel core is driven with fake time as in test_held_mail.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from zmqcomm.crypto.sealed import seal
 from zmqcomm.errors import RemoteProtocolError
 from zmqcomm.node.held_mail import DropLetter, HeldLetter, KeepLetter, MarkSeen, Rewait, letter_key
 from zmqcomm.wire import MessageType, WireCodec
@@ -103,3 +105,27 @@ def test_malformed_mail_is_refused_as_before_and_records_nothing(pair: Pair) -> 
     with pytest.raises(RemoteProtocolError):
         pair.reader.on_hop(_codec.decode(frames), now=NOW)
     assert pair.reader.take_mail_changes() == []
+
+
+def mail_with_id(pair: Pair, mail_id: bytes, text: str) -> bytes:
+    """Mail from alice to dave, sealed by hand with the id she chose."""
+    public = pair.sender.trust.lookup(pair.dave.agent_id, now=NOW).public
+    [frame] = _codec.encode(MessageType.DATA, [mail_id, text], topic="")
+    return seal(bytes(frame), sender=pair.alice, recipient=public, now=NOW)
+
+
+@pytest.mark.parametrize("size", [0, 7, 9, 500_000])
+def test_mail_whose_id_is_not_the_honest_size_is_refused_and_never_recorded(
+    pair: Pair, size: int
+) -> None:
+    # Ids are remembered (in memory and in the store): a trusted sender choosing 100,000
+    # ids of 500 kB would fill both. Honest ids are MAIL_ID_SIZE random bytes.
+    pair.trust_alice()
+    out, incoming = pair.deliver(mail_with_id(pair, os.urandom(size), "odd id"))
+    assert acked(out) and incoming == []
+    assert pair.reader.table.rejected == {"bad_mail": 1}
+    assert pair.audit.events("reject", reason="bad_mail")
+    assert pair.reader.take_mail_changes() == [] and len(pair.reader.held_mail) == 0
+    # An honest one opens.
+    out, incoming = pair.deliver(mail_with_id(pair, os.urandom(8), "honest id"))
+    assert payloads(incoming) == ["honest id"]

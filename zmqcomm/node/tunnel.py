@@ -104,6 +104,9 @@ _RESETS_REMEMBERED = 4096
 
 #: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
 SEEN_MAIL = 100_000
+#: Bytes of a mail id (random). Mail whose id has another size is refused as ``bad_mail``:
+#: ids are kept (in memory and in a mail store), so their size must not be the sender's.
+MAIL_ID_SIZE = 8
 #: Mail older than this is refused: the broker's default time to live (7 days) and a day of
 #: clock skew. Whoever holds a mailbox (a broker, a copy of its database) cannot hand a
 #: restarted node, which forgot the ids it saw, mail from longer ago.
@@ -477,7 +480,7 @@ class Tunnels:
         self, peer: str, public: Any, kind: int, payload: object, *, topic: str, now: float
     ) -> HopMessage:
         """Seal one message for an offline peer: the broker stores it until the peer acks."""
-        mail_id = self._random(8)
+        mail_id = self._random(MAIL_ID_SIZE)
         frames = self.codec.encode(kind, [mail_id, payload], topic=topic)
         if len(frames) != 1:
             raise UsageError("mail cannot carry out-of-band arrays; send them in a session")
@@ -521,8 +524,13 @@ class Tunnels:
             entry = self.trust.check_certificate(opened.sender_certificate, now=now)
             inner = self.codec.decode([opened.message])
             body = inner.payload
-            if not isinstance(body, list) or len(body) != 2 or not isinstance(body[0], bytes):
-                raise RemoteProtocolError("mail without its id", reason="bad_mail")
+            if (
+                not isinstance(body, list)
+                or len(body) != 2
+                or not isinstance(body[0], bytes)
+                or len(body[0]) != MAIL_ID_SIZE
+            ):
+                raise RemoteProtocolError("mail without a proper id", reason="bad_mail")
             mail_id, content = body
             incoming = unwrap(
                 opened.agent_id,
