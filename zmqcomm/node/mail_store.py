@@ -47,7 +47,7 @@ from zmqcomm.node.held_mail import (
     Rewait,
     letter_key,
 )
-from zmqcomm.node.tunnel import SEEN_MAIL
+from zmqcomm.node.mail_book import SEEN_MAIL
 from zmqcomm.private_db import check_schema_version, open_private_database
 
 #: Bump when the schema changes; a file with a higher version is refused, not guessed at.

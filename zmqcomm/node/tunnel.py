@@ -46,15 +46,11 @@ from zmqcomm.node.held_mail import (
     DEFAULT_MAX_HELD,
     DEFAULT_MAX_HELD_BYTES,
     PASSING,
-    DropLetter,
     HeldLetter,
     HeldMail,
-    KeepLetter,
     MailChange,
-    MarkSeen,
-    Rewait,
-    letter_key,
 )
+from zmqcomm.node.mail_book import MailBook
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
 from zmqcomm.wire.header import parse_header
@@ -102,8 +98,6 @@ def _is_sealed_data(frames: object) -> bool:
 _RESETS_REMEMBERED = 4096
 
 
-#: Mail ids remembered to drop redeliveries (a broker may deliver again after a crash).
-SEEN_MAIL = 100_000
 #: Bytes of a mail id (random). Mail whose id has another size is refused as ``bad_mail``:
 #: ids are kept (in memory and in a mail store), so their size must not be the sender's.
 MAIL_ID_SIZE = 8
@@ -178,13 +172,14 @@ class Tunnels:
         self.mail_max_age = check_seconds(mail_max_age, "mail_max_age", allow_zero=False)
         self._random = random_bytes
         self._queues: dict[str, deque[_Item]] = {}
-        self._seen_mail: OrderedDict[bytes, None] = OrderedDict()
-        #: Mail acknowledged but not opened yet, for a passing reason (0 turns it off).
-        self.held_mail = HeldMail(max_count=max_held_mail, max_bytes=max_held_mail_bytes)
-        #: Changes to the hold and seen ids not yet taken by the driver (recorded only for a
-        #: mail store: without one nothing would take them).
-        self._record_mail = record_mail
-        self._mail_changes: list[MailChange] = []
+        #: Mail acknowledged but not opened yet, for a passing reason (0 turns it off), the
+        #: ids of mail seen, and (``record_mail``) the record of each change to them.
+        self.mail_book = MailBook(
+            max_held=max_held_mail, max_held_bytes=max_held_mail_bytes, record=record_mail
+        )
+        #: Held mail that opened and is not returned yet: kept here, not in a local list,
+        #: so that an audit sink raising halfway through a batch does not lose it.
+        self._opened: list[Incoming] = []
         #: Mail dropped because its id was seen already (a broker's redelivery or replay).
         self.mail_repeats = 0
         self.dropped: Counter[str] = Counter()
@@ -545,29 +540,21 @@ class Tunnels:
             return _Unopened(peer, exc)
         return mail_id, incoming, opened.created
 
+    @property
+    def held_mail(self) -> HeldMail:
+        return self.mail_book.held
+
     def _once(self, mail_id: bytes, incoming: Incoming, created: float) -> list[Incoming]:
         """``incoming`` unless its mail id was delivered before (a broker may hand the same
         mail over twice, once held and once not)."""
-        if mail_id in self._seen_mail:
-            self.mail_repeats += 1
-            return []  # delivered before; acknowledged again, delivered once
-        self._remember_seen(mail_id)
-        self._record(MarkSeen(mail_id, created))
-        return [incoming]
-
-    def _remember_seen(self, mail_id: bytes) -> None:
-        self._seen_mail[mail_id] = None
-        while len(self._seen_mail) > SEEN_MAIL:
-            self._seen_mail.popitem(last=False)
-
-    def _record(self, change: MailChange) -> None:
-        if self._record_mail:
-            self._mail_changes.append(change)
+        if self.mail_book.mark_seen(mail_id, created):
+            return [incoming]
+        self.mail_repeats += 1
+        return []  # delivered before; acknowledged again, delivered once
 
     def take_mail_changes(self) -> list[MailChange]:
         """What changed in the hold and the seen ids since the last call, in order."""
-        changes, self._mail_changes = self._mail_changes, []
-        return changes
+        return self.mail_book.take_changes()
 
     def restore_mail(
         self, letters: Sequence[HeldLetter], seen: Sequence[bytes], *, now: float
@@ -575,38 +562,33 @@ class Tunnels:
         """Put back what a mail store kept from before a restart: the seen ids (oldest
         first) and the held letters (oldest first). Letters the hold has no room for now are
         given up as overflow (counted, audited, and dropped from the store)."""
-        for mail_id in seen:
-            self._remember_seen(mail_id)
-        generation = self._trust_generation()
-        for letter in letters:
-            for gone in self.held_mail.restore(letter, now=now, generation=generation):
-                self._record(DropLetter(letter_key(gone.blob)))
-                self._give_up(gone, now=now)
+        given_up = self.mail_book.restore(letters, seen, now=now, generation=self._generation())
+        for letter in given_up:
+            self._give_up(letter, now=now)
 
-    def _trust_generation(self) -> int:
+    def _generation(self) -> int:
         # A stand-in trust object without one still gets the timed retries.
         return int(getattr(self.trust, "generation", 0))
 
     def _hold(self, blob: bytes, unopened: _Unopened, *, now: float) -> None:
-        # Kept with the best word on its sender: the signature's, if it got that far.
-        held, evicted = self.held_mail.hold(
-            blob, unopened.peer, unopened.reason, now=now, generation=self._trust_generation()
+        # Kept with the best word on its sender: the signature's, if it got that far. The
+        # book records the change itself; the audits come after it, so one that raises
+        # leaves memory and record agreeing.
+        peer, reason = unopened.peer, unopened.reason
+        held, evicted = self.mail_book.hold(
+            blob, peer, reason, now=now, generation=self._generation()
         )
         for letter in evicted:
-            self._record(DropLetter(letter_key(letter.blob)))
             self._give_up(letter, now=now)
-        if held == "held":
-            letter = HeldLetter(blob, unopened.peer, unopened.reason, now)  # as held
-            self._record(KeepLetter(letter_key(blob), letter))
         if held == "again":
             return  # a copy the broker handed over again: held and audited once
         if held == "refused":
             if self.held_mail.enabled:  # larger than the whole hold
-                self._give_up(HeldLetter(blob, unopened.peer, unopened.reason, now), now=now)
+                self._give_up(HeldLetter(blob, peer, reason, now), now=now)
             else:
-                self._refuse(unopened.peer, unopened.error, now=now)
+                self._refuse(peer, unopened.error, now=now)
             return
-        self.audit.record("mail_held", now=now, peer=unopened.peer, reason=unopened.reason)
+        self.audit.record("mail_held", now=now, peer=peer, reason=reason)
 
     def _give_up(self, letter: HeldLetter, *, now: float) -> None:
         """Held mail pushed out by newer mail: lost, so counted and audited."""
@@ -623,46 +605,47 @@ class Tunnels:
     def retry_held_mail(self, *, now: float) -> list[Incoming]:
         """Open held mail again, if it is due (:meth:`next_deadline`): what opens now is
         returned for delivery (once per mail id), what fails for good is dropped (counted
-        and audited by reason), the rest waits for the next round."""
-        delivered: list[Incoming] = []
-        for key, letter in self.held_mail.due(now=now, generation=self._trust_generation()):
+        and audited by reason), the rest waits for the next round. Mail that opened in a
+        call that raised (an audit sink failing) is returned by the next call."""
+        book = self.mail_book
+        for key, letter in book.held.due(now=now, generation=self._generation()):
             opened = self._open_mail(letter.blob, letter.sender, now=now)
             if isinstance(opened, _Unopened):
                 if opened.reason in PASSING:
-                    if self.held_mail.update(key, opened.reason):
-                        self._record(Rewait(key, opened.reason))
-                    continue
-                self.held_mail.release(key, delivered=False)
-                self._record(DropLetter(key))
-                self._refuse(opened.peer, opened.error, now=now)
+                    book.update(key, opened.reason)
+                else:
+                    book.drop(key)
+                    self._refuse(opened.peer, opened.error, now=now)
                 continue
-            # Dropped from the store in the same write that marks it seen (next, in _once).
-            self._record(DropLetter(key))
-            fresh = self._once(*opened)  # empty if a copy was delivered meanwhile
-            self.held_mail.release(key, delivered=bool(fresh))
+            mail_id, incoming, created = opened
+            fresh = book.release_opened(key, mail_id, created)
+            if fresh:
+                self._opened.append(incoming)
+            else:
+                self.mail_repeats += 1  # a copy was delivered meanwhile
             self.audit.record(
                 "mail_released",
                 now=now,
-                peer=opened[1].sender,
+                peer=incoming.sender,
                 reason=letter.reason,
                 held_for=max(now - letter.held_at, 0.0),
                 repeat=not fresh,
             )
-            delivered += fresh
-        return delivered
+        opened_now, self._opened = self._opened, []
+        return opened_now
 
     # -- timers ------------------------------------------------------------------------------
 
     def next_deadline(self, now: float | None = None) -> float | None:
         """When :meth:`on_timer` (and :meth:`retry_held_mail`) next want to run; ``now`` lets
         the held mail's schedule see a clock set back."""
-        if self._orphans():
-            return 0.0  # queued messages and no handshake under way: due at once
+        if self._orphans() or self._opened:
+            return 0.0  # queued messages and no handshake under way, or opened mail: now
         deadlines = [
             d
             for d in (
                 self.table.next_deadline(),
-                self.held_mail.deadline(self._trust_generation(), now),
+                self.held_mail.deadline(self._generation(), now),
             )
             if d is not None
         ]
