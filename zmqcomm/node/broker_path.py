@@ -110,12 +110,11 @@ class BrokerPath:
         #: Where held mail and seen mail ids outlive the process (None: in memory only).
         self.mail_store: MailStore | None = None
         if mail_store is not None:
-            self.mail_store = MailStore(mail_store, mail_max_age=self.tunnels.mail_max_age)
+            self.mail_store = MailStore(mail_store)
         try:
             if self.mail_store is not None:
-                now = wall_clock()
-                letters, seen = self.mail_store.load(now=now)
-                self.tunnels.restore_mail(letters, seen, now=now)
+                letters, seen = self.mail_store.load()
+                self.tunnels.restore_mail(letters, seen, now=wall_clock())
                 self.save_mail()  # letters the hold had no room for left the file too
             # Last: it waits (up to connect_timeout) for the hop session, and owns a socket.
             self.link = SecureDealer(
@@ -198,7 +197,7 @@ class BrokerPath:
         """Write what the tunnels changed in the held mail and the seen ids to the mail store,
         if there is one (StoreError if that fails: the node must be restarted)."""
         if self.mail_store is not None:
-            self.mail_store.apply(self.tunnels.take_mail_changes(), now=self.wall_clock())
+            self.mail_store.apply(self.tunnels.take_mail_changes())
 
     def check_store(self) -> None:
         """StoreError once a write to the mail store failed: the tunnels' memory is ahead of

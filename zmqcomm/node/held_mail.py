@@ -99,8 +99,8 @@ class Rewait:
 
 @dataclass(frozen=True)
 class MarkSeen:
-    """Mail with this id opened: refuse it again until it is older than ``mail_max_age``
-    (``sealed_at`` is its date), when its age alone gets it refused."""
+    """Mail with this id opened: refuse it again (``sealed_at`` is its date). Ids are
+    forgotten by count only, the oldest first, in memory and in the store alike."""
 
     mail_id: bytes
     sealed_at: float

@@ -15,8 +15,10 @@ goes with the process even on SIGKILL.
 
 Tables: ``held`` (a letter's key, its sealed blob as the broker handed it over, the sender the
 broker named, why it waits, when it was first held; rowid order is the hold's order) and
-``seen`` (mail id and the mail's date: an id is forgotten once its mail is older than
-``mail_max_age``, the node's setting at the time, since its age alone then gets it refused).
+``seen`` (mail id and the mail's date; rowid order is the order seen). Seen ids are forgotten
+as the node's memory forgets them: by count only, the oldest first once there are more than
+:data:`~zmqcomm.node.mail_book.SEEN_MAIL`. Never by the wall clock: a clock running ahead for
+a while (or wrong at a start) would forget ids of mail that opens again once it is right.
 The retry schedule is not stored: restored letters are first tried one second after the
 start (a restart is when the trust store or the clock most likely changed), the back-off
 starting again from there.
@@ -29,7 +31,6 @@ which recovers from the file (what was not acknowledged comes again from the bro
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -57,9 +58,6 @@ _MOVE_ASIDE = (
     "move the file aside to start with an empty store (the mail it held is then lost; the "
     "ids it had seen are forgotten), or restore it from a backup"
 )
-#: Seconds between two sweeps of seen ids that may be forgotten.
-_SWEEP_EVERY = 60.0
-
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE held (
@@ -73,17 +71,16 @@ COMMIT;
 
 
 class MailStore:
-    """The mail state of one node in the SQLite file at ``path``; see the module doc.
-    ``mail_max_age``: the node's, to know which seen ids may be forgotten."""
+    """The mail state of one node in the SQLite file at ``path``; see the module doc."""
 
-    def __init__(self, path: str | os.PathLike[str], *, mail_max_age: float) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.mail_max_age = mail_max_age
         if self.path.is_dir():
             raise UsageError(f"mail_store {self.path} is a directory: give the path of a file")
         self._lock: IO[bytes] | None = _lock(self.path)
         self._lost: str | None = None
-        self._swept_at = -math.inf
+        #: Rows in ``seen`` (kept here: SQLite counts rows only by reading them all).
+        self._seen_count = 0
         #: Transactions committed (each one fsync), for statistics and tests.
         self.commits = 0
         try:
@@ -103,6 +100,7 @@ class MailStore:
             db.execute("PRAGMA synchronous = FULL")
             if version == 0:
                 db.executescript(_SCHEMA)
+            self._seen_count = db.execute("SELECT count(*) FROM seen").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{self.path} is not a usable {_KIND} ({exc}); {_MOVE_ASIDE}") from exc
 
@@ -113,16 +111,15 @@ class MailStore:
             raise StoreError(f"{self.path}: {self._lost}; restart the node")
         return self._db
 
-    def load(self, *, now: float) -> tuple[list[HeldLetter], list[bytes]]:
-        """The held letters and the seen ids still to remember at ``now``, oldest first."""
+    def load(self) -> tuple[list[HeldLetter], list[bytes]]:
+        """The held letters and the newest :data:`SEEN_MAIL` seen ids, oldest first."""
         db = self._conn()
         try:
             held = db.execute(
                 "SELECT key, blob, sender, reason, held_at FROM held ORDER BY rowid"
             ).fetchall()
             seen = db.execute(
-                "SELECT mail_id FROM seen WHERE sealed_at >= ? ORDER BY rowid DESC LIMIT ?",
-                (now - self.mail_max_age, SEEN_MAIL),
+                "SELECT mail_id FROM seen ORDER BY rowid DESC LIMIT ?", (SEEN_MAIL,)
             ).fetchall()
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot read the mail store: {exc}") from exc
@@ -147,25 +144,30 @@ class MailStore:
             raise CorruptStoreError(f"{self.path}: a seen mail id is not bytes; {_MOVE_ASIDE}")
         return letters, ids
 
-    def apply(self, changes: Iterable[MailChange], *, now: float) -> None:
+    def apply(self, changes: Iterable[MailChange]) -> None:
         """Write ``changes`` in one transaction, durable when this returns (nothing to write:
         no transaction). Raises :class:`StoreError` if it cannot: the store is then lost."""
         statements = [_statement(change) for change in changes]
         if not statements:
             return
         db = self._conn()
+        added = 0
         try:
             db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
+                if sql == _MARK_SEEN:
+                    # Seen again: moved to the newest end, as in memory (delete, insert anew).
+                    added -= db.execute("DELETE FROM seen WHERE mail_id = ?", args[:1]).rowcount
+                    added += 1
                 db.execute(sql, args)
-            if now - self._swept_at >= _SWEEP_EVERY:
-                self._swept_at = now
-                forget = now - self.mail_max_age
-                db.execute("DELETE FROM seen WHERE sealed_at < ?", (forget,))
+            excess = self._seen_count + added - SEEN_MAIL
+            if excess > 0:  # forget the oldest, as memory does
                 db.execute(
-                    "DELETE FROM seen WHERE rowid <= (SELECT max(rowid) FROM seen) - ?",
-                    (SEEN_MAIL,),
+                    "DELETE FROM seen WHERE rowid IN "
+                    "(SELECT rowid FROM seen ORDER BY rowid LIMIT ?)",
+                    (excess,),
                 )
+                added -= excess
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -174,6 +176,7 @@ class MailStore:
             # The tunnels already changed their memory: it is ahead of the file from now on.
             self._lost = f"a write failed ({exc}): the node's mail state is no longer on disk"
             raise StoreError(f"{self.path}: {self._lost}; restart the node") from exc
+        self._seen_count += added
         self.commits += 1
 
     def check(self) -> None:
@@ -190,6 +193,9 @@ class MailStore:
             lock.close()
 
 
+_MARK_SEEN = "INSERT INTO seen VALUES (?, ?)"
+
+
 def _statement(change: MailChange) -> tuple[str, tuple[object, ...]]:
     if isinstance(change, KeepLetter):
         letter = change.letter
@@ -202,7 +208,7 @@ def _statement(change: MailChange) -> tuple[str, tuple[object, ...]]:
     if isinstance(change, Rewait):
         return "UPDATE held SET reason = ? WHERE key = ?", (change.reason, change.key)
     if isinstance(change, MarkSeen):
-        return "INSERT OR IGNORE INTO seen VALUES (?, ?)", (change.mail_id, change.sealed_at)
+        return _MARK_SEEN, (change.mail_id, change.sealed_at)
     raise TypeError(f"not a mail change: {change!r}")
 
 
