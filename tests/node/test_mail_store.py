@@ -234,3 +234,36 @@ def test_huge_mail_ids_never_reach_the_file(pair: Pair, tmp_path: Path) -> None:
     store.close()
     size = sum(p.stat().st_size for p in tmp_path.glob("mail.sqlite3*"))
     assert size < 200_000, f"{size} bytes of seen ids on disk"
+
+
+class Interrupted:
+    """A connection that is interrupted (KeyboardInterrupt) at its first write."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql.startswith(("INSERT", "DELETE", "UPDATE")):
+            raise KeyboardInterrupt
+        return self.db.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+
+def test_a_write_interrupted_by_anything_rolls_back_and_loses_the_store(
+    pair: Pair, tmp_path: Path
+) -> None:
+    store = MailStore(tmp_path / "mail.sqlite3")
+    real = store._db
+    assert real is not None
+    store._db = Interrupted(real)  # type: ignore[assignment]
+    pair.deliver(pair.mail("held"))
+    with pytest.raises(KeyboardInterrupt):
+        store.apply(pair.reader.take_mail_changes())
+    assert not real.in_transaction  # not left open for the next write to commit
+    store._db = real
+    with pytest.raises(StoreError, match="restart the node"):
+        store.check()
+    store.close()

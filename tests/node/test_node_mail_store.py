@@ -23,6 +23,7 @@ from zmqcomm.wire import MessageType
 
 from .conftest import Bus
 from .support import BrokerThread, pump_until, settle
+from .test_mail_changes import RaisingAudit
 
 MakeNode = Callable[..., Node]
 
@@ -301,3 +302,34 @@ def test_a_corrupt_store_stops_the_node_at_start_with_what_to_do(
     # The lock went with the refusal: a good file next time starts.
     store.unlink()
     Node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store).close()
+
+
+def test_an_exception_while_held_mail_opens_stops_the_node_and_loses_nothing(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    """An audit sink raising after held mail opened, before it was written: the store is
+    lost (nothing of that round is written), and the restart delivers the mail."""
+    store = tmp_path / "dave" / "mail.sqlite3"
+    mail_from_a_stranger(bus, broker, make_node, "not lost to a raising audit sink")
+    audit = RaisingAudit("mail_released")
+    dave = make_node(
+        bus.agents["dave"],
+        bus.trust("dave"),
+        broker=broker.endpoint,
+        mail_store=store,
+        audit=audit,
+    )
+    pump_until([dave], lambda: dave.statistics()["mail_held"] == 1 and mail_waiting(broker) == 0)
+    bus.trust("dave").add(bus.agents["alice"].public, roles=["agent"])
+    with pytest.raises(RuntimeError, match="audit sink down"):
+        pump_until([dave], lambda: False, timeout=5.0)
+    with pytest.raises(StoreError, match="restart the node"):
+        dave.pump(0.01)
+    assert not dave.inbox
+    dave.close()
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([again], lambda: bool(again.inbox), what="the held mail after the restart")
+    settle([again], 0.1)
+    assert [m.payload for m in again.inbox] == ["not lost to a raising audit sink"]

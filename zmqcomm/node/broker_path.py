@@ -11,7 +11,10 @@ mail opened later, and the keepalive. The node hands it what the link delivered
 With a mail store (:mod:`zmqcomm.node.mail_store`), what the tunnels changed in the held mail
 and the seen mail ids is written to it before anything that depends on it happens: before
 the acknowledgements go (the broker deletes what we acknowledged), and before what opened is
-delivered (so that a restart cannot deliver it again).
+delivered (so that a restart cannot deliver it again). Anything that interrupts the tunnels
+while they change their mail state, or the store while it writes it (a KeyboardInterrupt, a
+MemoryError, a failed write), may leave memory and file disagreeing: the store is then lost
+and the node refuses to go on until it is restarted, which recovers from the file.
 """
 
 from __future__ import annotations
@@ -199,6 +202,14 @@ class BrokerPath:
         if self.mail_store is not None:
             self.mail_store.apply(self.tunnels.take_mail_changes())
 
+    def _lose_store(self, exc: BaseException) -> None:
+        """``exc`` interrupted the tunnels while they changed their mail state: what they
+        recorded may not match their memory, so nothing of it is written and the store
+        refuses every later write (the node restarts from the file)."""
+        if self.mail_store is not None:
+            self.tunnels.take_mail_changes()
+            self.mail_store.lose(f"interrupted while changing the mail state ({exc!r})")
+
     def check_store(self) -> None:
         """StoreError once a write to the mail store failed: the tunnels' memory is ahead of
         the file, so the node must stop (and be restarted) before it acknowledges more."""
@@ -218,6 +229,10 @@ class BrokerPath:
             except (RemoteProtocolError, SecurityError) as exc:
                 self._reject(delivered.agent_id, exc)  # nothing changed: nothing to save
                 continue
+            except BaseException as exc:
+                if message.header.type == MessageType.MAIL_DELIVER:
+                    self._lose_store(exc)
+                raise
             # Held mail and seen ids on disk first: if this raises, nothing is delivered and
             # no acknowledgement goes, so the broker keeps the mail and hands it over again.
             self.save_mail()
@@ -288,7 +303,11 @@ class BrokerPath:
             # Mail held because it could not be opened yet: acknowledged long ago, so
             # what opens now goes the way of any other mail, once (marked seen and out of
             # the store before it is delivered).
-            opened = self.tunnels.retry_held_mail(now=now)
+            try:
+                opened = self.tunnels.retry_held_mail(now=now)
+            except BaseException as exc:
+                self._lose_store(exc)
+                raise
             self.save_mail()
             self.opened_mail.extend(opened)
         while self.opened_mail:

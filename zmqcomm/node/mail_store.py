@@ -23,9 +23,10 @@ The retry schedule is not stored: restored letters are first tried one second af
 start (a restart is when the trust store or the clock most likely changed), the back-off
 starting again from there.
 
-A failed write (disk full, I/O error) raises :class:`StoreError` and the store refuses every
-later write: the node's memory is then ahead of its file, so it must stop and be restarted,
-which recovers from the file (what was not acknowledged comes again from the broker).
+A failed write (disk full, I/O error: :class:`StoreError`), or one that anything else
+interrupts, loses the store: it refuses every later write, since the node's memory is then
+ahead of its file. The node must stop and be restarted, which recovers from the file (what
+was not acknowledged comes again from the broker).
 """
 
 from __future__ import annotations
@@ -111,6 +112,16 @@ class MailStore:
             raise StoreError(f"{self.path}: {self._lost}; restart the node")
         return self._db
 
+    @property
+    def lost(self) -> bool:
+        """Whether a write failed or was interrupted: the node must restart."""
+        return self._lost is not None
+
+    def lose(self, why: str) -> None:
+        """Refuse every later write: the node's memory and this file may disagree (``why``)."""
+        if self._lost is None:
+            self._lost = why
+
     def load(self) -> tuple[list[HeldLetter], list[bytes]]:
         """The held letters and the newest :data:`SEEN_MAIL` seen ids, oldest first."""
         db = self._conn()
@@ -146,7 +157,9 @@ class MailStore:
 
     def apply(self, changes: Iterable[MailChange]) -> None:
         """Write ``changes`` in one transaction, durable when this returns (nothing to write:
-        no transaction). Raises :class:`StoreError` if it cannot: the store is then lost."""
+        no transaction). Raises :class:`StoreError` if it cannot; on that or any other
+        exception (KeyboardInterrupt, MemoryError) the transaction is rolled back and the
+        store is lost, since the tunnels' memory already holds the changes."""
         statements = [_statement(change) for change in changes]
         if not statements:
             return
@@ -169,13 +182,15 @@ class MailStore:
                 )
                 added -= excess
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             # The tunnels already changed their memory: it is ahead of the file from now on.
-            self._lost = f"a write failed ({exc}): the node's mail state is no longer on disk"
-            raise StoreError(f"{self.path}: {self._lost}; restart the node") from exc
+            self.lose(f"a write failed ({exc!r}): the node's mail state is no longer on disk")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {self._lost}; restart the node") from exc
+            raise
         self._seen_count += added
         self.commits += 1
 
