@@ -304,6 +304,30 @@ def test_a_corrupt_store_stops_the_node_at_start_with_what_to_do(
     Node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store).close()
 
 
+def test_close_after_a_failed_write_does_not_raise_and_counts_what_it_gave_up(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    """The advice is "close it and start it again": close() must not raise StoreError
+    again (inside a ``with``, it would replace the error that got there)."""
+    dave = make_node(
+        bus.agents["dave"],
+        bus.trust("dave"),
+        broker=broker.endpoint,
+        mail_store=tmp_path / "mail.sqlite3",
+    )
+    assert dave._broker_path is not None and dave._broker_path.mail_store is not None
+    dave.send(bus.id("alice"), "waits for a session that never comes")  # alice is offline
+    assert dave.unsent() == 1
+    dave._broker_path.mail_store.lose("a write failed (simulated)")
+    with pytest.raises(StoreError):
+        dave.pump(0.01)
+    # What the application does then: its own error, in a with block, must come out.
+    with pytest.raises(KeyError, match="the application's own error"), dave:
+        raise KeyError("the application's own error")
+    assert dave.closed
+    assert dave.statistics()["dropped"]["unsent_at_close"] == 1
+
+
 def test_an_exception_while_held_mail_opens_stops_the_node_and_loses_nothing(
     bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
 ) -> None:

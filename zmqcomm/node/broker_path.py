@@ -202,6 +202,11 @@ class BrokerPath:
         if self.mail_store is not None:
             self.mail_store.apply(self.tunnels.take_mail_changes())
 
+    @property
+    def store_lost(self) -> bool:
+        """Whether the mail store refuses writes (the node must restart)."""
+        return self.mail_store is not None and self.mail_store.lost
+
     def _lose_store(self, exc: BaseException) -> None:
         """``exc`` interrupted the tunnels while they changed their mail state: what they
         recorded may not match their memory, so nothing of it is written and the store
@@ -332,7 +337,8 @@ class BrokerPath:
             # Still waiting for a session when the time ran out: counted, not vanished.
             self.tunnels.dropped["unsent_at_close"] += self.tunnels.queued()
         # Held mail lives in memory (the broker deleted it when we acknowledged it), and in
-        # the mail store if there is one. Opened mail a raising handler left undelivered is
+        # the mail store if there is one (a lost store still has what was acknowledged: the
+        # write comes before the ack). Opened mail a raising handler left undelivered is
         # out of both: lost either way.
         held = self.tunnels.held_mail.clear()
         lost = len(self.opened_mail) + (held if self.mail_store is None else 0)

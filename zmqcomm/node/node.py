@@ -41,6 +41,7 @@ from zmqcomm.errors import (
     ReceiveTimeout,
     RemoteProtocolError,
     RequestTimeout,
+    StoreError,
     TransportError,
     UsageError,
 )
@@ -535,15 +536,18 @@ class Node:
             raise ClosedError("this node is closed")
 
     def close(self, *, timeout: float = 2.0) -> None:
-        """Flush what is queued (for at most ``timeout`` seconds), then close every socket."""
+        """Flush what is queued (for at most ``timeout`` seconds), then close every socket.
+        Once the mail store is lost (a failed write), nothing is flushed: what is left is
+        counted in ``statistics()["dropped"]`` and close() does not raise, so that it can
+        run in a ``with`` block without hiding the error that got there."""
         if self._closed:
             return
         check_timeout(timeout, "close timeout", allow_none=False)
         deadline = self.clock() + timeout
         path = self._broker_path
         try:
-            while self.clock() < deadline and self.unsent():
-                self.pump(0.01)
+            while self.clock() < deadline and self.unsent() and self._flush_step(0.01):
+                pass
             if path is not None:
                 path.say_goodbye()
         finally:
@@ -551,6 +555,17 @@ class Node:
             self._direct.close()
             if path is not None:
                 path.close()
+
+    def _flush_step(self, timeout: float) -> bool:
+        """One pump of a close; False (stop flushing) once the mail store is lost: every pump
+        would raise StoreError again, and close() must still close."""
+        if self._broker_path is not None and self._broker_path.store_lost:
+            return False
+        try:
+            self.pump(timeout)
+        except StoreError:
+            return False
+        return True
 
     @property
     def closed(self) -> bool:
