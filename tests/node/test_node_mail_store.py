@@ -304,6 +304,33 @@ def test_a_corrupt_store_stops_the_node_at_start_with_what_to_do(
     Node(bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store).close()
 
 
+def test_a_failed_write_while_held_mail_opens_delivers_nothing_and_keeps_it_for_the_restart(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    """The timer path (held mail opening later): written before it is delivered."""
+    store = tmp_path / "dave" / "mail.sqlite3"
+    mail_from_a_stranger(bus, broker, make_node, "opens on a full disk")
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([dave], lambda: dave.statistics()["mail_held"] == 1 and mail_waiting(broker) == 0)
+    assert dave._broker_path is not None and dave._broker_path.mail_store is not None
+    db = dave._broker_path.mail_store._db
+    assert db is not None
+    db.execute("PRAGMA query_only = ON")  # every write now fails, as on a full disk
+    bus.trust("dave").add(bus.agents["alice"].public, roles=["agent"])
+    with pytest.raises(StoreError):
+        pump_until([dave], lambda: False, timeout=5.0)
+    assert not dave.inbox  # not handed over: it would be delivered again after the restart
+    dave.close()
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([again], lambda: bool(again.inbox), what="the held mail after the restart")
+    settle([again], 0.1)
+    assert [m.payload for m in again.inbox] == ["opens on a full disk"]
+
+
 def test_close_after_a_failed_write_does_not_raise_and_counts_what_it_gave_up(
     bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
 ) -> None:

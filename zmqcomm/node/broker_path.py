@@ -313,7 +313,7 @@ class BrokerPath:
             except BaseException as exc:
                 self._lose_store(exc)
                 raise
-            self.save_mail()
+            self.save_mail()  # before delivery: a failed write delivers nothing
             self.opened_mail.extend(opened)
         while self.opened_mail:
             self._deliver_mail(self.opened_mail.popleft())
