@@ -47,8 +47,9 @@ def test_the_store_keeps_held_letters_and_seen_ids_across_a_reopen(
     pair.deliver(third)
     store.apply(pair.reader.take_mail_changes())
     store.close()
-    # Private: the file and the directory made for it.
+    # Private: the file, its lock and the directory made for it.
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((path.parent / "mail.sqlite3.lock").stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
     store = MailStore(path)

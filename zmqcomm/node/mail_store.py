@@ -229,6 +229,10 @@ def _statement(change: MailChange) -> tuple[str, tuple[object, ...]]:
 
 def _lock(path: Path) -> IO[bytes]:
     try:
+        # Created 0600 before it is opened to be locked: a lock file readable by others
+        # would say which node keeps its mail where (the directory may be shared).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path.parent / f"{path.name}.lock", os.O_WRONLY | os.O_CREAT, 0o600))
         return lock_data_directory(path.parent, lock_file=f"{path.name}.lock", owner="node")
     except UsageError as exc:
         raise UsageError(
