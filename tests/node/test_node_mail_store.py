@@ -5,6 +5,7 @@ is refused. Without a store the memory-only behaviour stays as it was.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -351,6 +352,23 @@ def test_close_after_a_failed_write_does_not_raise_and_counts_what_it_gave_up(
     # What the application does then: its own error, in a with block, must come out.
     with pytest.raises(KeyError, match="the application's own error"), dave:
         raise KeyError("the application's own error")
+    assert dave.closed
+    assert dave.statistics()["dropped"]["unsent_at_close"] == 1
+
+
+def test_aclose_after_a_failed_write_does_not_raise_either(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    dave = make_node(
+        bus.agents["dave"],
+        bus.trust("dave"),
+        broker=broker.endpoint,
+        mail_store=tmp_path / "mail.sqlite3",
+    )
+    assert dave._broker_path is not None and dave._broker_path.mail_store is not None
+    dave.send(bus.id("alice"), "waits for a session that never comes")
+    dave._broker_path.mail_store.lose("a write failed (simulated)")
+    asyncio.run(dave.aclose(timeout=1.0))
     assert dave.closed
     assert dave.statistics()["dropped"]["unsent_at_close"] == 1
 
