@@ -16,6 +16,7 @@ import pytest
 
 from zmqcomm.crypto.audit import MemoryAuditLog
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.sealed import seal
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.node.held_mail import RETRY_BATCH, RETRY_FIRST, RETRY_MAX, HeldMail
 from zmqcomm.node.messages import Incoming
@@ -322,3 +323,32 @@ def test_bounds_must_be_whole_numbers() -> None:
         HeldMail(max_count=-1)
     with pytest.raises(ValueError):
         HeldMail(max_bytes=1.5)  # type: ignore[arg-type]
+
+
+def _batch_mail(pair: Pair) -> bytes:
+    """Mail whose sealed message is a batch frame (two payloads), as no honest node sends."""
+    frames = _codec.encode_batch(
+        MessageType.DATA, [[os.urandom(8), "a"], [os.urandom(8), "b"]], topic=""
+    )
+    public = pair.sender.trust.lookup(pair.dave.agent_id, now=NOW).public
+    return seal(bytes(frames[0]), sender=pair.alice, recipient=public, now=NOW)
+
+
+def test_a_batch_frame_sent_as_mail_is_refused_as_bad_mail(pair: Pair) -> None:
+    """Reading a batch's ``.payload`` raised LocalProtocolError out of on_hop: with a mail
+    store that cost the store (no ack went, so the broker handed it over again after every
+    restart). It is bad input from a peer: refused, counted, acknowledged."""
+    pair.trust_alice()
+    out, incoming = pair.deliver(_batch_mail(pair))
+    assert acked(out) and incoming == []
+    assert pair.reader.table.rejected == {"bad_mail": 1}
+
+
+def test_held_batch_mail_is_dropped_for_good_once_its_sender_is_trusted(pair: Pair) -> None:
+    out, incoming = pair.deliver(_batch_mail(pair))  # from a stranger: held
+    assert incoming == []
+    assert acked(out) and len(pair.reader.held_mail) == 1
+    pair.trust_alice()
+    assert pair.reader.retry_held_mail(now=NOW) == []
+    assert len(pair.reader.held_mail) == 0
+    assert pair.reader.table.rejected == {"bad_mail": 1}

@@ -268,3 +268,23 @@ def test_a_write_interrupted_by_anything_rolls_back_and_loses_the_store(
     with pytest.raises(StoreError, match="restart the node"):
         store.check()
     store.close()
+
+
+def test_an_interrupt_while_the_changes_become_statements_loses_the_store(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The changes are taken from the tunnels before the write: an interrupt while they
+    are turned into statements (before BEGIN) used to drop them and leave the store
+    usable, with memory ahead of the file for good."""
+    store = MailStore(tmp_path / "mail.sqlite3")
+
+    def interrupted(change: object) -> tuple[str, tuple[object, ...]]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mail_store, "_statement", interrupted)
+    pair.deliver(pair.mail("held"))
+    with pytest.raises(KeyboardInterrupt):
+        store.apply(pair.reader.take_mail_changes())
+    with pytest.raises(StoreError, match="restart the node"):
+        store.check()
+    store.close()

@@ -402,3 +402,42 @@ def test_an_exception_while_held_mail_opens_stops_the_node_and_loses_nothing(
     pump_until([again], lambda: bool(again.inbox), what="the held mail after the restart")
     settle([again], 0.1)
     assert [m.payload for m in again.inbox] == ["not lost to a raising audit sink"]
+
+
+def test_an_interrupt_between_opening_mail_and_writing_it_loses_the_store(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
+) -> None:
+    """Mail opened (its id marked seen in memory), then an interrupt before the write: the
+    store used to stay usable, and the next write put the id on disk although the mail was
+    never delivered nor acknowledged; handed over again, it was dropped as a repeat."""
+    store = tmp_path / "mail.sqlite3"
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint)
+    dave_id = bus.id("dave")
+    alice.send(dave_id, "not lost to an interrupt")
+    pump_until([alice], lambda: mail_waiting(broker, dave_id) == 1, what="stored mail")
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    assert dave._broker_path is not None
+    tunnels = dave._broker_path.tunnels
+    take = tunnels.take_mail_changes
+
+    def interrupted() -> list[object]:
+        if not tunnels.mail_book._changes:  # a hop message that changed nothing
+            return take()
+        tunnels.take_mail_changes = take  # type: ignore[method-assign]
+        raise KeyboardInterrupt  # the mail opened: its id is marked seen in memory
+
+    tunnels.take_mail_changes = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        pump_until([dave], lambda: False, timeout=5.0)
+    with pytest.raises(StoreError, match="restart the node"):
+        dave.pump(0.05)
+    assert not dave.inbox and mail_waiting(broker, dave_id) == 1
+    dave.close()
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until([again], lambda: bool(again.inbox) and mail_waiting(broker) == 0, what="the mail")
+    settle([again], 0.1)
+    assert [m.payload for m in again.inbox] == ["not lost to an interrupt"]

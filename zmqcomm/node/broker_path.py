@@ -231,6 +231,10 @@ class BrokerPath:
                     self._broker_topics.on_publication(message.header.topic, payload)
                     continue
                 out, incoming = self.tunnels.on_hop(message, now=self.wall_clock())
+                # Held mail and seen ids on disk first, in the same try: if this raises (or
+                # anything interrupts us before it), nothing is delivered and no
+                # acknowledgement goes, so the broker keeps the mail and hands it over again.
+                self.save_mail()
             except (RemoteProtocolError, SecurityError) as exc:
                 self._reject(delivered.agent_id, exc)  # nothing changed: nothing to save
                 continue
@@ -238,9 +242,6 @@ class BrokerPath:
                 if message.header.type == MessageType.MAIL_DELIVER:
                     self._lose_store(exc)
                 raise
-            # Held mail and seen ids on disk first: if this raises, nothing is delivered and
-            # no acknowledgement goes, so the broker keeps the mail and hands it over again.
-            self.save_mail()
             try:
                 # Delivered before the mail acknowledgements in ``out`` go: acknowledged mail
                 # is deleted by the broker, and marked seen here.
@@ -310,10 +311,10 @@ class BrokerPath:
             # the store before it is delivered).
             try:
                 opened = self.tunnels.retry_held_mail(now=now)
+                self.save_mail()  # before delivery: a failed write delivers nothing
             except BaseException as exc:
                 self._lose_store(exc)
                 raise
-            self.save_mail()  # before delivery: a failed write delivers nothing
             self.opened_mail.extend(opened)
         while self.opened_mail:
             self._deliver_mail(self.opened_mail.popleft())

@@ -160,16 +160,20 @@ class MailStore:
         no transaction). Raises :class:`StoreError` if it cannot; on that or any other
         exception (KeyboardInterrupt, MemoryError) the transaction is rolled back and the
         store is lost, since the tunnels' memory already holds the changes."""
-        statements = [_statement(change) for change in changes]
-        if not statements:
+        pending = list(changes)
+        if not pending:
             return
         db = self._conn()
         added = 0
         try:
+            # Inside the try: the changes were already taken from the tunnels' book, so
+            # failing to build their statements must lose the store as a failed write does.
+            statements = [_statement(change) for change in pending]
             db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
                 if sql == _MARK_SEEN:
-                    # Seen again: moved to the newest end, as in memory (delete, insert anew).
+                    # Never two rows for one id (memory records an id once; a repeat would
+                    # be a bug): delete, then insert at the newest end.
                     added -= db.execute("DELETE FROM seen WHERE mail_id = ?", args[:1]).rowcount
                     added += 1
                 db.execute(sql, args)

@@ -518,6 +518,8 @@ class Tunnels:
             peer = opened.agent_id
             entry = self.trust.check_certificate(opened.sender_certificate, now=now)
             inner = self.codec.decode([opened.message])
+            if inner.header.is_batch:  # .payload would raise a LocalProtocolError
+                raise RemoteProtocolError("a batch frame sent as mail", reason="bad_mail")
             body = inner.payload
             if (
                 not isinstance(body, list)
