@@ -52,6 +52,23 @@ def deliver_once_trusted(bus: Bus, dave: Node) -> list[object]:
     return [(m.payload, m.via) for m in dave.inbox]
 
 
+def restarted_dave_gets(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, store: Path
+) -> list[object]:
+    """Dave started again on ``store``: the payloads he gets once the broker holds nothing
+    more for anyone (each at most once: the settle after it would show a second copy)."""
+    again = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
+    )
+    pump_until(
+        [again],
+        lambda: bool(again.inbox) and mail_waiting(broker) == 0,
+        what="the mail after the restart",
+    )
+    settle([again], 0.1)
+    return [m.payload for m in again.inbox]
+
+
 def test_held_mail_survives_a_close_and_is_delivered_once_after_the_restart(
     bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
 ) -> None:
@@ -274,12 +291,7 @@ def test_a_failed_write_stops_the_node_before_it_acknowledges_or_delivers(
         dave.pump(0.05)
     dave.close()
     # Restarted, it gets the mail again, once.
-    again = make_node(
-        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
-    )
-    pump_until([again], lambda: bool(again.inbox) and mail_waiting(broker) == 0, what="the mail")
-    settle([again], 0.1)
-    assert [m.payload for m in again.inbox] == ["not lost to a full disk"]
+    assert restarted_dave_gets(bus, broker, make_node, store) == ["not lost to a full disk"]
 
 
 def test_two_nodes_cannot_share_a_store_and_a_store_needs_a_broker(
@@ -324,12 +336,7 @@ def test_a_failed_write_while_held_mail_opens_delivers_nothing_and_keeps_it_for_
         pump_until([dave], lambda: False, timeout=5.0)
     assert not dave.inbox  # not handed over: it would be delivered again after the restart
     dave.close()
-    again = make_node(
-        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
-    )
-    pump_until([again], lambda: bool(again.inbox), what="the held mail after the restart")
-    settle([again], 0.1)
-    assert [m.payload for m in again.inbox] == ["opens on a full disk"]
+    assert restarted_dave_gets(bus, broker, make_node, store) == ["opens on a full disk"]
 
 
 def test_close_after_a_failed_write_does_not_raise_and_counts_what_it_gave_up(
@@ -396,12 +403,9 @@ def test_an_exception_while_held_mail_opens_stops_the_node_and_loses_nothing(
         dave.pump(0.01)
     assert not dave.inbox
     dave.close()
-    again = make_node(
-        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
-    )
-    pump_until([again], lambda: bool(again.inbox), what="the held mail after the restart")
-    settle([again], 0.1)
-    assert [m.payload for m in again.inbox] == ["not lost to a raising audit sink"]
+    assert restarted_dave_gets(bus, broker, make_node, store) == [
+        "not lost to a raising audit sink"
+    ]
 
 
 def test_an_interrupt_between_opening_mail_and_writing_it_loses_the_store(
@@ -435,9 +439,4 @@ def test_an_interrupt_between_opening_mail_and_writing_it_loses_the_store(
         dave.pump(0.05)
     assert not dave.inbox and mail_waiting(broker, dave_id) == 1
     dave.close()
-    again = make_node(
-        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
-    )
-    pump_until([again], lambda: bool(again.inbox) and mail_waiting(broker) == 0, what="the mail")
-    settle([again], 0.1)
-    assert [m.payload for m in again.inbox] == ["not lost to an interrupt"]
+    assert restarted_dave_gets(bus, broker, make_node, store) == ["not lost to an interrupt"]
