@@ -41,7 +41,7 @@ class MailBook:
 
     def __init__(self, *, max_held: int, max_held_bytes: int, record: bool) -> None:
         self.held = HeldMail(max_count=max_held, max_bytes=max_held_bytes)
-        #: Oldest first; an id marked again moves to the newest end, as in the store.
+        #: Oldest first, in the order the store keeps too (an id is marked once).
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         # Recorded only for a mail store: without one nothing would take the records.
         self._record = record
