@@ -542,6 +542,27 @@ def test_a_finish_held_for_a_session_since_replaced_is_dropped_not_sent(cast: Ca
         assert router.table.rejected == {}
 
 
+def _hold_a_finish(router: SecureRouter, dealer: SecureDealer, alice: str) -> int:
+    """With a router whose policy rekeys after 30 messages and whose send_timeout is 0:
+    send those 30 (the last starts the rekey), let the dealer answer, fill its queue under
+    the old keys, then take the REPLY in, so the FINISH finds no room and is held. Returns
+    how many fill messages were queued (``"fill 0"``, ``"fill 1"``, ...)."""
+    for index in range(30):  # the 30th send starts the router's rekey (its INIT)
+        router.send(alice, index)
+    deadline = time.monotonic() + 5
+    while not router.socket.poll(0):  # the dealer takes the data and the INIT, answers
+        assert time.monotonic() < deadline, "no REPLY from the dealer"
+        dealer.pump(0.01)
+    filled = 0
+    with pytest.raises(SendTimeout):  # send_timeout 0: no waiting
+        while True:  # the dealer's queue fills up under the old keys
+            router.send(alice, f"fill {filled}")
+            filled += 1
+    router.pump(0.05)  # the REPLY comes in: its FINISH finds no room
+    assert router.statistics()["finish_held"] == 1
+    return filled
+
+
 def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
     cast: Cast,
 ) -> None:
@@ -563,19 +584,7 @@ def test_a_finish_that_finds_no_room_is_held_and_goes_before_the_next_data(
         wall_clock=lambda: time.time() + offset[0],
     ) as (router, dealer):
         alice = cast.alice.agent_id
-        for index in range(30):  # the 30th send starts the router's rekey (its INIT)
-            router.send(alice, index)
-        deadline = time.monotonic() + 5
-        while not router.socket.poll(0):  # the dealer takes the data and the INIT, answers
-            assert time.monotonic() < deadline, "no REPLY from the dealer"
-            dealer.pump(0.01)
-        filled = 0
-        with pytest.raises(SendTimeout):  # send_timeout 0: no waiting
-            while True:  # the dealer's queue fills up under the old keys
-                router.send(alice, f"fill {filled}")
-                filled += 1
-        router.pump(0.05)  # the REPLY comes in: its FINISH finds no room
-        assert router.statistics()["finish_held"] == 1
+        filled = _hold_a_finish(router, dealer, alice)
         with pytest.raises(SendTimeout):
             router.send(alice, "no room yet")  # nothing may overtake the FINISH
         # The dealer answered the rekey and waits for its FINISH longer than its handshake
@@ -625,17 +634,8 @@ def test_the_peers_old_keys_stay_open_while_our_finish_waits(cast: Cast) -> None
         wall_clock=clock,
     ) as (router, dealer):
         alice = cast.alice.agent_id
-        for index in range(30):  # the 30th send starts the router's rekey (its INIT)
-            router.send(alice, index)
+        _hold_a_finish(router, dealer, alice)
         deadline = time.monotonic() + 5
-        while not router.socket.poll(0):  # the dealer takes the data and the INIT, answers
-            assert time.monotonic() < deadline, "no REPLY from the dealer"
-            dealer.pump(0.01)
-        with pytest.raises(SendTimeout):
-            while True:  # fill the dealer's queue under the old keys
-                router.send(alice, "fill")
-        router.pump(0.05)  # the REPLY comes in: its FINISH finds no room
-        assert router.statistics()["finish_held"] == 1
         offset[0] += 60.0  # twice the grace period, the FINISH still held
         dealer.send("sealed under the previous epoch")
         assert router.receive(timeout=5).message.payload == "sealed under the previous epoch"
