@@ -44,6 +44,23 @@ def mail_from_a_stranger(bus: Bus, broker: BrokerThread, make_node: MakeNode, te
     assert bus.trust("dave").remove(bus.id("alice"))
 
 
+def dave_holds_mail_from_a_stranger(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, store: Path, text: str, **options: Any
+) -> Node:
+    """Alice mails ``text`` to dave, who does not trust her; dave starts on ``store`` and
+    acknowledges and holds it. Returns dave."""
+    mail_from_a_stranger(bus, broker, make_node, text)
+    dave = make_node(
+        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store, **options
+    )
+    pump_until(
+        [dave],
+        lambda: mail_waiting(broker) == 0 and dave.statistics()["mail_held"] == 1,
+        what="mail acknowledged and held",
+    )
+    return dave
+
+
 def deliver_once_trusted(bus: Bus, dave: Node) -> list[object]:
     """Dave comes to trust alice: what he held opens. Returns the payloads delivered."""
     bus.trust("dave").add(bus.agents["alice"].public, roles=["agent"])
@@ -73,15 +90,7 @@ def test_held_mail_survives_a_close_and_is_delivered_once_after_the_restart(
     bus: Bus, broker: BrokerThread, make_node: MakeNode, tmp_path: Path
 ) -> None:
     store = tmp_path / "dave" / "mail.sqlite3"
-    mail_from_a_stranger(bus, broker, make_node, "kept across a restart")
-    dave = make_node(
-        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
-    )
-    pump_until(
-        [dave],
-        lambda: mail_waiting(broker) == 0 and dave.statistics()["mail_held"] == 1,
-        what="mail acknowledged and held",
-    )
+    dave = dave_holds_mail_from_a_stranger(bus, broker, make_node, store, "kept across a restart")
     dave.close()
     assert dave.statistics()["dropped"] == {}  # not lost at close: it is in the store
 
@@ -322,11 +331,7 @@ def test_a_failed_write_while_held_mail_opens_delivers_nothing_and_keeps_it_for_
 ) -> None:
     """The timer path (held mail opening later): written before it is delivered."""
     store = tmp_path / "dave" / "mail.sqlite3"
-    mail_from_a_stranger(bus, broker, make_node, "opens on a full disk")
-    dave = make_node(
-        bus.agents["dave"], bus.trust("dave"), broker=broker.endpoint, mail_store=store
-    )
-    pump_until([dave], lambda: dave.statistics()["mail_held"] == 1 and mail_waiting(broker) == 0)
+    dave = dave_holds_mail_from_a_stranger(bus, broker, make_node, store, "opens on a full disk")
     assert dave._broker_path is not None and dave._broker_path.mail_store is not None
     db = dave._broker_path.mail_store._db
     assert db is not None
@@ -386,16 +391,14 @@ def test_an_exception_while_held_mail_opens_stops_the_node_and_loses_nothing(
     """An audit sink raising after held mail opened, before it was written: the store is
     lost (nothing of that round is written), and the restart delivers the mail."""
     store = tmp_path / "dave" / "mail.sqlite3"
-    mail_from_a_stranger(bus, broker, make_node, "not lost to a raising audit sink")
-    audit = RaisingAudit("mail_released")
-    dave = make_node(
-        bus.agents["dave"],
-        bus.trust("dave"),
-        broker=broker.endpoint,
-        mail_store=store,
-        audit=audit,
+    dave = dave_holds_mail_from_a_stranger(
+        bus,
+        broker,
+        make_node,
+        store,
+        "not lost to a raising audit sink",
+        audit=RaisingAudit("mail_released"),
     )
-    pump_until([dave], lambda: dave.statistics()["mail_held"] == 1 and mail_waiting(broker) == 0)
     bus.trust("dave").add(bus.agents["alice"].public, roles=["agent"])
     with pytest.raises(RuntimeError, match="audit sink down"):
         pump_until([dave], lambda: False, timeout=5.0)
