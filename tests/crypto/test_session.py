@@ -23,6 +23,7 @@ from zmqcomm.errors import (
     UsageError,
 )
 from zmqcomm.wire import BatchBuilder, MessageType, WireCodec
+from zmqcomm.wire.header import parse_sealed_frame
 
 
 def _handshake_keys() -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
@@ -332,3 +333,54 @@ def test_a_paused_key_still_expires_at_the_hard_age_and_older_ones_are_not_reviv
     assert a.session.open_epochs == [1, 2]
     a.session.on_timer(now=30.0)
     assert a.session.open_epochs == [2]
+
+
+# -- the one-frame shortcut the channel takes for most messages ----------------------------
+
+
+def _shortcut(codec: SecureCodec, frame: bytes) -> Any:
+    parsed = parse_sealed_frame(frame)
+    assert parsed is not None
+    return codec.decode_sealed_frame(parsed[0], frame, parsed[1])
+
+
+def test_the_shortcut_opens_what_decode_opens_and_counts_the_message_once() -> None:
+    a, b = _pair()
+    frames = a.encode(MessageType.DATA, {"n": 1}, topic="t", now=0)
+    message = _shortcut(b, frames[0])
+    assert message.payload == {"n": 1}
+    assert message.header == parse_sealed_frame(frames[0])[0]  # type: ignore[index]
+    assert _shortcut(b, frames[0]) is None  # a replay: the general path says so
+    with pytest.raises(ReplayError):
+        b.decode(frames, now=0)
+
+
+def test_the_shortcut_opens_a_large_frame_in_place_and_a_batch() -> None:
+    a, b = _pair()
+    big = os.urandom(200_000)
+    assert _shortcut(b, a.encode(MessageType.DATA, big, now=0)[0]).payload == big
+    body = a.codec.build_batch_of(["x", 2, None])
+    assert _shortcut(b, a.seal(MessageType.DATA, body, now=0)[0]).payloads == ["x", 2, None]
+
+
+def test_a_bad_tag_raises_in_the_shortcut_and_leaves_the_window_alone() -> None:
+    a, b = _pair()
+    frame = bytearray(a.encode(MessageType.DATA, "payload", now=0)[0])
+    frame[-1] ^= 1
+    with pytest.raises(AuthenticationError) as caught:
+        _shortcut(b, bytes(frame))
+    assert caught.value.reason == "bad_tag"
+    frame[-1] ^= 1
+    assert _shortcut(b, bytes(frame)).payload == "payload"
+
+
+def test_the_shortcut_leaves_older_epochs_and_other_sessions_to_the_general_path() -> None:
+    policy = RekeyPolicy(jitter=0.0, grace_period=5.0)
+    a, b = _pair(policy=policy)
+    (b_send, b_recv), _ = _handshake_keys()
+    under_epoch_0 = a.encode(MessageType.DATA, "old keys", now=0.0)
+    b.session.install(b_send, b_recv, now=1.0)
+    assert _shortcut(b, under_epoch_0[0]) is None
+    assert b.decode(under_epoch_0, now=2.0).payload == "old keys"  # its grace period
+    other = Session(session_id=8, send_key=bytes(32), receive_key=bytes(32), now=0)
+    assert _shortcut(b, SecureCodec(other).encode(MessageType.DATA, 1, now=0)[0]) is None

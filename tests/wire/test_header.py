@@ -15,7 +15,8 @@ from zmqcomm.errors import (
     UnsupportedVersionError,
 )
 from zmqcomm.wire import HEADER_LEN, MAGIC, Flags, Limits, MessageType, WireCodec
-from zmqcomm.wire.header import pack_header, parse_header
+from zmqcomm.wire.header import pack_header, parse_header, parse_sealed_frame
+from zmqcomm.wire.limits import DEFAULT_LIMITS
 
 U32 = st.integers(0, 2**32 - 1)
 
@@ -130,3 +131,84 @@ def test_local_misuse_is_a_local_error() -> None:
         pack_header(1, 0, b"", 0, sender=b"short")
     with pytest.raises(LocalProtocolError):
         WireCodec().encode(MessageType.DATA, 1, counter=2**64)
+
+
+# -- parse_sealed_frame: the receive path's shortcut ---------------------------------------
+
+
+def _sealed_frame(
+    flags: int = Flags.ENCRYPTED, topic: bytes = b"", body: bytes = b"x" * 20
+) -> bytes:
+    head = pack_header(
+        MessageType.DATA, int(flags), topic, len(body), session=7, epoch=2, counter=9,
+        sender=b"s" * 16,
+    )  # fmt: skip
+    return head + body
+
+
+def _agrees_with_parse_header(frame: bytes | bytearray, limits: Limits = DEFAULT_LIMITS) -> None:
+    """parse_sealed_frame answers only what parse_header would, and never raises."""
+    shortcut = parse_sealed_frame(frame, limits)
+    if shortcut is None:
+        return
+    assert shortcut == parse_header(bytes(frame), limits)
+    assert shortcut[0].flags & Flags.ENCRYPTED
+    assert not shortcut[0].flags & Flags.OUT_OF_BAND
+
+
+@pytest.mark.parametrize(
+    ("flags", "topic"),
+    [
+        (Flags.ENCRYPTED, b""),
+        (Flags.ENCRYPTED | Flags.BATCH, b""),
+        (Flags.ENCRYPTED | Flags.COMPRESSED | Flags.BATCH, b"news"),
+        (Flags.ENCRYPTED, "gr\u00fc\u00dfe".encode()),
+    ],
+)
+def test_the_shortcut_reads_the_usual_sealed_frame_as_parse_header_does(
+    flags: int, topic: bytes
+) -> None:
+    frame = _sealed_frame(flags, topic)
+    assert parse_sealed_frame(frame) == parse_header(frame)
+    assert parse_sealed_frame(memoryview(frame)) == parse_header(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _sealed_frame(Flags.NONE),  # not sealed
+        _sealed_frame(Flags.ENCRYPTED | Flags.OUT_OF_BAND),  # needs extra frames
+        _sealed_frame()[:-1],  # truncated
+        _sealed_frame() + b"!",  # trailing data
+        _sealed_frame()[:30],  # shorter than the header
+        bytes(_raw_header(minor=3, flags=Flags.ENCRYPTED)) + b"\xc0",  # another minor
+        bytes(_raw_header(type=0, flags=Flags.ENCRYPTED)) + b"\xc0",
+        bytes(_raw_header(flags=Flags.ENCRYPTED | 0x80)) + b"\xc0",
+        bytes(_raw_header(flags=Flags.ENCRYPTED, topic_len=2, body_len=0)) + b"\xff\xfe",
+        b"XX" + _sealed_frame()[2:],
+    ],
+)
+def test_the_shortcut_leaves_every_other_frame_to_parse_header(frame: bytes) -> None:
+    assert parse_sealed_frame(frame) is None
+
+
+def test_the_shortcut_leaves_a_frame_over_the_limit_to_parse_header() -> None:
+    frame = _sealed_frame(body=bytes(1000))
+    assert parse_sealed_frame(frame, Limits(max_frame_size=500)) is None
+    assert parse_sealed_frame(frame, Limits(max_frame_size=len(frame))) is not None
+
+
+def test_the_shortcut_agrees_with_parse_header_after_any_byte_changes() -> None:
+    frame = _sealed_frame(Flags.ENCRYPTED | Flags.BATCH, b"t")
+    for position in range(len(frame)):
+        for value in (0x00, 0x01, 0x2C, 0x80, 0xFF, frame[position] ^ 0x04):
+            mutated = bytearray(frame)
+            mutated[position] = value
+            _agrees_with_parse_header(mutated)
+    for length in range(len(frame) + 2):
+        _agrees_with_parse_header((frame + b"zz")[:length])
+
+
+@given(st.binary(min_size=40, max_size=120))
+def test_the_shortcut_never_raises_and_never_disagrees(frame: bytes) -> None:
+    _agrees_with_parse_header(MAGIC + b"\x01\x00" + frame)

@@ -84,6 +84,20 @@ def nonce(counter: int, frame: int = 0) -> bytes:
     return _NONCE.pack(frame, counter)
 
 
+def _bad_tag() -> AuthenticationError:
+    return AuthenticationError("message failed authentication", reason="bad_tag")
+
+
+def _open_with(
+    key: bytes, iv: bytes, associated: bytes, ciphertext: aead.Buffer
+) -> bytes | bytearray | None:
+    """The plaintext, or None when the tag does not verify; a large ciphertext is read where
+    it lies (no copy), and its plaintext comes back as a bytearray."""
+    if len(ciphertext) < IN_PLACE_MIN:
+        return aead.decrypt(key, iv, associated, bytes(ciphertext))
+    return aead.decrypt_buffer(key, iv, associated, ciphertext)
+
+
 @dataclass
 class _SendState:
     epoch: int
@@ -220,16 +234,27 @@ class Session:
             )
         if not state.window.check(counter):
             raise ReplayError(f"message {counter} of epoch {epoch} was replayed or is too old")
-        iv = nonce(counter, frame)
-        plaintext: bytes | bytearray | None
-        if len(ciphertext) < IN_PLACE_MIN:
-            plaintext = aead.decrypt(state.key, iv, associated, bytes(ciphertext))
-        else:
-            plaintext = aead.decrypt_buffer(state.key, iv, associated, ciphertext)
+        plaintext = _open_with(state.key, nonce(counter, frame), associated, ciphertext)
         if plaintext is None:
-            raise AuthenticationError("message failed authentication", reason="bad_tag")
+            raise _bad_tag()
         if accept:
             state.window.accept(counter)
+        return plaintext
+
+    def open_current(
+        self, epoch: int, counter: int, associated: bytes, ciphertext: aead.Buffer
+    ) -> bytes | bytearray | None:
+        """:meth:`decrypt` for a one-frame message under the current receive key; None, with
+        nothing changed, for an older epoch or a counter the window refuses (:meth:`decrypt`
+        then says which, and knows whether an older key has expired). A tag that does not
+        verify raises as in :meth:`decrypt`: the AEAD is not run twice for a forgery."""
+        state = self._receive.get(epoch)
+        if state is None or state.expires is not None or not state.window.check(counter):
+            return None
+        plaintext = _open_with(state.key, nonce(counter), associated, ciphertext)
+        if plaintext is None:
+            raise _bad_tag()
+        state.window.accept(counter)
         return plaintext
 
     # -- rotation ----------------------------------------------------------------------------

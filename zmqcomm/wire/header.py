@@ -212,6 +212,61 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
     return header, body_start
 
 
+#: The flag bits a one-frame sealed message may carry (no OUT_OF_BAND: that needs frames).
+_SEALED_ONE_FRAME_FLAGS = _ENCRYPTED | _BATCH | _COMPRESSED
+
+
+def parse_sealed_frame(
+    frame: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Header, int] | None:
+    """:func:`parse_header` for the frame almost every message is: one frame, sealed, in the
+    v1.0 layout. Returns what :func:`parse_header` would, or None for anything else (another
+    minor version, out-of-band arrays, no ENCRYPTED flag, any check that fails), having
+    raised nothing: the caller then takes the general path, whose checks say what is wrong.
+
+    The same checks as :func:`parse_header`, with less to do: the receive path of every
+    message runs this (a few microseconds fewer per message, measured in
+    ``benchmarks/round_trip_floor.py``)."""
+    size = len(frame)
+    if size < HEADER_LEN or size > limits.max_frame_size:
+        return None
+    (
+        magic,
+        major,
+        minor,
+        header_len,
+        msg_type,
+        flags,
+        topic_len,
+        session,
+        epoch,
+        counter,
+        sender,
+        body_len,
+    ) = _STRUCT.unpack_from(frame)
+    body_start = HEADER_LEN + topic_len
+    if (
+        magic != MAGIC
+        or major != VERSION_MAJOR
+        or minor != VERSION_MINOR
+        or header_len != HEADER_LEN
+        or msg_type == 0
+        or not flags & _ENCRYPTED
+        or flags & ~_SEALED_ONE_FRAME_FLAGS
+        or size != body_start + body_len
+    ):
+        return None
+    topic = ""
+    if topic_len:
+        try:
+            topic = str(frame[HEADER_LEN:body_start], "utf-8")
+        except UnicodeDecodeError:
+            return None
+    return Header(
+        msg_type, flags, topic, session, epoch, counter, sender, body_len, minor
+    ), body_start
+
+
 def _explain_short_frame(frame: bytes | memoryview) -> NoReturn:
     """Raise the most useful error for a frame shorter than the fixed header."""
     size = len(frame)
