@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -897,3 +898,70 @@ def test_a_late_finish_completes_its_rekey_even_once_our_own_rekey_is_due(
     assert b.session is not None and b.session.epoch == 1
     assert _payloads(_delivered(got)) == ["under the new keys"]
     assert not b.handshaking  # his own INIT for epoch 1 is moot: alice refuses it as a replay
+
+
+# -- the one-frame shortcut (SecureChannel._receive_sealed_frame) ---------------------------
+
+
+class CountingTrust(TrustStore):
+    """A trust store that counts lookups (each may stat files)."""
+
+    lookups = 0
+
+    def lookup(self, agent_id: str, *, now: float, verify_key: bytes | None = None) -> Any:
+        self.lookups += 1
+        return super().lookup(agent_id, now=now, verify_key=verify_key)
+
+
+def test_data_in_one_frame_before_the_confirm_is_refused(peers: Peers) -> None:
+    a, b = peers.channels()
+    link = Link(a, b)
+    link.send(a, a.connect(now=T0))
+    link.deliver(b, T0)  # INIT
+    link.deliver(a, T0)  # REPLY
+    link.deliver(b, T0)  # FINISH: bob is established and seals a CONFIRM
+    (confirm,) = link.to_a
+    link.to_a.clear()
+    early = b.seal(MessageType.DATA, "before the confirm", now=T0)
+    with pytest.raises(AuthenticationError) as caught:
+        a.receive(early, now=T0)
+    assert _reason(caught) == "no_session"
+    assert not a.established
+    link.to_a.append(confirm)
+    link.pump(T0)
+    assert a.established
+    _roundtrip(link, T0, "after the confirm")
+
+
+def test_a_sealed_confirm_on_an_established_session_is_never_data(peers: Peers) -> None:
+    a, b = peers.channels()
+    _connect(a, b)
+    assert a.secure is not None
+    confirm = a.secure.encode(MessageType.HANDSHAKE_CONFIRM, None, now=T0)
+    with pytest.raises(AuthenticationError) as caught:
+        b.receive(confirm, now=T0)
+    assert _reason(caught) == "unexpected_handshake"
+
+
+def test_a_frame_the_shortcut_leaves_to_the_general_path_costs_one_trust_lookup(
+    peers: Peers,
+) -> None:
+    counting = CountingTrust(peers.bob_trust.directory)
+    peers.bob_trust = counting
+    policy = RekeyPolicy(max_messages=2, jitter=0.0, grace_period=30.0)
+    a, b = peers.channels(policy=policy)
+    link, _, _ = _connect(a, b)
+    frames = a.seal(MessageType.DATA, "once", now=T0)
+    held = a.seal(MessageType.DATA, "under the old keys", now=T0)
+    before = counting.lookups
+    assert _payloads(b.receive(frames, now=T0)) == ["once"]
+    with pytest.raises(ReplayError):
+        b.receive(frames, now=T0)
+    assert counting.lookups - before == 2  # one for the message, one for its replay
+    (start,) = a.on_timer(now=T0)
+    assert isinstance(start, Transmit)
+    link.send(a, start.frames)
+    link.pump(T0)  # rekeyed: the held frame is under a key in its grace period
+    before = counting.lookups
+    assert _payloads(b.receive(held, now=T0 + 1)) == ["under the old keys"]
+    assert counting.lookups - before == 1

@@ -209,6 +209,21 @@ def test_the_shortcut_agrees_with_parse_header_after_any_byte_changes() -> None:
         _agrees_with_parse_header((frame + b"zz")[:length])
 
 
+@given(
+    msg_type=st.integers(1, 255),
+    flags=st.integers(0, 15),
+    topic=st.text(max_size=20),
+    body=st.binary(max_size=60),
+)
+def test_the_shortcut_takes_exactly_the_sealed_one_frame_messages(
+    msg_type: int, flags: int, topic: str, body: bytes
+) -> None:
+    frame = pack_header(msg_type, flags, topic.encode(), len(body), sender=b"s" * 16) + body
+    sealed_in_one_frame = bool(flags & Flags.ENCRYPTED) and not flags & Flags.OUT_OF_BAND
+    expected = parse_header(frame) if sealed_in_one_frame else None
+    assert parse_sealed_frame(frame) == expected
+
+
 @given(st.binary(min_size=40, max_size=120))
 def test_the_shortcut_never_raises_and_never_disagrees(frame: bytes) -> None:
     _agrees_with_parse_header(MAGIC + b"\x01\x00" + frame)

@@ -136,6 +136,14 @@ class SecureCodec:
         ]
         return header, body, extras
 
+    def takes_sealed_frame(self, header: Header) -> bool:
+        """Whether :meth:`decode_sealed_frame` would try to open a frame with this header
+        (this session, the current epoch, a counter the window still accepts); changes
+        nothing, so a caller can look before it does work of its own (a trust lookup)."""
+        return header.session == self.session.session_id and self.session.takes_current(
+            header.epoch, header.counter
+        )
+
     def decode_sealed_frame(self, header: Header, frame: Buffer, body_start: int) -> Message | None:
         """:meth:`decode` for a frame :func:`~zmqcomm.wire.header.parse_sealed_frame`
         accepted, under the current keys. None, with nothing changed, when the general path

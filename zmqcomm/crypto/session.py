@@ -241,6 +241,12 @@ class Session:
             state.window.accept(counter)
         return plaintext
 
+    def takes_current(self, epoch: int, counter: int) -> bool:
+        """Whether :meth:`open_current` would try to open this message (the current epoch,
+        a counter the window still accepts); changes nothing."""
+        state = self._receive.get(epoch)
+        return state is not None and state.expires is None and state.window.check(counter)
+
     def open_current(
         self, epoch: int, counter: int, associated: bytes, ciphertext: aead.Buffer
     ) -> bytes | bytearray | None:
