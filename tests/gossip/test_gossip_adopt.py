@@ -130,3 +130,18 @@ def test_only_a_trusted_id_can_ask_an_agent_to_adopt_it(
     finally:
         asker.close(0)
         agent.close()
+
+
+def test_a_feeder_whose_session_is_made_anew_counts_again_only_once_it_feeds_us() -> None:
+    x = node(X, peers=["n0", "n1", "n2"])
+    x.on_message("n0", Graft(), now=0.1)
+    x.on_message("n1", Graft(), now=0.1)
+    assert adopts(x.on_timer(now=1.0)) == [] and adopts(x.on_timer(now=2.0)) == []
+    x.peer_reconnected("n0")  # it restarted: its mesh was drawn anew
+    x.peer_reconnected("n2")  # not a feeder: nothing to forget
+    assert x.fed_by == ["n1"] and x.counters["feeder_reconnected"] == 1
+    assert adopts(x.on_timer(now=3.0)) == []  # underfed for one heartbeat: it only notes it
+    assert adopts(x.on_timer(now=4.0)) == ["n0"]
+    x.on_message("n0", Graft(), now=4.1)  # n0 takes us back
+    assert x.fed_by == ["n1", "n0"]
+    assert adopts(x.on_timer(now=5.0)) == []

@@ -299,3 +299,28 @@ def test_a_session_that_refuses_to_send_is_replaced_and_its_peer_kept(
         assert not audit.events("reject", reason="peer_untrusted")
     finally:
         group.close()
+
+
+def test_a_feeder_that_restarts_stops_counting_until_it_feeds_us_again(
+    store: TrustStore, context: zmq.Context[Any]
+) -> None:
+    """Bob feeds Alice (he grafted her). He restarts, and may have drawn a mesh without her:
+    Alice no longer counts him as a feeder until his new self grafts or pushes to her (else,
+    all her feeders restarted, she would think herself fed and get everything late)."""
+    a, b = _pair(store, context)
+    bob, endpoint = b.identity, b.endpoint
+    a.add_peer(b.agent_id, endpoint)
+    b.add_peer(a.agent_id, a.endpoint)
+    group = GossipGroup([a, b])
+    try:
+        assert group.run_until(lambda: b.agent_id in a.node.fed_by, timeout=5.0)
+        assert a.node.counters["feeder_reconnected"] == 0
+        b.close()
+        b = GossipAgent(bob, endpoint, trust=store, config=FAST, context=context)
+        b.add_peer(a.agent_id, a.endpoint)
+        group = GossipGroup([a, b])
+        assert group.run_until(lambda: a.node.counters["feeder_reconnected"] == 1, timeout=5.0)
+        # Bob's new mesh holds Alice (his only peer): his Graft makes him a feeder again.
+        assert group.run_until(lambda: b.agent_id in a.node.fed_by, timeout=5.0)
+    finally:
+        group.close()

@@ -231,6 +231,7 @@ class GossipAgent:
         self._known.pop(agent_id, None)
         if self._dialed.pop(agent_id, None) is not None:
             self.links.hang_up(agent_id)  # secure: its dealer is closed, nothing is kept
+        self.links.forget(agent_id)
         self.node.remove_peer(agent_id)
         self.outbox.forget(agent_id, reason)
 
@@ -323,16 +324,26 @@ class GossipAgent:
         """Read up to ``max_burst`` frames from ``sock`` (one of :attr:`sockets`) without
         blocking and handle them."""
         out: list[Delivered] = []
-        for sender, parts in self.links.receive(sock):
+        received = self.links.receive(sock)
+        self._note_reconnected()
+        for sender, parts in received:
             self._on_frames(sender, parts, now, out)
         return out
+
+    def _note_reconnected(self) -> None:
+        """Peers whose sessions came back (before their frames: a Graft on the new session
+        must count)."""
+        for peer in self.links.take_reconnected():
+            self.node.peer_reconnected(peer)
 
     def service(self, now: float) -> list[Delivered]:
         """Fire due timers (the secure sessions' too) and flush the queues."""
         out: list[Delivered] = []
         links_due = self.links.due_in()
         if links_due is not None and links_due <= 0.0:
-            for sender, parts in self.links.tick():
+            received = self.links.tick()
+            self._note_reconnected()
+            for sender, parts in received:
                 self._on_frames(sender, parts, now, out)
         deadline = self.node.next_deadline()
         if deadline is not None and deadline <= now:

@@ -116,6 +116,13 @@ class PlainLinks:
     def sockets(self) -> list[zmq.Socket[Any]]:
         return [self.inbox, self.outbox]
 
+    def take_reconnected(self) -> list[str]:
+        """Plain ROUTERs see no sessions: never anything."""
+        return []
+
+    def forget(self, peer: str) -> None:
+        """Nothing is kept per peer here beyond its dial (:meth:`hang_up`)."""
+
     def dial(self, peer: str, endpoint: str) -> None:
         old = self._dialed.get(peer)
         if old == endpoint:
@@ -228,6 +235,12 @@ class SecureLinks:
         #: Each socket's next timer deadline (monotonic), and the sockets to look at again.
         self._deadlines: dict[SecureRouter | SecureDealer, float | None] = {}
         self._dirty: set[SecureRouter | SecureDealer] = {self.router}
+        #: Agents that have had a session on our router, and peers whose current dealer has
+        #: had one: a new session from one of them means it came back (restarted, or its
+        #: connection dropped), reported by take_reconnected.
+        self._inbound: set[str] = set()
+        self._outbound: set[str] = set()
+        self._reconnected: list[str] = []
 
     def _own(self, sock: SecureRouter | SecureDealer) -> None:
         self._owner[sock.socket] = sock
@@ -264,6 +277,7 @@ class SecureLinks:
 
     def hang_up(self, peer: str) -> None:
         self._dialed.pop(peer, None)
+        self._outbound.discard(peer)  # a new dealer's first session is not a comeback
         dealer = self.dealers.pop(peer, None)
         if dealer is None:
             return
@@ -288,12 +302,31 @@ class SecureLinks:
             owner.on_side_ready(raw)  # a (re)connection: its handshake starts now
         return self._pump(owner)
 
+    def forget(self, peer: str) -> None:
+        """``peer`` is no longer ours: its next session to our router is a first one."""
+        self._inbound.discard(peer)
+
+    def take_reconnected(self) -> list[str]:
+        """The agents whose session was made anew since the last call, a session before it
+        having been up on the same socket: each may have restarted and forgotten what it
+        knew of us. The pumps that noticed them returned their frames already; handle these
+        first."""
+        reconnected, self._reconnected = self._reconnected, []
+        return reconnected
+
     def _pump(self, sock: SecureRouter | SecureDealer) -> list[Received]:
         self._touched(sock)
         try:
             sock.pump(0.0)
         except ZmqCommError as exc:  # never out of step(): counted instead
             self.pump_errors[exc.reason] += 1
+        seen = self._inbound if sock is self.router else self._outbound
+        joined = sock.joined
+        while joined:
+            agent = joined.popleft().agent_id
+            if agent in seen:
+                self._reconnected.append(agent)
+            seen.add(agent)
         out: list[Received] = []
         inbox = sock.inbox
         while inbox:

@@ -14,7 +14,8 @@ make the receiver push back (that would raise duplicates above ``degree`` per me
 node whose Grafts arrive after its peers filled their meshes (a late joiner) would be in no
 one's mesh and get everything by IHave/IWant only, half a heartbeat late on average. Each node
 therefore tracks its feeders (``fed_by``: from Graft and Prune, and any peer that pushes it a
-new message it did not ask for); when it has had fewer than
+new message it did not ask for; a feeder whose session is made anew, :meth:`peer_reconnected`,
+counts again only once it feeds us again); when it has had fewer than
 ``min_fed`` of them (default 2, at most its number of peers) for a whole heartbeat, it sends
 Adopt to that many peers not feeding it (not those asked at the heartbeat before). A receiver
 takes the sender into its mesh only while the mesh is below ``degree_high`` and answers
@@ -341,6 +342,16 @@ class GossipNode:
         if peer != self.node_id:
             self._peers.setdefault(peer, None)
             self._learned.pop(peer, None)  # configured now: no longer counts as learned
+
+    def peer_reconnected(self, peer: NodeId) -> None:
+        """``peer``'s session was made anew: it may have restarted and forgotten its mesh.
+        It counts as a feeder again only once it grafts us or pushes to us, and may be asked
+        to adopt us at the next heartbeat. Without this a node whose feeders all restarted
+        would think itself fed and get everything by IHave/IWant only, for good."""
+        if peer in self._fed_by:
+            del self._fed_by[peer]
+            self.counters["feeder_reconnected"] += 1
+        self._adopt_asked.pop(peer, None)
 
     def remove_peer(self, peer: NodeId) -> None:
         self._peers.pop(peer, None)
