@@ -15,8 +15,15 @@ messages, in three modes, alternating round by round:
 Issue 3 asks for the encrypted round trip p50 within 1.3x of raw pyzmq's; what ``floor``
 costs over ``raw`` is what no implementation of per-message encryption in Python escapes.
 
+The echo process also times, per message, how long it took from the moment its socket had
+the message to the moment its reply was sent (``echo``: receive, open, seal, send). With
+``--spin US`` it polls without blocking for up to US microseconds before it waits (in every
+mode alike), so it has not gone to sleep when the message comes: the difference shows what
+waking up costs each mode's code, which runs cache-cold after a sleep.
+
     python benchmarks/round_trip_floor.py                 # 5,000 trips, 3 rounds
     python benchmarks/round_trip_floor.py --trips 1000 --rounds 1
+    python benchmarks/round_trip_floor.py --spin 500      # the echo side never sleeps
 """
 
 from __future__ import annotations
@@ -78,9 +85,31 @@ class FloorSession:
         return payload
 
 
-def _echo(mode: str, endpoint: str, keys: BenchKeys, floor_keys: tuple[bytes, bytes]) -> None:
-    """The echoing process: answers until the measuring side closes."""
+def _wait(sock: zmq.Socket[Any], spin: float) -> bool:
+    """Whether a message came within TIMEOUT_MS; polls without blocking for ``spin`` s
+    first."""
+    if spin > 0:
+        clock = time.perf_counter
+        end = clock() + spin
+        while clock() < end:
+            if zmq_poll([(sock, zmq.POLLIN)], 0):
+                return True
+    return bool(zmq_poll([(sock, zmq.POLLIN)], TIMEOUT_MS))
+
+
+def _echo(
+    mode: str,
+    endpoint: str,
+    keys: BenchKeys,
+    floor_keys: tuple[bytes, bytes],
+    spin: float,
+    report: Any,
+) -> None:
+    """The echoing process: answers until the measuring side closes, then sends ``report``
+    (a pipe) the seconds from each message being there to its reply being sent."""
     context: zmq.Context[Any] = zmq.Context()
+    clock = time.perf_counter
+    spans: list[float] = []
     if mode == "zmqcomm":
         identity, trust = keys.load("client")
         with SecureDealer(
@@ -91,41 +120,59 @@ def _echo(mode: str, endpoint: str, keys: BenchKeys, floor_keys: tuple[bytes, by
             context=context,
             connect_timeout=TIMEOUT_MS / 1000,
         ) as dealer:
-            while True:
+            # receive(timeout=0) after our own wait: the message is already there, and the
+            # dealer's pump drains it as receive(timeout) would (one zmq_poll more). A poll
+            # sees only the socket: the first request may already be in the inbox, taken
+            # in by the pump that completed the handshake.
+            while dealer.inbox or _wait(dealer.socket, spin):
+                there = clock()
                 try:
-                    message = dealer.receive(timeout=TIMEOUT_MS / 1000)
+                    message = dealer.receive(timeout=0)
                 except ReceiveTimeout:
-                    break  # the measuring side died
+                    continue  # a handshake frame, nothing to answer
                 if message.message.payload == b"stop":
                     break
                 dealer.send(message.message.payload, msg_type=MessageType.REPLY)
+                spans.append(clock() - there)
+            report.send(spans[WARM_UP:])  # before closing: nothing may hold it up
     else:
         sock = context.socket(zmq.DEALER)
         sock.connect(endpoint)
         session = FloorSession(floor_keys[1], floor_keys[0])
         sock.send(b"hello")
-        while zmq_poll([(sock, zmq.POLLIN)], TIMEOUT_MS):
+        while _wait(sock, spin):
+            there = clock()
             frames = sock.recv_multipart(zmq.NOBLOCK)
             if mode == "raw":
                 if frames[0] == b"stop":
                     break
                 sock.send_multipart(frames)
+                spans.append(clock() - there)
                 continue
             payload = session.open(frames[0])
             if payload == b"stop":
                 break
             sock.send(session.seal(payload))
+            spans.append(clock() - there)
+        report.send(spans[WARM_UP:])
         sock.close(linger=1000)
     context.term()
 
 
-def _round(mode: str, trips: int, workdir: str, keys: BenchKeys) -> list[float]:
-    """One round of ``trips`` timed trips (after a warm-up); seconds per trip."""
+def _round(
+    mode: str, trips: int, workdir: str, keys: BenchKeys, spin: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """One round of ``trips`` timed trips (after a warm-up): seconds per trip, and the echo
+    process's seconds from each message being there to its reply being sent."""
     endpoint = f"ipc://{workdir}/{mode}-{time.monotonic_ns()}"
     floor_keys = (os.urandom(32), os.urandom(32))
     context: zmq.Context[Any] = zmq.Context()
     spawn = multiprocessing.get_context("spawn")
-    peer = spawn.Process(target=_echo, args=(mode, endpoint, keys, floor_keys), daemon=True)
+    report, report_sender = spawn.Pipe(duplex=False)
+    peer = spawn.Process(
+        target=_echo, args=(mode, endpoint, keys, floor_keys, spin, report_sender), daemon=True
+    )
+    echo: list[float] = []
     clock = time.perf_counter
     samples: list[float] = []
     try:
@@ -171,6 +218,8 @@ def _round(mode: str, trips: int, workdir: str, keys: BenchKeys) -> list[float]:
                 samples.append(clock() - started)
             stop = b"stop" if mode == "raw" else session.seal(b"stop")
             sock.send_multipart([route, stop])
+        if report.poll(TIMEOUT_MS / 1000):
+            echo = report.recv()
         peer.join(TIMEOUT_MS / 1000)
     finally:
         if peer.is_alive():
@@ -178,16 +227,25 @@ def _round(mode: str, trips: int, workdir: str, keys: BenchKeys) -> list[float]:
         # linger 0: after an error (the echo process died, an interrupt), term() must not
         # wait for a socket still open here; on success the stop frame went long ago.
         context.destroy(linger=0)
-    return samples[WARM_UP:]
+        report.close()
+    return samples[WARM_UP:], echo
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trips", type=int, default=5000, help="timed round trips per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every mode")
+    parser.add_argument(
+        "--spin",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help="the echo process polls without blocking for up to US microseconds before it "
+        "waits (default 0: it waits at once, as an application would)",
+    )
     args = parser.parse_args()
-    if args.trips < 1 or args.rounds < 1:
-        parser.error("--trips and --rounds must be at least 1")
+    if args.trips < 1 or args.rounds < 1 or not 0 <= args.spin <= 1e6:
+        parser.error("--trips and --rounds must be at least 1, --spin 0 to 1,000,000")
     p50: dict[str, list[float]] = {mode: [] for mode in MODES}
     # Per round, not across: the host's wake-up latency changes between rounds (raw at
     # about 50 or about 110 us here), and the ratio means something only within one.
@@ -195,9 +253,14 @@ def main() -> int:
         keys = BenchKeys.create(Path(workdir))
         for number in range(args.rounds):  # alternating, so drift in the machine hits all
             for mode in MODES if number % 2 == 0 else MODES[::-1]:
-                median = statistics.median(_round(mode, args.trips, workdir, keys)) * 1e6
+                trips, echo = _round(mode, args.trips, workdir, keys, args.spin / 1e6)
+                median = statistics.median(trips) * 1e6
                 p50[mode].append(median)
-                print(f"round {number + 1}/{args.rounds} {mode:>8}: p50 {median:6.1f} us")
+                at_echo = f"{statistics.median(echo) * 1e6:5.1f} us" if echo else "-"
+                print(
+                    f"round {number + 1}/{args.rounds} {mode:>8}: p50 {median:6.1f} us "
+                    f"(echo side, message there to reply sent: p50 {at_echo})"
+                )
     print()
     for mode in MODES[1:]:
         ratios = [ours / raw for ours, raw in zip(p50[mode], p50["raw"], strict=True)]
