@@ -61,6 +61,16 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def _receive_message(sock: zmq.Socket[Any]) -> list[bytes]:
+    """Every part of the next message, which must be there: ``recv_multipart`` without its
+    enum conversion of ``RCVMORE`` per part."""
+    parts: list[bytes] = [sock.recv(_NOBLOCK)]
+    while sock.get(_RCVMORE):
+        parts.append(sock.recv(_NOBLOCK))
+    return parts
 
 
 def _readable(sock: zmq.Socket[Any]) -> bool:
@@ -274,7 +284,7 @@ class _SecureSocket:
         else:
             ready = _wait_readable(sock, timeout)
         while ready and handled < _MAX_BURST and len(inbox) < room:
-            raw = sock.recv_multipart(_NOBLOCK)
+            raw = _receive_message(sock)
             handled += 1
             route, frames = self._route_and_frames(raw)
             self._handle(route, self.table.receive(route, frames, now=self.wall_clock()))
