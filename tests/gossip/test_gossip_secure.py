@@ -9,6 +9,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -302,25 +303,33 @@ def test_a_session_that_refuses_to_send_is_replaced_and_its_peer_kept(
 
 
 def test_a_feeder_that_restarts_stops_counting_until_it_feeds_us_again(
-    store: TrustStore, context: zmq.Context[Any]
+    store: TrustStore, context: zmq.Context[Any], tmp_path: Path
 ) -> None:
     """Bob feeds Alice (he grafted her). He restarts, and may have drawn a mesh without her:
     Alice no longer counts him as a feeder until his new self grafts or pushes to her (else,
-    all her feeders restarted, she would think herself fed and get everything late)."""
-    a, b = _pair(store, context)
-    bob, endpoint = b.identity, b.endpoint
-    a.add_peer(b.agent_id, endpoint)
+    all her feeders restarted, she would think herself fed and get everything late). Both
+    of her sockets see his new sessions; the restart counts once, and his new Graft stays."""
+    alice, bob = Identity.generate("alice"), Identity.generate("bob")
+    store.add(alice.public)
+    store.add(bob.public)
+    # ipc: a restarted agent binds the same path at once (a tcp port may still be held).
+    a = GossipAgent(alice, f"ipc://{tmp_path}/a", trust=store, config=FAST, context=context)
+    b = GossipAgent(bob, f"ipc://{tmp_path}/b", trust=store, config=FAST, context=context)
+    a.add_peer(b.agent_id, b.endpoint)
     b.add_peer(a.agent_id, a.endpoint)
     group = GossipGroup([a, b])
     try:
         assert group.run_until(lambda: b.agent_id in a.node.fed_by, timeout=5.0)
         assert a.node.counters["feeder_reconnected"] == 0
         b.close()
-        b = GossipAgent(bob, endpoint, trust=store, config=FAST, context=context)
+        b = GossipAgent(bob, f"ipc://{tmp_path}/b", trust=store, config=FAST, context=context)
         b.add_peer(a.agent_id, a.endpoint)
         group = GossipGroup([a, b])
         assert group.run_until(lambda: a.node.counters["feeder_reconnected"] == 1, timeout=5.0)
         # Bob's new mesh holds Alice (his only peer): his Graft makes him a feeder again.
         assert group.run_until(lambda: b.agent_id in a.node.fed_by, timeout=5.0)
+        group.run_for(0.5)  # both of Alice's sockets have seen his new sessions by now
+        assert a.node.counters["feeder_reconnected"] == 1
+        assert b.agent_id in a.node.fed_by
     finally:
         group.close()

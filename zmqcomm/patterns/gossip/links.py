@@ -320,12 +320,19 @@ class SecureLinks:
             sock.pump(0.0)
         except ZmqCommError as exc:  # never out of step(): counted instead
             self.pump_errors[exc.reason] += 1
-        seen = self._inbound if sock is self.router else self._outbound
+        seen, other = (
+            (self._inbound, self._outbound)
+            if sock is self.router
+            else (self._outbound, self._inbound)
+        )
         joined = sock.joined
         while joined:
             agent = joined.popleft().agent_id
             if agent in seen:
                 self._reconnected.append(agent)
+                # One restart, once: the other socket's new session with it (which may come
+                # after its Graft) counts as a first one.
+                other.discard(agent)
             seen.add(agent)
         out: list[Received] = []
         inbox = sock.inbox
