@@ -236,3 +236,32 @@ def test_keepalive_is_due_after_a_silence_unless_messages_are_held() -> None:
     dealer.established = False
     clock.now += KEEPALIVE
     assert not outbox.keepalive_due()  # no session to keep alive
+
+
+def test_a_tunnel_finish_is_held_past_max_held_and_reported_when_held_and_sent() -> None:
+    """A tunnel's rekey FINISH may not be dropped (its sender already uses the new keys),
+    and the tunnels must hear when it waits and when it leaves (they keep the old key open
+    in between); a FINISH that goes at once is nobody's concern."""
+    held: list[str] = []
+    sent: list[str] = []
+    dealer, clock = FakeDealer(), Clock()
+    outbox = HopOutbox(
+        cast(SecureDealer, dealer),
+        clock=clock,
+        max_held=2,
+        on_finish_held=held.append,
+        on_finish_sent=sent.append,
+    )
+    finish = HopMessage(MessageType.FORWARD, "finish", "bob", finish_for="bob")
+    outbox.put([finish])
+    assert (payloads(dealer), held, sent) == (["finish"], [], [])
+
+    dealer.established = False
+    outbox.put([forward("a"), forward("b"), forward("c"), finish])
+    assert outbox.dropped["hop_queue_full"] == 1  # "c", never the FINISH
+    assert (len(outbox), held, sent) == (3, ["bob"], [])
+
+    dealer.established = True
+    outbox.flush()
+    assert payloads(dealer) == ["finish", "a", "b", "finish"]
+    assert (held, sent) == (["bob"], ["bob"])

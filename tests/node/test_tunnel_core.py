@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import LocalProtocolError, RemoteProtocolError
 from zmqcomm.node import tunnel
@@ -264,3 +265,79 @@ def test_a_malformed_refusal_is_refused_and_changes_nothing(
         alice.on_hop(message(MessageType.ERROR, answer, "t"), now=NOW)
     assert caught.value.reason == "bad_error"
     assert alice.refused_by_broker == {} and alice.last_error is None
+
+
+def _rekeying_agents(tmp_path: Path) -> dict[str, Tunnels]:
+    identities = [Identity.generate("alice"), Identity.generate("bob")]
+    rekey = RekeyPolicy(max_messages=3, hard_max_messages=1000, jitter=0.0)
+    made = {}
+    for me in identities:
+        trust = TrustStore(tmp_path / me.name)
+        for other in identities:
+            if other is not me:
+                trust.add(other.public, roles=["agent"])
+        made[me.agent_id] = Tunnels(
+            identity=me, trust=trust, random_bytes=os.urandom, now=NOW, rekey=rekey
+        )
+    return made
+
+
+def _carry(
+    agents: dict[str, Tunnels], hops: list[tuple[str, HopMessage]], *, now: float
+) -> tuple[list[object], list[HopMessage]]:
+    """:func:`flow` at ``now``, except that rekey FINISH frames stay with their sender's
+    broker link (as if it were down); returns what was delivered and those FINISH hops."""
+    delivered: list[object] = []
+    finishes: list[HopMessage] = []
+    while hops:
+        sender, hop = hops.pop(0)
+        if hop.finish_for:
+            finishes.append(hop)
+            continue
+        routed = as_broker(sender, hop)
+        if routed is not None:
+            recipient, sent = routed
+            out, incoming = agents[recipient].on_hop(sent, now=now)
+            hops += [(recipient, answer) for answer in out]
+            delivered += [item.payload for item in incoming]
+    return delivered, finishes
+
+
+def test_a_tunnel_finish_held_for_the_broker_link_keeps_the_superseded_key_open(
+    tmp_path: Path,
+) -> None:
+    """Alice's rekey FINISH to bob waits in her hop outbox longer than the grace period
+    (her broker link is down). Bob seals under the old epoch until it arrives: what he
+    sends meanwhile must still open at alice, not be refused as ``stale_epoch`` and lost.
+    Once the FINISH has left, the old key lives one grace period more, and no longer."""
+    agents = _rekeying_agents(tmp_path)
+    (alice_id, alice), (bob_id, bob) = agents.items()
+    open_session(agents)
+    held: list[HopMessage] = []
+    for n in range(1, 6):
+        if held:
+            break
+        hops = alice.send(bob_id, MessageType.DATA, f"m{n}", topic="", now=NOW)
+        _, held = _carry(agents, [(alice_id, hop) for hop in hops], now=NOW)
+    assert [hop.finish_for for hop in held] == [bob_id], "alice's rekey FINISH"
+    alice.hold_finish(bob_id, now=NOW)  # what her hop outbox does on holding it
+    grace = RekeyPolicy().grace_period
+
+    later = NOW + 3 * grace
+    late = bob.send(
+        alice_id, MessageType.DATA, "sealed before the FINISH came", topic="", now=later
+    )
+    assert _carry(agents, [(bob_id, hop) for hop in late], now=later)[0] == [
+        "sealed before the FINISH came"
+    ]
+    assert alice.table.rejected["stale_epoch"] == 0
+
+    alice.release_finish(bob_id, now=later)  # the link came back and the FINISH left
+    _carry(agents, [(alice_id, held[0])], now=later)  # reaches bob only now
+    after = later + grace / 2
+    hops = bob.send(alice_id, MessageType.DATA, "under the new keys", topic="", now=after)
+    assert _carry(agents, [(bob_id, hop) for hop in hops], now=after)[0] == ["under the new keys"]
+    session = alice.table.channel_to(bob_id).session  # type: ignore[union-attr]
+    assert session is not None and len(session.open_epochs) == 2  # the old key: half its grace
+    session.on_timer(now=later + grace + 0.001)
+    assert session.open_epochs == [session.epoch]

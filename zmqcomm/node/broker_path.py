@@ -128,7 +128,12 @@ class BrokerPath:
                 self.mail_store.close()  # its lock too: nobody else would release it
             raise
         #: What waits for the broker link.
-        self.outbox = HopOutbox(self.link, clock=clock)
+        self.outbox = HopOutbox(
+            self.link,
+            clock=clock,
+            on_finish_held=lambda peer: self.tunnels.hold_finish(peer, now=self.wall_clock()),
+            on_finish_sent=lambda peer: self.tunnels.release_finish(peer, now=self.wall_clock()),
+        )
 
     # -- sending -----------------------------------------------------------------------------
 

@@ -6,6 +6,11 @@ soon as the broker link has a session and room; while the link is down (the brok
 restarts) or full, it waits here instead of raising out of ``pump()`` after the tunnels
 already counted it as sent, which lost it. End-to-end frames stay valid across a new hop
 session, so nothing needs sealing again.
+
+A tunnel's rekey FINISH is never dropped for a full queue (its sender already switched
+keys: the peer would refuse all that follows), and the tunnels hear when one is held and
+when it leaves, so that the key it superseded stays open meanwhile
+(:meth:`~zmqcomm.node.tunnel.Tunnels.hold_finish`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.secure import SecureDealer
 
 #: Messages held for the broker at most; beyond it a send from the application raises
-#: QueueFullError and the node's own messages (retried by their timers) are dropped.
+#: QueueFullError and the node's own messages (retried by their timers) are dropped; a
+#: tunnel's rekey FINISH is held regardless (one per peer at most: its rekey waits for it).
 MAX_HELD = 10_000
 #: While the link is up but cannot take what is held (its queue is full, or its session must
 #: rekey first), held messages are offered again this many seconds later: nothing wakes a
@@ -28,13 +34,27 @@ HELD_RETRY = 0.005
 KEEPALIVE = 10.0
 
 
+def _ignore(peer: str) -> None:
+    pass
+
+
 class HopOutbox:
     """An ordered, bounded queue in front of the node's broker dealer."""
 
     def __init__(
-        self, dealer: SecureDealer, *, clock: Callable[[], float], max_held: int = MAX_HELD
+        self,
+        dealer: SecureDealer,
+        *,
+        clock: Callable[[], float],
+        max_held: int = MAX_HELD,
+        on_finish_held: Callable[[str], None] = _ignore,
+        on_finish_sent: Callable[[str], None] = _ignore,
     ) -> None:
+        """``on_finish_held(peer)`` and ``on_finish_sent(peer)``: a tunnel's rekey FINISH
+        (:attr:`HopMessage.finish_for`) had to be held, and left after being held."""
         self.dealer = dealer
+        self._on_finish_held = on_finish_held
+        self._on_finish_sent = on_finish_sent
         self.clock = clock
         self.max_held = max_held
         self._held: deque[HopMessage] = deque()
@@ -72,10 +92,10 @@ class HopOutbox:
                     self.dropped["hop_unsendable"] += 1
                     refused = refused or exc
                     continue
-            if len(self._held) >= self.max_held:
+            if len(self._held) >= self.max_held and not message.finish_for:
                 self.dropped["hop_queue_full"] += 1
                 continue
-            self._held.append(message)
+            self._hold(message)
         self.flush()
         if refused is not None:
             raise refused
@@ -83,8 +103,17 @@ class HopOutbox:
     def put_first(self, messages: Sequence[HopMessage]) -> None:
         """Queue ``messages`` ahead of everything held, whatever the bound (they are few and
         must not be lost: a new hop session's resubscriptions), and send what the link takes."""
-        self._held.extendleft(reversed(messages))
+        for message in reversed(messages):
+            self._hold(message, first=True)
         self.flush()
+
+    def _hold(self, message: HopMessage, *, first: bool = False) -> None:
+        if first:
+            self._held.appendleft(message)
+        else:
+            self._held.append(message)
+        if message.finish_for:
+            self._on_finish_held(message.finish_for)
 
     def flush(self) -> int:
         """Send held messages, oldest first, while the link has a session and room; how many
@@ -97,7 +126,9 @@ class HopOutbox:
                 sent += 1
             except LocalProtocolError:
                 self.dropped["hop_unsendable"] += 1  # it would block the rest for ever
-            held.popleft()
+            message = held.popleft()
+            if message.finish_for:
+                self._on_finish_sent(message.finish_for)
         if held:
             self._retry_at = self.clock() + HELD_RETRY
         return sent

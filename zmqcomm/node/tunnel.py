@@ -32,7 +32,7 @@ from zmqcomm.crypto.channel_table import ChannelTable
 from zmqcomm.crypto.handshake import RandomBytes
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.sealed import open_sealed, seal
-from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.crypto.session import RekeyPolicy, Session
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
     LocalProtocolError,
@@ -53,12 +53,13 @@ from zmqcomm.node.held_mail import (
 from zmqcomm.node.mail_book import MailBook
 from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
-from zmqcomm.wire.header import parse_header
+from zmqcomm.wire.header import parse_header, peek_type
 from zmqcomm.wire.message_types import FIRST_SECURITY_TYPE, LAST_SECURITY_TYPE
 from zmqcomm.wire.payload import Buffer
 
 _INTERNAL = frozenset({MessageType.TOPIC_KEY_REQUEST, MessageType.TOPIC_KEY})
 _INIT = int(MessageType.HANDSHAKE_INIT)
+_FINISH = int(MessageType.HANDSHAKE_FINISH)
 #: Session frames remembered per peer, to send again if they bounce, and their bytes at most
 #: (the payloads are kept alive: 4,096 messages of 1 MiB would be 4 GiB per peer).
 _RECENT = 4096
@@ -126,6 +127,9 @@ class HopMessage:
     msg_type: int
     payload: object
     topic: str = ""
+    #: The peer whose tunnel rekey this message finishes (a FORWARD of our FINISH), else
+    #: "": the hop outbox tells :meth:`Tunnels.hold_finish` when it has to hold one.
+    finish_for: str = ""
 
 
 class Tunnels:
@@ -197,6 +201,8 @@ class Tunnels:
         self._recent: dict[str, OrderedDict[tuple[int, int, int], tuple[list[_Item], int]]] = {}
         self._recent_bytes: Counter[str] = Counter()
         self._reset_sent: OrderedDict[str, float] = OrderedDict()
+        #: Per peer, the session whose receive-key expiry waits for a held FINISH.
+        self._finish_held: dict[str, Session] = {}
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -302,7 +308,8 @@ class Tunnels:
         # Sealed frames (bytes, or bytearrays nothing writes to again) go as they are; a view
         # is copied, as what it shows could change while the hop message waits.
         kept = [f if isinstance(f, bytes | bytearray) else bytes(f) for f in frames]
-        return HopMessage(MessageType.FORWARD, kept, peer)
+        finish_for = peer if kept and peek_type(kept[0]) == _FINISH else ""
+        return HopMessage(MessageType.FORWARD, kept, peer, finish_for)
 
     def _transmit(self, peer: str, events: list[Event]) -> list[HopMessage]:
         return [self._forward(peer, e.frames) for e in events if isinstance(e, Transmit)]
@@ -314,6 +321,26 @@ class Tunnels:
         for kind, payload, topic in self._queues.pop(peer, None) or ():
             out += self.send(peer, kind, payload, topic=topic, now=now)
         return out
+
+    def hold_finish(self, peer: str, *, now: float) -> None:
+        """The FINISH of our rekey with ``peer`` waits for the broker link (it is down or
+        full). ``peer`` seals under the previous epoch until that FINISH reaches it: keep
+        our key for that epoch open meanwhile (at most the policy's ``hard_max_age``), as a
+        secure socket does for a FINISH it holds; else what ``peer`` sends once the link is
+        back is refused as ``stale_epoch``, and lost."""
+        channel = self.table.channel_to(peer)
+        session = channel.session if channel is not None else None
+        if session is not None:
+            session.pause_expiry(now=now)
+            self._finish_held[peer] = session
+
+    def release_finish(self, peer: str, *, now: float) -> None:
+        """The FINISH :meth:`hold_finish` was told of went to the broker: the key it kept
+        open gets one grace period from ``now``. Nothing if that session is gone."""
+        session = self._finish_held.pop(peer, None)
+        channel = self.table.channel_to(peer)
+        if session is not None and channel is not None and channel.session is session:
+            session.resume_expiry(now=now)
 
     # -- receiving ---------------------------------------------------------------------------
 
