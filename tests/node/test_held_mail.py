@@ -95,20 +95,20 @@ def test_mail_from_a_sender_not_yet_trusted_is_held_and_delivered_once_trusted(
     out, incoming = pair.deliver(pair.mail("hello"))
     # Acknowledged, so the broker frees the slot; not delivered, not dropped: held.
     assert acked(out) and incoming == []
-    assert len(pair.reader.held_mail) == 1 and pair.reader.table.rejected == {}
+    assert len(pair.reader.mailroom.held) == 1 and pair.reader.table.rejected == {}
     [line] = pair.audit.events("mail_held")
     assert (line["peer"], line["reason"]) == (pair.alice.agent_id, "unknown_peer")
-    assert pair.reader.retry_held_mail(now=NOW) == []  # not due yet
+    assert pair.reader.mailroom.retry_held(now=NOW) == []  # not due yet
     deadline = pair.reader.next_deadline()
     assert deadline is not None and deadline > NOW
 
     pair.trust_alice()
     assert pair.reader.next_deadline() == -math.inf  # the trust store changed: due now
-    [message] = pair.reader.retry_held_mail(now=NOW)
+    [message] = pair.reader.mailroom.retry_held(now=NOW)
     assert (message.payload, message.via, message.sender) == ("hello", "mail", pair.alice.agent_id)
     assert message.roles == frozenset({"agent"})
-    assert len(pair.reader.held_mail) == 0 and pair.reader.held_mail.released == 1
-    assert pair.reader.retry_held_mail(now=NOW + RETRY_MAX) == []
+    assert len(pair.reader.mailroom.held) == 0 and pair.reader.mailroom.held.released == 1
+    assert pair.reader.mailroom.retry_held(now=NOW + RETRY_MAX) == []
     assert [r["reason"] for r in pair.audit.events("mail_released")] == ["unknown_peer"]
 
 
@@ -119,12 +119,12 @@ def test_held_mail_is_delivered_once_however_often_the_broker_hands_it_over(
     for _ in range(2):  # a broker that crashed before our acknowledgement counted
         out, incoming = pair.deliver(blob)
         assert acked(out) and incoming == []
-    assert len(pair.reader.held_mail) == 1 and len(pair.audit.events("mail_held")) == 1
+    assert len(pair.reader.mailroom.held) == 1 and len(pair.audit.events("mail_held")) == 1
     pair.trust_alice()
-    assert payloads(pair.reader.retry_held_mail(now=NOW)) == ["once"]
+    assert payloads(pair.reader.mailroom.retry_held(now=NOW)) == ["once"]
     # And once more after it was delivered: acknowledged, known by its mail id, dropped.
     out, incoming = pair.deliver(blob)
-    assert acked(out) and incoming == [] and len(pair.reader.held_mail) == 0
+    assert acked(out) and incoming == [] and len(pair.reader.mailroom.held) == 0
 
 
 def test_held_mail_handed_over_again_after_the_sender_is_trusted_is_delivered_once(
@@ -137,8 +137,8 @@ def test_held_mail_handed_over_again_after_the_sender_is_trusted_is_delivered_on
     out, incoming = pair.deliver(blob)
     assert acked(out) and payloads(incoming) == ["one copy"]
     # The held copy then opens too, and is known by its mail id.
-    assert pair.reader.retry_held_mail(now=NOW) == []
-    assert len(pair.reader.held_mail) == 0 and pair.reader.held_mail.released == 0
+    assert pair.reader.mailroom.retry_held(now=NOW) == []
+    assert len(pair.reader.mailroom.held) == 0 and pair.reader.mailroom.held.released == 0
     [line] = pair.audit.events("mail_released")
     assert line["repeat"] is True
 
@@ -149,12 +149,12 @@ def test_mail_dated_ahead_of_our_clock_waits_until_the_clock_catches_up(pair: Pa
     assert acked(out) and incoming == []
     assert [r["reason"] for r in pair.audit.events("mail_held")] == ["sealed_from_future"]
     # Tried again on the schedule: still ahead by more than the skew allowed (300 s).
-    assert pair.reader.retry_held_mail(now=NOW + RETRY_FIRST) == []
-    assert len(pair.reader.held_mail) == 1
+    assert pair.reader.mailroom.retry_held(now=NOW + RETRY_FIRST) == []
+    assert len(pair.reader.mailroom.held) == 1
     later = NOW + 800
     deadline = pair.reader.next_deadline()
     assert deadline is not None and deadline <= later
-    assert payloads(pair.reader.retry_held_mail(now=later)) == ["early"]
+    assert payloads(pair.reader.mailroom.retry_held(now=later)) == ["early"]
     assert pair.reader.table.rejected == {}
 
 
@@ -162,12 +162,12 @@ def test_the_hold_gives_up_the_oldest_first_counted_and_audited(tmp_path: Path) 
     pair = make_pair(tmp_path, max_held_mail=2)
     for text in ("m0", "m1", "m2"):
         pair.deliver(pair.mail(text))
-    assert len(pair.reader.held_mail) == 2
+    assert len(pair.reader.mailroom.held) == 2
     assert pair.reader.dropped == {"held_mail_overflow": 1}
     [line] = pair.audit.events("reject", reason="held_mail_overflow")
     assert line["peer"] == pair.alice.agent_id and line["waited"] == "unknown_peer"
     pair.trust_alice()
-    assert payloads(pair.reader.retry_held_mail(now=NOW)) == ["m1", "m2"]
+    assert payloads(pair.reader.mailroom.retry_held(now=NOW)) == ["m1", "m2"]
 
 
 def test_the_hold_is_bounded_in_bytes_too(tmp_path: Path) -> None:
@@ -176,11 +176,11 @@ def test_the_hold_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     pair = make_pair(tmp_path / "again", max_held_mail_bytes=len(first) + len(second) // 2)
     for text in ("a" * 1000, "b" * 1000):
         pair.deliver(pair.mail(text))
-    assert len(pair.reader.held_mail) == 1
-    assert pair.reader.held_mail.bytes <= pair.reader.held_mail.max_bytes
+    assert len(pair.reader.mailroom.held) == 1
+    assert pair.reader.mailroom.held.bytes <= pair.reader.mailroom.held.max_bytes
     assert pair.reader.dropped == {"held_mail_overflow": 1}
     pair.trust_alice()
-    assert payloads(pair.reader.retry_held_mail(now=NOW)) == ["b" * 1000]
+    assert payloads(pair.reader.mailroom.retry_held(now=NOW)) == ["b" * 1000]
 
 
 def test_permanently_bad_mail_is_still_dropped_at_once(pair: Pair, tmp_path: Path) -> None:
@@ -193,11 +193,11 @@ def test_permanently_bad_mail_is_still_dropped_at_once(pair: Pair, tmp_path: Pat
         carol.agent_id, public, MessageType.DATA, "not for dave", topic="", now=NOW
     ).payload
     assert isinstance(for_carol, bytes)
-    too_old = pair.mail("old", now=NOW - pair.reader.mail_max_age - 1)
+    too_old = pair.mail("old", now=NOW - pair.reader.mailroom.max_age - 1)
     for blob in (b"\x00" * 100, for_carol, too_old):
         out, incoming = pair.deliver(blob)
         assert acked(out) and incoming == []
-    assert len(pair.reader.held_mail) == 0
+    assert len(pair.reader.mailroom.held) == 0
     assert pair.reader.table.rejected == {"bad_seal": 2, "sealed_expired": 1}
     assert pair.audit.events("mail_held") == []
 
@@ -205,10 +205,10 @@ def test_permanently_bad_mail_is_still_dropped_at_once(pair: Pair, tmp_path: Pat
 def test_held_mail_that_can_never_open_now_is_dropped_at_the_next_try(pair: Pair) -> None:
     revoked_meanwhile, aged_out = pair.mail("revoked"), pair.mail("too old by then")
     pair.deliver(revoked_meanwhile)
-    assert len(pair.reader.held_mail) == 1
+    assert len(pair.reader.mailroom.held) == 1
     pair.dave_trust.revoke(pair.alice.agent_id)  # the operator's decision: not a passing one
-    assert pair.reader.retry_held_mail(now=NOW) == []
-    assert len(pair.reader.held_mail) == 0
+    assert pair.reader.mailroom.retry_held(now=NOW) == []
+    assert len(pair.reader.mailroom.held) == 0
     assert pair.reader.table.rejected == {"revoked": 1}
     assert [line["peer"] for line in pair.audit.events("reject", reason="revoked")] == [
         pair.alice.agent_id
@@ -217,10 +217,10 @@ def test_held_mail_that_can_never_open_now_is_dropped_at_the_next_try(pair: Pair
     pair.trust_alice()  # lifts the revocation
     pair.dave_trust.remove(pair.alice.agent_id)
     pair.deliver(aged_out)
-    later = NOW + pair.reader.mail_max_age + 1
+    later = NOW + pair.reader.mailroom.max_age + 1
     pair.trust_alice()
-    assert pair.reader.retry_held_mail(now=later) == []
-    assert len(pair.reader.held_mail) == 0
+    assert pair.reader.mailroom.retry_held(now=later) == []
+    assert len(pair.reader.mailroom.held) == 0
     assert pair.reader.table.rejected == {"revoked": 1, "sealed_expired": 1}
 
 
@@ -228,7 +228,7 @@ def test_without_a_hold_mail_that_cannot_be_opened_is_dropped(tmp_path: Path) ->
     pair = make_pair(tmp_path, max_held_mail=0)
     out, incoming = pair.deliver(pair.mail("lost"))
     assert acked(out) and incoming == []
-    assert len(pair.reader.held_mail) == 0 and pair.reader.next_deadline() is None
+    assert len(pair.reader.mailroom.held) == 0 and pair.reader.next_deadline() is None
     assert pair.reader.table.rejected == {"unknown_peer": 1}
     assert [line["peer"] for line in pair.audit.events("reject", reason="unknown_peer")] == [
         pair.alice.agent_id
@@ -347,8 +347,8 @@ def test_a_batch_frame_sent_as_mail_is_refused_as_bad_mail(pair: Pair) -> None:
 def test_held_batch_mail_is_dropped_for_good_once_its_sender_is_trusted(pair: Pair) -> None:
     out, incoming = pair.deliver(_batch_mail(pair))  # from a stranger: held
     assert incoming == []
-    assert acked(out) and len(pair.reader.held_mail) == 1
+    assert acked(out) and len(pair.reader.mailroom.held) == 1
     pair.trust_alice()
-    assert pair.reader.retry_held_mail(now=NOW) == []
-    assert len(pair.reader.held_mail) == 0
+    assert pair.reader.mailroom.retry_held(now=NOW) == []
+    assert len(pair.reader.mailroom.held) == 0
     assert pair.reader.table.rejected == {"bad_mail": 1}

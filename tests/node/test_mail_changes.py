@@ -40,15 +40,15 @@ def test_the_tunnels_record_a_hold_and_its_release_with_the_seen_id(pair: Pair) 
     blob = pair.mail("held, then opened")
     out, incoming = pair.deliver(blob)
     assert acked(out) and incoming == []
-    [kept] = pair.reader.take_mail_changes()
+    [kept] = pair.reader.mailroom.take_changes()
     assert isinstance(kept, KeepLetter) and kept.key == letter_key(blob)
     assert (kept.letter.blob, kept.letter.reason) == (blob, "unknown_peer")
-    assert pair.reader.take_mail_changes() == []  # taken once
+    assert pair.reader.mailroom.take_changes() == []  # taken once
 
     pair.trust_alice()
-    assert payloads(pair.reader.retry_held_mail(now=NOW)) == ["held, then opened"]
+    assert payloads(pair.reader.mailroom.retry_held(now=NOW)) == ["held, then opened"]
     # Out of the hold and seen: one write, so a crash cannot keep one and lose the other.
-    dropped, seen = pair.reader.take_mail_changes()
+    dropped, seen = pair.reader.mailroom.take_changes()
     assert dropped == DropLetter(letter_key(blob))
     assert isinstance(seen, MarkSeen) and seen.sealed_at == NOW
 
@@ -60,32 +60,32 @@ def test_the_tunnels_record_mail_that_opens_at_once_and_nothing_for_refused_mail
     blob = pair.mail("at once")
     out, incoming = pair.deliver(blob)
     assert acked(out) and payloads(incoming) == ["at once"]
-    [seen] = pair.reader.take_mail_changes()
+    [seen] = pair.reader.mailroom.take_changes()
     assert isinstance(seen, MarkSeen)
     # A repeat is dropped by its id and changes nothing.
     out, incoming = pair.deliver(blob)
-    assert acked(out) and incoming == [] and pair.reader.mail_repeats == 1
-    assert pair.reader.take_mail_changes() == []
+    assert acked(out) and incoming == [] and pair.reader.mailroom.repeats == 1
+    assert pair.reader.mailroom.take_changes() == []
     # Mail sealed for someone else never opens: refused, not held, nothing to write.
     other = make_pair(tmp_path / "other")
     out, incoming = pair.deliver(other.mail("not for dave"))
-    assert acked(out) and incoming == [] and pair.reader.take_mail_changes() == []
+    assert acked(out) and incoming == [] and pair.reader.mailroom.take_changes() == []
 
 
 def test_a_changed_reason_is_recorded(pair: Pair) -> None:
     pair.trust_alice()
     blob = pair.mail("early", now=NOW + 1000)
     pair.deliver(blob, now=NOW)
-    pair.reader.take_mail_changes()
+    pair.reader.mailroom.take_changes()
     assert pair.dave_trust.remove(pair.alice.agent_id)  # now it waits for the trust store
-    assert pair.reader.retry_held_mail(now=NOW + 900) == []
-    assert pair.reader.take_mail_changes() == [Rewait(letter_key(blob), "unknown_peer")]
+    assert pair.reader.mailroom.retry_held(now=NOW + 900) == []
+    assert pair.reader.mailroom.take_changes() == [Rewait(letter_key(blob), "unknown_peer")]
 
 
 def test_without_a_store_nothing_is_recorded(tmp_path: Path) -> None:
     plain = make_pair(tmp_path)
     plain.deliver(plain.mail("held"))
-    assert len(plain.reader.held_mail) == 1 and plain.reader.take_mail_changes() == []
+    assert len(plain.reader.mailroom.held) == 1 and plain.reader.mailroom.take_changes() == []
 
 
 def test_letters_the_smaller_hold_has_no_room_for_are_given_up_counted(
@@ -96,11 +96,11 @@ def test_letters_the_smaller_hold_has_no_room_for_are_given_up_counted(
         for n in range(3)
     ]
     small = make_pair(tmp_path / "small", max_held_mail=2, record_mail=True)
-    small.reader.restore_mail(letters, [], now=NOW)
-    assert len(small.reader.held_mail) == 2
+    small.reader.mailroom.restore(letters, [], now=NOW)
+    assert len(small.reader.mailroom.held) == 2
     assert small.reader.dropped == {"held_mail_overflow": 1}
     # The oldest goes, and goes from the file too.
-    assert small.reader.take_mail_changes() == [DropLetter(letter_key(letters[0].blob))]
+    assert small.reader.mailroom.take_changes() == [DropLetter(letter_key(letters[0].blob))]
     [line] = small.audit.events("reject", reason="held_mail_overflow")
     assert line["waited"] == "unknown_peer"
 
@@ -109,12 +109,12 @@ def test_malformed_mail_is_refused_as_before_and_records_nothing(pair: Pair) -> 
     # Garbage where the sealed blob goes: acknowledged, refused and counted, never kept.
     out, incoming = pair.deliver(b"\x00not sealed mail at all" * 10)
     assert acked(out) and incoming == []
-    assert sum(pair.reader.table.rejected.values()) == 1 and len(pair.reader.held_mail) == 0
+    assert sum(pair.reader.table.rejected.values()) == 1 and len(pair.reader.mailroom.held) == 0
     # A MAIL_DELIVER without its id and blob raises (the driver counts it) and records nothing.
     frames = _codec.encode(MessageType.MAIL_DELIVER, ["no id"], topic=pair.alice.agent_id)
     with pytest.raises(RemoteProtocolError):
         pair.reader.on_hop(_codec.decode(frames), now=NOW)
-    assert pair.reader.take_mail_changes() == []
+    assert pair.reader.mailroom.take_changes() == []
 
 
 def mail_with_id(pair: Pair, mail_id: bytes, text: str) -> bytes:
@@ -135,7 +135,7 @@ def test_mail_whose_id_is_not_the_honest_size_is_refused_and_never_recorded(
     assert acked(out) and incoming == []
     assert pair.reader.table.rejected == {"bad_mail": 1}
     assert pair.audit.events("reject", reason="bad_mail")
-    assert pair.reader.take_mail_changes() == [] and len(pair.reader.held_mail) == 0
+    assert pair.reader.mailroom.take_changes() == [] and len(pair.reader.mailroom.held) == 0
     # An honest one opens.
     out, incoming = pair.deliver(mail_with_id(pair, os.urandom(8), "honest id"))
     assert payloads(incoming) == ["honest id"]
@@ -161,39 +161,39 @@ def test_an_audit_sink_raising_mid_hold_leaves_the_records_matching_memory(
     small = make_pair(tmp_path, record_mail=True, max_held_mail=1)
     first, second = small.mail("first"), small.mail("second")
     small.deliver(first)
-    small.reader.take_mail_changes()
-    small.reader.audit = RaisingAudit("held_mail_overflow")
+    small.reader.mailroom.take_changes()
+    small.reader.mailroom.audit = RaisingAudit("held_mail_overflow")
     with pytest.raises(RuntimeError):
         small.deliver(second)  # pushes "first" out, and its audit line fails
     # Memory holds "second": so must the records, or the broker's next copy ("again",
     # acknowledged, nothing recorded) would leave it in memory only, lost by a crash.
-    assert small.reader.take_mail_changes() == [
+    assert small.reader.mailroom.take_changes() == [
         DropLetter(letter_key(first)),
         KeepLetter(
             letter_key(second), HeldLetter(second, small.alice.agent_id, "unknown_peer", NOW)
         ),
     ]
     out, _ = small.deliver(second)
-    assert acked(out) and small.reader.take_mail_changes() == []
+    assert acked(out) and small.reader.mailroom.take_changes() == []
 
 
 def test_an_audit_sink_raising_mid_retry_loses_no_opened_mail(pair: Pair) -> None:
     blobs = [pair.mail("a"), pair.mail("b")]
     for blob in blobs:
         pair.deliver(blob)
-    pair.reader.take_mail_changes()
+    pair.reader.mailroom.take_changes()
     pair.trust_alice()
-    pair.reader.audit = RaisingAudit("mail_released")
+    pair.reader.mailroom.audit = RaisingAudit("mail_released")
     with pytest.raises(RuntimeError):
-        pair.reader.retry_held_mail(now=NOW + RETRY_FIRST)
+        pair.reader.mailroom.retry_held(now=NOW + RETRY_FIRST)
     # What opened before the audit failed is out of the hold and marked seen: it comes out
     # of the next call (due at once), not lost with the exception; the rest on its schedule.
     assert pair.reader.next_deadline(NOW + RETRY_FIRST) == 0.0
-    delivered = payloads(pair.reader.retry_held_mail(now=NOW + RETRY_FIRST))
+    delivered = payloads(pair.reader.mailroom.retry_held(now=NOW + RETRY_FIRST))
     assert len(delivered) == 1
-    delivered += payloads(pair.reader.retry_held_mail(now=NOW + 10 * RETRY_FIRST))
-    assert sorted(delivered) == ["a", "b"] and len(pair.reader.held_mail) == 0
-    changes = pair.reader.take_mail_changes()
+    delivered += payloads(pair.reader.mailroom.retry_held(now=NOW + 10 * RETRY_FIRST))
+    assert sorted(delivered) == ["a", "b"] and len(pair.reader.mailroom.held) == 0
+    changes = pair.reader.mailroom.take_changes()
     assert sorted(c.key for c in changes if isinstance(c, DropLetter)) == sorted(
         letter_key(blob) for blob in blobs
     )

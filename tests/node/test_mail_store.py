@@ -19,8 +19,9 @@ from zmqcomm.crypto.sealed import seal
 from zmqcomm.errors import CorruptStoreError, StoreError, UsageError
 from zmqcomm.node import mail_book, mail_store
 from zmqcomm.node.held_mail import RETRY_FIRST, MarkSeen
+from zmqcomm.node.mail_room import MAIL_MAX_AGE
 from zmqcomm.node.mail_store import SCHEMA_VERSION, MailStore
-from zmqcomm.node.tunnel import MAIL_MAX_AGE, Tunnels
+from zmqcomm.node.tunnel import Tunnels
 from zmqcomm.wire import MessageType, WireCodec
 
 from .test_held_mail import NOW, Pair, acked, make_pair, payloads
@@ -40,12 +41,12 @@ def test_the_store_keeps_held_letters_and_seen_ids_across_a_reopen(
     pair.deliver(first)
     pair.deliver(second)
     pair.trust_alice()
-    opened = pair.reader.retry_held_mail(now=NOW + RETRY_FIRST)
+    opened = pair.reader.mailroom.retry_held(now=NOW + RETRY_FIRST)
     assert sorted(payloads(opened)) == ["first", "second"]
     pair.dave_trust.remove(pair.alice.agent_id)
     third = pair.mail("third")
     pair.deliver(third)
-    store.apply(pair.reader.take_mail_changes())
+    store.apply(pair.reader.mailroom.take_changes())
     store.close()
     # Private: the file, its lock and the directory made for it.
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -70,7 +71,7 @@ def test_a_restarted_reader_holds_again_and_refuses_what_it_delivered(
     pair.dave_trust.remove(pair.alice.agent_id)
     held = pair.mail("held across the restart")
     pair.deliver(held)
-    store.apply(pair.reader.take_mail_changes())
+    store.apply(pair.reader.mailroom.take_changes())
     store.close()
 
     # The same dave, restarted: new tunnels, nothing in memory.
@@ -85,14 +86,16 @@ def test_a_restarted_reader_holds_again_and_refuses_what_it_delivered(
     reborn = dataclasses.replace(pair, reader=reader)
     store = MailStore(path)
     letters, seen = store.load()
-    reader.restore_mail(letters, seen, now=NOW)
-    assert len(reader.held_mail) == 1 and reader.held_mail.restored == 1
-    assert reader.take_mail_changes() == []  # nothing to write back
+    reader.mailroom.restore(letters, seen, now=NOW)
+    assert len(reader.mailroom.held) == 1 and reader.mailroom.held.restored == 1
+    assert reader.mailroom.take_changes() == []  # nothing to write back
     reborn.trust_alice()
     # The replay is refused by its id, as before the restart; the held mail opens once.
     out, incoming = reborn.deliver(delivered)
-    assert acked(out) and incoming == [] and reader.mail_repeats == 1
-    assert payloads(reader.retry_held_mail(now=NOW + RETRY_FIRST)) == ["held across the restart"]
+    assert acked(out) and incoming == [] and reader.mailroom.repeats == 1
+    assert payloads(reader.mailroom.retry_held(now=NOW + RETRY_FIRST)) == [
+        "held across the restart"
+    ]
     store.close()
 
 
@@ -132,7 +135,7 @@ def test_a_damaged_row_is_a_corrupt_store(pair: Pair, tmp_path: Path) -> None:
     path = tmp_path / "mail.sqlite3"
     store = MailStore(path)
     pair.deliver(pair.mail("held"))
-    store.apply(pair.reader.take_mail_changes())
+    store.apply(pair.reader.mailroom.take_changes())
     store.close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE held SET blob = x'00'")  # no longer the blob its key names
@@ -148,7 +151,7 @@ def test_a_failed_write_raises_and_every_later_write_does_too(pair: Pair, tmp_pa
     store._db.execute("PRAGMA query_only = ON")  # any write now fails, as on a full disk
     pair.deliver(pair.mail("held"))
     with pytest.raises(StoreError, match="restart the node"):
-        store.apply(pair.reader.take_mail_changes())
+        store.apply(pair.reader.mailroom.take_changes())
     store._db.execute("PRAGMA query_only = OFF")
     with pytest.raises(StoreError, match="restart the node"):
         store.check()
@@ -166,7 +169,7 @@ def restarted(pair: Pair, path: Path, *, now: float) -> tuple[Pair, MailStore]:
         record_mail=True,
     )
     store = MailStore(path)
-    reader.restore_mail(*store.load(), now=now)
+    reader.mailroom.restore(*store.load(), now=now)
     return dataclasses.replace(pair, reader=reader), store
 
 
@@ -180,20 +183,20 @@ def test_a_clock_that_ran_ahead_for_a_while_does_not_let_a_replay_through(
     store = MailStore(path)
     old = pair.mail("an hour left to live", now=NOW - MAIL_MAX_AGE + 3600)
     assert payloads(pair.deliver(old, now=NOW)[1]) == ["an hour left to live"]
-    store.apply(pair.reader.take_mail_changes())
+    store.apply(pair.reader.mailroom.take_changes())
     store.close()
     # Started with the clock 2 h ahead; it writes something (a letter held).
     ahead, store = restarted(pair, path, now=NOW + 7200)
     ahead.dave_trust.remove(pair.alice.agent_id)
     ahead.deliver(pair.mail("other", now=NOW + 7200), now=NOW + 7200)
-    store.apply(ahead.reader.take_mail_changes())
+    store.apply(ahead.reader.mailroom.take_changes())
     store.close()
     # The clock is put right and the node started again: a broker replays the old mail.
     right, store = restarted(pair, path, now=NOW)
     right.trust_alice()
     out, incoming = right.deliver(old, now=NOW)
     store.close()
-    assert acked(out) and incoming == [] and right.reader.mail_repeats == 1
+    assert acked(out) and incoming == [] and right.reader.mailroom.repeats == 1
 
 
 def test_the_file_forgets_seen_ids_by_count_oldest_first_as_memory_does(
@@ -206,10 +209,10 @@ def test_the_file_forgets_seen_ids_by_count_oldest_first_as_memory_does(
     pair.trust_alice()
     for n in range(4):
         assert payloads(pair.deliver(pair.mail(f"m{n}"))[1]) == [f"m{n}"]
-        store.apply(pair.reader.take_mail_changes())
+        store.apply(pair.reader.mailroom.take_changes())
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT count(*) FROM seen").fetchone() == (3,)
-    memory = list(pair.reader.mail_book._seen)
+    memory = list(pair.reader.mailroom.book._seen)
     assert len(memory) == 3 and store.load()[1] == memory  # the same three, same order
     store.close()
     # Counted again at a reopen; an id marked again moves to the newest end.
@@ -231,7 +234,7 @@ def test_huge_mail_ids_never_reach_the_file(pair: Pair, tmp_path: Path) -> None:
             seal(bytes(frame), sender=pair.alice, recipient=public, now=NOW)
         )
         assert acked(out) and incoming == []
-        store.apply(pair.reader.take_mail_changes())
+        store.apply(pair.reader.mailroom.take_changes())
     store.close()
     size = sum(p.stat().st_size for p in tmp_path.glob("mail.sqlite3*"))
     assert size < 200_000, f"{size} bytes of seen ids on disk"
@@ -262,7 +265,7 @@ def test_a_write_interrupted_by_anything_rolls_back_and_loses_the_store(
     store._db = Interrupted(real)  # type: ignore[assignment]
     pair.deliver(pair.mail("held"))
     with pytest.raises(KeyboardInterrupt):
-        store.apply(pair.reader.take_mail_changes())
+        store.apply(pair.reader.mailroom.take_changes())
     assert not real.in_transaction  # not left open for the next write to commit
     store._db = real
     with pytest.raises(StoreError, match="restart the node"):
@@ -284,7 +287,7 @@ def test_an_interrupt_while_the_changes_become_statements_loses_the_store(
     monkeypatch.setattr(mail_store, "_statement", interrupted)
     pair.deliver(pair.mail("held"))
     with pytest.raises(KeyboardInterrupt):
-        store.apply(pair.reader.take_mail_changes())
+        store.apply(pair.reader.mailroom.take_changes())
     with pytest.raises(StoreError, match="restart the node"):
         store.check()
     store.close()

@@ -427,15 +427,15 @@ def test_an_interrupt_between_opening_mail_and_writing_it_loses_the_store(
     )
     assert dave._broker_path is not None
     tunnels = dave._broker_path.tunnels
-    take = tunnels.take_mail_changes
+    take = tunnels.mailroom.take_changes
 
     def interrupted() -> list[object]:
-        if not tunnels.mail_book._changes:  # a hop message that changed nothing
+        if not tunnels.mailroom.book._changes:  # a hop message that changed nothing
             return take()
-        tunnels.take_mail_changes = take  # type: ignore[method-assign]
+        tunnels.mailroom.take_changes = take  # type: ignore[method-assign]
         raise KeyboardInterrupt  # the mail opened: its id is marked seen in memory
 
-    tunnels.take_mail_changes = interrupted  # type: ignore[method-assign]
+    tunnels.mailroom.take_changes = interrupted  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         pump_until([dave], lambda: False, timeout=5.0)
     with pytest.raises(StoreError, match="restart the node"):

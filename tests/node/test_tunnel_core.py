@@ -91,7 +91,7 @@ def test_a_bounce_for_a_slow_consumer_mails_only_the_bounced_message(
         hops += [(alice_id, hop) for hop in out]
     got = [(m.payload, m.via) for m in flow(agents, hops)]
     assert got == [("m2", "session"), ("m1", "mail"), ("m3", "mail")]
-    assert (alice.mailed, alice.queued()) == (2, 0)
+    assert (alice.mailroom.sealed, alice.queued()) == (2, 0)
 
 
 def test_an_unencodable_payload_is_refused_at_send_and_the_queue_goes_out(

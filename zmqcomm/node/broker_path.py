@@ -117,7 +117,7 @@ class BrokerPath:
         try:
             if self.mail_store is not None:
                 letters, seen = self.mail_store.load()
-                self.tunnels.restore_mail(letters, seen, now=wall_clock())
+                self.tunnels.mailroom.restore(letters, seen, now=wall_clock())
                 self.save_mail()  # letters the hold had no room for left the file too
             # Last: it waits (up to connect_timeout) for the hop session, and owns a socket.
             self.link = SecureDealer(
@@ -205,7 +205,7 @@ class BrokerPath:
         """Write what the tunnels changed in the held mail and the seen ids to the mail store,
         if there is one (StoreError if that fails: the node must be restarted)."""
         if self.mail_store is not None:
-            self.mail_store.apply(self.tunnels.take_mail_changes())
+            self.mail_store.apply(self.tunnels.mailroom.take_changes())
 
     @property
     def store_lost(self) -> bool:
@@ -217,7 +217,7 @@ class BrokerPath:
         recorded may not match their memory, so nothing of it is written and the store
         refuses every later write (the node restarts from the file)."""
         if self.mail_store is not None:
-            self.tunnels.take_mail_changes()
+            self.tunnels.mailroom.take_changes()
             self.mail_store.lose(f"interrupted while changing the mail state ({exc!r})")
 
     def check_store(self) -> None:
@@ -315,7 +315,7 @@ class BrokerPath:
             # what opens now goes the way of any other mail, once (marked seen and out of
             # the store before it is delivered).
             try:
-                opened = self.tunnels.retry_held_mail(now=now)
+                opened = self.tunnels.mailroom.retry_held(now=now)
                 self.save_mail()  # before delivery: a failed write delivers nothing
             except BaseException as exc:
                 self._lose_store(exc)
@@ -346,7 +346,7 @@ class BrokerPath:
         # the mail store if there is one (a lost store still has what was acknowledged: the
         # write comes before the ack). Opened mail a raising handler left undelivered is
         # out of both: lost either way.
-        held = self.tunnels.held_mail.clear()
+        held = self.tunnels.mailroom.held.clear()
         lost = len(self.opened_mail) + (held if self.mail_store is None else 0)
         self.opened_mail.clear()
         if lost:

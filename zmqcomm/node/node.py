@@ -51,11 +51,12 @@ from zmqcomm.node.direct_links import DirectLinks, Link
 from zmqcomm.node.direct_topics import CONTROL, DirectTopics
 from zmqcomm.node.held_mail import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_BYTES
 from zmqcomm.node.hop_outbox import HopOutbox
+from zmqcomm.node.mail_room import MAIL_MAX_AGE
 from zmqcomm.node.messages import Incoming, check_topic, wrap
 from zmqcomm.node.requests import Requests
 from zmqcomm.node.statistics import gather_statistics
 from zmqcomm.node.topics import Topics
-from zmqcomm.node.tunnel import MAIL_MAX_AGE, Tunnels
+from zmqcomm.node.tunnel import Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions

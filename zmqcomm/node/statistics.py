@@ -55,18 +55,18 @@ def gather_statistics(
         "received": counters.get("received", 0),
         "queued": tunnels.queued() if tunnels is not None else 0,
         "waiting_for_broker": len(outbox) if outbox is not None else 0,
-        "mailed": tunnels.mailed if tunnels is not None else 0,
-        "mail_stored": tunnels.mail_stored if tunnels is not None else 0,
+        "mailed": tunnels.mailroom.sealed if tunnels is not None else 0,
+        "mail_stored": tunnels.mailroom.stored if tunnels is not None else 0,
         # Mail acknowledged but not opened yet (its sender not trusted yet, say), and its
         # bytes; held_total: held since the start; released: opened and delivered later.
-        "mail_held": len(tunnels.held_mail) if tunnels is not None else 0,
-        "mail_held_bytes": tunnels.held_mail.bytes if tunnels is not None else 0,
-        "mail_held_total": tunnels.held_mail.kept if tunnels is not None else 0,
-        "mail_released": tunnels.held_mail.released if tunnels is not None else 0,
+        "mail_held": len(tunnels.mailroom.held) if tunnels is not None else 0,
+        "mail_held_bytes": tunnels.mailroom.held.bytes if tunnels is not None else 0,
+        "mail_held_total": tunnels.mailroom.held.kept if tunnels is not None else 0,
+        "mail_released": tunnels.mailroom.held.released if tunnels is not None else 0,
         # Held pieces put back from the mail store at start, and mail dropped because its id
         # was seen before (a broker handing it over again, or replaying it).
-        "mail_restored": tunnels.held_mail.restored if tunnels is not None else 0,
-        "mail_repeats": tunnels.mail_repeats if tunnels is not None else 0,
+        "mail_restored": tunnels.mailroom.held.restored if tunnels is not None else 0,
+        "mail_repeats": tunnels.mailroom.repeats if tunnels is not None else 0,
         "resent": tunnels.resent if tunnels is not None else 0,
         "last_error": tunnels.last_error if tunnels is not None else None,
         "refused_by_broker": dict(tunnels.refused_by_broker) if tunnels is not None else {},

@@ -8,12 +8,8 @@ that clear topic and never holds a key that opens the inner frames.
 Messages to a peer wait in a bounded queue while its session is set up. When the broker
 answers UNREACHABLE (the peer is offline), queued messages become sealed mail (SealedBox to
 the peer's key, signed by us), which the broker stores durably and delivers when the peer
-connects; the peer acknowledges each piece of mail and drops repeats by id. Mail that
-cannot be opened yet for a passing reason (its sender is not trusted yet, say) is kept in a
-bounded hold and opened again later (:mod:`zmqcomm.node.held_mail`). With
-``record_mail=True`` every change to the hold and to the seen mail ids is also recorded
-(:meth:`Tunnels.take_mail_changes`), for the driver to write to a mail store before it
-delivers or acknowledges anything.
+connects; the peer acknowledges each piece of mail and drops repeats by id
+(:mod:`zmqcomm.node.mail_room`, :attr:`Tunnels.mailroom`).
 """
 
 from __future__ import annotations
@@ -25,13 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from zmqcomm.access import Policy
-from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel import Delivered, Established, Event, SecureChannel, Transmit
 from zmqcomm.crypto.channel_table import ChannelTable
 from zmqcomm.crypto.handshake import RandomBytes
-from zmqcomm.crypto.keys import Identity
-from zmqcomm.crypto.sealed import open_sealed, seal
+from zmqcomm.crypto.keys import Identity, PublicIdentity
 from zmqcomm.crypto.session import RekeyPolicy, Session
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import (
@@ -42,16 +36,9 @@ from zmqcomm.errors import (
     UnknownPeerError,
     UsageError,
 )
-from zmqcomm.node.held_mail import (
-    DEFAULT_MAX_HELD,
-    DEFAULT_MAX_HELD_BYTES,
-    PASSING,
-    HeldLetter,
-    HeldMail,
-    MailChange,
-)
-from zmqcomm.node.mail_book import MailBook
-from zmqcomm.node.messages import VIA_MAIL, Incoming, unwrap
+from zmqcomm.node.held_mail import DEFAULT_MAX_HELD, DEFAULT_MAX_HELD_BYTES
+from zmqcomm.node.mail_room import MAIL_MAX_AGE, MailRoom
+from zmqcomm.node.messages import Incoming, unwrap
 from zmqcomm.wire import Message, MessageType, WireCodec
 from zmqcomm.wire.header import parse_header, peek_type
 from zmqcomm.wire.message_types import FIRST_SECURITY_TYPE, LAST_SECURITY_TYPE
@@ -97,27 +84,6 @@ def _is_sealed_data(frames: object) -> bool:
 
 #: Peers whose last SESSION_RESET time is kept (for its once-a-second limit).
 _RESETS_REMEMBERED = 4096
-
-
-#: Bytes of a mail id (random). Mail whose id has another size is refused as ``bad_mail``:
-#: ids are kept (in memory and in a mail store), so their size must not be the sender's.
-MAIL_ID_SIZE = 8
-#: Mail older than this is refused: the broker's default time to live (7 days) and a day of
-#: clock skew. Whoever holds a mailbox (a broker, a copy of its database) cannot hand a
-#: restarted node, which forgot the ids it saw, mail from longer ago.
-MAIL_MAX_AGE = 8 * 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class _Unopened:
-    """Why a piece of mail did not open: the error, and who sent it as far as we know."""
-
-    peer: str
-    error: RemoteProtocolError | SecurityError
-
-    @property
-    def reason(self) -> str:
-        return self.error.reason
 
 
 @dataclass(frozen=True)
@@ -173,24 +139,23 @@ class Tunnels:
         self.audit = self.table.audit
         self.max_queue = max_queue
         self.mail = mail
-        self.mail_max_age = check_seconds(mail_max_age, "mail_max_age", allow_zero=False)
-        self._random = random_bytes
         self._queues: dict[str, deque[_Item]] = {}
-        #: Mail acknowledged but not opened yet, for a passing reason (0 turns it off), the
-        #: ids of mail seen, and (``record_mail``) the record of each change to them.
-        self.mail_book = MailBook(
-            max_held=max_held_mail, max_held_bytes=max_held_mail_bytes, record=record_mail
-        )
-        #: Held mail that opened and is not returned yet: kept here, not in a local list,
-        #: so that an audit sink raising halfway through a batch does not lose it.
-        self._opened: list[Incoming] = []
-        #: Mail dropped because its id was seen already (a broker's redelivery or replay).
-        self.mail_repeats = 0
         self.dropped: Counter[str] = Counter()
-        self.mailed = 0
-        #: Mail the broker confirmed it stored (MAIL_ACCEPTED); the rest of ``mailed`` is
-        #: in flight or was refused (``dropped["mail_refused"]``).
-        self.mail_stored = 0
+        #: Mail we seal for offline peers, and the mail we get (held, seen, delivered once).
+        self.mailroom = MailRoom(
+            identity=identity,
+            trust=trust,
+            codec=self.codec,
+            audit=self.audit,
+            random_bytes=random_bytes,
+            check_policy=self._check_policy,
+            refuse=lambda peer, exc, now: self._refuse(peer, exc, now=now),
+            dropped=self.dropped,
+            max_age=mail_max_age,
+            max_held=max_held_mail,
+            max_held_bytes=max_held_mail_bytes,
+            record=record_mail,
+        )
         #: Messages sent again after the broker bounced them or the peer reset the session.
         self.resent = 0
         #: The broker's last word on something it would not take (a full mailbox, say).
@@ -357,7 +322,7 @@ class Tunnels:
         if kind == MessageType.MAIL_DELIVER:
             return self._on_mail(topic, message.payload, now=now)
         if kind == MessageType.MAIL_ACCEPTED:
-            self.mail_stored += 1
+            self.mailroom.stored += 1
             return [], []
         if kind == MessageType.ERROR:
             self._on_refused(topic, message.payload, now=now)
@@ -499,184 +464,35 @@ class Tunnels:
         return out
 
     def mail_message(
-        self, peer: str, public: Any, kind: int, payload: object, *, topic: str, now: float
+        self,
+        peer: str,
+        public: PublicIdentity,
+        kind: int,
+        payload: object,
+        *,
+        topic: str,
+        now: float,
     ) -> HopMessage:
         """Seal one message for an offline peer: the broker stores it until the peer acks."""
-        mail_id = self._random(MAIL_ID_SIZE)
-        frames = self.codec.encode(kind, [mail_id, payload], topic=topic)
-        if len(frames) != 1:
-            raise UsageError("mail cannot carry out-of-band arrays; send them in a session")
-        blob = seal(bytes(frames[0]), sender=self.identity, recipient=public, now=now)
-        self.mailed += 1
-        return HopMessage(MessageType.MAIL, blob, peer)
+        return HopMessage(
+            MessageType.MAIL, self.mailroom.seal(public, kind, payload, topic=topic, now=now), peer
+        )
 
     def _on_mail(
         self, sender: str, payload: object, *, now: float
     ) -> tuple[list[HopMessage], list[Incoming]]:
-        if (
-            not isinstance(payload, list)
-            or len(payload) != 2
-            or type(payload[0]) is not int
-            or not isinstance(payload[1], bytes)
-        ):
-            raise RemoteProtocolError("MAIL_DELIVER without id and blob", reason="bad_mail")
-        stored_id, blob = payload
-        # Acknowledged whatever happens next, so the broker deletes it: unacked, it would
-        # come back on every connect and take one of our mailbox's slots for good. Mail that
-        # may open later is kept here instead (the hold), the rest is dropped.
-        ack = HopMessage(MessageType.MAIL_ACK, stored_id)
-        opened = self._open_mail(blob, sender, now=now)
-        if isinstance(opened, _Unopened):
-            if opened.reason in PASSING:
-                self._hold(blob, opened, now=now)
-            else:
-                self._refuse(opened.peer, opened.error, now=now)
-            return [ack], []
-        return [ack], self._once(*opened)
-
-    def _open_mail(
-        self, blob: bytes, sender: str, *, now: float
-    ) -> tuple[bytes, Incoming, float] | _Unopened:
-        """Open, check and unwrap one piece of mail: its mail id, message and date, or why
-        not."""
-        peer = sender  # the broker's word, until the signature proves who sent it
-        try:
-            opened = open_sealed(blob, recipient=self.identity, now=now, max_age=self.mail_max_age)
-            peer = opened.agent_id
-            entry = self.trust.check_certificate(opened.sender_certificate, now=now)
-            inner = self.codec.decode([opened.message])
-            if inner.header.is_batch:  # .payload would raise a LocalProtocolError
-                raise RemoteProtocolError("a batch frame sent as mail", reason="bad_mail")
-            body = inner.payload
-            if (
-                not isinstance(body, list)
-                or len(body) != 2
-                or not isinstance(body[0], bytes)
-                or len(body[0]) != MAIL_ID_SIZE
-            ):
-                raise RemoteProtocolError("mail without a proper id", reason="bad_mail")
-            mail_id, content = body
-            incoming = unwrap(
-                opened.agent_id,
-                inner.header.type,
-                content,
-                topic=inner.header.topic,
-                via=VIA_MAIL,
-                roles=entry.roles,
-            )
-            self._check_policy(incoming)
-        except (RemoteProtocolError, SecurityError) as exc:
-            return _Unopened(peer, exc)
-        return mail_id, incoming, opened.created
-
-    @property
-    def held_mail(self) -> HeldMail:
-        return self.mail_book.held
-
-    def _once(self, mail_id: bytes, incoming: Incoming, created: float) -> list[Incoming]:
-        """``incoming`` unless its mail id was delivered before (a broker may hand the same
-        mail over twice, once held and once not)."""
-        if self.mail_book.mark_seen(mail_id, created):
-            return [incoming]
-        self.mail_repeats += 1
-        return []  # delivered before; acknowledged again, delivered once
-
-    def take_mail_changes(self) -> list[MailChange]:
-        """What changed in the hold and the seen ids since the last call, in order."""
-        return self.mail_book.take_changes()
-
-    def restore_mail(
-        self, letters: Sequence[HeldLetter], seen: Sequence[bytes], *, now: float
-    ) -> None:
-        """Put back what a mail store kept from before a restart: the seen ids (oldest
-        first) and the held letters (oldest first). Letters the hold has no room for now are
-        given up as overflow (counted, audited, and dropped from the store)."""
-        given_up = self.mail_book.restore(letters, seen, now=now, generation=self._generation())
-        for letter in given_up:
-            self._give_up(letter, now=now)
-
-    def _generation(self) -> int:
-        # A stand-in trust object without one still gets the timed retries.
-        return int(getattr(self.trust, "generation", 0))
-
-    def _hold(self, blob: bytes, unopened: _Unopened, *, now: float) -> None:
-        # Kept with the best word on its sender: the signature's, if it got that far. The
-        # book records the change itself; the audits come after it, so one that raises
-        # leaves memory and record agreeing.
-        peer, reason = unopened.peer, unopened.reason
-        held, evicted = self.mail_book.hold(
-            blob, peer, reason, now=now, generation=self._generation()
-        )
-        for letter in evicted:
-            self._give_up(letter, now=now)
-        if held == "again":
-            return  # a copy the broker handed over again: held and audited once
-        if held == "refused":
-            if self.held_mail.enabled:  # larger than the whole hold
-                self._give_up(HeldLetter(blob, peer, reason, now), now=now)
-            else:
-                self._refuse(peer, unopened.error, now=now)
-            return
-        self.audit.record("mail_held", now=now, peer=peer, reason=reason)
-
-    def _give_up(self, letter: HeldLetter, *, now: float) -> None:
-        """Held mail pushed out by newer mail: lost, so counted and audited."""
-        self.dropped["held_mail_overflow"] += 1
-        self.audit.record(
-            "reject",
-            now=now,
-            peer=letter.sender,
-            reason="held_mail_overflow",
-            waited=letter.reason,
-            held_for=max(now - letter.held_at, 0.0),
-        )
-
-    def retry_held_mail(self, *, now: float) -> list[Incoming]:
-        """Open held mail again, if it is due (:meth:`next_deadline`): what opens now is
-        returned for delivery (once per mail id), what fails for good is dropped (counted
-        and audited by reason), the rest waits for the next round. Mail that opened in a
-        call that raised (an audit sink failing) is returned by the next call."""
-        book = self.mail_book
-        for key, letter in book.held.due(now=now, generation=self._generation()):
-            opened = self._open_mail(letter.blob, letter.sender, now=now)
-            if isinstance(opened, _Unopened):
-                if opened.reason in PASSING:
-                    book.update(key, opened.reason)
-                else:
-                    book.drop(key)
-                    self._refuse(opened.peer, opened.error, now=now)
-                continue
-            mail_id, incoming, created = opened
-            fresh = book.release_opened(key, mail_id, created)
-            if fresh:
-                self._opened.append(incoming)
-            else:
-                self.mail_repeats += 1  # a copy was delivered meanwhile
-            self.audit.record(
-                "mail_released",
-                now=now,
-                peer=incoming.sender,
-                reason=letter.reason,
-                held_for=max(now - letter.held_at, 0.0),
-                repeat=not fresh,
-            )
-        opened_now, self._opened = self._opened, []
-        return opened_now
+        stored_id, incoming = self.mailroom.receive(sender, payload, now=now)
+        return [HopMessage(MessageType.MAIL_ACK, stored_id)], incoming
 
     # -- timers ------------------------------------------------------------------------------
 
     def next_deadline(self, now: float | None = None) -> float | None:
-        """When :meth:`on_timer` (and :meth:`retry_held_mail`) next want to run; ``now`` lets
-        the held mail's schedule see a clock set back."""
-        if self._orphans() or self._opened:
-            return 0.0  # queued messages and no handshake under way, or opened mail: now
+        """When :meth:`on_timer` (and the mail room's ``retry_held``) next want to run;
+        ``now`` lets the held mail's schedule see a clock set back."""
+        if self._orphans():
+            return 0.0  # queued messages and no handshake under way: now
         deadlines = [
-            d
-            for d in (
-                self.table.next_deadline(),
-                self.held_mail.deadline(self._generation(), now),
-            )
-            if d is not None
+            d for d in (self.table.next_deadline(), self.mailroom.deadline(now)) if d is not None
         ]
         return min(deadlines) if deadlines else None
 
