@@ -250,7 +250,7 @@ def test_a_tunnel_finish_is_held_past_max_held_and_reported_when_held_and_sent()
         clock=clock,
         max_held=2,
         on_finish_held=held.append,
-        on_finish_sent=sent.append,
+        on_finish_left=sent.append,
     )
     finish = HopMessage(MessageType.FORWARD, "finish", "bob", finish_for="bob")
     outbox.put([finish])

@@ -28,6 +28,7 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ConnectError, QueueFullError, RequestTimeout, UsageError
 from zmqcomm.node import Incoming, Node
+from zmqcomm.node.tunnel import HopMessage
 from zmqcomm.transport import shared_context
 from zmqcomm.wire import MessageType
 
@@ -703,6 +704,55 @@ def test_rekeys_after_max_messages_lose_nothing(
     assert a["rekeys"] >= 2 and b["rekeys"] >= 2, (a, b)
     assert a["rejected"] == {} and b["rejected"] == {}
     assert (a["sent"], a["received"], b["sent"], b["received"]) == (100, 60, 60, 100)
+
+
+def test_a_rekey_finish_the_broker_link_holds_loses_nothing_the_peer_sent_meanwhile(
+    bus: Bus, broker: BrokerThread, make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice's end-to-end rekey FINISH finds her broker link full and waits in her hop
+    outbox past the grace period. Bob, who seals under the old keys until that FINISH
+    comes, keeps sending: alice must open all of it, and nothing is lost once the FINISH
+    goes (the outbox tells her tunnels to keep the old key open while it holds it)."""
+    rekey = RekeyPolicy(max_messages=20, hard_max_messages=10_000, grace_period=0.2)
+    alice = make_node(bus.agents["alice"], bus.trust("alice"), broker=broker.endpoint, rekey=rekey)
+    bob = make_node(bus.agents["bob"], bus.trust("bob"), broker=broker.endpoint, rekey=rekey)
+    path = alice._broker_path
+    assert path is not None
+    link_full = False
+    put = path.outbox.put
+
+    def put_filling_the_link_at_the_finish(messages: list[HopMessage]) -> None:
+        nonlocal link_full
+        channel = path.tunnels.table.channel_to(bob.agent_id)
+        rekeyed = channel is not None and channel.session is not None and channel.session.epoch
+        if rekeyed and any(m.finish_for == bob.agent_id for m in messages):
+            link_full = True  # room runs out just as a rekey's FINISH is made
+        put(messages)
+
+    monkeypatch.setattr(path.outbox, "put", put_filling_the_link_at_the_finish)
+    monkeypatch.setattr(path.link, "writable", lambda: not link_full)
+    sent = 0
+    while not link_full and sent < 40:
+        alice.send(bob.agent_id, sent)
+        sent += 1
+        alice.pump(0.0)
+        bob.pump(0.0)
+    pump_until([alice, bob], lambda: link_full, what="alice's rekey FINISH")
+    settle([alice, bob], 0.4)  # twice the grace period
+    for index in range(5):
+        bob.send(alice.agent_id, f"sealed under the old keys {index}")
+    pump_until([alice, bob], lambda: len(alice.inbox) == 5, what="bob's messages at alice")
+    link_full = False
+    pump_until([alice, bob], lambda: len(bob.inbox) == sent, what="alice's messages")
+    bob.send(alice.agent_id, "under the new keys")
+    pump_until([alice, bob], lambda: len(alice.inbox) == 6, what="bob's last message")
+    settle([alice, bob], 0.05)
+    assert [m.payload for m in alice.inbox] == [
+        *(f"sealed under the old keys {index}" for index in range(5)),
+        "under the new keys",
+    ]
+    assert [m.payload for m in bob.inbox] == list(range(sent))
+    assert alice.statistics()["rejected"] == {} and bob.statistics()["rejected"] == {}
 
 
 def test_send_many_delivers_a_batch_in_order(

@@ -333,11 +333,17 @@ def test_a_tunnel_finish_held_for_the_broker_link_keeps_the_superseded_key_open(
     assert alice.table.rejected["stale_epoch"] == 0
 
     alice.release_finish(bob_id, now=later)  # the link came back and the FINISH left
-    _carry(agents, [(alice_id, held[0])], now=later)  # reaches bob only now
+    routed = as_broker(alice_id, held[0])
+    assert routed is not None
+    assert bob.on_hop(routed[1], now=later) == ([], [])  # the FINISH reaches bob only now
+    bob_session = bob.table.channel_to(alice_id).session  # type: ignore[union-attr]
+    alice_session = alice.table.channel_to(bob_id).session  # type: ignore[union-attr]
+    assert bob_session is not None and alice_session is not None
+    assert bob_session.epoch == alice_session.epoch == 1
     after = later + grace / 2
     hops = bob.send(alice_id, MessageType.DATA, "under the new keys", topic="", now=after)
     assert _carry(agents, [(bob_id, hop) for hop in hops], now=after)[0] == ["under the new keys"]
-    session = alice.table.channel_to(bob_id).session  # type: ignore[union-attr]
-    assert session is not None and len(session.open_epochs) == 2  # the old key: half its grace
-    session.on_timer(now=later + grace + 0.001)
-    assert session.open_epochs == [session.epoch]
+    assert alice.table.rejected == {} and bob.table.rejected == {}
+    assert alice_session.open_epochs == [0, 1]  # the old key: half its grace left
+    alice_session.on_timer(now=later + grace + 0.001)
+    assert alice_session.open_epochs == [1]

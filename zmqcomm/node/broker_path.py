@@ -132,7 +132,7 @@ class BrokerPath:
             self.link,
             clock=clock,
             on_finish_held=lambda peer: self.tunnels.hold_finish(peer, now=self.wall_clock()),
-            on_finish_sent=lambda peer: self.tunnels.release_finish(peer, now=self.wall_clock()),
+            on_finish_left=lambda peer: self.tunnels.release_finish(peer, now=self.wall_clock()),
         )
 
     # -- sending -----------------------------------------------------------------------------

@@ -48,13 +48,14 @@ class HopOutbox:
         clock: Callable[[], float],
         max_held: int = MAX_HELD,
         on_finish_held: Callable[[str], None] = _ignore,
-        on_finish_sent: Callable[[str], None] = _ignore,
+        on_finish_left: Callable[[str], None] = _ignore,
     ) -> None:
-        """``on_finish_held(peer)`` and ``on_finish_sent(peer)``: a tunnel's rekey FINISH
-        (:attr:`HopMessage.finish_for`) had to be held, and left after being held."""
+        """``on_finish_held(peer)`` and ``on_finish_left(peer)``: a tunnel's rekey FINISH
+        (:attr:`HopMessage.finish_for`) had to be held, and left the hold (sent, or dropped
+        as one the link can never carry)."""
         self.dealer = dealer
         self._on_finish_held = on_finish_held
-        self._on_finish_sent = on_finish_sent
+        self._on_finish_left = on_finish_left
         self.clock = clock
         self.max_held = max_held
         self._held: deque[HopMessage] = deque()
@@ -128,7 +129,7 @@ class HopOutbox:
                 self.dropped["hop_unsendable"] += 1  # it would block the rest for ever
             message = held.popleft()
             if message.finish_for:
-                self._on_finish_sent(message.finish_for)
+                self._on_finish_left(message.finish_for)
         if held:
             self._retry_at = self.clock() + HELD_RETRY
         return sent
