@@ -79,7 +79,9 @@ class MailRoom:
         record: bool = False,
     ) -> None:
         """``check_policy`` raises for mail the node's policy refuses; ``dropped`` is the
-        tunnels' counter of lost messages, which this adds its own losses to."""
+        tunnels' counter of lost messages, which this adds its own losses to. ``audit`` is
+        this room's sink for the lines it writes itself (held, released, overflow): one
+        that replaces the tunnels' sink later must replace this one too."""
         self.identity = identity
         self.trust = trust
         self.codec = codec
@@ -118,6 +120,10 @@ class MailRoom:
         self.sealed += 1
         return blob
 
+    def accepted(self) -> None:
+        """The broker confirmed it stored a piece we sent (MAIL_ACCEPTED)."""
+        self.stored += 1
+
     # -- receiving ---------------------------------------------------------------------------
 
     def receive(self, sender: str, payload: object, *, now: float) -> tuple[int, list[Incoming]]:
@@ -133,9 +139,9 @@ class MailRoom:
         ):
             raise RemoteProtocolError("MAIL_DELIVER without id and blob", reason="bad_mail")
         stored_id, blob = payload
-        # Acknowledged whatever happens next, so the broker deletes it: unacked, it would
-        # come back on every connect and take one of our mailbox's slots for good. Mail that
-        # may open later is kept here instead (the hold), the rest is dropped.
+        # The caller acknowledges it whatever happens next, so the broker deletes it: unacked,
+        # it would come back on every connect and take one of our mailbox's slots for good.
+        # Mail that may open later is kept here instead (the hold), the rest is dropped.
         opened = self._open(blob, sender, now=now)
         if isinstance(opened, _Unopened):
             if opened.reason in PASSING:

@@ -322,7 +322,7 @@ class Tunnels:
         if kind == MessageType.MAIL_DELIVER:
             return self._on_mail(topic, message.payload, now=now)
         if kind == MessageType.MAIL_ACCEPTED:
-            self.mailroom.stored += 1
+            self.mailroom.accepted()
             return [], []
         if kind == MessageType.ERROR:
             self._on_refused(topic, message.payload, now=now)
