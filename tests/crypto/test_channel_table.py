@@ -663,3 +663,46 @@ def test_rekeys_started_by_both_sides_at_once_stay_within_the_budget(world: Worl
         assert _payloads(got_client) == _payloads(got_table) == [epoch]
     assert table.rekeys == 4 and not table.rejected
     assert channel.rekey_collisions + client.rekey_collisions == 4
+
+
+def _index_agrees(table: ChannelTable) -> float | None:
+    """The table's deadline index holds exactly each channel's own next deadline."""
+    channels = {route: channel.next_deadline() for route, channel in table.channels.items()}
+    assert table._deadline_of == {route: d for route, d in channels.items() if d is not None}
+    deadline = table.next_deadline()
+    assert deadline == table.scan_deadline()
+    return deadline
+
+
+def test_the_deadline_index_follows_connects_replaced_routes_evictions_and_drops(
+    world: World,
+) -> None:
+    """``next_deadline`` reads a heap kept up to date as channels change, not every channel:
+    each way the table itself adds, replaces or forgets a channel must update it, or a
+    handshake retry is missed (no retry for a lost INIT), or a channel long gone keeps
+    waking the timers."""
+    table = world.table(limits=HandshakeLimits(max_pending=2))
+    assert _index_agrees(table) is None
+    table.connect(b"out", now=T0, expect_peer=world.alice.agent_id)
+    assert _index_agrees(table) is not None  # the INIT's retry
+    _handshake(table, b"r1", world.client())
+    _handshake(table, b"r2", world.client(world.carol))
+    _index_agrees(table)
+    _handshake(table, b"r3", world.client(), now=T0 + 5)  # alice again: r1 is replaced
+    assert b"r1" not in table.channels
+    _index_agrees(table)
+    for route in (b"p1", b"p2", b"p3"):  # the third evicts the first
+        table.receive(route, world.client(world.carol).connect(now=T0), now=T0)
+        _index_agrees(table)
+    assert b"p1" not in table.channels
+    table.drop(b"out")
+    _index_agrees(table)
+    client = world.client()
+    _handshake(table, b"r4", client, now=T0 + 6)
+    frames = client.seal(MessageType.DATA, "x", now=T0 + 6)
+    for _ in range(table.max_failures):  # bad tags until the channel closes and goes
+        table.receive(b"r4", _tampered(frames), now=T0 + 6)
+    assert b"r4" not in table.channels
+    _index_agrees(table)
+    table.on_timer(now=T0 + 60)  # every handshake left is abandoned by now
+    _index_agrees(table)

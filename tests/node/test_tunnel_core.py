@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
-from zmqcomm.errors import LocalProtocolError, RemoteProtocolError
+from zmqcomm.errors import LocalProtocolError, RemoteProtocolError, SecurityError
 from zmqcomm.node import tunnel
 from zmqcomm.node.messages import Incoming
 from zmqcomm.node.tunnel import HopMessage, Tunnels
@@ -347,3 +348,63 @@ def test_a_tunnel_finish_held_for_the_broker_link_keeps_the_superseded_key_open(
     assert alice_session.open_epochs == [0, 1]  # the old key: half its grace left
     alice_session.on_timer(now=later + grace + 0.001)
     assert alice_session.open_epochs == [1]
+
+
+def test_the_deadline_index_agrees_with_a_scan_of_every_channel(tmp_path: Path) -> None:
+    """The channel table keeps each channel's next timer in a heap instead of asking every
+    channel on every pump (0.6 ms with 1,000 peers). Whatever the tunnels do (sessions,
+    rekeys by count and by age, held and released FINISH frames, resets, expiries, timers),
+    its answer must stay the one a scan of every channel gives: a deadline it missed would
+    leave a key unerased or a rekey undone until some other event."""
+    rng = random.Random(7)
+    identities = [Identity.generate(f"agent{n}") for n in range(4)]
+    rekey = RekeyPolicy(max_messages=4, max_age=50.0, hard_max_age=100.0, grace_period=5.0)
+    agents: dict[str, Tunnels] = {}
+    for me in identities:
+        trust = TrustStore(tmp_path / me.name)
+        for other in identities:
+            if other is not me:
+                trust.add(other.public, roles=["agent"])
+        agents[me.agent_id] = Tunnels(
+            identity=me, trust=trust, random_bytes=os.urandom, now=NOW, rekey=rekey
+        )
+    ids = list(agents)
+    now = NOW
+    held: list[tuple[str, HopMessage]] = []
+    for _ in range(400):
+        step = rng.random()
+        sender, receiver = rng.sample(ids, 2)
+        if step < 0.55:
+            try:
+                hops = agents[sender].send(receiver, MessageType.DATA, "x", topic="", now=now)
+            except SecurityError:  # past the hard limit while its rekey waits: refused
+                hops = []
+            _, finishes = _carry(agents, [(sender, hop) for hop in hops], now=now)
+            for finish in finishes:  # some wait for a broker link, as a hop outbox would
+                if rng.random() < 0.5:
+                    agents[sender].hold_finish(finish.topic, now=now)
+                    held.append((sender, finish))
+                else:
+                    _carry_finish(agents, sender, finish, now=now)
+        elif step < 0.7 and held:
+            sender, finish = held.pop(rng.randrange(len(held)))
+            agents[sender].release_finish(finish.topic, now=now)
+            _carry_finish(agents, sender, finish, now=now)
+        elif step < 0.8:
+            now += rng.choice([0.5, 3.0, 6.0, 20.0])
+            for agent_id, agent in agents.items():
+                _carry(agents, [(agent_id, hop) for hop in agent.on_timer(now=now)], now=now)
+        elif step < 0.85:
+            agents[sender].table.drop(receiver.encode())  # as a bounce or a reset would
+        for agent in agents.values():
+            assert agent.table.next_deadline() == agent.table.scan_deadline()
+
+
+def _carry_finish(
+    agents: dict[str, Tunnels], sender: str, finish: HopMessage, *, now: float
+) -> None:
+    routed = as_broker(sender, finish)
+    assert routed is not None
+    recipient, message = routed
+    out, _ = agents[recipient].on_hop(message, now=now)
+    _carry(agents, [(recipient, hop) for hop in out], now=now)

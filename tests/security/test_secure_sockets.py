@@ -787,3 +787,68 @@ def test_a_session_that_never_comes_says_which_side_refused(
         finally:
             serving.set()
             thread.join()
+
+
+def _index_agrees(*sockets: SecureRouter | SecureDealer) -> None:
+    for sock in sockets:
+        assert sock.table.next_deadline() == sock.table.scan_deadline()
+
+
+def test_the_deadline_index_follows_sends_that_rekey_and_held_finishes(cast: Cast) -> None:
+    """The table answers ``next_deadline`` from an index that the sockets update after what
+    they do to a channel themselves: a send whose ``on_timer`` starts a rekey (plain and
+    batched), a held FINISH pausing the old key's expiry, its release resuming it. Missed,
+    a lost INIT would never be retried, or an old key would outlive its grace period."""
+    small = SocketOptions(send_hwm=20, receive_hwm=20)
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    policy = RekeyPolicy(max_messages=30, jitter=0.0)
+    with _session(
+        cast,
+        f"inproc://deadline-index-{next(_inproc_names)}",
+        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
+        options=small,
+        wall_clock=clock,
+    ) as (router, dealer):
+        alice = cast.alice.agent_id
+        for index in range(30):  # the 30th send starts a rekey: its INIT's retry is due
+            router.send(alice, index)
+            _index_agrees(router, dealer)
+        route = router.table.route_of(alice)
+        channel = router.table.channels[route] if route is not None else None
+        assert channel is not None and channel.handshaking
+
+    with _session(
+        cast,
+        f"inproc://deadline-index-held-{next(_inproc_names)}",
+        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
+        options=small,
+        wall_clock=clock,
+    ) as (router, dealer):
+        _hold_a_finish(router, dealer, alice)
+        _index_agrees(router, dealer)  # the hold paused the old key's expiry
+        assert router._finishes
+        while router._finishes:  # the dealer makes room; a timer tick sends the FINISH
+            dealer.pump(0.01)
+            dealer.inbox.clear()
+            router._next_timer_check = -1.0
+            router.pump(0.0)
+        _index_agrees(router, dealer)  # its release gave the old key one grace period
+        for _ in range(200):
+            dealer.pump(0.0)
+            router.pump(0.0)
+            dealer.inbox.clear()
+        sender = router.batching_sender(alice, max_items=1)
+        route = router.table.route_of(alice)
+        channel = router.table.channels[route] if route is not None else None
+        assert channel is not None and not channel.handshaking
+        for index in range(30):  # the 30th batch of this epoch starts the next rekey
+            sender.send(MessageType.DATA, index)
+            _index_agrees(router, dealer)
+            dealer.pump(0.0)
+            dealer.inbox.clear()
+        assert channel.handshaking
+        sender.close()

@@ -20,13 +20,14 @@ completes a handshake on a new connection, its previous channel is dropped.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from zmqcomm.access import Policy, RateLimiter, TokenBucket
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
-from zmqcomm.crypto.channel import Established, Event, SecureChannel, TrustChecker
+from zmqcomm.crypto.channel import Delivered, Established, Event, SecureChannel, TrustChecker
 from zmqcomm.crypto.handshake import RandomBytes
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
@@ -139,6 +140,11 @@ class ChannelTable:
         self.rejected: Counter[str] = Counter()
         self.handshakes = 0
         self.rekeys = 0
+        #: When each channel next wants its timer (as last looked at: :meth:`note`), and
+        #: the same as a heap with stale entries left in, so that :meth:`next_deadline` is
+        #: not a scan of every channel (0.6 ms with 1,000 peers) on every pump.
+        self._deadline_of: dict[bytes, float] = {}
+        self._deadline_heap: list[tuple[float, bytes]] = []
 
     def __len__(self) -> int:
         return len(self.channels)
@@ -164,6 +170,7 @@ class ChannelTable:
         channel = self._new_channel(expect_peer)
         frames = channel.connect(now=now)
         self.channels[route] = channel
+        self.note(route)
         return frames
 
     def _new_channel(self, expect_peer: str | None) -> SecureChannel:
@@ -195,10 +202,12 @@ class ChannelTable:
                 self._admit_established(channel, now=now)
             events = channel.receive(frames, now=now)
         except (RemoteProtocolError, SecurityError) as exc:
-            self._reject(route, channel, exc, now=now)
+            self._reject(route, channel, exc, now=now)  # refused input changes no timer
             return []
         if route not in self.channels:
             self.channels[route] = channel
+        if len(events) != 1 or type(events[0]) is not Delivered:
+            self.note(route)  # data moves no timer (it costs 0.6 us): handshake frames do
         if channel.handshaking and not channel.established:
             self._track_pending(route, now=now)
         for event in events:
@@ -247,6 +256,7 @@ class ChannelTable:
             stale = self.channels.get(oldest)
             if stale is not None and not stale.established:
                 del self.channels[oldest]
+                self.note(oldest)
             self.rejected["handshake_evicted"] += 1
             self.audit.record("reject", now=now, reason="handshake_evicted", route=oldest.hex())
 
@@ -265,6 +275,7 @@ class ChannelTable:
         previous = self._routes.get(event.agent_id)
         if previous is not None and previous != route:
             self.channels.pop(previous, None)
+            self.note(previous)
         self._routes[event.agent_id] = route
         self.audit.record(
             "handshake", now=now, peer=event.agent_id, session=event.session_id, route=route.hex()
@@ -285,13 +296,47 @@ class ChannelTable:
         """Forget the channel on ``route`` (the connection went away)."""
         channel = self.channels.pop(route, None)
         self._pending.pop(route, None)
+        self._deadline_of.pop(route, None)
         peer = channel.peer if channel is not None else None
         if peer is not None and self._routes.get(peer.agent_id) == route:
             del self._routes[peer.agent_id]
 
     # -- timers ------------------------------------------------------------------------------
 
+    def note(self, route: bytes) -> None:
+        """Look again at when the channel on ``route`` next wants its timer. The table's own
+        methods do it; whoever works a channel directly does it after anything that may
+        start a handshake or move a key's expiry (a send's ``on_timer`` that returned
+        frames, pausing or resuming an expiry): :meth:`next_deadline` sees no other change.
+        What a channel's ``on_timer`` changes without returning frames (an old key erased, a
+        handshake given up) happens only once its deadline here has passed, so the table's
+        next :meth:`on_timer`, due at once, looks again."""
+        channel = self.channels.get(route)
+        deadline = None if channel is None else channel.next_deadline()
+        if deadline is None:
+            self._deadline_of.pop(route, None)
+        elif self._deadline_of.get(route) != deadline:
+            self._deadline_of[route] = deadline
+            heapq.heappush(self._deadline_heap, (deadline, route))
+            if len(self._deadline_heap) > 2 * len(self._deadline_of) + 64:
+                self._reindex()  # stale entries (rekeys, retries) would pile up otherwise
+
+    def _reindex(self) -> None:
+        self._deadline_heap = [(d, route) for route, d in self._deadline_of.items()]
+        heapq.heapify(self._deadline_heap)
+
     def next_deadline(self) -> float | None:
+        """The earliest time a channel wants :meth:`on_timer` (None: no channel does)."""
+        heap, current = self._deadline_heap, self._deadline_of
+        while heap:
+            deadline, route = heap[0]
+            if current.get(route) == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: that channel moved on, or is gone
+        return None
+
+    def scan_deadline(self) -> float | None:
+        """:meth:`next_deadline` the slow way, from every channel (for tests)."""
         deadlines = [d for c in self.channels.values() if (d := c.next_deadline()) is not None]
         return min(deadlines) if deadlines else None
 
@@ -306,4 +351,5 @@ class ChannelTable:
                 self._pending.pop(route, None)
                 self.rejected["handshake_timeout"] += 1
                 self.audit.record("reject", now=now, reason="handshake_timeout", route=route.hex())
+            self.note(route)
         return out

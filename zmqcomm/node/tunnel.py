@@ -267,7 +267,11 @@ class Tunnels:
         channel = self.table.channel_to(peer)
         if channel is None:
             return []
-        return self._transmit(peer, channel.on_timer(now=now))
+        events = channel.on_timer(now=now)
+        if not events:
+            return []
+        self.table.note(peer.encode())  # a rekey started: its retry is a new deadline
+        return self._transmit(peer, events)
 
     def _forward(self, peer: str, frames: Sequence[Any]) -> HopMessage:
         # Sealed frames (bytes, or bytearrays nothing writes to again) go as they are; a view
@@ -298,6 +302,7 @@ class Tunnels:
         if session is not None:
             session.pause_expiry(now=now)
             self._finish_held[peer] = session
+            self.table.note(peer.encode())
 
     def release_finish(self, peer: str, *, now: float) -> None:
         """The FINISH :meth:`hold_finish` was told of went to the broker: the key it kept
@@ -306,6 +311,7 @@ class Tunnels:
         channel = self.table.channel_to(peer)
         if session is not None and channel is not None and channel.session is session:
             session.resume_expiry(now=now)
+            self.table.note(peer.encode())
 
     # -- receiving ---------------------------------------------------------------------------
 

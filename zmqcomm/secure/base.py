@@ -220,6 +220,7 @@ class _SecureSocket:
         if channel is not None and channel.session is not None:
             # The peer seals under the previous epoch until this FINISH reaches it.
             channel.session.pause_expiry(now=self.wall_clock())
+            self.table.note(route)
 
     def _release_finishes(self, route: bytes, *, wait: bool) -> None:
         """Send the FINISH frames held for ``route`` (raising, with them still held, when
@@ -228,6 +229,7 @@ class _SecureSocket:
         channel = self.table.channels.get(route)
         if channel is not None and channel.session is not None:
             channel.session.resume_expiry(now=self.wall_clock())
+            self.table.note(route)
 
     def _forget_route(self, route: bytes) -> None:
         self.table.drop(route)
@@ -353,8 +355,10 @@ class _SecureSocket:
         # send above decides the outcome: its message is queued, so nothing after it may
         # raise (a caller retrying would duplicate it). An INIT that does not fit is dropped
         # by _transmit_reply and resent by the handshake's retry timer.
-        for event in channel.on_timer(now=now):
-            self._handle(route, [event])
+        events = channel.on_timer(now=now)
+        if events:  # a rekey started (or its INIT went again): its retry is a new deadline
+            self._handle(route, events)
+            self.table.note(route)
 
     def _batching_sender(
         self, route: bytes, channel: SecureChannel, **options: Any
@@ -365,8 +369,10 @@ class _SecureSocket:
             frames = channel.seal_body(msg_type, body, topic=topic, now=now)
             # Handshake frames a due rekey produces go out before this batch; the batch is
             # sealed under the keys current now, which the peer still holds.
-            for event in channel.on_timer(now=now):
-                self._handle(route, [event])
+            events = channel.on_timer(now=now)
+            if events:
+                self._handle(route, events)
+                self.table.note(route)
             return frames
 
         def send(frames: Sequence[Buffer]) -> None:
