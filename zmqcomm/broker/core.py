@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from zmqcomm.access import Policy, RateLimiter, topic_matches
+from zmqcomm.access import Policy, RateLimiter
+from zmqcomm.broker.subscriptions import SubscriptionIndex
 from zmqcomm.crypto.audit import BaseAuditLog, NullAuditLog
 from zmqcomm.crypto.keys import is_agent_id
 from zmqcomm.errors import (
@@ -125,6 +126,8 @@ class BrokerCore:
         self.agents: dict[str, _Agent] = {}
         #: Agents counted offline after a silence; at most one entry per trusted agent.
         self._idle: dict[str, _Agent] = {}
+        #: The subscriptions of the agents in ``agents`` (online), for fan-out.
+        self._subscribers = SubscriptionIndex()
         self.rejected: Counter[str] = Counter()
         self.routed = 0
         self.stored = 0
@@ -151,10 +154,21 @@ class BrokerCore:
         idle = self._idle.pop(agent, None)
         subscriptions = idle.subscriptions if resumed and idle is not None else set()
         state = _Agent(frozenset(roles), subscriptions, last_seen=now, session=session)
+        replaced = self.agents.get(agent)
+        if replaced is not None:  # a new session replaces the one it had, subscriptions too
+            self._subscribers.discard(agent, replaced.subscriptions)
         self.agents[agent] = state
         if subscriptions:  # its roles may have changed while it was idle
             self._prune_subscriptions(agent, state, now=now)
+        self._subscribers.add(agent, state.subscriptions)
         return self._mail_for(agent)
+
+    def _go_offline(self, agent: str) -> _Agent | None:
+        """Take ``agent`` out of ``agents`` and its subscriptions out of the fan-out."""
+        state = self.agents.pop(agent, None)
+        if state is not None:
+            self._subscribers.discard(agent, state.subscriptions)
+        return state
 
     def update_roles(self, agent: str, roles: frozenset[str], *, now: float) -> None:
         """The agent's roles as the trust store has them now (edited since it connected):
@@ -177,10 +191,11 @@ class BrokerCore:
         for topic in sorted(state.subscriptions):
             if not self.policy.may_subscribe(state.roles, topic):
                 state.subscriptions.discard(topic)
+                self._subscribers.discard(agent, [topic])  # nothing, if it is offline
                 self.refuse(agent, "subscription_ended", now=now, topic=topic)
 
     def disconnected(self, agent: str) -> None:
-        self.agents.pop(agent, None)
+        self._go_offline(agent)
         self._idle.pop(agent, None)
 
     def expire_idle(self, *, now: float, max_idle: float) -> list[str]:
@@ -189,7 +204,9 @@ class BrokerCore:
         aside until they come back on the same session or a new one replaces it."""
         gone = [name for name, state in self.agents.items() if now - state.last_seen > max_idle]
         for name in gone:
-            self._idle[name] = self.agents.pop(name)
+            state = self._go_offline(name)
+            assert state is not None
+            self._idle[name] = state
         return gone
 
     def _mail_for(self, agent: str) -> list[Send]:
@@ -380,9 +397,11 @@ class BrokerCore:
                     f"more than {self.max_subscriptions} subscriptions", reason="too_many_topics"
                 )
             subscriptions.add(topic)
+            self._subscribers.add(agent, [topic])
             return []
         if msg_type == MessageType.UNSUBSCRIBE:
             state.subscriptions.discard(topic)
+            self._subscribers.discard(agent, [topic])
             return []
         if msg_type == MessageType.PUBLISH:
             if self.policy is not None:
@@ -417,10 +436,12 @@ class BrokerCore:
         return out
 
     def _fan_out(self, agent: str, topic: str, payload: object) -> list[Send]:
-        out = []
-        for name, other in self.agents.items():
-            if name != agent and any(topic_matches(p, topic) for p in other.subscriptions):
-                out.append(Send(name, MessageType.PUBLISH, [agent, payload], topic))
+        message = [agent, payload]
+        out = [
+            Send(name, MessageType.PUBLISH, message, topic)
+            for name in self._subscribers.subscribers(topic)
+            if name != agent
+        ]
         self.routed += len(out)
         return out
 
