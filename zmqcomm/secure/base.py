@@ -308,7 +308,7 @@ class _SecureSocket:
 
     def _timers(self) -> None:
         tick = self.clock()
-        # The table's deadline scan is O(peers): look again only every _TIMER_TICK.
+        # Timers run at most every _TIMER_TICK: a pump per message need not look each time.
         if tick < self._next_timer_check:
             return
         self._next_timer_check = tick + _TIMER_TICK
@@ -357,8 +357,8 @@ class _SecureSocket:
         # by _transmit_reply and resent by the handshake's retry timer.
         events = channel.on_timer(now=now)
         if events:  # a rekey started (or its INIT went again): its retry is a new deadline
-            self._handle(route, events)
             self.table.note(route)
+            self._handle(route, events)
 
     def _batching_sender(
         self, route: bytes, channel: SecureChannel, **options: Any
@@ -371,8 +371,8 @@ class _SecureSocket:
             # sealed under the keys current now, which the peer still holds.
             events = channel.on_timer(now=now)
             if events:
-                self._handle(route, events)
                 self.table.note(route)
+                self._handle(route, events)
             return frames
 
         def send(frames: Sequence[Buffer]) -> None:
