@@ -436,9 +436,8 @@ class BrokerCore:
         return out
 
     def _fan_out(self, agent: str, topic: str, payload: object) -> list[Send]:
-        message = [agent, payload]
         out = [
-            Send(name, MessageType.PUBLISH, message, topic)
+            Send(name, MessageType.PUBLISH, [agent, payload], topic)
             for name in self._subscribers.subscribers(topic)
             if name != agent
         ]

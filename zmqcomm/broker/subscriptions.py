@@ -44,7 +44,8 @@ class SubscriptionIndex:
                     del table[key]
 
     def subscribers(self, topic: str) -> list[str]:
-        """Every agent with a subscription that matches ``topic``, each once."""
+        """Every agent with a subscription that matches ``topic``, each once, in no promised
+        order."""
         found = dict(self._exact.get(topic, ()))
         prefixes = self._prefixes
         if prefixes:
