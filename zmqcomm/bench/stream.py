@@ -99,6 +99,9 @@ def _send_secure(job: Job, pool: list[bytes], shared: zmq.Context[Any] | None) -
         send_timeout=None,
         connect_timeout=RECEIVE_TIMEOUT,
     ) as dealer:
+        # Wait for the receiver's word: what it opened while taking in the handshake was
+        # not timed, and a quick run over inproc could send everything by then.
+        dealer.receive(timeout=RECEIVE_TIMEOUT)
         sender = dealer.batching_sender(max_delay=BATCH_DELAY)
         enqueue, data = sender.send, MessageType.DATA
         for index, message in enumerate(payload_stream(pool, job.count)):
@@ -196,6 +199,7 @@ def _receive_secure(job: Job, context: zmq.Context[Any]) -> StreamRun:
             while not router.peers:  # the handshake, outside the clock
                 peer.check_alive()
                 router.pump(0.05)
+            router.send(router.peers[0], None)  # go: the sender waits for it
             # Messages the handshake's pump already opened were not timed: leave them out.
             early = sum(len(delivered.message.payloads) for delivered in router.inbox)
             router.inbox.clear()
