@@ -61,17 +61,25 @@ def open_session(agents: dict[str, Tunnels], text: str = "m0") -> None:
     assert [m.payload for m in flow(agents, [(alice_id, hop) for hop in opening])] == [text]
 
 
-@pytest.fixture
-def agents(tmp_path: Path) -> dict[str, Tunnels]:
-    identities = [Identity.generate("alice"), Identity.generate("bob")]
+def _agents_who_trust_each_other(
+    tmp_path: Path, names: list[str], rekey: RekeyPolicy | None = None
+) -> dict[str, Tunnels]:
+    identities = [Identity.generate(name) for name in names]
     made = {}
     for me in identities:
         trust = TrustStore(tmp_path / me.name)
         for other in identities:
             if other is not me:
                 trust.add(other.public, roles=["agent"])
-        made[me.agent_id] = Tunnels(identity=me, trust=trust, random_bytes=os.urandom, now=NOW)
+        made[me.agent_id] = Tunnels(
+            identity=me, trust=trust, random_bytes=os.urandom, now=NOW, rekey=rekey
+        )
     return made
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> dict[str, Tunnels]:
+    return _agents_who_trust_each_other(tmp_path, ["alice", "bob"])
 
 
 def test_a_bounce_for_a_slow_consumer_mails_only_the_bounced_message(
@@ -269,18 +277,8 @@ def test_a_malformed_refusal_is_refused_and_changes_nothing(
 
 
 def _rekeying_agents(tmp_path: Path) -> dict[str, Tunnels]:
-    identities = [Identity.generate("alice"), Identity.generate("bob")]
     rekey = RekeyPolicy(max_messages=3, hard_max_messages=1000, jitter=0.0)
-    made = {}
-    for me in identities:
-        trust = TrustStore(tmp_path / me.name)
-        for other in identities:
-            if other is not me:
-                trust.add(other.public, roles=["agent"])
-        made[me.agent_id] = Tunnels(
-            identity=me, trust=trust, random_bytes=os.urandom, now=NOW, rekey=rekey
-        )
-    return made
+    return _agents_who_trust_each_other(tmp_path, ["alice", "bob"], rekey)
 
 
 def _carry(
@@ -357,17 +355,8 @@ def test_the_deadline_index_agrees_with_a_scan_of_every_channel(tmp_path: Path) 
     its answer must stay the one a scan of every channel gives: a deadline it missed would
     leave a key unerased or a rekey undone until some other event."""
     rng = random.Random(7)
-    identities = [Identity.generate(f"agent{n}") for n in range(4)]
     rekey = RekeyPolicy(max_messages=4, max_age=50.0, hard_max_age=100.0, grace_period=5.0)
-    agents: dict[str, Tunnels] = {}
-    for me in identities:
-        trust = TrustStore(tmp_path / me.name)
-        for other in identities:
-            if other is not me:
-                trust.add(other.public, roles=["agent"])
-        agents[me.agent_id] = Tunnels(
-            identity=me, trust=trust, random_bytes=os.urandom, now=NOW, rekey=rekey
-        )
+    agents = _agents_who_trust_each_other(tmp_path, [f"agent{n}" for n in range(4)], rekey)
     ids = list(agents)
     now = NOW
     held: list[tuple[str, HopMessage]] = []

@@ -542,6 +542,28 @@ def test_a_finish_held_for_a_session_since_replaced_is_dropped_not_sent(cast: Ca
         assert router.table.rejected == {}
 
 
+@contextlib.contextmanager
+def _small_rekeying_session(
+    cast: Cast, name: str, offset: list[float]
+) -> Iterator[tuple[SecureRouter, SecureDealer]]:
+    """A session whose router rekeys every 30 messages, never waits to send, and queues 20
+    frames at most each way; both sides' wall clocks run ``offset[0]`` seconds ahead."""
+    small = SocketOptions(send_hwm=20, receive_hwm=20)
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    policy = RekeyPolicy(max_messages=30, jitter=0.0)
+    with _session(
+        cast,
+        f"inproc://{name}-{next(_inproc_names)}",
+        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
+        options=small,
+        wall_clock=clock,
+    ) as pair:
+        yield pair
+
+
 def _hold_a_finish(router: SecureRouter, dealer: SecureDealer, alice: str) -> int:
     """With a router whose policy rekeys after 30 messages and whose send_timeout is 0:
     send those 30 (the last starts the rekey), let the dealer answer, fill its queue under
@@ -619,20 +641,8 @@ def test_the_peers_old_keys_stay_open_while_our_finish_waits(cast: Cast) -> None
     than the grace period (30 s) used to let the previous receive key expire, and all the
     peer sent meanwhile was refused (stale_epoch). The key now stays open until the FINISH
     goes, and for a grace period from then."""
-    small = SocketOptions(send_hwm=20, receive_hwm=20)
     offset = [0.0]
-
-    def clock() -> float:
-        return time.time() + offset[0]
-
-    policy = RekeyPolicy(max_messages=30, jitter=0.0)
-    with _session(
-        cast,
-        f"inproc://finish-grace-{next(_inproc_names)}",
-        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
-        options=small,
-        wall_clock=clock,
-    ) as (router, dealer):
+    with _small_rekeying_session(cast, "finish-grace", offset) as (router, dealer):
         alice = cast.alice.agent_id
         _hold_a_finish(router, dealer, alice)
         deadline = time.monotonic() + 5
@@ -799,20 +809,8 @@ def test_the_deadline_index_follows_sends_that_rekey_and_held_finishes(cast: Cas
     they do to a channel themselves: a send whose ``on_timer`` starts a rekey (plain and
     batched), a held FINISH pausing the old key's expiry, its release resuming it. Missed,
     a lost INIT would never be retried, or an old key would outlive its grace period."""
-    small = SocketOptions(send_hwm=20, receive_hwm=20)
     offset = [0.0]
-
-    def clock() -> float:
-        return time.time() + offset[0]
-
-    policy = RekeyPolicy(max_messages=30, jitter=0.0)
-    with _session(
-        cast,
-        f"inproc://deadline-index-{next(_inproc_names)}",
-        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
-        options=small,
-        wall_clock=clock,
-    ) as (router, dealer):
+    with _small_rekeying_session(cast, "deadline-index", offset) as (router, dealer):
         alice = cast.alice.agent_id
         for index in range(30):  # the 30th send starts a rekey: its INIT's retry is due
             router.send(alice, index)
@@ -821,13 +819,7 @@ def test_the_deadline_index_follows_sends_that_rekey_and_held_finishes(cast: Cas
         channel = router.table.channels[route] if route is not None else None
         assert channel is not None and channel.handshaking
 
-    with _session(
-        cast,
-        f"inproc://deadline-index-held-{next(_inproc_names)}",
-        router={"options": small, "send_timeout": 0.0, "policy": policy, "wall_clock": clock},
-        options=small,
-        wall_clock=clock,
-    ) as (router, dealer):
+    with _small_rekeying_session(cast, "deadline-index-held", offset) as (router, dealer):
         _hold_a_finish(router, dealer, alice)
         _index_agrees(router, dealer)  # the hold paused the old key's expiry
         assert router._finishes
