@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Protocol
 
 from zmqcomm.quantiles import nearest_rank
@@ -56,6 +57,9 @@ def summarize(
                 "lost": lost,
             }
         )
+    reasons: Counter[str] = Counter()
+    for result in results:
+        reasons.update(result["rejected"])
     latencies = [value for result in results for value in result["latencies"]]
     sending_time = max((result["sending_time"] for result in results), default=0.0)
     sent = sum(row["sent"] for row in rows)
@@ -77,12 +81,24 @@ def summarize(
         "p99_ms": _ms(_percentile(latencies, 0.99)),
         "rekeys": sum(row["rekeys"] for row in rows),
         "rejected": sum(row["rejected"] for row in rows),
+        # Why, most frequent first: on an overloaded host, late handshake answers
+        # (unexpected_handshake, handshake_timeout) that the retries then recover.
+        "rejected_reasons": dict(reasons.most_common()),
         "duplicates": sum(row["duplicates"] for row in rows),
         "lost": lost_total,
         "broker": {
             key: broker.get(key) for key in ("routed", "stored", "handshakes", "rekeys", "rejected")
         },
     }
+
+
+def _reasons(summary: dict[str, Any]) -> str:
+    """`` (reason count, ...)`` for the footer, the three most frequent; "" for none."""
+    reasons = list(summary.get("rejected_reasons", {}).items())
+    if not reasons:
+        return ""
+    shown = ", ".join(f"{reason} {count:,}" for reason, count in reasons[:3])
+    return f" ({shown}{', ...' if len(reasons) > 3 else ''})"
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -155,7 +171,7 @@ def format_table(summary: dict[str, Any]) -> str:
         "subscribers), "
         f"{summary['requests']:,} requests (p50 {_cell(summary['p50_ms'])} ms, "
         f"p99 {_cell(summary['p99_ms'])} ms), {summary['rekeys']} rekeys, "
-        f"{summary['rejected']} rejects, {summary['duplicates']} duplicates, "
+        f"{summary['rejected']} rejects{_reasons(summary)}, {summary['duplicates']} duplicates, "
         f"lost = {summary['lost']}"
     )
     return "\n".join([header, "", *lines, "", footer])
