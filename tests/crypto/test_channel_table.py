@@ -461,8 +461,8 @@ def test_no_audit_line_contains_key_material(world: World) -> None:
         link.to_left.append(channel.seal(MessageType.DATA, i, now=T0 + 1))
     link.to_right.append(_tampered(client.seal(MessageType.DATA, "x", now=T0 + 1)))
     link.pump()
-    for route, event in table.on_timer(now=T0 + 1):  # the count trigger: a rekey
-        assert route == b"alice" and isinstance(event, Transmit)
+    for event in table.after_send(b"alice", channel, now=T0 + 1):  # the count: a rekey
+        assert isinstance(event, Transmit)
         link.to_left.append(event.frames)
     link.pump()
     table.receive(b"x", [b"junk"], now=T0 + 1)
@@ -654,8 +654,8 @@ def test_rekeys_started_by_both_sides_at_once_stay_within_the_budget(world: Worl
         # Both hit the count at once: two INITs cross on the wire.
         (start,) = client.on_timer(now=T0)
         assert isinstance(start, Transmit)
-        ((route, ours),) = table.on_timer(now=T0)
-        assert route == b"alice" and isinstance(ours, Transmit)
+        (ours,) = table.after_send(b"alice", channel, now=T0)
+        assert isinstance(ours, Transmit)
         link.to_right.append(start.frames)
         link.to_left.append(ours.frames)
         got_client, got_table = link.pump()
@@ -705,4 +705,26 @@ def test_the_deadline_index_follows_connects_replaced_routes_evictions_and_drops
     assert b"r4" not in table.channels
     _index_agrees(table)
     table.on_timer(now=T0 + 60)  # every handshake left is abandoned by now
+    _index_agrees(table)
+
+
+def test_timers_run_for_each_channel_once_its_deadline_comes_and_for_no_other(
+    world: World,
+) -> None:
+    """``on_timer`` visits the channels the index says are due (a broker holds thousands;
+    asking each cost 1.3 ms with 1,000 peers): a retry due exactly now goes, one due a
+    moment later waits for the next call, and each goes once."""
+    table = world.table()
+    timeout = table.handshake_timeout
+    routes = [f"out{n}".encode() for n in range(4)]
+    for n, route in enumerate(routes):  # INITs sent a second apart: retries a second apart
+        table.connect(route, now=T0 + n, expect_peer=world.alice.agent_id)
+    assert _index_agrees(table) == T0 + timeout
+
+    due = table.on_timer(now=T0 + timeout + 1)  # the first two, the second exactly now
+    assert [route for route, _ in due] == routes[:2]
+    assert all(isinstance(event, Transmit) for _, event in due)
+    assert _index_agrees(table) == T0 + timeout + 2  # the third's; the first two retry later
+    assert table.on_timer(now=T0 + timeout + 1.5) == []
+    assert [route for route, _ in table.on_timer(now=T0 + timeout + 3)] == routes[2:]
     _index_agrees(table)

@@ -353,7 +353,8 @@ def test_the_deadline_index_agrees_with_a_scan_of_every_channel(tmp_path: Path) 
     channel on every pump (0.6 ms with 1,000 peers). Whatever the tunnels do (sessions,
     rekeys by count and by age, held and released FINISH frames, resets, expiries, timers),
     its answer must stay the one a scan of every channel gives: a deadline it missed would
-    leave a key unerased or a rekey undone until some other event."""
+    leave a key unerased or a rekey undone until some other event. The table's on_timer
+    visits only the channels the heap says are due, so after it none may be left due."""
     rng = random.Random(7)
     rekey = RekeyPolicy(max_messages=4, max_age=50.0, hard_max_age=100.0, grace_period=5.0)
     agents = _agents_who_trust_each_other(tmp_path, [f"agent{n}" for n in range(4)], rekey)
@@ -382,7 +383,11 @@ def test_the_deadline_index_agrees_with_a_scan_of_every_channel(tmp_path: Path) 
         elif step < 0.8:
             now += rng.choice([0.5, 3.0, 6.0, 20.0])
             for agent_id, agent in agents.items():
-                _carry(agents, [(agent_id, hop) for hop in agent.on_timer(now=now)], now=now)
+                hops = agent.on_timer(now=now)
+                # on_timer visits only the channels its heap says are due: all of them
+                left = agent.table.scan_deadline()
+                assert left is None or left > now, "a channel due now was not visited"
+                _carry(agents, [(agent_id, hop) for hop in hops], now=now)
         elif step < 0.85:
             agents[sender].table.drop(receiver.encode())  # as a bounce or a reset would
         for agent in agents.values():

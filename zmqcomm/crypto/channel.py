@@ -447,9 +447,9 @@ class SecureChannel:
             if not handshake.initiator:
                 self._pending = None
                 session = self.session
-                if not handshake.epoch or session is None:
+                if session is None:
                     return []  # a new session: the initiator retries; we just forget
-                if not session.needs_rekey(now=now):
+                if handshake.epoch and not session.needs_rekey(now=now):
                     # A rekey we answered. Its initiator switched keys as it sent the
                     # FINISH, which may wait behind a full queue (or a long backlog): were it
                     # forgotten, that FINISH and all sealed after it would be refused for
@@ -458,9 +458,12 @@ class SecureChannel:
                     # hold off our rekeys for ever.
                     self._pending = _Pending(handshake, now + pending.delay, pending.delay)
                     return []
-                # Our own rekey is due: it goes ahead (below); the answered one is set
-                # aside, so that its FINISH, if it was only late, still completes it.
-                self._answered = handshake
+                if handshake.epoch:
+                    # Our own rekey is due: it goes ahead (below); the answered one is set
+                    # aside, so that its FINISH, if it was only late, still completes it.
+                    self._answered = handshake
+                # A new session answered beside the one we hold is forgotten as above; the
+                # held session's own timers still run now (below), not a tick later.
             else:
                 delay = min(pending.delay * 2, _MAX_RETRY_DELAY)
                 # A new session retries under a fresh id: the responder may already hold the

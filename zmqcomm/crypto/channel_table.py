@@ -321,6 +321,16 @@ class ChannelTable:
             if len(self._deadline_heap) > 2 * len(self._deadline_of) + 64:
                 self._reindex()  # stale entries (rekeys, retries) would pile up otherwise
 
+    def after_send(self, route: bytes, channel: SecureChannel, *, now: float) -> list[Event]:
+        """The message-count rekey trigger, for whoever seals on ``channel`` (on ``route``):
+        call it after each send or burst. A rekey that starts is indexed; its INIT is in the
+        events returned. :meth:`on_timer` visits only channels whose deadline has come, so a
+        count reached between timers waits for this call, not for a timer."""
+        events = channel.on_timer(now=now)
+        if events:
+            self.note(route)
+        return events
+
     def _reindex(self) -> None:
         self._deadline_heap = [(d, route) for route, d in self._deadline_of.items()]
         heapq.heapify(self._deadline_heap)
@@ -335,21 +345,46 @@ class ChannelTable:
             heapq.heappop(heap)  # stale: that channel moved on, or is gone
         return None
 
+    def _take_due(self, now: float) -> list[bytes]:
+        """The routes whose deadline is at or before ``now``, taken out of the index (the
+        caller's :meth:`note` puts each back with its next deadline)."""
+        heap, current = self._deadline_heap, self._deadline_of
+        due = []
+        while heap and heap[0][0] <= now:
+            deadline, route = heapq.heappop(heap)
+            if current.get(route) == deadline:  # else stale: the channel moved on
+                del current[route]
+                due.append(route)
+        return due
+
     def scan_deadline(self) -> float | None:
         """:meth:`next_deadline` the slow way, from every channel (for tests)."""
         deadlines = [d for c in self.channels.values() if (d := c.next_deadline()) is not None]
         return min(deadlines) if deadlines else None
 
     def on_timer(self, *, now: float) -> list[tuple[bytes, Event]]:
-        """Retries, rekeys and expiries that are due; abandoned handshakes are forgotten."""
+        """Retries, rekeys and expiries that are due; abandoned handshakes are forgotten.
+
+        Only the channels whose deadline has come are visited (a broker holds thousands):
+        the index is never later than a channel's own deadline. A rekey by message count is
+        the sender's to start, through :meth:`after_send`."""
         out: list[tuple[bytes, Event]] = []
-        for route, channel in list(self.channels.items()):
-            for event in channel.on_timer(now=now):
-                out.append((route, event))
-            if not channel.established and not channel.handshaking:
-                self.channels.pop(route, None)
-                self._pending.pop(route, None)
-                self.rejected["handshake_timeout"] += 1
-                self.audit.record("reject", now=now, reason="handshake_timeout", route=route.hex())
-            self.note(route)
+        due = self._take_due(now)
+        try:
+            for route in due:
+                channel = self.channels.get(route)
+                if channel is None:
+                    continue
+                for event in channel.on_timer(now=now):
+                    out.append((route, event))
+                if not channel.established and not channel.handshaking:
+                    self.channels.pop(route, None)
+                    self._pending.pop(route, None)
+                    self.rejected["handshake_timeout"] += 1
+                    self.audit.record(
+                        "reject", now=now, reason="handshake_timeout", route=route.hex()
+                    )
+        finally:
+            for route in due:  # all of them: were one to raise, the rest stay indexed
+                self.note(route)
         return out

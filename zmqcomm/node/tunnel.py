@@ -267,11 +267,8 @@ class Tunnels:
         channel = self.table.channel_to(peer)
         if channel is None:
             return []
-        events = channel.on_timer(now=now)
-        if not events:
-            return []
-        self.table.note(peer.encode())  # a rekey started: its retry is a new deadline
-        return self._transmit(peer, events)
+        events = self.table.after_send(peer.encode(), channel, now=now)
+        return self._transmit(peer, events) if events else []
 
     def _forward(self, peer: str, frames: Sequence[Any]) -> HopMessage:
         # Sealed frames (bytes, or bytearrays nothing writes to again) go as they are; a view

@@ -355,9 +355,8 @@ class _SecureSocket:
         # send above decides the outcome: its message is queued, so nothing after it may
         # raise (a caller retrying would duplicate it). An INIT that does not fit is dropped
         # by _transmit_reply and resent by the handshake's retry timer.
-        events = channel.on_timer(now=now)
-        if events:  # a rekey started (or its INIT went again): its retry is a new deadline
-            self.table.note(route)
+        events = self.table.after_send(route, channel, now=now)
+        if events:
             self._handle(route, events)
 
     def _batching_sender(
@@ -369,9 +368,8 @@ class _SecureSocket:
             frames = channel.seal_body(msg_type, body, topic=topic, now=now)
             # Handshake frames a due rekey produces go out before this batch; the batch is
             # sealed under the keys current now, which the peer still holds.
-            events = channel.on_timer(now=now)
+            events = self.table.after_send(route, channel, now=now)
             if events:
-                self.table.note(route)
                 self._handle(route, events)
             return frames
 
