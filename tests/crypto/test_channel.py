@@ -549,14 +549,50 @@ def test_the_responder_forgets_a_handshake_that_timed_out(peers: Peers) -> None:
     link.send(a, a.connect(now=T0))
     link.deliver(b, T0)
     link.deliver(a, T0)  # alice answers with FINISH; it is held up
-    assert b.handshaking and b.next_deadline() == T0 + b.handshake_timeout
-    assert b.on_timer(now=T0 + 1) == [] and b.handshaking
-    assert b.on_timer(now=T0 + b.handshake_timeout) == []
+    assert b.handshaking and b.next_deadline() == T0 + b.answer_timeout
+    assert b.on_timer(now=T0 + b.answer_timeout - 0.01) == [] and b.handshaking
+    assert b.on_timer(now=T0 + b.answer_timeout) == []
     assert _state(b) == NOTHING and b.next_deadline() is None
     with pytest.raises(AuthenticationError) as caught:
-        link.deliver(b, T0 + 3)
+        link.deliver(b, T0 + b.answer_timeout + 1)
     assert _reason(caught) == "unexpected_handshake"
     assert b.session is None and not b.established and not a.established
+
+
+def test_a_handshake_slower_than_the_timeout_completes_on_a_later_attempt(
+    peers: Peers,
+) -> None:
+    """On an overloaded host a round trip can take longer than the handshake timeout. The
+    initiator doubles its wait on each retry; the responder must wait long enough too, or
+    every FINISH comes after it forgot its half, and no attempt ever completes."""
+    a, b = peers.channels()
+    round_trip = 1.5 * a.handshake_timeout
+    in_flight: list[tuple[float, SecureChannel, Sequence[Buffer]]] = []  # (arrival, to, frames)
+    rejected = 0
+
+    def send(sender: SecureChannel, events: list[Event], now: float) -> None:
+        to = b if sender is a else a
+        for event in events:
+            if isinstance(event, Transmit):
+                in_flight.append((now + round_trip / 2, to, event.frames))
+
+    now = T0
+    send(a, [Transmit(a.connect(now=now))], now)
+    while not (a.established and b.established) and now < T0 + 60:
+        now = round(now + 0.1, 6)
+        for item in [item for item in in_flight if item[0] <= now]:
+            in_flight.remove(item)
+            _, to, frames = item
+            try:
+                send(to, to.receive(frames, now=now), now)
+            except SecurityError:
+                rejected += 1  # a late answer to an attempt already given up
+        send(a, a.on_timer(now=now), now)
+        send(b, b.on_timer(now=now), now)
+    assert a.established and b.established, f"no handshake in 60 s ({rejected} refused)"
+    assert now < T0 + 3 * a.handshake_timeout + 2 * round_trip  # the second attempt
+    link = Link(a, b)
+    _roundtrip(link, now, "after a slow handshake")
 
 
 # -- rekeys -----------------------------------------------------------------------------------

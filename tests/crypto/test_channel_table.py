@@ -534,13 +534,14 @@ def test_on_timer_forgets_abandoned_handshakes_only(world: World) -> None:
     assert isinstance(reply, Transmit)
     (fin,) = client.receive(reply.frames, now=T0)
     assert isinstance(fin, Transmit)
-    assert len(table) == 2 and table.next_deadline() == T0 + table.handshake_timeout
+    wait = table.channels[b"abandoned"].answer_timeout  # the responder's, for its FINISH
+    assert len(table) == 2 and table.next_deadline() == T0 + wait
     assert table.on_timer(now=T0 + 1) == [] and b"abandoned" in table.channels
-    assert table.on_timer(now=T0 + table.handshake_timeout) == []
+    assert table.on_timer(now=T0 + wait) == []
     assert sorted(table.channels) == [b"alice"]
     assert table.rejected == Counter({"handshake_timeout": 1})
     # The late FINISH meets no channel, and the established peer is untouched.
-    assert table.receive(b"abandoned", fin.frames, now=T0 + 3) == []
+    assert table.receive(b"abandoned", fin.frames, now=T0 + wait + 1) == []
     assert table.rejected["no_session"] == 1
     assert table.route_of(world.alice.agent_id) == b"alice"
     assert table.next_deadline() == table.channels[b"alice"].next_deadline()

@@ -48,6 +48,10 @@ from zmqcomm.wire.payload import Buffer
 
 _ENCRYPTED = int(Flags.ENCRYPTED)
 _MAX_RETRY_DELAY = 30.0
+#: How long a responder waits for a new session's FINISH, in handshake timeouts. The
+#: initiator doubles its wait on each retry; were the responder's fixed at one timeout, a
+#: round trip slower than that (an overloaded host) could never complete a handshake.
+_ANSWER_WAIT = 4
 
 
 class TrustChecker(CertificateChecker, Protocol):
@@ -113,6 +117,8 @@ class SecureChannel:
         self.codec = codec if codec is not None else WireCodec()
         self.policy = policy if policy is not None else RekeyPolicy()
         self.handshake_timeout = handshake_timeout
+        #: How long a responder keeps a new session's handshake waiting for its FINISH.
+        self.answer_timeout = handshake_timeout * _ANSWER_WAIT
         self.max_failures = max_failures
         self.expect_peer = expect_peer
         self._random = random_bytes
@@ -308,7 +314,8 @@ class SecureChannel:
         expect = self.peer.agent_id if self.peer is not None else self.expect_peer
         handshake = self._handshake(False, session_id, epoch, expect)
         reply = handshake.respond(body, now=now)
-        self._pending = _Pending(handshake, now + self.handshake_timeout, self.handshake_timeout)
+        wait = self.handshake_timeout if epoch else self.answer_timeout
+        self._pending = _Pending(handshake, now + wait, wait)
         return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
 
     def _opening_to_expected_peer(self) -> bool:
