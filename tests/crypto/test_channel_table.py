@@ -721,11 +721,25 @@ def test_timers_run_for_each_channel_once_its_deadline_comes_and_for_no_other(
     for n, route in enumerate(routes):  # INITs sent a second apart: retries a second apart
         table.connect(route, now=T0 + n, expect_peer=world.alice.agent_id)
     assert _index_agrees(table) == T0 + timeout
+    visited: list[bytes] = []
+    for route, channel in table.channels.items():
+        channel.on_timer = _counting(channel.on_timer, route, visited)  # type: ignore[method-assign]
 
     due = table.on_timer(now=T0 + timeout + 1)  # the first two, the second exactly now
-    assert [route for route, _ in due] == routes[:2]
+    assert [route for route, _ in due] == routes[:2] == visited
     assert all(isinstance(event, Transmit) for _, event in due)
     assert _index_agrees(table) == T0 + timeout + 2  # the third's; the first two retry later
-    assert table.on_timer(now=T0 + timeout + 1.5) == []
+    assert table.on_timer(now=T0 + timeout + 1.5) == [] and visited == routes[:2]
     assert [route for route, _ in table.on_timer(now=T0 + timeout + 3)] == routes[2:]
+    assert visited == routes
     _index_agrees(table)
+
+
+def _counting(
+    on_timer: Callable[..., list[Event]], route: bytes, visited: list[bytes]
+) -> Callable[..., list[Event]]:
+    def counted(*, now: float) -> list[Event]:
+        visited.append(route)
+        return on_timer(now=now)
+
+    return counted

@@ -21,6 +21,7 @@ from zmqcomm.errors import (
     ConnectError,
     LocalProtocolError,
     ReceiveTimeout,
+    SecurityError,
     SendTimeout,
     TransportError,
     UnknownPeerError,
@@ -844,3 +845,48 @@ def test_the_deadline_index_follows_sends_that_rekey_and_held_finishes(cast: Cas
             dealer.inbox.clear()
         assert channel.handshaking
         sender.close()
+
+
+def test_a_send_refused_for_a_full_queue_still_starts_the_rekey_its_count_asks_for(
+    cast: Cast,
+) -> None:
+    """A seal counts its message before the send is tried. When the send that reaches the
+    rekey count finds the peer's queue full, the rekey must start anyway (its INIT goes on
+    the retry timer): only sends look at the count, so with every send failing the count
+    would reach the hard limit, and every send would be refused, until the age deadline."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    tiny = SocketOptions(send_hwm=2, receive_hwm=2)
+    policy = RekeyPolicy(max_messages=30, hard_max_messages=30, jitter=0.0)
+    router_options = {"options": tiny, "send_timeout": 0.0, "policy": policy, "wall_clock": clock}
+    name = f"inproc://count-refused-{next(_inproc_names)}"
+    with _session(cast, name, router=router_options, options=tiny, wall_clock=clock) as pair:
+        router, dealer = pair
+        alice = cast.alice.agent_id
+        route = router.table.route_of(alice)
+        channel = router.table.channels[route] if route is not None else None
+        assert channel is not None
+        refused = 0
+        while not channel.handshaking:  # the dealer reads nothing: most find no room
+            try:
+                router.send(alice, refused)
+            except SendTimeout:
+                refused += 1
+            except SecurityError:
+                pytest.fail("sends refused at the hard limit, and no rekey under way")
+        assert refused > 0
+        _index_agrees(router, dealer)
+
+        offset[0] += channel.handshake_timeout  # the INIT's retry is due
+        deadline = time.monotonic() + 5
+        while router.table.rekeys == 0:
+            assert time.monotonic() < deadline, "the rekey never completed"
+            dealer.pump(0.01)
+            dealer.inbox.clear()
+            router._next_timer_check = -1.0
+            router.pump(0.01)
+        router.send(alice, "under the new keys")
+        assert dealer.receive(timeout=5).message.payload == "under the new keys"

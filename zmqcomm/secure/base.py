@@ -349,7 +349,15 @@ class _SecureSocket:
             frames = channel.seal(msg_type, payloads[0], topic=topic, now=now)
         else:
             frames = channel.seal_many(msg_type, payloads, topic=topic, now=now)
-        self._transmit_data(route, frames, wait=wait)
+        try:
+            self._transmit_data(route, frames, wait=wait)
+        except BaseException:
+            # The seal counted this message though it was not queued: a rekey that count
+            # asks for must start all the same (no timer looks at counts), its INIT going
+            # on its retry timer. Else sends that keep failing would reach the hard limit
+            # with no rekey under way, and be refused until the age deadline.
+            self.table.after_send(route, channel, now=now)
+            raise
         self.sent += len(payloads)
         # The message-count rekey trigger: a few comparisons, so check on every send. The data
         # send above decides the outcome: its message is queued, so nothing after it may
