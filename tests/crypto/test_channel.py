@@ -595,6 +595,35 @@ def test_a_handshake_slower_than_the_timeout_completes_on_a_later_attempt(
     _roundtrip(link, now, "after a slow handshake")
 
 
+def test_new_session_inits_resent_beside_a_session_do_not_hold_its_rekeys_off(
+    peers: Peers,
+) -> None:
+    """While a responder waits for the FINISH of an INIT it answered, its own rekeys wait.
+    Beside an established session that wait stays one handshake timeout: with the longer
+    wait of a first session, an INIT resent every 7 s (anyone on the route can make one,
+    and it is well within the rekey budget) kept bob from ever rekeying."""
+    a = peers.channels()[0]  # alice rekeys once a day: every rekey here is bob's
+    b = SecureChannel(
+        identity=peers.bob,
+        trust=peers.bob_trust,
+        random_bytes=_rng(2),
+        policy=RekeyPolicy(max_age=10.0, hard_max_age=20.0, jitter=0.0),
+    )
+    link, _, _ = _connect(a, b)
+    # Anyone can make a new-session INIT (it carries no identity yet).
+    stranger = SecureChannel(identity=peers.alice, trust=peers.alice_trust, random_bytes=_rng(3))
+    now = T0
+    while now < T0 + 60:
+        now += 1.0
+        if (now - T0) % 7 == 0:
+            b.receive(stranger.connect(now=now), now=now)  # bob's REPLY goes nowhere
+        link.queue(a, a.on_timer(now=now))
+        link.queue(b, b.on_timer(now=now))
+        link.pump(now)
+    assert b.session is not None and b.session.epoch >= 4, "bob's rekeys were held off"
+    _roundtrip(link, now, "after the resent INITs")
+
+
 # -- rekeys -----------------------------------------------------------------------------------
 
 

@@ -117,7 +117,7 @@ class SecureChannel:
         self.codec = codec if codec is not None else WireCodec()
         self.policy = policy if policy is not None else RekeyPolicy()
         self.handshake_timeout = handshake_timeout
-        #: How long a responder keeps a new session's handshake waiting for its FINISH.
+        #: How long a responder keeps a first session's handshake waiting for its FINISH.
         self.answer_timeout = handshake_timeout * _ANSWER_WAIT
         self.max_failures = max_failures
         self.expect_peer = expect_peer
@@ -314,7 +314,10 @@ class SecureChannel:
         expect = self.peer.agent_id if self.peer is not None else self.expect_peer
         handshake = self._handshake(False, session_id, epoch, expect)
         reply = handshake.respond(body, now=now)
-        wait = self.handshake_timeout if epoch else self.answer_timeout
+        # The long wait only for a first session: beside one we hold, an answered INIT
+        # holds off our rekeys while it waits, and anyone on the route could resend one
+        # every few seconds, within the rekey budget.
+        wait = self.answer_timeout if self.session is None else self.handshake_timeout
         self._pending = _Pending(handshake, now + wait, wait)
         return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
 
