@@ -52,8 +52,12 @@ class Swarm:
         return Node(self.agents[index], trust, broker=self.endpoint, connect_timeout=10.0)
 
 
-def _start(swarm_dir: Path, *, mailbox: bool, policy: bool = False) -> Iterator[Swarm]:
+def _start(
+    swarm_dir: Path, *, mailbox: bool, policy: bool = False, policy_text: str | None = None
+) -> Iterator[Swarm]:
     broker_identity, agents = layout.create(swarm_dir, 2)
+    if policy_text is not None:
+        (swarm_dir / "policy.toml").write_text(policy_text, encoding="utf-8")
     endpoint = f"ipc://{swarm_dir}/b.sock"
     stop = threading.Event()
     ready = threading.Event()
@@ -113,6 +117,14 @@ def swarm_without_mail(directory: Path) -> Iterator[Swarm]:
 def swarm_with_policy(directory: Path) -> Iterator[Swarm]:
     """The broker enforces the swarm's policy: agents may use swarm/* topics only."""
     yield from _start(directory, mailbox=True, policy=True)
+
+
+@pytest.fixture
+def swarm_that_may_not_send(directory: Path) -> Iterator[Swarm]:
+    """The broker's policy lets agents use topics but not send to each other."""
+    no_forward = layout.POLICY.replace('"FORWARD", "MAIL", ', "")
+    assert no_forward != layout.POLICY
+    yield from _start(directory, mailbox=True, policy=True, policy_text=no_forward)
 
 
 def zmqcomm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -313,3 +325,32 @@ def test_what_the_brokers_policy_refuses_is_said_and_exits_1(
 def test_what_the_policy_allows_still_exits_0(swarm_with_policy: Swarm) -> None:
     result = zmqcomm("pub", "swarm/news", "hi", *swarm_with_policy.args())
     assert result.returncode == 0, result.stderr
+
+
+def test_a_send_the_brokers_policy_refuses_is_said_at_once(
+    swarm_that_may_not_send: Swarm,
+) -> None:
+    """It used to wait out the whole --timeout and then guess: 'could not deliver within
+    5.0 s: is the peer known?'."""
+    with swarm_that_may_not_send.node(1):  # bob is online: the handshake goes to him
+        result = zmqcomm(
+            "send", "agent-1", "hello", *swarm_that_may_not_send.args(), "--timeout", "30"
+        )
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "the broker refused FORWARD" in result.stderr, result.stderr
+    assert "--policy" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_send_nobody_answers_names_the_likely_cause(swarm: Swarm) -> None:
+    """Bob is online but does not trust alice: her handshake goes unanswered."""
+    bobs_trust = swarm.directory / "trust" / "bob-alone"
+    shutil.copytree(swarm.directory / "trust" / "agents", bobs_trust)
+    (bobs_trust / f"{_agent_id(swarm, 0)}.pub").unlink()
+    with Node(swarm.agents[1], TrustStore(bobs_trust), broker=swarm.endpoint) as bob:
+        code, out, err, got = _while_pumping(
+            bob, ["send", "agent-1", "hello", *swarm.args(), "--timeout", "2"]
+        )
+    assert code == 1 and got == [], (out, err)
+    assert "no end-to-end session with" in err, err
+    assert "trust store hold this identity's .pub" in err

@@ -176,19 +176,27 @@ def _printable(value: Any) -> Any:
     return value
 
 
-def _flush(node: Node, timeout: float) -> None:
+def _flush(node: Node, peer: str, timeout: float) -> None:
     """Pump until every message went out on a session or the broker answered for its mail
-    (stored or refused); then give the broker a moment to take the last frames."""
+    (stored or refused), or refused what we sent; then give the broker a moment to take the
+    last frames."""
     deadline = time.monotonic() + timeout
 
     def settled() -> bool:
         stats = node.statistics()
+        if stats["refused_by_broker"]:
+            return True  # the caller says why; waiting would not change the answer
         answered = stats["mail_stored"] + stats["dropped"].get("mail_refused", 0)
         return not stats["queued"] and answered >= stats["mailed"]
 
     while not settled():
         if time.monotonic() >= deadline:
-            raise TransportError(f"could not deliver within {timeout} s: is the peer known?")
+            raise TransportError(
+                f"no end-to-end session with {peer} within {timeout} s: the broker passed "
+                "the handshake on, but the peer did not answer. Does its trust store hold "
+                "this identity's .pub file (a peer must be trusted both ways)? If it is "
+                "only busy, try a longer --timeout"
+            )
         node.pump(0.01)
     end = time.monotonic() + 0.2
     while time.monotonic() < end:
@@ -225,7 +233,7 @@ def run_send(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
     with _node(args) as node:
         node.send(peer, _message(args.message))
-        _flush(node, args.timeout)
+        _flush(node, peer, args.timeout)
         _check_not_refused(node)
         _check_delivered(node, peer)
     return 0
