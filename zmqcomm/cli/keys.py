@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,13 +115,21 @@ def _existing_passphrase(path: Path) -> str:
     return _ask(f"passphrase for {path}: ")
 
 
+def _has_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def _ask(prompt: str) -> str:
-    try:
+    if _has_terminal():
         return getpass.getpass(prompt)
-    except EOFError:  # no terminal, and stdin empty or closed
+    # No terminal: a piped passphrase is one line of stdin (getpass would read it too, after
+    # a warning that input may be echoed: noise in front of our own message).
+    line = sys.stdin.readline()
+    if not line:
         raise UsageError(
             f"no passphrase could be read (no terminal); set {PASSPHRASE_ENV} to give one"
-        ) from None
+        )
+    return line.rstrip("\n")
 
 
 def run_keygen(args: argparse.Namespace) -> int:
