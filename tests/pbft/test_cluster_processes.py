@@ -225,8 +225,15 @@ def test_written_configs_load_back_and_bad_ones_are_usage_errors(
         assert pbft_main(["replica", "--config", str(bad)]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
-    assert pbft_main(["local", "--replicas", "3"]) == 2
-    assert "4 to 31 replicas" in capsys.readouterr().err
+    for argv, message in [
+        (["--replicas", "3"], "--replicas must be 4 to 31"),
+        (["--replicas", "0"], "--replicas must be 4 to 31"),  # it said "at least 1"
+        (["--view-change-timeout", "0"], "more than 0 and at most 600 seconds, got 0.0"),
+        (["--ops", "0"], "--ops must be at least 1"),
+    ]:
+        assert pbft_main(["local", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("reply_all", [False, True])

@@ -79,10 +79,18 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "action", nargs="?", choices=("run", "stats"), default="run", help="default: run"
     )
-    parser.add_argument("--bind", action="append", metavar="ENDPOINT", help="repeatable")
-    parser.add_argument("--keys", metavar="DIR", help="directory holding NAME.key")
+    parser.add_argument(
+        "--bind", action="append", metavar="ENDPOINT", help="required (or in --config); repeatable"
+    )
+    parser.add_argument(
+        "--keys", metavar="DIR", help="directory holding NAME.key; required (or in --config)"
+    )
     parser.add_argument("--name", metavar="NAME", help="key name (default broker)")
-    parser.add_argument("--trust", metavar="DIR", help="trust store: the agents' .pub files")
+    parser.add_argument(
+        "--trust",
+        metavar="DIR",
+        help="trust store: the agents' .pub files; required (or in --config)",
+    )
     parser.add_argument("--policy", metavar="FILE", help="role policy (TOML); default: allow")
     parser.add_argument("--data", metavar="DIR", help="mailboxes and stats.json")
     parser.add_argument("--audit", metavar="FILE", help="audit trail (JSON lines)")

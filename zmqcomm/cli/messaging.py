@@ -54,7 +54,7 @@ examples:
 examples:
   zmqcomm sub 'swarm/*' --broker ipc:///tmp/zc/broker.sock --keys keys --trust trust
   zmqcomm sub swarm/news --count 10 --timeout 30 ...   stop after 10, or 30 s of silence
-Prints one JSON object per publication (from, topic, payload); also prints direct messages,
+Prints one JSON object per publication (from, kind, topic, payload, via); also direct messages,
 requests included (printed, not answered: answer them from a Node).
 """,
 }

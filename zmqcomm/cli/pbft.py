@@ -13,6 +13,7 @@ from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.patterns.pbft.config import load_config
 from zmqcomm.patterns.pbft.driver import run_replica
+from zmqcomm.patterns.pbft.quorum import MAX_REPLICAS, MIN_REPLICAS
 
 EXAMPLES = """\
 examples:
@@ -83,7 +84,10 @@ def register(commands: Any) -> None:
         "--clients", type=int, default=256, metavar="C",
         help="logical clients, each with one request in flight (256)",
     )  # fmt: skip
-    local.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    local.add_argument(
+        "--transport", choices=("ipc", "tcp"), default="ipc",
+        help="ipc by default; tcp uses 127.0.0.1 only",
+    )  # fmt: skip
     local.add_argument(
         "--kill-primary-at", type=float, metavar="SECONDS",
         help="SIGKILL the primary this long after the load starts",
@@ -128,9 +132,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    for name in ("replicas", "ops", "batch", "clients"):
+    if not MIN_REPLICAS <= args.replicas <= MAX_REPLICAS:
+        raise UsageError(
+            f"--replicas must be {MIN_REPLICAS} to {MAX_REPLICAS} (n = 3f + 1 tolerates f "
+            f"faulty replicas), got {args.replicas}"
+        )
+    for name in ("ops", "batch", "clients"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
+    if not 0 < args.view_change_timeout <= 600:
+        raise UsageError(
+            "--view-change-timeout must be more than 0 and at most 600 seconds, "
+            f"got {args.view_change_timeout}"
+        )
     options = LocalOptions(
         replicas=args.replicas,
         ops=args.ops,

@@ -43,7 +43,10 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--duration", type=float, default=defaults.duration, help="seconds of traffic (5)"
     )
-    parser.add_argument("--transport", choices=("ipc", "tcp"), default=defaults.transport)
+    parser.add_argument(
+        "--transport", choices=("ipc", "tcp"), default=defaults.transport,
+        help=f"{defaults.transport} by default; tcp uses 127.0.0.1 only",
+    )  # fmt: skip
     parser.add_argument(
         "--mode",
         choices=("broker", "p2p"),

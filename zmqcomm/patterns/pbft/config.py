@@ -126,7 +126,9 @@ class ReplicaConfig:
             raise UsageError(f"batch_delay must be 0..1 seconds, got {self.batch_delay!r}")
         timeout = self.view_change_timeout
         if not (_is_number(timeout) and 0 < timeout <= 600):
-            raise UsageError(f"view_change_timeout must be 0..600 seconds, got {timeout!r}")
+            raise UsageError(
+                f"view_change_timeout must be more than 0 and at most 600 seconds, got {timeout!r}"
+            )
         self._check_sizes()
         if not isinstance(self.name, str):
             raise UsageError(f"name must be a string, got {self.name!r}")
