@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from zmqcomm import __version__
-from zmqcomm.cli import bench, broker, discovery, doctor, keys, messaging, pbft, swarm
+from zmqcomm.cli import bench, broker, discovery, doctor, keys, messaging, pbft, swarm, trust
 from zmqcomm.errors import UsageError, ZmqCommError
 
 EXIT_OK = 0
@@ -20,7 +20,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_COMMANDS = (swarm, broker, messaging, discovery, pbft, bench, keys, doctor)
+_COMMANDS = (swarm, broker, messaging, discovery, pbft, bench, keys, trust, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,115 @@
+"""``zmqcomm trust add`` and ``zmqcomm trust list``: a trust store with roles, without editing
+JSON by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zmqcomm.access import Policy
+from zmqcomm.cli.main import EXIT_USAGE, main
+from zmqcomm.crypto.key_files import save_identity
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.wire import MessageType
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Identity]:
+    identities = {name: Identity.generate(name) for name in ("alice", "bob")}
+    for identity in identities.values():
+        save_identity(identity, tmp_path / "keys")
+    return identities
+
+
+def test_added_keys_carry_the_roles_a_policy_grants(
+    tmp_path: Path, keys: dict[str, Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_dir = tmp_path / "trust" / "broker"
+    pubs = [str(tmp_path / "keys" / f"{name}.pub") for name in ("alice", "bob")]
+    assert main(["trust", "add", *pubs, "--to", str(store_dir), "--roles", "worker"]) == 0
+    out = capsys.readouterr().out
+    assert keys["alice"].agent_id in out and "roles: worker" in out
+
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('[roles.worker]\nsend = ["FORWARD"]\n', encoding="utf-8")
+    policy = Policy.load(policy_file)
+    entry = TrustStore(store_dir).lookup(keys["bob"].agent_id, now=NOW)
+    assert entry.roles == frozenset({"worker"})
+    policy.check_send(keys["bob"].agent_id, entry.roles, MessageType.FORWARD)  # granted
+
+
+def test_adding_again_replaces_roles_and_expiry_and_list_shows_them(
+    tmp_path: Path, keys: dict[str, Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_dir = str(tmp_path / "trust")
+    bob = str(tmp_path / "keys" / "bob.pub")
+    assert main(["trust", "add", bob, "--to", store_dir, "--roles", "worker"]) == 0
+    changed = ["--roles", "sensor, worker", "--expires", "2020-01-01T00:00:00Z"]
+    assert main(["trust", "add", bob, "--to", store_dir, *changed]) == 0
+    capsys.readouterr()
+    assert main(["trust", "list", store_dir]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(keys["bob"].agent_id)
+    assert "roles: sensor,worker  expires 2020-01-01T00:00:00Z (EXPIRED)" in line
+    assert main(["trust", "list", store_dir, "--json"]) == 0
+    (record,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert record["roles"] == ["sensor", "worker"] and record["expired"] is True
+    assert record["name"] == "bob"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--roles", "a,,b"], "has an empty name"),
+        (["--roles", "bad role"], "invalid role name 'bad role'"),
+        (["--expires", "soon"], "not an ISO 8601 time"),
+    ],
+)
+def test_bad_options_write_nothing(
+    tmp_path: Path,
+    keys: dict[str, Identity],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    store_dir = tmp_path / "new-store"
+    pub = str(tmp_path / "keys" / "alice.pub")
+    assert main(["trust", "add", pub, "--to", str(store_dir), *extra]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not store_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["keys/nope.pub"], "no such file"),
+        (["keys/alice.key"], "expected 'zmqcomm-public-key'"),  # the secret file, by mistake
+        (["keys/bob.pub", "keys/alice.key"], "expected 'zmqcomm-public-key'"),
+    ],
+)
+def test_bad_files_write_nothing(
+    tmp_path: Path,
+    keys: dict[str, Identity],
+    capsys: pytest.CaptureFixture[str],
+    files: list[str],
+    message: str,
+) -> None:
+    store_dir = tmp_path / "new-store"
+    paths = [str(tmp_path / name) for name in files]
+    assert main(["trust", "add", *paths, "--to", str(store_dir)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not store_dir.exists()
+
+
+def test_listing_a_missing_store_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["trust", "list", str(tmp_path / "nowhere")]) == EXIT_USAGE
+    assert "no trust store there" in capsys.readouterr().err

@@ -1,0 +1,132 @@
+"""``zmqcomm trust``: put peers' public key files in a trust store, with their roles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from zmqcomm.crypto.key_files import load_public_document
+from zmqcomm.crypto.trust import (
+    TrustEntry,
+    TrustStore,
+    check_roles,
+    format_time,
+    parse_time,
+)
+from zmqcomm.errors import UsageError
+
+EXAMPLES = """\
+examples:
+  zmqcomm trust add keys/alice.pub keys/bob.pub --to trust/broker --roles worker
+  zmqcomm trust add keys/carol.pub --to trust/broker --roles worker,sensor \\
+      --expires 2027-01-31T00:00:00Z
+  zmqcomm trust list trust/broker          agent id, name, roles and expiry of each entry
+  zmqcomm trust list trust/broker --json   one JSON object per entry, for scripts
+
+Roles are what a policy file grants (docs/node.md); adding a key that is already there
+replaces its roles and expiry, and lifts a revocation of it. Format: docs/keys.md.
+"""
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "trust",
+        help="add peers' .pub files to a trust store with roles, or list one",
+        description=(
+            "Manage a trust store: the directory of .pub files whose holders a broker or "
+            "node accepts, each with the roles a policy file grants permissions to."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="trust_command", metavar="ACTION", required=True)
+    add = actions.add_parser(
+        "add",
+        help="trust public key files, with roles",
+        description="Copy each FILE into the trust store DIR as <agent id>.pub, with roles.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add.add_argument("files", nargs="+", metavar="FILE", help="NAME.pub files (from keygen)")
+    add.add_argument("--to", required=True, metavar="DIR", help="the trust store (made if new)")
+    add.add_argument(
+        "--roles", default="", metavar="R1,R2", help="comma-separated role names (default none)"
+    )
+    add.add_argument(
+        "--expires", metavar="WHEN", help="ISO 8601 time after which the key is refused"
+    )
+    add.set_defaults(run=run_add)
+    listing = actions.add_parser(
+        "list",
+        help="show who a trust store holds",
+        description=(
+            "Show each entry of the trust store DIR: agent id, name, roles, expiry (revoked "
+            "entries are not shown: they are not trusted)."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("directory", metavar="DIR", help="the trust store")
+    listing.add_argument("--json", action="store_true", help="one JSON object per entry")
+    listing.set_defaults(run=run_list)
+
+
+def _roles(text: str) -> list[str]:
+    roles = [role.strip() for role in text.split(",")]
+    if any(not role for role in roles) and text.strip():
+        raise UsageError(f"--roles {text!r} has an empty name: give names separated by commas")
+    return [role for role in roles if role]
+
+
+def run_add(args: argparse.Namespace) -> int:
+    roles = _roles(args.roles)
+    missing = [name for name in args.files if not Path(name).is_file()]
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)}")
+    target = Path(args.to)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} exists and is not a directory")
+    check_roles(roles)  # each checked before the store is made or changed
+    parse_time(args.expires)
+    publics = [load_public_document(name)[0] for name in args.files]
+    store = TrustStore(target, watch=False)
+    for public in publics:
+        entry = store.add(public, roles, expires=args.expires)
+        print(f"{_describe(entry)}  -> {entry.path}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory: no trust store there")
+    store = TrustStore(directory, watch=False)
+    for entry in sorted(store.entries(), key=lambda e: (e.name, e.agent_id)):
+        if not args.json:
+            print(_describe(entry))
+            continue
+        record = {
+            "agent_id": entry.agent_id,
+            "name": entry.name,
+            "roles": sorted(entry.roles),
+            "expires": None if entry.expires is None else format_time(entry.expires),
+            "expired": entry.expired(now=time.time()),
+            "file": str(entry.path),
+        }
+        print(json.dumps(record))
+    return 0
+
+
+def _describe(entry: TrustEntry) -> str:
+    text = f"{entry.agent_id}  {entry.name}  roles: {_shown_roles(entry)}"
+    if entry.expires is not None:
+        text += f"  expires {format_time(entry.expires)}"
+        text += " (EXPIRED)" if entry.expired(now=time.time()) else ""
+    return text
+
+
+def _shown_roles(entry: TrustEntry) -> str:
+    return ",".join(sorted(entry.roles)) or "(none)"
