@@ -7,7 +7,9 @@ from typing import Any
 
 from zmqcomm.swarm.report import format_table, summarize
 
-OPTIONS = SimpleNamespace(mode="broker", agents=2, duration=1.0, transport="ipc", size=64)
+OPTIONS = SimpleNamespace(
+    mode="broker", agents=2, duration=1.0, transport="ipc", size=64, rate=3.0
+)  # each agent's 3 messages in 1 s: as planned
 
 
 def _result(name: str, agent_id: str, peer: str, rejected: dict[str, int]) -> dict[str, Any]:
@@ -53,3 +55,15 @@ def test_no_rejects_no_breakdown() -> None:
     summary = summarize(results, {}, OPTIONS)
     assert summary["rejected_reasons"] == {}
     assert "0 rejects, 0 duplicates" in format_table(summary)
+
+
+def test_a_run_that_fell_short_of_its_rate_says_the_host_was_overloaded() -> None:
+    """100 agents on two cores sent a tenth of what they were asked to, and the table said
+    nothing: its latencies read as the software's, not the overload's."""
+    results = [_result("a", "aaa", "bbb", {}), _result("b", "bbb", "aaa", {})]
+    kept_up = summarize(results, {}, OPTIONS)
+    assert kept_up["planned"] == 6 and "planned" not in format_table(kept_up)
+    behind = summarize(results, {}, SimpleNamespace(**{**vars(OPTIONS), "rate": 30.0}))
+    assert behind["planned"] == 60
+    last = format_table(behind).splitlines()[-1]
+    assert "sent 6 of the 60 messages planned (10%" in last and "overloaded" in last

@@ -14,6 +14,11 @@ class _Options(Protocol):
     duration: float
     transport: str
     size: int
+    rate: float
+
+
+#: Below this share of the planned messages, the footer says the host was overloaded.
+_KEPT_UP = 0.9
 
 
 def _percentile(samples: list[float], fraction: float) -> float | None:
@@ -71,6 +76,8 @@ def summarize(
         "size": options.size,
         "rows": rows,
         "messages": sent,
+        # What the agents were asked to send: fewer means the host could not keep up.
+        "planned": round(options.agents * options.rate * options.duration),
         "received": sum(row["received"] for row in rows),
         "msg_per_s": sent / sending_time if sending_time else 0.0,
         "requests": len(latencies),
@@ -174,4 +181,12 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['rejected']} rejects{_reasons(summary)}, {summary['duplicates']} duplicates, "
         f"lost = {summary['lost']}"
     )
+    planned = summary.get("planned", 0)
+    if planned and summary["messages"] < _KEPT_UP * planned:
+        footer += (
+            f"\nThe agents sent {summary['messages']:,} of the {planned:,} messages planned "
+            f"({summary['messages'] / planned:.0%}; --agents x --rate x --duration): this host "
+            "could not keep up, so these figures are those of an overloaded host. Fewer "
+            "agents or a lower --rate measure the software rather than the overload."
+        )
     return "\n".join([header, "", *lines, "", footer])
