@@ -4,6 +4,7 @@ import errno
 import os
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 import zmq
@@ -14,7 +15,7 @@ from zmqcomm.transport.endpoints import (
     Endpoint,
     parse_endpoint,
     prepare_ipc_directory,
-    unresolved_host_hint,
+    unreachable_endpoint_hint,
 )
 from zmqcomm.transport.sockets import bind
 
@@ -113,16 +114,25 @@ def _resolver_that_knows_nothing(host: str, *args: object, **kwargs: object) -> 
 
 def test_unresolved_host_is_named_in_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", _resolver_that_knows_nothing)
-    hint = unresolved_host_hint("tcp://brokr.example:5555")
+    hint = unreachable_endpoint_hint("tcp://brokr.example:5555")
     assert "'brokr.example' does not resolve" in hint
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://*:0", "ipc:///x", "bad"]
+    "endpoint", ["tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://*:0", "ipc://@abstract", "bad"]
 )
 def test_no_hint_without_a_host_name(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", _resolver_that_knows_nothing)
-    assert unresolved_host_hint(endpoint) == ""
+    assert unreachable_endpoint_hint(endpoint) == ""
+
+
+def test_an_ipc_path_with_nothing_bound_is_named_in_the_hint(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "broker.sock"
+    assert "nothing is bound at the ipc path" in unreachable_endpoint_hint(f"ipc://{missing}")
+    assert str(missing) in unreachable_endpoint_hint(f"ipc://{missing}")
+    there = tmp_path / "broker.sock"
+    there.touch()
+    assert unreachable_endpoint_hint(f"ipc://{there}") == ""
 
 
 def test_bind_to_an_unresolved_host_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,7 +60,7 @@ from zmqcomm.node.tunnel import Tunnels
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.secure_poller import SecurePoller
 from zmqcomm.transport import SocketOptions
-from zmqcomm.transport.endpoints import unresolved_host_hint
+from zmqcomm.transport.endpoints import unreachable_endpoint_hint
 from zmqcomm.transport.inbox import take_next
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 from zmqcomm.wire import MessageType
@@ -241,7 +241,7 @@ class Node:
                     raise ConnectError(
                         f"no authenticated session with {endpoint} within {timeout} s (is a "
                         "node listening there, and do both trust stores list each other?)"
-                        f"{unresolved_host_hint(endpoint)}"
+                        f"{unreachable_endpoint_hint(endpoint)}"
                     )
                 # Our other links are only looked at (no wait): the new dealer is not in the
                 # poller yet, and waiting on them added 10 ms to each handshake step.

@@ -28,7 +28,7 @@ from zmqcomm.secure.base import (
     _SecureSocket,
 )
 from zmqcomm.transport.batching import BatchingSender
-from zmqcomm.transport.endpoints import unresolved_host_hint
+from zmqcomm.transport.endpoints import unreachable_endpoint_hint
 from zmqcomm.transport.sockets import (
     DEFAULT_SOCKET_OPTIONS,
     SocketOptions,
@@ -249,7 +249,7 @@ class SecureDealer(_SecureSocket):
                 raise ConnectError(
                     f"no authenticated session with the {self.peer_label} at {self.endpoint} "
                     f"within {timeout} s: {self.why_no_session()}"
-                    f"{unresolved_host_hint(self.endpoint)}"
+                    f"{unreachable_endpoint_hint(self.endpoint)}"
                 )
             self.pump(min(left, 0.05))
         assert self.peer is not None

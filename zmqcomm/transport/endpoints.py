@@ -157,14 +157,19 @@ def _parse_port(text: str, port_text: str) -> int:
     return port
 
 
-def unresolved_host_hint(endpoint: str) -> str:
+def unreachable_endpoint_hint(endpoint: str) -> str:
     """`` (host H does not resolve ...)`` when ``endpoint`` is tcp with a host name the
-    resolver does not know, else "". Only for error messages: libzmq resolves a connect's
-    host in the background and retries forever, so the caller only sees a timeout."""
+    resolver does not know, `` (nothing is bound at ...)`` when it is an ipc path with no
+    file, else "". Only for error messages: libzmq resolves a connect's host and retries
+    its connects in the background, for ever, so the caller only sees a timeout."""
     try:
         parsed = parse_endpoint(endpoint)
     except EndpointError:
         return ""
+    if parsed.scheme == "ipc" and not parsed.address.startswith("@"):
+        if os.path.exists(parsed.address):
+            return ""
+        return f" (nothing is bound at the ipc path {parsed.address!r}: check the path)"
     host = parsed.address
     if parsed.scheme != "tcp" or host == "*":
         return ""

@@ -33,7 +33,7 @@ from zmqcomm.patterns.pbft.statemachine import encode_op
 from zmqcomm.quantiles import nearest_rank
 from zmqcomm.secure import SecureDealer
 from zmqcomm.secure_poller import SecurePoller
-from zmqcomm.transport.endpoints import unresolved_host_hint
+from zmqcomm.transport.endpoints import unreachable_endpoint_hint
 from zmqcomm.transport.sockets import DEFAULT_SOCKET_OPTIONS
 
 __all__ = ["LoadGenerator", "LoadReport", "percentile"]
@@ -151,11 +151,11 @@ class LoadGenerator:
             raise ConnectError(
                 f"no authenticated session with the {dealer.peer_label} at {dealer.endpoint} "
                 f"within {connect_timeout} s: {dealer.why_no_session()}"
-                f"{unresolved_host_hint(dealer.endpoint)}"
+                f"{unreachable_endpoint_hint(dealer.endpoint)}"
             )
         each = "; ".join(
             f"the {d.peer_label} at {d.endpoint}: {d.why_no_session()}"
-            f"{unresolved_host_hint(d.endpoint)}"
+            f"{unreachable_endpoint_hint(d.endpoint)}"
             for d in waiting
         )
         raise ConnectError(
