@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,21 +114,13 @@ def _existing_passphrase(path: Path) -> str:
     return _ask(f"passphrase for {path}: ")
 
 
-def _has_terminal() -> bool:
-    return sys.stdin.isatty()
-
-
 def _ask(prompt: str) -> str:
-    if _has_terminal():
+    try:
         return getpass.getpass(prompt)
-    # No terminal: a piped passphrase is one line of stdin (getpass would read it too, after
-    # a warning that input may be echoed: noise in front of our own message).
-    line = sys.stdin.readline()
-    if not line:
+    except EOFError:  # no terminal, and stdin empty or closed
         raise UsageError(
             f"no passphrase could be read (no terminal); set {PASSPHRASE_ENV} to give one"
-        )
-    return line.rstrip("\n")
+        ) from None
 
 
 def run_keygen(args: argparse.Namespace) -> int:
