@@ -113,3 +113,19 @@ def test_listing_a_missing_store_says_so(
 ) -> None:
     assert main(["trust", "list", str(tmp_path / "nowhere")]) == EXIT_USAGE
     assert "no trust store there" in capsys.readouterr().err
+
+
+def test_adding_a_revoked_or_already_expired_key_warns(
+    tmp_path: Path, keys: dict[str, Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_dir = tmp_path / "trust"
+    bob = str(tmp_path / "keys" / "bob.pub")
+    assert main(["trust", "add", bob, "--to", str(store_dir)]) == 0
+    assert capsys.readouterr().err == ""
+    assert TrustStore(store_dir).revoke(keys["bob"].agent_id)
+    assert main(["trust", "add", bob, "--to", str(store_dir)]) == 0
+    assert "was revoked; it is trusted again" in capsys.readouterr().err
+    assert keys["bob"].agent_id in TrustStore(store_dir)
+    past = ["--expires", "2020-01-01T00:00:00Z"]
+    assert main(["trust", "add", bob, "--to", str(store_dir), *past]) == 0
+    assert "--expires is in the past" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from zmqcomm.transport.endpoints import (
     parse_endpoint,
     prepare_ipc_directory,
     unreachable_endpoint_hint,
+    unresolved_host_hint,
 )
 from zmqcomm.transport.sockets import bind
 
@@ -133,6 +134,18 @@ def test_an_ipc_path_with_nothing_bound_is_named_in_the_hint(tmp_path: Path) -> 
     there = tmp_path / "broker.sock"
     there.touch()
     assert unreachable_endpoint_hint(f"ipc://{there}") == ""
+    # A bind's own error says why it failed (permissions, say): no guess about the path.
+    assert unresolved_host_hint(f"ipc://{missing}") == ""
+
+
+def test_an_ipc_path_we_may_not_look_at_gets_no_guess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_searchable(path: object, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "stat", not_searchable)  # a live socket in a 0700 directory
+    assert unreachable_endpoint_hint(f"ipc://{tmp_path}/private/broker.sock") == ""
 
 
 def test_bind_to_an_unresolved_host_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

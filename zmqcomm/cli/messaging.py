@@ -192,10 +192,10 @@ def _flush(node: Node, peer: str, timeout: float) -> None:
     while not settled():
         if time.monotonic() >= deadline:
             raise TransportError(
-                f"no end-to-end session with {peer} within {timeout} s: the broker passed "
-                "the handshake on, but the peer did not answer. Does its trust store hold "
-                "this identity's .pub file (a peer must be trusted both ways)? If it is "
-                "only busy, try a longer --timeout"
+                f"no end-to-end session with {peer} within {timeout} s: its handshake got "
+                "no answer. Is the peer connected and reading, and does its trust store "
+                "hold this identity's .pub file (a peer must be trusted both ways)? If it "
+                "is only busy, try a longer --timeout"
             )
         node.pump(0.01)
     end = time.monotonic() + 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ examples:
   zmqcomm trust list trust/broker          agent id, name, roles and expiry of each entry
   zmqcomm trust list trust/broker --json   one JSON object per entry, for scripts
 
-Roles are what a policy file grants (docs/node.md); adding a key that is already there
-replaces its roles and expiry, and lifts a revocation of it. Format: docs/keys.md.
+Roles are what a policy file grants (docs/node.md). Adding a key that is already there
+replaces its roles and expiry (give them all again) and lifts a revocation of it, with a
+warning. Format: docs/keys.md.
 """
 
 
@@ -93,10 +95,19 @@ def run_add(args: argparse.Namespace) -> int:
     parse_time(args.expires)
     publics = [load_public_document(name)[0] for name in args.files]
     store = TrustStore(target, watch=False)
+    revoked = store.revoked()
     for public in publics:
         entry = store.add(public, roles, expires=args.expires)
         print(f"{_describe(entry)}  -> {entry.path}")
+        if entry.agent_id in revoked:
+            _warn(f"{entry.name} ({entry.agent_id}) was revoked; it is trusted again")
+        if entry.expired(now=time.time()):
+            _warn(f"{entry.name}: --expires is in the past, so its key is refused from now")
     return 0
+
+
+def _warn(text: str) -> None:
+    print(f"zmqcomm trust: warning: {text}", file=sys.stderr)
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -157,19 +157,14 @@ def _parse_port(text: str, port_text: str) -> int:
     return port
 
 
-def unreachable_endpoint_hint(endpoint: str) -> str:
+def unresolved_host_hint(endpoint: str) -> str:
     """`` (host H does not resolve ...)`` when ``endpoint`` is tcp with a host name the
-    resolver does not know, `` (nothing is bound at ...)`` when it is an ipc path with no
-    file, else "". Only for error messages: libzmq resolves a connect's host and retries
-    its connects in the background, for ever, so the caller only sees a timeout."""
+    resolver does not know, else "". Only for error messages: libzmq resolves a connect's
+    host in the background and retries forever, so the caller only sees a timeout."""
     try:
         parsed = parse_endpoint(endpoint)
     except EndpointError:
         return ""
-    if parsed.scheme == "ipc" and not parsed.address.startswith("@"):
-        if os.path.exists(parsed.address):
-            return ""
-        return f" (nothing is bound at the ipc path {parsed.address!r}: check the path)"
     host = parsed.address
     if parsed.scheme != "tcp" or host == "*":
         return ""
@@ -184,6 +179,25 @@ def unreachable_endpoint_hint(endpoint: str) -> str:
         return f" (the host name {host!r} does not resolve: check its spelling)"
     except OSError:
         return ""
+    return ""
+
+
+def unreachable_endpoint_hint(endpoint: str) -> str:
+    """For a connect that timed out: :func:`unresolved_host_hint`, or `` (nothing is bound
+    at ...)`` for an ipc path with no file there (libzmq retries that connect for ever
+    too). Not for binds: their own error says why."""
+    try:
+        parsed = parse_endpoint(endpoint)
+    except EndpointError:
+        return ""
+    if parsed.scheme != "ipc" or parsed.address.startswith("@"):
+        return unresolved_host_hint(endpoint)
+    try:
+        os.stat(parsed.address)
+    except FileNotFoundError:
+        return f" (nothing is bound at the ipc path {parsed.address!r}: check the path)"
+    except OSError:
+        return ""  # not ours to see (a directory we may not search): no guess
     return ""
 
 

@@ -35,7 +35,7 @@ from zmqcomm.transport.endpoints import (
     parse_endpoint,
     prepare_ipc_directory,
     refuse_live_ipc_socket,
-    unreachable_endpoint_hint,
+    unresolved_host_hint,
 )
 from zmqcomm.wire.limits import DEFAULT_LIMITS
 from zmqcomm.wire.payload import Buffer
@@ -194,7 +194,7 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> str:
         sock.bind(str(parsed))
     except zmq.ZMQError as exc:
         error = translate_zmq_error(exc, f"bind to {endpoint}")
-        hint = unreachable_endpoint_hint(endpoint) if type(error) is ConnectError else ""
+        hint = unresolved_host_hint(endpoint) if type(error) is ConnectError else ""
         if hint:
             error = ConnectError(f"cannot bind to {endpoint}{hint}")
         raise error from exc
