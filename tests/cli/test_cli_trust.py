@@ -63,46 +63,27 @@ def test_adding_again_replaces_roles_and_expiry_and_list_shows_them(
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("files", "extra", "message"),
     [
-        (["--roles", "a,,b"], "has an empty name"),
-        (["--roles", "bad role"], "invalid role name 'bad role'"),
-        (["--expires", "soon"], "not an ISO 8601 time"),
+        (["keys/alice.pub"], ["--roles", "a,,b"], "has an empty name"),
+        (["keys/alice.pub"], ["--roles", "bad role"], "invalid role name 'bad role'"),
+        (["keys/alice.pub"], ["--expires", "soon"], "not an ISO 8601 time"),
+        (["keys/nope.pub"], [], "no such file"),
+        (["keys/alice.key"], [], "expected 'zmqcomm-public-key'"),  # the secret, by mistake
+        (["keys/bob.pub", "keys/alice.key"], [], "expected 'zmqcomm-public-key'"),
     ],
 )
-def test_bad_options_write_nothing(
-    tmp_path: Path,
-    keys: dict[str, Identity],
-    capsys: pytest.CaptureFixture[str],
-    extra: list[str],
-    message: str,
-) -> None:
-    store_dir = tmp_path / "new-store"
-    pub = str(tmp_path / "keys" / "alice.pub")
-    assert main(["trust", "add", pub, "--to", str(store_dir), *extra]) == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
-    assert not store_dir.exists()
-
-
-@pytest.mark.parametrize(
-    ("files", "message"),
-    [
-        (["keys/nope.pub"], "no such file"),
-        (["keys/alice.key"], "expected 'zmqcomm-public-key'"),  # the secret file, by mistake
-        (["keys/bob.pub", "keys/alice.key"], "expected 'zmqcomm-public-key'"),
-    ],
-)
-def test_bad_files_write_nothing(
+def test_bad_input_writes_nothing(
     tmp_path: Path,
     keys: dict[str, Identity],
     capsys: pytest.CaptureFixture[str],
     files: list[str],
+    extra: list[str],
     message: str,
 ) -> None:
     store_dir = tmp_path / "new-store"
     paths = [str(tmp_path / name) for name in files]
-    assert main(["trust", "add", *paths, "--to", str(store_dir)]) == EXIT_USAGE
+    assert main(["trust", "add", *paths, "--to", str(store_dir), *extra]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not store_dir.exists()
