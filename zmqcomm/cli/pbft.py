@@ -11,7 +11,7 @@ from typing import Any
 from zmqcomm.cli.common import load_node_identity, sigterm_interrupts
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
-from zmqcomm.patterns.pbft.config import load_config
+from zmqcomm.patterns.pbft.config import MAX_VIEW_CHANGE_TIMEOUT, load_config
 from zmqcomm.patterns.pbft.driver import run_replica
 from zmqcomm.patterns.pbft.quorum import MAX_REPLICAS, MIN_REPLICAS
 
@@ -140,10 +140,10 @@ def _run_local(args: argparse.Namespace) -> int:
     for name in ("ops", "batch", "clients"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
-    if not 0 < args.view_change_timeout <= 600:
+    if not 0 < args.view_change_timeout <= MAX_VIEW_CHANGE_TIMEOUT:
         raise UsageError(
-            "--view-change-timeout must be more than 0 and at most 600 seconds, "
-            f"got {args.view_change_timeout}"
+            f"--view-change-timeout must be more than 0 and at most "
+            f"{MAX_VIEW_CHANGE_TIMEOUT:g} seconds, got {args.view_change_timeout}"
         )
     options = LocalOptions(
         replicas=args.replicas,

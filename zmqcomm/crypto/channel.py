@@ -459,16 +459,16 @@ class SecureChannel:
                 session = self.session
                 if session is None:
                     return []  # a new session: the initiator retries; we just forget
-                if handshake.epoch and not session.needs_rekey(now=now):
-                    # A rekey we answered. Its initiator switched keys as it sent the
-                    # FINISH, which may wait behind a full queue (or a long backlog): were it
-                    # forgotten, that FINISH and all sealed after it would be refused for
-                    # good. Kept (one per channel) until the FINISH or a newer INIT comes,
-                    # or until our own rekey falls due: an INIT someone injected must not
-                    # hold off our rekeys for ever.
-                    self._pending = _Pending(handshake, now + pending.delay, pending.delay)
-                    return []
                 if handshake.epoch:
+                    if not session.needs_rekey(now=now):
+                        # A rekey we answered. Its initiator switched keys as it sent the
+                        # FINISH, which may wait behind a full queue (or a long backlog):
+                        # were it forgotten, that FINISH and all sealed after it would be
+                        # refused for good. Kept (one per channel) until the FINISH or a
+                        # newer INIT comes, or until our own rekey falls due: an INIT
+                        # someone injected must not hold off our rekeys for ever.
+                        self._pending = _Pending(handshake, now + pending.delay, pending.delay)
+                        return []
                     # Our own rekey is due: it goes ahead (below); the answered one is set
                     # aside, so that its FINISH, if it was only late, still completes it.
                     self._answered = handshake

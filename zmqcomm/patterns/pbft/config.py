@@ -58,6 +58,8 @@ WINDOW_CHECKPOINTS = 4
 #: What the prepared batches of one VIEW-CHANGE may add up to: half the default frame limit,
 #: leaving room for proofs, signatures and the NEW-VIEW that carries such messages.
 VIEW_CHANGE_BUDGET = DEFAULT_LIMITS.max_body_size // 2
+#: The longest first view-change timeout a configuration may ask for, in seconds.
+MAX_VIEW_CHANGE_TIMEOUT = 600.0
 
 _ALLOWED = (
     "replica",
@@ -125,9 +127,10 @@ class ReplicaConfig:
         if not (_is_number(self.batch_delay) and 0 <= self.batch_delay <= 1):
             raise UsageError(f"batch_delay must be 0..1 seconds, got {self.batch_delay!r}")
         timeout = self.view_change_timeout
-        if not (_is_number(timeout) and 0 < timeout <= 600):
+        if not (_is_number(timeout) and 0 < timeout <= MAX_VIEW_CHANGE_TIMEOUT):
             raise UsageError(
-                f"view_change_timeout must be more than 0 and at most 600 seconds, got {timeout!r}"
+                f"view_change_timeout must be more than 0 and at most "
+                f"{MAX_VIEW_CHANGE_TIMEOUT:g} seconds, got {timeout!r}"
             )
         self._check_sizes()
         if not isinstance(self.name, str):
