@@ -39,6 +39,7 @@ def _prompts(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
         return queue.pop(0)
 
     monkeypatch.setattr(cli_keys.getpass, "getpass", fake)
+    monkeypatch.setattr(cli_keys, "_terminal_available", lambda: True)
     return shown
 
 
@@ -315,13 +316,57 @@ def test_missing_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 def test_keygen_without_a_terminal_or_the_variable_says_how_to_give_a_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def no_terminal(prompt: str) -> str:
-        raise EOFError  # what getpass raises reading an empty, non-terminal stdin
-
-    monkeypatch.setattr(cli_keys.getpass, "getpass", no_terminal)
+    monkeypatch.setattr(cli_keys, "_terminal_available", lambda: False)
+    monkeypatch.setattr(sys, "stdin", None)  # closed, as with <&-
     assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_USAGE
-    assert cli_keys.PASSPHRASE_ENV in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert cli_keys.PASSPHRASE_ENV in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def _without_a_terminal(
+    args: list[str], stdin: bytes, *, shell_after: str = ""
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``zmqcomm ARGS`` in a new session (no controlling terminal), ``stdin`` piped in;
+    ``shell_after`` runs next, if it succeeded, in the same shell on the same stdin."""
+    command = " ".join(f"'{part}'" for part in [sys.executable, "-m", "zmqcomm.cli.main", *args])
+    env = {key: value for key, value in os.environ.items() if key != cli_keys.PASSPHRASE_ENV}
+    return subprocess.run(
+        ["sh", "-c", f"{command} && {shell_after}" if shell_after else command],
+        input=stdin,
+        capture_output=True,
+        start_new_session=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_passphrase_piped_in_without_a_terminal_is_one_line_of_stdin(tmp_path: Path) -> None:
+    """getpass read it too, but warned first that input may be echoed; a line end from
+    Windows must not become part of the passphrase."""
+    made = _without_a_terminal(
+        ["keygen", "alice", "--dir", str(tmp_path), "--passphrase"], b"s3cret\r\ns3cret\r\n"
+    )
+    assert made.returncode == EXIT_OK and b"echoed" not in made.stderr, made.stderr
+    key = str(tmp_path / "alice.key")
+    opened = subprocess.run(
+        [sys.executable, "-m", "zmqcomm.cli.main", "keyinfo", key],
+        env={**os.environ, cli_keys.PASSPHRASE_ENV: "s3cret"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert opened.returncode == EXIT_OK, opened.stderr
+    # Only its line is taken: the rest of stdin is still there for the next reader.
+    read = _without_a_terminal(["keyinfo", key], b"s3cret\nthe rest\n", shell_after="cat")
+    assert read.returncode == EXIT_OK, read.stderr
+    assert read.stdout.endswith(b"the rest\n")
+    once = _without_a_terminal(["keygen", "bob", "--dir", str(tmp_path), "--passphrase"], b"pw\n")
+    assert once.returncode == EXIT_USAGE and b"asked twice" in once.stderr, once.stderr
+    empty = _without_a_terminal(["keyinfo", key], b"")
+    assert empty.returncode == EXIT_USAGE
+    assert empty.stderr.count(b"\n") == 1 and b"no passphrase could be read" in empty.stderr
 
 
 def test_keygen_into_a_directory_it_cannot_make_fails_in_one_line(

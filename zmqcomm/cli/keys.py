@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,14 @@ def _new_passphrase() -> str:
     first = _ask("passphrase for the new key: ")
     if not first:
         raise UsageError("empty passphrase; leave out --passphrase for an unprotected key")
-    if _ask("same passphrase again: ") != first:
+    try:
+        again = _ask("same passphrase again: ")
+    except UsageError:
+        raise UsageError(
+            "the passphrase is asked twice: without a terminal, give it on two lines of "
+            f"stdin, or set {PASSPHRASE_ENV}"
+        ) from None
+    if again != first:
         raise UsageError("the two passphrases differ; nothing was written")
     return first
 
@@ -115,12 +123,51 @@ def _existing_passphrase(path: Path) -> str:
 
 
 def _ask(prompt: str) -> str:
+    """The passphrase from the terminal (prompted, not echoed), or else one line of stdin:
+    getpass would read that too, but after warning that input may be echoed."""
+    if _terminal_available():
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:
+            raise _no_passphrase() from None
+    return _stdin_line()
+
+
+def _terminal_available() -> bool:
     try:
-        return getpass.getpass(prompt)
-    except EOFError:  # no terminal, and stdin empty or closed
-        raise UsageError(
-            f"no passphrase could be read (no terminal); set {PASSPHRASE_ENV} to give one"
-        ) from None
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _stdin_line() -> str:
+    """One line of stdin without its line end, read a byte at a time: what follows it stays
+    in the pipe for whoever reads next (a buffered read would take it)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # closed, or not a file (None)
+        raise _no_passphrase() from None
+    line = bytearray()
+    try:
+        while (byte := os.read(fd, 1)) not in (b"", b"\n"):
+            line += byte
+    except OSError:
+        raise _no_passphrase() from None
+    if not line and byte == b"":
+        raise _no_passphrase()
+    try:
+        return line.removesuffix(b"\r").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the passphrase read from stdin is not UTF-8 text") from None
+
+
+def _no_passphrase() -> UsageError:
+    return UsageError(
+        f"no passphrase could be read (no terminal, nothing on stdin); set {PASSPHRASE_ENV} "
+        "to give one"
+    )
 
 
 def run_keygen(args: argparse.Namespace) -> int:
