@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -364,6 +368,11 @@ def test_a_passphrase_piped_in_without_a_terminal_is_one_line_of_stdin(tmp_path:
     assert read.stdout.endswith(b"the rest\n")
     once = _without_a_terminal(["keygen", "bob", "--dir", str(tmp_path), "--passphrase"], b"pw\n")
     assert once.returncode == EXIT_USAGE and b"asked twice" in once.stderr, once.stderr
+    args = ["keygen", "carol", "--dir", str(tmp_path), "--passphrase"]
+    not_text = _without_a_terminal(args, b"pw\n\xff\n")
+    assert not_text.returncode == EXIT_USAGE and b"not UTF-8" in not_text.stderr
+    endless = _without_a_terminal(["keyinfo", key], b"x" * 5000)  # /dev/zero, say
+    assert endless.returncode == EXIT_USAGE and b"longer than 4096 bytes" in endless.stderr
     empty = _without_a_terminal(["keyinfo", key], b"")
     assert empty.returncode == EXIT_USAGE
     assert empty.stderr.count(b"\n") == 1 and b"no passphrase could be read" in empty.stderr
@@ -399,3 +408,92 @@ def test_a_reader_that_went_away_is_not_an_error(tmp_path: Path) -> None:
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (EXIT_OK, "")
+
+
+def _read_until(master: int, wanted: bytes, seconds: float = 30.0) -> bytes:
+    """What the terminal shows, until ``wanted`` appears (or the other side closes it)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while wanted not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: nobody has the terminal open any more
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def _exit_status(pid: int, *, seconds: float) -> int | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    return None
+
+
+@pytest.fixture
+def protected_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "s3cret")
+    assert main(["keygen", "alice", "--dir", str(tmp_path), "--passphrase"]) == EXIT_OK
+    monkeypatch.delenv(cli_keys.PASSPHRASE_ENV)
+    return tmp_path / "alice.key"
+
+
+def test_with_a_terminal_the_passphrase_is_asked_there_even_when_stdin_is_redirected(
+    protected_key: Path,
+) -> None:
+    """As getpass does: the terminal, not a pipe on stdin, is where a person types it."""
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a new session whose controlling terminal is the pty
+        command = f"printf 'not it\\n' | '{sys.executable}' -m zmqcomm.cli.main keyinfo "
+        os.execv("/bin/sh", ["sh", "-c", command + f"'{protected_key}'"])
+    status = None
+    try:
+        prompt = _read_until(master, b"passphrase for")
+        os.write(master, b"s3cret\n")
+        shown = prompt + _read_until(master, b"\0")  # all, until the child lets it go
+        status = _exit_status(pid, seconds=30)  # before the terminal closes: a hang-up
+    finally:
+        if status is None:  # still running: it never asked, or hangs
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+    assert status is not None, shown
+    assert b"passphrase for" in prompt
+    assert b"match the public keys" in shown, shown
+    assert b"s3cret" not in shown  # not echoed
+    assert os.waitstatus_to_exitcode(status) == EXIT_OK
+
+
+def test_a_terminal_on_stdin_without_a_controlling_one_is_still_not_echoed(
+    protected_key: Path,
+) -> None:
+    """No /dev/tty (a new session), but stdin is a terminal: the passphrase typed there
+    must not show, as getpass ensures; a plain read of stdin would echo it."""
+    master, slave = pty.openpty()
+    env = {key: value for key, value in os.environ.items() if key != cli_keys.PASSPHRASE_ENV}
+    with subprocess.Popen(
+        [sys.executable, "-m", "zmqcomm.cli.main", "keyinfo", str(protected_key)],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=env,
+    ) as process:
+        os.close(slave)
+        try:
+            time.sleep(0.5)  # until it reads (typed earlier, the line would echo anyway)
+            os.write(master, b"s3cret\n")
+            out, err = process.communicate(timeout=60)
+            echoed = _read_until(master, b"s3cret", seconds=0.5)
+        finally:
+            os.close(master)
+    assert process.returncode == EXIT_OK, err
+    assert b"match the public keys" in out
+    assert b"s3cret" not in echoed

@@ -103,13 +103,11 @@ def _new_passphrase() -> str:
     first = _ask("passphrase for the new key: ")
     if not first:
         raise UsageError("empty passphrase; leave out --passphrase for an unprotected key")
-    try:
-        again = _ask("same passphrase again: ")
-    except UsageError:
-        raise UsageError(
-            "the passphrase is asked twice: without a terminal, give it on two lines of "
-            f"stdin, or set {PASSPHRASE_ENV}"
-        ) from None
+    again = _ask(
+        "same passphrase again: ",
+        missing="the passphrase is asked twice: without a terminal, give it on two lines of "
+        f"stdin, or set {PASSPHRASE_ENV}",
+    )
     if again != first:
         raise UsageError("the two passphrases differ; nothing was written")
     return first
@@ -122,15 +120,20 @@ def _existing_passphrase(path: Path) -> str:
     return _ask(f"passphrase for {path}: ")
 
 
-def _ask(prompt: str) -> str:
-    """The passphrase from the terminal (prompted, not echoed), or else one line of stdin:
-    getpass would read that too, but after warning that input may be echoed."""
-    if _terminal_available():
+def _ask(prompt: str, *, missing: str = "") -> str:
+    """The passphrase from the terminal (prompted, not echoed), or else one line of stdin
+    (getpass would read that too, but after warning that input may be echoed). ``missing``:
+    what to say when there is none."""
+    missing = missing or (
+        f"no passphrase could be read (no terminal, nothing on stdin); set {PASSPHRASE_ENV} "
+        "to give one"
+    )
+    if _terminal_available() or _stdin_is_terminal():
         try:
-            return getpass.getpass(prompt)
+            return getpass.getpass(prompt)  # it turns echo off on whichever it reads
         except EOFError:
-            raise _no_passphrase() from None
-    return _stdin_line()
+            raise UsageError(missing) from None
+    return _stdin_line(missing)
 
 
 def _terminal_available() -> bool:
@@ -142,32 +145,39 @@ def _terminal_available() -> bool:
     return True
 
 
-def _stdin_line() -> str:
+def _stdin_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+#: The longest passphrase line read from stdin: a file with no line end must not be read
+#: to its end (or for ever: /dev/zero).
+_MAX_LINE = 4096
+
+
+def _stdin_line(missing: str) -> str:
     """One line of stdin without its line end, read a byte at a time: what follows it stays
     in the pipe for whoever reads next (a buffered read would take it)."""
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):  # closed, or not a file (None)
-        raise _no_passphrase() from None
+        raise UsageError(missing) from None
     line = bytearray()
     try:
         while (byte := os.read(fd, 1)) not in (b"", b"\n"):
             line += byte
+            if len(line) > _MAX_LINE:
+                raise UsageError(f"the passphrase line on stdin is longer than {_MAX_LINE} bytes")
     except OSError:
-        raise _no_passphrase() from None
+        raise UsageError(missing) from None
     if not line and byte == b"":
-        raise _no_passphrase()
+        raise UsageError(missing)
     try:
         return line.removesuffix(b"\r").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError("the passphrase read from stdin is not UTF-8 text") from None
-
-
-def _no_passphrase() -> UsageError:
-    return UsageError(
-        f"no passphrase could be read (no terminal, nothing on stdin); set {PASSPHRASE_ENV} "
-        "to give one"
-    )
 
 
 def run_keygen(args: argparse.Namespace) -> int:
