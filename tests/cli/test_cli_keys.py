@@ -18,11 +18,13 @@ import pytest
 from nacl.pwhash import argon2id
 
 from zmqcomm.cli import keys as cli_keys
+from zmqcomm.cli.common import load_node_identity
 from zmqcomm.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from zmqcomm.crypto import key_files
 from zmqcomm.crypto.key_files import load_identity, load_public, public_file_bytes
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
+from zmqcomm.errors import UsageError
 
 
 @pytest.fixture(autouse=True)
@@ -375,7 +377,7 @@ def test_a_passphrase_piped_in_without_a_terminal_is_one_line_of_stdin(tmp_path:
     assert endless.returncode == EXIT_USAGE and b"longer than 4096 bytes" in endless.stderr
     empty = _without_a_terminal(["keyinfo", key], b"")
     assert empty.returncode == EXIT_USAGE
-    assert empty.stderr.count(b"\n") == 1 and b"no passphrase could be read" in empty.stderr
+    assert empty.stderr.count(b"\n") == 1 and b"no terminal to ask on" in empty.stderr
 
 
 def test_keygen_into_a_directory_it_cannot_make_fails_in_one_line(
@@ -497,3 +499,63 @@ def test_a_terminal_on_stdin_without_a_controlling_one_is_still_not_echoed(
     assert process.returncode == EXIT_OK, err
     assert b"match the public keys" in out
     assert b"s3cret" not in echoed
+
+
+def test_keyinfo_refuses_an_empty_passphrase_variable_as_keygen_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to be taken as unset and the passphrase asked for, hiding the mistake."""
+    key_files.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    shown = _prompts(monkeypatch, "pw")
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "")
+    assert main(["keyinfo", str(tmp_path / "alice.key")]) == EXIT_USAGE
+    assert shown == [] and "is set but empty" in capsys.readouterr().err
+
+
+def _stdin_holding(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    """No terminal, and ``data`` on stdin (then its end)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    monkeypatch.setattr(sys, "stdin", open(read_end, encoding="utf-8"))  # noqa: SIM115
+    monkeypatch.setattr(cli_keys, "_terminal_available", lambda: False)
+
+
+def test_the_long_running_commands_ask_for_a_protected_keys_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """broker, send, pbft replica and the rest load their key through load_node_identity,
+    which used to accept the passphrase only from the environment."""
+    alice = Identity.generate("alice")
+    key_files.save_identity(alice, tmp_path, passphrase="pw")
+    key = tmp_path / "alice.key"
+    shown = _prompts(monkeypatch, "pw")
+    assert load_node_identity(tmp_path, "alice").agent_id == alice.agent_id
+    assert shown == [f"passphrase for {key}: "]
+    _stdin_holding(monkeypatch, b"pw\n")
+    assert load_node_identity(tmp_path, "alice").agent_id == alice.agent_id
+    monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, "pw")
+    _stdin_holding(monkeypatch, b"")
+    assert load_node_identity(tmp_path, "alice").agent_id == alice.agent_id
+
+
+@pytest.mark.parametrize(
+    ("variable", "stdin", "says"),
+    [
+        (None, b"", "there is no terminal to ask on"),
+        ("", b"pw\n", "is set but empty"),
+        ("wrong", b"", "wrong passphrase"),
+        (None, b"wrong\n", "wrong passphrase"),
+    ],
+)
+def test_a_protected_key_without_its_passphrase_is_a_usage_error_that_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str | None, stdin: bytes, says: str
+) -> None:
+    key_files.save_identity(Identity.generate("alice"), tmp_path, passphrase="pw")
+    if variable is not None:
+        monkeypatch.setenv(cli_keys.PASSPHRASE_ENV, variable)
+    _stdin_holding(monkeypatch, stdin)
+    with pytest.raises(UsageError, match=says) as caught:
+        load_node_identity(tmp_path, "alice")
+    if variable is None and not stdin:
+        assert cli_keys.PASSPHRASE_ENV in str(caught.value) and "alice.key" in str(caught.value)

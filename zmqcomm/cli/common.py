@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zmqcomm.cli.keys import PASSPHRASE_ENV
+from zmqcomm.cli.keys import existing_passphrase
 from zmqcomm.crypto.key_files import inspect_secret_file, load_identity
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
@@ -24,7 +24,8 @@ else:  # pragma: no cover - Python 3.10
 
 
 def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
-    """``keys/NAME.key``, with the passphrase from the environment when it is protected."""
+    """``keys/NAME.key``; a protected one's passphrase from ``$ZMQCOMM_PASSPHRASE``, the
+    terminal or stdin (:func:`existing_passphrase`)."""
     path = Path(keys) / f"{name}.key"
     if not path.exists():
         others = sorted(p.stem for p in Path(keys).glob("*.key")) if Path(keys).is_dir() else []
@@ -38,11 +39,7 @@ def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
         raise UsageError(
             f"no identity at {path}: create one with 'zmqcomm keygen {name} --dir {keys}'"
         )
-    passphrase = None
-    if inspect_secret_file(path).encrypted:
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        if passphrase is None:
-            raise UsageError(f"{path} is passphrase-protected: set {PASSPHRASE_ENV}")
+    passphrase = existing_passphrase(path) if inspect_secret_file(path).encrypted else None
     return load_identity(path, passphrase=passphrase)
 
 

@@ -21,8 +21,9 @@ from zmqcomm.crypto.key_files import (
 from zmqcomm.crypto.keys import Certificate, Identity, PublicIdentity
 from zmqcomm.errors import AuthenticationError, UsageError
 
-#: Scripts set this instead of typing the passphrase (it is read only with --passphrase, or
-#: when a key file turns out to be protected).
+#: Scripts and services set this instead of typing the passphrase (it is read only with
+#: keygen's --passphrase, or when a key file turns out to be protected). Every command that
+#: loads a protected key reads it, or else asks (see existing_passphrase).
 PASSPHRASE_ENV = "ZMQCOMM_PASSPHRASE"
 
 KEYGEN_EXAMPLES = f"""\
@@ -113,11 +114,23 @@ def _new_passphrase() -> str:
     return first
 
 
-def _existing_passphrase(path: Path) -> str:
+def existing_passphrase(path: Path) -> str:
+    """The passphrase of the protected key file ``path``: ``$ZMQCOMM_PASSPHRASE`` if set, else
+    asked on the terminal, else one line of stdin. Set but empty is refused, as keygen does:
+    no key is protected by an empty passphrase, and asking instead would hide the mistake."""
     from_env = os.environ.get(PASSPHRASE_ENV)
-    if from_env:
+    if from_env is not None:
+        if not from_env:
+            raise UsageError(
+                f"${PASSPHRASE_ENV} is set but empty: set it to the passphrase of {path}, "
+                "or unset it to be asked"
+            )
         return from_env
-    return _ask(f"passphrase for {path}: ")
+    return _ask(
+        f"passphrase for {path}: ",
+        missing=f"{path} is passphrase-protected and there is no terminal to ask on and "
+        f"nothing on stdin: set {PASSPHRASE_ENV}, or pipe the passphrase in as one line",
+    )
 
 
 def _ask(prompt: str, *, missing: str = "") -> str:
@@ -263,7 +276,7 @@ def run_keyinfo(args: argparse.Namespace) -> int:
             problems.append(f"mode {info.mode:04o} lets group or others in; run: chmod 600 {path}")
         elif not args.public_only:
             # Decrypts and compares the secrets with the public keys; raises on any mismatch.
-            load_identity(path, passphrase=_existing_passphrase(path) if info.encrypted else None)
+            load_identity(path, passphrase=existing_passphrase(path) if info.encrypted else None)
             report["secrets_checked"] = True
     if not report["certificate"]["valid"]:
         problems.append(f"certificate: {report['certificate']['error']}")
