@@ -22,6 +22,7 @@ import pytest
 
 from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker
+from zmqcomm.cli.main import EXIT_FAILED, main
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.node import Incoming, Node
@@ -354,3 +355,40 @@ def test_a_send_nobody_answers_names_the_likely_cause(swarm: Swarm) -> None:
     assert code == 1 and got == [], (out, err)
     assert "no end-to-end session with" in err, err
     assert "trust store hold this identity's .pub" in err
+
+
+def test_a_send_reported_as_failed_is_dropped_not_flushed_on_close(
+    swarm: Swarm, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Closing flushes what is queued for up to 2 s: the message the command had just said
+    was not sent could still go out then (had the peer come to trust us), and the command
+    took 2 s longer than --timeout to say so. Run in this process to see how it closes."""
+    closes: list[tuple[Node, float]] = []
+    real_close = Node.close
+
+    def close(node: Node, *, timeout: float = 2.0) -> None:
+        closes.append((node, timeout))
+        real_close(node, timeout=timeout)
+
+    monkeypatch.setattr(Node, "close", close)
+    bobs_trust = swarm.directory / "trust" / "bob-alone"
+    shutil.copytree(swarm.directory / "trust" / "agents", bobs_trust)
+    (bobs_trust / f"{_agent_id(swarm, 0)}.pub").unlink()
+    done = threading.Event()
+    got: list[Incoming] = []
+    with Node(swarm.agents[1], TrustStore(bobs_trust), broker=swarm.endpoint) as bob:
+
+        def pump() -> None:
+            while not done.is_set():
+                got.extend(bob.messages(timeout=0.02))
+
+        pumping = threading.Thread(target=pump)
+        pumping.start()
+        try:
+            code = main(["send", "agent-1", "hello", *swarm.args(), "--timeout", "1"])
+        finally:
+            done.set()
+            pumping.join()
+    assert code == EXIT_FAILED and got == []
+    assert "no end-to-end session with" in capsys.readouterr().err
+    assert [timeout for node, timeout in closes if node is not bob] == [0]

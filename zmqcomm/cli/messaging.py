@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from zmqcomm.access import Policy
@@ -128,6 +130,20 @@ def register(commands: Any) -> None:
         parser.set_defaults(run=_RUNNERS[name])
 
 
+@contextlib.contextmanager
+def _running(args: argparse.Namespace) -> Iterator[Node]:
+    """The command's node, closed when done. After a failure it is closed at once: a close
+    flushes what is queued for up to 2 s, and a message the command is about to report as
+    not sent must not go out after all (nor make the command wait for nothing)."""
+    node = _node(args)
+    try:
+        yield node
+    except BaseException:
+        node.close(timeout=0)
+        raise
+    node.close()
+
+
 def _node(args: argparse.Namespace) -> Node:
     check_seconds(args.timeout, "--timeout", allow_zero=False)
     if getattr(args, "count", None) is not None:
@@ -231,7 +247,7 @@ def _check_not_refused(node: Node) -> None:
 
 def run_send(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
-    with _node(args) as node:
+    with _running(args) as node:
         node.send(peer, _message(args.message))
         _flush(node, peer, args.timeout)
         _check_not_refused(node)
@@ -241,7 +257,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 def run_request(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
-    with _node(args) as node:
+    with _running(args) as node:
         try:
             reply = node.request(peer, _message(args.message), timeout=args.timeout)
         except RequestTimeout as exc:
@@ -258,7 +274,7 @@ def run_request(args: argparse.Namespace) -> int:
 
 
 def run_pub(args: argparse.Namespace) -> int:
-    with _node(args) as node:
+    with _running(args) as node:
         node.publish(args.topic, _message(args.message))
         # Subscribers ask us for the topic key: stay a moment to answer them.
         end = time.monotonic() + min(args.timeout, 1.0)
@@ -269,7 +285,7 @@ def run_pub(args: argparse.Namespace) -> int:
 
 
 def run_sub(args: argparse.Namespace) -> int:
-    with _node(args) as node:
+    with _running(args) as node:
         node.subscribe(args.topic)
         seen = 0
         quiet_since = time.monotonic()
