@@ -559,16 +559,13 @@ def test_the_responder_forgets_a_handshake_that_timed_out(peers: Peers) -> None:
     assert b.session is None and not b.established and not a.established
 
 
-def test_a_handshake_slower_than_the_timeout_completes_on_a_later_attempt(
-    peers: Peers,
-) -> None:
-    """On an overloaded host a round trip can take longer than the handshake timeout. The
-    initiator doubles its wait on each retry; the responder must wait long enough too, or
-    every FINISH comes after it forgot its half, and no attempt ever completes."""
-    a, b = peers.channels()
-    round_trip = 1.5 * a.handshake_timeout
+def _slow_handshake(
+    a: SecureChannel, b: SecureChannel, round_trip: float
+) -> tuple[float, Counter[str]]:
+    """Run a's handshake with b where every frame takes ``round_trip / 2`` to arrive, on a
+    0.1 s tick; the time both are established, and the refused frames by reason."""
     in_flight: list[tuple[float, SecureChannel, Sequence[Buffer]]] = []  # (arrival, to, frames)
-    rejected = 0
+    refused: Counter[str] = Counter()
 
     def send(sender: SecureChannel, events: list[Event], now: float) -> None:
         to = b if sender is a else a
@@ -585,14 +582,99 @@ def test_a_handshake_slower_than_the_timeout_completes_on_a_later_attempt(
             _, to, frames = item
             try:
                 send(to, to.receive(frames, now=now), now)
-            except SecurityError:
-                rejected += 1  # a late answer to an attempt already given up
+            except SecurityError as exc:
+                refused[str(exc.reason)] += 1
         send(a, a.on_timer(now=now), now)
         send(b, b.on_timer(now=now), now)
-    assert a.established and b.established, f"no handshake in 60 s ({rejected} refused)"
-    assert now < T0 + 3 * a.handshake_timeout + 2 * round_trip  # the second attempt
-    link = Link(a, b)
-    _roundtrip(link, now, "after a slow handshake")
+    assert a.established and b.established, f"no handshake in 60 s (refused: {refused})"
+    return now, refused
+
+
+def test_a_handshake_slower_than_the_timeout_completes_on_a_later_attempt(
+    peers: Peers,
+) -> None:
+    """On an overloaded host a round trip can take longer than the handshake timeout. The
+    initiator doubles its wait on each retry; the responder must wait long enough too, or
+    every FINISH comes after it forgot its half, and no attempt ever completes."""
+    a, b = peers.channels()
+    now, _ = _slow_handshake(a, b, round_trip=3.5 * a.handshake_timeout)
+    _roundtrip(Link(a, b), now, "after a slow handshake")
+
+
+def test_the_answer_to_an_attempt_already_retried_still_completes_it(peers: Peers) -> None:
+    """With a round trip of 1.5 timeouts, the REPLY to the first INIT comes after the retry
+    went out. It used to be refused (unexpected_handshake) and the handshake waited for the
+    retry's own round trips; now the first attempt completes in two round trips, and only
+    the retry's REPLY, moot by then, is refused."""
+    a, b = peers.channels()
+    round_trip = 1.5 * a.handshake_timeout
+    now, refused = _slow_handshake(a, b, round_trip)
+    assert now <= T0 + 2 * round_trip + 0.1  # INIT, REPLY, FINISH, CONFIRM: no retry waited for
+    assert refused == Counter(unexpected_handshake=1)
+    _roundtrip(Link(a, b), now, "after the first attempt")
+
+
+def test_the_responder_completes_the_earlier_of_two_inits_it_answered(peers: Peers) -> None:
+    """Bob had both of alice's INITs (the first late) before her FINISH to his first REPLY
+    came: the second INIT must not make him refuse it."""
+    a, b = peers.channels()
+    first = a.connect(now=T0)
+    (retry,) = a.on_timer(now=T0 + a.handshake_timeout)
+    assert isinstance(retry, Transmit)
+    now = T0 + a.handshake_timeout + 0.5
+    (reply_to_first,) = b.receive(first, now=now)
+    (reply_to_retry,) = b.receive(retry.frames, now=now)
+    assert isinstance(reply_to_first, Transmit) and isinstance(reply_to_retry, Transmit)
+    (finish,) = a.receive(reply_to_first.frames, now=now)
+    assert isinstance(finish, Transmit)
+    events = b.receive(finish.frames, now=now)
+    assert _epochs(events) == [0] and b.established
+    (confirm,) = [event for event in events if isinstance(event, Transmit)]
+    assert _epochs(a.receive(confirm.frames, now=now)) == [0] and a.established
+    with pytest.raises(AuthenticationError) as caught:
+        a.receive(reply_to_retry.frames, now=now)  # moot now: refused, the session stays
+    assert _reason(caught) == "unexpected_handshake"
+    _roundtrip(Link(a, b), now, "after the earlier INIT")
+
+
+def test_the_initiator_keeps_one_earlier_attempt_and_only_while_the_next_waits(
+    peers: Peers,
+) -> None:
+    a, b = peers.channels()
+    first = a.connect(now=T0)
+    (reply_to_first,) = b.receive(first, now=T0)
+    (second,) = a.on_timer(now=T0 + 2)  # waits 4 s
+    (third,) = a.on_timer(now=T0 + 6)  # waits 8 s; the first attempt is dropped
+    assert isinstance(reply_to_first, Transmit) and isinstance(second, Transmit)
+    assert isinstance(third, Transmit)
+    with pytest.raises(AuthenticationError) as caught:
+        a.receive(reply_to_first.frames, now=T0 + 6)
+    assert _reason(caught) == "unexpected_handshake" and a.handshaking
+    (reply_to_second,) = b.receive(second.frames, now=T0 + 6)
+    assert isinstance(reply_to_second, Transmit)
+    with pytest.raises(AuthenticationError) as caught:
+        a.receive(reply_to_second.frames, now=T0 + 14)  # the third has timed out too
+    assert _reason(caught) == "unexpected_handshake" and a.handshaking
+    (finish,) = a.receive(reply_to_second.frames, now=T0 + 13.9)
+    assert isinstance(finish, Transmit) and _type(finish.frames) == FINISH
+
+
+def test_the_responder_keeps_its_earlier_answer_only_as_long_as_it_would_have_waited(
+    peers: Peers,
+) -> None:
+    a, b = peers.channels()
+    first = a.connect(now=T0)
+    (second,) = a.on_timer(now=T0 + a.handshake_timeout)
+    assert isinstance(second, Transmit)
+    (reply_to_first,) = b.receive(first, now=T0 + 3)  # b waits for its FINISH until T0 + 11
+    b.receive(second.frames, now=T0 + 4)
+    assert isinstance(reply_to_first, Transmit)
+    (finish,) = a.receive(reply_to_first.frames, now=T0 + 5)
+    assert isinstance(finish, Transmit)
+    with pytest.raises(AuthenticationError) as caught:
+        b.receive(finish.frames, now=T0 + 3 + b.answer_timeout)
+    assert _reason(caught) == "unexpected_handshake" and not b.established
+    assert _epochs(b.receive(finish.frames, now=T0 + 2.99 + b.answer_timeout)) == [0]
 
 
 def test_new_session_inits_resent_beside_a_session_do_not_hold_its_rekeys_off(

@@ -130,6 +130,10 @@ class SecureChannel:
         #: A rekey we answered, set aside when our own rekey fell due before its FINISH
         #: came: its initiator may already seal under it, so a late FINISH still completes it.
         self._answered: Handshake | None = None
+        #: A first session's previous attempt, kept one more round: on a host slower than
+        #: the handshake timeout, the answer to it comes after the retry (an initiator's REPLY,
+        #: a responder's FINISH), and refusing that answer cost a whole retry each time.
+        self._earlier: _Pending | None = None
         #: The initiator's Established, held back until the responder's CONFIRM opens.
         self._unconfirmed: Established | None = None
         #: Consecutive refused frames; the channel closes itself at ``max_failures``.
@@ -153,6 +157,7 @@ class SecureChannel:
 
     def connect(self, *, now: float) -> list[Buffer]:
         """Start a new session as initiator; returns the INIT frames to send."""
+        self._earlier = None
         return self._initiate(self._new_session_id(), 0, now=now, delay=self.handshake_timeout)
 
     def _handshake(
@@ -314,12 +319,27 @@ class SecureChannel:
         expect = self.peer.agent_id if self.peer is not None else self.expect_peer
         handshake = self._handshake(False, session_id, epoch, expect)
         reply = handshake.respond(body, now=now)
+        if self.session is None:
+            self._keep_earlier_answer(now)
         # The long wait only for a first session: beside one we hold, an answered INIT
         # holds off our rekeys while it waits, and anyone on the route could resend one
         # every few seconds, within the rekey budget.
         wait = self.answer_timeout if self.session is None else self.handshake_timeout
         self._pending = _Pending(handshake, now + wait, wait)
         return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
+
+    def _keep_earlier_answer(self, now: float) -> None:
+        """A newer INIT for a first session replaces the one we answered; that one is kept
+        until its own deadline, since its initiator may have had our REPLY to it after all."""
+        pending = self._pending
+        if (
+            pending is not None
+            and not pending.handshake.initiator
+            and not pending.handshake.complete
+            and pending.handshake.epoch == 0
+            and now < pending.deadline
+        ):
+            self._earlier = pending
 
     def _opening_to_expected_peer(self) -> bool:
         pending = self._pending
@@ -332,11 +352,12 @@ class SecureChannel:
         )
 
     def _on_reply(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
-        handshake = self._expect_pending(session_id, epoch, initiator=True)
+        attempt = self._expect_attempt(session_id, epoch, initiator=True, now=now)
+        handshake = attempt.handshake
         finish = handshake.finish(body, now=now)
         assert handshake.result is not None
         frames = self._frame(MessageType.HANDSHAKE_FINISH, finish, session_id, epoch)
-        delay = self._pending.delay if self._pending is not None else self.handshake_timeout
+        delay = attempt.delay
         established = self._install(handshake.result, session_id, epoch, now=now)
         if epoch == 0:
             # Keep the handshake pending (for its timer) until the responder confirms.
@@ -356,7 +377,7 @@ class SecureChannel:
         ):
             handshake = answered
         else:
-            handshake = self._expect_pending(session_id, epoch, initiator=False)
+            handshake = self._expect_attempt(session_id, epoch, initiator=False, now=now).handshake
         result = handshake.accept(body, now=now)
         established = self._install(result, session_id, epoch, now=now)
         if epoch:
@@ -365,24 +386,30 @@ class SecureChannel:
         confirm = self.secure.encode(MessageType.HANDSHAKE_CONFIRM, None, now=now)
         return [established, Transmit(confirm)]
 
-    def _expect_pending(self, session_id: int, epoch: int, *, initiator: bool) -> Handshake:
-        pending = self._pending
-        if (
-            pending is None
-            or pending.handshake.initiator != initiator
-            or pending.handshake.session_id != session_id
-            or pending.handshake.epoch != epoch
-            or pending.handshake.complete
-        ):
-            raise AuthenticationError(
-                "handshake message matches no handshake in progress", reason="unexpected_handshake"
-            )
-        return pending.handshake
+    def _expect_attempt(
+        self, session_id: int, epoch: int, *, initiator: bool, now: float
+    ) -> _Pending:
+        """The handshake in progress this message answers: the current one, or a first
+        session's earlier attempt that has not timed out."""
+        for attempt in (self._pending, self._earlier):
+            if (
+                attempt is not None
+                and attempt.handshake.initiator == initiator
+                and attempt.handshake.session_id == session_id
+                and attempt.handshake.epoch == epoch
+                and not attempt.handshake.complete
+                and (attempt is self._pending or now < attempt.deadline)
+            ):
+                return attempt
+        raise AuthenticationError(
+            "handshake message matches no handshake in progress", reason="unexpected_handshake"
+        )
 
     def _install(
         self, result: HandshakeResult, session_id: int, epoch: int, *, now: float
     ) -> Established:
         self._pending = None
+        self._earlier = None
         self._unconfirmed = None
         self._answered = None
         jitter = int.from_bytes(self._random(2), "big") / 65536
@@ -449,6 +476,8 @@ class SecureChannel:
             return []
         if self.session is not None:
             self.session.on_timer(now=now)  # old keys go on time, handshake or not
+        if self._earlier is not None and now >= self._earlier.deadline:
+            self._earlier = None  # its ephemeral secret goes with it
         pending = self._pending
         if pending is not None:
             if now < pending.deadline:
@@ -481,6 +510,9 @@ class SecureChannel:
                 # replay.
                 session_id = handshake.session_id if handshake.epoch else self._new_session_id()
                 frames = self._initiate(session_id, handshake.epoch, now=now, delay=delay)
+                # A rekey's retry reuses its ids, so only a first session can tell an
+                # answer to the attempt it replaces (kept as long as the new one).
+                self._earlier = None if handshake.epoch else _Pending(handshake, now + delay, delay)
                 return [Transmit(frames)]
         session = self.session
         if session is None:
