@@ -448,3 +448,20 @@ def test_a_close_whose_last_stats_write_fails_still_lets_everything_go(tmp_path:
             pass  # the data directory's lock was let go
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_closed_broker_removes_the_socket_file_of_every_ipc_endpoint() -> None:
+    """libzmq leaves them; a stopped broker's files looked like a running broker's."""
+    directory = Path(tempfile.mkdtemp(prefix="zc-", dir="/tmp"))
+    try:
+        files = [directory / "first.sock", directory / "second.sock"]
+        with Broker(
+            [f"ipc://{path}" for path in files] + ["tcp://127.0.0.1:0"],
+            identity=Identity.generate("broker"),
+            trust=TrustStore(directory / "trust"),
+        ) as broker:
+            assert len(broker.endpoints) == 3
+            assert all(path.is_socket() for path in files)
+        assert not any(path.exists() for path in files)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -433,7 +433,10 @@ def test_broker_reports_stats_and_stops_on_sigterm(
     finally:
         _close(node)
 
+    socket_file = Path(setup.endpoint.removeprefix("ipc://"))
+    assert socket_file.is_socket()
     assert broker.stop(signal.SIGTERM) == 0
+    assert not socket_file.exists()  # a stopped broker's file looked like a running one
     events = broker.log_events()  # every stderr line is JSON
     assert events[0]["event"] == "started"
     assert events[0]["agent_id"] == setup.broker.agent_id

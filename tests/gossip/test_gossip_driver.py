@@ -7,6 +7,7 @@ by ``run_until(..., timeout=...)``. Tests taking ``secure`` run twice: over secu
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -431,6 +432,21 @@ def test_usage_errors_are_clear(ipc_dir: str) -> None:
         agent.publish(b"late")
     with pytest.raises(UsageError):
         GossipConfig(frame_bytes=2 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_closed_agent_removes_its_ipc_socket_file(ipc_dir: str, secure: bool) -> None:
+    ident = Identity.generate("solo")
+    trust = TrustStore(f"{ipc_dir}/trust") if secure else None
+    socket_file = f"{ipc_dir}/solo.sock"
+    with GossipAgent(
+        ident,
+        f"ipc://{socket_file}",
+        verify_keys=None if secure else {},
+        trust=trust,
+    ):
+        assert os.path.exists(socket_file)
+    assert not os.path.exists(socket_file)
 
 
 def test_an_agent_that_cannot_open_its_outbox_leaves_no_socket_behind(ipc_dir: str) -> None:

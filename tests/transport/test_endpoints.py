@@ -13,6 +13,7 @@ from zmqcomm.errors import ConnectError, EndpointError, UsageError
 from zmqcomm.transport.endpoints import (
     IPC_PATH_MAX,
     Endpoint,
+    IpcSocketFile,
     parse_endpoint,
     prepare_ipc_directory,
     unreachable_endpoint_hint,
@@ -160,3 +161,35 @@ def test_bind_to_an_unresolved_host_says_so(monkeypatch: pytest.MonkeyPatch) -> 
 
     with pytest.raises(ConnectError, match=r"'brokr\.example' does not resolve"):
         bind(Refusing(), "tcp://brokr.example:5555")  # type: ignore[arg-type]
+
+
+def test_only_an_ipc_bind_has_a_socket_file_to_remove(short_dir: str) -> None:
+    assert IpcSocketFile.made_by_bind("tcp://127.0.0.1:5555") is None
+    assert IpcSocketFile.made_by_bind("inproc://x") is None
+    assert IpcSocketFile.made_by_bind("ipc://@abstract") is None
+    assert IpcSocketFile.made_by_bind(f"ipc://{short_dir}/never-bound.sock") is None
+
+
+def test_a_closed_sockets_file_is_removed_but_not_one_bound_since(short_dir: str) -> None:
+    path = f"{short_dir}/s.sock"
+    context = zmq.Context()
+    try:
+        first = context.socket(zmq.PULL)
+        made = IpcSocketFile.made_by_bind(bind(first, f"ipc://{path}"))
+        assert made is not None and made.path == path
+        first.close(linger=0)
+        made.remove()
+        assert not os.path.exists(path)
+        made.remove()  # twice is harmless
+        # Another owner bound the path after ours closed (its bind replaced our file, and
+        # may well have been given the same inode): its file is not ours to remove.
+        first = context.socket(zmq.PULL)
+        made = IpcSocketFile.made_by_bind(bind(first, f"ipc://{path}"))
+        first.close(linger=0)
+        second = context.socket(zmq.PULL)
+        bind(second, f"ipc://{path}")
+        assert made is not None
+        made.remove()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+    finally:
+        context.destroy(linger=0)  # closes what a failed assert left open

@@ -37,7 +37,6 @@ from zmqcomm.errors import (
 )
 from zmqcomm.secure import SecureRouter
 from zmqcomm.transport import SocketOptions
-from zmqcomm.transport.sockets import bind as bind_socket
 from zmqcomm.wire import MessageType
 
 STATS_FILE = "stats.json"
@@ -131,7 +130,7 @@ class Broker:
         self.endpoints = [self.router.endpoint]
         try:
             for endpoint in endpoints[1:]:
-                self.endpoints.append(bind_socket(self.router.socket, endpoint))
+                self.endpoints.append(self.router.bind(endpoint))
         except BaseException:
             self.close()
             raise

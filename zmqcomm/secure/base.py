@@ -36,6 +36,7 @@ from zmqcomm.errors import (
 )
 from zmqcomm.secure.held_finishes import HeldFinishes
 from zmqcomm.transport.batching import BatchingSender
+from zmqcomm.transport.endpoints import IpcSocketFile
 from zmqcomm.transport.inbox import take_next
 from zmqcomm.transport.sockets import (
     poll_ms,
@@ -139,6 +140,8 @@ class _SecureSocket:
         #: Peers forgotten because they left before an answer could reach them.
         self.gone = 0
         self._closed = False
+        #: ipc socket files this socket's binds made, removed when it closes.
+        self._bound_files: list[IpcSocketFile] = []
         self._next_timer_check = -1.0
         #: Rekey FINISH frames that found the peer's queue full (zmqcomm.secure.held_finishes).
         self._finishes = HeldFinishes()
@@ -428,6 +431,8 @@ class _SecureSocket:
             for extra in self._extra_sockets():
                 extra.close(linger=0)
             self.socket.close()
+            for made in self._bound_files:
+                made.remove()
 
     def __enter__(self) -> Any:
         return self

@@ -23,6 +23,7 @@ from zmqcomm.secure.base import (
     _SecureSocket,
 )
 from zmqcomm.transport.batching import BatchingSender
+from zmqcomm.transport.endpoints import IpcSocketFile
 from zmqcomm.transport.sockets import (
     DEFAULT_SOCKET_OPTIONS,
     SocketOptions,
@@ -76,6 +77,19 @@ class SecureRouter(_SecureSocket):
             send_timeout=send_timeout,
             max_inbox=max_inbox,
         )
+        self._note_bound(self.endpoint)
+
+    def bind(self, endpoint: str) -> str:
+        """Listen on another endpoint as well; returns it as bound (the real port for 0)."""
+        self._check_open()
+        bound = bind(self.socket, endpoint)
+        self._note_bound(bound)
+        return bound
+
+    def _note_bound(self, bound: str) -> None:
+        made = IpcSocketFile.made_by_bind(bound)
+        if made is not None:
+            self._bound_files.append(made)
 
     def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
         send_frames(self.socket, [route, *frames], timeout=None if wait else 0)

@@ -272,3 +272,40 @@ def _someone_listens(path: str) -> bool:
     finally:
         probe.close()
     return True
+
+
+@dataclass(frozen=True)
+class IpcSocketFile:
+    """The file an ipc bind made, to remove once the socket is closed: libzmq leaves it
+    behind, and a stopped broker's socket file looks like a running one to whoever lists
+    the directory."""
+
+    path: str
+    #: (device, inode, ctime in ns): an inode freed by an unlink is soon given to the next
+    #: file made, so the inode alone cannot tell our file from one bound since.
+    identity: tuple[int, int, int]
+
+    @classmethod
+    def made_by_bind(cls, bound: str) -> IpcSocketFile | None:
+        """The file behind ``bound`` (what a bind returned); None for another transport."""
+        endpoint = parse_endpoint(bound)
+        if endpoint.scheme != "ipc" or endpoint.address.startswith("@"):
+            return None  # an abstract socket has no file
+        try:
+            status = os.stat(endpoint.address)
+        except OSError:
+            return None
+        return cls(os.path.abspath(endpoint.address), _file_identity(status))
+
+    def remove(self) -> None:
+        """Unlink the file if it is still the one the bind made: another process that has
+        bound the path since (ours was closed) made a new file, which is not ours."""
+        try:
+            if _file_identity(os.stat(self.path)) == self.identity:
+                os.unlink(self.path)
+        except OSError:
+            pass  # gone already, or a directory we may no longer enter: nothing to undo
+
+
+def _file_identity(status: os.stat_result) -> tuple[int, int, int]:
+    return status.st_dev, status.st_ino, status.st_ctime_ns

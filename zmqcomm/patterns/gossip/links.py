@@ -54,6 +54,7 @@ from zmqcomm.errors import (
     ZmqCommError,
 )
 from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.transport.endpoints import IpcSocketFile
 from zmqcomm.transport.sockets import SocketOptions, bind, connect, open_socket
 
 SENT, BLOCKED, UNREACHABLE, REFUSED = "sent", "blocked", "unreachable", "refused"
@@ -101,6 +102,7 @@ class PlainLinks:
             for sock in opened:  # e.g. the context's socket limit refused the outbox
                 sock.close(0)
             raise
+        self._bound_file = IpcSocketFile.made_by_bind(self.endpoint)
         #: Bumped whenever :meth:`sockets` changes (never, here).
         self.version = 0
 
@@ -181,6 +183,8 @@ class PlainLinks:
     def close(self, linger_ms: int | None) -> None:
         for sock in (self.inbox, self.outbox):
             sock.close(linger_ms)
+        if self._bound_file is not None:
+            self._bound_file.remove()
 
 
 class SecureLinks:
