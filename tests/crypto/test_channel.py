@@ -677,6 +677,93 @@ def test_the_responder_keeps_its_earlier_answer_only_as_long_as_it_would_have_wa
     assert _epochs(b.receive(finish.frames, now=T0 + 2.99 + b.answer_timeout)) == [0]
 
 
+def test_an_attempt_that_lost_a_simultaneous_open_is_not_taken_up_again(peers: Peers) -> None:
+    """Found in review. The loser of a simultaneous open answers the winner's INIT; a late
+    REPLY to the loser's own earlier attempt (possible where the two do not share one
+    in-order pipe) used to complete that attempt and drop the handshake it was answering,
+    which the winner was finishing: both refused each other until a retry."""
+    alice_loses = peers.alice.sender_id > peers.bob.sender_id
+    first, second = peers.channels()
+    loser, winner = (first, second) if alice_loses else (second, first)
+    loser_id, winner_id = (peers.alice, peers.bob) if alice_loses else (peers.bob, peers.alice)
+    loser.expect_peer, winner.expect_peer = winner_id.agent_id, loser_id.agent_id
+    first_init = loser.connect(now=T0)
+    (retry,) = loser.on_timer(now=T0 + 2)  # the first attempt is kept
+    assert isinstance(retry, Transmit)
+    (late_reply,) = winner.receive(first_init, now=T0 + 2.5)  # not opening yet: answers
+    winners_init = winner.connect(now=T0 + 2.6)
+    assert winner.receive(retry.frames, now=T0 + 2.7) == []  # the tie-break keeps its own
+    (loser_reply,) = loser.receive(winners_init, now=T0 + 3)  # the tie-break: answer it
+    assert isinstance(late_reply, Transmit) and isinstance(loser_reply, Transmit)
+    with pytest.raises(AuthenticationError) as caught:
+        loser.receive(late_reply.frames, now=T0 + 3.1)
+    assert _reason(caught) == "unexpected_handshake"
+    (finish,) = winner.receive(loser_reply.frames, now=T0 + 3.2)
+    assert isinstance(finish, Transmit)
+    events = loser.receive(finish.frames, now=T0 + 3.3)
+    (confirm,) = [event for event in events if isinstance(event, Transmit)]
+    winner.receive(confirm.frames, now=T0 + 3.4)
+    assert loser.established and winner.established
+
+
+def test_no_earlier_attempt_outlives_the_handshake(peers: Peers) -> None:
+    """An attempt kept for a late answer holds an ephemeral secret; none may stay once a
+    session is up. Found in review: with the CONFIRM slower than the retry wait, the retry
+    kept the completed attempt, and nothing dropped it until the next rekey."""
+    a, b = peers.channels()
+    _slow_handshake(a, b, round_trip=5.0)
+    assert a._earlier is None and b._earlier is None  # the secret's holder
+
+
+def test_a_reconnect_forgets_the_attempts_before_it(peers: Peers) -> None:
+    a, b = peers.channels()
+    first = a.connect(now=T0)
+    (reply_to_first,) = b.receive(first, now=T0)
+    assert a.on_timer(now=T0 + 2) != []  # retried: the first attempt is kept
+    a.connect(now=T0 + 2.5)  # connect() again (a new connection): a fresh start
+    assert isinstance(reply_to_first, Transmit)
+    with pytest.raises(AuthenticationError) as caught:
+        a.receive(reply_to_first.frames, now=T0 + 2.6)
+    assert _reason(caught) == "unexpected_handshake" and a.handshaking
+
+
+def test_a_peer_that_restarted_beside_a_held_session_completes_its_first_attempt(
+    peers: Peers,
+) -> None:
+    """The responder keeps an earlier answer beside an established session too: the
+    restarted initiator takes up its first attempt once the REPLY comes, so the responder
+    must still know it."""
+    a, b = peers.channels()
+    _connect(a, b)
+    restarted = SecureChannel(identity=peers.alice, trust=peers.alice_trust, random_bytes=_rng(9))
+    first = restarted.connect(now=T0 + 10)
+    (retry,) = restarted.on_timer(now=T0 + 12)
+    assert isinstance(retry, Transmit)
+    (reply_to_first,) = b.receive(first, now=T0 + 11.5)
+    b.receive(retry.frames, now=T0 + 12.5)
+    assert isinstance(reply_to_first, Transmit)
+    (finish,) = restarted.receive(reply_to_first.frames, now=T0 + 12.6)
+    assert isinstance(finish, Transmit)
+    events = b.receive(finish.frames, now=T0 + 12.7)
+    (confirm,) = [event for event in events if isinstance(event, Transmit)]
+    assert _epochs(restarted.receive(confirm.frames, now=T0 + 12.8)) == [0]
+    _roundtrip(Link(restarted, b), T0 + 13, "after the restart")
+
+
+def test_a_kept_answer_is_erased_once_its_time_is_up(peers: Peers) -> None:
+    a, b = peers.channels()
+    first = a.connect(now=T0)
+    (second,) = a.on_timer(now=T0 + 2)
+    assert isinstance(second, Transmit)
+    b.receive(first, now=T0 + 1)  # kept until T0 + 9
+    b.receive(second.frames, now=T0 + 3)  # waits until T0 + 11
+    assert b._earlier is not None  # the secret's holder
+    deadline = b.next_deadline()
+    assert deadline is not None and deadline <= T0 + 11
+    b.on_timer(now=T0 + 11)
+    assert b._earlier is None and b._pending is None
+
+
 def test_new_session_inits_resent_beside_a_session_do_not_hold_its_rekeys_off(
     peers: Peers,
 ) -> None:

@@ -282,6 +282,7 @@ class SecureChannel:
             raise AuthenticationError("unexpected CONFIRM", reason="unexpected_handshake")
         self._unconfirmed = None
         self._pending = None
+        self._earlier = None  # a retry made while the CONFIRM was late is moot now
         return [confirmed]
 
     def _on_init(self, session_id: int, epoch: int, body: bytes, *, now: float) -> list[Event]:
@@ -319,8 +320,7 @@ class SecureChannel:
         expect = self.peer.agent_id if self.peer is not None else self.expect_peer
         handshake = self._handshake(False, session_id, epoch, expect)
         reply = handshake.respond(body, now=now)
-        if self.session is None:
-            self._keep_earlier_answer(now)
+        self._keep_earlier_answer(now)
         # The long wait only for a first session: beside one we hold, an answered INIT
         # holds off our rekeys while it waits, and anyone on the route could resend one
         # every few seconds, within the rekey budget.
@@ -329,17 +329,19 @@ class SecureChannel:
         return [Transmit(self._frame(MessageType.HANDSHAKE_REPLY, reply, session_id, epoch))]
 
     def _keep_earlier_answer(self, now: float) -> None:
-        """A newer INIT for a first session replaces the one we answered; that one is kept
-        until its own deadline, since its initiator may have had our REPLY to it after all."""
+        """We answer a new session's INIT: the new-session INIT we answered before it, if
+        still waiting, is kept until its own deadline, since its initiator may have had our
+        REPLY to it after all. Nothing else is: an attempt of our own that lost a
+        simultaneous open is moot, as the peer has gone on to its own."""
         pending = self._pending
-        if (
+        keep = (
             pending is not None
             and not pending.handshake.initiator
             and not pending.handshake.complete
             and pending.handshake.epoch == 0
             and now < pending.deadline
-        ):
-            self._earlier = pending
+        )
+        self._earlier = pending if keep else None
 
     def _opening_to_expected_peer(self) -> bool:
         pending = self._pending
@@ -510,9 +512,12 @@ class SecureChannel:
                 # replay.
                 session_id = handshake.session_id if handshake.epoch else self._new_session_id()
                 frames = self._initiate(session_id, handshake.epoch, now=now, delay=delay)
-                # A rekey's retry reuses its ids, so only a first session can tell an
-                # answer to the attempt it replaces (kept as long as the new one).
-                self._earlier = None if handshake.epoch else _Pending(handshake, now + delay, delay)
+                # A new session's answer names the attempt it is for (each has its own
+                # id), so the one replaced is kept as long as the new one waits. A rekey's
+                # retry reuses its ids, and a completed attempt only lacks its CONFIRM:
+                # neither is kept.
+                moot = handshake.epoch or handshake.complete
+                self._earlier = None if moot else _Pending(handshake, now + delay, delay)
                 return [Transmit(frames)]
         session = self.session
         if session is None:
