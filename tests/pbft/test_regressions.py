@@ -434,3 +434,59 @@ def test_restarted_primary_never_reuses_a_sequence_number() -> None:
     restarted = _replica(0, store, keys)
     out = restarted.on_message("c1", Request("c1", 1, b"b"), now=0.2)
     assert [a.message.sequence for a in out] == [2, 2, 2]
+
+
+def _states(cluster: Cluster, n: int) -> list[bytes]:
+    return [cluster.replica(i).sm.snapshot() for i in range(n)]
+
+
+def test_replica_restarted_into_an_idle_cluster_catches_up_to_the_last_operation() -> None:
+    """Found by hand on four real replicas: SIGKILL one, run a few operations, restart it,
+    and stop the load. It recovered its stable checkpoint (8) and stayed there, as nothing
+    told it of 9 to 11 (the next checkpoint, which would have, never came), so its state
+    differed from the others' for good. A restarted replica now says how far it got."""
+    cluster = build(4, seed=11, checkpoint_interval=8, batch_delay=0.0)
+    sim = cluster.sim
+    for k in range(8):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(8, until=10.0)
+    sim.run(until=sim.now + 1.0)
+    assert cluster.replica(3).stable.sequence == 8
+    sim.crash(3)
+    for k in range(3):
+        cluster.put("c0", f"late{k}", "v")
+    cluster.run_until_results(11, until=sim.now + 10.0)
+    sim.restart(3)
+    sim.run(until=sim.now + 5.0)  # no more load
+    restarted, other = cluster.replica(3), cluster.replica(0)
+    assert other.last_executed == 11
+    assert restarted.last_executed == 11 and restarted.view == other.view == 0
+    assert len(set(_states(cluster, 4))) == 1
+    cluster.check_safety()
+
+
+def test_replica_with_a_gap_below_committed_entries_asks_for_what_it_lacks() -> None:
+    """Replica 2 lost every message of sequences 2 and 3 (for the first second) but took
+    part in 4 and 5: it committed them and could not execute them. Holding no request to
+    time (the client sends to the primary only), it waited for the next checkpoint, which
+    an idle cluster never makes. A replica with committed entries past a gap now asks."""
+    cluster = build(4, seed=12, checkpoint_interval=64, batch_delay=0.0)
+    sim = cluster.sim
+
+    def lose_2_and_3(sender: Any, to: Any, message: Any, rng: Any) -> list[Any]:
+        sequence = getattr(message, "sequence", None)
+        lost = to == 2 and isinstance(message, (PrePrepare, Prepare, Commit))
+        return [] if lost and sequence in (2, 3) and sim.now < 1.0 else [(to, message)]
+
+    for honest in (0, 1, 3):  # message loss, not a fault
+        sim.set_byzantine(honest, lose_2_and_3)
+    for k in range(5):
+        cluster.put("c0", f"k{k}", "v")
+    cluster.run_until_results(5, until=10.0)
+    assert sim.now < 1.0 and cluster.replica(2).last_executed == 1
+    sim.run(until=sim.now + 5.0)  # no more load
+    replicas = [cluster.replica(i) for i in range(4)]
+    assert [r.last_executed for r in replicas] == [5, 5, 5, 5]
+    assert [(r.view, r.changing) for r in replicas] == [(0, False)] * 4
+    assert len(set(_states(cluster, 4))) == 1
+    cluster.check_safety()

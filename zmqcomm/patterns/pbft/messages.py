@@ -174,8 +174,9 @@ class StateSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A replica that cannot execute a request it times says how far it got (its view and
-    last executed sequence number), so replicas ahead of it resend what it missed."""
+    """A replica says how far it got (its view and last executed sequence number), so
+    replicas ahead of it resend what it missed: when it cannot execute a request it times,
+    after a restart, and while committed entries wait behind a gap."""
 
     view: int
     executed: int

@@ -193,6 +193,11 @@ class ReplicaCore:
         #: Whether this run of the request timer already made us ask the others (Status)
         #: instead of suspecting the primary: once per timed request, not per timeout.
         self.timer_asked = False
+        #: When to tell the others how far we got (Status), so that they resend what we
+        #: lack: at the first timer after a restart, and while committed entries wait
+        #: behind a gap. Neither holds a request to time, and an idle cluster makes no
+        #: checkpoint that would show us the way (see :meth:`Replica.on_timer`).
+        self.ask_at: float | None = None
         #: Queries decided deep inside a handler, returned with its actions.
         self._outbox: list[Any] = []
         self.votes: dict[tuple[int, int, str], bytes] = {}
@@ -522,6 +527,10 @@ class ReplicaCore:
                 self.store.save_entry(sequence, "committed", pp)
                 self.log.committed[sequence] = pp
             out += self._execute(now)
+            if sequence > self.last_executed and self.ask_at is None:
+                # Committed but not executed: a lower sequence never reached us. Its own
+                # retransmissions may still come; after a quarter timeout we ask.
+                self.ask_at = now + self.base_timeout / 4
         return out
 
     def _execute(self, now: float) -> list[Any]:

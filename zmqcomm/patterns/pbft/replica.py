@@ -98,6 +98,9 @@ class Replica(ReplicaCore):
             self.vc_sent = self._make_view_change(self.view)
             self.view_changes.setdefault(self.view, {})[self.id] = self.vc_sent
             self.vc_resend = now  # resend our VIEW-CHANGE at the first timer
+        if self.votes or saved is not None:
+            # A restart: the others may have gone on while we were down.
+            self.ask_at = now
 
     def next_deadline(self) -> float | None:
         deadlines = [
@@ -107,6 +110,7 @@ class Replica(ReplicaCore):
                 self.vc_resend if self.changing else self.resend_at,
                 self.batch_deadline if self.is_primary and self.pending else None,
                 self.fetch_deadline,
+                self.ask_at if self._may_ask else None,
             )
             if d is not None
         ]
@@ -147,7 +151,21 @@ class Replica(ReplicaCore):
             out += self._propose(now, flush=True)
         if self.fetch_deadline is not None and now >= self.fetch_deadline:
             out += self._send_fetch(now)
+        if self.ask_at is not None and now >= self.ask_at and self._may_ask:
+            out += self._ask_how_far(now)
         return out
+
+    @property
+    def _may_ask(self) -> bool:
+        # A view change or a state transfer under way brings us up to date on its own.
+        return not self.changing and self.fetch_target is None
+
+    def _ask_how_far(self, now: float) -> list[Any]:
+        """Tell the others how far we got; they resend what we lack. Again every timeout
+        while committed entries still wait behind a gap (the answers may be lost too)."""
+        gap = any(sequence > self.last_executed for sequence in self.log.committed)
+        self.ask_at = now + self.base_timeout if gap else None
+        return self._to_others(Status(self.view, self.last_executed, self.id))
 
     def _request_timed_out(self, now: float) -> list[Any]:
         """The paper suspects the primary here. We may instead be the one behind (the
