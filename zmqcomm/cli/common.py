@@ -24,8 +24,8 @@ else:  # pragma: no cover - Python 3.10
 
 
 def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
-    """``keys/NAME.key``; a protected one's passphrase from ``$ZMQCOMM_PASSPHRASE``, the
-    terminal or stdin (:func:`existing_passphrase`)."""
+    """``keys/NAME.key``; a protected one's passphrase from ``$ZMQCOMM_PASSPHRASE`` or the
+    terminal (:func:`existing_passphrase`; never stdin)."""
     path = Path(keys) / f"{name}.key"
     if not path.exists():
         others = sorted(p.stem for p in Path(keys).glob("*.key")) if Path(keys).is_dir() else []
@@ -39,7 +39,8 @@ def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
         raise UsageError(
             f"no identity at {path}: create one with 'zmqcomm keygen {name} --dir {keys}'"
         )
-    passphrase = existing_passphrase(path) if inspect_secret_file(path).encrypted else None
+    protected = inspect_secret_file(path).encrypted
+    passphrase = existing_passphrase(path, stdin=False) if protected else None
     return load_identity(path, passphrase=passphrase)
 
 

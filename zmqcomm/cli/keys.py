@@ -114,10 +114,13 @@ def _new_passphrase() -> str:
     return first
 
 
-def existing_passphrase(path: Path) -> str:
+def existing_passphrase(path: Path, *, stdin: bool = True) -> str:
     """The passphrase of the protected key file ``path``: ``$ZMQCOMM_PASSPHRASE`` if set, else
-    asked on the terminal, else one line of stdin. Set but empty is refused, as keygen does:
-    no key is protected by an empty passphrase, and asking instead would hide the mistake."""
+    asked on the terminal, else (``stdin``) one line of stdin. Set but empty is refused, as
+    keygen does: no key is protected by an empty passphrase, and asking instead would hide
+    the mistake. The commands that run a node pass ``stdin=False``: a service's stdin may be
+    a pipe that stays open and silent (a supervisor, ``ssh host cmd``), and reading it would
+    wait for ever without a word."""
     from_env = os.environ.get(PASSPHRASE_ENV)
     if from_env is not None:
         if not from_env:
@@ -126,6 +129,11 @@ def existing_passphrase(path: Path) -> str:
                 "or unset it to be asked"
             )
         return from_env
+    if not stdin and not (_terminal_available() or _stdin_is_terminal()):
+        raise UsageError(
+            f"{path} is passphrase-protected and there is no terminal to ask on: "
+            f"set {PASSPHRASE_ENV}"
+        )
     return _ask(
         f"passphrase for {path}: ",
         missing=f"{path} is passphrase-protected and there is no terminal to ask on and "

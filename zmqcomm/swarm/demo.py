@@ -151,7 +151,10 @@ def _start(arguments: list[str], directory: Path) -> subprocess.Popen[bytes]:
     log = (directory / "logs").joinpath(f"{len(list(directory.glob('logs/*')))}.log")
     log.parent.mkdir(exist_ok=True)
     with log.open("wb") as sink:
-        return subprocess.Popen([sys.executable, *arguments], stdout=sink, stderr=sink)
+        # The parent's stdin is not theirs to read (a typed line meant for the shell).
+        return subprocess.Popen(
+            [sys.executable, *arguments], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
+        )
 
 
 def _start_broker(directory: Path, endpoint: str) -> subprocess.Popen[bytes]:

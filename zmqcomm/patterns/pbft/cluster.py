@@ -173,7 +173,11 @@ class LocalCluster:
         stderr = open(self.directory / f"replica-{replica}.log", "ab")  # noqa: SIM115
         try:
             self.processes[replica] = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+                command,
+                stdin=subprocess.DEVNULL,  # the parent's stdin is not theirs to read
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
             )
         finally:
             stderr.close()
