@@ -391,3 +391,51 @@ def test_four_namespaces_primary_cut_off_then_back(namespaces: list[str]) -> Non
         )
         no_contradictions(cluster, list(range(N)))
         check_final_states(cluster, set(result["acknowledged"]))
+
+
+def _client(
+    cluster: LocalCluster, *args: str, timeout: str = "20"
+) -> subprocess.CompletedProcess[str]:
+    """``zmqcomm pbft client`` as a user runs it against the cluster's files."""
+    command = [
+        sys.executable, "-m", "zmqcomm", "pbft", "client", *args,
+        "--cluster", str(cluster.config_path(0)), "--keys", str(cluster.directory / "keys"),
+        "--name", "client-0", "--trust", str(cluster.trust_dir), "--timeout", timeout,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_client_command_puts_gets_and_deletes_with_one_replica_down(tmp_path: Path) -> None:
+    """A deployed cluster had no client but a load generator that would not start with any
+    replica down, though a quorum (3 of 4) is all the cluster needs."""
+    directory = tmp_path / "c"
+    with LocalCluster(N, directory=directory, client_names=("client-0",), **SETTINGS) as cluster:
+        cluster.start_all()
+        cluster.wait_ready()
+        put = _client(cluster, "put", "colour", "blue")
+        assert (put.returncode, put.stdout) == (0, "ok (new key)\n"), put.stderr
+        backup = (cluster.primary() + 1) % N
+        cluster.kill(backup)
+        got = _client(cluster, "get", "colour")
+        assert (got.returncode, got.stdout) == (0, "blue\n"), got.stderr
+        replaced = _client(cluster, "put", "colour", "green", "--json")
+        assert replaced.returncode == 0, replaced.stderr
+        assert json.loads(replaced.stdout) == {
+            "operation": "put", "key": "colour", "status": "ok", "value": "blue",
+        }  # fmt: skip
+        deleted = _client(cluster, "delete", "colour")
+        assert (deleted.returncode, deleted.stdout) == (0, "ok (was: green)\n")
+        missing = _client(cluster, "get", "colour")
+        assert (missing.returncode, missing.stdout) == (1, "")
+        bad = _client(cluster, "put", "colour")
+        assert bad.returncode == 2 and "put KEY VALUE" in bad.stderr
+
+
+def test_the_client_command_says_what_is_missing_without_a_quorum(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    with LocalCluster(N, directory=directory, client_names=("client-0",), **SETTINGS) as cluster:
+        cluster.start(0)
+        wait_for(lambda: cluster.status(0) is not None, 20, "replica 0 to start", cluster)
+        refused = _client(cluster, "get", "colour", timeout="3")
+    assert refused.returncode == 1
+    assert "no authenticated session with 3 of 4 replicas" in refused.stderr, refused.stderr

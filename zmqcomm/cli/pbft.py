@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zmqcomm.cli.common import load_node_identity, sigterm_interrupts
+from zmqcomm.cli.pbft_client import add_client_parser
 from zmqcomm.errors import UsageError, ZmqCommError
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.patterns.pbft.config import MAX_VIEW_CHANGE_TIMEOUT, load_config
@@ -25,6 +26,8 @@ examples:
   zmqcomm pbft local --clients 1 --ops 500        latency at light load (one op at a time)
   zmqcomm pbft local --json                       the summary as JSON (progress on stderr)
   zmqcomm pbft replica --config replica-0.toml    one replica of a multi-host cluster
+  zmqcomm pbft client --cluster replica-0.toml --keys keys --name client-0 --trust trust \
+      put colour blue                             one operation against such a cluster
 
 The configuration file is described in docs/patterns.md; 'pbft local --keep DIR' writes a
 complete example (keys, trust store, one replica-N.toml per replica) into DIR.
@@ -56,7 +59,7 @@ up with the others.
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "pbft",
-        help="run a PBFT cluster locally with a load generator, or one replica",
+        help="run a PBFT cluster locally with a load generator, one replica, or a client",
         description="PBFT (Castro & Liskov) consensus over encrypted, authenticated sessions.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -123,11 +126,13 @@ def register(commands: Any) -> None:
     )
     replica.add_argument("--config", required=True, metavar="FILE", help="the replica's TOML file")
     replica.set_defaults(run=run)
+    add_client_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.pbft_command == "replica":
         return _run_replica(args)
+
     return _run_local(args)
 
 

@@ -25,7 +25,13 @@ import zmq
 from zmqcomm.checks import check_seconds
 from zmqcomm.crypto.channel import TrustChecker
 from zmqcomm.crypto.keys import Identity
-from zmqcomm.errors import ConnectError, RemoteProtocolError, UsageError, ZmqCommError
+from zmqcomm.errors import (
+    ConnectError,
+    RemoteProtocolError,
+    RequestTimeout,
+    UsageError,
+    ZmqCommError,
+)
 from zmqcomm.patterns.pbft.client import Client, Result
 from zmqcomm.patterns.pbft.driver import group_sends
 from zmqcomm.patterns.pbft.messages import Reply, decode
@@ -89,13 +95,19 @@ class LoadGenerator:
         context: zmq.Context[Any] | None = None,
         connect_timeout: float = 10.0,
         sign_requests: bool = False,
+        min_sessions: int | None = None,
     ) -> None:
         """``sign_requests``: sign every request with ``identity`` (for replicas that check
-        client signatures, ``client_signatures = true``)."""
+        client signatures, ``client_signatures = true``). ``min_sessions``: how many
+        replicas must have answered before the constructor returns (default all of them; a
+        quorum is enough to make progress); the others keep being tried in the background."""
         if clients < 1 or len(endpoints) != len(replica_agents):
             raise UsageError("need at least one client and one agent id per endpoint")
         check_seconds(connect_timeout, "connect_timeout", allow_zero=False)
         self.n = len(endpoints)
+        need = self.n if min_sessions is None else min_sessions
+        if not 1 <= need <= self.n:
+            raise UsageError(f"min_sessions must be 1 to {self.n}, got {min_sessions}")
         self.agent = identity.agent_id
         self.index = {agent: i for i, agent in enumerate(replica_agents)}
         self.value = b"v" * value_size
@@ -124,26 +136,27 @@ class LoadGenerator:
                     )
                 )
             self._poller = SecurePoller(self.dealers)
-            self._wait_established(connect_timeout)
+            self._wait_established(connect_timeout, need)
         except BaseException:
             self.close()
             raise
         self.dropped: Counter[str] = Counter()
+        self._next_timer = 0.0
 
-    def _wait_established(self, connect_timeout: float) -> None:
-        """Pump every dealer together until all have a session, or ConnectError naming
-        every replica that has none after ``connect_timeout`` s. One replica at a
-        time, the others' answers waited unread behind it: connecting took the sum of the
-        round trips, and one slow replica held up the rest."""
+    def _wait_established(self, connect_timeout: float, need: int) -> None:
+        """Pump every dealer together until ``need`` of them have a session, or
+        ConnectError naming every replica that has none after ``connect_timeout`` s. One
+        replica at a time, the others' answers waited unread behind it: connecting took
+        the sum of the round trips, and one slow replica held up the rest."""
         deadline = time.monotonic() + connect_timeout
         while True:
             waiting = [dealer for dealer in self.dealers if not dealer.established]
             left = deadline - time.monotonic()
-            if not waiting or left <= 0:
+            if len(self.dealers) - len(waiting) >= need or left <= 0:
                 break
             for dealer in self._poller.wait(min(left, 0.05)):
                 dealer.pump(0.0)  # nothing else arrives before our first request
-        if not waiting:
+        if len(self.dealers) - len(waiting) >= need:
             return
         # The dealers' own words (as their wait_established says them), for the whole wait.
         if len(waiting) == 1:
@@ -182,37 +195,78 @@ class LoadGenerator:
         for client_id in list(self.clients)[:ops]:
             actions += self._issue(client_id)
         self._send(actions)
-        next_timer = 0.0
+        self._next_timer = 0.0
         while report.ops < ops and time.monotonic() - begin < max_seconds:
             if stop is not None and stop():
                 break
             actions = []
-            for dealer in self._poller.wait(0.01):
-                try:
-                    dealer.pump(0.0)
-                except ZmqCommError as exc:
-                    self.dropped[f"pump_{exc.reason}"] += 1
-                while dealer.inbox:
-                    delivered = dealer.inbox.popleft()
-                    sender = self.index.get(delivered.agent_id)
-                    for payload in delivered.message.payloads:
-                        reply = self._decode(payload)
-                        if sender is not None and reply is not None:
-                            actions += self._on_reply(sender, reply)
-            mono = time.monotonic()
-            if mono >= next_timer:
-                next_timer = mono + 0.01
-                now = time.time()
-                for client in self.clients.values():
-                    deadline = client.next_deadline()
-                    if deadline is not None and now >= deadline:
-                        actions += client.on_timer(now=now)
-            self._send(actions)
+            for sender, reply in self._replies(0.01):
+                actions += self._on_reply(sender, reply)
+            self._send(actions + self._timers())
         report.seconds = time.monotonic() - begin
         for client in self.clients.values():
             report.retransmissions += client.retransmissions
             report.rejected.update(client.rejected)
         return report
+
+    def call(self, op: bytes, *, timeout: float = 10.0) -> bytes:
+        """One operation from the first logical client: its result, once f + 1 replicas
+        sent the same one. RequestTimeout after ``timeout`` seconds."""
+        check_seconds(timeout, "timeout", allow_zero=False)
+        client_id, client = next(iter(self.clients.items()))
+        self._next_timer = 0.0
+        self._send(client.request(op, now=time.time()))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            actions: list[Any] = []
+            for sender, reply in self._replies(0.01):
+                if reply.client != client_id:
+                    self.dropped["unknown_client"] += 1
+                    continue
+                for out in client.on_message(sender, reply, now=time.time()):
+                    if isinstance(out, Result):
+                        return out.result
+                    actions.append(out)
+            self._send(actions + self._timers())
+        raise RequestTimeout(
+            f"no result within {timeout} s: fewer than {client.config.f + 1} replicas sent "
+            f"the same reply (sessions with {self.sessions()} of {self.n} replicas). Is a "
+            "quorum of them running, and does each trust this identity's .pub file?"
+        )
+
+    def sessions(self) -> int:
+        """Replicas with an authenticated session now."""
+        return sum(dealer.established for dealer in self.dealers)
+
+    def _replies(self, timeout: float) -> list[tuple[int, Reply]]:
+        """Wait up to ``timeout`` for the replicas, and take the replies that came."""
+        replies: list[tuple[int, Reply]] = []
+        for dealer in self._poller.wait(timeout):
+            try:
+                dealer.pump(0.0)
+            except ZmqCommError as exc:
+                self.dropped[f"pump_{exc.reason}"] += 1
+            while dealer.inbox:
+                delivered = dealer.inbox.popleft()
+                sender = self.index.get(delivered.agent_id)
+                for payload in delivered.message.payloads:
+                    reply = self._decode(payload)
+                    if sender is not None and reply is not None:
+                        replies.append((sender, reply))
+        return replies
+
+    def _timers(self) -> list[Any]:
+        """The clients' retransmissions that are due (looked at every 10 ms)."""
+        mono = time.monotonic()
+        if mono < self._next_timer:
+            return []
+        self._next_timer = mono + 0.01
+        now, actions = time.time(), []
+        for client in self.clients.values():
+            deadline = client.next_deadline()
+            if deadline is not None and now >= deadline:
+                actions += client.on_timer(now=now)
+        return actions
 
     def _on_reply(self, sender: int, reply: Reply) -> list[Any]:
         if not isinstance(reply.client, str):
