@@ -416,8 +416,14 @@ def test_the_client_command_puts_gets_and_deletes_with_one_replica_down(tmp_path
         assert (put.returncode, put.stdout) == (0, "ok (new key)\n"), put.stderr
         backup = (cluster.primary() + 1) % N
         cluster.kill(backup)
+        status = cluster.status(backup)
+        assert status is not None and status["running"]  # SIGKILL: it could not say
         got = _client(cluster, "get", "colour")
         assert (got.returncode, got.stdout) == (0, "blue\n"), got.stderr
+        # ... but its "updated" stood still while a live replica's went on.
+        live = cluster.status((backup + 1) % N)
+        assert cluster.status(backup) == status
+        assert live is not None and live["updated"] > status["updated"] + 0.5
         replaced = _client(cluster, "put", "colour", "green", "--json")
         assert replaced.returncode == 0, replaced.stderr
         assert json.loads(replaced.stdout) == {

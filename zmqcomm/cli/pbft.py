@@ -49,10 +49,17 @@ REPLICA_EXAMPLES = """\
 examples:
   zmqcomm pbft replica --config /etc/zmqcomm/replica-0.toml
 
-Runs until SIGTERM or Ctrl-C. Its SQLite store, status.json (refreshed four times a second)
-and, after a clean stop, state.json live in the configured data directory. Killed and
-restarted on the same data directory, it recovers its view, votes and checkpoint and catches
-up with the others.
+Runs until SIGTERM or Ctrl-C. Its SQLite store, status.json (refreshed four times a second;
+"updated" more than a second old means the replica is gone) and, after a clean stop,
+state.json live in the configured data directory. Killed and restarted on the same data
+directory, it recovers its view, votes and checkpoint and catches up with the others.
+
+The file (docs/patterns.md has a full example; 'zmqcomm pbft local --keep DIR' writes one
+per replica): replica (this one's index), name, keys, trust, data, audit, batch_size,
+batch_delay, checkpoint_interval, view_change_timeout, fsync, reply_all,
+client_signatures, max_request_bytes, max_batch_bytes, and one [[replicas]] table
+(endpoint, public) per replica. A passphrase-protected key's passphrase is asked on the
+terminal, or read from ZMQCOMM_PASSPHRASE.
 """
 
 
@@ -195,6 +202,13 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _run_replica(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     identity = load_node_identity(config.keys, config.name)
+    print(
+        f"replica {config.replica} of {len(config.replicas)} ({identity.agent_id}) starting: "
+        f"binds {config.replicas[config.replica].endpoint}, data in {config.data}; "
+        "status.json there shows how it goes; SIGTERM or Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
     final = run_replica(config, identity=identity)
     print(
         f"replica {final['replica']} stopped: view {final['view']}, "

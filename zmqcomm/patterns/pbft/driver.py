@@ -540,10 +540,15 @@ def _run_locked(
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + status_every
+                # "updated": a replica killed with SIGKILL cannot say it stopped; a file
+                # not rewritten for more than a second tells a monitor instead.
                 write_json(
-                    status_path, {"pid": os.getpid(), "running": True, **driver.statistics()}
+                    status_path,
+                    {"pid": os.getpid(), "running": True, "updated": time.time()}
+                    | driver.statistics(),
                 )
-        final = {"pid": os.getpid(), "running": False, **driver.statistics()}
+        final = {"pid": os.getpid(), "running": False, "updated": time.time()}
+        final |= driver.statistics()
         write_json(status_path, final)
         stopped_cleanly = True
         write_json(
