@@ -110,3 +110,47 @@ def test_adding_a_revoked_or_already_expired_key_warns(
     past = ["--expires", "2020-01-01T00:00:00Z"]
     assert main(["trust", "add", bob, "--to", str(store_dir), *past]) == 0
     assert "--expires is in the past" in capsys.readouterr().err
+
+
+def test_a_new_key_under_a_trusted_name_warns_and_revoke_retires_the_old_one(
+    tmp_path: Path, keys: dict[str, Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a walkthrough: 'keygen bob --force' then 'trust add' left both of bob's keys
+    trusted without a word, and no command could take the old one back."""
+    store_dir = tmp_path / "trust"
+    old_bob = keys["bob"]
+    assert main(["trust", "add", str(tmp_path / "keys" / "bob.pub"), "--to", str(store_dir)]) == 0
+    new_bob = Identity.generate("bob")
+    save_identity(new_bob, tmp_path / "new")
+    capsys.readouterr()
+    assert main(["trust", "add", str(tmp_path / "new" / "bob.pub"), "--to", str(store_dir)]) == 0
+    err = capsys.readouterr().err
+    assert f"also trusts another key named bob ({old_bob.agent_id})" in err
+    assert f"zmqcomm trust revoke {old_bob.agent_id} --in {store_dir}" in err
+    # By name, two entries are ambiguous; by agent id it is not.
+    assert main(["trust", "revoke", "bob", "--in", str(store_dir)]) == EXIT_USAGE
+    assert "2 entries are named 'bob'" in capsys.readouterr().err
+    assert main(["trust", "revoke", old_bob.agent_id, "--in", str(store_dir)]) == 0
+    assert "refused from its next message on" in capsys.readouterr().out
+    store = TrustStore(store_dir)
+    assert old_bob.agent_id in store.revoked() and old_bob.agent_id not in store
+    assert new_bob.agent_id in store
+    # A name only one entry has is enough.
+    assert main(["trust", "revoke", "bob", "--in", str(store_dir)]) == 0
+    assert new_bob.agent_id not in TrustStore(store_dir)
+
+
+@pytest.mark.parametrize(
+    ("who", "says"),
+    [("carol", "neither an agent id nor a name"), ("not/an/id", "neither an agent id")],
+)
+def test_revoking_someone_unknown_is_a_clear_usage_error(
+    tmp_path: Path, keys: dict[str, Identity], capsys: pytest.CaptureFixture[str], who: str,
+    says: str,
+) -> None:  # fmt: skip
+    store_dir = tmp_path / "trust"
+    assert main(["trust", "add", str(tmp_path / "keys" / "bob.pub"), "--to", str(store_dir)]) == 0
+    assert main(["trust", "revoke", who, "--in", str(store_dir)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+    assert main(["trust", "revoke", "bob", "--in", str(tmp_path / "nowhere")]) == EXIT_USAGE

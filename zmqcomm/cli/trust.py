@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zmqcomm.crypto.key_files import load_public_document
+from zmqcomm.crypto.keys import is_agent_id
 from zmqcomm.crypto.trust import (
     TrustEntry,
     TrustStore,
@@ -26,17 +27,22 @@ examples:
       --expires 2027-01-31T00:00:00Z
   zmqcomm trust list trust/broker          agent id, name, roles and expiry of each entry
   zmqcomm trust list trust/broker --json   one JSON object per entry, for scripts
+  zmqcomm trust revoke AGENT_ID --in trust/broker
+                                           refused from its next message on (see below)
 
 Roles are what a policy file grants (docs/node.md). Adding a key that is already there
 replaces its roles and expiry (give them all again) and lifts a revocation of it, with a
-warning. Format: docs/keys.md.
+warning. A new key under a name the store already trusts (a key made again with keygen
+--force) does not replace the old one: both are trusted until the old one is revoked, as
+the warning says. revoke takes an agent id (from 'trust list'), or a name when only one
+entry has it. Format: docs/keys.md.
 """
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "trust",
-        help="add peers' .pub files to a trust store with roles, or list one",
+        help="add peers' .pub files to a trust store with roles, list one, revoke a key",
         description=(
             "Manage a trust store: the directory of .pub files whose holders a broker or "
             "node accepts, each with the roles a policy file grants permissions to."
@@ -74,6 +80,20 @@ def register(commands: Any) -> None:
     listing.add_argument("directory", metavar="DIR", help="the trust store")
     listing.add_argument("--json", action="store_true", help="one JSON object per entry")
     listing.set_defaults(run=run_list)
+    revoke = actions.add_parser(
+        "revoke",
+        help="stop trusting a key, from its holder's next message on",
+        description=(
+            "Revoke WHO (an agent id, or a name only one entry has) in the trust store DIR: "
+            "its file moves to DIR/revoked/, and running brokers and nodes refuse its next "
+            "message (they watch the directory)."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    revoke.add_argument("who", metavar="WHO", help="agent id or name")
+    revoke.add_argument("--in", dest="directory", required=True, metavar="DIR", help="the store")
+    revoke.set_defaults(run=run_revoke)
 
 
 def _roles(text: str) -> list[str]:
@@ -101,8 +121,36 @@ def run_add(args: argparse.Namespace) -> int:
         print(f"{_describe(entry)}  -> {entry.path}")
         if entry.agent_id in revoked:
             _warn(f"{entry.name} ({entry.agent_id}) was revoked; it is trusted again")
+        for other in store.entries():
+            if other.name == entry.name and other.agent_id != entry.agent_id:
+                _warn(
+                    f"{target} also trusts another key named {entry.name} "
+                    f"({other.agent_id}); if the new key replaces it, run: zmqcomm trust "
+                    f"revoke {other.agent_id} --in {target}"
+                )
         if entry.expired(now=time.time()):
             _warn(f"{entry.name}: --expires is in the past, so its key is refused from now")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory: no trust store there")
+    store = TrustStore(directory, watch=False)
+    who = args.who
+    if not is_agent_id(who):
+        named = [entry for entry in store.entries() if entry.name == who]
+        if not named:
+            raise UsageError(f"{who!r} is neither an agent id nor a name in {directory}")
+        if len(named) > 1:
+            ids = ", ".join(sorted(entry.agent_id for entry in named))
+            raise UsageError(f"{len(named)} entries are named {who!r} ({ids}): give the agent id")
+        who = named[0].agent_id
+    if store.revoke(who):
+        print(f"revoked {who}: refused from its next message on")
+    else:
+        print(f"{who} was not trusted here; it is now refused even if added by first use")
     return 0
 
 
