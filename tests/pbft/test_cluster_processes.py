@@ -215,16 +215,20 @@ def test_written_configs_load_back_and_bad_ones_are_usage_errors(
         loaded = load_config(cluster.config_path(2))
         assert loaded == cluster.configs[2]
         assert loaded.agent_ids == cluster.agent_ids
-    bad = tmp_path / "bad.toml"
+        valid = cluster.config_path(2).read_text()
+    bad = tmp_path / "c" / "bad.toml"  # beside the keys the valid file names
     for text, message in [
         ("replica = 0\nspeed = 1\n", "unknown setting(s) speed"),
         ("replica = 0\n", "missing setting 'keys'"),
         ("replica = [\n", "not valid TOML"),
+        # It did not say which file.
+        (valid.replace("replica = 2", "replica = 9"), f"{bad}: replica must be an index 0..3"),
     ]:
         bad.write_text(text)
         assert pbft_main(["replica", "--config", str(bad)]) == 2
         err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1
+        assert message in err and err.count("\n") == 1, err
+        assert err.startswith("zmqcomm pbft replica: error: ")
     for argv, message in [
         (["--replicas", "3"], "--replicas must be 4 to 31"),
         (["--replicas", "0"], "--replicas must be 4 to 31"),  # it said "at least 1"

@@ -25,7 +25,7 @@ from zmqcomm.patterns.discovery.udp import DEFAULT_INTERVAL, DEFAULT_PORT, Beaco
 EXAMPLES = """\
 examples:
   zmqcomm peers                          beacon and listen on loopback (port 5670), live
-  zmqcomm peers --duration 5 --json      JSON lines: one per event, then the table
+  zmqcomm peers --duration 5 --json      JSON lines: UP, one per event, then SUMMARY
   zmqcomm peers --keys keys --name alice --trust trust --announce 5555
       beacon as alice, announcing port 5555, and accept only peers in trust/
   zmqcomm peers --interface eth0         also beacon on eth0 (only interfaces you name)
@@ -76,6 +76,10 @@ def register(commands: Any) -> None:
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of text")
     parser.set_defaults(run=run)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _event_line(event: PeerEvent, started: float, as_json: bool) -> str:
@@ -149,7 +153,7 @@ def _run_membership(args: argparse.Namespace, identity: Identity, trust: TrustSt
         if args.json:
             print(json.dumps({"event": "SUMMARY", **summary}))
         else:
-            print(f"{len(members)} members; dropped {summary['dropped'] or 'nothing'}")
+            print(f"{_count(len(members), 'member')}; dropped {summary['dropped'] or 'nothing'}")
     return 0
 
 
@@ -207,5 +211,5 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"event": "SUMMARY", **summary}))
         else:
-            print(f"{len(peers)} peers; dropped {summary['dropped'] or 'nothing'}")
+            print(f"{_count(len(peers), 'peer')}; dropped {summary['dropped'] or 'nothing'}")
     return 0

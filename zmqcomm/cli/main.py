@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(args: argparse.Namespace) -> str:
+    """``zmqcomm pbft replica``, not just ``zmqcomm pbft``: whose words the error is."""
+    action = getattr(args, f"{args.command}_command", None)
+    return f"zmqcomm {args.command}" + (f" {action}" if action else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,16 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except UsageError as exc:
-        print(f"zmqcomm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_command(args)}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ZmqCommError as exc:
-        print(f"zmqcomm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_command(args)}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
         # A file or directory the command had to create or read (--dir, --keep, --out,
         # --data): the system's own words name the path and what went wrong.
         print(
-            f"zmqcomm {args.command}: error: {exc}; check the path and its permissions",
+            f"{_command(args)}: error: {exc}; check the path and its permissions",
             file=sys.stderr,
         )
         return EXIT_FAILED

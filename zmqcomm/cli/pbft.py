@@ -185,7 +185,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{'fsync' if summary['fsync'] else 'no fsync'})"),
         ("operations", f"{summary['ops']} in {summary['seconds']} s"),
         ("throughput", f"{summary['throughput']} ops/s (batch {summary['batch']}, "
-                       f"{summary['clients']} clients)"),
+                       f"{summary['clients']} client{'' if summary['clients'] == 1 else 's'})"),
         ("latency", f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"),
         ("view changes", str(summary["replica_view"])),
         ("per operation", f"{summary.get('messages_per_op')} messages, "
@@ -230,10 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("zmqcomm pbft: interrupted", file=sys.stderr)
         return 130
     except UsageError as exc:
-        print(f"zmqcomm pbft: error: {exc}", file=sys.stderr)
+        print(f"zmqcomm pbft {args.pbft_command}: error: {exc}", file=sys.stderr)
         return 2
     except ZmqCommError as exc:
-        print(f"zmqcomm pbft: error: {exc}", file=sys.stderr)
+        print(f"zmqcomm pbft {args.pbft_command}: error: {exc}", file=sys.stderr)
         return 1
     return code
 

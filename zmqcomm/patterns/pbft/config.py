@@ -309,12 +309,15 @@ def load_config(path: str | os.PathLike[str]) -> ReplicaConfig:
     )
     flags = ("fsync", "reply_all", "client_signatures")
     settings = {k: data[k] for k in (*names, *flags) if k in data}
-    return ReplicaConfig(
-        replica=data["replica"],
-        replicas=tuple(entries),
-        keys=_path(base, data["keys"], "keys"),
-        trust=_path(base, data["trust"], "trust"),
-        data=_path(base, data["data"], "data"),
-        audit=None if audit is None else _path(base, audit, "audit"),
-        **settings,
-    )
+    try:
+        return ReplicaConfig(
+            replica=data["replica"],
+            replicas=tuple(entries),
+            keys=_path(base, data["keys"], "keys"),
+            trust=_path(base, data["trust"], "trust"),
+            data=_path(base, data["data"], "data"),
+            audit=None if audit is None else _path(base, audit, "audit"),
+            **settings,
+        )
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None  # which file, as for the checks above
