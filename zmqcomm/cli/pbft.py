@@ -183,7 +183,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [
         ("replicas", f"{summary['replicas']} ({summary['transport']}, "
                      f"{'fsync' if summary['fsync'] else 'no fsync'})"),
-        ("operations", f"{summary['ops']} in {summary['seconds']} s"),
+        ("operations", f"{summary['ops']} in {summary['seconds']} s (after "
+                       f"{summary['start_seconds']} s to start and connect the replicas)"),
         ("throughput", f"{summary['throughput']} ops/s (batch {summary['batch']}, "
                        f"{summary['clients']} client{'' if summary['clients'] == 1 else 's'})"),
         ("latency", f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"),

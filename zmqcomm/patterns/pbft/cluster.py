@@ -332,8 +332,10 @@ def run_local(options: LocalOptions, *, progress: IO[str] | None = None) -> dict
     )
     with cluster:
         say(f"starting {options.replicas} replicas in {cluster.directory}")
+        starting = time.monotonic()
         cluster.start_all()
         cluster.wait_ready()
+        started_in = time.monotonic() - starting
         killed: dict[str, Any] = {}
         timer: threading.Timer | None = None
         if options.kill_primary_at is not None:
@@ -362,6 +364,8 @@ def run_local(options: LocalOptions, *, progress: IO[str] | None = None) -> dict
             options, load, report, [cluster.status(r) for r in range(options.replicas)]
         )
         summary["killed"] = killed.get("replica")
+        # The operations' own time excludes this, so that ops/s is the cluster's rate.
+        summary["start_seconds"] = round(started_in, 3)
         if options.kill_primary_at is not None and not killed:
             say(
                 f"the load ended before --kill-primary-at {options.kill_primary_at:g} s: "
