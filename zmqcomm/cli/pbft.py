@@ -203,14 +203,17 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _run_replica(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     identity = load_node_identity(config.keys, config.name)
-    print(
-        f"replica {config.replica} of {len(config.replicas)} ({identity.agent_id}) starting: "
-        f"binds {config.replicas[config.replica].endpoint}, data in {config.data}; "
-        "status.json there shows how it goes; SIGTERM or Ctrl-C stops it",
-        file=sys.stderr,
-        flush=True,
-    )
-    final = run_replica(config, identity=identity)
+
+    def started() -> None:
+        print(
+            f"replica {config.replica} of {len(config.replicas)} ({identity.agent_id}) "
+            f"running: bound to {config.replicas[config.replica].endpoint}, data in "
+            f"{config.data} (status.json there shows how it goes); SIGTERM or Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    final = run_replica(config, identity=identity, on_started=started)
     print(
         f"replica {final['replica']} stopped: view {final['view']}, "
         f"executed up to {final['last_executed']}",

@@ -415,8 +415,10 @@ def run_replica(
     stop: Callable[[], bool] | None = None,
     status_every: float = 0.25,
     context: zmq.Context[Any] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one replica until ``stop()`` is true (or SIGTERM/SIGINT in the main thread).
+    ``on_started()`` is called once its store is loaded and its socket bound.
 
     The SQLite store, ``status.json`` (refreshed every ``status_every`` s) and, at a clean
     stop, ``state.json`` (the executed sequence, the state digest and the keys held) live in
@@ -434,7 +436,9 @@ def run_replica(
     config.data.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = _lock_data_directory(config.data)
     try:
-        return _run_locked(config, identity, stop, status_every, context)
+        return _run_locked(
+            config, identity, stop, status_every, context=context, on_started=on_started
+        )
     finally:
         lock.close()
 
@@ -496,7 +500,9 @@ def _run_locked(
     identity: Identity,
     stop: Callable[[], bool] | None,
     status_every: float,
+    *,
     context: zmq.Context[Any] | None,
+    on_started: Callable[[], None] | None,
 ) -> dict[str, Any]:
     stopping = False
 
@@ -528,6 +534,8 @@ def _run_locked(
     except BaseException:
         store.close()
         raise
+    if on_started is not None:
+        on_started()
     status_path = config.data / STATUS_FILE
     next_status = 0.0
     stopped_cleanly = False
