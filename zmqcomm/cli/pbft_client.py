@@ -111,7 +111,7 @@ def _report(args: argparse.Namespace, result: bytes) -> int:
         print(json.dumps({"operation": args.operation, "key": args.key, "status": status,
                           "value": shown}))  # fmt: skip
     elif status != "ok":
-        print(f"error: {value}")
+        print(f"error: {shown}")
     elif args.operation == "get":
         if value is not None:
             print(shown)

@@ -110,6 +110,15 @@ class Client:
             return [Send(r, request) for r in range(self.n)]
         return [Send(self.config.primary(self.view), request)]
 
+    def abandon(self) -> None:
+        """Give up the outstanding request and those queued: the caller stopped waiting.
+        Their results, if they come, are refused (``stale_reply``) instead of being taken
+        for the next request's. A request given up may still have been executed."""
+        self.current = None
+        self.deadline = None
+        self.replies = {}
+        self.queue.clear()
+
     def next_deadline(self) -> float | None:
         return self.deadline
 

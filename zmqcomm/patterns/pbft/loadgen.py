@@ -171,9 +171,10 @@ class LoadGenerator:
             f"{unreachable_endpoint_hint(d.endpoint)}"
             for d in waiting
         )
+        needed = "" if need == len(self.dealers) else f" ({need} needed)"
         raise ConnectError(
             f"no authenticated session with {len(waiting)} of {len(self.dealers)} replicas "
-            f"within {connect_timeout} s: {each}"
+            f"within {connect_timeout} s{needed}: {each}"
         )
 
     def run(
@@ -211,7 +212,9 @@ class LoadGenerator:
 
     def call(self, op: bytes, *, timeout: float = 10.0) -> bytes:
         """One operation from the first logical client: its result, once f + 1 replicas
-        sent the same one. RequestTimeout after ``timeout`` seconds."""
+        sent the same one. RequestTimeout after ``timeout`` seconds; the operation may
+        still be executed after that (the replicas had it), so retry only what is safe to
+        run twice, or read first."""
         check_seconds(timeout, "timeout", allow_zero=False)
         client_id, client = next(iter(self.clients.items()))
         self._next_timer = 0.0
@@ -228,6 +231,7 @@ class LoadGenerator:
                         return out.result
                     actions.append(out)
             self._send(actions + self._timers())
+        client.abandon()  # else its late result would be taken for the next call's
         raise RequestTimeout(
             f"no result within {timeout} s: fewer than {client.config.f + 1} replicas sent "
             f"the same reply (sessions with {self.sessions()} of {self.n} replicas). Is a "

@@ -198,6 +198,12 @@ class ReplicaCore:
         #: behind a gap. Neither holds a request to time, and an idle cluster makes no
         #: checkpoint that would show us the way (see :meth:`Replica.on_timer`).
         self.ask_at: float | None = None
+        #: The next ask is due whatever our log shows (a restart, a view we were shown).
+        self.ask_anyway = False
+        #: How long until we ask again about the same gap: doubled each time, so that a gap
+        #: no answer can fill (a faulty primary that kept one PRE-PREPARE from us alone, and
+        #: only the primary can resend it) costs the others little while it lasts.
+        self.ask_every = view_change_timeout
         #: Queries decided deep inside a handler, returned with its actions.
         self._outbox: list[Any] = []
         self.votes: dict[tuple[int, int, str], bytes] = {}
@@ -528,9 +534,11 @@ class ReplicaCore:
                 self.log.committed[sequence] = pp
             out += self._execute(now)
             if sequence > self.last_executed and self.ask_at is None:
-                # Committed but not executed: a lower sequence never reached us. Its own
-                # retransmissions may still come; after a quarter timeout we ask.
+                # Committed but not executed: a lower sequence has not reached us (yet:
+                # entries also commit out of order). Its own messages may still come; if
+                # the gap is still there after a quarter timeout, we ask.
                 self.ask_at = now + self.base_timeout / 4
+                self.ask_every = self.base_timeout
         return out
 
     def _execute(self, now: float) -> list[Any]:

@@ -100,7 +100,7 @@ class Replica(ReplicaCore):
             self.vc_resend = now  # resend our VIEW-CHANGE at the first timer
         if self.votes or saved is not None:
             # A restart: the others may have gone on while we were down.
-            self.ask_at = now
+            self.ask_at, self.ask_anyway = now, True
 
     def next_deadline(self) -> float | None:
         deadlines = [
@@ -161,10 +161,17 @@ class Replica(ReplicaCore):
         return not self.changing and self.fetch_target is None
 
     def _ask_how_far(self, now: float) -> list[Any]:
-        """Tell the others how far we got; they resend what we lack. Again every timeout
-        while committed entries still wait behind a gap (the answers may be lost too)."""
+        """Tell the others how far we got; they resend what we lack. Again, less and less
+        often, while committed entries still wait behind a gap (answers get lost too)."""
         gap = any(sequence > self.last_executed for sequence in self.log.committed)
-        self.ask_at = now + self.base_timeout if gap else None
+        anyway, self.ask_anyway = self.ask_anyway, False
+        if not gap:
+            self.ask_at = None
+            if not anyway:
+                return []  # the missing entries came after all
+        else:
+            self.ask_at = now + self.ask_every
+            self.ask_every = min(self.ask_every * 2, self.max_timeout)
         return self._to_others(Status(self.view, self.last_executed, self.id))
 
     def _request_timed_out(self, now: float) -> list[Any]:
@@ -374,7 +381,13 @@ class Replica(ReplicaCore):
         return self._accept_new_view(nv, now)
 
     def _on_view_state(self, sender: int, state: ViewState, now: float) -> list[Any]:
-        return self._accept_new_view(state.new_view, now)
+        before = self.view, self.changing
+        out = self._accept_new_view(state.new_view, now)
+        if (self.view, self.changing) != before:
+            # Shown a view we missed (our STATUS was from an older one): what committed in
+            # it since reaches us only if we ask again, after the others' rate limit.
+            self.ask_at, self.ask_anyway = now + self.base_timeout, True
+        return out
 
     def _accept_new_view(self, nv: Any, now: float) -> list[Any]:
         view = getattr(nv, "view", None)
