@@ -424,6 +424,8 @@ def test_the_client_command_puts_gets_and_deletes_with_one_replica_down(tmp_path
         assert status is not None and status["running"]  # SIGKILL: it could not say
         got = _client(cluster, "get", "colour")
         assert (got.returncode, got.stdout) == (0, "blue\n"), got.stderr
+        down = cluster.endpoints[backup]
+        assert f"warning: no session with the replica at {down}" in got.stderr
         # ... but its "updated" stood still while a live replica's went on.
         live = cluster.status((backup + 1) % N)
         assert cluster.status(backup) == status

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import sys
 from typing import Any
 
 from zmqcomm.checks import check_seconds
 from zmqcomm.cli.common import load_node_identity, open_trust_store
-from zmqcomm.errors import UsageError, ZmqCommError
+from zmqcomm.errors import UsageError
 from zmqcomm.patterns.pbft.config import load_config
 from zmqcomm.patterns.pbft.loadgen import LoadGenerator
 from zmqcomm.patterns.pbft.quorum import Quorum
@@ -78,10 +79,11 @@ def run_client(args: argparse.Namespace) -> int:
     config = load_config(args.cluster)
     trust = open_trust_store(args.trust)
     identity = load_node_identity(args.keys, args.name)
+    endpoints = [entry.endpoint for entry in config.replicas]
     with LoadGenerator(
         identity,
         trust,
-        endpoints=[entry.endpoint for entry in config.replicas],
+        endpoints=endpoints,
         replica_agents=[entry.agent_id for entry in config.replicas],
         clients=1,
         connect_timeout=args.timeout,
@@ -89,7 +91,20 @@ def run_client(args: argparse.Namespace) -> int:
         min_sessions=Quorum(len(config.replicas)).quorum,  # what the cluster needs to work
     ) as client:
         result = client.call(op, timeout=args.timeout)
+        _warn_of_missing_sessions(client, endpoints)
     return _report(args, result)
+
+
+def _warn_of_missing_sessions(client: LoadGenerator, endpoints: list[str]) -> None:
+    """A quorum answered, but a replica this client cannot reach is worth a word: if it is
+    the primary (it may not trust this key), every call costs a view change."""
+    for dealer, endpoint in zip(client.dealers, endpoints, strict=True):
+        if not dealer.established:
+            print(
+                f"zmqcomm pbft client: warning: no session with the replica at {endpoint}: "
+                f"{dealer.why_no_session()}",
+                file=sys.stderr,
+            )
 
 
 def _operation(args: argparse.Namespace) -> bytes:
@@ -104,8 +119,9 @@ def _operation(args: argparse.Namespace) -> bytes:
 def _report(args: argparse.Namespace, result: bytes) -> int:
     try:
         status, value = decode_result(result)
-    except (ValueError, TypeError) as exc:  # agreed by f + 1 replicas, yet not ours to read
-        raise ZmqCommError(f"the replicas' result is not a key-value result: {exc}") from None
+    except (ValueError, TypeError):
+        # Not the store's own answer: the replicas' (ERROR_RESULT when apply() raised).
+        status, value = "error", result
     shown = _text(value)
     if args.json:
         print(json.dumps({"operation": args.operation, "key": args.key, "status": status,
