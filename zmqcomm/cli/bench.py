@@ -12,6 +12,7 @@ from typing import Any
 
 from zmqcomm.bench import plots
 from zmqcomm.bench.harness import Progress
+from zmqcomm.bench.report import verdict
 from zmqcomm.bench.runner import SECTIONS, default_out_dir, run_benchmarks
 from zmqcomm.bench.settings import TRANSPORTS, BenchSettings, parse_size
 from zmqcomm.cli.common import sigterm_interrupts
@@ -118,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<15} {path}")
         for claim in outcome.results["claims"]:
             value = "not measured" if claim["value"] is None else f"{claim['value']:.2f}x"
-            verdict = {True: "met", False: "NOT met", None: "-"}[claim["met"]]
-            print(f"{claim['claim']:<40} {value:>12}  target {claim['target']}  {verdict}")
+            print(f"{claim['claim']:<40} {value:>12}  target {claim['target']}  {verdict(claim)}")
     if outcome.failed:
         print(f"zmqcomm bench: failed sections: {', '.join(outcome.failed)}", file=sys.stderr)
         return 1
