@@ -4,12 +4,16 @@ import errno
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
 import zmq
 
+from zmqcomm.crypto.keys import Identity
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ConnectError, EndpointError, UsageError
+from zmqcomm.secure import SecureRouter
 from zmqcomm.transport.endpoints import (
     IPC_PATH_MAX,
     Endpoint,
@@ -193,3 +197,37 @@ def test_a_closed_sockets_file_is_removed_but_not_one_bound_since(short_dir: str
         assert stat.S_ISSOCK(os.stat(path).st_mode)
     finally:
         context.destroy(linger=0)  # closes what a failed assert left open
+
+
+def test_a_wildcard_ipc_bind_is_left_to_libzmq_which_removes_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: libzmq makes a temporary directory for ipc://* and removes it with
+    the file, after the socket closes; removing the file first left the directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert IpcSocketFile.made_by_bind("ipc:///tmp/tmpabc/socket", asked="ipc://*") is None
+    router = SecureRouter(
+        "ipc://*", identity=Identity.generate("r"), trust=TrustStore(tmp_path / "trust")
+    )
+    assert router.endpoint.startswith("ipc://") and router.endpoint != "ipc://*"
+    made = router.endpoint.removeprefix("ipc://")
+    router.close()
+    deadline = time.monotonic() + 5
+    while os.path.exists(os.path.dirname(made)) and time.monotonic() < deadline:
+        time.sleep(0.02)  # libzmq closes the listener in its I/O thread
+    assert not os.path.exists(os.path.dirname(made))
+
+
+def test_a_router_refusing_its_settings_after_the_bind_leaves_no_socket_file(
+    short_dir: str,
+) -> None:
+    path = f"{short_dir}/r.sock"
+    with pytest.raises(UsageError):
+        SecureRouter(
+            f"ipc://{path}",
+            identity=Identity.generate("r"),
+            trust=TrustStore(f"{short_dir}/trust"),
+            max_inbox=0,
+        )
+    assert not os.path.exists(path)

@@ -63,33 +63,38 @@ class SecureRouter(_SecureSocket):
         except BaseException:
             sock.close(linger=0)
             raise
-        super().__init__(
-            sock,
-            identity=identity,
-            trust=trust,
-            audit=audit,
-            codec=codec,
-            policy=policy,
-            limits=limits,
-            clock=clock,
-            wall_clock=wall_clock,
-            random_bytes=random_bytes,
-            send_timeout=send_timeout,
-            max_inbox=max_inbox,
-        )
-        self._note_bound(self.endpoint)
+        made = IpcSocketFile.made_by_bind(self.endpoint, asked=endpoint)
+        try:
+            super().__init__(
+                sock,
+                identity=identity,
+                trust=trust,
+                audit=audit,
+                codec=codec,
+                policy=policy,
+                limits=limits,
+                clock=clock,
+                wall_clock=wall_clock,
+                random_bytes=random_bytes,
+                send_timeout=send_timeout,
+                max_inbox=max_inbox,
+            )
+        except BaseException:
+            sock.close(linger=0)
+            if made is not None:
+                made.remove()  # refused settings must not leave a socket file behind
+            raise
+        if made is not None:
+            self._bound_files.append(made)
 
     def bind(self, endpoint: str) -> str:
         """Listen on another endpoint as well; returns it as bound (the real port for 0)."""
         self._check_open()
         bound = bind(self.socket, endpoint)
-        self._note_bound(bound)
-        return bound
-
-    def _note_bound(self, bound: str) -> None:
-        made = IpcSocketFile.made_by_bind(bound)
+        made = IpcSocketFile.made_by_bind(bound, asked=endpoint)
         if made is not None:
             self._bound_files.append(made)
+        return bound
 
     def _transmit(self, route: bytes, frames: Sequence[Buffer], *, wait: bool = True) -> None:
         send_frames(self.socket, [route, *frames], timeout=None if wait else 0)

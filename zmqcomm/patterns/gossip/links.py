@@ -102,7 +102,7 @@ class PlainLinks:
             for sock in opened:  # e.g. the context's socket limit refused the outbox
                 sock.close(0)
             raise
-        self._bound_file = IpcSocketFile.made_by_bind(self.endpoint)
+        self._bound_file = IpcSocketFile.made_by_bind(self.endpoint, asked=endpoint)
         #: Bumped whenever :meth:`sockets` changes (never, here).
         self.version = 0
 
