@@ -154,3 +154,41 @@ def test_revoking_someone_unknown_is_a_clear_usage_error(
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
     assert main(["trust", "revoke", "bob", "--in", str(tmp_path / "nowhere")]) == EXIT_USAGE
+
+
+def test_a_damaged_file_in_the_store_does_not_block_a_revocation(
+    tmp_path: Path, keys: dict[str, Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in review: the store was loaded strictly, so one half-written .pub file made
+    'trust revoke' (and 'trust list') fail, when revoking is what cannot wait."""
+    store_dir = tmp_path / "trust"
+    bob = keys["bob"]
+    assert main(["trust", "add", str(tmp_path / "keys" / "bob.pub"), "--to", str(store_dir)]) == 0
+    (store_dir / "broken.pub").write_text("{not json", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["trust", "list", str(store_dir)]) == 0
+    listed = capsys.readouterr()
+    assert bob.agent_id in listed.out and "skipped" in listed.err and "broken.pub" in listed.err
+    assert main(["trust", "revoke", "bob", "--in", str(store_dir)]) == 0
+    assert bob.agent_id in TrustStore(store_dir, strict=False).revoked()
+
+
+def test_revoking_twice_says_so_and_a_name_that_looks_like_an_id_is_a_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    looks_like_an_id = "abcdefghijklmnopqrstuvwxyz"  # 26 letters: a valid agent id's shape
+    odd = Identity.generate(looks_like_an_id)
+    save_identity(odd, tmp_path / "keys")
+    store_dir = tmp_path / "trust"
+    pub = str(tmp_path / "keys" / f"{looks_like_an_id}.pub")
+    assert main(["trust", "add", pub, "--to", str(store_dir)]) == 0
+    assert main(["trust", "revoke", looks_like_an_id, "--in", str(store_dir)]) == 0
+    assert f"revoked {odd.agent_id}" in capsys.readouterr().out
+    assert odd.agent_id not in TrustStore(store_dir)
+    assert main(["trust", "revoke", odd.agent_id, "--in", str(store_dir)]) == 0
+    assert f"{odd.agent_id} is already revoked" in capsys.readouterr().out
+    # A well-formed id nobody in the store holds: revoked ahead, with a warning to check it.
+    stranger = Identity.generate("stranger").agent_id
+    assert main(["trust", "revoke", stranger, "--in", str(store_dir)]) == 0
+    assert "is not in" in capsys.readouterr().err
+    assert stranger in TrustStore(store_dir).revoked()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -126,7 +127,7 @@ def run_add(args: argparse.Namespace) -> int:
                 _warn(
                     f"{target} also trusts another key named {entry.name} "
                     f"({other.agent_id}); if the new key replaces it, run: zmqcomm trust "
-                    f"revoke {other.agent_id} --in {target}"
+                    f"revoke {other.agent_id} --in {shlex.quote(str(target))}"
                 )
         if entry.expired(now=time.time()):
             _warn(f"{entry.name}: --expires is in the past, so its key is refused from now")
@@ -137,21 +138,43 @@ def run_revoke(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory: no trust store there")
-    store = TrustStore(directory, watch=False)
-    who = args.who
-    if not is_agent_id(who):
-        named = [entry for entry in store.entries() if entry.name == who]
-        if not named:
-            raise UsageError(f"{who!r} is neither an agent id nor a name in {directory}")
-        if len(named) > 1:
-            ids = ", ".join(sorted(entry.agent_id for entry in named))
-            raise UsageError(f"{len(named)} entries are named {who!r} ({ids}): give the agent id")
-        who = named[0].agent_id
+    # A damaged file elsewhere in the store must not stop an emergency revocation.
+    store = TrustStore(directory, watch=False, strict=False)
+    _warn_of_problems(store)
+    who = _whom(store, args.who, directory)
+    if who in store.revoked():
+        print(f"{who} is already revoked")
+        return 0
     if store.revoke(who):
         print(f"revoked {who}: refused from its next message on")
     else:
-        print(f"{who} was not trusted here; it is now refused even if added by first use")
+        _warn(
+            f"{who} is not in {directory}; it is revoked anyway, so it stays refused even "
+            "if it is added later (check the id if you meant someone in the store)"
+        )
     return 0
+
+
+def _whom(store: TrustStore, text: str, directory: Path) -> str:
+    """The agent id ``text`` means: an entry's id or revoked id, else the one entry with
+    that name (a name may look like an agent id), else a well-formed id to revoke ahead."""
+    entries = store.entries()
+    if any(entry.agent_id == text for entry in entries) or text in store.revoked():
+        return text
+    named = [entry for entry in entries if entry.name == text]
+    if len(named) > 1:
+        ids = ", ".join(sorted(entry.agent_id for entry in named))
+        raise UsageError(f"{len(named)} entries are named {text!r} ({ids}): give the agent id")
+    if named:
+        return named[0].agent_id
+    if is_agent_id(text):
+        return text
+    raise UsageError(f"{text!r} is neither an agent id nor a name in {directory}")
+
+
+def _warn_of_problems(store: TrustStore) -> None:
+    for path, problem in sorted(store.problems.items()):
+        _warn(f"skipped {path}: {problem}")
 
 
 def _warn(text: str) -> None:
@@ -162,7 +185,8 @@ def run_list(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory: no trust store there")
-    store = TrustStore(directory, watch=False)
+    store = TrustStore(directory, watch=False, strict=False)
+    _warn_of_problems(store)
     for entry in sorted(store.entries(), key=lambda e: (e.name, e.agent_id)):
         if not args.json:
             print(_describe(entry))

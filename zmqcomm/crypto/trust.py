@@ -184,13 +184,16 @@ class TrustStore:
         watch: bool = True,
         watch_interval: float = 1.0,
         revocation_interval: float = 0.001,
+        strict: bool = True,
     ) -> None:
         """``watch_interval``: how often, in seconds of the ``now`` given to lookups, key
         files added, removed or edited by other processes are looked for (0: on every
         lookup, three ``stat`` calls). ``revocation_interval``: the same for revocations
         (one ``stat``; 0: on every lookup); keep it short, since revoking, not deleting a key
         file, is how to cut a peer off at once. Changes made through this object count at
-        once either way."""
+        once either way. ``strict=False`` skips key files that do not load (each named in
+        :attr:`problems`) instead of raising: a tool that must work on a damaged store
+        (revoking someone in a hurry) uses it."""
         for name, value in (
             ("watch_interval", watch_interval),
             ("revocation_interval", revocation_interval),
@@ -225,7 +228,8 @@ class TrustStore:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise KeyFileError(f"cannot create trust store {self.directory}: {exc}") from exc
-        self.reload()
+        with self._lock:
+            self._load(strict=strict)
 
     @property
     def revoked_directory(self) -> Path:
