@@ -10,7 +10,7 @@ from typing import Any
 
 from zmqcomm.cli.common import load_node_identity, sigterm_interrupts
 from zmqcomm.cli.pbft_client import add_client_parser
-from zmqcomm.errors import UsageError, ZmqCommError
+from zmqcomm.errors import UsageError
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.patterns.pbft.config import MAX_VIEW_CHANGE_TIMEOUT, load_config
 from zmqcomm.patterns.pbft.driver import run_replica
@@ -50,7 +50,7 @@ examples:
   zmqcomm pbft replica --config /etc/zmqcomm/replica-0.toml
 
 Runs until SIGTERM or Ctrl-C. Its SQLite store, status.json (refreshed four times a second;
-"updated" more than a second old means the replica is gone) and, after a clean stop,
+"updated" more than a few seconds old means the replica is probably gone) and, after a clean stop,
 state.json live in the configured data directory. Killed and restarted on the same data
 directory, it recovers its view, votes and checkpoint and catches up with the others.
 
@@ -223,23 +223,11 @@ def _run_replica(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m zmqcomm.cli.pbft ...``: the same as ``zmqcomm pbft ...``."""
-    parser = argparse.ArgumentParser(prog="zmqcomm")
-    commands = parser.add_subparsers(dest="command", required=True)
-    register(commands)
-    args = parser.parse_args(["pbft", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        code: int = args.run(args)
-    except KeyboardInterrupt:
-        print("zmqcomm pbft: interrupted", file=sys.stderr)
-        return 130
-    except UsageError as exc:
-        print(f"zmqcomm pbft {args.pbft_command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ZmqCommError as exc:
-        print(f"zmqcomm pbft {args.pbft_command}: error: {exc}", file=sys.stderr)
-        return 1
-    return code
+    """``python -m zmqcomm.cli.pbft ...`` (how LocalCluster starts replicas): the same as
+    ``zmqcomm pbft ...``, errors and exit codes included."""
+    from zmqcomm.cli.main import main as zmqcomm_main  # noqa: PLC0415 - it imports this module
+
+    return zmqcomm_main(["pbft", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

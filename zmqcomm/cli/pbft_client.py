@@ -13,6 +13,7 @@ from zmqcomm.cli.common import load_node_identity, open_trust_store
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.pbft.config import load_config
 from zmqcomm.patterns.pbft.loadgen import LoadGenerator
+from zmqcomm.patterns.pbft.normal import ERROR_RESULT
 from zmqcomm.patterns.pbft.quorum import Quorum
 from zmqcomm.patterns.pbft.statemachine import decode_result, encode_op
 
@@ -90,8 +91,10 @@ def run_client(args: argparse.Namespace) -> int:
         sign_requests=config.client_signatures,
         min_sessions=Quorum(len(config.replicas)).quorum,  # what the cluster needs to work
     ) as client:
-        result = client.call(op, timeout=args.timeout)
-        _warn_of_missing_sessions(client, endpoints)
+        try:
+            result = client.call(op, timeout=args.timeout)
+        finally:
+            _warn_of_missing_sessions(client, endpoints)
     return _report(args, result)
 
 
@@ -120,8 +123,9 @@ def _report(args: argparse.Namespace, result: bytes) -> int:
     try:
         status, value = decode_result(result)
     except (ValueError, TypeError):
-        # Not the store's own answer: the replicas' (ERROR_RESULT when apply() raised).
-        status, value = "error", result
+        # Not the store's own answer but the replicas' (ERROR_RESULT: apply() raised).
+        failed = "the replicas' state machine raised an exception on it"
+        status, value = "error", failed if result == ERROR_RESULT else result
     shown = _text(value)
     if args.json:
         print(json.dumps({"operation": args.operation, "key": args.key, "status": status,

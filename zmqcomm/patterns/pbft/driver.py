@@ -572,7 +572,10 @@ def _run_locked(
         if not stopped_cleanly:
             # A monitor reading status.json must not see a dead replica as running.
             with contextlib.suppress(Exception):
-                write_json(status_path, {"pid": os.getpid(), "running": False, "failed": True})
+                write_json(
+                    status_path,
+                    {"pid": os.getpid(), "running": False, "failed": True, "updated": time.time()},
+                )
         driver.close()
         store.close()
         if audit is not None:
