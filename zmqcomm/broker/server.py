@@ -316,19 +316,22 @@ class Broker:
             for name, new, old in zip(names, counts, previous[1], strict=True)
         }
 
-    def write_stats(self) -> None:
+    def write_stats(self, *, running: bool = True) -> None:
+        """``running=False``: the last write, at a clean stop (so ``broker stats`` can say
+        the broker stopped, instead of guessing from the file's age)."""
         assert self.data is not None
         path = self.data / STATS_FILE
         temporary = path.with_name(f".{STATS_FILE}.{os.getpid()}")
         stats = self.statistics()
         stats["rates_per_s"] = self._rates(stats)
+        stats["running"] = running
         temporary.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
         os.replace(temporary, path)
 
     def close(self) -> None:
         try:
             if self.data is not None and hasattr(self, "core"):
-                self.write_stats()
+                self.write_stats(running=False)
         finally:  # a last stats write that fails (a full disk) must not keep the rest open
             try:
                 self.router.close()

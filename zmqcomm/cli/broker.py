@@ -282,10 +282,11 @@ def _stats(settings: dict[str, Any], *, as_json: bool) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     age = time.time() - float(stats.get("updated", 0))
-    print(
-        f"broker pid {stats.get('pid')}, up {stats.get('uptime', 0):.0f} s, "
-        f"stats {age:.1f} s old{' (is it still running?)' if age > 5 else ''}"
-    )
+    if stats.get("running") is False:
+        state = f"stopped {age:.0f} s ago (these are its last figures)"
+    else:
+        state = f"stats {age:.1f} s old{' (is it still running?)' if age > 5 else ''}"
+    print(f"broker pid {stats.get('pid')}, up {stats.get('uptime', 0):.0f} s, {state}")
     print(f"  endpoints        {', '.join(stats.get('endpoints', []))}")
     print(f"  agents connected {stats.get('agents')}")
     print(f"  messages in/out  {stats.get('messages_in')} / {stats.get('messages_out')}")
