@@ -167,12 +167,13 @@ def test_send_reaches_an_online_agent_by_name_of_its_key(swarm: Swarm) -> None:
     assert [(m.sender, m.payload, m.via) for m in got] == [
         (_agent_id(swarm, 0), {"task": 7}, "session")
     ]
-    assert out == ""
+    assert out == "sent to agent-1 over an end-to-end session\n"
 
 
 def test_send_to_an_offline_agent_is_kept_as_mail(swarm: Swarm) -> None:
     result = zmqcomm("send", _agent_id(swarm, 1), "hello", *swarm.args())
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{_agent_id(swarm, 1)} is offline: the broker keeps")
     with swarm.node(1) as bob:
         got = list(bob.messages(timeout=3.0))
     assert [(m.payload, m.via) for m in got] == [("hello", "mail")]

@@ -252,6 +252,12 @@ def run_send(args: argparse.Namespace) -> int:
         _flush(node, peer, args.timeout)
         _check_not_refused(node)
         _check_delivered(node, peer)
+        stored = node.statistics()["mail_stored"]
+    # Both exit 0; say which happened (a peer that turned out offline is worth knowing).
+    if stored:
+        print(f"{args.peer} is offline: the broker keeps the message as mail until it connects")
+    else:
+        print(f"sent to {args.peer} over an end-to-end session")
     return 0
 
 
