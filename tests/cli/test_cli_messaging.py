@@ -230,14 +230,18 @@ def test_a_request_to_an_offline_agent_says_it_was_kept_as_mail(swarm: Swarm) ->
         assert [m.payload for m in bob.messages(timeout=3.0)] == ["hi"]
 
 
-def test_sub_prints_what_pub_publishes(swarm: Swarm) -> None:
+@pytest.mark.parametrize("timeout", ["20", "0"])  # 0: never stop for quiet
+def test_sub_prints_what_pub_publishes(swarm: Swarm, timeout: str) -> None:
     subscriber = subprocess.Popen(
-        [*COMMAND, "sub", "news/*", *swarm.args("agent-1"), "--count", "1", "--timeout", "20"],
+        [*COMMAND, "sub", "news/*", *swarm.args("agent-1"), "--count", "1", "--timeout", timeout],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        if timeout == "0":
+            time.sleep(2.0)  # quiet: a sub that took 0 as "no wait" would have left by now
+            assert subscriber.poll() is None, subscriber.communicate()
         # Publish until the subscriber has joined and taken one (it may start after us).
         deadline = time.monotonic() + TIMEOUT
         while subscriber.poll() is None and time.monotonic() < deadline:

@@ -66,7 +66,7 @@ TIMEOUT_HELP = {
     "send": "seconds to connect and hand the message over (default 5)",
     "request": "seconds to wait for the reply (default 5)",
     "pub": "seconds to connect (default 5)",
-    "sub": "stop after this many seconds without a message (default 5)",
+    "sub": "stop after this many seconds without a message (default 5; 0: never)",
 }
 
 
@@ -144,8 +144,13 @@ def _running(args: argparse.Namespace) -> Iterator[Node]:
     node.close()
 
 
+#: How long sub, told to wait for ever (--timeout 0), gives the broker to answer at start.
+_SUB_CONNECT_TIMEOUT = 5.0
+
+
 def _node(args: argparse.Namespace) -> Node:
-    check_seconds(args.timeout, "--timeout", allow_zero=False)
+    forever = args.command == "sub"  # its --timeout 0 means: never stop for quiet
+    check_seconds(args.timeout, "--timeout", allow_zero=forever)
     if getattr(args, "count", None) is not None:
         check_count(args.count, "--count", minimum=1)
     trust = open_trust_store(args.trust)
@@ -154,7 +159,7 @@ def _node(args: argparse.Namespace) -> Node:
         trust,
         broker=args.broker,
         policy=Policy.load(args.policy) if args.policy else None,
-        connect_timeout=args.timeout,
+        connect_timeout=args.timeout or _SUB_CONNECT_TIMEOUT,
     )
 
 
@@ -298,10 +303,10 @@ def run_sub(args: argparse.Namespace) -> int:
         # Short waits, so that a subscription the broker refused is said within 0.5 s.
         while args.count is None or seen < args.count:
             try:
-                message = node.receive(timeout=min(args.timeout, 0.5))
+                message = node.receive(timeout=min(args.timeout or 0.5, 0.5))
             except ReceiveTimeout:
                 _check_not_refused(node)
-                if time.monotonic() - quiet_since >= args.timeout:
+                if args.timeout and time.monotonic() - quiet_since >= args.timeout:
                     break
                 continue
             quiet_since = time.monotonic()
