@@ -34,6 +34,7 @@ from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.secure import SecureDealer, SecureRouter
 from zmqcomm.swarm.demo import SwarmOptions
 from zmqcomm.transport import AsyncLoop, BatchingSender, Loop, SocketOptions
+from zmqcomm.wording import counted
 
 NAN, INF = math.nan, math.inf
 
@@ -246,3 +247,9 @@ def test_a_refused_peer_entry_leaves_the_gossip_endpoint_free(tmp_path: Path) ->
         GossipAgent(identity, endpoint, verify_keys={}, peers={"bob": "ipc:///nowhere"})
     with GossipAgent(identity, endpoint, verify_keys={}) as agent:
         assert agent.endpoint.startswith("ipc://")
+
+
+def test_a_count_of_one_is_singular() -> None:
+    assert [counted(n, "peer") for n in (0, 1, 2, 1000)] == [
+        "0 peers", "1 peer", "2 peers", "1,000 peers",
+    ]  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 
 from zmqcomm.bench.harness import BenchContext
 from zmqcomm.sim.gossip_metrics import measure_gossip
+from zmqcomm.wording import counted
 
 NAME = "gossip"
 TITLE = "Gossip time to coverage (simulated, 10 % loss)"
@@ -26,7 +27,7 @@ def run(context: BenchContext) -> dict[str, Any]:
         metrics["seconds_to"] = {str(k): v for k, v in metrics["seconds_to"].items()}
         rows.append(metrics)
         progress.step(
-            f"N={n}: {metrics['rounds_to_full']} rounds to 100 %, "
+            f"N={n}: {counted(metrics['rounds_to_full'], 'round')} to 100 %, "
             f"{metrics['wall_seconds']:.1f} s wall"
         )
     return {"title": TITLE, "loss": LOSS, "rows": rows}

@@ -21,6 +21,7 @@ from zmqcomm.patterns.discovery.membership_config import MembershipConfig
 from zmqcomm.patterns.discovery.membership_udp import MembershipService, parse_address
 from zmqcomm.patterns.discovery.peers import PeerEvent
 from zmqcomm.patterns.discovery.udp import DEFAULT_INTERVAL, DEFAULT_PORT, BeaconService
+from zmqcomm.wording import counted
 
 EXAMPLES = """\
 examples:
@@ -76,10 +77,6 @@ def register(commands: Any) -> None:
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of text")
     parser.set_defaults(run=run)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _event_line(event: PeerEvent, started: float, as_json: bool) -> str:
@@ -153,7 +150,7 @@ def _run_membership(args: argparse.Namespace, identity: Identity, trust: TrustSt
         if args.json:
             print(json.dumps({"event": "SUMMARY", **summary}))
         else:
-            print(f"{_count(len(members), 'member')}; dropped {summary['dropped'] or 'nothing'}")
+            print(f"{counted(len(members), 'member')}; dropped {summary['dropped'] or 'nothing'}")
     return 0
 
 
@@ -211,5 +208,5 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"event": "SUMMARY", **summary}))
         else:
-            print(f"{_count(len(peers), 'peer')}; dropped {summary['dropped'] or 'nothing'}")
+            print(f"{counted(len(peers), 'peer')}; dropped {summary['dropped'] or 'nothing'}")
     return 0

@@ -15,6 +15,7 @@ from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
 from zmqcomm.patterns.pbft.config import MAX_VIEW_CHANGE_TIMEOUT, load_config
 from zmqcomm.patterns.pbft.driver import run_replica
 from zmqcomm.patterns.pbft.quorum import MAX_REPLICAS, MIN_REPLICAS
+from zmqcomm.wording import counted
 
 EXAMPLES = """\
 examples:
@@ -186,7 +187,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("operations", f"{summary['ops']} in {summary['seconds']} s (after "
                        f"{summary['start_seconds']} s to start and connect the replicas)"),
         ("throughput", f"{summary['throughput']} ops/s (batch {summary['batch']}, "
-                       f"{summary['clients']} client{'' if summary['clients'] == 1 else 's'})"),
+                       f"{counted(summary['clients'], 'client')})"),
         ("latency", f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"),
         ("view changes", str(summary["replica_view"])),
         ("per operation", f"{summary.get('messages_per_op')} messages, "

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any, Protocol
 
 from zmqcomm.quantiles import nearest_rank
+from zmqcomm.wording import counted
 
 
 class _Options(Protocol):
@@ -177,7 +178,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['published']:,} publications ({summary['topic_received']:,} deliveries to "
         "subscribers), "
         f"{summary['requests']:,} requests (p50 {_cell(summary['p50_ms'])} ms, "
-        f"p99 {_cell(summary['p99_ms'])} ms), {summary['rekeys']} rekeys, "
+        f"p99 {_cell(summary['p99_ms'])} ms), {counted(summary['rekeys'], 'rekey')}, "
         f"{summary['rejected']} rejects{_reasons(summary)}, {summary['duplicates']} duplicates, "
         f"lost = {summary['lost']}"
     )
