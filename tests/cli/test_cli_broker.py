@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import logging
 import random
+import re
 import shutil
 import signal
 import subprocess
