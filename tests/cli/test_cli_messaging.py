@@ -397,3 +397,17 @@ def test_a_send_reported_as_failed_is_dropped_not_flushed_on_close(
     assert code == EXIT_FAILED and got == []
     assert "no end-to-end session with" in capsys.readouterr().err
     assert [timeout for node, timeout in closes if node is not bob] == [0]
+
+
+def test_a_message_meant_as_json_that_does_not_parse_goes_as_a_string_with_a_warning(
+    swarm: Swarm,
+) -> None:
+    """It went as a string without a word, so a typo in the JSON went unnoticed."""
+    result = zmqcomm("send", _agent_id(swarm, 1), '{"task":', *swarm.args())
+    assert result.returncode == 0, result.stderr
+    assert "MESSAGE is not valid JSON" in result.stderr and "goes as a string" in result.stderr
+    with swarm.node(1) as bob:
+        got = list(bob.messages(timeout=3.0))
+    assert [m.payload for m in got] == ['{"task":']
+    plain = zmqcomm("send", _agent_id(swarm, 1), "just words", *swarm.args())
+    assert plain.returncode == 0 and "JSON" not in plain.stderr

@@ -776,17 +776,29 @@ def test_a_session_that_never_comes_says_which_side_refused(
         thread.start()
         try:
             # Alice does not trust bob's key: the refusal is hers, and she is told so.
+            others_only = TrustStore(tmp_path / "others")
+            others_only.add(Identity.generate("dave").public)
             with pytest.raises(ConnectError) as caught:
                 SecureDealer(
                     endpoint,
                     identity=cast.alice,
-                    trust=TrustStore(tmp_path / "empty"),
+                    trust=others_only,
                     connect_timeout=1.0,
                     peer_label="broker",
                 )
             message = str(caught.value)
             assert "this side refused the broker's key" in message
             assert "copy the broker's .pub" in message
+            # An empty store is most often a misspelt path (TrustStore makes it): say so.
+            with pytest.raises(ConnectError) as caught:
+                SecureDealer(
+                    endpoint,
+                    identity=cast.alice,
+                    trust=TrustStore(tmp_path / "trsut"),
+                    connect_timeout=1.0,
+                    peer_label="broker",
+                )
+            assert f"trust store {tmp_path / 'trsut'} holds no keys at all" in str(caught.value)
             # Carol is not in bob's trust store: nothing refused here, and she is asked
             # whether the other end lists her key.
             carol = Identity.generate("carol")

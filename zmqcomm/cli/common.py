@@ -49,8 +49,8 @@ def open_trust_store(directory: str | os.PathLike[str]) -> TrustStore:
     create a misspelt directory empty, and every peer would then be refused as unknown."""
     if not Path(directory).is_dir():
         raise UsageError(
-            f"trust directory {directory} does not exist: check the path, or create it and "
-            "copy the .pub files of the peers to trust into it"
+            f"trust directory {directory} does not exist: check the path, or make it with "
+            f"'zmqcomm trust add PEER.pub ... --to {directory}'"
         )
     return TrustStore(directory)
 

@@ -6,6 +6,7 @@ import argparse
 import base64
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -183,7 +184,13 @@ def _peer(trust_dir: str, peer: str) -> str:
 def _message(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as exc:
+        if text.lstrip()[:1] in ("{", "["):  # meant as JSON, most likely: say so
+            print(
+                f"zmqcomm: warning: MESSAGE is not valid JSON ({exc.msg} at character "
+                f"{exc.pos}); it goes as a string",
+                file=sys.stderr,
+            )
         return text
 
 

@@ -18,6 +18,7 @@ from zmqcomm.crypto.audit import BaseAuditLog
 from zmqcomm.crypto.channel import Established, Event, SecureChannel, TrustChecker
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
+from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ConnectError, QueueFullError
 from zmqcomm.secure.base import (
     _POLLIN,
@@ -258,6 +259,13 @@ class SecureDealer(_SecureSocket):
     def why_no_session(self) -> str:
         """What this side knows of why there is no session yet, with what to check."""
         rejected = dict(self.table.rejected)
+        trust = self.table.trust
+        if "unknown_peer" in rejected and isinstance(trust, TrustStore) and not len(trust):
+            # Most often a misspelt path: TrustStore makes a missing directory, empty.
+            return (
+                f"this side's trust store {trust.directory} holds no keys at all: is that "
+                f"the right directory? (refused here: {rejected})"
+            )
         if "unknown_peer" in rejected:
             return (
                 f"this side refused the {self.peer_label}'s key (not in this trust store: "
