@@ -187,6 +187,11 @@ def test_revoking_twice_says_so_and_a_name_that_looks_like_an_id_is_a_name(
     assert odd.agent_id not in TrustStore(store_dir)
     assert main(["trust", "revoke", odd.agent_id, "--in", str(store_dir)]) == 0
     assert f"{odd.agent_id} is already revoked" in capsys.readouterr().out
+    # By name too (found in review: the name was gone with the entry, so a second revoke
+    # failed, or for this id-shaped name wrote a marker for an id nobody holds).
+    assert main(["trust", "revoke", looks_like_an_id, "--in", str(store_dir)]) == 0
+    assert f"{odd.agent_id} is already revoked" in capsys.readouterr().out
+    assert not (store_dir / "revoked" / f"{looks_like_an_id}.revoked").exists()
     # A well-formed id nobody in the store holds: revoked ahead, with a warning to check it.
     stranger = Identity.generate("stranger").agent_id
     assert main(["trust", "revoke", stranger, "--in", str(store_dir)]) == 0

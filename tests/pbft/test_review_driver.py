@@ -428,6 +428,23 @@ def test_a_replica_that_fails_says_so_in_its_status_file(tmp_path: Path) -> None
     assert status["running"] is False and status["failed"] is True
 
 
+def test_a_start_callback_that_raises_still_closes_everything(tmp_path: Path) -> None:
+    """Found in review: on_started ran outside the cleanup, so a failure there (a closed
+    stderr for the 'running' line) left the socket file and the store open, unreported."""
+    config = _kept_config(tmp_path)
+
+    def broken() -> None:
+        raise BrokenPipeError("stands in for a closed stderr")
+
+    with pytest.raises(BrokenPipeError):
+        run_replica(config, stop=_stop_at_once, on_started=broken)
+    status = json.loads((config.data / STATUS_FILE).read_text())
+    assert status["running"] is False and status["failed"] is True
+    endpoint = config.replicas[config.replica].endpoint
+    assert not Path(endpoint.removeprefix("ipc://")).exists()
+    assert run_replica(config, stop=_stop_at_once)["replica"] == 0  # the lock was let go
+
+
 def test_two_replicas_with_one_endpoint_are_a_configuration_error(tmp_path: Path) -> None:
     config = _kept_config(tmp_path)
     first = config.replicas[0]

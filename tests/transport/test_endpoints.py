@@ -207,6 +207,7 @@ def test_a_wildcard_ipc_bind_is_left_to_libzmq_which_removes_its_directory(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TMPDIR", raising=False)
     assert IpcSocketFile.made_by_bind("ipc:///tmp/tmpabc/socket", asked="ipc://*") is None
+    assert IpcSocketFile.made_by_bind("ipc:///tmp/tmpabc/socket", asked="ipc://*x") is None
     router = SecureRouter(
         "ipc://*", identity=Identity.generate("r"), trust=TrustStore(tmp_path / "trust")
     )
@@ -230,4 +231,17 @@ def test_a_router_refusing_its_settings_after_the_bind_leaves_no_socket_file(
             trust=TrustStore(f"{short_dir}/trust"),
             max_inbox=0,
         )
+    assert not os.path.exists(path)
+
+
+def test_a_path_with_a_star_that_is_not_leading_is_an_ordinary_file_to_remove(
+    short_dir: str,
+) -> None:
+    """libzmq's wildcard is a leading "*"; review found x* taken for one, and left."""
+    path = f"{short_dir}/x*"
+    router = SecureRouter(
+        f"ipc://{path}", identity=Identity.generate("r"), trust=TrustStore(f"{short_dir}/t")
+    )
+    assert os.path.exists(path)
+    router.close()
     assert not os.path.exists(path)

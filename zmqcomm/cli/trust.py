@@ -19,7 +19,7 @@ from zmqcomm.crypto.trust import (
     format_time,
     parse_time,
 )
-from zmqcomm.errors import UsageError
+from zmqcomm.errors import UsageError, ZmqCommError
 
 EXAMPLES = """\
 examples:
@@ -162,6 +162,10 @@ def _whom(store: TrustStore, text: str, directory: Path) -> str:
     if any(entry.agent_id == text for entry in entries) or text in store.revoked():
         return text
     named = [entry for entry in entries if entry.name == text]
+    if not named:
+        revoked = _revoked_named(store, text)
+        if revoked is not None:
+            return revoked  # revoked before, by this name: the caller says so
     if len(named) > 1:
         ids = ", ".join(sorted(entry.agent_id for entry in named))
         raise UsageError(f"{len(named)} entries are named {text!r} ({ids}): give the agent id")
@@ -170,6 +174,19 @@ def _whom(store: TrustStore, text: str, directory: Path) -> str:
     if is_agent_id(text):
         return text
     raise UsageError(f"{text!r} is neither an agent id nor a name in {directory}")
+
+
+def _revoked_named(store: TrustStore, name: str) -> str | None:
+    """The agent id of a revoked key file named ``name`` (revoked entries leave the store's
+    entries, so a second 'revoke NAME' could not find the name otherwise)."""
+    for path in sorted(store.revoked_directory.glob("*.pub")):
+        try:
+            public = load_public_document(path)[0]
+        except ZmqCommError:
+            continue  # not ours to judge here; 'trust list' names bad files
+        if public.name == name:
+            return public.agent_id
+    return None
 
 
 def _warn_of_problems(store: TrustStore) -> None:

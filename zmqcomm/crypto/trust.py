@@ -209,7 +209,8 @@ class TrustStore:
         self.tofu = tofu
         self.tofu_roles = check_roles(tofu_roles)
         self.watch = watch
-        #: Files skipped by an automatic reload (path -> why); explicit loads raise instead.
+        #: Files skipped by an automatic reload or a ``strict=False`` construction (path ->
+        #: why); explicit loads raise instead.
         self.problems: dict[Path, str] = {}
         self._lock = threading.RLock()
         self._entries: dict[str, TrustEntry] = {}

@@ -260,7 +260,11 @@ class SecureDealer(_SecureSocket):
         """What this side knows of why there is no session yet, with what to check."""
         rejected = dict(self.table.rejected)
         trust = self.table.trust
-        if "unknown_peer" in rejected and isinstance(trust, TrustStore) and not len(trust):
+        if (
+            "unknown_peer" in rejected
+            and isinstance(trust, TrustStore)
+            and not (len(trust) or trust.problems or trust.revoked())
+        ):
             # Most often a misspelt path: TrustStore makes a missing directory, empty.
             return (
                 f"this side's trust store {trust.directory} holds no keys at all: is that "

@@ -288,14 +288,17 @@ class IpcSocketFile:
     @classmethod
     def made_by_bind(cls, bound: str, *, asked: str | None = None) -> IpcSocketFile | None:
         """The file behind ``bound`` (what a bind of ``asked`` returned); None for another
-        transport, and for ``ipc://*``: libzmq removes that file and its temporary directory
+        transport, and for a wildcard (``ipc://*``, or any address starting with ``*``):
+        libzmq removes that file and its temporary directory
         itself, and would leave the directory if the file were gone first.
 
         The file is looked at just after the bind. A rival that binds the same path in the
         microseconds between (both passed :func:`refuse_live_ipc_socket`, which admits that
         race) would have its file taken for ours."""
-        if asked is not None and parse_endpoint(asked).address.endswith("*"):
-            return None
+        if asked is not None:
+            wanted = parse_endpoint(asked)
+            if wanted.scheme == "ipc" and wanted.address.startswith("*"):
+                return None  # libzmq's wildcard rule: a leading "*" (ipc://*, ipc://*x)
         endpoint = parse_endpoint(bound)
         if endpoint.scheme != "ipc" or endpoint.address.startswith("@"):
             return None  # an abstract socket has no file

@@ -534,12 +534,12 @@ def _run_locked(
     except BaseException:
         store.close()
         raise
-    if on_started is not None:
-        on_started()
     status_path = config.data / STATUS_FILE
     next_status = 0.0
     stopped_cleanly = False
     try:
+        if on_started is not None:
+            on_started()  # inside: if it raises, everything is still closed below
         while not stopping and not (stop is not None and stop()):
             try:
                 driver.step()
