@@ -136,11 +136,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
-    if not directory.is_dir():
-        raise UsageError(f"{directory} is not a directory: no trust store there")
-    # A damaged file elsewhere in the store must not stop an emergency revocation.
-    store = TrustStore(directory, watch=False, strict=False)
-    _warn_of_problems(store)
+    store = _existing_store(directory)
     who = _whom(store, args.who, directory)
     if who in store.revoked():
         print(f"{who} is already revoked")
@@ -189,9 +185,15 @@ def _revoked_named(store: TrustStore, name: str) -> str | None:
     return None
 
 
-def _warn_of_problems(store: TrustStore) -> None:
+def _existing_store(directory: Path) -> TrustStore:
+    """The store at ``directory``, which must exist, read past damaged files (each named
+    in a warning): one bad file must not stop a listing or an emergency revocation."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory: no trust store there")
+    store = TrustStore(directory, watch=False, strict=False)
     for path, problem in sorted(store.problems.items()):
         _warn(f"skipped {path}: {problem}")
+    return store
 
 
 def _warn(text: str) -> None:
@@ -199,11 +201,7 @@ def _warn(text: str) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    directory = Path(args.directory)
-    if not directory.is_dir():
-        raise UsageError(f"{directory} is not a directory: no trust store there")
-    store = TrustStore(directory, watch=False, strict=False)
-    _warn_of_problems(store)
+    store = _existing_store(Path(args.directory))
     for entry in sorted(store.entries(), key=lambda e: (e.name, e.agent_id)):
         if not args.json:
             print(_describe(entry))
