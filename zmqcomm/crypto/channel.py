@@ -130,9 +130,9 @@ class SecureChannel:
         #: A rekey we answered, set aside when our own rekey fell due before its FINISH
         #: came: its initiator may already seal under it, so a late FINISH still completes it.
         self._answered: Handshake | None = None
-        #: A first session's previous attempt, kept one more round: on a host slower than
-        #: the handshake timeout, the answer to it comes after the retry (an initiator's REPLY,
-        #: a responder's FINISH), and refusing that answer cost a whole retry each time.
+        #: A new session's previous attempt, kept one more round: on a host slower than the
+        #: handshake timeout, the answer to it comes after the retry (an initiator's REPLY, a
+        #: responder's FINISH), and refusing that answer cost a whole retry each time.
         self._earlier: _Pending | None = None
         #: The initiator's Established, held back until the responder's CONFIRM opens.
         self._unconfirmed: Established | None = None
@@ -391,7 +391,7 @@ class SecureChannel:
     def _expect_attempt(
         self, session_id: int, epoch: int, *, initiator: bool, now: float
     ) -> _Pending:
-        """The handshake in progress this message answers: the current one, or a first
+        """The handshake in progress this message answers: the current one, or a new
         session's earlier attempt that has not timed out."""
         for attempt in (self._pending, self._earlier):
             if (

@@ -194,9 +194,10 @@ class ReplicaCore:
         #: instead of suspecting the primary: once per timed request, not per timeout.
         self.timer_asked = False
         #: When to tell the others how far we got (Status), so that they resend what we
-        #: lack: at the first timer after a restart, and while committed entries wait
-        #: behind a gap. Neither holds a request to time, and an idle cluster makes no
-        #: checkpoint that would show us the way (see :meth:`Replica.on_timer`).
+        #: lack: at the first timer after a restart, a timeout after a NEW-VIEW we were
+        #: shown moved us on, and while committed entries wait behind a gap. None of these
+        #: holds a request to time, and an idle cluster makes no checkpoint that would show
+        #: us the way (see :meth:`Replica.on_timer`).
         self.ask_at: float | None = None
         #: The next ask is due whatever our log shows (a restart, a view we were shown).
         self.ask_anyway = False
