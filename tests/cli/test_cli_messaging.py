@@ -186,7 +186,8 @@ def test_send_to_an_offline_agent_through_a_broker_without_mail_fails(
     result = zmqcomm("send", "agent-1", "lost", *swarm_without_mail.args())
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    assert "is offline and the message was not kept" in result.stderr
+    agent_id = swarm_without_mail.agents[1].agent_id  # named as typed, with its id
+    assert f"agent-1 ({agent_id}) is offline and the message was not kept" in result.stderr
     assert "no mailbox" in result.stderr
     assert "started with --data" in result.stderr  # the one case where it helps
 

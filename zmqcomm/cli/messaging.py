@@ -181,6 +181,11 @@ def _peer(trust_dir: str, peer: str) -> str:
     raise UsageError(f"{peer!r} is neither an agent id nor a name in the trust store {trust_dir}")
 
 
+def _named(typed: str, agent_id: str) -> str:
+    """The peer as the user named it, with its agent id when that was a name."""
+    return agent_id if typed == agent_id else f"{typed} ({agent_id})"
+
+
 def _message(text: str) -> Any:
     try:
         return json.loads(text)
@@ -261,9 +266,9 @@ def run_send(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
     with _running(args) as node:
         node.send(peer, _message(args.message))
-        _flush(node, peer, args.timeout)
+        _flush(node, _named(args.peer, peer), args.timeout)
         _check_not_refused(node)
-        _check_delivered(node, peer)
+        _check_delivered(node, _named(args.peer, peer))
         stored = node.statistics()["mail_stored"]
     # Both exit 0; say which happened (a peer that turned out offline is worth knowing).
     if stored:
@@ -282,7 +287,8 @@ def run_request(args: argparse.Namespace) -> int:
             _check_not_refused(node)
             if node.statistics()["mail_stored"]:
                 raise RequestTimeout(
-                    f"no reply within {args.timeout} s: {peer} is offline, and the broker "
+                    f"no reply within {args.timeout} s: {_named(args.peer, peer)} is offline, "
+                    "and the broker "
                     "keeps the request as mail until it connects (its reply will find no "
                     "one waiting here; send it again later, or use a longer --timeout)"
                 ) from exc
