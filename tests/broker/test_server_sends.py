@@ -465,3 +465,24 @@ def test_a_closed_broker_removes_the_socket_file_of_every_ipc_endpoint() -> None
         assert not any(path.exists() for path in files)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_broker_that_cannot_bind_leaves_no_new_data_directory() -> None:
+    """Found by a walkthrough: the port was taken, the error was clear, and yet data/ with
+    a lock file and an empty mailbox was left, as if a broker had run there. A directory
+    that was there before stays."""
+    directory = Path(tempfile.mkdtemp(prefix="zc-", dir="/tmp"))
+    identity = Identity.generate("broker")
+    trust = TrustStore(directory / "trust")
+    try:
+        with Broker(["tcp://127.0.0.1:0"], identity=identity, trust=trust) as first:
+            taken = first.endpoints[0]
+            with pytest.raises(AddressInUseError):
+                Broker([taken], identity=identity, trust=trust, data=directory / "new")
+            assert not (directory / "new").exists()
+            (directory / "old").mkdir()
+            with pytest.raises(AddressInUseError):
+                Broker([taken], identity=identity, trust=trust, data=directory / "old")
+            assert (directory / "old").is_dir()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

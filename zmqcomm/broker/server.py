@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -92,6 +93,9 @@ class Broker:
             revoked=self._revoked,
         )
         self.data = Path(data) if data is not None else None
+        #: A broker that fails to start removes the data directory it made (a lock file and
+        #: an empty mailbox looked like a broker that had run there).
+        self._made_data = self.data is not None and not self.data.exists()
         # Two brokers on one directory would share a mailbox and overwrite each other's
         # stats.json: the second is refused before it opens anything.
         self._lock = (
@@ -107,6 +111,7 @@ class Broker:
             )
         except BaseException:
             self._unlock()
+            self._forget_new_data()
             raise
         core.mailbox = self.mailbox
         try:
@@ -126,6 +131,7 @@ class Broker:
             if self.mailbox is not None:
                 self.mailbox.close()  # an address in use must not leave the database open
             self._unlock()
+            self._forget_new_data()
             raise
         self.endpoints = [self.router.endpoint]
         try:
@@ -133,6 +139,7 @@ class Broker:
                 self.endpoints.append(self.router.bind(endpoint))
         except BaseException:
             self.close()
+            self._forget_new_data()
             raise
         self.core = core
         self.clock = clock
@@ -339,6 +346,10 @@ class Broker:
                     self.mailbox.close()
             finally:
                 self._unlock()
+
+    def _forget_new_data(self) -> None:
+        if self._made_data and self.data is not None:
+            shutil.rmtree(self.data, ignore_errors=True)
 
     def _unlock(self) -> None:
         if self._lock is not None:
