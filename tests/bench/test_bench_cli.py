@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,10 @@ def test_quick_run_writes_every_output(
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
     # The progress display went to stderr, one line per step.
     assert "[1/" in done.stderr and "throughput" in done.stderr
+    # Each target's line: the ratio to three decimals, not judged (one short round).
+    lines = [line for line in done.stdout.splitlines() if "target" in line]
+    assert len(lines) == 3 and all("not judged (quick run)" in line for line in lines)
+    assert all(re.search(r" \d+\.\d{3}x  target ", line) for line in lines), lines
 
 
 def test_results_json_records_machine_versions_and_settings(results: dict[str, Any]) -> None:
