@@ -264,11 +264,12 @@ def _check_not_refused(node: Node) -> None:
 
 def run_send(args: argparse.Namespace) -> int:
     peer = _peer(args.trust, args.peer)
+    named = _named(args.peer, peer)
     with _running(args) as node:
         node.send(peer, _message(args.message))
-        _flush(node, _named(args.peer, peer), args.timeout)
+        _flush(node, named, args.timeout)
         _check_not_refused(node)
-        _check_delivered(node, _named(args.peer, peer))
+        _check_delivered(node, named)
         stored = node.statistics()["mail_stored"]
     # Both exit 0; say which happened (a peer that turned out offline is worth knowing).
     if stored:
