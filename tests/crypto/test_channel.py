@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,7 +24,7 @@ from zmqcomm.errors import (
     UnknownPeerError,
     ZmqCommError,
 )
-from zmqcomm.wire import MessageType, WireCodec
+from zmqcomm.wire import Body, MessageType, WireCodec
 from zmqcomm.wire.payload import Buffer
 
 T0 = 1_800_000_000.0
@@ -1134,68 +1133,55 @@ def test_a_late_finish_completes_its_rekey_even_once_our_own_rekey_is_due(
     assert not b.handshaking  # his own INIT for epoch 1 is moot: alice refuses it as a replay
 
 
-# -- the one-frame shortcut (SecureChannel._receive_sealed_frame) ---------------------------
+# -- the one-frame shortcut (SecureChannel.open_data) --------------------------------------
 
 
-class CountingTrust(TrustStore):
-    """A trust store that counts lookups (each may stat files)."""
-
-    lookups = 0
-
-    def lookup(self, agent_id: str, *, now: float, verify_key: bytes | None = None) -> Any:
-        self.lookups += 1
-        return super().lookup(agent_id, now=now, verify_key=verify_key)
-
-
-def test_data_in_one_frame_before_the_confirm_is_refused(peers: Peers) -> None:
-    a, b = peers.channels()
-    link = Link(a, b)
-    link.send(a, a.connect(now=T0))
-    link.deliver(b, T0)  # INIT
-    link.deliver(a, T0)  # REPLY
-    link.deliver(b, T0)  # FINISH: bob is established and seals a CONFIRM
-    (confirm,) = link.to_a
-    link.to_a.clear()
-    early = b.seal(MessageType.DATA, "before the confirm", now=T0)
-    with pytest.raises(AuthenticationError) as caught:
-        a.receive(early, now=T0)
-    assert _reason(caught) == "no_session"
-    assert not a.established
-    link.to_a.append(confirm)
-    link.pump(T0)
-    assert a.established
-    _roundtrip(link, T0, "after the confirm")
-
-
-def test_a_sealed_confirm_on_an_established_session_is_never_data(peers: Peers) -> None:
-    a, b = peers.channels()
-    _connect(a, b)
-    assert a.secure is not None
-    confirm = a.secure.encode(MessageType.HANDSHAKE_CONFIRM, None, now=T0)
-    with pytest.raises(AuthenticationError) as caught:
-        b.receive(confirm, now=T0)
-    assert _reason(caught) == "unexpected_handshake"
-
-
-def test_a_frame_the_shortcut_leaves_to_the_general_path_costs_one_trust_lookup(
+def test_open_data_leaves_what_it_does_not_open_to_receive_with_nothing_changed(
     peers: Peers,
 ) -> None:
-    counting = CountingTrust(peers.bob_trust.directory)
-    peers.bob_trust = counting
     policy = RekeyPolicy(max_messages=2, jitter=0.0, grace_period=30.0)
     a, b = peers.channels(policy=policy)
     link, _, _ = _connect(a, b)
-    frames = a.seal(MessageType.DATA, "once", now=T0)
-    held = a.seal(MessageType.DATA, "under the old keys", now=T0)
-    before = counting.lookups
-    assert _payloads(b.receive(frames, now=T0)) == ["once"]
+    (frame,) = a.seal(MessageType.DATA, "once", now=T0)
+    (held,) = a.seal(MessageType.DATA, "under the old keys", now=T0)
+    delivered = b.open_data(frame, now=T0)
+    assert delivered is not None and delivered.message.payload == "once"
+    assert b.open_data(frame, now=T0) is None  # a replay: receive() says so
     with pytest.raises(ReplayError):
-        b.receive(frames, now=T0)
-    assert counting.lookups - before == 2  # one for the message, one for its replay
+        b.receive([frame], now=T0)
+    tampered = bytearray(held)
+    tampered[-1] ^= 1
+    assert b.open_data(bytes(tampered), now=T0) is None  # a bad tag: the window stays
     (start,) = a.on_timer(now=T0)
     assert isinstance(start, Transmit)
     link.send(a, start.frames)
     link.pump(T0)  # rekeyed: the held frame is under a key in its grace period
-    before = counting.lookups
-    assert _payloads(b.receive(held, now=T0 + 1)) == ["under the old keys"]
-    assert counting.lookups - before == 1
+    assert b.open_data(held, now=T0 + 1) is None
+    assert _payloads(b.receive([held], now=T0 + 1)) == ["under the old keys"]
+
+
+def test_open_data_opens_nothing_from_a_peer_no_longer_trusted(peers: Peers) -> None:
+    a, b = peers.channels()
+    _connect(a, b)
+    (frame,) = a.seal(MessageType.DATA, "after the revocation", now=T0)
+    assert peers.bob_trust.revoke(peers.alice.agent_id)
+    assert b.open_data(frame, now=T0) is None
+    with pytest.raises(UnknownPeerError) as caught:
+        b.receive([frame], now=T0)
+    assert _reason(caught) == "revoked"
+
+
+def test_open_data_raises_for_an_authenticated_body_that_does_not_unpack(peers: Peers) -> None:
+    a, b = peers.channels()
+    _connect(a, b)
+    assert a.secure is not None
+    # 0xc1 is the one byte msgpack never uses: the peer itself sealed garbage.
+    (garbage,) = a.secure.seal(MessageType.DATA, Body(b"\xc1", 0, []), now=T0)
+    with pytest.raises(RemoteProtocolError) as caught:
+        b.open_data(garbage, now=T0)
+    assert _reason(caught) == "bad_msgpack"
+    assert b.failures == 1  # counted as receive() counts a refusal
+    (fine,) = a.seal(MessageType.DATA, "next", now=T0)
+    delivered = b.open_data(fine, now=T0)
+    assert delivered is not None and delivered.message.payload == "next"
+    assert b.failures == 0

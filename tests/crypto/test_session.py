@@ -17,6 +17,7 @@ from zmqcomm.crypto.noise import KeyPair, xx_handshake
 from zmqcomm.crypto.session import RekeyPolicy, Session, keeps_initiator_role
 from zmqcomm.errors import (
     AuthenticationError,
+    LocalProtocolError,
     RemoteProtocolError,
     ReplayError,
     SecurityError,
@@ -338,10 +339,8 @@ def test_a_paused_key_still_expires_at_the_hard_age_and_older_ones_are_not_reviv
 # -- the one-frame shortcut the channel takes for most messages ----------------------------
 
 
-def _shortcut(codec: SecureCodec, frame: bytes) -> Any:
-    parsed = parse_sealed_frame(frame)
-    assert parsed is not None
-    return codec.decode_sealed_frame(parsed[0], frame, parsed[1])
+def _shortcut(codec: SecureCodec, frame: bytes, sender: bytes = b"A" * 16) -> Any:
+    return codec.open_frame(frame, sender)
 
 
 def test_the_shortcut_opens_what_decode_opens_and_counts_the_message_once() -> None:
@@ -363,15 +362,39 @@ def test_the_shortcut_opens_a_large_frame_in_place_and_a_batch() -> None:
     assert _shortcut(b, a.seal(MessageType.DATA, body, now=0)[0]).payloads == ["x", 2, None]
 
 
-def test_a_bad_tag_raises_in_the_shortcut_and_leaves_the_window_alone() -> None:
+def test_a_bad_tag_is_left_to_the_general_path_and_the_window_stays() -> None:
     a, b = _pair()
     frame = bytearray(a.encode(MessageType.DATA, "payload", now=0)[0])
     frame[-1] ^= 1
+    assert _shortcut(b, bytes(frame)) is None
     with pytest.raises(AuthenticationError) as caught:
-        _shortcut(b, bytes(frame))
+        b.decode([bytes(frame)], now=0)
     assert caught.value.reason == "bad_tag"
     frame[-1] ^= 1
     assert _shortcut(b, bytes(frame)).payload == "payload"
+
+
+def test_the_shortcut_opens_only_data_from_the_sender_it_is_told() -> None:
+    a, b = _pair()
+    frame = a.encode(MessageType.DATA, "payload", now=0)[0]
+    assert _shortcut(b, frame, sender=b"\x01" * 16) is None
+    confirm = a.encode(MessageType.HANDSHAKE_CONFIRM, None, now=0)[0]
+    assert _shortcut(b, confirm) is None  # a security type is never data
+    assert _shortcut(b, frame).payload == "payload"  # neither spent its counter
+
+
+def test_the_sealing_shortcut_writes_the_frame_seal_writes() -> None:
+    # Two senders with the same keys and counters: one takes encode()'s shortcut (one small
+    # payload, no topic), the other the general seal(); the frames must be the same bytes.
+    (send, receive), _ = _handshake_keys()
+    short = SecureCodec(Session(session_id=3, send_key=send, receive_key=receive, now=0))
+    general = SecureCodec(Session(session_id=3, send_key=send, receive_key=receive, now=0))
+    for payload in ("x", b"y" * 100, {"n": [1, 2]}, None):
+        shortcut_frames = short.encode(MessageType.REQUEST, payload, now=0)
+        body = general.codec.build_body(payload)
+        assert shortcut_frames == general.seal(MessageType.REQUEST, body, now=0)
+    with pytest.raises(LocalProtocolError):
+        short.encode(256, "type out of range", now=0)
 
 
 def test_the_shortcut_leaves_older_epochs_and_other_sessions_to_the_general_path() -> None:
@@ -383,4 +406,5 @@ def test_the_shortcut_leaves_older_epochs_and_other_sessions_to_the_general_path
     assert _shortcut(b, under_epoch_0[0]) is None
     assert b.decode(under_epoch_0, now=2.0).payload == "old keys"  # its grace period
     other = Session(session_id=8, send_key=bytes(32), receive_key=bytes(32), now=0)
-    assert _shortcut(b, SecureCodec(other).encode(MessageType.DATA, 1, now=0)[0]) is None
+    from_other = SecureCodec(other, sender=b"A" * 16).encode(MessageType.DATA, 1, now=0)[0]
+    assert _shortcut(b, from_other) is None

@@ -174,8 +174,11 @@ def _rekey_started_by_one_frame(
 
 def test_receive_answers_handshake_frames_queued_behind_its_message(cast: Cast) -> None:
     """A peer that only calls receive() still keeps rekeys moving: the INIT that arrived
-    behind the message it returns is answered in the same call."""
-    with _rekey_started_by_one_frame(cast) as (router, _):
+    behind the message one call returned is answered by the next call, even one that finds
+    no message (receive() reads one message at a time between timer ticks)."""
+    with _rekey_started_by_one_frame(cast) as (router, dealer):
+        with pytest.raises(ReceiveTimeout):
+            dealer.receive(timeout=0)
         deadline = router.clock() + 5
         while router.table.rekeys == 0 and router.clock() < deadline:
             router.pump(0.01)  # the REPLY, if the dealer sent one; the dealer is not called
@@ -199,6 +202,30 @@ def test_receive_opens_a_backlog_under_the_old_key_before_its_grace_ends(cast: C
             wall[0] += 2.0  # the consumer works 2 s per message: the grace ends mid-backlog
         assert got == [0, 1, 2, 3, 4]
         assert router.table.rekeys == 1
+        assert router.table.rejected == {}
+
+
+def test_a_slow_consumer_gets_a_backlog_under_a_key_in_its_grace_period(cast: Cast) -> None:
+    """receive() reads one message at a time, but a call that finds the timers due (a
+    consumer slower than a timer tick) reads all that waits behind that message: the data
+    its peer sealed under the old key is opened before the key's grace period ends
+    mid-backlog, even with no handshake frame in front of it."""
+    wall = [1_000.0]
+    slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
+    with slow_consumer as (router, dealer):
+        dealer.pump(0.0)  # the REPLY goes out
+        deadline = router.clock() + 5
+        while router.table.rekeys == 0 and router.clock() < deadline:
+            router.pump(0.01)  # the router switches keys (its FINISH waits for the dealer)
+        assert router.table.rekeys == 1
+        for n in range(5):
+            dealer.send(n)  # under epoch 0: the dealer has not read the FINISH
+        got = []
+        for _ in range(5):
+            time.sleep(0.01)  # slower than a timer tick
+            got.append(router.receive(timeout=5).message.payload)
+            wall[0] += 2.0  # the grace period ends after the third message
+        assert got == [0, 1, 2, 3, 4]
         assert router.table.rejected == {}
 
 

@@ -192,6 +192,10 @@ class ChannelTable:
         :attr:`rejected` and audited; it never raises."""
         channel = self.channels.get(route)
         try:
+            if channel is not None and len(frames) == 1:
+                delivered = channel.open_data(frames[0], now=now)
+                if delivered is not None:
+                    return [delivered]  # data: most messages, and no timer moves
             # Unauthenticated routes pass the guard; an established peer's INITs (rekeys, new
             # sessions) pass its identity's budget instead: each would cost a DH and a REPLY.
             if channel is None or (not channel.established and self._is_init(frames)):

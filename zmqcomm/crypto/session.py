@@ -241,26 +241,22 @@ class Session:
             state.window.accept(counter)
         return plaintext
 
-    def takes_current(self, epoch: int, counter: int) -> bool:
-        """Whether :meth:`open_current` would try to open this message (the current epoch,
-        a counter the window still accepts); changes nothing."""
-        state = self._receive.get(epoch)
-        return state is not None and state.expires is None and state.window.check(counter)
-
     def open_current(
         self, epoch: int, counter: int, associated: bytes, ciphertext: aead.Buffer
     ) -> bytes | bytearray | None:
         """:meth:`decrypt` for a one-frame message under the current receive key; None, with
-        nothing changed, for an older epoch or a counter the window refuses (:meth:`decrypt`
-        then says which, and knows whether an older key has expired). A tag that does not
-        verify raises as in :meth:`decrypt`: the AEAD is not run twice for a forgery."""
+        nothing changed, for anything else (an older epoch, a counter the window refuses, a
+        tag that does not verify): :meth:`decrypt` then says which, and knows whether an
+        older key has expired."""
         state = self._receive.get(epoch)
-        if state is None or state.expires is not None or not state.window.check(counter):
+        if state is None or state.expires is not None:
             return None
-        plaintext = _open_with(state.key, nonce(counter), associated, ciphertext)
-        if plaintext is None:
-            raise _bad_tag()
-        state.window.accept(counter)
+        window = state.window
+        if not window.check(counter):
+            return None
+        plaintext = _open_with(state.key, _NONCE.pack(0, counter), associated, ciphertext)
+        if plaintext is not None:
+            window.accept(counter)
         return plaintext
 
     # -- rotation ----------------------------------------------------------------------------

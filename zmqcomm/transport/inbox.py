@@ -23,14 +23,16 @@ def take_next(
     timeout: float | None,
     *,
     what: str,
+    waited: float = 0.0,
 ) -> T:
     """The oldest of ``inbox``, pumping (up to ``MAX_WAIT`` at a time) until one is there;
-    ReceiveTimeout saying "no ``what``" after ``timeout`` s (None: wait for ever).
+    ReceiveTimeout saying "no ``what``" after ``timeout`` s (None: wait for ever), of which
+    the caller already spent ``waited`` s waiting on its own.
 
     It pumps at least once, even with no time left: ``timeout=0`` returns a message that is
     already waiting in a socket."""
     check_timeout(timeout, "receive timeout")
-    deadline = None if timeout is None else clock() + timeout
+    deadline = None if timeout is None else clock() + timeout - waited
     while not inbox:
         left = MAX_WAIT if deadline is None else deadline - clock()
         pump(min(max(left, 0.0), MAX_WAIT))

@@ -89,6 +89,37 @@ class Header(NamedTuple):
         return bool(self.flags & _OUT_OF_BAND)
 
 
+def pack_bare_header(
+    msg_type: int,
+    flags: int,
+    body_len: int,
+    *,
+    session: int,
+    epoch: int,
+    counter: int,
+    sender: bytes,
+) -> bytes:
+    """:func:`pack_header` with no topic, for a caller that already holds every field in range
+    but the type (a session's sender id, epoch and counter, a body under ``max_frame_size``,
+    flags of its own): what the sealing shortcut needs, without checks it has made."""
+    if not 1 <= msg_type <= 255:
+        raise LocalProtocolError(f"message type must be 1..255, got {msg_type}")
+    return _STRUCT.pack(
+        MAGIC,
+        VERSION_MAJOR,
+        VERSION_MINOR,
+        HEADER_LEN,
+        msg_type,
+        flags,
+        0,
+        session,
+        epoch,
+        counter,
+        sender,
+        body_len,
+    )
+
+
 #: Offset of the ``type`` byte in the fixed header (docs/protocol.md section 2).
 _TYPE_OFFSET = 5
 
