@@ -430,3 +430,14 @@ def test_without_matplotlib_the_run_stops_before_it_starts(
     assert main(["--only", "gossip", "--quick", "--out", str(tmp_path / "out")]) == 2
     assert "matplotlib" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_directory_holding_earlier_results_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "results.json").write_text('{"kept": true}')
+    assert main(["--quick", "--only", "gossip", "--out", str(out)]) == 2
+    assert "already holds the results of an earlier run" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == '{"kept": true}'

@@ -57,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="small counts, 64 B and 64 KiB, inproc and ipc, one round (seconds)",
     )
-    parser.add_argument("--out", metavar="DIR", help="output directory (created)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (created; one that holds an earlier run's results.json is refused)",
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -101,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out_dir()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
+    if (out / "results.json").exists():
+        # Before the run: finding out afterwards that it wrote over the figures of an
+        # earlier run (the ones a comparison was to be made with) would be too late.
+        raise UsageError(
+            f"--out {out} already holds the results of an earlier run: give a new directory "
+            "(it is created), or move that one away first"
+        )
     # ``zmqcomm bench ARGS`` or ``python -m zmqcomm.cli.bench ARGS``: record ARGS.
     given = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
     command = "zmqcomm bench " + shlex.join(given)
