@@ -27,8 +27,8 @@ examples:
   zmqcomm pbft local --clients 1 --ops 500        latency at light load (one op at a time)
   zmqcomm pbft local --json                       the summary as JSON (progress on stderr)
   zmqcomm pbft replica --config replica-0.toml    one replica of a multi-host cluster
-  zmqcomm pbft client --cluster replica-0.toml --keys keys --name client-0 --trust trust \
-      put colour blue                             one operation against such a cluster
+  zmqcomm pbft client --cluster replica-0.toml --keys keys --name client-0 \\
+      --trust trust put colour blue               one operation against such a cluster
 
 The configuration file is described in docs/patterns.md; 'pbft local --keep DIR' writes a
 complete example (keys, trust store, one replica-N.toml per replica) into DIR.
