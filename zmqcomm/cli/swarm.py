@@ -21,7 +21,8 @@ examples:
   zmqcomm swarm --keep /tmp/myswarm   keep keys, logs, audit trail and results
 
 Every agent is its own process with its own throw-away identity; all traffic is encrypted end
-to end through the broker, which cannot read it. Exits 1 if any message was lost.
+to end, through the broker (which cannot read it) or, with --mode p2p, straight from agent to
+agent. Exits 1 if any message was lost.
 """
 
 
@@ -30,8 +31,9 @@ def register(commands: Any) -> None:
         "swarm",
         help="run a broker and agents as processes and report what they measured",
         description=(
-            "Start a broker and N agents as separate processes with throw-away identities. "
-            "The agents exchange encrypted direct messages and requests through the broker "
+            "Start N agents (and a broker, unless --mode p2p) as separate processes with "
+            "throw-away identities. The agents exchange encrypted direct messages and requests "
+            "(through the broker, or directly with --mode p2p) "
             "(rekeying as they go), then report messages, msg/s, request latency, rekeys, "
             "rejections and lost messages."
         ),
