@@ -29,13 +29,12 @@ agent. Exits 1 if any message was lost.
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "swarm",
-        help="run a broker and agents as processes and report what they measured",
+        help="run agents (and a broker) as processes and report what they measured",
         description=(
             "Start N agents (and a broker, unless --mode p2p) as separate processes with "
-            "throw-away identities. The agents exchange encrypted direct messages and requests "
-            "(through the broker, or directly with --mode p2p) "
-            "(rekeying as they go), then report messages, msg/s, request latency, rekeys, "
-            "rejections and lost messages."
+            "throw-away identities. The agents exchange encrypted direct messages and requests, "
+            "through the broker or (--mode p2p) directly, rekeying as they go, then report "
+            "messages, msg/s, request latency, rekeys, rejections and lost messages."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
