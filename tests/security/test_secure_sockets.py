@@ -229,6 +229,54 @@ def test_a_slow_consumer_gets_a_backlog_under_a_key_in_its_grace_period(cast: Ca
         assert router.table.rejected == {}
 
 
+def test_a_backlog_under_a_superseded_key_is_read_between_timer_ticks_too(cast: Cast) -> None:
+    """Found in review: receive() read everything waiting only when the timers were due,
+    and the grace period is enforced by the clock, not by erasing the key. A backlog
+    under the old key behind a message taken between two ticks, by a consumer that then
+    worked past the grace period, was refused (stale_epoch). While a session holds a
+    superseded key, every receive() now reads all that waits."""
+    wall = [1_000.0]
+    slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
+    with slow_consumer as (router, dealer):
+        dealer.pump(0.0)  # the REPLY goes out
+        deadline = router.clock() + 5
+        while router.table.rekeys == 0 and router.clock() < deadline:
+            router.pump(0.01)
+        assert router.table.rekeys == 1  # epoch 0 stays open 5 s more
+        time.sleep(0.01)
+        router.pump(0.0)  # a timer tick: the next one is 5 ms away
+        for n in range(3):
+            dealer.send(n)  # under epoch 0: the dealer has not read the FINISH
+        assert router.receive(timeout=5).message.payload == 0
+        assert router.clock() < router._next_timer_check  # no tick came in between
+        wall[0] += 10.0  # the consumer works 10 s: the grace period is over
+        assert [router.receive(timeout=1).message.payload for _ in range(2)] == [1, 2]
+        assert router.table.rejected == {}
+
+
+def test_receive_counts_no_full_inbox_when_it_left_nothing_unread(cast: Cast) -> None:
+    """Found in review: with max_inbox=1, the pump a receive() ran on a timer tick found
+    the message it had just read still in the inbox, counted the inbox full and read
+    nothing."""
+    with (
+        SecureRouter(
+            f"inproc://one-slot-{next(_inproc_names)}",
+            identity=cast.bob,
+            trust=cast.bob_trust,
+            max_inbox=1,
+        ) as router,
+        SecureDealer(
+            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        for n in range(5):
+            dealer.send(n)
+            time.sleep(0.01)  # every receive finds the timers due
+            assert router.receive(timeout=5).message.payload == n
+        assert router.statistics()["inbox_full"] == 0
+
+
 def test_dealer_re_handshakes_after_the_router_restarts(cast: Cast, short_dir: str) -> None:
     endpoint = f"ipc://{short_dir}/restart.sock"
     options = SocketOptions(reconnect_interval=0.05, reconnect_interval_max=0.2)
@@ -929,3 +977,19 @@ def test_a_send_refused_for_a_full_queue_still_starts_the_rekey_its_count_asks_f
             router.pump(0.01)
         router.send(alice, "under the new keys")
         assert dealer.receive(timeout=5).message.payload == "under the new keys"
+
+
+def test_in_grace_lasts_as_long_as_a_superseded_key(cast: Cast) -> None:
+    wall = [1_000.0]
+    rekeyed = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
+    with rekeyed as (router, dealer):
+        assert not router.table.in_grace  # the rekey has started, no key is superseded yet
+        dealer.pump(0.0)  # the REPLY goes out
+        deadline = router.clock() + 5
+        while router.table.rekeys == 0 and router.clock() < deadline:
+            router.pump(0.01)
+        assert router.table.in_grace
+        wall[0] += 6.0  # the grace period is over: the timer erases the key
+        time.sleep(0.01)
+        router.pump(0.0)
+        assert not router.table.in_grace

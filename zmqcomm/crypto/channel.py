@@ -479,6 +479,11 @@ class SecureChannel:
                 deadlines.append(expiry)
         return min(deadlines) if deadlines else None
 
+    @property
+    def holds_superseded_keys(self) -> bool:
+        """Whether the session keeps a receive key of an earlier epoch (its grace period)."""
+        return self.session is not None and self.session.next_deadline() is not None
+
     def rekey_due(self, *, now: float) -> bool:
         """Whether the session is due a rekey (by count or age): after a send, whether
         :meth:`on_timer` has anything to do that a timer would not do as well."""

@@ -144,6 +144,9 @@ class ChannelTable:
         #: the same as a heap with stale entries left in, so that :meth:`next_deadline` is
         #: not a scan of every channel (0.6 ms with 1,000 peers) on every pump.
         self._deadline_of: dict[bytes, float] = {}
+        #: Routes whose session still holds a superseded receive key (its grace period):
+        #: frames sealed under it may be queued behind newer ones (see ``in_grace``).
+        self._in_grace: set[bytes] = set()
         self._deadline_heap: list[tuple[float, bytes]] = []
 
     def __len__(self) -> int:
@@ -301,6 +304,7 @@ class ChannelTable:
         channel = self.channels.pop(route, None)
         self._pending.pop(route, None)
         self._deadline_of.pop(route, None)
+        self._in_grace.discard(route)
         peer = channel.peer if channel is not None else None
         if peer is not None and self._routes.get(peer.agent_id) == route:
             del self._routes[peer.agent_id]
@@ -316,6 +320,10 @@ class ChannelTable:
         handshake given up) happens only once its deadline here has passed, so the table's
         next :meth:`on_timer`, due at once, looks again."""
         channel = self.channels.get(route)
+        if channel is not None and channel.holds_superseded_keys:
+            self._in_grace.add(route)
+        else:
+            self._in_grace.discard(route)
         deadline = None if channel is None else channel.next_deadline()
         if deadline is None:
             self._deadline_of.pop(route, None)
@@ -324,6 +332,14 @@ class ChannelTable:
             heapq.heappush(self._deadline_heap, (deadline, route))
             if len(self._deadline_heap) > 2 * len(self._deadline_of) + 64:
                 self._reindex()  # stale entries (rekeys, retries) would pile up otherwise
+
+    @property
+    def in_grace(self) -> bool:
+        """Whether some session may still receive frames under a superseded key: a reader
+        must then read all that waits before its caller gets back to work, or those frames
+        may outlast the key's grace period in a socket queue. Kept by :meth:`note`, which
+        may keep a route a while after its old key went: that only costs a look more."""
+        return bool(self._in_grace)
 
     def after_send(self, route: bytes, channel: SecureChannel, *, now: float) -> list[Event]:
         """The message-count rekey trigger, for whoever seals on ``channel`` (on ``route``):
