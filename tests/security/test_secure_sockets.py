@@ -993,3 +993,25 @@ def test_in_grace_lasts_as_long_as_a_superseded_key(cast: Cast) -> None:
         time.sleep(0.01)
         router.pump(0.0)
         assert not router.table.in_grace
+
+
+def test_a_pump_that_raises_inside_receive_keeps_the_message_it_read(cast: Cast) -> None:
+    with (
+        SecureRouter(
+            f"inproc://keeps-{next(_inproc_names)}", identity=cast.bob, trust=cast.bob_trust
+        ) as router,
+        SecureDealer(
+            router.endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        dealer.send("kept")
+        time.sleep(0.01)  # the timers are due: receive() pumps after its read
+
+        def interrupted(timeout: float = 0.0) -> int:
+            raise KeyboardInterrupt
+
+        router.pump = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            router.receive(timeout=5)
+        assert [d.message.payload for d in router.inbox] == ["kept"]

@@ -366,7 +366,12 @@ class _SecureSocket:
             # and when the timers are due (the pump runs them after reading). A rekey
             # handshake behind this message is answered by the next call.
             if self.table.in_grace or self.clock() >= self._next_timer_check:
-                self.pump()
+                try:
+                    self.pump()
+                except BaseException:
+                    if first is not None:
+                        inbox.appendleft(first)  # an interrupt must not cost the message
+                    raise
             if first is not None:
                 return first
         return take_next(
