@@ -4,6 +4,7 @@ LocalCluster runs) failing like ``zmqcomm pbft``: one line, the same exit code."
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,20 @@ def test_results_of_the_key_value_store_are_printed_as_text(
     result = store.apply(encode_op(*last))
     assert _report(_args(str(last[0])), result) == code
     assert capsys.readouterr().out == printed
+
+
+def test_a_get_of_a_missing_key_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a walkthrough: it printed nothing, and --json said status ok beside exit 1."""
+    missing = KeyValueStore().apply(encode_op("get", b"colour"))
+    assert _report(_args("get", "colour"), missing) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "zmqcomm pbft client: no such key: colour\n"
+    assert _report(_args("get", "colour", json=True), missing) == 1
+    assert json.loads(capsys.readouterr().out)["found"] is False
+    store = KeyValueStore()
+    store.apply(encode_op("put", b"colour", b"blue"))
+    assert _report(_args("get", "colour", json=True), store.apply(encode_op("get", b"colour"))) == 0
+    assert json.loads(capsys.readouterr().out)["found"] is True
 
 
 def test_a_replicas_own_error_result_is_said_in_words(capsys: pytest.CaptureFixture[str]) -> None:

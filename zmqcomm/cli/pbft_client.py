@@ -21,7 +21,7 @@ CLIENT_EXAMPLES = """\
 examples:
   zmqcomm pbft client --cluster replica-0.toml --keys keys --name client-0 \\
       --trust trust put colour blue        prints: ok (new key)
-  zmqcomm pbft client ... get colour       prints: blue (exit 1 if there is no such key)
+  zmqcomm pbft client ... get colour       prints: blue (no such key: says so, exit 1)
   zmqcomm pbft client ... delete colour    prints: ok (was: blue)
   zmqcomm pbft client ... get colour --json
 
@@ -127,18 +127,21 @@ def _report(args: argparse.Namespace, result: bytes) -> int:
         failed = "the replicas' state machine raised an exception on it"
         status, value = "error", failed if result == ERROR_RESULT else result
     shown = _text(value)
+    missing = args.operation == "get" and status == "ok" and value is None
     if args.json:
+        found = {"found": not missing} if args.operation == "get" and status == "ok" else {}
         print(json.dumps({"operation": args.operation, "key": args.key, "status": status,
-                          "value": shown}))  # fmt: skip
+                          "value": shown, **found}))  # fmt: skip
     elif status != "ok":
         print(f"error: {shown}")
     elif args.operation == "get":
-        if value is not None:
+        if missing:  # the exit status alone left a user wondering what happened
+            print(f"zmqcomm pbft client: no such key: {args.key}", file=sys.stderr)
+        else:
             print(shown)
     else:
         print("ok (new key)" if value is None and args.operation == "put" else
               "ok (no such key)" if value is None else f"ok (was: {shown})")  # fmt: skip
-    missing = args.operation == "get" and value is None
     return 0 if status == "ok" and not missing else 1
 
 
