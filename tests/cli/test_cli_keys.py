@@ -592,3 +592,15 @@ def test_a_node_command_without_a_terminal_does_not_wait_on_a_silent_stdin(
     process.stderr.close()
     assert process.returncode == EXIT_USAGE
     assert b"no terminal to ask on" in err and cli_keys.PASSPHRASE_ENV.encode() in err
+
+
+def test_a_key_file_given_as_keys_says_which_directory_and_name_to_give(tmp_path: Path) -> None:
+    """Found by a walkthrough: '--keys keys/alice.key' failed with 'no identity at
+    keys/alice.key/agent.key', and 'zmqcomm keygen agent --dir keys/alice.key' as advice."""
+    key_files.save_identity(Identity.generate("alice"), tmp_path)
+    with pytest.raises(UsageError) as caught:
+        load_node_identity(tmp_path / "alice.key", "agent")
+    assert str(caught.value) == (
+        f"--keys takes the directory that holds NAME.key, not a key file: for "
+        f"{tmp_path / 'alice.key'} give --keys {tmp_path} --name alice"
+    )

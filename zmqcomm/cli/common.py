@@ -26,6 +26,12 @@ else:  # pragma: no cover - Python 3.10
 def load_node_identity(keys: str | os.PathLike[str], name: str) -> Identity:
     """``keys/NAME.key``; a protected one's passphrase from ``$ZMQCOMM_PASSPHRASE`` or the
     terminal (:func:`existing_passphrase`; never stdin)."""
+    if Path(keys).is_file():
+        given = Path(keys)
+        raise UsageError(
+            f"--keys takes the directory that holds NAME.key, not a key file: for {given} "
+            f"give --keys {given.parent} --name {given.stem}"
+        )
     path = Path(keys) / f"{name}.key"
     if not path.exists():
         others = sorted(p.stem for p in Path(keys).glob("*.key")) if Path(keys).is_dir() else []
