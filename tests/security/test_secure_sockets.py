@@ -254,6 +254,29 @@ def test_a_backlog_under_a_superseded_key_is_read_between_timer_ticks_too(cast: 
         assert router.table.rejected == {}
 
 
+def test_a_receive_served_from_the_inbox_reads_a_superseded_key_backlog_too(cast: Cast) -> None:
+    """Found in review: a receive() that found its message in the inbox returned it
+    without reading the socket, even while a session held a superseded key; frames under
+    that key kept arriving and waited there past the grace period."""
+    wall = [1_000.0]
+    slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
+    with slow_consumer as (router, dealer):
+        dealer.pump(0.0)  # the REPLY goes out
+        deadline = router.clock() + 5
+        while router.table.rekeys == 0 and router.clock() < deadline:
+            router.pump(0.01)
+        assert router.table.rekeys == 1 and router.table.in_grace
+        dealer.send(0)
+        dealer.send(1)  # both under epoch 0: the dealer has not read the FINISH
+        assert router.receive(timeout=5).message.payload == 0  # reads 1 into the inbox
+        assert [d.message.payload for d in router.inbox] == [1]
+        dealer.send(2)  # under epoch 0, arriving meanwhile
+        assert router.receive(timeout=5).message.payload == 1  # from the inbox
+        wall[0] += 10.0  # the consumer works past the grace period
+        assert router.receive(timeout=1).message.payload == 2
+        assert router.table.rejected == {}
+
+
 def test_receive_counts_no_full_inbox_when_it_left_nothing_unread(cast: Cast) -> None:
     """Found in review: with max_inbox=1, the pump a receive() ran on a timer tick found
     the message it had just read still in the inbox, counted the inbox full and read

@@ -342,7 +342,12 @@ class _SecureSocket:
         """The next authenticated message, waiting up to ``timeout`` s (None: forever)."""
         inbox = self.inbox
         if inbox:
-            return inbox.popleft()
+            oldest = inbox.popleft()
+            if self.table.in_grace and not self._closed:
+                # Frames under a superseded key may be queued behind: read them now, as
+                # below, before the caller goes off to work past their grace period.
+                self._read_all_waiting(oldest)
+            return oldest
         check_timeout(timeout, "receive timeout")
         # One wait and one read: a caller taking one message at a time (request/reply)
         # mostly finds none waiting. Anything else (nothing came, a handshake frame) goes
@@ -366,12 +371,7 @@ class _SecureSocket:
             # and when the timers are due (the pump runs them after reading). A rekey
             # handshake behind this message is answered by the next call.
             if self.table.in_grace or self.clock() >= self._next_timer_check:
-                try:
-                    self.pump()
-                except BaseException:
-                    if first is not None:
-                        inbox.appendleft(first)  # an interrupt must not cost the message
-                    raise
+                self._read_all_waiting(first)
             if first is not None:
                 return first
         return take_next(
@@ -382,6 +382,16 @@ class _SecureSocket:
             what="authenticated message",
             waited=self.clock() - started,
         )
+
+    def _read_all_waiting(self, taken: Delivered | None) -> None:
+        """Pump, for a receive() that already took ``taken`` out of the inbox; were the pump
+        to raise (an interrupt), ``taken`` goes back in front, where it was."""
+        try:
+            self.pump()
+        except BaseException:
+            if taken is not None:
+                self.inbox.appendleft(taken)
+            raise
 
     # -- sending -----------------------------------------------------------------------------
 
