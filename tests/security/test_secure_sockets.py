@@ -172,6 +172,17 @@ def _rekey_started_by_one_frame(
         yield router, dealer
 
 
+def _router_switches_keys(router: SecureRouter, dealer: SecureDealer) -> None:
+    """After _rekey_started_by_one_frame: the dealer answers the INIT (REPLY) and the router
+    completes its rekey; its FINISH waits for the dealer, which seals under epoch 0 until
+    it reads it, and the router keeps epoch 0's receive key for the grace period."""
+    dealer.pump(0.0)  # the REPLY goes out
+    deadline = router.clock() + 5
+    while router.table.rekeys == 0 and router.clock() < deadline:
+        router.pump(0.01)
+    assert router.table.rekeys == 1
+
+
 def test_receive_answers_handshake_frames_queued_behind_its_message(cast: Cast) -> None:
     """A peer that only calls receive() still keeps rekeys moving: the INIT that arrived
     behind the message one call returned is answered by the next call, even one that finds
@@ -213,11 +224,7 @@ def test_a_slow_consumer_gets_a_backlog_under_a_key_in_its_grace_period(cast: Ca
     wall = [1_000.0]
     slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
     with slow_consumer as (router, dealer):
-        dealer.pump(0.0)  # the REPLY goes out
-        deadline = router.clock() + 5
-        while router.table.rekeys == 0 and router.clock() < deadline:
-            router.pump(0.01)  # the router switches keys (its FINISH waits for the dealer)
-        assert router.table.rekeys == 1
+        _router_switches_keys(router, dealer)
         for n in range(5):
             dealer.send(n)  # under epoch 0: the dealer has not read the FINISH
         got = []
@@ -238,11 +245,7 @@ def test_a_backlog_under_a_superseded_key_is_read_between_timer_ticks_too(cast: 
     wall = [1_000.0]
     slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
     with slow_consumer as (router, dealer):
-        dealer.pump(0.0)  # the REPLY goes out
-        deadline = router.clock() + 5
-        while router.table.rekeys == 0 and router.clock() < deadline:
-            router.pump(0.01)
-        assert router.table.rekeys == 1  # epoch 0 stays open 5 s more
+        _router_switches_keys(router, dealer)  # epoch 0 stays open 5 s more
         time.sleep(0.01)
         router.pump(0.0)  # a timer tick: the next one is 5 ms away
         for n in range(3):
@@ -261,11 +264,8 @@ def test_a_receive_served_from_the_inbox_reads_a_superseded_key_backlog_too(cast
     wall = [1_000.0]
     slow_consumer = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
     with slow_consumer as (router, dealer):
-        dealer.pump(0.0)  # the REPLY goes out
-        deadline = router.clock() + 5
-        while router.table.rekeys == 0 and router.clock() < deadline:
-            router.pump(0.01)
-        assert router.table.rekeys == 1 and router.table.in_grace
+        _router_switches_keys(router, dealer)
+        assert router.table.in_grace
         dealer.send(0)
         dealer.send(1)  # both under epoch 0: the dealer has not read the FINISH
         assert router.receive(timeout=5).message.payload == 0  # reads 1 into the inbox
@@ -1007,10 +1007,7 @@ def test_in_grace_lasts_as_long_as_a_superseded_key(cast: Cast) -> None:
     rekeyed = _rekey_started_by_one_frame(cast, grace_period=5.0, wall_clock=lambda: wall[0])
     with rekeyed as (router, dealer):
         assert not router.table.in_grace  # the rekey has started, no key is superseded yet
-        dealer.pump(0.0)  # the REPLY goes out
-        deadline = router.clock() + 5
-        while router.table.rekeys == 0 and router.clock() < deadline:
-            router.pump(0.01)
+        _router_switches_keys(router, dealer)
         assert router.table.in_grace
         wall[0] += 6.0  # the grace period is over: the timer erases the key
         time.sleep(0.01)
