@@ -282,10 +282,7 @@ class _SecureSocket:
             if timeout > 0:
                 time.sleep(timeout)
             return 0
-        if timeout > 0 and self._side_waits:
-            ready = self._wait_any(timeout)
-        else:
-            ready = _wait_readable(sock, timeout)
+        ready = self._wait_for_input(timeout)
         take_in = self._take_in
         while ready and handled < _MAX_BURST and len(inbox) < room:
             take_in(sock)
@@ -306,6 +303,13 @@ class _SecureSocket:
             self.inbox.append(events[0])
         else:
             self._handle(route, events)
+
+    def _wait_for_input(self, timeout: float) -> bool:
+        """Whether a message waits on the socket, after waiting up to ``timeout`` s, with the
+        side sockets too when there are some (a wait of 0 looks at the socket alone)."""
+        if timeout > 0 and self._side_waits:
+            return self._wait_any(timeout)
+        return _wait_readable(self.socket, timeout)
 
     def _wait_any(self, timeout: float) -> bool:
         """Wait on the socket and the side sockets together; handle side events at once (a
@@ -356,10 +360,7 @@ class _SecureSocket:
         wait = MAX_WAIT if timeout is None else min(timeout, MAX_WAIT)
         self._check_open()
         sock = self.socket
-        if wait > 0 and self._side_waits:
-            ready = self._wait_any(wait)
-        else:
-            ready = _wait_readable(sock, wait)
+        ready = self._wait_for_input(wait)
         if ready:
             self._take_in(sock)
             first = inbox.popleft() if inbox else None  # before a pump: it needs the room
