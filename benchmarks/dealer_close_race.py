@@ -6,9 +6,8 @@ IMMEDIATE the dealer's libzmq (4.3.5 here) ends the connection's queue as soon a
 connection drops, discarding what arrived on it and was not read yet: "stop" is then lost
 in some runs. Without IMMEDIATE the queue outlives the connection and nothing is lost.
 
-``SecureDealer`` sets IMMEDIATE (docs/security.md says why), so a router, or a broker, that
-sends and then closes or dies at once can lose its last messages at the dealer in the same
-way. Pure pyzmq: no zmqcomm code runs here.
+This is why ``SecureDealer`` does not set IMMEDIATE (docs/security.md says what it does
+instead). Pure pyzmq: no zmqcomm code runs here.
 
     python benchmarks/dealer_close_race.py             # 30 runs each way
     python benchmarks/dealer_close_race.py --runs 10

@@ -44,7 +44,9 @@ class SecurePoller(Generic[S]):
     at once: a reconnect starts its handshake without waiting out the caller's timeout.
 
     A poll sees only what waits in a socket: a caller that pumps a socket itself must also
-    take what that pump left in the socket's inbox."""
+    take what that pump left in the socket's inbox. So must one that sends on a dealer: a
+    send reads the connection events, and on a reconnect the dealer reads what the old
+    connection left into its inbox (otherwise taken on the next full pump)."""
 
     def __init__(
         self,

@@ -315,12 +315,17 @@ class _SecureSocket:
         """Wait on the socket and the side sockets together; handle side events at once (a
         connection event starts a handshake: waiting the pump's timeout first would add it to
         every connect). Returns whether the socket itself has a message."""
-        readable = False
+        readable = side_handled = False
         for sock, _ in zmq_poll(self._side_waits, poll_ms(timeout)):
             if sock is self.socket:
                 readable = True
             else:
                 self._on_extra(sock)
+                side_handled = True
+        if readable and side_handled:
+            # The side event may have read what waited (a dealer reads its old connection's
+            # messages before a reconnect's handshake).
+            readable = _readable(self.socket)
         return readable
 
     def _timers(self) -> None:

@@ -26,6 +26,7 @@ from zmqcomm.secure.base import (
     DEFAULT_MAX_INBOX,
     Clock,
     _check_send_timeout,
+    _readable,
     _SecureSocket,
 )
 from zmqcomm.transport.batching import BatchingSender
@@ -72,11 +73,10 @@ class SecureDealer(_SecureSocket):
         check_timeout(connect_timeout, "connect_timeout")
         _check_send_timeout(send_timeout)
         sock = open_socket(zmq.DEALER, options, context=context)
-        # Queue nothing without a connection: handshake retries made while the router is down
-        # would all arrive when it comes up, spend its per-connection handshake budget and get
-        # the live INIT refused (rate_limited). Each connection starts its handshake instead
-        # (_on_extra). inproc ignores this (its pipe exists from connect on).
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        # No ZMQ_IMMEDIATE: with it, libzmq (4.3.5) discards what arrived from the router but
+        # was not read yet as soon as the connection drops (benchmarks/dealer_close_race.py).
+        # Without it the queue outlives the connection, so this class itself holds back
+        # handshake frames while there is no connection (_transmit_reply).
         # Connection events tell us when a reconnect needs a new handshake, and when the
         # connection is down (see ``established``).
         self._monitor = sock.get_monitor_socket(
@@ -101,9 +101,13 @@ class SecureDealer(_SecureSocket):
         self.peer: str | None = None
         self.reconnects = 0
         self._connections = 0
-        #: A handshake frame could not be queued (no connection yet, or a full queue): the
-        #: next connection starts a fresh handshake rather than wait for the retry timer.
+        #: A handshake frame was held back (no connection) or found no room: a connection
+        #: event, or a timer tick once there is room, starts a fresh handshake rather than
+        #: wait for the retry timer (seconds).
         self._handshake_lost = False
+        #: A connection came up and its handshake has not been started yet (the reads
+        #: before it were interrupted): the next timer tick finishes the job.
+        self._connection_pending = False
         #: inproc has no connection events: its pipe is up from connect() on.
         self._always_linked = endpoint.startswith("inproc:")
         #: The connection dropped and has not come back yet.
@@ -114,8 +118,8 @@ class SecureDealer(_SecureSocket):
             self.close()
             raise
         self.endpoint = endpoint
-        # Sent now, it waits in the connection's pipe until the transport is up (inproc has
-        # no transport handshake to wait for, and no monitor events).
+        # inproc sends the INIT at once (its pipe is up from connect() on, with no connection
+        # events); ipc and tcp hold it back, and their first connection event starts it.
         self._transmit_reply(
             _DEALER_ROUTE,
             self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
@@ -133,9 +137,9 @@ class SecureDealer(_SecureSocket):
                 send_frames(self.socket, frames, timeout=0)
                 return
             except QueueFullError:
-                # No room. With IMMEDIATE a connection that just dropped looks the same, and
-                # waiting send_timeout on it would only end in SendTimeout: look at the
-                # connection events first (they are otherwise read on a pump).
+                # No room. A connection that dropped fills up the same way (its queue waits
+                # for the next one), and waiting send_timeout on it would only end in
+                # SendTimeout: look at the connection events first.
                 connections = self._connections
                 self._on_extra(self._monitor)
                 if self.disconnected or self._connections != connections:
@@ -163,33 +167,63 @@ class SecureDealer(_SecureSocket):
                 # not know: it would be lost without a word. Sends fail instead until a new
                 # session is up (callers may hold and resend).
                 self.disconnected = True
+                self._connection_pending = False  # that connection is gone too
                 continue
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.disconnected = False
                 self._connections += 1
                 self.reconnects = self._connections - 1
-                channel = self.table.channels.get(_DEALER_ROUTE)
-                if self._connections == 1 and (
-                    not self._handshake_lost or (channel is not None and channel.established)
-                ):
-                    continue  # the first connection carries the INIT sent at construction
-                # A reconnect: whatever session the router had went with the old connection.
-                # Or the first connection, whose INIT was not queued before it came up (the
-                # router started after us, or the transport was still connecting).
-                frames = self.table.connect(
-                    _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
-                )
-                self._transmit_reply(_DEALER_ROUTE, frames)
+                self._connection_pending = True
+                self._start_on_connection()
+
+    def _start_on_connection(self) -> None:
+        """A connection is up: start a session on it. Every connection gets a fresh
+        handshake: a reconnect's router forgot the old session with the old connection, and
+        the first connection's INIT was held back until it came up. Until the INIT is
+        handed over, the dealer still counts as down (``disconnected`` from the drop, or
+        no connection yet), so nothing answered while reading goes out on the new one."""
+        if self._connections > 1:
+            self._read_before_reconnect()
+        self._connection_pending = False
+        self.disconnected = False
+        frames = self.table.connect(
+            _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
+        )
+        self._transmit_reply(_DEALER_ROUTE, frames)
+
+    def _read_before_reconnect(self) -> None:
+        """Read what the old connection brought and is still queued, under the session it
+        was sealed for, before a new handshake replaces that session. It all arrived before
+        anything from the new connection (one queue, in order), and the router sends nothing
+        there before our INIT. The inbox may go past ``max_inbox`` here: ZeroMQ's high-water
+        mark already bounds what can wait, and what is not read now could never be opened."""
+        sock = self.socket
+        while _readable(sock):
+            self._take_in(sock)
+
+    def _linked(self) -> bool:
+        """Whether a connection is up, as far as the connection events read so far tell."""
+        return self._always_linked or (self._connections > 0 and not self.disconnected)
 
     def _transmit_reply(self, route: bytes, frames: Sequence[Buffer]) -> None:
+        if not self._linked():
+            # Held back: queued now, handshake retries made while the router is down would
+            # all arrive when it comes up, spend its per-connection handshake budget and get
+            # the live INIT refused (rate_limited). The next connection starts afresh.
+            self._handshake_lost = True
+            return
         self._handshake_lost = False  # the latest handshake frame is what counts
         super()._transmit_reply(route, frames)
 
     def _reply_dropped(self) -> None:
         self._handshake_lost = True
-        if (self._connections or self._always_linked) and not self.disconnected:
-            # Without a connection there is nothing to count: IMMEDIATE refuses every send.
-            super()._reply_dropped()
+        super()._reply_dropped()
+
+    def _look_at_link(self) -> None:
+        """Read the connection events before a send: a dealer that only sends would
+        otherwise queue for a connection that is gone, for its next one, where a new router
+        refuses all of it (no_session). About a microsecond a look."""
+        if _readable(self._monitor):
+            self._on_extra(self._monitor)
 
     def close(self) -> None:
         try:
@@ -209,6 +243,7 @@ class SecureDealer(_SecureSocket):
                 self.peer = event.agent_id
 
     def _check_sender(self, route: bytes, channel: SecureChannel) -> None:
+        self._look_at_link()
         if self.disconnected:
             raise ConnectError(
                 f"the connection to {self.endpoint} is down; once it is back "
@@ -219,9 +254,22 @@ class SecureDealer(_SecureSocket):
 
     def _timers(self) -> None:
         super()._timers()
-        if _DEALER_ROUTE not in self.table.channels and not self._closed:
+        if self._closed:
+            return
+        if self._connection_pending:
+            self._start_on_connection()  # interrupted on the connection event
+            return
+        channel = self.table.channels.get(_DEALER_ROUTE)
+        if channel is None or (
+            self._handshake_lost
+            and self._linked()
+            and not channel.established
+            and zmq_poll([(self.socket, _POLLOUT)], 0)
+        ):
             # The channel closed itself (too many refused frames) or its handshake was
-            # abandoned: start a new session rather than stay silent.
+            # abandoned; or the INIT found the queue full (a backlog for a connection that
+            # dropped, which the new router is refusing) and there is room now: start a new
+            # session rather than wait for the retry timer.
             self._transmit_reply(
                 _DEALER_ROUTE,
                 self.table.connect(
@@ -230,8 +278,10 @@ class SecureDealer(_SecureSocket):
             )
 
     def writable(self) -> bool:
-        """Whether a send would be queued at once (the connection has room), without waiting."""
-        return bool(zmq_poll([(self.socket, _POLLOUT)], 0))
+        """Whether a send would be queued at once for a connection that is up (it has room),
+        without waiting."""
+        self._look_at_link()
+        return self._linked() and bool(zmq_poll([(self.socket, _POLLOUT)], 0))
 
     @property
     def established(self) -> bool:
@@ -305,6 +355,7 @@ class SecureDealer(_SecureSocket):
         once :class:`QueueFullError` with ``wait=False``, :class:`ConnectError` when the
         connection is down) means nothing was queued."""
         self._check_open()
+        self._look_at_link()
         if self.disconnected:
             raise ConnectError(
                 f"the connection to {self.endpoint} is down; it comes back by itself: send "
