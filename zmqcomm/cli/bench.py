@@ -16,6 +16,7 @@ from zmqcomm.bench.report import verdict
 from zmqcomm.bench.runner import SECTIONS, default_out_dir, run_benchmarks
 from zmqcomm.bench.settings import TRANSPORTS, BenchSettings, parse_size
 from zmqcomm.cli.common import sigterm_interrupts
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.errors import UsageError, ZmqCommError
 
 EXAMPLES = """\
@@ -45,7 +46,7 @@ def register(commands: Any) -> None:
             "second, broker relay rate, gossip time to coverage and PBFT ops/s."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(run=run)
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zmqcomm.cli.bench",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

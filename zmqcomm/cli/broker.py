@@ -14,6 +14,7 @@ from zmqcomm.access import Policy
 from zmqcomm.broker.server import Broker, read_stats
 from zmqcomm.checks import check_seconds
 from zmqcomm.cli.common import load_node_identity, load_toml_config, open_trust_store
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.crypto.audit import AuditLog
 from zmqcomm.errors import UsageError
 
@@ -74,7 +75,7 @@ def register(commands: Any) -> None:
             "SQLite under --data. It never holds a key that opens agent payloads."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "action", nargs="?", choices=("run", "stats"), default="run", help="default: run"

@@ -14,6 +14,7 @@ from typing import Any
 
 from zmqcomm.checks import check_seconds
 from zmqcomm.cli.common import load_node_identity, open_trust_store
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import UsageError
@@ -48,7 +49,7 @@ def register(commands: Any) -> None:
             "Loopback only unless --interface names others; nothing else leaves the host."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--port", type=int, help=f"beacon UDP port ({DEFAULT_PORT}); not with --seed/--listen"

@@ -20,6 +20,7 @@ import zmq
 import zstandard
 
 from zmqcomm import __version__
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.errors import ZmqCommError
 from zmqcomm.quantiles import nearest_rank
 from zmqcomm.transport.endpoints import ipc_temporary_directory
@@ -55,7 +56,7 @@ def register(commands: Any) -> None:
             "only) and report each round trip. Exits 1 if any transport fails."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--count", type=_positive_int, default=200, help="round trips per transport (default 200)"

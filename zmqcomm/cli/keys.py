@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.crypto.key_files import (
     inspect_secret_file,
     key_file_kind,
@@ -60,7 +61,7 @@ def register(commands: Any) -> None:
             "NAME.pub. Prints the agent id. File formats: docs/keys.md."
         ),
         epilog=KEYGEN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     keygen.add_argument("name", metavar="NAME", help="key name, used for the file names")
     keygen.add_argument(
@@ -83,7 +84,7 @@ def register(commands: Any) -> None:
             "file, also check its mode and that its secrets match its public keys."
         ),
         epilog=KEYINFO_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     keyinfo.add_argument("file", metavar="FILE", help="a NAME.key or NAME.pub file")
     keyinfo.add_argument(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from zmqcomm import __version__
 from zmqcomm.cli import bench, broker, discovery, doctor, keys, messaging, pbft, swarm, trust
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.errors import UsageError, ZmqCommError
 
 EXIT_OK = 0
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zmqcomm",
         description="Secure, fast messaging for agent swarms over ZeroMQ.",
         epilog="Run 'zmqcomm COMMAND --help' for the options and examples of each command.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"zmqcomm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

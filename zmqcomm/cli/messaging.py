@@ -14,6 +14,7 @@ from typing import Any
 from zmqcomm.access import Policy
 from zmqcomm.checks import check_count, check_seconds
 from zmqcomm.cli.common import load_node_identity, open_trust_store
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.crypto.keys import is_agent_id
 from zmqcomm.errors import (
     NotPermittedError,
@@ -37,6 +38,7 @@ examples:
   zmqcomm send bob '{"task": 7}' --broker ipc:///tmp/zc/broker.sock --keys keys --trust trust
   zmqcomm send 7nlzurvdt462sq7jvzotl4rgaq hello --broker tcp://127.0.0.1:5555 --keys keys \\
       --name alice --trust trust
+
 If the peer is offline, a broker started with --data keeps the message as mail until the
 peer connects; through a broker without a mailbox, send exits 1 and says so.
 """,
@@ -44,6 +46,7 @@ peer connects; through a broker without a mailbox, send exits 1 and says so.
 examples:
   zmqcomm request bob '{"op": "status"}' --broker ipc:///tmp/zc/broker.sock --keys keys \\
       --trust trust --timeout 5
+
 Prints the reply as JSON; exits 1 if none comes in time. The peer must answer requests: a
 Node with request_handler set, or one running node.run(handler). zmqcomm sub prints a
 request it receives but does not answer it.
@@ -57,6 +60,7 @@ examples:
 examples:
   zmqcomm sub 'swarm/*' --broker ipc:///tmp/zc/broker.sock --keys keys --trust trust
   zmqcomm sub swarm/news --count 10 --timeout 30 ...   stop after 10, or 30 s of silence
+
 Prints one JSON object per publication (from, kind, topic, payload, via); also direct messages,
 requests included (printed, not answered: answer them from a Node).
 """,
@@ -84,7 +88,7 @@ def register(commands: Any) -> None:
             help=summary,
             description=f"{summary[0].upper()}{summary[1:]}.\n\n{COMMON_HELP}",
             epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         if name in ("send", "request"):
             parser.add_argument(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zmqcomm.cli.common import load_node_identity, sigterm_interrupts
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.cli.pbft_client import add_client_parser
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.pbft.cluster import LocalOptions, run_local
@@ -70,7 +71,7 @@ def register(commands: Any) -> None:
         help="run a PBFT cluster locally with a load generator, one replica, or a client",
         description="PBFT (Castro & Liskov) consensus over encrypted, authenticated sessions.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="pbft_command", metavar="SUBCOMMAND", required=True)
     local = sub.add_parser(
@@ -78,7 +79,7 @@ def register(commands: Any) -> None:
         help="a local cluster (one process per replica) and a load generator",
         description="Start N replicas as processes, drive them with K operations, report.",
         epilog=LOCAL_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     local.add_argument(
         "--replicas",
@@ -130,7 +131,7 @@ def register(commands: Any) -> None:
         help="run one replica from a configuration file",
         description="Run one PBFT replica of a multi-host cluster.",
         epilog=REPLICA_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     replica.add_argument("--config", required=True, metavar="FILE", help="the replica's TOML file")
     replica.set_defaults(run=run)

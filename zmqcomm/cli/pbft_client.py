@@ -10,6 +10,7 @@ from typing import Any
 
 from zmqcomm.checks import check_seconds
 from zmqcomm.cli.common import load_node_identity, open_trust_store
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.errors import UsageError
 from zmqcomm.patterns.pbft.config import load_config
 from zmqcomm.patterns.pbft.loadgen import LoadGenerator
@@ -44,7 +45,7 @@ def add_client_parser(sub: Any) -> None:
             "authenticated sessions, and print its result once f + 1 replicas agree on it."
         ),
         epilog=CLIENT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     client.add_argument("operation", choices=sorted(OPERATIONS), help="what to do")
     client.add_argument("key", metavar="KEY", help="the key (text)")

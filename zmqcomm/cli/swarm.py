@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from zmqcomm.cli.common import sigterm_interrupts
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.swarm.demo import SwarmOptions, run_swarm
 from zmqcomm.swarm.report import format_table
 
@@ -37,7 +38,7 @@ def register(commands: Any) -> None:
             "messages, msg/s, request latency, rekeys, rejections and lost messages."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     defaults = SwarmOptions()
     parser.add_argument("--agents", type=int, default=defaults.agents, help="default 8")

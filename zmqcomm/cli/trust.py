@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zmqcomm.cli.help_format import HelpFormatter
 from zmqcomm.crypto.key_files import load_public_document
 from zmqcomm.crypto.keys import is_agent_id
 from zmqcomm.crypto.trust import (
@@ -49,7 +50,7 @@ def register(commands: Any) -> None:
             "node accepts, each with the roles a policy file grants permissions to."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     actions = parser.add_subparsers(dest="trust_command", metavar="ACTION", required=True)
     add = actions.add_parser(
@@ -57,7 +58,7 @@ def register(commands: Any) -> None:
         help="trust public key files, with roles",
         description="Copy each FILE into the trust store DIR as <agent id>.pub, with roles.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add.add_argument("files", nargs="+", metavar="FILE", help="NAME.pub files (from keygen)")
     add.add_argument("--to", required=True, metavar="DIR", help="the trust store (made if new)")
@@ -76,7 +77,7 @@ def register(commands: Any) -> None:
             "entries are not shown: they are not trusted)."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     listing.add_argument("directory", metavar="DIR", help="the trust store")
     listing.add_argument("--json", action="store_true", help="one JSON object per entry")
@@ -90,7 +91,7 @@ def register(commands: Any) -> None:
             "message (they watch the directory)."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     revoke.add_argument("who", metavar="WHO", help="agent id or name")
     revoke.add_argument("--in", dest="directory", required=True, metavar="DIR", help="the store")
