@@ -29,6 +29,7 @@ from zmqcomm.errors import (
     UsageError,
 )
 from zmqcomm.secure import SecureDealer, SecureRouter
+from zmqcomm.secure import dealer as dealer_module
 from zmqcomm.transport import SocketOptions
 from zmqcomm.wire import CompressionConfig, Limits, MessageType, WireCodec
 from zmqcomm.wire.header import pack_header
@@ -481,6 +482,74 @@ def test_a_backlog_queued_for_a_dropped_connection_does_not_hold_up_the_next_ses
     finally:
         dealer.close()
         router.close()
+
+
+def test_connections_that_came_and_went_unseen_start_no_handshake(
+    cast: Cast, short_dir: str
+) -> None:
+    """The router restarts several times while the dealer is busy (neither pumping nor
+    sending). Its connection events are read together: a connection whose DISCONNECTED
+    follows is gone already, so only the live one gets an INIT. One INIT per event used to
+    queue stale INITs ahead of the live one, and the live router answered them all (a DH
+    and a REPLY each, from its handshake budget)."""
+    endpoint = f"ipc://{short_dir}/flap.sock"
+    options = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
+    router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+    dealer = SecureDealer(
+        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
+    )
+    try:
+        establish(router, dealer)
+        router.close()
+        for _ in range(4):
+            time.sleep(0.15)
+            passing = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+            time.sleep(0.15)  # the dealer connects to this one, unseen
+            passing.close()
+        time.sleep(0.15)
+        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+        time.sleep(0.15)
+        deadline = time.monotonic() + 10
+        while not (dealer.established and router.peers):
+            assert time.monotonic() < deadline, f"no session: {dealer.statistics()}"
+            dealer.pump(0.01)
+            router.pump(0.0)
+        assert dealer.reconnects >= 2  # the test's premise: connections came and went
+        for _ in range(10):  # whatever else was queued for the live router, and its answers
+            router.pump(0.01)
+            dealer.pump(0.01)
+        assert router.table.rejected == {}
+        assert dealer.table.rejected == {}  # no REPLY to a stale INIT came back
+        assert router.statistics()["handshakes"] == 1
+    finally:
+        dealer.close()
+        router.close()
+
+
+def test_reading_before_a_reconnect_stops_at_what_the_old_connection_can_have_left(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that sends without pause on the new connection must not hold the dealer in
+    that read for as long as it sends: it stops after the receive high-water mark (all the
+    old connection can have left) and one pump's burst."""
+    with SecureDealer(
+        f"inproc://bounded-{next(_inproc_names)}",
+        identity=cast.alice,
+        trust=cast.alice_trust,
+        options=SocketOptions(receive_hwm=50),
+        connect_timeout=None,
+    ) as dealer:
+        monkeypatch.setattr(dealer_module, "_MAX_BURST", 20)
+        monkeypatch.setattr(dealer_module, "_readable", lambda sock: True)  # never runs dry
+        taken = itertools.count(1)
+
+        def take_in(sock: Any) -> None:
+            if next(taken) > 1000:
+                raise AssertionError("the read did not stop")
+
+        monkeypatch.setattr(dealer, "_take_in", take_in)
+        dealer._read_before_reconnect()
+        assert next(taken) == 50 + 20 + 1
 
 
 def test_untrusted_dealer_gets_no_session_and_is_audited(cast: Cast, short_dir: str) -> None:

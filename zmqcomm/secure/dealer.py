@@ -21,6 +21,7 @@ from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
 from zmqcomm.errors import ConnectError, QueueFullError
 from zmqcomm.secure.base import (
+    _MAX_BURST,
     _POLLIN,
     _POLLOUT,
     DEFAULT_MAX_INBOX,
@@ -161,7 +162,7 @@ class SecureDealer(_SecureSocket):
             try:
                 event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
-                return
+                break
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 # Whatever is sent now would be sealed for a session a restarted router will
                 # not know: it would be lost without a word. Sends fail instead until a new
@@ -172,8 +173,11 @@ class SecureDealer(_SecureSocket):
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connections += 1
                 self.reconnects = self._connections - 1
+                # Started below, once all events are read: a DISCONNECTED behind this one
+                # means that connection is gone already (no keygen, no stale INIT for it).
                 self._connection_pending = True
-                self._start_on_connection()
+        if self._connection_pending:
+            self._start_on_connection()
 
     def _start_on_connection(self) -> None:
         """A connection is up: start a session on it. Every connection gets a fresh
@@ -194,10 +198,14 @@ class SecureDealer(_SecureSocket):
         """Read what the old connection brought and is still queued, under the session it
         was sealed for, before a new handshake replaces that session. It all arrived before
         anything from the new connection (one queue, in order), and the router sends nothing
-        there before our INIT. The inbox may go past ``max_inbox`` here: ZeroMQ's high-water
-        mark already bounds what can wait, and what is not read now could never be opened."""
+        there before our INIT. The inbox may go past ``max_inbox`` here, as far as ZeroMQ's
+        high-water mark (what the old connection can have left) and one pump's burst: what is
+        not read now could never be opened. The bound keeps a peer that sends at once on the
+        new connection from holding this call for as long as it sends."""
         sock = self.socket
-        while _readable(sock):
+        for _ in range(max(int(sock.getsockopt(zmq.RCVHWM)), 0) + _MAX_BURST):
+            if not _readable(sock):
+                return
             self._take_in(sock)
 
     def _linked(self) -> bool:
@@ -253,15 +261,19 @@ class SecureDealer(_SecureSocket):
         super()._check_sender(route, channel)
 
     def _timers(self) -> None:
+        tick = self.clock() >= self._next_timer_check  # the base runs its timers on ticks
         super()._timers()
         if self._closed:
             return
         if self._connection_pending:
-            self._start_on_connection()  # interrupted on the connection event
+            self._look_at_link()  # a DISCONNECTED behind it cancels it
+            if self._connection_pending:
+                self._start_on_connection()  # interrupted on the connection event
             return
         channel = self.table.channels.get(_DEALER_ROUTE)
         if channel is None or (
-            self._handshake_lost
+            tick
+            and self._handshake_lost
             and self._linked()
             and not channel.established
             and zmq_poll([(self.socket, _POLLOUT)], 0)
