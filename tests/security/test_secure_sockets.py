@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from zmqcomm.crypto.channel_table import ChannelTable
 from zmqcomm.crypto.keys import Identity
 from zmqcomm.crypto.session import RekeyPolicy
 from zmqcomm.crypto.trust import TrustStore
@@ -437,6 +438,58 @@ def test_a_reconnect_interrupted_while_reading_the_old_messages_still_completes(
         router.close()
 
 
+def test_a_pending_reconnect_is_not_started_on_a_connection_gone_since(
+    cast: Cast, short_dir: str
+) -> None:
+    """A reconnect interrupted while reading (as above) is finished by a later pump; if that
+    connection has dropped too by then, its DISCONNECTED waiting unread, no handshake may
+    start on it: its INIT would stay queued and reach the next router ahead of the live
+    one, which would answer it for nothing."""
+    endpoint = f"ipc://{short_dir}/pending-gone.sock"
+    options = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
+    router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+    dealer = SecureDealer(
+        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
+    )
+    try:
+        establish(router, dealer)
+        _router_sends_then_closes(router, dealer, 5)
+        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+        time.sleep(0.3)  # the dealer reconnects without pumping
+        take_in = dealer._take_in
+        calls = itertools.count()
+
+        def interrupted_once(sock: Any) -> None:
+            if next(calls) == 2:
+                raise KeyboardInterrupt
+            take_in(sock)
+
+        dealer._take_in = interrupted_once  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            dealer.on_side_ready(dealer.side_sockets()[0])
+        dealer._take_in = take_in  # type: ignore[method-assign]
+        router.close()  # the connection the pending start was for goes too
+        assert dealer.side_sockets()[0].poll(5000)
+        time.sleep(0.1)
+        dealer._next_timer_check = dealer.clock() + 60  # no timer tick reads the events
+        dealer.pump(0.0)
+        assert dealer.disconnected and not dealer.established
+        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
+        deadline = time.monotonic() + 10
+        while not (dealer.established and router.peers):
+            assert time.monotonic() < deadline, f"no session: {dealer.statistics()}"
+            dealer.pump(0.01)
+            router.pump(0.0)
+        for _ in range(10):  # anything else queued for the live router, and its answers
+            router.pump(0.01)
+            dealer.pump(0.01)
+        assert dealer.table.rejected == {} and router.table.rejected == {}
+        assert [dealer.receive(timeout=5).message.payload for _ in range(5)] == list(range(5))
+    finally:
+        dealer.close()
+        router.close()
+
+
 def test_a_backlog_queued_for_a_dropped_connection_does_not_hold_up_the_next_session(
     cast: Cast, short_dir: str
 ) -> None:
@@ -799,6 +852,30 @@ def test_a_dealer_started_before_its_router_handshakes_once_it_is_up(
             assert router.table.handshakes == 1
             dealer.send("up")
             assert router.receive(timeout=5).message.payload == "up"
+
+
+def test_an_ipc_dealer_makes_one_key_pair_for_its_first_session(
+    cast: Cast, short_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first INIT waits for the connection event; one made at construction would be
+    held back and thrown away, with its ephemeral key pair."""
+    started: list[bytes] = []
+    connect = ChannelTable.connect
+
+    def counting(self: ChannelTable, route: bytes, **kwargs: Any) -> Any:
+        started.append(route)
+        return connect(self, route, **kwargs)
+
+    monkeypatch.setattr(ChannelTable, "connect", counting)
+    endpoint = f"ipc://{short_dir}/one-pair.sock"
+    with (
+        SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router,
+        SecureDealer(
+            endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+        ) as dealer,
+    ):
+        establish(router, dealer)
+        assert started == [b""]
 
 
 def test_a_waiting_pump_wakes_for_the_connection_and_starts_the_handshake(

@@ -119,12 +119,14 @@ class SecureDealer(_SecureSocket):
             self.close()
             raise
         self.endpoint = endpoint
-        # inproc sends the INIT at once (its pipe is up from connect() on, with no connection
-        # events); ipc and tcp hold it back, and their first connection event starts it.
-        self._transmit_reply(
-            _DEALER_ROUTE,
-            self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
-        )
+        if self._always_linked:
+            # inproc sends the INIT at once: its pipe is up from connect() on, and it has no
+            # connection events. ipc and tcp start on their first connection event (an
+            # INIT made now would be held back, and its key pair thrown away).
+            self._transmit_reply(
+                _DEALER_ROUTE,
+                self.table.connect(_DEALER_ROUTE, now=self.wall_clock(), expect_peer=expect_peer),
+            )
         if connect_timeout is not None:
             try:
                 self.wait_established(connect_timeout)
@@ -271,17 +273,19 @@ class SecureDealer(_SecureSocket):
                 self._start_on_connection()  # interrupted on the connection event
             return
         channel = self.table.channels.get(_DEALER_ROUTE)
-        if channel is None or (
-            tick
+        if (channel is None and self._linked()) or (
+            channel is not None
+            and tick
             and self._handshake_lost
             and self._linked()
             and not channel.established
             and zmq_poll([(self.socket, _POLLOUT)], 0)
         ):
             # The channel closed itself (too many refused frames) or its handshake was
-            # abandoned; or the INIT found the queue full (a backlog for a connection that
-            # dropped, which the new router is refusing) and there is room now: start a new
-            # session rather than wait for the retry timer.
+            # abandoned (with no connection, the next one starts a session); or the INIT
+            # found the queue full (a backlog for a connection that dropped, which the new
+            # router is refusing) and there is room now: start a new session rather than
+            # wait for the retry timer.
             self._transmit_reply(
                 _DEALER_ROUTE,
                 self.table.connect(
