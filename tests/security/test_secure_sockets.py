@@ -344,6 +344,55 @@ def _router_sends_then_closes(router: SecureRouter, dealer: SecureDealer, count:
     time.sleep(0.3)
 
 
+#: Reconnects every 20 to 50 ms, so a test's sleeps of 0.15 s and more span some.
+_QUICK_RECONNECTS = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
+
+
+def _quick_dealer(cast: Cast, endpoint: str) -> SecureDealer:
+    return SecureDealer(
+        endpoint,
+        identity=cast.alice,
+        trust=cast.alice_trust,
+        options=_QUICK_RECONNECTS,
+        connect_timeout=None,
+    )
+
+
+def _restart_unseen(cast: Cast, router: SecureRouter, dealer: SecureDealer) -> SecureRouter:
+    """The router sends 0..4 and closes; a new one binds its endpoint, and the dealer
+    reconnects to it without pumping. Returns the new router."""
+    _router_sends_then_closes(router, dealer, 5)
+    router = SecureRouter(dealer.endpoint, identity=cast.bob, trust=cast.bob_trust)
+    time.sleep(0.3)
+    return router
+
+
+def _interrupt_third_read(dealer: SecureDealer, trigger: Callable[[], object]) -> None:
+    """Run ``trigger`` with the dealer's third message read raising KeyboardInterrupt."""
+    take_in = dealer._take_in
+    calls = itertools.count()
+
+    def interrupted_once(sock: Any) -> None:
+        if next(calls) == 2:
+            raise KeyboardInterrupt
+        take_in(sock)
+
+    dealer._take_in = interrupted_once  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trigger()
+    finally:
+        dealer._take_in = take_in  # type: ignore[method-assign]
+
+
+def _pump_until_session(router: SecureRouter, dealer: SecureDealer) -> None:
+    deadline = time.monotonic() + 10
+    while not (dealer.established and router.peers):
+        assert time.monotonic() < deadline, f"no session: {dealer.statistics()}"
+        dealer.pump(0.01)
+        router.pump(0.0)
+
+
 def test_what_arrived_before_the_router_closed_is_still_delivered(
     cast: Cast, short_dir: str
 ) -> None:
@@ -372,21 +421,13 @@ def test_what_the_old_connection_brought_is_delivered_across_a_reconnect(
     under the old session before the reconnect's handshake replaces it (after, they could
     never be opened), then handshakes with the new router."""
     endpoint = f"ipc://{short_dir}/reconnect-unread.sock"
-    options = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
     router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-    dealer = SecureDealer(
-        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
-    )
+    dealer = _quick_dealer(cast, endpoint)
     try:
         establish(router, dealer)
-        _router_sends_then_closes(router, dealer, 5)
-        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-        time.sleep(0.3)  # the dealer reconnects (every 20 to 50 ms) without pumping
-        deadline = dealer.clock() + 10
-        while dealer.reconnects < 1 or not dealer.established:
-            assert dealer.clock() < deadline, "the dealer never re-handshook"
-            dealer.pump(0.01)
-            router.pump(0.0)
+        router = _restart_unseen(cast, router, dealer)
+        _pump_until_session(router, dealer)
+        assert dealer.reconnects == 1
         assert [dealer.receive(timeout=5).message.payload for _ in range(5)] == list(range(5))
         assert dealer.table.rejected == {}
         assert router.table.rejected == {}
@@ -404,32 +445,13 @@ def test_a_reconnect_interrupted_while_reading_the_old_messages_still_completes(
     not leave it counted as down on a live connection, with no handshake started: the
     next timer tick finishes the reconnect."""
     endpoint = f"ipc://{short_dir}/interrupted.sock"
-    options = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
     router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-    dealer = SecureDealer(
-        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
-    )
+    dealer = _quick_dealer(cast, endpoint)
     try:
         establish(router, dealer)
-        _router_sends_then_closes(router, dealer, 5)
-        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-        time.sleep(0.3)  # the dealer reconnects without pumping
-        take_in = dealer._take_in
-        calls = itertools.count()
-
-        def interrupted_once(sock: Any) -> None:
-            if next(calls) == 2:
-                raise KeyboardInterrupt
-            take_in(sock)
-
-        dealer._take_in = interrupted_once  # type: ignore[method-assign]
-        with pytest.raises(KeyboardInterrupt):
-            dealer.pump(1.0)
-        deadline = dealer.clock() + 10
-        while not (dealer.established and router.peers):
-            assert dealer.clock() < deadline, f"stuck: {dealer.statistics()}"
-            dealer.pump(0.01)
-            router.pump(0.0)
+        router = _restart_unseen(cast, router, dealer)
+        _interrupt_third_read(dealer, lambda: dealer.pump(1.0))
+        _pump_until_session(router, dealer)
         assert [dealer.receive(timeout=5).message.payload for _ in range(5)] == list(range(5))
         dealer.send("after")
         assert router.receive(timeout=5).message.payload == "after"
@@ -446,28 +468,12 @@ def test_a_pending_reconnect_is_not_started_on_a_connection_gone_since(
     start on it: its INIT would stay queued and reach the next router ahead of the live
     one, which would answer it for nothing."""
     endpoint = f"ipc://{short_dir}/pending-gone.sock"
-    options = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
     router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-    dealer = SecureDealer(
-        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
-    )
+    dealer = _quick_dealer(cast, endpoint)
     try:
         establish(router, dealer)
-        _router_sends_then_closes(router, dealer, 5)
-        router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-        time.sleep(0.3)  # the dealer reconnects without pumping
-        take_in = dealer._take_in
-        calls = itertools.count()
-
-        def interrupted_once(sock: Any) -> None:
-            if next(calls) == 2:
-                raise KeyboardInterrupt
-            take_in(sock)
-
-        dealer._take_in = interrupted_once  # type: ignore[method-assign]
-        with pytest.raises(KeyboardInterrupt):
-            dealer.on_side_ready(dealer.side_sockets()[0])
-        dealer._take_in = take_in  # type: ignore[method-assign]
+        router = _restart_unseen(cast, router, dealer)
+        _interrupt_third_read(dealer, lambda: dealer.on_side_ready(dealer.side_sockets()[0]))
         router.close()  # the connection the pending start was for goes too
         assert dealer.side_sockets()[0].poll(5000)
         time.sleep(0.1)
@@ -475,11 +481,7 @@ def test_a_pending_reconnect_is_not_started_on_a_connection_gone_since(
         dealer.pump(0.0)
         assert dealer.disconnected and not dealer.established
         router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-        deadline = time.monotonic() + 10
-        while not (dealer.established and router.peers):
-            assert time.monotonic() < deadline, f"no session: {dealer.statistics()}"
-            dealer.pump(0.01)
-            router.pump(0.0)
+        _pump_until_session(router, dealer)
         for _ in range(10):  # anything else queued for the live router, and its answers
             router.pump(0.01)
             dealer.pump(0.01)
@@ -546,11 +548,8 @@ def test_connections_that_came_and_went_unseen_start_no_handshake(
     queue stale INITs ahead of the live one, and the live router answered them all (a DH
     and a REPLY each, from its handshake budget)."""
     endpoint = f"ipc://{short_dir}/flap.sock"
-    options = SocketOptions(reconnect_interval=0.02, reconnect_interval_max=0.05)
     router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
-    dealer = SecureDealer(
-        endpoint, identity=cast.alice, trust=cast.alice_trust, options=options, connect_timeout=None
-    )
+    dealer = _quick_dealer(cast, endpoint)
     try:
         establish(router, dealer)
         router.close()
@@ -562,11 +561,7 @@ def test_connections_that_came_and_went_unseen_start_no_handshake(
         time.sleep(0.15)
         router = SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust)
         time.sleep(0.15)
-        deadline = time.monotonic() + 10
-        while not (dealer.established and router.peers):
-            assert time.monotonic() < deadline, f"no session: {dealer.statistics()}"
-            dealer.pump(0.01)
-            router.pump(0.0)
+        _pump_until_session(router, dealer)
         assert dealer.reconnects >= 2  # the test's premise: connections came and went
         for _ in range(10):  # whatever else was queued for the live router, and its answers
             router.pump(0.01)
