@@ -271,6 +271,27 @@ def test_removing_peers_and_closing_leave_no_socket_behind(store: TrustStore) ->
     assert not terminated.is_alive()  # every socket was closed
 
 
+def test_a_dialed_peer_that_is_down_does_not_make_the_agent_tick_at_full_rate(
+    store: TrustStore, context: zmq.Context[Any]
+) -> None:
+    """A dealer has no session before its first connection. Taken for a session that is gone
+    and must be restarted now, it made the links tick every 10 ms for as long as the peer was
+    down; the next tick is the idle one (its connection event wakes the agent instead)."""
+    me, absent = Identity.generate("me"), Identity.generate("absent")
+    store.add(me.public)
+    store.add(absent.public)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        free_port = taken.getsockname()[1]  # closed below: nothing listens there
+    with GossipAgent(me, "tcp://127.0.0.1:*", trust=store, context=context) as agent:
+        agent.add_peer(absent.agent_id, f"tcp://127.0.0.1:{free_port}")
+        links = agent.links
+        assert isinstance(links, SecureLinks)
+        for _ in range(3):
+            links.tick()
+            due = links.due_in()
+            assert due is not None and due > 0.1, due
+
+
 def test_a_session_that_refuses_to_send_is_replaced_and_its_peer_kept(
     store: TrustStore, context: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -849,6 +849,28 @@ def test_a_dealer_started_before_its_router_handshakes_once_it_is_up(
             assert router.receive(timeout=5).message.payload == "up"
 
 
+def test_a_dealer_with_no_connection_has_no_timer_due_until_one_comes_up(
+    cast: Cast, short_dir: str
+) -> None:
+    """A loop that pumps at next_deadline() must not spin while the router is down (an ipc
+    or tcp dealer makes no session before its first connection): the connection event wakes
+    it instead, and its handshake is due at once."""
+    endpoint = f"ipc://{short_dir}/due.sock"
+    with SecureDealer(
+        endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=None
+    ) as dealer:
+        dealer.pump(0.05)
+        assert dealer.next_deadline() is None
+        with SecureRouter(endpoint, identity=cast.bob, trust=cast.bob_trust) as router:
+            (events,) = dealer.side_sockets()
+            assert events.poll(5000)  # the connection event
+            dealer.on_side_ready(events)
+            deadline = dealer.next_deadline()
+            assert deadline is not None  # the handshake's retry timer
+            establish(router, dealer)
+            assert dealer.next_deadline() is not None  # now the rekey timer
+
+
 def test_an_ipc_dealer_makes_one_key_pair_for_its_first_session(
     cast: Cast, short_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

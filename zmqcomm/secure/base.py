@@ -347,6 +347,11 @@ class _SecureSocket:
             for route, event in self.table.on_timer(now=now):
                 self._handle(route, [event])
 
+    def next_deadline(self) -> float | None:
+        """When the timers next need a pump (handshake retries, rekeys, key expiry), in
+        wall-clock seconds; None when only input can make work."""
+        return self.table.next_deadline()
+
     def receive(self, timeout: float | None = None) -> Delivered:
         """The next authenticated message, waiting up to ``timeout`` s (None: forever)."""
         inbox = self.inbox

@@ -273,6 +273,11 @@ class SecureDealer(_SecureSocket):
                 self._start_on_connection()  # interrupted on the connection event
             return
         channel = self.table.channels.get(_DEALER_ROUTE)
+        if channel is None:
+            # Off a timer tick the events may be stale: a connection that dropped must not
+            # get an INIT (nor a key pair), and one that came up starts its own here.
+            self._look_at_link()
+            channel = self.table.channels.get(_DEALER_ROUTE)
         if (channel is None and self._linked()) or (
             channel is not None
             and tick
@@ -292,6 +297,18 @@ class SecureDealer(_SecureSocket):
                     _DEALER_ROUTE, now=self.wall_clock(), expect_peer=self.expect_peer
                 ),
             )
+
+    def next_deadline(self) -> float | None:
+        """When the timers next need a pump, in wall-clock seconds; None when only input
+        can make work. Due now: a connection came up and its handshake is not started, or
+        a connection is up with no session on it. With no connection and no session nothing
+        is due: the connection event makes a side socket readable (:meth:`side_sockets`)."""
+        channel = self.table.channels.get(_DEALER_ROUTE)
+        if self._connection_pending or (channel is None and self._linked()):
+            return self.wall_clock()
+        if channel is None:
+            return None
+        return self.table.next_deadline()
 
     def writable(self) -> bool:
         """Whether a send would be queued at once for a connection that is up (it has room),

@@ -356,12 +356,11 @@ class SecureLinks:
             if self._dirty:
                 wall = time.time()
                 for sock in self._dirty:
-                    if isinstance(sock, SecureDealer) and not sock.table.channels:
-                        deadline: float | None = now  # its session is gone: start a new one
-                    else:
-                        deadline = sock.table.next_deadline()
-                        if deadline is not None:
-                            deadline += now - wall  # wall clock -> monotonic
+                    # A dealer is due now when its session is gone on a connection that is
+                    # up; while its peer is down it waits for the connection event.
+                    deadline = sock.next_deadline()
+                    if deadline is not None:
+                        deadline += now - wall  # wall clock -> monotonic
                     self._deadlines[sock] = deadline
                 self._dirty.clear()
             due = self._last_tick + _IDLE_TICK
