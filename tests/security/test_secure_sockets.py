@@ -1221,6 +1221,10 @@ def test_a_session_that_never_comes_says_which_side_refused(
         finally:
             serving.set()
             thread.join()
+    # With the router gone, no connection is made: the question is whether it runs at all.
+    with pytest.raises(ConnectError) as caught:
+        SecureDealer(endpoint, identity=cast.alice, trust=cast.alice_trust, connect_timeout=0.3)
+    assert f"no connection to {endpoint} was ever made: is the router running" in str(caught.value)
 
 
 def _index_agrees(*sockets: SecureRouter | SecureDealer) -> None:

@@ -360,6 +360,11 @@ class SecureDealer(_SecureSocket):
             )
         if rejected:
             return f"refused here: {rejected}"
+        if self._connections == 0 and not self._always_linked:
+            return (
+                f"no connection to {self.endpoint} was ever made: is the {self.peer_label} "
+                "running, and listening at that address?"
+            )
         return (
             f"nothing was refused here: is the {self.peer_label} running, and does its trust "
             f"store hold this identity's .pub ({self.table.identity.agent_id})?"
